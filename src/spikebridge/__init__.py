@@ -1,0 +1,25 @@
+"""spikebridge: train accurate, low-latency spiking neural networks fast by starting them from a
+trained ANN (Lin et al., "Rethinking Pretraining as a Bridge from ANNs to SNNs")."""
+from .bridge import TransferReport, recalibrate_batchnorm, transfer
+from .errors import SpikebridgeError
+from .models import create_model, list_models, register_model
+from .neurons import LIAF, LIF, NeuronConfig, SharpenedReLU
+from .surrogate import Surrogate, get_surrogate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LIAF",
+    "LIF",
+    "NeuronConfig",
+    "SharpenedReLU",
+    "SpikebridgeError",
+    "Surrogate",
+    "TransferReport",
+    "create_model",
+    "get_surrogate",
+    "list_models",
+    "recalibrate_batchnorm",
+    "register_model",
+    "transfer",
+]

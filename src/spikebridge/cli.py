@@ -1,0 +1,162 @@
+"""The ``spikebridge`` command. Thin: parse flags and YAML, call pipelines / train / analysis.
+
+Every command accepts ``--config FILE.yaml`` (a recipe), ``--set section.key=value`` overrides,
+writes into ``--out DIR``, and turns user errors into one line on stderr with exit status 2
+(internal errors: exit 1; the traceback only with ``--debug``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Any, Callable
+
+from .errors import SpikebridgeError
+
+EXAMPLES = {
+    "demo": "spikebridge demo --out runs/demo",
+    "pipes": "spikebridge pipes --data /data/imagenet --out runs/in1k --baseline",
+    "pretrain": "spikebridge pretrain --data mnist5k --model cnn --epochs 10 --out runs/ann",
+    "finetune": "spikebridge finetune --ann runs/ann/ann/checkpoints/last.json --data mnist5k --T 4 --epochs 2 --out runs/ft",
+    "evaluate": "spikebridge evaluate runs/ft/snn_finetuned/checkpoints/last.json --data mnist5k",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _common(parser: argparse.ArgumentParser, *, data: bool = True, default_out: str | None = None) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml", help="a YAML recipe (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config value, e.g. --set finetune.lr=0.01 (repeatable)")
+    parser.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
+    if data:
+        parser.add_argument("--data", help="mnist5k | es-mnist | a dataset folder")
+    parser.add_argument("--model", help="registry model name (e.g. cnn, resnet18, resnet18_tv, vgg11)")
+    parser.add_argument("--T", type=int, help="SNN time steps")
+    parser.add_argument("--neuron", choices=["lif", "liaf"], help="SNN neuron")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--resume", action="store_true", default=None, help="continue from the last complete epoch")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    from .config import parse_override
+
+    values: dict[str, Any] = {
+        "data.name": getattr(args, "data", None),
+        "model.name": args.model,
+        "model.T": args.T,
+        "neuron.kind": args.neuron,
+        "run.seed": args.seed,
+        "run.device": args.device,
+        "run.resume": args.resume,
+        "run.out": args.out,
+    }
+    if args.no_progress:
+        values["run.progress"] = False
+    values.update(extra or {})
+    for text in args.overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    return values
+
+
+def _pipeline_config(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+    from .config import PipelineConfig, load_config
+
+    return load_config(PipelineConfig, args.config, _overrides(args, extra))
+
+
+# ------------------------------------------------------------------------------------------------
+# commands
+# ------------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .pipelines import demo
+
+    cfg = _pipeline_config(args)
+    demo(cfg)
+    return 0
+
+
+def cmd_pipes(args: argparse.Namespace) -> int:
+    from .pipelines import pipes
+
+    cfg = _pipeline_config(args)
+    pipes(cfg, baseline=args.baseline)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .data.datasets import open_dataset
+    from .pipelines import pretrain_ann, resolve_device
+
+    cfg = _pipeline_config(args, {"ann.epochs": args.epochs, "ann.lr": args.lr, "ann_neuron": args.activation})
+    bundle = open_dataset(cfg.data.name, max_shift=cfg.data.max_shift, split_seed=cfg.data.split_seed)
+    _ann, result = pretrain_ann(cfg, bundle, resolve_device(cfg.run.device))
+    print(f"ANN best test accuracy {result.best_acc:.4f} after {result.epochs} epochs ({result.seconds:.1f} s); "
+          f"checkpoint: {cfg.run.out}/ann/checkpoints/last.json")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="spikebridge",
+        description="Train accurate low-latency SNNs fast by starting them from a trained ANN.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES.values()),
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, func: Callable, help_text: str, **common) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help_text, description=help_text,
+            epilog=f"example:\n  {EXAMPLES[name]}" if name in EXAMPLES else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        _common(p, **common)
+        p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        return p
+
+    add("demo", cmd_demo, "pipeS on the embedded MNIST: ANN, SNN from the ANN, SNN from scratch; report + plot",
+        default_out="runs/demo")
+    p = add("pipes", cmd_pipes, "pipeS: ANN pretraining then SNN fine-tuning on the same static data",
+            default_out="runs/pipes")
+    p.add_argument("--baseline", action="store_true", help="also train the SNN from scratch for comparison")
+    p = add("pretrain", cmd_pretrain, "train the ANN (ReLU or sharpened ReLU) on static data", default_out="runs/pretrain")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--activation", choices=["relu", "sharpened_relu"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpikebridgeError as exc:
+        message = " ".join(str(exc).split())
+        print(f"spikebridge: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spikebridge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # internal error
+        if args.debug:
+            raise
+        text = textwrap.shorten(f"{type(exc).__name__}: {exc}", 300)
+        print(f"spikebridge: internal error: {text} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

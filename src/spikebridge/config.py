@@ -1,0 +1,292 @@
+"""Configuration as data: dataclasses, strict YAML loading, dotted command-line overrides.
+
+Every section is a dataclass with the reference defaults. ``load_config(path, overrides)`` reads a
+YAML recipe into them and refuses unknown keys and wrong types with a one-line error naming the
+key (``ConfigError: configs/x.yaml: finetune.lr: expected a number, got 'fast'``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .neurons import NeuronConfig
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "onecycle", "cosine", "step")
+
+
+@dataclass
+class TrainConfig:
+    """One training phase (ANN pretraining, SNN fine-tuning, SNN from scratch)."""
+
+    epochs: int = 10
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "onecycle"  # constant | onecycle | cosine | step
+    milestones: list[int] = field(default_factory=lambda: [2, 4, 6, 8])  # for "step"
+    gamma: float = 0.3  # for "step": LR x gamma at each milestone
+    warmup_pct: float = 0.25  # for "onecycle"
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # 0 = off
+    freeze_epochs: int = 0  # "+WU": first N epochs train only layers not transferred
+    until_plateau: int = 0  # >0: keep training past `epochs` while the best improved in the last N
+
+    def validate(self, where: str) -> None:
+        _positive_int(f"{where}.epochs", self.epochs, allow_zero=True)
+        _positive_int(f"{where}.batch_size", self.batch_size)
+        _choice(f"{where}.optimizer", self.optimizer, OPTIMIZERS)
+        _choice(f"{where}.schedule", self.schedule, SCHEDULES)
+        _positive_float(f"{where}.lr", self.lr)
+        _range_float(f"{where}.momentum", self.momentum, 0.0, 1.0)
+        _range_float(f"{where}.weight_decay", self.weight_decay, 0.0, math.inf)
+        _range_float(f"{where}.gamma", self.gamma, 0.0, 1.0)
+        _range_float(f"{where}.warmup_pct", self.warmup_pct, 0.0, 1.0)
+        _range_float(f"{where}.label_smoothing", self.label_smoothing, 0.0, 1.0)
+        _range_float(f"{where}.grad_clip", self.grad_clip, 0.0, math.inf)
+        _positive_int(f"{where}.freeze_epochs", self.freeze_epochs, allow_zero=True)
+        _positive_int(f"{where}.until_plateau", self.until_plateau, allow_zero=True)
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist5k"  # mnist5k | es-mnist | a path (ImageNet-layout folder, CIFAR, ES-ImageNet)
+    workers: int = 0
+    max_shift: int = 2  # random-translation augmentation for in-memory digits (pixels)
+    image_size: int = 0  # 0 = pick from the data
+    split_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"
+    T: int = 4
+    num_classes: int = 0  # 0 = from the data
+    in_channels: int = 0  # 0 = from the data
+
+    def validate(self, where: str = "model") -> None:
+        _positive_int(f"{where}.T", self.T)
+
+
+@dataclass
+class BridgeConfig:
+    """How the ANN's parameters are carried into the SNN."""
+
+    first_layer: str = "signed_polarity"  # signed_polarity | mean | skip (when input channels change)
+    recalibrate_bn: bool = True  # re-estimate BN running statistics under spikes
+    calibration_batches: int = 8
+    min_match: float = 0.5  # refuse when fewer than this fraction of the SNN's tensors load
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/demo"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True
+    resume: bool = False
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+
+
+@dataclass
+class PipelineConfig:
+    """Everything one pipeline run needs (the demo, pipeS, pipeD)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+    ann_neuron: str = "sharpened_relu"  # relu | sharpened_relu
+    ann: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3))
+    scratch: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        for name in ("ann", "finetune", "scratch"):
+            getattr(self, name).validate(name)
+        _choice("ann_neuron", self.ann_neuron, ("relu", "sharpened_relu"))
+        _choice("bridge.first_layer", self.bridge.first_layer, ("signed_polarity", "mean", "skip"))
+
+
+# ------------------------------------------------------------------------------------------------
+# validation helpers
+# ------------------------------------------------------------------------------------------------
+def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _positive_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _range_float(name: str, value: Any, low: float, high: float) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not (ok and low <= value <= high):
+        raise ConfigError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# dict <-> dataclass
+# ------------------------------------------------------------------------------------------------
+def _describe(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+        for option in typing.get_args(tp):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, refusing unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.init}
+    for key in data:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"unknown config key {where!r}; known keys here: {', '.join(sorted(known))}")
+    kwargs = {key: _coerce(value, hints[key], f"{prefix}.{key}" if prefix else key) for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}: {exc}" if prefix else str(exc)) from None
+
+
+def to_dict(obj: Any) -> dict:
+    return asdict(obj)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"finetune.lr=0.01"`` -> ``("finetune.lr", 0.01)`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """Defaults <- YAML file <- dotted overrides; validated."""
+    tree: dict = read_yaml(path) if path else {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    try:
+        config = from_dict(cls, tree)
+        if hasattr(config, "validate"):
+            config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    return config
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+__all__ = [
+    "BridgeConfig",
+    "DataConfig",
+    "ModelConfig",
+    "PipelineConfig",
+    "RunConfig",
+    "TrainConfig",
+    "dataclasses",
+    "dump_yaml",
+    "from_dict",
+    "load_config",
+    "parse_override",
+    "read_yaml",
+    "to_dict",
+]

@@ -1,0 +1,305 @@
+"""CIFAR-10 / CIFAR-100 from the official "python version" pickle batches.
+
+Folder layouts (as extracted from ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``)::
+
+    cifar-10-batches-py/  data_batch_1 .. data_batch_5, test_batch, batches.meta
+    cifar-100-python/     train, test, meta
+
+Each batch is a pickled dict (Python 2 strings, read with ``encoding="bytes"`` so keys are
+bytes): ``b"data"`` uint8 ``[N, 3072]`` (1024 red, then green, then blue values of a 32x32 image,
+row-major), ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` / ``b"coarse_labels"`` (CIFAR-100)
+lists of ints. Meta files hold ``b"label_names"`` / ``b"fine_label_names"``.
+
+The pickles are read with a restricted unpickler that can only build dicts, lists, strings,
+numbers and numpy arrays/dtypes; any other global in the file is refused with a DataError, so a
+tampered file cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from spikebridge.errors import ConfigError, DataError
+
+__all__ = [
+    "CifarDataset",
+    "CifarLocation",
+    "locate_cifar",
+    "load_cifar_pickle",
+]
+
+_CIFAR10_DIR = "cifar-10-batches-py"
+_CIFAR100_DIR = "cifar-100-python"
+_CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR10_TEST = "test_batch"
+
+
+def _numpy_reconstruct() -> Any:
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return _reconstruct
+
+
+def _numpy_frombuffer() -> Any:
+    try:
+        from numpy._core.numeric import _frombuffer  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
+    return _frombuffer
+
+
+def _numpy_scalar() -> Any:
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    return scalar
+
+
+def _codecs_encode(obj: Any, encoding: str = "utf-8") -> bytes:
+    """Safe stand-in for ``_codecs.encode``, which Python 3 protocol-2 pickles use for bytes."""
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+        raise pickle.UnpicklingError(f"refused _codecs.encode({type(obj).__name__}, {encoding!r})")
+    return obj.encode(encoding)
+
+
+# (module, name) -> factory of the object; numpy names under both their 1.x and 2.x modules.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: _codecs_encode,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the numpy array/dtype constructors (and a safe
+    ``_codecs.encode``); everything else raises ``UnpicklingError``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        factory = _ALLOWED_GLOBALS.get((module, name))
+        if factory is None:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        return factory()
+
+
+def load_cifar_pickle(path: str | os.PathLike[str]) -> dict[bytes, Any]:
+    """Read one CIFAR pickle file safely; string keys are returned as bytes (``b"data"``).
+
+    Raises:
+        DataError: missing, unreadable, truncated or corrupt file, a forbidden global, or a
+            top-level object that is not a dict (one line naming the file).
+    """
+    p = os.fspath(path)
+    try:
+        f = open(p, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot read CIFAR file {p}: {type(exc).__name__}: {exc.strerror or exc}") from None
+    try:
+        with f:
+            obj = _RestrictedUnpickler(f, encoding="bytes").load()
+    except Exception as exc:  # any failure while reading a pickle is a data problem
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"corrupt or truncated CIFAR file {p}: {msg}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"CIFAR file {p} holds a {type(obj).__name__}, expected a dict of arrays")
+    return {(k.encode("latin1") if isinstance(k, str) else k): v for k, v in obj.items()}
+
+
+def _field(d: dict[bytes, Any], key: bytes, path: str) -> Any:
+    if key not in d:
+        found = ", ".join(sorted(k.decode("latin1", "replace") for k in d if isinstance(k, bytes)))
+        raise DataError(f"CIFAR file {path} has no field {key.decode()!r} (fields: {found})")
+    return d[key]
+
+
+def _images(d: dict[bytes, Any], path: str) -> np.ndarray:
+    data = _field(d, b"data", path)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"CIFAR file {path} field 'data' must be uint8 [N, 3072], got {desc}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # -> [N, 32, 32, 3]
+
+
+def _labels(d: dict[bytes, Any], key: bytes, path: str, n: int, num_classes: int) -> np.ndarray:
+    raw = _field(d, key, path)
+    try:
+        labels = np.asarray(raw, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise DataError(f"CIFAR file {path} field {key.decode()!r} is not a list of integers") from None
+    if labels.shape[0] != n:
+        raise DataError(f"CIFAR file {path} field {key.decode()!r} has {labels.shape[0]} labels for {n} images")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = int(labels[(labels < 0) | (labels >= num_classes)][0])
+        raise DataError(f"CIFAR file {path} field {key.decode()!r} has label {bad}, outside [0, {num_classes})")
+    return labels
+
+
+@dataclass(frozen=True)
+class CifarLocation:
+    """Where a CIFAR copy lives: ``folder`` holding the batch files, and ``variant``
+    (``"cifar10"`` or ``"cifar100"``)."""
+
+    folder: str
+    variant: str
+
+
+def _variant_of(folder: str) -> str | None:
+    if os.path.isfile(os.path.join(folder, "data_batch_1")) or os.path.isfile(os.path.join(folder, _CIFAR10_TEST)):
+        return "cifar10"
+    if os.path.isfile(os.path.join(folder, "train")) or (
+        os.path.isfile(os.path.join(folder, "test")) and os.path.isfile(os.path.join(folder, "meta"))
+    ):
+        return "cifar100"
+    return None
+
+
+def locate_cifar(root: str | os.PathLike[str], variant: str = "auto") -> CifarLocation:
+    """Find the CIFAR batch folder: ``root`` itself (``cifar-10-batches-py`` /
+    ``cifar-100-python``) or that folder inside ``root``.
+
+    Args:
+        root: the batch folder or its parent.
+        variant: ``"cifar10"``, ``"cifar100"`` or ``"auto"`` (whichever is there; an error if
+            both are).
+
+    Raises:
+        DataError: nothing found (mentions an unextracted ``.tar.gz``), or ``auto`` is ambiguous.
+    """
+    if variant not in ("auto", "cifar10", "cifar100"):
+        raise ConfigError(f"CIFAR variant must be 'auto', 'cifar10' or 'cifar100', got {variant!r}")
+    path = os.fspath(root)
+    if not os.path.isdir(path):
+        raise DataError(f"CIFAR folder {path} does not exist or is not a directory")
+    found: list[CifarLocation] = []
+    for folder in (path, os.path.join(path, _CIFAR10_DIR), os.path.join(path, _CIFAR100_DIR)):
+        if os.path.isdir(folder):
+            v = _variant_of(folder)
+            if v is not None and (variant == "auto" or v == variant):
+                found.append(CifarLocation(folder=folder, variant=v))
+    if not found:
+        archives = [n for n in ("cifar-10-python.tar.gz", "cifar-100-python.tar.gz") if os.path.isfile(os.path.join(path, n))]
+        hint = f"; extract {archives[0]} first (tar xzf)" if archives else ""
+        want = {"auto": "CIFAR-10 or CIFAR-100", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[variant]
+        raise DataError(
+            f"no {want} python batches in {path}: expected {_CIFAR10_DIR}/data_batch_1.. or "
+            f"{_CIFAR100_DIR}/train (or the folder itself){hint}"
+        )
+    if len({f.variant for f in found}) > 1:
+        raise DataError(f"{path} holds both CIFAR-10 and CIFAR-100; pass variant='cifar10' or 'cifar100'")
+    return found[0]
+
+
+def _read_meta_names(path: str, key: bytes) -> list[str] | None:
+    if not os.path.isfile(path):
+        return None
+    meta = load_cifar_pickle(path)
+    names = meta.get(key)
+    if not isinstance(names, list):
+        return None
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
+
+
+class CifarDataset(Dataset):
+    """CIFAR-10 or CIFAR-100 held in memory, returning ``(image, label)``.
+
+    Args:
+        root: the batch folder (``cifar-10-batches-py`` / ``cifar-100-python``) or its parent.
+        train: the 50,000-image training set (``True``) or the 10,000-image test set.
+        transform: applied to a PIL RGB image of 32x32 pixels; ``None`` returns a float tensor
+            ``[3, 32, 32]`` in ``[0, 1]``.
+        target_transform: applied to the int label.
+        variant: ``"auto"``, ``"cifar10"`` or ``"cifar100"`` (see :func:`locate_cifar`).
+
+    Attributes:
+        data: uint8 numpy ``[N, 32, 32, 3]`` (HWC, RGB).
+        targets: list of N int labels (CIFAR-100: the 100 fine labels).
+        coarse_targets: CIFAR-100's 20 super-class labels, ``None`` for CIFAR-10.
+        classes: class names from the meta file (``str(index)`` when it is missing).
+        num_classes: 10 or 100. variant: ``"cifar10"``/``"cifar100"``. folder: the batch folder.
+
+    Raises:
+        DataError: missing folder/batch, corrupt or truncated pickle, wrong field shapes or
+            label values, each naming the file and field.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        train: bool = True,
+        transform: Callable[[Image.Image], Any] | None = None,
+        target_transform: Callable[[int], Any] | None = None,
+        variant: str = "auto",
+    ) -> None:
+        loc = locate_cifar(root, variant)
+        self.folder = loc.folder
+        self.variant = loc.variant
+        self.train = bool(train)
+        self.transform = transform
+        self.target_transform = target_transform
+        self.coarse_targets: list[int] | None = None
+        if self.variant == "cifar10":
+            self.num_classes = 10
+            names = list(_CIFAR10_TRAIN) if self.train else [_CIFAR10_TEST]
+            images, labels = [], []
+            for name in names:
+                path = os.path.join(self.folder, name)
+                if not os.path.isfile(path):
+                    raise DataError(f"CIFAR-10 batch {path} is missing")
+                d = load_cifar_pickle(path)
+                imgs = _images(d, path)
+                images.append(imgs)
+                labels.append(_labels(d, b"labels", path, imgs.shape[0], 10))
+            self.data: np.ndarray = np.ascontiguousarray(np.concatenate(images))
+            self.targets: list[int] = np.concatenate(labels).tolist()
+            classes = _read_meta_names(os.path.join(self.folder, "batches.meta"), b"label_names")
+        else:
+            self.num_classes = 100
+            path = os.path.join(self.folder, "train" if self.train else "test")
+            if not os.path.isfile(path):
+                raise DataError(f"CIFAR-100 file {path} is missing")
+            d = load_cifar_pickle(path)
+            imgs = _images(d, path)
+            self.data = np.ascontiguousarray(imgs)
+            self.targets = _labels(d, b"fine_labels", path, imgs.shape[0], 100).tolist()
+            if b"coarse_labels" in d:
+                self.coarse_targets = _labels(d, b"coarse_labels", path, imgs.shape[0], 20).tolist()
+            classes = _read_meta_names(os.path.join(self.folder, "meta"), b"fine_label_names")
+        if classes is None or len(classes) != self.num_classes:
+            classes = [str(i) for i in range(self.num_classes)]
+        self.classes: list[str] = classes
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        arr = self.data[index]
+        img: Any
+        if self.transform is None:
+            img = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+        else:
+            img = self.transform(Image.fromarray(arr))  # uint8 [32, 32, 3] -> RGB image
+        target: Any = self.targets[index]
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def __repr__(self) -> str:
+        split = "train" if self.train else "test"
+        return f"CifarDataset(folder={self.folder!r}, variant={self.variant!r}, split={split!r}, images={len(self)})"

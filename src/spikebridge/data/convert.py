@@ -1,0 +1,375 @@
+"""Dataset conversion: image folders -> ES-ImageNet (ODG), clip folders -> ES-UCF101.
+
+Both converters share one machinery:
+
+* The input is a class-per-folder tree (``input_dir/<class>/<item>``); the class index is the
+  position in the sorted list of class folder names; items are visited in natural name order.
+* The output mirrors the class folders under ``out_dir``: one ``.npz`` per item, plus
+  ``out_dir/labels.txt`` (``relative_path label height width`` lines, written atomically at the
+  end) and ``out_dir/conversion.json`` (the parameters, so a resume cannot mix parameters).
+* **Resumable and kill-safe**: every ``.npz`` is written to a hidden temporary name beside its
+  target and renamed when complete, so a killed run never leaves a file a reader would accept
+  half-written. A rerun removes leftover temporary files, keeps every ``.npz`` that reads back
+  valid, and converts only what is missing.
+* Unreadable inputs and non-image files are reported and skipped, never fatal; samples with
+  fewer than ``min_events`` events are reported as dropped.
+* ``workers`` > 1 uses a pool of processes (spawned; each runs single-threaded torch);
+  ``workers`` 0 or 1 runs inline. A tqdm progress bar shows progress when ``progress``.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..utils import atomic_write_text
+from .events import read_es_sample, write_es_sample, write_label_file
+from .odg import odg, resized_shape
+from .video import (
+    IMAGE_SUFFIXES,
+    clip_to_events,
+    frames_to_events,
+    natural_key,
+    read_video_events,
+    write_video_events,
+)
+
+LABEL_FILE = "labels.txt"
+PARAMS_FILE = "conversion.json"
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did. Paths are relative to the input folder (``/``-separated)."""
+
+    out_dir: Path
+    label_file: Path
+    classes: list[str]
+    total: int = 0
+    converted: int = 0
+    reused: int = 0
+    dropped: list[tuple[str, int]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    stale_temp_removed: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def written(self) -> int:
+        """Samples listed in the label file (converted now or reused from an earlier run)."""
+        return self.converted + self.reused
+
+    def summary(self) -> str:
+        return (f"{self.total} inputs in {len(self.classes)} classes: {self.converted} converted, "
+                f"{self.reused} already done, {len(self.dropped)} dropped (too few events), "
+                f"{len(self.failed)} unreadable, {len(self.skipped)} not images; "
+                f"{self.elapsed_s:.1f} s -> {self.label_file}")
+
+
+# ------------------------------------------------------------------------------------------------
+# enumeration
+# ------------------------------------------------------------------------------------------------
+
+def _visible(entries: Iterable[os.DirEntry]) -> list[os.DirEntry]:
+    return [e for e in entries if not e.name.startswith(".")]
+
+
+def list_classes(input_dir: Path) -> list[str]:
+    """Sorted names of the visible class folders of ``input_dir``."""
+    if not input_dir.is_dir():
+        raise DataError(f"{input_dir}: input folder not found")
+    with os.scandir(input_dir) as it:
+        classes = sorted(e.name for e in _visible(it) if e.is_dir())
+    if not classes:
+        raise DataError(f"{input_dir}: no class folders (expected input_dir/<class>/<files>)")
+    return classes
+
+
+def _output_names(names: Sequence[str]) -> dict[str, str]:
+    """Input file name -> output ``.npz`` name: the stem, or the full name when stems collide."""
+    stems: dict[str, int] = {}
+    for n in names:
+        stems[Path(n).stem] = stems.get(Path(n).stem, 0) + 1
+    return {n: (Path(n).stem if stems[Path(n).stem] == 1 else n) + ".npz" for n in names}
+
+
+@dataclass(frozen=True)
+class _Task:
+    index: int
+    src: str
+    dst: str
+    rel_src: str
+    rel_dst: str
+    label: int
+    reuse: bool
+
+
+def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs: bool, reuse: bool,
+                   report: ConversionReport) -> list[_Task]:
+    tasks: list[_Task] = []
+    for label, cls in enumerate(classes):
+        with os.scandir(input_dir / cls) as it:
+            entries = sorted(_visible(it), key=lambda e: natural_key(e.name))
+        items = []
+        for e in entries:
+            rel = f"{cls}/{e.name}"
+            if not _storable(e.name) or not _storable(cls):
+                report.skipped.append((rel, "name cannot be stored in a label file (newline or edge spaces)"))
+            elif want_dirs:
+                if e.is_dir():
+                    items.append(e.name)
+                else:
+                    report.skipped.append((rel, "not a clip folder"))
+            elif e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+                items.append(e.name)
+            else:
+                report.skipped.append((rel, "not an image file (by suffix)" if e.is_file() else "a folder"))
+        for name, out_name in _output_names(items).items():
+            tasks.append(_Task(index=len(tasks), src=str(input_dir / cls / name), dst=str(out_dir / cls / out_name),
+                               rel_src=f"{cls}/{name}", rel_dst=f"{cls}/{out_name}", label=label, reuse=reuse))
+    report.total = len(tasks)
+    return tasks
+
+
+def _storable(name: str) -> bool:
+    return "\n" not in name and "\r" not in name and name == name.strip()
+
+
+def _write_or_fail(write: Callable[[str, Any], None], dst: str, payload: Any) -> None:
+    try:
+        write(dst, payload)
+    except OSError as exc:  # disk full, permissions: fatal, reported as a data error
+        raise DataError(f"{dst}: cannot write ({exc})") from None
+
+
+def _remove_stale_temps(out_dir: Path) -> int:
+    """Delete leftovers of killed writes: hidden ``.<name>.<random>.tmp`` files (utils.atomic_path)."""
+    removed = 0
+    for root, _dirs, files in os.walk(out_dir):
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> bool:
+    """Record the parameters; returns whether existing outputs may be reused."""
+    path = out_dir / PARAMS_FILE
+    wanted = json.loads(json.dumps(params))  # normalise tuples -> lists
+    reuse = True
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if previous != wanted:
+            if not overwrite:
+                raise DataError(
+                    f"{out_dir} holds a conversion made with other parameters ({path}); "
+                    "use another output folder or overwrite=True to convert everything again"
+                )
+            reuse = False
+    elif overwrite:
+        reuse = False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+    return reuse
+
+
+# ------------------------------------------------------------------------------------------------
+# per-item work (top-level functions: they run in worker processes)
+# ------------------------------------------------------------------------------------------------
+
+# result: (index, status, height, width, n_events, message); status in converted/reused/dropped/failed
+_Result = tuple[int, str, int, int, int, str]
+
+
+def _image_task(task: _Task, odg_kwargs: Mapping[str, Any]) -> _Result:
+    from PIL import Image
+
+    size = int(odg_kwargs.get("size", 254))
+    if task.reuse and os.path.exists(task.dst):
+        try:
+            read_es_sample(task.dst)
+            with Image.open(task.src) as im:
+                h, w = resized_shape(im.height, im.width, size=size)
+            return task.index, "reused", h, w, -1, ""
+        except Exception:  # unreadable output or input header: convert again below
+            pass
+    try:
+        with Image.open(task.src) as im:
+            im.load()
+            sample = odg(im, **{**odg_kwargs, "min_events": 0})
+    except Exception as exc:  # PIL raises many exception types for broken files
+        return task.index, "failed", 0, 0, 0, f"{type(exc).__name__}: {exc}"
+    min_events = int(odg_kwargs.get("min_events", 1000))
+    if sample.n_events < min_events:
+        if os.path.exists(task.dst):  # e.g. left by a run with other parameters
+            os.unlink(task.dst)
+        return task.index, "dropped", sample.height, sample.width, sample.n_events, ""
+    _write_or_fail(write_es_sample, task.dst, sample)
+    return task.index, "converted", sample.height, sample.width, sample.n_events, ""
+
+
+def _video_task(task: _Task, video_kwargs: Mapping[str, Any]) -> _Result:
+    if task.reuse and os.path.exists(task.dst):
+        try:
+            events = read_video_events(task.dst)
+            return task.index, "reused", int(events.shape[2]), int(events.shape[3]), -1, ""
+        except DataError:
+            pass
+    kwargs = dict(video_kwargs)
+    seed = kwargs.pop("seed", 0)
+    if kwargs.get("mode") == "random":  # a per-clip generator: independent of order and workers
+        kwargs["rng"] = np.random.default_rng([int(seed), zlib.crc32(task.rel_src.encode("utf-8"))])
+    try:
+        events = clip_to_events(task.src, **kwargs)
+    except DataError as exc:
+        return task.index, "failed", 0, 0, 0, str(exc)
+    _write_or_fail(write_video_events, task.dst, events)
+    return task.index, "converted", int(events.shape[2]), int(events.shape[3]), int(events.sum()), ""
+
+
+class _Call:
+    """A picklable ``fn(task, kwargs)`` closure for the pool."""
+
+    def __init__(self, fn: Callable[[_Task, Mapping[str, Any]], _Result], kwargs: Mapping[str, Any]) -> None:
+        self.fn, self.kwargs = fn, dict(kwargs)
+
+    def __call__(self, task: _Task) -> _Result:
+        return self.fn(task, self.kwargs)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run(tasks: list[_Task], call: _Call, workers: int, progress: bool, unit: str) -> Iterator[_Result]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), disable=not progress, unit=unit, dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                yield call(task)
+                bar.update(1)
+            return
+        ctx = multiprocessing.get_context("spawn")
+        block = 4096  # feed the pool in blocks: millions of tasks never sit in its queue at once
+        with ctx.Pool(processes=workers, initializer=_worker_init) as pool:
+            for start in range(0, len(tasks), block):
+                for result in pool.imap_unordered(call, tasks[start:start + block], chunksize=8):
+                    yield result
+                    bar.update(1)
+    finally:
+        bar.close()
+
+
+def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_dirs: bool,
+             fn: Callable[[_Task, Mapping[str, Any]], _Result], kwargs: Mapping[str, Any], params: dict,
+             workers: int, progress: bool, overwrite: bool, unit: str) -> ConversionReport:
+    started = time.monotonic()
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    classes = list_classes(input_dir)
+    report = ConversionReport(out_dir=out_dir, label_file=out_dir / LABEL_FILE, classes=classes)
+    reuse = _check_params(out_dir, params, overwrite)
+    report.stale_temp_removed = _remove_stale_temps(out_dir)
+    tasks = _collect_tasks(input_dir, out_dir, classes, want_dirs, reuse, report)
+    for cls in classes:
+        (out_dir / cls).mkdir(parents=True, exist_ok=True)
+
+    results: dict[int, _Result] = {}
+    for result in _run(tasks, _Call(fn, kwargs), workers, progress, unit):
+        results[result[0]] = result
+    entries = []
+    for task in tasks:
+        _, status, h, w, n_events, message = results[task.index]
+        if status in ("converted", "reused"):
+            entries.append((task.rel_dst, task.label, h, w))
+            report.converted += status == "converted"
+            report.reused += status == "reused"
+        elif status == "dropped":
+            report.dropped.append((task.rel_src, n_events))
+        else:
+            report.failed.append((task.rel_src, message))
+    write_label_file(report.label_file, entries)
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# public converters
+# ------------------------------------------------------------------------------------------------
+
+def convert_image_folder_odg(
+    input_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 0,
+    odg_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> ConversionReport:
+    """Convert an ImageNet-layout folder into the ES-ImageNet format with ODG.
+
+    ``input_dir/<class>/<image>`` with suffixes .jpg/.jpeg/.png/.bmp/.webp (any case) ->
+    ``out_dir/<class>/<image stem>.npz`` (:func:`~spikebridge.data.events.write_es_sample`; the
+    full file name + ``.npz`` when two images of a class share a stem) and ``out_dir/labels.txt``.
+    ``odg_kwargs`` go to :func:`~spikebridge.data.odg.odg` (``size``, ``threshold``, ``window``,
+    ``min_events``, ``path``). ``workers``: processes (0/1 = inline). Resumable: rerun the same
+    call after an interruption. ``overwrite``: convert everything again (needed to change the
+    parameters of an existing output folder).
+    """
+    kwargs = dict(odg_kwargs or {})
+    unknown = set(kwargs) - {"size", "threshold", "window", "min_events", "path"}
+    if unknown:
+        raise ConfigError(f"unknown odg_kwargs {sorted(unknown)}")
+    odg(np.zeros((8, 8), dtype=np.uint8), **kwargs)  # bad parameters fail here, not once per image
+    return _convert(input_dir, out_dir, want_dirs=False, fn=_image_task, kwargs=kwargs,
+                    params={"kind": "odg", "odg_kwargs": kwargs}, workers=workers, progress=progress,
+                    overwrite=overwrite, unit="img")
+
+
+def convert_video_folder(
+    input_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 0,
+    video_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> ConversionReport:
+    """Convert a UCF101 ``jpegs_256``-style tree into ES-UCF101.
+
+    ``input_dir/<class>/<clip>/<frames>`` -> ``out_dir/<class>/<clip>.npz`` (uint8 ``[2, 30, H, W]``,
+    :func:`~spikebridge.data.video.write_video_events`) and ``out_dir/labels.txt``. ``video_kwargs``:
+    ``n_frames``, ``mode``, ``upper``, ``lower``, ``noise_std``, ``min_threshold`` (see
+    :func:`~spikebridge.data.video.frames_to_events`) and ``seed`` (``mode="random"``: each clip
+    gets a generator seeded by ``(seed, crc32(relative clip path))``, so results do not depend on
+    the order or the number of workers). Resumable like :func:`convert_image_folder_odg`.
+    """
+    kwargs = dict(video_kwargs or {})
+    unknown = set(kwargs) - {"n_frames", "mode", "upper", "lower", "noise_std", "min_threshold", "seed"}
+    if unknown:
+        raise ConfigError(f"unknown video_kwargs {sorted(unknown)}")
+    if int(kwargs.get("n_frames", 31)) < 2:
+        raise ConfigError(f"n_frames must be >= 2, got {kwargs['n_frames']}")
+    check = {k: v for k, v in kwargs.items() if k not in ("n_frames", "seed")}
+    frames_to_events(np.zeros((2, 2, 2), dtype=np.float32), **check)  # bad parameters fail here
+    return _convert(input_dir, out_dir, want_dirs=True, fn=_video_task, kwargs=kwargs,
+                    params={"kind": "video", "video_kwargs": kwargs}, workers=workers, progress=progress,
+                    overwrite=overwrite, unit="clip")

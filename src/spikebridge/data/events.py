@@ -1,0 +1,679 @@
+"""Event streams: arrays -> frames, and the file formats spikebridge reads and writes.
+
+* :func:`events_to_frames` -- an event stream (x, y, t, p) -> float frames ``[T, 2, H, W]``
+  (time-major; channel 0 = ON, channel 1 = OFF unless ``polarity_order="off_on"``), binned exactly
+  as ``tonic.transforms.ToFrame`` bins (tested against Tonic when it is installed).
+* ES-ImageNet samples (:func:`write_es_sample`, :func:`read_es_sample`), label files
+  (:func:`read_label_file`, :func:`write_label_file`) and :class:`ESImageNetDataset`.
+* N-MNIST / N-Caltech101 ``.bin`` files (:func:`read_nmnist_bin`, :func:`write_nmnist_bin`).
+* AEDAT 2.0 (DVS128, DAVIS240) and AEDAT 3.1 polarity events (:func:`read_aedat`,
+  :func:`write_aedat2`, :func:`write_aedat31`).
+
+Event arrays use Tonic's structured dtype :data:`EVENT_DTYPE` (fields ``x``, ``y``, ``t``, ``p``;
+``p`` True = ON). The readers are plain numpy (``np.frombuffer``): Tonic (GPL-3.0) is never needed.
+Every malformed input raises :class:`~spikebridge.errors.DataError` naming the file.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, DataError
+from ..utils import atomic_path, atomic_write_bytes, atomic_write_text
+from .odg import EventSample, events_to_dense
+
+#: Tonic's event layout: pixel column ``x``, pixel row ``y``, timestamp ``t`` (µs), ``p`` True = ON.
+EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", bool)])
+
+
+def make_events(x: Any, y: Any, t: Any, p: Any) -> np.ndarray:
+    """Build a structured :data:`EVENT_DTYPE` array; ``p`` is True for ON (``p > 0``)."""
+    x, y, t, p = (np.asarray(v) for v in (x, y, t, p))
+    out = np.empty(x.shape[0], dtype=EVENT_DTYPE)
+    out["x"], out["y"], out["t"], out["p"] = x, y, t, p > 0
+    return out
+
+
+# ================================================================================================
+# events -> frames
+# ================================================================================================
+
+def _where(source: str | os.PathLike | None) -> str:
+    return f"{source}: " if source is not None else ""
+
+
+def _fields(events: Any, source: str | os.PathLike | None) -> tuple[np.ndarray, ...]:
+    """(x, y, t, p) arrays from a structured array, a mapping or a 4-sequence."""
+    try:
+        if isinstance(events, np.ndarray) and events.dtype.names is not None:
+            x, y, t, p = (events[k] for k in ("x", "y", "t", "p"))
+        elif isinstance(events, Mapping):
+            x, y, t, p = (np.asarray(events[k]) for k in ("x", "y", "t", "p"))
+        elif isinstance(events, (tuple, list)) and len(events) == 4:
+            x, y, t, p = (np.asarray(v) for v in events)
+        else:
+            raise DataError(
+                f"{_where(source)}events must be a structured array with fields x, y, t, p, a dict of "
+                f"those arrays or an (x, y, t, p) tuple, got {type(events).__name__}"
+            )
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"{_where(source)}events lack a field: {exc} (need x, y, t, p)") from None
+    arrays = [np.asarray(v).reshape(-1) if np.ndim(v) <= 1 else np.asarray(v) for v in (x, y, t, p)]
+    if any(a.ndim != 1 for a in arrays) or len({a.shape[0] for a in arrays}) != 1:
+        raise DataError(f"{_where(source)}x, y, t, p must be 1-D arrays of one length, got shapes "
+                        f"{[a.shape for a in arrays]}")
+    return tuple(arrays)
+
+
+def _on_flags(p: np.ndarray, source: str | os.PathLike | None) -> np.ndarray:
+    """Polarity -> bool ON flags. Accepts bool, {0, 1} (1 = ON) or {-1, 1} (1 = ON)."""
+    if p.dtype == np.bool_:
+        return p
+    values = np.unique(p)
+    if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {-1, 1}):
+        raise DataError(f"{_where(source)}polarity must be bool, 0/1 or -1/1, got values {values[:6].tolist()}")
+    return p > 0
+
+
+def _integer_coords(v: np.ndarray, name: str, limit: int, source: str | os.PathLike | None) -> np.ndarray:
+    if v.dtype.kind not in "iub":
+        if v.dtype.kind == "f" and np.all(np.isfinite(v)) and np.all(v == np.round(v)):
+            v = v.astype(np.int64)
+        else:
+            raise DataError(f"{_where(source)}{name} coordinates must be integers, got dtype {v.dtype}")
+    v = v.astype(np.int64)
+    bad = (v < 0) | (v >= limit)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{_where(source)}{int(bad.sum())} events have {name} outside the sensor [0, {limit}) "
+            f"(first: event {i}, {name}={int(v[i])})"
+        )
+    return v
+
+
+def _sensor_wh(sensor_size: Sequence[int]) -> tuple[int, int]:
+    if len(sensor_size) not in (2, 3) or (len(sensor_size) == 3 and int(sensor_size[2]) not in (1, 2)):
+        raise ConfigError(f"sensor_size must be (W, H) or Tonic's (W, H, P) with P = 2, got {tuple(sensor_size)}")
+    w, h = int(sensor_size[0]), int(sensor_size[1])
+    if w <= 0 or h <= 0:
+        raise ConfigError(f"sensor_size must be positive, got {tuple(sensor_size)}")
+    return w, h
+
+
+def time_bin_edges(
+    t: np.ndarray,
+    *,
+    n_time_bins: int | None = None,
+    time_window: float | None = None,
+    overlap: float = 0.0,
+    include_incomplete: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index ranges ``[start_i, end_i)`` of the sorted timestamps ``t`` for each frame (Tonic's rule).
+
+    * ``n_time_bins=n``: windows of ``(t[-1] - t[0]) // n * (1 + overlap)`` starting every
+      ``window * (1 - overlap)`` from ``t[0]``; ``overlap`` is a fraction of a bin (< 1). As in Tonic,
+      the floor division means events in the last ``(t[-1] - t[0]) % n`` time units (always
+      including the last event) fall after the final window and are not counted.
+    * ``time_window=w``: windows of ``w`` every ``w - overlap`` (``overlap`` in time units) from
+      ``t[0]``; ``floor((duration - w) / stride) + 1`` of them (``ceil`` with
+      ``include_incomplete``), at least one.
+
+    A window ``[a, b)`` holds the events with ``a <= t < b``.
+    """
+    if (n_time_bins is None) == (time_window is None):
+        raise ConfigError("give exactly one of n_time_bins and time_window")
+    if n_time_bins is not None:
+        if int(n_time_bins) < 1:
+            raise ConfigError(f"n_time_bins must be >= 1, got {n_time_bins}")
+        if not 0 <= overlap < 1:
+            raise ConfigError(f"with n_time_bins, overlap is a fraction of a bin in [0, 1), got {overlap}")
+        window = (t[-1] - t[0]) // int(n_time_bins) * (1 + overlap)
+        stride = window * (1 - overlap)
+        starts = np.arange(int(n_time_bins)) * stride + t[0]
+    else:
+        if time_window <= 0:
+            raise ConfigError(f"time_window must be > 0, got {time_window}")
+        stride = time_window - overlap
+        if stride <= 0:
+            raise ConfigError(f"overlap ({overlap}) must be smaller than time_window ({time_window})")
+        duration = t[-1] - t[0]
+        rounding = np.ceil if include_incomplete else np.floor
+        n_slices = max(int(rounding((duration - time_window) / stride) + 1), 1)
+        window = time_window
+        starts = np.arange(n_slices) * stride + t[0]
+    return np.searchsorted(t, starts), np.searchsorted(t, starts + window)
+
+
+def events_to_frames(
+    events: Any,
+    *,
+    sensor_size: Sequence[int],
+    n_time_bins: int | None = None,
+    time_window: float | None = None,
+    overlap: float = 0.0,
+    include_incomplete: bool = False,
+    polarity_order: str = "on_off",
+    source: str | os.PathLike | None = None,
+) -> torch.Tensor:
+    """Count events per time bin, polarity and pixel: float32 ``[T, 2, H, W]``.
+
+    ``events``: a structured array with fields ``x`` (column), ``y`` (row), ``t`` (timestamp, any
+    unit, non-decreasing), ``p`` (bool, 0/1 or -1/1; True/1 = ON), e.g. Tonic's; or a dict of those
+    arrays, or an ``(x, y, t, p)`` tuple. ``sensor_size``: ``(W, H)`` -- width first, as in Tonic
+    (Tonic's ``(W, H, P)`` is accepted too). Exactly one of ``n_time_bins`` / ``time_window``; the
+    bins are Tonic's (see :func:`time_bin_edges`). ``polarity_order``: ``"on_off"`` (channel 0 =
+    ON, like ODG frames) or ``"off_on"`` (channel index = p, Tonic's order). ``source``: a file name
+    for the error messages.
+
+    Raises :class:`DataError` for an empty stream, coordinates outside the sensor, timestamps that
+    decrease, or bad polarity values.
+    """
+    if polarity_order not in ("on_off", "off_on"):
+        raise ConfigError(f"polarity_order must be 'on_off' or 'off_on', got {polarity_order!r}")
+    width, height = _sensor_wh(sensor_size)
+    x, y, t, p = _fields(events, source)
+    if x.shape[0] == 0:
+        raise DataError(f"{_where(source)}the event stream is empty")
+    x = _integer_coords(x, "x", width, source)
+    y = _integer_coords(y, "y", height, source)
+    if t.dtype.kind not in "iuf":
+        raise DataError(f"{_where(source)}timestamps must be numeric, got dtype {t.dtype}")
+    if t.dtype.kind == "f" and not np.all(np.isfinite(t)):
+        raise DataError(f"{_where(source)}timestamps contain NaN or Inf")
+    if t.dtype.kind == "u":
+        t = t.astype(np.int64)
+    backwards = np.flatnonzero(np.diff(t) < 0)
+    if backwards.size:
+        i = int(backwards[0])
+        raise DataError(
+            f"{_where(source)}timestamps are not sorted: event {i + 1} (t={t[i + 1]}) comes before "
+            f"event {i} (t={t[i]}); {backwards.size} decreases in all"
+        )
+    on = _on_flags(p, source)
+    channel = (~on if polarity_order == "on_off" else on).astype(np.int64)
+    flat = (channel * height + y) * width + x
+
+    starts, ends = time_bin_edges(t, n_time_bins=n_time_bins, time_window=time_window, overlap=overlap,
+                                  include_incomplete=include_incomplete)
+    frames = np.zeros((len(starts), 2 * height * width), dtype=np.float32)
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+        if b > a:
+            frames[i] = np.bincount(flat[a:b], minlength=2 * height * width)
+    return torch.from_numpy(frames.reshape(len(starts), 2, height, width))
+
+
+# ================================================================================================
+# ES-ImageNet: samples, label files, dataset
+# ================================================================================================
+
+def write_es_sample(path: str | os.PathLike, sample: EventSample) -> None:
+    """Write ``sample`` as a compressed ``.npz`` with uint8 ``pos`` / ``neg`` (released format).
+
+    Written to a temporary file beside ``path`` and renamed, so ``path`` is never half-written.
+    The height / width belong in the label file (:func:`write_label_file`).
+    """
+    if not isinstance(sample, EventSample):
+        raise TypeError(f"write_es_sample needs an EventSample, got {type(sample).__name__}")
+    for name, rows in (("pos", sample.pos), ("neg", sample.neg)):
+        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3:
+            raise DataError(f"{path}: {name} must be uint8 [N, 3], got {rows.dtype} {tuple(rows.shape)}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, pos=sample.pos, neg=sample.neg)
+
+
+def read_es_sample(
+    path: str | os.PathLike,
+    *,
+    height: int = 254,
+    width: int = 254,
+    n_steps: int = 8,
+) -> EventSample:
+    """Read an ES-ImageNet ``.npz`` (uint8 ``pos``/``neg`` rows ``(row, col, t)``, t in 1..n_steps).
+
+    ``height`` / ``width``: the resized image's size from the label file (the defaults mean a
+    square 254x254 image, i.e. no centring shift). Raises :class:`DataError` for a missing,
+    truncated or corrupt file, a missing key, a wrong dtype/shape, or ``t`` out of range.
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: not an .npz archive (a plain .npy array)")
+        with data:
+            missing = [k for k in ("pos", "neg") if k not in data.files]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {missing} (has {sorted(data.files)})")
+            pos, neg = data["pos"], data["neg"]
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+    for name, rows in (("pos", pos), ("neg", neg)):
+        if rows.dtype != np.uint8:
+            raise DataError(f"{path}: {name} must be uint8, got {rows.dtype}")
+        if rows.ndim != 2 or rows.shape[1] != 3:
+            raise DataError(f"{path}: {name} must have shape [N, 3] (row, col, t), got {tuple(rows.shape)}")
+        if rows.shape[0] and (rows[:, 2].min() < 1 or rows[:, 2].max() > n_steps):
+            raise DataError(f"{path}: {name} has t outside 1..{n_steps} "
+                            f"({int(rows[:, 2].min())}..{int(rows[:, 2].max())})")
+    return EventSample(pos=pos, neg=neg, height=int(height), width=int(width))
+
+
+@dataclass(frozen=True)
+class LabelEntry:
+    """One label-file line: the sample's ``.npz`` path, its class, and the resized image's size."""
+
+    path: Path
+    label: int
+    height: int
+    width: int
+    line: int
+
+
+def read_label_file(
+    label_file: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    check_files: bool = True,
+) -> list[LabelEntry]:
+    """Parse lines ``relative_path label height width`` (blank lines and ``#`` comments skipped).
+
+    The path may contain spaces (the last three fields are split off). It is relative to
+    ``data_dir`` (default: the label file's folder); a suffix other than ``.npz`` (the released
+    dataset lists image names such as ``x.JPEG``) is replaced by ``.npz``. Raises
+    :class:`DataError` naming the file and line for a wrong field count, a non-integer, a
+    negative label, a size outside 1..65535, or (``check_files``) a missing sample file.
+    """
+    label_file = Path(label_file)
+    base = Path(data_dir) if data_dir is not None else label_file.parent
+    try:
+        text = label_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{label_file}: label file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{label_file}: cannot read the label file ({exc})") from None
+    entries: list[LabelEntry] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.rsplit(None, 3)
+        if len(fields) != 4:
+            raise DataError(f"{label_file}:{number}: expected 'path label height width', got {len(fields)} "
+                            f"field(s): {line!r}")
+        rel, *numbers = fields
+        try:
+            label, height, width = (int(v) for v in numbers)
+        except ValueError:
+            raise DataError(f"{label_file}:{number}: label, height and width must be integers, got "
+                            f"{' '.join(numbers)!r}") from None
+        if label < 0:
+            raise DataError(f"{label_file}:{number}: label must be >= 0, got {label}")
+        if not (0 < height < 65536 and 0 < width < 65536):
+            raise DataError(f"{label_file}:{number}: height/width must be positive, got {height} {width}")
+        path = base / rel
+        if path.suffix.lower() != ".npz":
+            path = path.with_suffix(".npz")
+        if check_files and not path.is_file():
+            raise DataError(f"{label_file}:{number}: sample file {path} not found")
+        entries.append(LabelEntry(path=path, label=label, height=height, width=width, line=number))
+    return entries
+
+
+def write_label_file(label_file: str | os.PathLike, entries: Sequence[tuple[str, int, int, int]]) -> None:
+    """Write ``relative_path label height width`` lines atomically (paths use ``/``)."""
+    lines = []
+    for rel, label, height, width in entries:
+        rel = str(rel).replace(os.sep, "/")
+        if "\n" in rel or rel != rel.strip():
+            raise DataError(f"{label_file}: cannot store the path {rel!r} in a label file")
+        lines.append(f"{rel} {int(label)} {int(height)} {int(width)}\n")
+    atomic_write_text(label_file, "".join(lines))
+
+
+class ESImageNetDataset(Dataset):
+    """ES-ImageNet samples as ``(frames float32 [8, 2, 224, 224], label int)``.
+
+    ``root_or_label_file`` may be:
+
+    * a label file (ours: ``relative_path label height width``, paths relative to its folder);
+    * a folder holding ``labels.txt`` (what :func:`~spikebridge.data.convert.convert_image_folder_odg`
+      writes);
+    * the released dataset's root, holding ``trainlabel.txt`` / ``vallabel.txt`` and the folders
+      ``train/`` / ``val/`` (paths in the label file are relative to ``train/`` or ``val/``, their
+      image suffix replaced by ``.npz``); ``split`` picks ``"train"`` or ``"val"``.
+
+    Frames follow PAPER.md step 5 (:func:`~spikebridge.data.odg.events_to_dense`), time-major,
+    channel 0 = ON. ``transform`` is applied to the frames. ``check_files`` checks at construction
+    that every listed file exists (turn it off for very large sets on slow file systems).
+    """
+
+    def __init__(
+        self,
+        root_or_label_file: str | os.PathLike,
+        *,
+        split: str = "train",
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        check_files: bool = True,
+        dense_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        root = Path(root_or_label_file)
+        if root.is_file():
+            label_file, data_dir = root, None
+        elif (root / "labels.txt").is_file():
+            label_file, data_dir = root / "labels.txt", None
+        elif (root / f"{split}label.txt").is_file():
+            label_file, data_dir = root / f"{split}label.txt", root / split
+        else:
+            raise DataError(f"{root}: no label file found (expected a label file, {root / 'labels.txt'}, "
+                            f"or the released layout {root / (split + 'label.txt')} with {root / split}/)")
+        self.label_file = label_file
+        self.entries = read_label_file(label_file, data_dir=data_dir, check_files=check_files)
+        self.transform = transform
+        self.dense_kwargs = dict(dense_kwargs or {})
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def labels(self) -> list[int]:
+        return [e.label for e in self.entries]
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels, default=-1) + 1
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        entry = self.entries[index]
+        try:
+            sample = read_es_sample(entry.path, height=entry.height, width=entry.width)
+        except DataError as exc:
+            raise DataError(f"{exc} (listed at {self.label_file}:{entry.line})") from None
+        frames = events_to_dense(sample, dtype=torch.float32, **self.dense_kwargs)
+        if self.transform is not None:
+            frames = self.transform(frames)
+        return frames, entry.label
+
+
+# ================================================================================================
+# N-MNIST / N-Caltech101 .bin
+# ================================================================================================
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+
+
+def read_nmnist_bin(path: str | os.PathLike, *, sensor_size: Sequence[int] | None = (34, 34)) -> np.ndarray:
+    """Read an N-MNIST / N-Caltech101 ``.bin`` file (Orchard et al.'s 40-bit events).
+
+    Per event 5 bytes: byte 0 = x, byte 1 = y, byte 2 bit 7 = polarity (1 = ON), then a 23-bit
+    timestamp in µs (byte 2 bits 6..0, byte 3, byte 4; big-endian). An event with ``y == 240`` is
+    a timestamp-overflow marker: it is dropped and 2**13 µs added to all later timestamps, as the
+    dataset authors' reader (and Tonic) do. ``sensor_size``: ``(W, H)`` to check coordinates
+    against (N-MNIST 34x34; pass ``None`` to skip, e.g. for N-Caltech101). Returns
+    :data:`EVENT_DTYPE` events.
+    """
+    raw = _read_bytes(path)
+    if len(raw) % 5:
+        raise DataError(f"{path}: {len(raw)} bytes is not a whole number of 5-byte N-MNIST events "
+                        "(truncated file?)")
+    data = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 5).astype(np.int64)
+    x, y = data[:, 0], data[:, 1]
+    p = (data[:, 2] >> 7) & 1
+    t = ((data[:, 2] & 0x7F) << 16) | (data[:, 3] << 8) | data[:, 4]
+    overflow = y == 240
+    if overflow.any():
+        t = t + np.cumsum(overflow) * (2 ** 13)
+        keep = ~overflow
+        x, y, t, p = x[keep], y[keep], t[keep], p[keep]
+    if sensor_size is not None:
+        width, height = _sensor_wh(sensor_size)
+        bad = (x >= width) | (y >= height)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{path}: not an N-MNIST file: event {i} at x={int(x[i])}, y={int(y[i])} lies "
+                            f"outside the {width}x{height} sensor")
+    return make_events(x, y, t, p)
+
+
+def write_nmnist_bin(path: str | os.PathLike, events: Any) -> None:
+    """Write events in the N-MNIST ``.bin`` format (atomically). Needs 0 <= x, y < 240 (240 is the
+    overflow marker), timestamps in 0 .. 2**23 - 1 µs."""
+    x, y, t, p = _fields(events, path)
+    on = _on_flags(p, path)
+    x, y, t = (np.asarray(v, dtype=np.int64) for v in (x, y, t))
+    if x.size and (x.min() < 0 or x.max() > 255 or y.min() < 0 or y.max() > 239):
+        raise DataError(f"{path}: N-MNIST stores 0 <= x <= 255 and 0 <= y <= 239")
+    if t.size and (t.min() < 0 or t.max() >= 2 ** 23):
+        raise DataError(f"{path}: N-MNIST timestamps must lie in 0 .. 2**23 - 1 µs")
+    out = np.empty((x.shape[0], 5), dtype=np.uint8)
+    out[:, 0] = x
+    out[:, 1] = y
+    out[:, 2] = (on.astype(np.int64) << 7) | ((t >> 16) & 0x7F)
+    out[:, 3] = (t >> 8) & 0xFF
+    out[:, 4] = t & 0xFF
+    atomic_write_bytes(path, out.tobytes())
+
+
+# ================================================================================================
+# AEDAT 2.0 and 3.1
+# ================================================================================================
+
+#: Sensor size (W, H) of the address formats :func:`read_aedat` decodes for AEDAT 2.0 files.
+AEDAT2_SENSORS: Mapping[str, tuple[int, int]] = {"dvs128": (128, 128), "davis240": (240, 180)}
+
+
+def _split_header(raw: bytes, path: str | os.PathLike) -> tuple[str, int]:
+    """(version string, offset of the first data byte). Header lines start with ``#``."""
+    if not raw.startswith(b"#!AER-DAT"):
+        raise DataError(f"{path}: not an AEDAT file (it must start with '#!AER-DAT', got {raw[:12]!r})")
+    first_end = raw.find(b"\n")
+    if first_end < 0:
+        raise DataError(f"{path}: AEDAT header line is not terminated")
+    version = raw[len(b"#!AER-DAT"):first_end].strip().decode("ascii", "replace")
+    pos = 0
+    while pos < len(raw) and raw[pos:pos + 1] == b"#":
+        end = raw.find(b"\n", pos)
+        if end < 0:
+            raise DataError(f"{path}: AEDAT header is not terminated (truncated file?)")
+        line = raw[pos:end]
+        pos = end + 1
+        if line.rstrip(b"\r") == b"#!END-HEADER":
+            break
+    return version, pos
+
+
+def _decode_dvs128(addr: np.ndarray, orientation: str) -> tuple[np.ndarray, ...]:
+    x_field = (addr >> 1) & 0x7F
+    y_field = (addr >> 8) & 0x7F
+    on = (addr & 1) == 0  # jAER: polarity bit 0 = ON, 1 = OFF
+    if orientation == "raw":
+        return x_field, y_field, on
+    if orientation == "jaer":
+        return 127 - x_field, y_field, on
+    # "cifar10dvs": SpikingJelly's reading of CIFAR10-DVS (transposed and mirrored)
+    return 127 - y_field, 127 - x_field, on
+
+
+def read_aedat(
+    path: str | os.PathLike,
+    *,
+    camera: str = "dvs128",
+    orientation: str = "jaer",
+) -> np.ndarray:
+    """Read polarity events from an AEDAT 2.0 or 3.1 file -> :data:`EVENT_DTYPE` events.
+
+    **AEDAT 2.0** (``#!AER-DAT2.0`` header lines starting with ``#``, then big-endian pairs of
+    uint32 address and uint32 timestamp in µs). ``camera`` selects the address layout:
+
+    * ``"dvs128"`` (DVS128; CIFAR10-DVS, DVS128-era recordings), 128x128: bit 0 = polarity
+      (0 = ON, 1 = OFF, as jAER decodes it), bits 1-7 = x field, bits 8-14 = y field.
+      ``orientation``: ``"raw"`` gives x = (addr >> 1) & 0x7F, y = (addr >> 8) & 0x7F;
+      ``"jaer"`` (default) mirrors x as jAER does (x = 127 - field; y counts from the bottom);
+      ``"cifar10dvs"`` gives SpikingJelly's CIFAR10-DVS reading, x = 127 - y field,
+      y = 127 - x field (a transposed, upright image).
+    * ``"davis240"`` (DAVIS240 AEDAT 2.0), 240x180: bit 31 = 0 marks a polarity event (APS/IMU
+      samples are dropped), y = bits 22-30, x = bits 12-21, polarity = bit 11 (1 = ON).
+
+    **AEDAT 3.x** (``#!AER-DAT3.1``, header ending ``#!END-HEADER``, then packets of a 28-byte
+    little-endian header: type, source (int16), event size, timestamp offset, timestamp
+    overflow, capacity, number, valid (int32)). Polarity packets (type 1, 8-byte events: uint32
+    data with bit 0 = valid, bit 1 = polarity (1 = ON), bits 2-16 = y, bits 17-31 = x; int32
+    timestamp) are decoded, timestamps widened with the packet's overflow counter; invalid events
+    and other packet types are skipped. ``camera``/``orientation`` do not apply.
+
+    Raises :class:`DataError` for a wrong magic, unsupported version, or truncated data.
+    """
+    raw = _read_bytes(path)
+    version, start = _split_header(raw, path)
+    if version.startswith("2."):
+        return _read_aedat2_body(raw, start, path, camera, orientation)
+    if version.startswith("3."):
+        return _read_aedat3_body(raw, start, path)
+    raise DataError(f"{path}: AEDAT version {version!r} is not supported (2.0 and 3.x are)")
+
+
+def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: str,
+                      orientation: str) -> np.ndarray:
+    if camera not in AEDAT2_SENSORS:
+        raise ConfigError(f"camera must be one of {sorted(AEDAT2_SENSORS)}, got {camera!r}")
+    if orientation not in ("raw", "jaer", "cifar10dvs"):
+        raise ConfigError(f"orientation must be 'raw', 'jaer' or 'cifar10dvs', got {orientation!r}")
+    body = len(raw) - start
+    if body % 8:
+        raise DataError(f"{path}: AEDAT 2.0 data is {body} bytes, not a whole number of 8-byte events "
+                        "(truncated file?)")
+    records = np.frombuffer(raw, dtype=np.dtype([("addr", ">u4"), ("t", ">u4")]), offset=start)
+    addr = records["addr"].astype(np.int64)
+    t = records["t"].astype(np.int64)
+    if camera == "dvs128":
+        x, y, on = _decode_dvs128(addr, orientation)
+    else:
+        dvs = (addr >> 31) == 0
+        addr, t = addr[dvs], t[dvs]
+        x, y, on = (addr >> 12) & 0x3FF, (addr >> 22) & 0x1FF, ((addr >> 11) & 1) == 1
+        width, height = AEDAT2_SENSORS["davis240"]
+        bad = (x >= width) | (y >= height)
+        if bad.any():
+            raise DataError(f"{path}: {int(bad.sum())} DAVIS240 events lie outside the 240x180 sensor "
+                            "(not a DAVIS240 file?)")
+    return make_events(x, y, t, on)
+
+
+_AEDAT3_HEADER = np.dtype([("type", "<i2"), ("source", "<i2"), ("size", "<i4"), ("ts_offset", "<i4"),
+                           ("ts_overflow", "<i4"), ("capacity", "<i4"), ("number", "<i4"), ("valid", "<i4")])
+_AEDAT3_POLARITY = np.dtype([("data", "<u4"), ("t", "<i4")])
+
+
+def _read_aedat3_body(raw: bytes, start: int, path: str | os.PathLike) -> np.ndarray:
+    chunks: list[np.ndarray] = []
+    pos = start
+    while pos < len(raw):
+        if len(raw) - pos < _AEDAT3_HEADER.itemsize:
+            raise DataError(f"{path}: truncated AEDAT 3 packet header at byte {pos}")
+        head = np.frombuffer(raw, dtype=_AEDAT3_HEADER, count=1, offset=pos)[0]
+        size, capacity, number = int(head["size"]), int(head["capacity"]), int(head["number"])
+        if size <= 0 or capacity < 0 or not 0 <= number <= capacity or not 0 <= int(head["ts_offset"]) <= size - 4:
+            raise DataError(f"{path}: corrupt AEDAT 3 packet header at byte {pos} (size {size}, capacity "
+                            f"{capacity}, number {number})")
+        pos += _AEDAT3_HEADER.itemsize
+        length = size * capacity
+        if len(raw) - pos < length:
+            raise DataError(f"{path}: truncated AEDAT 3 packet at byte {pos}: needs {length} bytes, "
+                            f"{len(raw) - pos} left")
+        if int(head["type"]) == 1:
+            if size != 8:
+                raise DataError(f"{path}: AEDAT 3 polarity events must be 8 bytes, got {size}")
+            ev = np.frombuffer(raw, dtype=_AEDAT3_POLARITY, count=capacity, offset=pos)
+            data = ev["data"].astype(np.int64)
+            valid = (data & 1) == 1
+            t = (int(head["ts_overflow"]) << 31) | ev["t"].astype(np.int64)
+            chunks.append(make_events((data >> 17) & 0x7FFF, (data >> 2) & 0x7FFF, t, (data >> 1) & 1)[valid])
+        pos += length
+    if not chunks:
+        return np.empty(0, dtype=EVENT_DTYPE)
+    return np.concatenate(chunks)
+
+
+def write_aedat2(
+    path: str | os.PathLike,
+    events: Any,
+    *,
+    camera: str = "dvs128",
+    orientation: str = "jaer",
+) -> None:
+    """Write events as an AEDAT 2.0 file (atomically); the inverse of :func:`read_aedat`."""
+    x, y, t, p = _fields(events, path)
+    on = _on_flags(p, path)
+    x, y, t = (np.asarray(v, dtype=np.int64) for v in (x, y, t))
+    if t.size and (t.min() < 0 or t.max() >= 2 ** 32):
+        raise DataError(f"{path}: AEDAT 2.0 timestamps must fit uint32")
+    if camera == "dvs128":
+        if x.size and (min(x.min(), y.min()) < 0 or max(x.max(), y.max()) > 127):
+            raise DataError(f"{path}: DVS128 coordinates must lie in 0..127")
+        if orientation == "raw":
+            xf, yf = x, y
+        elif orientation == "jaer":
+            xf, yf = 127 - x, y
+        elif orientation == "cifar10dvs":
+            xf, yf = 127 - y, 127 - x
+        else:
+            raise ConfigError(f"orientation must be 'raw', 'jaer' or 'cifar10dvs', got {orientation!r}")
+        addr = (yf << 8) | (xf << 1) | (~on).astype(np.int64)
+    elif camera == "davis240":
+        if x.size and (min(x.min(), y.min()) < 0 or x.max() >= 240 or y.max() >= 180):
+            raise DataError(f"{path}: DAVIS240 coordinates must lie in 240x180")
+        addr = (y << 22) | (x << 12) | (on.astype(np.int64) << 11)
+    else:
+        raise ConfigError(f"camera must be one of {sorted(AEDAT2_SENSORS)}, got {camera!r}")
+    records = np.empty(x.shape[0], dtype=np.dtype([("addr", ">u4"), ("t", ">u4")]))
+    records["addr"], records["t"] = addr, t
+    header = b"#!AER-DAT2.0\r\n# This is a raw AE data file created by spikebridge\r\n"
+    atomic_write_bytes(path, header + records.tobytes())
+
+
+def write_aedat31(path: str | os.PathLike, events: Any, *, packet_size: int = 4096) -> None:
+    """Write polarity events as an AEDAT 3.1 file (atomically), ``packet_size`` events a packet.
+
+    Timestamps (µs, >= 0) above 2**31 - 1 are split into the packets' overflow counter.
+    """
+    x, y, t, p = _fields(events, path)
+    on = _on_flags(p, path)
+    x, y, t = (np.asarray(v, dtype=np.int64) for v in (x, y, t))
+    if t.size and t.min() < 0:
+        raise DataError(f"{path}: AEDAT 3.1 timestamps must be >= 0")
+    if x.size and (min(x.min(), y.min()) < 0 or max(x.max(), y.max()) > 0x7FFF):
+        raise DataError(f"{path}: AEDAT 3.1 coordinates must lie in 0..32767")
+    parts = [b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: spikebridge\r\n#!END-HEADER\r\n"]
+    overflow = t >> 31
+    i = 0
+    while i < x.shape[0]:
+        j = min(i + packet_size, x.shape[0])
+        changes = np.flatnonzero(overflow[i:j] != overflow[i])
+        if changes.size:  # one overflow counter per packet
+            j = i + int(changes[0])
+        head = np.zeros(1, dtype=_AEDAT3_HEADER)
+        head["type"], head["source"], head["size"], head["ts_offset"] = 1, 1, 8, 4
+        head["ts_overflow"], head["capacity"], head["number"], head["valid"] = overflow[i], j - i, j - i, j - i
+        ev = np.empty(j - i, dtype=_AEDAT3_POLARITY)
+        ev["data"] = (x[i:j] << 17) | (y[i:j] << 2) | (on[i:j].astype(np.int64) << 1) | 1
+        ev["t"] = t[i:j] & 0x7FFFFFFF
+        parts += [head.tobytes(), ev.tobytes()]
+        i = j
+    atomic_write_bytes(path, b"".join(parts))

@@ -1,0 +1,349 @@
+"""Image folders in the ImageNet layout, decoded with PIL.
+
+Layout (the same as torchvision's ``ImageFolder``)::
+
+    root/<class name>/<any sub-folders>/<image>.<ext>
+
+Class index = position of the class folder in the sorted folder names; ``samples`` is the list of
+``(path, class_index)`` in torchvision's order (classes sorted, then ``os.walk`` with sorted
+folder and file names, following symlinks). One deliberate difference: hidden folders
+(names starting with ``.``, e.g. ``.ipynb_checkpoints``) are not classes.
+
+A dataset root holding splits (``root/train`` and ``root/val``; ``test`` or ``validation`` count
+as the validation split) is recognised by :func:`split_layout`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from spikebridge.errors import ConfigError, DataError
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "ImageFolderDataset",
+    "ImageFolderInfo",
+    "SplitLayout",
+    "find_classes",
+    "scan_image_folder",
+    "load_image",
+    "inspect_image_folder",
+    "split_layout",
+]
+
+IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""File extensions read as images (compared case-insensitively), torchvision's list."""
+
+_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# Exceptions PIL raises for missing, unreadable, unknown, truncated or corrupt files.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, Image.DecompressionBombError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _normalise_extensions(extensions: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions if e)
+    if not exts:
+        raise ConfigError("extensions must name at least one file extension, e.g. ('.jpg', '.png')")
+    return exts
+
+
+def _check_root(root: str | os.PathLike[str]) -> str:
+    path = os.fspath(root)
+    if not os.path.exists(path):
+        raise DataError(f"image folder {path} does not exist")
+    if not os.path.isdir(path):
+        raise DataError(f"image folder {path} is not a directory")
+    return path
+
+
+def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
+    """Class folders of ``root``: sorted non-hidden sub-folder names and ``{name: index}``.
+
+    Raises:
+        DataError: ``root`` is missing, not a folder, or has no class sub-folders (the message
+            says whether it holds loose images or looks like a ``train/``/``val/`` split root).
+    """
+    path = _check_root(root)
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except OSError as exc:
+        raise DataError(f"cannot list image folder {path}: {_one_line(exc)}") from None
+    classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        loose = [e.name for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
+        hint = (
+            f" (it holds {len(loose)} loose images: put each class in its own sub-folder)"
+            if loose
+            else ""
+        )
+        raise DataError(f"image folder {path} has no class sub-folders; expected root/<class>/<image>{hint}")
+    layout = split_layout(path)
+    if layout is not None:
+        raise DataError(
+            f"image folder {path} holds dataset splits ({', '.join(classes)}), not classes; "
+            f"pass {layout.train} (training) or the validation folder instead"
+        )
+    return classes, {name: i for i, name in enumerate(classes)}
+
+
+def scan_image_folder(
+    root: str | os.PathLike[str],
+    class_to_idx: dict[str, int] | None = None,
+    extensions: Sequence[str] | str = IMG_EXTENSIONS,
+    allow_empty: bool = False,
+) -> list[tuple[str, int]]:
+    """List ``(path, class_index)`` of every image under ``root/<class>/`` in torchvision's order.
+
+    Files whose extension is not in ``extensions`` (case-insensitive) are skipped, so are hidden
+    files. ``class_to_idx=None`` uses :func:`find_classes`.
+
+    Raises:
+        DataError: a class folder holds no image (unless ``allow_empty``), or none at all do.
+    """
+    path = _check_root(root)
+    if class_to_idx is None:
+        _, class_to_idx = find_classes(path)
+    exts = _normalise_extensions(extensions)
+    samples: list[tuple[str, int]] = []
+    for name in sorted(class_to_idx, key=lambda c: class_to_idx[c]):
+        idx = class_to_idx[name]
+        class_dir = os.path.join(path, name)
+        if not os.path.isdir(class_dir):
+            raise DataError(f"class folder {class_dir} does not exist")
+        count = 0
+        walked = []
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune hidden folders
+            walked.append((dirpath, filenames))
+        for dirpath, filenames in sorted(walked):
+            for fname in sorted(filenames):
+                if fname.startswith(".") or not fname.lower().endswith(exts):
+                    continue
+                samples.append((os.path.join(dirpath, fname), idx))
+                count += 1
+        if count == 0 and not allow_empty:
+            raise DataError(f"class folder {class_dir} holds no images with extensions {' '.join(exts)}")
+    if not samples:
+        raise DataError(f"image folder {path} holds no images with extensions {' '.join(exts)}")
+    return samples
+
+
+def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
+    """Decode ``path`` fully with PIL and convert it to ``mode`` (``"RGB"`` or ``"L"``).
+
+    Raises:
+        DataError: the file is missing, unreadable, not an image, truncated or corrupt
+            (one line naming the file; picklable, so it crosses DataLoader workers).
+    """
+    p = os.fspath(path)
+    try:
+        with Image.open(p) as img:
+            out = img.convert(mode)
+            out.load()
+    except Image.UnidentifiedImageError:
+        raise DataError(f"cannot decode image {p}: not a recognised image format (corrupt or not an image)") from None
+    except _DECODE_ERRORS as exc:
+        raise DataError(f"cannot decode image {p}: {_one_line(exc)}") from None
+    return out
+
+
+class ImageFolderDataset(Dataset):
+    """Images in ``root/<class>/...``, returned as ``(transform(image), class_index)``.
+
+    Args:
+        root: the folder holding one sub-folder per class.
+        transform: applied to the decoded PIL image; ``None`` returns the PIL image itself
+            (as torchvision does), e.g. to pick transforms later.
+        target_transform: applied to the class index.
+        extensions: file extensions read as images (case-insensitive); other files are ignored.
+        mode: PIL mode images are converted to: ``"RGB"`` (default) or ``"L"`` (grey).
+        allow_empty: accept class folders without images instead of raising.
+
+    Attributes:
+        classes: sorted class folder names; ``class_to_idx``: ``{name: index}``;
+        samples (alias ``imgs``): list of ``(path, class_index)``; targets: the class indices.
+
+    Raises:
+        DataError: missing/empty root, no class folders, a class folder without images, and
+            (from ``__getitem__``) an unreadable or corrupt image, naming the file.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+        target_transform: Callable[[int], Any] | None = None,
+        extensions: Sequence[str] | str = IMG_EXTENSIONS,
+        mode: str = "RGB",
+        allow_empty: bool = False,
+    ) -> None:
+        if mode not in ("RGB", "L"):
+            raise ConfigError(f"ImageFolderDataset mode must be 'RGB' or 'L', got {mode!r}")
+        self.root = os.fspath(root)
+        self.transform = transform
+        self.target_transform = target_transform
+        self.extensions = _normalise_extensions(extensions)
+        self.mode = mode
+        self.classes, self.class_to_idx = find_classes(self.root)
+        self.samples: list[tuple[str, int]] = scan_image_folder(
+            self.root, self.class_to_idx, self.extensions, allow_empty
+        )
+        self.imgs = self.samples
+        self.targets: list[int] = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> Image.Image:
+        """The decoded, mode-converted PIL image of sample ``index`` (no transform)."""
+        return load_image(self.samples[index][0], self.mode)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        path, target = self.samples[index]
+        img: Any = load_image(path, self.mode)
+        if self.transform is not None:
+            img = self.transform(img)
+        out_target: Any = self.target_transform(target) if self.target_transform is not None else target
+        return img, out_target
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageFolderDataset(root={self.root!r}, classes={len(self.classes)}, "
+            f"images={len(self.samples)}, mode={self.mode!r})"
+        )
+
+
+@dataclass(frozen=True)
+class ImageFolderInfo:
+    """Summary of an image folder, for choosing default models and input sizes.
+
+    Attributes:
+        num_classes: number of class folders.
+        typical_height, typical_width: median (lower) image size in pixels over the inspected
+            files.
+        channels: 1 when every inspected image is grey (grey PIL mode or a grey palette), else 3.
+        num_images: number of image files found (all of them, not only the inspected ones).
+        unreadable: inspected files whose header PIL could not read.
+    """
+
+    num_classes: int
+    typical_height: int
+    typical_width: int
+    channels: int
+    num_images: int
+    unreadable: tuple[str, ...] = field(default=())
+
+
+def _is_grey(img: Image.Image) -> bool:
+    if img.mode in _GREY_MODES:
+        return True
+    if img.mode == "P":
+        pal = img.getpalette() or []
+        return all(pal[i] == pal[i + 1] == pal[i + 2] for i in range(0, len(pal) - 2, 3))
+    return False
+
+
+def inspect_image_folder(
+    root: str | os.PathLike[str],
+    max_files: int = 32,
+    extensions: Sequence[str] | str = IMG_EXTENSIONS,
+) -> ImageFolderInfo:
+    """Inspect up to ``max_files`` images (spread evenly over the sorted sample list) by their
+    headers only (no pixel decoding).
+
+    ``root`` may also be a split root (see :func:`split_layout`): its training split is inspected.
+
+    Raises:
+        DataError: as :class:`ImageFolderDataset`, or when no inspected file can be read.
+    """
+    if max_files < 1:
+        raise ConfigError(f"max_files must be >= 1, got {max_files}")
+    path = _check_root(root)
+    layout = split_layout(path)
+    if layout is not None:
+        path = layout.train
+    classes, class_to_idx = find_classes(path)
+    samples = scan_image_folder(path, class_to_idx, extensions)
+    n = len(samples)
+    if n <= max_files:
+        picks = list(range(n))
+    elif max_files == 1:
+        picks = [0]
+    else:
+        picks = sorted({round(k * (n - 1) / (max_files - 1)) for k in range(max_files)})
+    heights: list[int] = []
+    widths: list[int] = []
+    grey = True
+    unreadable: list[str] = []
+    for k in picks:
+        file = samples[k][0]
+        try:
+            with Image.open(file) as img:
+                heights.append(img.height)
+                widths.append(img.width)
+                grey = grey and _is_grey(img)
+        except _DECODE_ERRORS:
+            unreadable.append(file)
+    if not heights:
+        raise DataError(f"none of the {len(picks)} inspected images under {path} could be read, e.g. {unreadable[0]}")
+    return ImageFolderInfo(
+        num_classes=len(classes),
+        typical_height=int(statistics.median_low(heights)),
+        typical_width=int(statistics.median_low(widths)),
+        channels=1 if grey else 3,
+        num_images=n,
+        unreadable=tuple(unreadable),
+    )
+
+
+@dataclass(frozen=True)
+class SplitLayout:
+    """A dataset root with split folders.
+
+    Attributes:
+        root: the dataset root.
+        train: ``root/train``.
+        val: the validation split: ``root/val``, else ``root/validation``, ``root/valid``,
+            else ``root/test``; ``None`` when there is none.
+        test: ``root/test`` when it exists (it may equal ``val``).
+    """
+
+    root: str
+    train: str
+    val: str | None
+    test: str | None
+
+
+def split_layout(path: str | os.PathLike[str]) -> SplitLayout | None:
+    """Recognise ``path/train`` + ``path/val`` (or ``validation``/``valid``/``test``) split
+    folders, or a lone ``path/train``. Returns ``None`` for anything else (e.g. a class root)."""
+    root = os.fspath(path)
+    if not os.path.isdir(os.path.join(root, "train")):
+        return None
+    val = None
+    for name in ("val", "validation", "valid", "test"):
+        if os.path.isdir(os.path.join(root, name)):
+            val = os.path.join(root, name)
+            break
+    if val is None:
+        try:
+            others = [e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+        except OSError:
+            return None
+        if others != ["train"]:
+            return None
+    test = os.path.join(root, "test") if os.path.isdir(os.path.join(root, "test")) else None
+    return SplitLayout(root=root, train=os.path.join(root, "train"), val=val, test=test)

@@ -1,0 +1,226 @@
+"""Video -> events (ES-UCF101, PAPER.md "ES-UCF101: event streams from video").
+
+A clip is a folder of frame images (UCF101 ``jpegs_256`` layout, ``class/clip/frame000001.jpg``).
+Its frames are **sorted by name in natural order** (``frame9`` before ``frame10``; the reference
+code listed them unsorted), ``n_frames`` (31) of them are sampled evenly, converted to greyscale in
+[0, 1], and the ``n_frames - 1`` (30) differences of consecutive samples become events:
+
+* ``mode="percentile"`` (default): per clip, ON where the difference is strictly above the
+  clip's ``upper`` (92.5th) percentile of all differences, OFF where strictly below its ``lower``
+  (7.5th) percentile -- an event ratio of about 0.15.
+* ``mode="random"``: per pixel (one threshold per ``(row, col)``, fixed over the clip) an ON
+  threshold drawn from ``N(upper percentile, noise_std)`` and an OFF threshold from
+  ``N(lower percentile, noise_std)`` (``noise_std`` = 0.03), clipped so that ON thresholds are
+  ``>= min_threshold`` and OFF thresholds ``<= -min_threshold`` (0.01), i.e. ``|threshold| >= 0.01``
+  with the natural sign. Draws come from the ``rng`` argument.
+
+Stored as uint8 ``[2, T, H, W]`` (channel 0 = ON, 1 = OFF; T = 30) in a compressed ``.npz``
+under the key ``events``. :class:`ESUCF101Dataset` returns time-major float frames ``[T, 2, H, W]``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, DataError
+from ..utils import atomic_path
+
+#: File suffixes taken as frames / images (compared lower-case).
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs numerically: ``frame9 < frame10``."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((0, int(p), p) if p.isdigit() else (1, 0, p.lower()) for p in parts) + (name,)
+
+
+def list_frames(clip_dir: str | os.PathLike, *, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """The clip's frame files (visible files with an image suffix), in natural name order."""
+    clip_dir = Path(clip_dir)
+    if not clip_dir.is_dir():
+        raise DataError(f"{clip_dir}: clip folder not found")
+    files = [p for p in clip_dir.iterdir()
+             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def sample_indices(n_available: int, n_frames: int = 31) -> np.ndarray:
+    """``n_frames`` indices spread evenly over ``0 .. n_available-1`` (rounded ``linspace``).
+
+    A clip shorter than ``n_frames`` repeats frames (their differences are 0: no events).
+    """
+    if n_available < 1:
+        raise DataError("a clip needs at least one frame")
+    return np.rint(np.linspace(0, n_available - 1, n_frames)).astype(np.int64)
+
+
+def load_clip(clip_dir: str | os.PathLike, *, n_frames: int = 31) -> np.ndarray:
+    """Load ``n_frames`` evenly sampled frames as float32 greyscale ``[n_frames, H, W]`` in [0, 1].
+
+    Greyscale is PIL's ``convert("L")`` (ITU-R 601 luma), divided by 255. Raises
+    :class:`DataError` for an empty folder, an unreadable frame or frames of different sizes.
+    """
+    if n_frames < 2:
+        raise ConfigError(f"n_frames must be >= 2, got {n_frames}")
+    frames = list_frames(clip_dir)
+    if not frames:
+        raise DataError(f"{clip_dir}: no frame images ({', '.join(IMAGE_SUFFIXES)}) in the clip folder")
+    out: list[np.ndarray] = []
+    for index in sample_indices(len(frames), n_frames):
+        path = frames[int(index)]
+        try:
+            with Image.open(path) as im:
+                grey = np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0)
+        except Exception as exc:  # PIL raises many types for broken files
+            raise DataError(f"{path}: cannot read the frame ({type(exc).__name__}: {exc})") from None
+        if out and grey.shape != out[0].shape:
+            raise DataError(f"{path}: frame size {grey.shape} differs from the clip's {out[0].shape}")
+        out.append(grey)
+    return np.stack(out)
+
+
+def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def frames_to_events(
+    frames: np.ndarray,
+    *,
+    mode: str = "percentile",
+    upper: float = 92.5,
+    lower: float = 7.5,
+    noise_std: float = 0.03,
+    min_threshold: float = 0.01,
+    rng: np.random.Generator | int | None = None,
+) -> np.ndarray:
+    """Greyscale frames float ``[N, H, W]`` in [0, 1] -> uint8 events ``[2, N-1, H, W]`` (ON, OFF).
+
+    See the module docstring for ``mode`` (``"percentile"`` / ``"random"``); ``upper``/``lower``
+    are percentiles (0..100) of all the clip's differences; ``noise_std``, ``min_threshold`` and
+    ``rng`` (a ``numpy.random.Generator`` or a seed) only matter for ``"random"``.
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim != 3 or frames.shape[0] < 2:
+        raise DataError(f"expected greyscale frames [N >= 2, H, W], got shape {tuple(frames.shape)}")
+    if not 0 <= lower <= upper <= 100:
+        raise ConfigError(f"need 0 <= lower <= upper <= 100, got lower={lower}, upper={upper}")
+    diffs = frames[1:] - frames[:-1]
+    hi, lo = np.percentile(diffs, [upper, lower])
+    if mode == "percentile":
+        on_thr, off_thr = np.float32(hi), np.float32(lo)
+    elif mode == "random":
+        if noise_std < 0 or min_threshold < 0:
+            raise ConfigError("noise_std and min_threshold must be >= 0")
+        gen = _as_rng(rng)
+        shape = diffs.shape[1:]
+        on_thr = np.maximum(gen.normal(hi, noise_std, shape), min_threshold).astype(np.float32)
+        off_thr = np.minimum(gen.normal(lo, noise_std, shape), -min_threshold).astype(np.float32)
+    else:
+        raise ConfigError(f"mode must be 'percentile' or 'random', got {mode!r}")
+    events = np.empty((2,) + diffs.shape, dtype=np.uint8)
+    np.greater(diffs, on_thr, out=events[0], casting="unsafe")
+    np.less(diffs, off_thr, out=events[1], casting="unsafe")
+    return events
+
+
+def clip_to_events(clip_dir: str | os.PathLike, *, n_frames: int = 31, **kwargs: Any) -> np.ndarray:
+    """A clip folder -> uint8 events ``[2, n_frames-1, H, W]`` (:func:`load_clip` then
+    :func:`frames_to_events` with ``kwargs``)."""
+    return frames_to_events(load_clip(clip_dir, n_frames=n_frames), **kwargs)
+
+
+def write_video_events(path: str | os.PathLike, events: np.ndarray) -> None:
+    """Store uint8 ``[2, T, H, W]`` events as a compressed ``.npz`` (key ``events``), atomically."""
+    events = np.asarray(events)
+    if events.dtype != np.uint8 or events.ndim != 4 or events.shape[0] != 2:
+        raise DataError(f"{path}: video events must be uint8 [2, T, H, W], got {events.dtype} {events.shape}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, events=events)
+
+
+def read_video_events(path: str | os.PathLike) -> np.ndarray:
+    """Read uint8 ``[2, T, H, W]`` video events; :class:`DataError` on anything malformed."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: not an .npz archive (a plain .npy array)")
+        with data:
+            if "events" not in data.files:
+                raise DataError(f"{path}: missing array 'events' (has {sorted(data.files)})")
+            events = data["events"]
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+    if events.dtype != np.uint8 or events.ndim != 4 or events.shape[0] != 2:
+        raise DataError(f"{path}: 'events' must be uint8 [2, T, H, W], got {events.dtype} {tuple(events.shape)}")
+    if events.max(initial=0) > 1:
+        raise DataError(f"{path}: 'events' must be binary (0/1)")
+    return events
+
+
+class ESUCF101Dataset(Dataset):
+    """ES-UCF101 clips as ``(frames float32 [T, 2, H, W], label int)`` (time-major, ON first).
+
+    ``root``: a folder with ``labels.txt`` (``relative_path label height width`` lines, as
+    :func:`~spikebridge.data.convert.convert_video_folder` writes), or else class folders of
+    ``.npz`` clips (class index = sorted folder order). ``n_steps``: keep only the first ``n_steps``
+    of the 30 steps (the paper uses 15). ``transform`` is applied to the frames.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        n_steps: int | None = None,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+    ) -> None:
+        from .events import read_label_file  # local: events imports odg, keep video standalone
+
+        root = Path(root)
+        if n_steps is not None and n_steps < 1:
+            raise ConfigError(f"n_steps must be >= 1, got {n_steps}")
+        if (root / "labels.txt").is_file():
+            self.items = [(e.path, e.label) for e in read_label_file(root / "labels.txt")]
+        elif root.is_dir():
+            classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            self.items = [(f, label) for label, name in enumerate(classes)
+                          for f in sorted((root / name).glob("*.npz"), key=lambda p: natural_key(p.name))]
+        else:
+            raise DataError(f"{root}: dataset folder not found")
+        if not self.items:
+            raise DataError(f"{root}: no .npz clips found")
+        self.n_steps = n_steps
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.items]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.items[index]
+        events = read_video_events(path)
+        if self.n_steps is not None:
+            if self.n_steps > events.shape[1]:
+                raise DataError(f"{path}: has {events.shape[1]} steps, {self.n_steps} requested")
+            events = events[:, : self.n_steps]
+        frames = torch.from_numpy(np.ascontiguousarray(events.transpose(1, 0, 2, 3))).float()
+        if self.transform is not None:
+            frames = self.transform(frames)
+        return frames, label

@@ -1,0 +1,89 @@
+"""The base every registry model builds on: one definition serves the ANN and the SNN.
+
+A model defines ``forward_stem`` (the layers before the first activation: conv + BN),
+``forward_features`` (everything after, down to pooled features ``[N, F]``) and ``fc``. The base
+class handles time:
+
+* static input ``[B, C, H, W]``: the stem runs once per image and its output is repeated over the
+  model's ``T`` steps (direct encoding: every step sees the same analog image, so computing the
+  first conv once is exact);
+* event input ``[T, B, C, H, W]`` (time-major): the stem runs on every frame and T comes from the
+  input;
+* the readout averages the pooled features over T before ``fc`` (= the mean of per-step logits).
+
+An ANN is the same model with ``neuron="relu"`` (or ``sharpened_relu``) and T = 1.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..layers import TimeFolded, init_batchnorm, set_time_steps
+from ..neurons import NeuronConfig
+
+
+class BridgeNet(nn.Module):
+    """Base class: subclasses build their layers with :meth:`activation` and set ``self.fc``."""
+
+    input_ndim = 4  # [B, C, H, W]
+
+    def __init__(self, neuron: NeuronConfig, T: int) -> None:
+        super().__init__()
+        if not (isinstance(T, int) and T >= 1):
+            raise ConfigError(f"T (time steps) must be a positive integer, got {T!r}")
+        self.neuron_config = neuron
+        self.T = T if neuron.spiking else 1
+        self._folded: list[TimeFolded] = []
+
+    # -- building ---------------------------------------------------------------------------
+    def activation(self) -> nn.Module:
+        """A fresh activation for one place in the network (a time-folded neuron for SNNs)."""
+        module = self.neuron_config.build()
+        if self.neuron_config.spiking:
+            module = TimeFolded(module, self.T)
+            self._folded.append(module)
+        return module
+
+    def finish_init(self) -> None:
+        """Call at the end of a subclass's ``__init__``: standard weight init + tdBN init."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        init_batchnorm(self, self.neuron_config.bn_weight_init)
+
+    # -- running ----------------------------------------------------------------------------
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == self.input_ndim + 1:
+            steps, batch = x.shape[:2]
+            hidden = self.forward_stem(x.flatten(0, 1))
+        elif x.dim() == self.input_ndim:
+            steps, batch = self.T, x.shape[0]
+            hidden = self.forward_stem(x)
+            if steps > 1:
+                hidden = hidden.unsqueeze(0).expand(steps, *hidden.shape).flatten(0, 1)
+        else:
+            raise ConfigError(
+                f"{type(self).__name__} expects input [B, C, H, W] or events [T, B, C, H, W], "
+                f"got shape {tuple(x.shape)}"
+            )
+        set_time_steps(self._folded, steps)
+        features = self.forward_features(hidden)
+        features = features.view(steps, batch, -1).mean(0)
+        return self.fc(features)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to activations that follow a schedule (the sharpened ReLU)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "set_epoch"):
+                module.set_epoch(epoch)
+
+    @property
+    def spiking(self) -> bool:
+        return self.neuron_config.spiking

@@ -1,0 +1,77 @@
+"""Model registry: names -> builders. ``create_model(name, neuron="relu")`` is the ANN and
+``create_model(name, neuron="lif", T=6)`` the SNN; both have identical ``state_dict`` keys."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..neurons import NeuronConfig
+from .cnn import SmallCNN
+from .resnet import BasicBlock, Bottleneck, ResNet
+from .vgg import VGG, VGG_STAGES
+
+ModelBuilder = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    def wrap(builder: ModelBuilder) -> ModelBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def as_neuron_config(neuron: str | NeuronConfig, **overrides) -> NeuronConfig:
+    if isinstance(neuron, NeuronConfig):
+        return replace(neuron, **overrides) if overrides else neuron
+    if not isinstance(neuron, str):
+        raise ConfigError(f"neuron must be a name or a NeuronConfig, got {type(neuron).__name__}")
+    return NeuronConfig(kind=neuron, **overrides)
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    neuron: str | NeuronConfig = "lif",
+    T: int = 4,
+    in_channels: int = 3,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model. ``neuron`` is a kind (``relu``, ``sharpened_relu``, ``lif``,
+    ``liaf``) or a :class:`NeuronConfig`; ``T`` is the SNN's number of time steps (ANNs use 1)."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    if not (isinstance(num_classes, int) and num_classes >= 1):
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not (isinstance(in_channels, int) and in_channels >= 1):
+        raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
+    return _REGISTRY[name](
+        num_classes=num_classes, in_channels=in_channels, neuron=as_neuron_config(neuron), T=T, **kwargs
+    )
+
+
+def _resnet(block, layers, torchvision_layout):
+    def build(**kwargs):
+        return ResNet(block, layers, torchvision_layout=torchvision_layout, **kwargs)
+
+    return build
+
+
+register_model("resnet18")(_resnet(BasicBlock, [2, 2, 2, 2], False))
+register_model("resnet34")(_resnet(BasicBlock, [3, 4, 6, 3], False))
+register_model("resnet18_tv")(_resnet(BasicBlock, [2, 2, 2, 2], True))
+register_model("resnet34_tv")(_resnet(BasicBlock, [3, 4, 6, 3], True))
+register_model("resnet50_tv")(_resnet(Bottleneck, [3, 4, 6, 3], True))
+register_model("vgg11")(lambda **kw: VGG(VGG_STAGES["vgg11"], **kw))
+register_model("vgg16")(lambda **kw: VGG(VGG_STAGES["vgg16"], **kw))
+register_model("cnn")(lambda **kw: SmallCNN(**kw))

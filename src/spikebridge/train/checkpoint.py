@@ -1,0 +1,213 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON; atomic, verifiable, resumable.
+
+A checkpoint named ``NAME`` in folder ``DIR`` is two files:
+
+* ``DIR/NAME-eEPOCH.safetensors``: the model's state dict under ``model.``, plus (for resuming)
+  the optimizer's tensors under ``optim.``, and the RNG states under ``rng.``;
+* ``DIR/NAME.json``: the metadata (model config, epoch, metrics, optimizer/scheduler scalars) and
+  the file name and SHA-256 of the tensors file.
+
+The tensors file gets a new name every save and the JSON is replaced atomically last, so at any
+moment ``NAME.json`` points at a complete tensors file: killing a run never leaves a checkpoint
+that loads half-written. Nothing is pickled; the tensors load with ``safetensors`` alone (and
+``torch.load(weights_only=True)`` is never needed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+from ..utils import atomic_path, atomic_write_text
+
+FORMAT = "spikebridge-checkpoint-1"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """Scalars, lists and dicts pass; tensors become lists; anything else is refused."""
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    raise TypeError(f"cannot store {type(value).__name__} in checkpoint metadata")
+
+
+def _split_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    meta = {"param_groups": _jsonable(state["param_groups"]), "scalars": _jsonable(scalars)}
+    return tensors, meta
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for index, entry in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    folder: str | Path,
+    name: str,
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    rng: dict[str, torch.Tensor] | None = None,
+    epoch: int = 0,
+) -> Path:
+    """Write checkpoint ``folder/name`` atomically; returns the JSON path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    module = getattr(model, "module", model)  # unwrap DDP
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    record: dict[str, Any] = {"format": FORMAT, "epoch": epoch, "meta": _jsonable(meta)}
+    if optimizer is not None:
+        optim_tensors, record["optimizer"] = _split_optimizer(optimizer)
+        tensors.update(optim_tensors)
+    if scheduler is not None:
+        record["scheduler"] = _jsonable({k: v for k, v in scheduler.state_dict().items() if not callable(v)})
+    for key, value in (rng or {}).items():
+        tensors[f"rng.{key}"] = value.detach().cpu().contiguous()
+    weights_name = f"{name}-e{epoch:04d}.safetensors"
+    weights_path = folder / weights_name
+    with atomic_path(weights_path) as tmp:
+        save_file(tensors, str(tmp))
+    record["weights"] = weights_name
+    record["sha256"] = _sha256(weights_path)
+    json_path = folder / f"{name}.json"
+    previous = _previous_weights(json_path)
+    atomic_write_text(json_path, json.dumps(record, indent=1))
+    if previous and previous != weights_name:
+        (folder / previous).unlink(missing_ok=True)
+    return json_path
+
+
+def _previous_weights(json_path: Path) -> str | None:
+    try:
+        return json.loads(json_path.read_text())["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class Checkpoint:
+    """A loaded checkpoint: ``model_state``, ``meta``, and what resuming needs."""
+
+    def __init__(self, path: Path, record: dict, tensors: dict[str, torch.Tensor]) -> None:
+        self.path = path
+        self.record = record
+        self.tensors = tensors
+
+    @property
+    def meta(self) -> dict:
+        return self.record.get("meta", {})
+
+    @property
+    def epoch(self) -> int:
+        return int(self.record.get("epoch", 0))
+
+    @property
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return {k[len("model."):]: v for k, v in self.tensors.items() if k.startswith("model.")}
+
+    def optimizer_state(self) -> dict | None:
+        if "optimizer" not in self.record:
+            return None
+        return _join_optimizer(self.tensors, self.record["optimizer"])
+
+    @property
+    def scheduler_state(self) -> dict | None:
+        return self.record.get("scheduler")
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return {k[len("rng."):]: v for k, v in self.tensors.items() if k.startswith("rng.")}
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """Accept ``NAME.json``, the tensors file, or a folder holding exactly one ``*.json`` checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(p for p in path.glob("*.json") if _looks_like_checkpoint(p))
+        if len(candidates) != 1:
+            found = ", ".join(p.name for p in candidates) or "none"
+            raise CheckpointError(f"{path}: expected one checkpoint .json in the folder, found {found}")
+        return candidates[0]
+    if path.suffix == ".safetensors":
+        return path
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
+    """Load a checkpoint (JSON + tensors). A bare ``.safetensors`` state dict loads as weights only."""
+    path = resolve_checkpoint_path(path)
+    if path.suffix == ".safetensors":
+        return Checkpoint(path, {"format": FORMAT, "meta": {}}, _read_tensors(path, prefix="model."))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    except ValueError:
+        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON (truncated or corrupt)") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or "weights" not in record:
+        raise CheckpointError(f"{path}: not a spikebridge checkpoint (no '{FORMAT}' format marker)")
+    weights = path.parent / str(record["weights"])
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: its tensors file {weights.name} is missing")
+    if verify and record.get("sha256") and _sha256(weights) != record["sha256"]:
+        raise CheckpointError(f"{weights}: checksum mismatch (the file is corrupt or was changed)")
+    return Checkpoint(path, record, _read_tensors(weights))
+
+
+def _read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
+    if prefix and not any(k.startswith(prefix) for k in tensors):
+        tensors = {prefix + k: v for k, v in tensors.items()}
+    return tensors

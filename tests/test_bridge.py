@@ -1,0 +1,98 @@
+"""The bridge: transfer report, refusals, first-layer adaptation, BN re-calibration, file formats."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import spikebridge as sb
+from spikebridge.bridge import recalibrate_batchnorm
+from spikebridge.errors import CheckpointError, TransferError
+
+
+def test_transfer_loads_everything_and_reports():
+    ann = sb.create_model("cnn", neuron="relu", in_channels=1)
+    with torch.no_grad():
+        for p in ann.parameters():
+            p.add_(torch.randn_like(p))
+        ann.bn1.running_mean.fill_(0.3)
+    snn = sb.create_model("cnn", neuron="lif", T=4, in_channels=1)
+    report = sb.transfer(ann, snn)
+    assert report.match_fraction == 1.0 and not report.missing and not report.unexpected
+    for key, value in ann.state_dict().items():
+        assert torch.equal(snn.state_dict()[key], value), key
+    assert "transferred" in report.summary()
+
+
+def test_transfer_refuses_other_architecture():
+    ann = sb.create_model("vgg11", neuron="relu")
+    snn = sb.create_model("resnet18", neuron="lif", T=2)
+    with pytest.raises(TransferError, match="match"):
+        sb.transfer(ann, snn)
+
+
+def test_transfer_reports_class_count_mismatch():
+    ann = sb.create_model("cnn", num_classes=5, neuron="relu", in_channels=1)
+    snn = sb.create_model("cnn", num_classes=10, neuron="lif", T=2, in_channels=1)
+    report = sb.transfer(ann, snn)
+    assert [k for k, _, _ in report.mismatched] == ["fc.weight", "fc.bias"]
+    with pytest.raises(TransferError, match="fc.weight"):
+        sb.transfer(ann, snn, strict_shapes=True)
+
+
+@pytest.mark.parametrize("src_channels", [1, 3])
+def test_first_layer_modes(src_channels):
+    ann = sb.create_model("cnn", neuron="relu", in_channels=src_channels)
+    snn = sb.create_model("cnn", neuron="lif", T=2, in_channels=2)
+    w = ann.conv1.weight.detach()
+    grey = w.sum(1)
+    report = sb.transfer(ann, snn, first_layer="signed_polarity")
+    assert report.adapted == ["conv1.weight"]
+    torch.testing.assert_close(snn.conv1.weight[:, 0], grey)
+    torch.testing.assert_close(snn.conv1.weight[:, 1], -grey)
+    sb.transfer(ann, snn, first_layer="mean")
+    torch.testing.assert_close(snn.conv1.weight[:, 1], w.mean(1))
+    before = snn.conv1.weight.detach().clone()
+    report = sb.transfer(ann, snn, first_layer="skip")
+    assert report.reinitialised == ["conv1.weight"] and torch.equal(snn.conv1.weight, before)
+    assert "conv1.weight" not in report.transferred
+
+
+def test_signed_polarity_matches_grey_response_to_events():
+    """ON/OFF kernels respond to an ON-minus-OFF frame as the grey kernel responds to the signed change."""
+    ann = sb.create_model("cnn", neuron="relu", in_channels=3)
+    snn = sb.create_model("cnn", neuron="lif", T=2, in_channels=2)
+    sb.transfer(ann, snn, first_layer="signed_polarity")
+    change = torch.randn(1, 1, 28, 28)
+    events = torch.cat([change.clamp(min=0), (-change).clamp(min=0)], 1)
+    grey_rgb = change.expand(1, 3, 28, 28)
+    torch.testing.assert_close(snn.conv1(events), ann.conv1(grey_rgb), atol=1e-5, rtol=1e-5)
+
+
+def test_state_dict_files(tmp_path):
+    ann = sb.create_model("resnet18_tv", num_classes=10, neuron="relu")
+    state = {f"module.{k}": v for k, v in ann.state_dict().items()}  # as saved from DDP
+    torch.save(state, tmp_path / "w.pth")
+    save_file({k: v.contiguous() for k, v in ann.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    for name in ("w.pth", "w.safetensors"):
+        snn = sb.create_model("resnet18_tv", num_classes=10, neuron="lif", T=2)
+        report = sb.transfer(tmp_path / name, snn)
+        assert report.match_fraction == 1.0
+        assert torch.equal(snn.fc.weight, ann.fc.weight)
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="bad.pth"):
+        sb.transfer(tmp_path / "bad.pth", sb.create_model("cnn"))
+    with pytest.raises(CheckpointError, match="not found"):
+        sb.transfer(tmp_path / "missing.pth", sb.create_model("cnn"))
+
+
+def test_recalibrate_batchnorm_matches_spiking_statistics():
+    torch.manual_seed(0)
+    snn = sb.create_model("cnn", neuron="lif", T=4, in_channels=1).eval()
+    batch = torch.randn(64, 1, 28, 28)
+    captured = {}
+    snn.blocks[1].register_forward_hook(lambda m, i, o: captured.setdefault("x", i[0].detach()))
+    n = recalibrate_batchnorm(snn, [batch])
+    assert n == 3 and not snn.training
+    x = captured["x"]
+    torch.testing.assert_close(snn.blocks[1].running_mean, x.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(snn.blocks[1].running_var, x.var((0, 2, 3), unbiased=True), atol=1e-5, rtol=1e-4)
+    assert snn.blocks[1].momentum == 0.1

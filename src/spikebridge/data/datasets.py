@@ -8,9 +8,14 @@
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import torch
+
 from ..errors import DataError
 from .loading import DataBundle
-from .static import MNIST_MEAN, MNIST_STD, load_mnist5k
+from .static import MNIST_MEAN, MNIST_STD, TensorSplit, load_mnist5k
 
 BUILTIN_DATASETS = ("mnist5k", "es-mnist")
 
@@ -23,7 +28,34 @@ def open_mnist5k(*, max_shift: int = 2, split_seed: int = 0) -> DataBundle:
     )
 
 
+def open_es_mnist(*, split_seed: int = 0, cache_dir: str | Path | None = None) -> DataBundle:
+    """ODG events of the embedded digits (same split), cached as ``.npz`` on first use."""
+    from .odg import ESMNISTConfig, cached_es_mnist
+
+    train, test = load_mnist5k(seed=split_seed)
+    images = torch.cat([train.images, test.images]).squeeze(1).numpy()
+    labels = torch.cat([train.labels, test.labels]).numpy()
+    cache = Path(cache_dir or default_cache_dir()) / f"es_mnist_split{split_seed}.npz"
+    frames, labels_t = cached_es_mnist(images, labels, cache)
+    frames = torch.as_tensor(frames)
+    labels_t = torch.as_tensor(labels_t)
+    n = len(train)
+    config = ESMNISTConfig()
+    return DataBundle(
+        name="es-mnist", train=TensorSplit(frames[:n], labels_t[:n]), test=TensorSplit(frames[n:], labels_t[n:]),
+        num_classes=10, in_channels=2, kind="events", image_size=int(frames.shape[-1]),
+        max_shift=0, info={"odg": repr(config)},
+    )
+
+
+def default_cache_dir() -> Path:
+    """``$SPIKEBRIDGE_CACHE`` or ``~/.cache/spikebridge``."""
+    return Path(os.environ.get("SPIKEBRIDGE_CACHE") or Path.home() / ".cache" / "spikebridge")
+
+
 def open_dataset(name: str, *, max_shift: int = 2, split_seed: int = 0, workers: int = 0, image_size: int = 0) -> DataBundle:
     if name == "mnist5k":
         return open_mnist5k(max_shift=max_shift, split_seed=split_seed)
+    if name == "es-mnist":
+        return open_es_mnist(split_seed=split_seed)
     raise DataError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)} or a folder path")

@@ -1,0 +1,1 @@
+"""CLI subcommands beyond the core ones in cli.py (each module: register(subparsers, add, common))."""

@@ -7,6 +7,7 @@ writes into ``--out DIR``, and turns user errors into one line on stderr with ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import textwrap
@@ -17,16 +18,19 @@ from .errors import SpikebridgeError
 EXAMPLES = {
     "demo": "spikebridge demo --out runs/demo",
     "pipes": "spikebridge pipes --data /data/imagenet --out runs/in1k --baseline",
+    "piped": "spikebridge piped --data mnist5k --events es-mnist --baseline --out runs/piped",
     "pretrain": "spikebridge pretrain --data mnist5k --model cnn --epochs 10 --out runs/ann",
-    "finetune": "spikebridge finetune --ann runs/ann/ann/checkpoints/last.json --data mnist5k --T 4 --epochs 2 --out runs/ft",
+    "finetune": "spikebridge finetune --ann my_net.py:MyCNN --ann-weights my_net.pth --data mnist5k --T 4 --epochs 1 --out runs/ft",
     "evaluate": "spikebridge evaluate runs/ft/snn_finetuned/checkpoints/last.json --data mnist5k",
+    "export": "spikebridge export runs/ft/snn_finetuned/checkpoints/last.json --format nir --out runs/ft/snn.nir",
+    "convert": "spikebridge convert odg --input /data/imagenet/train --out /data/es-imagenet/train --workers 8",
 }
 
 
 # Further commands live in ``spikebridge/commands/<name>.py``; each defines
 # ``register(subparsers, add, add_common_flags)`` where ``add(name, func, help, **common_kwargs)``
 # creates a subcommand with the common flags (see ``build_parser``).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("finetune", "convert", "evaluate", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,7 +91,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .pipelines import demo
 
     cfg = _pipeline_config(args)
-    demo(cfg)
+    demo(cfg, events=not args.no_events)
+    return 0
+
+
+def cmd_piped(args: argparse.Namespace) -> int:
+    from .pipelines import load_model, piped
+
+    cfg = _pipeline_config(args, {"events.data": args.events})
+    ann = load_model(args.ann)[0] if args.ann else None
+    piped(cfg, baseline=args.baseline, ann=ann)
     return 0
 
 
@@ -104,7 +117,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pipelines import pretrain_ann, resolve_device
 
     cfg = _pipeline_config(args, {"ann.epochs": args.epochs, "ann.lr": args.lr, "ann_neuron": args.activation})
-    bundle = open_dataset(cfg.data.name, max_shift=cfg.data.max_shift, split_seed=cfg.data.split_seed)
+    bundle = open_dataset(cfg.data.name, max_shift=cfg.data.max_shift, split_seed=cfg.data.split_seed,
+        limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test)
     _ann, result = pretrain_ann(cfg, bundle, resolve_device(cfg.run.device))
     print(f"ANN best test accuracy {result.best_acc:.4f} after {result.epochs} epochs ({result.seconds:.1f} s); "
           f"checkpoint: {cfg.run.out}/ann/checkpoints/last.json")
@@ -133,11 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
         return p
 
-    add("demo", cmd_demo, "pipeS on the embedded MNIST: ANN, SNN from the ANN, SNN from scratch; report + plot",
-        default_out="runs/demo")
+    p = add("demo", cmd_demo, "the main job on the embedded MNIST: pipeS (ANN -> SNN, vs SNN from scratch) and "
+            "pipeD on its ODG events; summary.json, report.md, plot", default_out="runs/demo")
+    p.add_argument("--no-events", action="store_true", help="skip the pipeD (event) half")
     p = add("pipes", cmd_pipes, "pipeS: ANN pretraining then SNN fine-tuning on the same static data",
             default_out="runs/pipes")
     p.add_argument("--baseline", action="store_true", help="also train the SNN from scratch for comparison")
+    p = add("piped", cmd_piped, "pipeD: ANN on static images (trained here, or --ann CKPT) -> SNN fine-tuned on events",
+            default_out="runs/piped")
+    p.add_argument("--events", help="event dataset: es-mnist or an ES-ImageNet folder (default: es-mnist)")
+    p.add_argument("--ann", metavar="CKPT", help="a pretrained ANN checkpoint (spikebridge pretrain's last.json)")
+    p.add_argument("--baseline", action="store_true", help="also train the event SNN from scratch")
     p = add("pretrain", cmd_pretrain, "train the ANN (ReLU or sharpened ReLU) on static data", default_out="runs/pretrain")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
@@ -148,11 +168,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _distributed(args: argparse.Namespace):
+    """Under ``torchrun`` (RANK / WORLD_SIZE set): join the process group for the command's
+    duration (nccl when it will train on CUDA, else gloo)."""
+    from .train.distributed import launched_by_torchrun, setup_distributed, teardown_distributed
+
+    if not launched_by_torchrun():
+        yield
+        return
+    import torch
+
+    wanted = (getattr(args, "device", None) or "auto").lower()
+    on_gpu = torch.cuda.is_available() and not wanted.startswith("cpu")
+    setup_distributed(torch.device("cuda" if on_gpu else "cpu"))
+    try:
+        yield
+    finally:
+        teardown_distributed()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _distributed(args):
+            return int(args.func(args) or 0)
     except SpikebridgeError as exc:
         message = " ".join(str(exc).split())
         print(f"spikebridge: error: {message}", file=sys.stderr)

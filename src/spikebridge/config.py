@@ -65,17 +65,28 @@ class DataConfig:
     max_shift: int = 2  # random-translation augmentation for in-memory digits (pixels)
     image_size: int = 0  # 0 = pick from the data
     split_seed: int = 0
+    limit_train: int = 0  # >0: use only this many training samples (a seeded subset; quick runs, tests)
+    limit_test: int = 0  # >0: use only this many test samples
+
+    def validate(self, where: str = "data") -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"{where}.name must name a dataset (mnist5k, es-mnist or a folder), got {self.name!r}")
+        for key in ("workers", "max_shift", "image_size", "limit_train", "limit_test"):
+            _positive_int(f"{where}.{key}", getattr(self, key), allow_zero=True)
+        _seed(f"{where}.split_seed", self.split_seed)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn"
+    name: str = "auto"  # a registry name, or auto = picked for the data (cnn for digits ... resnet18 for photos)
     T: int = 4
     num_classes: int = 0  # 0 = from the data
     in_channels: int = 0  # 0 = from the data
 
     def validate(self, where: str = "model") -> None:
         _positive_int(f"{where}.T", self.T)
+        _positive_int(f"{where}.num_classes", self.num_classes, allow_zero=True)
+        _positive_int(f"{where}.in_channels", self.in_channels, allow_zero=True)
 
 
 @dataclass
@@ -86,6 +97,12 @@ class BridgeConfig:
     recalibrate_bn: bool = True  # re-estimate BN running statistics under spikes
     calibration_batches: int = 8
     min_match: float = 0.5  # refuse when fewer than this fraction of the SNN's tensors load
+    transfer_optimizer: bool = False  # also carry the ANN optimizer's state (momentum buffers) into the fine-tune
+
+    def validate(self, where: str = "bridge") -> None:
+        _choice(f"{where}.first_layer", self.first_layer, ("signed_polarity", "mean", "skip"))
+        _positive_int(f"{where}.calibration_batches", self.calibration_batches)
+        _range_float(f"{where}.min_match", self.min_match, 0.0, 1.0)
 
 
 @dataclass
@@ -96,6 +113,36 @@ class RunConfig:
     progress: bool = True
     resume: bool = False
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    amp: str = "off"  # off | bf16 | fp16: mixed precision on CUDA (ignored, with a note, on CPU)
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (all ranks)
+
+    def validate(self, where: str = "run") -> None:
+        if not self.out.strip():
+            raise ConfigError(f"{where}.out must be a folder path, got {self.out!r}")
+        if not self.device.strip():
+            raise ConfigError(f"{where}.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _seed(f"{where}.seed", self.seed)
+        _positive_int(f"{where}.threads", self.threads, allow_zero=True)
+        _choice(f"{where}.amp", self.amp, ("off", "bf16", "fp16"))
+
+
+@dataclass
+class EventsConfig:
+    """pipeD: the event dataset the SNN is fine-tuned on, and its training phases."""
+
+    data: str = "es-mnist"  # es-mnist | an ES-ImageNet / event folder
+    time_bins: int = 4  # >0: merge the stream's frames into this many steps (0 = keep them all)
+    model: str = ""  # "" = the same model as the ANN
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=1e-3))
+    scratch: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, until_plateau=2))
+    compare_first_layer: bool = True  # also fine-tune briefly with the other first-layer modes
+    compare_epochs: int = 1
+
+    def validate(self, where: str = "events") -> None:
+        _positive_int(f"{where}.time_bins", self.time_bins, allow_zero=True)
+        _positive_int(f"{where}.compare_epochs", self.compare_epochs)
+        self.finetune.validate(f"{where}.finetune")
+        self.scratch.validate(f"{where}.scratch")
 
 
 @dataclass
@@ -106,18 +153,28 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     ann_neuron: str = "sharpened_relu"  # relu | sharpened_relu
-    ann: TrainConfig = field(default_factory=TrainConfig)
+    ann: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20))
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3))
-    scratch: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))
+    scratch: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, until_plateau=2))
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> None:
         self.model.validate()
+        self.events.validate()
         for name in ("ann", "finetune", "scratch"):
             getattr(self, name).validate(name)
         _choice("ann_neuron", self.ann_neuron, ("relu", "sharpened_relu"))
         _choice("bridge.first_layer", self.bridge.first_layer, ("signed_polarity", "mean", "skip"))
+        self.data.validate()
+        self.bridge.validate()
+        self.run.validate()
+        if self.bridge.transfer_optimizer and self.ann.optimizer != self.finetune.optimizer:
+            raise ConfigError(
+                f"bridge.transfer_optimizer carries the ANN optimizer's state into the fine-tune, so ann.optimizer "
+                f"({self.ann.optimizer}) and finetune.optimizer ({self.finetune.optimizer}) must be the same"
+            )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,6 +184,11 @@ def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _seed(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {value!r}")
 
 
 def _positive_float(name: str, value: Any) -> None:
@@ -183,7 +245,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond the float range
+                raise ConfigError(f"{key}: the number {str(value)[:12]}... ({len(str(value))} digits) is too large") from None
         if isinstance(value, str):  # YAML reads 1e-3 as a string
             try:
                 return float(value)
@@ -235,7 +300,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # e.g. 2024-13-01 (a date YAML cannot build)
         value = raw
     return key.strip(), value
 
@@ -246,7 +311,11 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:  # ValueError: e.g. a date like 2024-13-45
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
     if data is None:
@@ -278,6 +347,7 @@ def dump_yaml(config: Any) -> str:
 __all__ = [
     "BridgeConfig",
     "DataConfig",
+    "EventsConfig",
     "ModelConfig",
     "PipelineConfig",
     "RunConfig",

@@ -27,3 +27,8 @@ class TransferError(SpikebridgeError):
 
 class TrainingError(SpikebridgeError):
     """Training cannot go on (NaN/Inf loss, disk full, permission denied)."""
+
+
+class OutputError(SpikebridgeError, OSError):
+    """An output file or folder cannot be written: disk full, permission denied, a read-only file
+    system, or a file standing where a folder is needed. Also an ``OSError`` (``errno`` is kept)."""

@@ -17,34 +17,38 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .analysis.plots import plot_accuracy_vs_time
-from .analysis.summary import build_summary, results_table, write_json
+from .analysis.summary import PIPED, PIPES, build_summary, results_table, write_json
 from .bridge import TransferReport, recalibrate_batchnorm, transfer
-from .config import PipelineConfig, dump_yaml
-from .data.datasets import open_dataset
-from .data.loading import DataBundle, iterate_batches
-from .errors import ConfigError
+from .config import PipelineConfig, dump_yaml, from_dict
+from .data.datasets import open_data_config, open_dataset, resolve_model_name
+from .data.loading import DataBundle, iterate_batches, with_time_bins
+from .errors import CheckpointError, ConfigError
 from .models import create_model
 from .neurons import NeuronConfig
+from .train.checkpoint import Checkpoint, load_checkpoint
+from .train.distributed import current as current_rank
+from .train.distributed import local_device
 from .train.engine import RunResult, fit
 from .utils import atomic_write_text, seed_everything
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; under torchrun ``cuda`` is this process's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"run.device: unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device: cuda requested but no CUDA device is available")
-    return device
+    return local_device(device)
 
 
 def model_meta(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T: int) -> dict[str, Any]:
     """What a checkpoint needs to rebuild its model."""
     return {
-        "model": {"name": cfg.model.name, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "T": T},
+        "model": {"name": resolve_model_name(cfg.model.name, bundle), "num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "T": T},
         "neuron": asdict(neuron),
         "data": bundle.name,
     }
@@ -52,12 +56,33 @@ def model_meta(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T:
 
 def build_model(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T: int) -> nn.Module:
     return create_model(
-        cfg.model.name,
+        resolve_model_name(cfg.model.name, bundle),
         num_classes=cfg.model.num_classes or bundle.num_classes,
         neuron=neuron,
         T=T,
         in_channels=cfg.model.in_channels or bundle.in_channels,
     )
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild a model from a spikebridge checkpoint (its JSON stores the model's config)."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt.meta
+    if "model" not in meta or "neuron" not in meta:
+        raise CheckpointError(f"{ckpt.path}: no model description in its metadata (not written by spikebridge?)")
+    try:
+        neuron = from_dict(NeuronConfig, meta["neuron"], "neuron")
+        spec = meta["model"]
+        model = create_model(spec["name"], num_classes=spec["num_classes"], neuron=neuron, T=spec["T"],
+                             in_channels=spec["in_channels"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt.path}: incomplete model description ({exc})") from None
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{ckpt.path}: weights do not fit {spec['name']}: {first}") from None
+    return model, ckpt
 
 
 def ann_neuron(cfg: PipelineConfig) -> NeuronConfig:
@@ -73,6 +98,7 @@ def pretrain_ann(cfg: PipelineConfig, bundle: DataBundle, device: torch.device) 
     result = fit(
         ann, bundle, cfg.ann, name="ann", run_dir=cfg.run.out, seed=cfg.run.seed, device=device,
         progress=cfg.run.progress, resume=cfg.run.resume, meta=model_meta(cfg, bundle, neuron, 1),
+        amp=cfg.run.amp, sync_bn=cfg.run.sync_bn,
     )
     return ann, result
 
@@ -107,51 +133,144 @@ def train_snn_scratch(cfg: PipelineConfig, bundle: DataBundle, device: torch.dev
     return fit(
         snn, bundle, cfg.scratch, name=name, run_dir=cfg.run.out, seed=cfg.run.seed, device=device,
         progress=cfg.run.progress, resume=cfg.run.resume, meta=model_meta(cfg, bundle, cfg.neuron, cfg.model.T),
+        amp=cfg.run.amp, sync_bn=cfg.run.sync_bn,
     )
 
 
 def finetune_snn(
     cfg: PipelineConfig, snn: nn.Module, bundle: DataBundle, device: torch.device, *, name: str,
-    frozen: set[str] | None = None,
+    frozen: set[str] | None = None, optimizer_state: dict | None = None,
 ) -> RunResult:
+    """Fine-tune ``snn`` with ``cfg.finetune``; ``optimizer_state``: the ANN run's final optimizer
+    state (``RunResult.optimizer_state``) when ``bridge.transfer_optimizer`` carries it over."""
     return fit(
         snn, bundle, cfg.finetune, name=name, run_dir=cfg.run.out, seed=cfg.run.seed, device=device,
         progress=cfg.run.progress, resume=cfg.run.resume, evaluate_first=True, frozen=frozen,
+        optimizer_state=optimizer_state, amp=cfg.run.amp, sync_bn=cfg.run.sync_bn,
         meta=model_meta(cfg, bundle, cfg.neuron, cfg.model.T),
     )
 
 
-def pipes(cfg: PipelineConfig, *, baseline: bool = True, bundle: DataBundle | None = None) -> dict:
-    """pipeS: ANN on static data -> SNN fine-tuned on the same data (+ the scratch SNN baseline)."""
+def _prepare_run(cfg: PipelineConfig) -> torch.device:
     device = resolve_device(cfg.run.device)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     out = Path(cfg.run.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-    bundle = bundle or open_dataset(cfg.data.name, max_shift=cfg.data.max_shift, split_seed=cfg.data.split_seed)
-    started = time.perf_counter()
+    if current_rank().is_main:  # under torchrun rank 0 alone writes
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    return device
 
-    _log(cfg, f"[1/3] ANN ({cfg.ann_neuron}, {cfg.model.name}) on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test")
+
+def open_static(cfg: PipelineConfig) -> DataBundle:
+    """Open ``cfg.data``; a ``model.name`` of ``auto`` becomes the model suggested for it (in ``cfg``)."""
+    bundle = open_data_config(cfg.data)
+    cfg.model.name = resolve_model_name(cfg.model.name, bundle)
+    return bundle
+
+
+def run_pipes(
+    cfg: PipelineConfig, bundle: DataBundle, device: torch.device, *, baseline: bool
+) -> tuple[nn.Module, list[RunResult], TransferReport]:
+    """ANN on static data -> SNN fine-tuned on the same data (+ the SNN from scratch)."""
+    _log(cfg, f"[pipeS] ANN ({cfg.ann_neuron}, {cfg.model.name}) on {bundle.name}: "
+              f"{len(bundle.train)} train / {len(bundle.test)} test")
     ann, ann_result = pretrain_ann(cfg, bundle, device)
-    _log(cfg, f"[2/3] bridge: ANN -> SNN ({cfg.neuron.kind}, T={cfg.model.T}), then fine-tune")
+    _log(cfg, f"[pipeS] bridge: ANN -> SNN ({cfg.neuron.kind}, T={cfg.model.T}), then fine-tune")
     snn, report = bridge_to_snn(cfg, ann, bundle, device)
     _log(cfg, report.summary())
-    pre_result = finetune_snn(cfg, snn, bundle, device, name="snn_pretrained")
-    runs = [ann_result, pre_result]
+    momentum = ann_result.optimizer_state if cfg.bridge.transfer_optimizer else None
+    runs = [ann_result, finetune_snn(cfg, snn, bundle, device, name="snn_pretrained", optimizer_state=momentum)]
     if baseline:
-        _log(cfg, f"[3/3] baseline: the same SNN from scratch ({cfg.scratch.epochs}+ epochs)")
+        _log(cfg, f"[pipeS] baseline: the same SNN from scratch ({cfg.scratch.epochs} epochs)")
         runs.append(train_snn_scratch(cfg, bundle, device))
+    return ann, runs, report
+
+
+def events_config(cfg: PipelineConfig, events: DataBundle) -> PipelineConfig:
+    """The pipeline config of the event half: event model/T/channels and the event phases."""
+    steps = events.time_steps or cfg.model.T
+    model = replace(cfg.model, name=cfg.events.model or cfg.model.name, T=steps, in_channels=events.in_channels)
+    return replace(cfg, model=model, finetune=cfg.events.finetune, scratch=cfg.events.scratch)
+
+
+def run_piped(
+    cfg: PipelineConfig, ann: nn.Module, device: torch.device, *, baseline: bool
+) -> tuple[list[RunResult], dict, TransferReport]:
+    """Static ANN -> SNN fine-tuned on the event version of the data (+ the event SNN from scratch).
+
+    Also fine-tunes briefly with the other first-layer adaptations and returns their accuracies.
+    """
+    events = with_time_bins(open_dataset(cfg.events.data, split_seed=cfg.data.split_seed), cfg.events.time_bins)
+    ecfg = events_config(cfg, events)
+    _log(cfg, f"[pipeD] events {events.name}: T={ecfg.model.T}, {events.in_channels} polarities; "
+              f"bridge the static ANN (first layer: {cfg.bridge.first_layer})")
+    snn, report = bridge_to_snn(ecfg, ann, events, device)
+    _log(cfg, report.summary())
+    runs = [finetune_snn(ecfg, snn, events, device, name="snn_events_pretrained")]
+    modes = {cfg.bridge.first_layer: runs[0].curve[: cfg.events.compare_epochs + 1]}
+    if cfg.events.compare_first_layer:
+        for mode in ("signed_polarity", "mean", "skip"):
+            if mode in modes:
+                continue
+            mode_cfg = replace(ecfg, bridge=replace(ecfg.bridge, first_layer=mode))
+            snn_mode, _ = bridge_to_snn(mode_cfg, ann, events, device)
+            _log(cfg, f"[pipeD] first layer '{mode}': {cfg.events.compare_epochs} epoch(s) for comparison")
+            result = fit(
+                snn_mode, events, ecfg.finetune, name=f"snn_events_{mode}", run_dir=None, seed=cfg.run.seed,
+                device=device, progress=cfg.run.progress, evaluate_first=True, stop_after=cfg.events.compare_epochs,
+            )
+            modes[mode] = result.curve
+    if baseline:
+        _log(cfg, f"[pipeD] baseline: the event SNN from scratch ({ecfg.scratch.epochs} epochs)")
+        runs.append(train_snn_scratch(ecfg, events, device, name="snn_events_scratch"))
+    comparison = {
+        "T": ecfg.model.T,
+        "modes": {
+            mode: {"transfer_acc": curve[0][2], "acc": [p[2] for p in curve[1:]], "seconds": [p[0] for p in curve[1:]]}
+            for mode, curve in modes.items()
+        },
+    }
+    return runs, comparison, report
+
+
+def pipes(cfg: PipelineConfig, *, baseline: bool = True, bundle: DataBundle | None = None) -> dict:
+    """pipeS: ANN on static data -> SNN fine-tuned on the same data (+ the scratch SNN baseline)."""
+    device = _prepare_run(cfg)
+    started = time.perf_counter()
+    bundle = bundle or open_static(cfg)
+    _ann, runs, report = run_pipes(cfg, bundle, device, baseline=baseline)
     summary = build_summary(
-        bundle.name, cfg.model.T, [r.to_summary() for r in runs],
-        extra={"transfer": report.to_dict(), "transfer_acc": pre_result.curve[0][2], "wall_seconds": None},
+        bundle.name, cfg.model.T, [r.to_summary() for r in runs], comparisons=(PIPES,),
+        extra={"transfer": report.to_dict(), "transfer_acc": runs[1].curve[0][2]},
     )
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     write_outputs(cfg, summary, runs, title=f"pipeS on {bundle.name}: SNN (T={cfg.model.T}) from an ANN vs from scratch")
     return summary
 
 
+def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: nn.Module | None = None) -> dict:
+    """pipeD: an ANN pretrained on static images (trained here unless given) -> SNN on events."""
+    device = _prepare_run(cfg)
+    started = time.perf_counter()
+    runs: list[RunResult] = []
+    if ann is None:
+        ann, ann_result = pretrain_ann(cfg, open_static(cfg), device)
+        runs.append(ann_result)
+    event_runs, comparison, report = run_piped(cfg, ann, device, baseline=baseline)
+    runs += event_runs
+    summary = build_summary(
+        cfg.events.data, comparison["T"], [r.to_summary() for r in runs], comparisons=(PIPED,),
+        extra={"events_transfer": report.to_dict(), "first_layer_comparison": comparison},
+    )
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(cfg, summary, runs, title=f"pipeD on {cfg.events.data}: event SNN from a static ANN vs from scratch")
+    return summary
+
+
 def write_outputs(cfg: PipelineConfig, summary: dict, runs: list[RunResult], *, title: str) -> None:
+    if not current_rank().is_main:  # under torchrun rank 0 alone writes
+        return
     out = Path(cfg.run.out)
     write_json(out / "summary.json", summary)
     columns = ("epoch", "seconds", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
@@ -169,43 +288,66 @@ def write_outputs(cfg: PipelineConfig, summary: dict, runs: list[RunResult], *, 
 
 
 def render_report(summary: dict, table: str, title: str) -> str:
+    """``report.md``: the results table, what the numbers mean, the figure, the transfer report."""
     ttt = summary.get("time_to_target", {})
     lines = [f"# {title}", "", table, ""]
-    if "target_acc" in summary:
-        lines.append(f"Target accuracy (the scratch SNN's best): {summary['target_acc']:.4f}.")
-        pre, scratch = ttt.get("snn_pretrained"), ttt.get("snn_scratch")
-        if pre is not None and scratch:
-            lines.append(
-                f"The pretrained SNN reached it after {pre:.1f} s of SNN training "
-                f"({ttt.get('snn_pretrained_total')} s including the ANN), the scratch SNN after {scratch:.1f} s: "
-                f"{pre / scratch:.2f}x the time."
-            )
-        elif pre is None:
-            lines.append("The pretrained SNN did not reach the target.")
+    for comp, label in ((PIPES, "static"), (PIPED, "event")):
+        if comp.target_key not in summary:
+            continue
+        target = summary[comp.target_key]
+        pre, scratch = ttt.get(comp.pretrained), ttt.get(comp.baseline)
+        line = f"- **{label}**: target = best accuracy of `{comp.baseline}` = {target:.4f}. "
+        if pre is None:
+            line += f"`{comp.pretrained}` did not reach it."
+        else:
+            ratio = f" = {pre / scratch:.2f}x" if scratch else ""
+            line += (f"`{comp.pretrained}` reached it after {pre:.1f} s of SNN training{ratio} the "
+                     f"{scratch:.1f} s `{comp.baseline}` needed ({ttt.get(comp.pretrained + '_total')} s including the ANN).")
+        lines.append(line)
     if "transfer_acc" in summary:
-        lines.append(f"Accuracy right after the transfer (before any SNN training): {summary['transfer_acc']:.4f}.")
+        lines.append(f"- accuracy right after the transfer, before any SNN training: {summary['transfer_acc']:.4f}")
     lines += ["", "![accuracy vs training time](accuracy_vs_time.png)", ""]
-    if summary.get("transfer"):
-        t = summary["transfer"]
-        lines.append(
-            f"Transfer: {t['matched']} tensors matched ({t['match_fraction']:.0%}), adapted {len(t['adapted'])}, "
-            f"missing {len(t['missing'])}, unexpected {len(t['unexpected'])}, BN layers re-calibrated: {t['recalibrated_bn']}."
-        )
+    modes = (summary.get("first_layer_comparison") or {}).get("modes")
+    if modes:
+        lines += ["## First-layer adaptation (static ANN -> 2 event polarities)", "",
+                  "| first layer | after transfer | after epoch 1 | after last compared epoch |", "|---|---:|---:|---:|"]
+        for mode, entry in modes.items():
+            accs = entry["acc"] or [float("nan")]
+            lines.append(f"| {mode} | {entry['transfer_acc']:.4f} | {accs[0]:.4f} | {accs[-1]:.4f} |")
+        lines.append("")
+    for key, label in (("transfer", "static"), ("events_transfer", "event")):
+        if summary.get(key):
+            t = summary[key]
+            lines.append(
+                f"Transfer ({label}): {t['matched']} tensors matched ({t['match_fraction']:.0%}), adapted "
+                f"{len(t['adapted'])}, re-initialised {len(t['reinitialised'])}, missing {len(t['missing'])}, "
+                f"unexpected {len(t['unexpected'])}; BN layers re-calibrated: {t['recalibrated_bn']}."
+            )
     lines.append(f"\nWall time of the whole run: {summary.get('wall_seconds')} s.")
     return "\n".join(lines) + "\n"
 
 
 def _log(cfg: PipelineConfig, message: str) -> None:
-    if cfg.run.progress:
+    if cfg.run.progress and current_rank().is_main:
         tqdm.write(message)
 
 
-def demo_config(out: str = "runs/demo") -> PipelineConfig:
-    """The demo's recipe: sized to finish in a few minutes on 2 CPU cores."""
-    cfg = PipelineConfig()
-    cfg.run.out = out
-    return cfg
-
-
-def demo(cfg: PipelineConfig) -> dict:
-    return pipes(cfg, baseline=True)
+def demo(cfg: PipelineConfig, *, events: bool = True) -> dict:
+    """The main job: pipeS on the embedded MNIST and pipeD on its ODG events (ES-MNIST), one report."""
+    device = _prepare_run(cfg)
+    started = time.perf_counter()
+    bundle = open_static(cfg)
+    ann, runs, report = run_pipes(cfg, bundle, device, baseline=True)
+    extra: dict[str, Any] = {"transfer": report.to_dict(), "transfer_acc": runs[1].curve[0][2]}
+    comparisons = [PIPES]
+    if events:
+        event_runs, comparison, event_report = run_piped(cfg, ann, device, baseline=True)
+        runs += event_runs
+        comparisons.append(PIPED)
+        extra.update(events_data=cfg.events.data, events_transfer=event_report.to_dict(),
+                     first_layer_comparison=comparison)
+    summary = build_summary(bundle.name, cfg.model.T, [r.to_summary() for r in runs],
+                            comparisons=tuple(comparisons), extra=extra)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(cfg, summary, runs, title=f"spikebridge demo on {bundle.name}: SNNs from an ANN vs from scratch")
+    return summary

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,35 +17,46 @@ def time_to_target(curve: list[list[float]], target: float) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A scratch baseline and the bridged runs measured against its best accuracy."""
+
+    baseline: str = "snn_scratch"
+    pretrained: str = "snn_pretrained"
+    target_key: str = "target_acc"
+
+
+PIPES = Comparison()
+PIPED = Comparison("snn_events_scratch", "snn_events_pretrained", "events_target_acc")
+
+
 def build_summary(
     dataset: str,
     T: int,
     runs: list[dict],
     *,
-    baseline: str = "snn_scratch",
-    pretrained: str = "snn_pretrained",
+    comparisons: tuple[Comparison, ...] = (PIPES,),
     ann: str = "ann",
     extra: dict[str, Any] | None = None,
 ) -> dict:
-    """``summary.json``'s content: runs, ``target_acc`` (the baseline's best) and time-to-target.
-
-    ``time_to_target`` has one entry per run (except the ANN) plus ``<pretrained>_total`` which
-    adds the ANN's training seconds.
-    """
+    """``summary.json``'s content: runs, each comparison's target (its baseline's best accuracy)
+    and ``time_to_target`` for the baseline and the bridged run, plus ``<pretrained>_total`` which
+    adds the ANN's training seconds."""
     by_name = {run["name"]: run for run in runs}
     summary: dict[str, Any] = {"dataset": dataset, "T": T, "runs": runs}
-    if baseline in by_name:
-        target = by_name[baseline]["best_acc"]
-        summary["target_acc"] = target
-        ttt: dict[str, float | None] = {}
-        for run in runs:
-            if run["name"] == ann:
-                continue
-            ttt[run["name"]] = time_to_target(run["curve"], target)
-            if run["name"] == pretrained and ann in by_name and ttt[run["name"]] is not None:
-                ttt[f"{pretrained}_total"] = round(ttt[run["name"]] + by_name[ann]["seconds"], 3)
-        if pretrained in ttt and f"{pretrained}_total" not in ttt:
-            ttt[f"{pretrained}_total"] = None
+    ttt: dict[str, float | None] = {}
+    for comp in comparisons:
+        if comp.baseline not in by_name:
+            continue
+        target = by_name[comp.baseline]["best_acc"]
+        summary[comp.target_key] = target
+        ttt[comp.baseline] = time_to_target(by_name[comp.baseline]["curve"], target)
+        if comp.pretrained in by_name:
+            reach = time_to_target(by_name[comp.pretrained]["curve"], target)
+            ttt[comp.pretrained] = reach
+            ann_seconds = by_name[ann]["seconds"] if ann in by_name else 0.0
+            ttt[f"{comp.pretrained}_total"] = None if reach is None else round(reach + ann_seconds, 3)
+    if ttt:
         summary["time_to_target"] = ttt
     summary.update(extra or {})
     return summary

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
-from .loading import DataBundle
+from .loading import DataBundle, limit_bundle
 from .static import MNIST_MEAN, MNIST_STD, TensorSplit, load_mnist5k
 
 BUILTIN_DATASETS = ("mnist5k", "es-mnist")
@@ -53,9 +53,43 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SPIKEBRIDGE_CACHE") or Path.home() / ".cache" / "spikebridge")
 
 
-def open_dataset(name: str, *, max_shift: int = 2, split_seed: int = 0, workers: int = 0, image_size: int = 0) -> DataBundle:
+def open_dataset(name: str, *, max_shift: int = 2, split_seed: int = 0, workers: int = 0, image_size: int = 0,
+                 limit_train: int = 0, limit_test: int = 0, time_steps: int = 0) -> DataBundle:
+    """A built-in dataset by name, or the dataset in folder ``name`` (:mod:`spikebridge.data.disk`).
+
+    ``image_size`` (0 = from the data), ``workers`` and ``time_steps`` (DVS / video: 0 = the
+    paper's) apply to folders; ``limit_train`` / ``limit_test`` take seeded subsets.
+    """
+    if limit_train or limit_test:  # a seeded subset (DataConfig.limit_train / limit_test): quick runs, tests
+        full = open_dataset(name, max_shift=max_shift, split_seed=split_seed, workers=workers, image_size=image_size,
+                            time_steps=time_steps)
+        return limit_bundle(full, limit_train, limit_test, seed=split_seed)
     if name == "mnist5k":
         return open_mnist5k(max_shift=max_shift, split_seed=split_seed)
     if name == "es-mnist":
         return open_es_mnist(split_seed=split_seed)
-    raise DataError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)} or a folder path")
+    if not Path(name).exists():
+        raise DataError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)} or a dataset folder")
+    from .disk import open_path_dataset
+
+    return open_path_dataset(name, max_shift=max_shift, split_seed=split_seed, workers=workers, image_size=image_size,
+                             time_steps=time_steps)
+
+
+def open_data_config(data, *, name: str | None = None) -> DataBundle:
+    """Open the dataset a :class:`~spikebridge.config.DataConfig` describes (``name`` replaces
+    ``data.name``, e.g. pipeD's ``events.data``)."""
+    return open_dataset(
+        name or data.name, max_shift=data.max_shift, split_seed=data.split_seed, workers=data.workers,
+        image_size=data.image_size, limit_train=data.limit_train, limit_test=data.limit_test,
+    )
+
+
+def resolve_model_name(name: str, bundle: DataBundle) -> str:
+    """``name``, or the model :func:`~spikebridge.data.disk.suggest_model` picks for ``bundle``
+    when ``name`` is ``"auto"`` (or empty)."""
+    if name and name != "auto":
+        return name
+    from .disk import suggest_model
+
+    return suggest_model(bundle)

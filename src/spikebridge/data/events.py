@@ -16,6 +16,7 @@ Every malformed input raises :class:`~spikebridge.errors.DataError` naming the f
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -257,7 +258,8 @@ def read_es_sample(
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
+            RuntimeError, OverflowError, MemoryError, struct.error) as exc:  # zipfile: unsupported version, encrypted
         raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
     for name, rows in (("pos", pos), ("neg", neg)):
         if rows.dtype != np.uint8:
@@ -322,6 +324,8 @@ def read_label_file(
             raise DataError(f"{label_file}:{number}: label must be >= 0, got {label}")
         if not (0 < height < 65536 and 0 < width < 65536):
             raise DataError(f"{label_file}:{number}: height/width must be positive, got {height} {width}")
+        if Path(rel).name in ("", ".", "..") or rel.endswith(("/", "\\")):
+            raise DataError(f"{label_file}:{number}: {rel!r} does not name a sample file")
         path = base / rel
         if path.suffix.lower() != ".npz":
             path = path.with_suffix(".npz")
@@ -329,6 +333,28 @@ def read_label_file(
             raise DataError(f"{label_file}:{number}: sample file {path} not found")
         entries.append(LabelEntry(path=path, label=label, height=height, width=width, line=number))
     return entries
+
+
+def check_label_folders(entries: Sequence[LabelEntry], label_file: str | os.PathLike) -> None:
+    """Refuse a label file that disagrees with the class-folder layout of its samples.
+
+    When the samples lie in two or more folders (``<class>/<sample>.npz``), every sample of a
+    folder must carry the same label; a flat layout (one folder) is not checked. Raises
+    :class:`DataError` naming both lines.
+    """
+    first: dict[Path, LabelEntry] = {}
+    for entry in entries:
+        first.setdefault(entry.path.parent, entry)
+    if len(first) < 2:
+        return
+    for entry in entries:
+        seen = first[entry.path.parent]
+        if entry.label != seen.label:
+            raise DataError(
+                f"{label_file}:{entry.line}: {entry.path.name} has label {entry.label}, but line {seen.line} gives "
+                f"label {seen.label} to {seen.path.name} in the same folder {entry.path.parent.name}/: the label "
+                "file disagrees with the class folders"
+            )
 
 
 def write_label_file(label_file: str | os.PathLike, entries: Sequence[tuple[str, int, int, int]]) -> None:
@@ -380,6 +406,7 @@ class ESImageNetDataset(Dataset):
                             f"or the released layout {root / (split + 'label.txt')} with {root / split}/)")
         self.label_file = label_file
         self.entries = read_label_file(label_file, data_dir=data_dir, check_files=check_files)
+        check_label_folders(self.entries, label_file)
         self.transform = transform
         self.dense_kwargs = dict(dense_kwargs or {})
 

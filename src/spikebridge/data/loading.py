@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import DataError, SpikebridgeError
 from .static import TensorSplit
 from .transforms import random_shift
 
@@ -46,6 +47,23 @@ class DataBundle:
             return None
         sample = self.train.images[0] if isinstance(self.train, TensorSplit) else self.train[0][0]
         return int(sample.shape[0])
+
+
+def limit_bundle(bundle: DataBundle, limit_train: int = 0, limit_test: int = 0, *, seed: int = 0) -> DataBundle:
+    """The same bundle with at most ``limit_train`` / ``limit_test`` samples (0 = all): a seeded
+    random subset of each split, kept in the split's order (quick runs and tests)."""
+    from dataclasses import replace
+
+    def subset(split: TensorSplit | Dataset, limit: int, offset: int) -> TensorSplit | Dataset:
+        if limit <= 0 or limit >= len(split):
+            return split
+        generator = torch.Generator().manual_seed(seed * 2 + offset)
+        keep = torch.randperm(len(split), generator=generator)[:limit].sort().values
+        if isinstance(split, TensorSplit):
+            return TensorSplit(split.images[keep], split.labels[keep])
+        return torch.utils.data.Subset(split, keep.tolist())
+
+    return replace(bundle, train=subset(bundle.train, limit_train, 0), test=subset(bundle.test, limit_test, 1))
 
 
 def _prepare_tensor_batch(bundle: DataBundle, images: torch.Tensor, train: bool, generator) -> torch.Tensor:
@@ -84,26 +102,146 @@ def iterate_batches(
     else:
         order = torch.arange(n)
     local_batch = batch_size // world_size if train else batch_size
+    where = f"{bundle.name} {'train' if split is bundle.train else 'test'} split"
     if isinstance(split, TensorSplit):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
+            if world_size > 1 and train and bundle.max_shift > 0:
+                # augment the whole global batch and keep this rank's share: the same random draws
+                # (and generator state) as one process training on the global batch
+                images, labels = split.images[idx], split.labels[idx]
+                _check_batch(images, labels, idx, bundle.num_classes, where, split)
+                x = _prepare_tensor_batch(bundle, images, train, generator)[rank::world_size]
+                yield to_time_major(x, bundle.kind), labels[rank::world_size]
+                continue
             idx = idx[rank::world_size] if world_size > 1 else idx
             if len(idx) == 0:
                 continue
-            x = _prepare_tensor_batch(bundle, split.images[idx], train, generator)
-            yield to_time_major(x, bundle.kind), split.labels[idx]
+            images, labels = split.images[idx], split.labels[idx]
+            _check_batch(images, labels, idx, bundle.num_classes, where, split)
+            x = _prepare_tensor_batch(bundle, images, train, generator)
+            yield to_time_major(x, bundle.kind), labels
         return
     if world_size > 1:
         order = order.view(-1, batch_size)[:, rank::world_size].reshape(-1) if train else order[rank::world_size]
     loader = DataLoader(
-        torch.utils.data.Subset(split, order.tolist()),
+        _CheckedSamples(split, order.tolist(), where),
         batch_size=local_batch,
         shuffle=False,
         num_workers=bundle.workers,
         persistent_workers=False,
     )
     try:
-        for x, y in loader:
+        start = 0
+        for x, y in _worker_errors_as_raised(loader):
+            _check_batch(None, y, order[start : start + len(y)], bundle.num_classes, where, split)
+            start += len(y)
             yield to_time_major(x.float(), bundle.kind), y
     finally:
         del loader
+
+
+def describe_sample(dataset: TensorSplit | Dataset, index: int) -> str:
+    """``sample 17`` plus its file when the dataset knows it (image folders, event label files)."""
+    path = None
+    try:
+        if hasattr(dataset, "samples"):  # ImageFolderDataset: (path, class)
+            path = dataset.samples[index][0]
+        elif hasattr(dataset, "entries"):  # ESImageNetDataset: LabelEntry
+            path = dataset.entries[index].path
+        elif hasattr(dataset, "items"):  # ESUCF101Dataset: (path, label)
+            path = dataset.items[index][0]
+    except (IndexError, KeyError, TypeError, AttributeError):
+        path = None
+    return f"sample {index} ({path})" if path is not None else f"sample {index}"
+
+
+def _check_batch(images: torch.Tensor | None, labels: torch.Tensor, idx: torch.Tensor, num_classes: int,
+                 where: str, split: TensorSplit | Dataset) -> None:
+    """NaN/Inf in float images, labels outside ``[0, num_classes)``: :class:`DataError` naming the sample."""
+    if images is not None and images.is_floating_point():
+        finite = torch.isfinite(images.reshape(len(images), -1)).all(1)
+        if not finite.all():
+            row = int((~finite).nonzero()[0])
+            raise DataError(f"{where}: {describe_sample(split, int(idx[row]))} holds NaN or Inf values")
+    bad = (labels < 0) | (labels >= num_classes) if num_classes > 0 else labels < 0
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise DataError(f"{where}: {describe_sample(split, int(idx[row]))} has label {int(labels[row])}, "
+                        f"outside [0, {num_classes}) for this {num_classes}-class dataset")
+
+
+class _CheckedSamples(Dataset):
+    """``dataset[indices[i]]`` with NaN/Inf in a float sample reported as a :class:`DataError`
+    naming the sample (and its file), e.g. from a transform that divides by zero."""
+
+    def __init__(self, dataset: Dataset, indices: list[int], where: str) -> None:
+        self.dataset, self.indices, self.where = dataset, indices, where
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = self.indices[i]
+        x, y = self.dataset[index]
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+            raise DataError(f"{self.where}: {describe_sample(self.dataset, index)} holds NaN or Inf values")
+        return x, y
+
+
+def _worker_errors_as_raised(loader: DataLoader) -> Iterator:
+    """Iterate ``loader``; a SpikebridgeError raised in a worker process arrives with the worker's
+    traceback in its message: raise it again with its own one-line message."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except SpikebridgeError as exc:
+            text = str(exc)
+            if "Original Traceback" not in text:
+                raise
+            last = [line for line in text.strip().splitlines() if line.strip()][-1]
+            message = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+            raise type(exc)(message) from None
+        yield batch
+
+
+def merge_frames(frames: torch.Tensor, bins: int, time_dim: int) -> torch.Tensor:
+    """Sum groups of consecutive event frames: ``T`` steps -> ``bins`` steps along ``time_dim``."""
+    steps = frames.shape[time_dim]
+    if bins <= 0 or steps % bins:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"events.time_bins={bins} must divide the stream's {steps} time steps")
+    shape = list(frames.shape)
+    shape[time_dim : time_dim + 1] = [bins, steps // bins]
+    return frames.reshape(shape).sum(time_dim + 1).to(frames.dtype)
+
+
+class _MergedFrames(Dataset):
+    def __init__(self, dataset: Dataset, bins: int) -> None:
+        self.dataset, self.bins = dataset, bins
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        frames, label = self.dataset[index]
+        return merge_frames(frames, self.bins, 0), label
+
+
+def with_time_bins(bundle: DataBundle, bins: int) -> DataBundle:
+    """The same event bundle with its frames merged into ``bins`` time steps (0 = unchanged)."""
+    from dataclasses import replace
+
+    if bins == 0 or bundle.kind != "events" or bundle.time_steps == bins:
+        return bundle
+
+    def merged(split):
+        if isinstance(split, TensorSplit):
+            return TensorSplit(merge_frames(split.images, bins, 1), split.labels)
+        return _MergedFrames(split, bins)
+
+    return replace(bundle, train=merged(bundle.train), test=merged(bundle.test))

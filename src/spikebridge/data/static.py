@@ -6,6 +6,7 @@ fixed and stratified: per class, a seeded permutation gives 400 training and 100
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 from dataclasses import dataclass
@@ -43,8 +44,14 @@ def mnist5k_path() -> Path:
 
 
 def load_mnist5k_arrays(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """All 5,000 digits: uint8 ``[5000, 28, 28]`` and int64 labels ``[5000]``."""
-    path = path or mnist5k_path()
+    """All 5,000 digits: uint8 ``[5000, 28, 28]`` and int64 labels ``[5000]`` (fresh copies; the
+    parsed file is cached per process, so repeated opens and forked workers skip the CSV parse)."""
+    images, labels = _read_mnist5k_csv(str(path or mnist5k_path()))
+    return images.copy(), labels.copy()
+
+
+@functools.lru_cache(maxsize=2)
+def _read_mnist5k_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with gzip.open(path, "rt") as fh:
             table = np.loadtxt(fh, delimiter=",", dtype=np.int64)

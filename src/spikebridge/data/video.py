@@ -20,6 +20,7 @@ under the key ``events``. :class:`ESUCF101Dataset` returns time-major float fram
 from __future__ import annotations
 
 import os
+import struct
 import re
 import zipfile
 import zlib
@@ -163,7 +164,8 @@ def read_video_events(path: str | os.PathLike) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
+            RuntimeError, OverflowError, MemoryError, struct.error) as exc:  # zipfile: unsupported version, encrypted
         raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
     if events.dtype != np.uint8 or events.ndim != 4 or events.shape[0] != 2:
         raise DataError(f"{path}: 'events' must be uint8 [2, T, H, W], got {events.dtype} {tuple(events.shape)}")
@@ -188,13 +190,15 @@ class ESUCF101Dataset(Dataset):
         n_steps: int | None = None,
         transform: Callable[[torch.Tensor], Any] | None = None,
     ) -> None:
-        from .events import read_label_file  # local: events imports odg, keep video standalone
+        from .events import check_label_folders, read_label_file  # local: events imports odg, keep video standalone
 
         root = Path(root)
         if n_steps is not None and n_steps < 1:
             raise ConfigError(f"n_steps must be >= 1, got {n_steps}")
         if (root / "labels.txt").is_file():
-            self.items = [(e.path, e.label) for e in read_label_file(root / "labels.txt")]
+            entries = read_label_file(root / "labels.txt")
+            check_label_folders(entries, root / "labels.txt")
+            self.items = [(e.path, e.label) for e in entries]
         elif root.is_dir():
             classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
             self.items = [(f, label) for label, name in enumerate(classes)

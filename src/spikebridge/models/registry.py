@@ -10,25 +10,32 @@ from torch import nn
 from ..errors import ConfigError
 from ..neurons import NeuronConfig
 from .cnn import SmallCNN
+from .crnn import CRNN
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .vgg import VGG, VGG_STAGES
 
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
+_SEQUENCE_MODELS: set[str] = set()  # models taking only frame sequences [T, B, C, H, W] (video)
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(name: str, *, sequence: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
+    """``sequence=True``: the model takes only time-major frame sequences ``[T, B, C, H, W]``
+    (no static ``[B, C, H, W]`` images), e.g. the video CRNN."""
     def wrap(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = builder
+        if sequence:
+            _SEQUENCE_MODELS.add(name)
         return builder
 
     return wrap
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def list_models(sequence: bool | None = None) -> list[str]:
+    """Registered names; ``sequence=False``/``True`` keeps only image / sequence-only models."""
+    return sorted(n for n in _REGISTRY if sequence is None or (n in _SEQUENCE_MODELS) == sequence)
 
 
 def as_neuron_config(neuron: str | NeuronConfig, **overrides) -> NeuronConfig:
@@ -75,3 +82,4 @@ register_model("resnet50_tv")(_resnet(Bottleneck, [3, 4, 6, 3], True))
 register_model("vgg11")(lambda **kw: VGG(VGG_STAGES["vgg11"], **kw))
 register_model("vgg16")(lambda **kw: VGG(VGG_STAGES["vgg16"], **kw))
 register_model("cnn")(lambda **kw: SmallCNN(**kw))
+register_model("crnn", sequence=True)(lambda **kw: CRNN(**kw))

@@ -113,5 +113,7 @@ class ResNet(BridgeNet):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act1(x))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = self.run_block(block, x)
         return torch.flatten(self.avgpool(x), 1)

@@ -14,9 +14,11 @@ that loads half-written. Nothing is pickled; the tensors load with ``safetensors
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..utils import atomic_path, atomic_write_text
+from ..utils import atomic_path, atomic_write_text, remove_stale_temps
 
 FORMAT = "spikebridge-checkpoint-1"
 
@@ -111,18 +113,37 @@ def save_checkpoint(
     record["weights"] = weights_name
     record["sha256"] = _sha256(weights_path)
     json_path = folder / f"{name}.json"
-    previous = _previous_weights(json_path)
     atomic_write_text(json_path, json.dumps(record, indent=1))
-    if previous and previous != weights_name:
-        (folder / previous).unlink(missing_ok=True)
+    remove_leftovers(folder, name, keep=weights_name)
     return json_path
 
 
-def _previous_weights(json_path: Path) -> str | None:
+def remove_leftovers(folder: str | Path, name: str, keep: str | None = None) -> int:
+    """Delete what killed saves of checkpoint ``name`` left in ``folder``: temporary files, and
+    tensors files other than ``keep`` (default: the one ``NAME.json`` points at). Returns the count.
+
+    Safe at any moment no other process saves ``name``: ``NAME.json`` is only replaced after its
+    tensors file is complete, so the file it points at is never removed.
+    """
+    folder = Path(folder)
+    removed = remove_stale_temps(folder, (f"{glob.escape(name)}.json", f"{glob.escape(name)}-e*.safetensors"))
+    if keep is None:
+        keep = _current_weights(folder / f"{name}.json")
+        if keep is None and (folder / f"{name}.json").exists():
+            return removed  # unreadable JSON: keep every tensors file for the user to inspect
+    for path in folder.glob(f"{glob.escape(name)}-e*.safetensors"):
+        if path.name != keep and re.fullmatch(rf"{re.escape(name)}-e\d+\.safetensors", path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _current_weights(json_path: Path) -> str | None:
     try:
-        return json.loads(json_path.read_text())["weights"]
-    except (OSError, ValueError, KeyError, TypeError):
+        weights = json.loads(json_path.read_text(encoding="utf-8"))["weights"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
+    return weights if isinstance(weights, str) else None
 
 
 class Checkpoint:
@@ -148,7 +169,10 @@ class Checkpoint:
     def optimizer_state(self) -> dict | None:
         if "optimizer" not in self.record:
             return None
-        return _join_optimizer(self.tensors, self.record["optimizer"])
+        try:
+            return _join_optimizer(self.tensors, self.record["optimizer"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{self.path}: corrupt optimizer state ({type(exc).__name__}: {exc})") from None
 
     @property
     def scheduler_state(self) -> dict | None:
@@ -160,6 +184,8 @@ class Checkpoint:
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
     """Accept ``NAME.json``, the tensors file, or a folder holding exactly one ``*.json`` checkpoint."""
+    if not str(path).strip():
+        raise CheckpointError("checkpoint path is empty: give NAME.json, a .safetensors file or a run folder")
     path = Path(path)
     if path.is_dir():
         candidates = sorted(p for p in path.glob("*.json") if _looks_like_checkpoint(p))
@@ -167,8 +193,6 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
             found = ", ".join(p.name for p in candidates) or "none"
             raise CheckpointError(f"{path}: expected one checkpoint .json in the folder, found {found}")
         return candidates[0]
-    if path.suffix == ".safetensors":
-        return path
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     return path
@@ -176,13 +200,17 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 
 def _looks_like_checkpoint(path: Path) -> bool:
     try:
-        return json.loads(path.read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
 def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
-    """Load a checkpoint (JSON + tensors). A bare ``.safetensors`` state dict loads as weights only."""
+    """Load a checkpoint (JSON + tensors). A bare ``.safetensors`` state dict loads as weights only.
+
+    Raises :class:`CheckpointError` naming the file for a missing, truncated or corrupt JSON or
+    tensors file, a checksum mismatch (``verify``), or metadata of the wrong shape.
+    """
     path = resolve_checkpoint_path(path)
     if path.suffix == ".safetensors":
         return Checkpoint(path, {"format": FORMAT, "meta": {}}, _read_tensors(path, prefix="model."))
@@ -190,22 +218,54 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON (truncated or corrupt)") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or "weights" not in record:
         raise CheckpointError(f"{path}: not a spikebridge checkpoint (no '{FORMAT}' format marker)")
-    weights = path.parent / str(record["weights"])
+    _check_record(path, record)
+    weights = path.parent / record["weights"]
     if not weights.is_file():
         raise CheckpointError(f"{path}: its tensors file {weights.name} is missing")
     if verify and record.get("sha256") and _sha256(weights) != record["sha256"]:
         raise CheckpointError(f"{weights}: checksum mismatch (the file is corrupt or was changed)")
-    return Checkpoint(path, record, _read_tensors(weights))
+    checkpoint = Checkpoint(path, record, _read_tensors(weights))
+    checkpoint.optimizer_state()  # a corrupt optimizer record fails here, not when resuming
+    return checkpoint
+
+
+def _check_record(path: Path, record: dict) -> None:
+    """Refuse metadata of the wrong shape (a hand-edited or damaged JSON) with one line."""
+
+    def bad(field: str, expected: str) -> CheckpointError:
+        return CheckpointError(f"{path}: checkpoint field {field!r} must be {expected}, got {record.get(field)!r:.80}")
+
+    weights = record["weights"]
+    if not isinstance(weights, str) or not weights or Path(weights).name != weights or weights in (".", ".."):
+        raise bad("weights", "the name of a tensors file beside the JSON")
+    if "sha256" in record and not isinstance(record["sha256"], str):
+        raise bad("sha256", "a hex string")
+    epoch = record.get("epoch", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise bad("epoch", "an integer >= 0")
+    if not isinstance(record.get("meta", {}), dict):
+        raise bad("meta", "a mapping")
+    optimizer = record.get("optimizer")
+    if optimizer is not None and not (
+        isinstance(optimizer, dict) and isinstance(optimizer.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in optimizer["param_groups"])
+        and isinstance(optimizer.get("scalars", {}), dict)
+        and all(isinstance(v, dict) for v in optimizer.get("scalars", {}).values())
+    ):
+        raise bad("optimizer", "a mapping with 'param_groups' (a list of mappings)")
+    scheduler = record.get("scheduler")
+    if scheduler is not None and not isinstance(scheduler, dict):
+        raise bad("scheduler", "a mapping")
 
 
 def _read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
     if prefix and not any(k.startswith(prefix) for k in tensors):

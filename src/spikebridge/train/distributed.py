@@ -1,11 +1,25 @@
-"""torchrun / DistributedDataParallel setup: gloo on CPU, nccl on GPU; rank 0 writes files."""
+"""torchrun / DistributedDataParallel setup: gloo on CPU, nccl on GPU; rank 0 writes files.
+
+Also what one training step needs to scale out:
+
+* :func:`wrap_model`: the DDP wrapper (gradients averaged over ranks; every rank starts from rank 0's
+  weights);
+* :func:`convert_sync_batchnorm` / :func:`revert_sync_batchnorm`: BatchNorm statistics over the
+  global batch. On CUDA this is ``torch.nn.SyncBatchNorm``; PyTorch's refuses CPU tensors, so on CPU
+  (gloo) :class:`GlobalBatchNorm` computes the same statistics with two differentiable all-reduces;
+* :class:`Precision`: autocast (bf16 / fp16) and the fp16 gradient scaler, on CUDA.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -32,11 +46,26 @@ def setup_distributed(device: torch.device) -> DistInfo:
     if not launched_by_torchrun():
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            backend = "cpu:gloo,cuda:nccl"  # nccl for the training tensors, gloo for any CPU scalars
+        else:
+            backend = "gloo"
         dist.init_process_group(backend=backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def teardown_distributed() -> None:
+    """Destroy the process group (end of a torchrun command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun, a bare ``cuda`` device becomes this process's ``cuda:LOCAL_RANK``."""
+    if device.type == "cuda" and device.index is None and launched_by_torchrun():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
 
 
 def current() -> DistInfo:
@@ -57,3 +86,164 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 def barrier() -> None:
     if current().enabled:
         dist.barrier()
+
+
+def broadcast_object(value):
+    """Rank 0's ``value`` on every rank (no-op when not distributed)."""
+    if not current().enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# DDP
+# ------------------------------------------------------------------------------------------------
+def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel when distributed, else ``model`` itself.
+
+    DDP registers the parameters that require gradients *now*: call it again after unfreezing
+    (the end of a warm-up). Construction broadcasts rank 0's parameters and buffers.
+    """
+    if not current().enabled:
+        return model
+    module = getattr(model, "module", model)
+    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+
+# ------------------------------------------------------------------------------------------------
+# synchronised BatchNorm
+# ------------------------------------------------------------------------------------------------
+class GlobalBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose training statistics cover the batch of every rank (any device, any backend).
+
+    Same parameters, buffers and eval behaviour as ``nn.BatchNorm2d`` (instances are converted in
+    place, see :func:`convert_sync_batchnorm`). In training under a process group: the per-channel
+    sum and count are all-reduced, then the sum of squared deviations from the global mean (two
+    passes, as accurate as one process computing over the global batch); both all-reduces are
+    differentiable, so the backward pass is exact too. Input ``[N, C, ...]``; statistics are in
+    float32 (also under autocast); running statistics follow ``nn.BatchNorm2d`` (unbiased variance,
+    ``momentum=None`` = cumulative average).
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        distributed = self.training and current().enabled
+        if not distributed:
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce
+
+        x = input.float()
+        dims = [0, *range(2, x.dim())]
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
+        packed = all_reduce(torch.cat([x.sum(dims), count]))
+        total = packed[-1]
+        mean = packed[:-1] / total
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / total
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.float().view(shape) + self.bias.float().view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                n = float(total)
+                unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+                self.running_mean.mul_(1 - factor).add_(mean.detach().to(self.running_mean.dtype), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+        return out
+
+
+_ORIGINAL_CLASS = "_spikebridge_bn_class"
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> int:
+    """Make every BatchNorm of ``model`` compute its statistics over all ranks, in place (the
+    modules keep their parameters, buffers and state-dict keys). Returns how many were converted."""
+    target = nn.SyncBatchNorm if device.type == "cuda" else GlobalBatchNorm
+    converted = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not hasattr(module, _ORIGINAL_CLASS):
+            setattr(module, _ORIGINAL_CLASS, type(module))
+            if target is nn.SyncBatchNorm:
+                module.process_group = None
+            module.__class__ = target
+            converted += 1
+    return converted
+
+
+def revert_sync_batchnorm(model: nn.Module) -> None:
+    """Undo :func:`convert_sync_batchnorm`."""
+    for module in model.modules():
+        original = getattr(module, _ORIGINAL_CLASS, None)
+        if original is not None:
+            module.__class__ = original
+            delattr(module, _ORIGINAL_CLASS)
+            if hasattr(module, "process_group") and not isinstance(module, nn.SyncBatchNorm):
+                del module.process_group
+
+
+# ------------------------------------------------------------------------------------------------
+# mixed precision
+# ------------------------------------------------------------------------------------------------
+class Precision:
+    """``amp`` = ``off`` | ``bf16`` | ``fp16``: autocast on CUDA, with a gradient scaler for fp16.
+
+    On a CPU device mixed precision is switched off (:attr:`note` says so): the recipes then run
+    unchanged, in float32.
+    """
+
+    def __init__(self, amp: str, device: torch.device) -> None:
+        if amp not in ("off", "bf16", "fp16"):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"run.amp must be off, bf16 or fp16, got {amp!r}")
+        self.note = ""
+        if amp != "off" and device.type != "cuda":
+            self.note = f"run.amp={amp} applies on CUDA only; training in float32 on {device.type}"
+            amp = "off"
+        self.amp = amp
+        self.device_type = device.type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        if self.dtype is None:
+            yield
+            return
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Before gradient clipping: bring the gradients back to their true scale."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)

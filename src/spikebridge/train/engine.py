@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..data.loading import DataBundle, iterate_batches
 from ..errors import CheckpointError, TrainingError
-from ..utils import atomic_write_text
+from ..errors import OutputError
+from ..utils import atomic_write_text, ensure_writable_dir, remove_stale_temps
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
 from .recipes import StepSchedule, build_optimizer
 
 
@@ -42,6 +43,8 @@ class RunResult:
     final_acc: float
     curve: list[list[float]]  # [[seconds, epoch, acc], ...]
     history: list[dict] = field(default_factory=list)
+    # the optimizer's final per-parameter state by parameter name (momentum buffers; for the bridge)
+    optimizer_state: dict[str, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     def to_summary(self) -> dict:
         return {
@@ -118,6 +121,9 @@ def fit(
     optimizer_state: dict | None = None,
     meta: dict[str, Any] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    stop_after: int | None = None,
+    amp: str = "off",
+    sync_bn: bool = False,
 ) -> RunResult:
     """Train ``model`` on ``bundle`` with ``cfg``; see the module docstring.
 
@@ -126,14 +132,23 @@ def fit(
             transferred parameters stay fixed while new layers adapt).
         evaluate_first: record the accuracy before any training as the curve's point at 0 s
             (the bridge's accuracy right after transfer).
-        optimizer_state: an optimizer state dict to start from (the paper restores the ANN's
-            momentum buffers); the LR is reset to ``cfg.lr``.
+        optimizer_state: per-parameter optimizer state to start from (the paper restores the ANN's
+            momentum buffers): a previous run's ``RunResult.optimizer_state`` (by parameter name) or
+            a checkpoint's optimizer state dict; see :func:`load_optimizer_state`. The LR and other
+            hyperparameters are this run's (``cfg.lr``: the LR is reset).
         meta: stored in every checkpoint (model config, data, ...).
+        stop_after: end after this many epochs of ``cfg``'s schedule (short comparisons).
+        amp: ``off`` | ``bf16`` | ``fp16`` mixed precision (CUDA only; float32 on CPU, with a note).
+        sync_bn: under DDP, BatchNorm statistics over the global batch (all ranks).
     """
     device = torch.device(device)
     info = distributed.current()
     model.to(device)
     module = unwrap(model)
+    precision = distributed.Precision(amp, device)
+    if precision.note and progress and info.is_main:
+        tqdm.write(f"{name}: {precision.note}")
+    synced = info.enabled and sync_bn and distributed.convert_sync_batchnorm(module, device) > 0
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     frozen = frozen or set()
@@ -143,9 +158,6 @@ def fit(
     steps_per_epoch = max(1, n_train // cfg.batch_size)
     if steps_per_epoch == 0 or n_train < cfg.batch_size:
         raise TrainingError(f"{name}: the training split has {n_train} samples, fewer than one batch of {cfg.batch_size}")
-    train_model = model
-    if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(frozen))
 
     out = Path(run_dir) / name if run_dir is not None else None
     ckpt_dir = out / "checkpoints" if out else None
@@ -158,36 +170,54 @@ def fit(
         return opt, StepSchedule(opt, cfg, steps_per_epoch)
 
     optimizer, schedule = make_optimizer()
+    transferred_state = None
     if optimizer_state is not None:
-        _load_optimizer_momentum(optimizer, optimizer_state)
-        schedule = StepSchedule(optimizer, cfg, steps_per_epoch)
+        transferred_state = _state_by_name(module, optimizer_state)
+        load_optimizer_state(module, optimizer, transferred_state)
 
+    if out is not None and info.is_main:
+        # fail now, not after an epoch, when the output folder cannot be written; then remove
+        # what killed writes left behind (temporary files, orphaned tensors files)
+        ensure_writable_dir(ckpt_dir)
+        remove_stale_temps(out, ("metrics.csv",))
+        remove_leftovers(ckpt_dir, "last")
     if resume and ckpt_dir is not None and (ckpt_dir / "last.json").exists():
         ckpt = load_checkpoint(ckpt_dir / "last.json")
-        module.load_state_dict(ckpt.model_state)
-        if frozen and ckpt.epoch < cfg.freeze_epochs:
-            _set_requires_grad(model, frozen, False)
-        else:
-            _set_requires_grad(model, frozen, True)
-        optimizer, schedule = make_optimizer()
-        state = ckpt.optimizer_state()
-        if state is not None:
-            optimizer.load_state_dict(state)
-        if ckpt.scheduler_state:
-            schedule.load_state_dict(ckpt.scheduler_state)
-        rng = ckpt.rng_state()
-        torch.set_rng_state(rng["torch"])
-        generator.set_state(rng["batches"])
-        history = ckpt.meta.get("history", [])
-        curve = ckpt.meta.get("curve", [])
-        seconds = float(ckpt.meta.get("seconds", 0.0))
-        start_epoch = ckpt.epoch
+        try:
+            module.load_state_dict(ckpt.model_state)
+            if frozen and ckpt.epoch < cfg.freeze_epochs:
+                _set_requires_grad(model, frozen, False)
+            else:
+                _set_requires_grad(model, frozen, True)
+            optimizer, schedule = make_optimizer()
+            state = ckpt.optimizer_state()
+            if state is not None:
+                optimizer.load_state_dict(state)
+            if ckpt.scheduler_state:
+                schedule.load_state_dict(ckpt.scheduler_state)
+            precision.load_state_dict(ckpt.meta.get("grad_scaler") or {})
+            rng = ckpt.rng_state()
+            torch.set_rng_state(rng["torch"])
+            generator.set_state(rng["batches"])
+            history = list(ckpt.meta.get("history", []))
+            curve = list(ckpt.meta.get("curve", []))
+            seconds = float(ckpt.meta.get("seconds", 0.0))
+            start_epoch = ckpt.epoch
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(
+                f"{ckpt.path}: cannot resume from this checkpoint, it does not fit this model or "
+                f"configuration ({first}); use another --out, or drop --resume to start over"
+            ) from None
     elif evaluate_first:
         acc = evaluate(model, bundle, device=device)["acc"]
         curve.append([0.0, 0, acc])
         history.append({"epoch": 0, "seconds": 0.0, "test_acc": acc, "test_loss": None, "train_loss": None, "train_acc": None, "lr": None})
 
+    train_model = distributed.wrap_model(model, device)  # after any resume: DDP sees what trains now
     max_epochs = cfg.epochs * 3 if cfg.until_plateau else cfg.epochs
+    if stop_after is not None:
+        max_epochs = min(max_epochs, stop_after)
     epoch = start_epoch
     while epoch < max_epochs:
         if epoch >= cfg.epochs and not _still_improving(history, cfg.until_plateau):
@@ -196,15 +226,22 @@ def fit(
             # warm-up over: every parameter trains from here; the schedule keeps its position
             _set_requires_grad(model, frozen, True)
             position = schedule.state_dict()
+            kept = optimizer_state_by_name(module, optimizer)
             optimizer, schedule = make_optimizer()
             schedule.load_state_dict(position)
+            # the new layers keep their momentum; the unfrozen ones get the transferred state, if any
+            load_optimizer_state(module, optimizer, {**(transferred_state or {}), **kept})
+            train_model = distributed.wrap_model(model, device)
         if hasattr(module, "set_epoch"):
             module.set_epoch(epoch)
         train_model.train()
-        stats = _train_one_epoch(
-            train_model, bundle, cfg, optimizer, schedule, generator, device, info, progress,
-            desc=f"{name} {epoch + 1}/{cfg.epochs}",
-        )
+        try:
+            stats = _train_one_epoch(
+                train_model, bundle, cfg, optimizer, schedule, generator, device, info, progress,
+                desc=f"{name} {epoch + 1}/{cfg.epochs}", precision=precision,
+            )
+        except TrainingError as exc:
+            raise TrainingError(f"{exc}; {_last_good(ckpt_dir, epoch)}") from None
         seconds += stats["seconds"]
         epoch += 1
         metrics = evaluate(model, bundle, device=device)
@@ -226,15 +263,29 @@ def fit(
             )
         if on_epoch is not None:
             on_epoch(record)
-        if out is not None and info.is_main:
-            _write_metrics_csv(out / "metrics.csv", history)
-            save_checkpoint(
-                ckpt_dir, "last", module,
-                {**(meta or {}), "history": history, "curve": curve, "seconds": seconds, "name": name},
-                optimizer=optimizer, scheduler=schedule, rng=_rng_state(generator), epoch=epoch,
+        bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise TrainingError(
+                f"{name}: after epoch {epoch} the weights hold NaN/Inf ({', '.join(bad[:3])}); nothing of this "
+                f"epoch is saved, {_last_good(ckpt_dir, epoch - 1)} (lower the learning rate)"
             )
+        if out is not None and info.is_main:
+            try:
+                _write_metrics_csv(out / "metrics.csv", history)
+                save_checkpoint(
+                    ckpt_dir, "last", module,
+                    {**(meta or {}), "history": history, "curve": curve, "seconds": seconds, "name": name,
+                     "grad_scaler": precision.state_dict()},
+                    optimizer=optimizer, scheduler=schedule, rng=_rng_state(generator), epoch=epoch,
+                )
+            except OutputError as exc:
+                raise TrainingError(
+                    f"{name}: cannot save epoch {epoch}: {exc}; {_last_good(ckpt_dir, epoch - 1)}"
+                ) from exc
         distributed.barrier()
 
+    if synced:
+        distributed.revert_sync_batchnorm(module)
     accs = [point[2] for point in curve]
     return RunResult(
         name=name,
@@ -244,7 +295,17 @@ def fit(
         final_acc=accs[-1] if accs else 0.0,
         curve=curve,
         history=history,
+        optimizer_state=optimizer_state_by_name(module, optimizer),
     )
+
+
+def _last_good(ckpt_dir: Path | None, epoch: int) -> str:
+    """Where the last complete checkpoint is (for error messages)."""
+    if ckpt_dir is None:
+        return "no checkpoints are written (run_dir=None)"
+    if epoch <= 0 or not (ckpt_dir / "last.json").exists():
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint (epoch {epoch}) is kept: {ckpt_dir / 'last.json'}"
 
 
 def _still_improving(history: list[dict], window: int) -> bool:
@@ -254,19 +315,77 @@ def _still_improving(history: list[dict], window: int) -> bool:
     return max(accs[-window:]) > max(accs[:-window])
 
 
-def _load_optimizer_momentum(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load another optimizer's per-parameter state (momentum buffers), keeping our LR."""
-    try:
-        lrs = [group["lr"] for group in optimizer.param_groups]
-        optimizer.load_state_dict(state)
-        for group, lr in zip(optimizer.param_groups, lrs):
-            group["lr"] = lr
-            group["initial_lr"] = lr
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"the pretrained optimizer state does not fit this model: {exc}") from None
+def optimizer_state_by_name(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, Any]]:
+    """The optimizer's per-parameter state (SGD ``momentum_buffer``; Adam ``step``, ``exp_avg``,
+    ``exp_avg_sq``) keyed by parameter name, tensors copied to the CPU."""
+    names = {id(p): n for n, p in unwrap(module).named_parameters()}
+    out: dict[str, dict[str, Any]] = {}
+    for param, state in optimizer.state.items():
+        name = names.get(id(param))
+        if name is not None and state:
+            out[name] = {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+    return out
 
 
-def _train_one_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info, progress, desc) -> dict:
+def _state_by_name(module: nn.Module, state: dict) -> dict[str, dict[str, Any]]:
+    """Accept a by-name state, or a ``torch.optim`` state dict over ``module.parameters()`` in order
+    (what a checkpoint of a run without frozen parameters holds)."""
+    if not (isinstance(state, dict) and "state" in state and "param_groups" in state):
+        return state
+    names = [n for n, _ in unwrap(module).named_parameters()]
+    order = [i for group in state["param_groups"] for i in group["params"]]
+    if len(order) != len(names):
+        raise CheckpointError(
+            f"the pretrained optimizer state covers {len(order)} parameters, this model has {len(names)}: "
+            "it belongs to another architecture"
+        )
+    return {names[pos]: state["state"][i] for pos, i in enumerate(order) if i in state["state"]}
+
+
+_STATE_KEYS = {torch.optim.SGD: ("momentum_buffer",), torch.optim.Adam: ("exp_avg", "exp_avg_sq", "step"),
+               torch.optim.AdamW: ("exp_avg", "exp_avg_sq", "step")}
+
+
+def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, dict[str, Any]]) -> list[str]:
+    """Give ``optimizer`` the per-parameter state of another run, matched by parameter name.
+
+    Parameters not in the optimizer (frozen), absent from ``state``, or whose buffers have another
+    shape (a re-initialised first conv or classifier) keep a fresh state. The optimizer's param
+    groups (LR, momentum...) are untouched: the LR is this run's. Returns the names loaded.
+
+    Raises:
+        CheckpointError: the state was made by another kind of optimizer (e.g. Adam moments for SGD).
+    """
+    params = dict(unwrap(module).named_parameters())
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    needed = _STATE_KEYS.get(type(optimizer), ())
+    loaded = []
+    for name, entry in state.items():
+        param = params.get(name)
+        if param is None or id(param) not in in_optimizer or not entry:
+            continue
+        missing = [k for k in needed if k not in entry]
+        if missing:
+            raise CheckpointError(
+                f"the pretrained optimizer state of {name!r} holds {sorted(entry)}, not the {missing} "
+                f"{type(optimizer).__name__} needs: pretrain and fine-tune with the same optimizer, or set "
+                "bridge.transfer_optimizer: false"
+            )
+        tensors = [v for k, v in entry.items() if isinstance(v, torch.Tensor) and k != "step"]
+        if any(tuple(v.shape) != tuple(param.shape) for v in tensors):
+            continue
+        optimizer.state[param] = {
+            k: (v.to(param.device, param.dtype).clone() if isinstance(v, torch.Tensor) and k != "step"
+                else v.clone() if isinstance(v, torch.Tensor) else v)
+            for k, v in entry.items()
+        }
+        loaded.append(name)
+    return loaded
+
+
+def _train_one_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info, progress, desc,
+                     precision: distributed.Precision | None = None) -> dict:
+    precision = precision or distributed.Precision("off", device)
     loss_sum, correct, count = 0.0, 0.0, 0.0
     steps = max(1, len(bundle.train) // cfg.batch_size)
     bar = tqdm(total=steps, desc=desc, disable=not (progress and info.is_main), leave=False, dynamic_ncols=True)
@@ -277,18 +396,23 @@ def _train_one_epoch(model, bundle, cfg, optimizer, schedule, generator, device,
     )
     for step, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        with precision.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         if not torch.isfinite(loss):
+            inputs = "the inputs hold NaN/Inf" if not torch.isfinite(x).all() else (
+                f"the inputs are finite, largest |x| = {x.abs().max().item():.3g}")
+            run_name, _, epoch_text = desc.rpartition(" ")
             raise TrainingError(
-                f"{desc}: the loss became {loss.item()} at step {step + 1}; the last good checkpoint is kept "
-                "(lower the learning rate or check the inputs for NaN/Inf)"
+                f"{run_name} epoch {epoch_text}, step {step + 1}: the loss became {loss.item()} ({inputs}); "
+                "lower the learning rate or check the data"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        precision.backward(loss)
         if cfg.grad_clip > 0:
+            precision.unscale(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        precision.step(optimizer)
         schedule.step()
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
@@ -310,4 +434,4 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-__all__ = ["RunResult", "evaluate", "fit", "unwrap"]
+__all__ = ["RunResult", "evaluate", "fit", "load_optimizer_state", "optimizer_state_by_name", "unwrap"]

@@ -1,0 +1,318 @@
+"""Spiking activity and its cost: per-layer firing rates, synaptic operations (SOPs), the ANN's
+multiply-accumulates (MACs) and energy estimates.
+
+Definitions (exact, what :func:`measure_activity` counts)
+---------------------------------------------------------
+* **Neuron layer**: every time-folded neuron module (registry models' ``TimeFolded``, spikified
+  nets' ``ThresholdNeuron``). Its **firing rate** = nonzero outputs / (neurons x T x samples).
+* **Synaptic layer**: every ``Conv1d/2d/3d`` and ``Linear``. For one input element ``e`` its
+  **fan-out** ``f(e)`` is the number of (output unit, weight) pairs that read it: for a conv, the
+  output positions whose receptive field covers ``e`` (padding, stride, dilation and borders
+  included) times the output channels of its group; for a linear layer, ``out_features``. It is
+  computed exactly as the gradient of ``sum(conv(x, ones))`` with respect to ``x`` (once per layer
+  and input shape). The dense cost of one frame is ``sum_e f(e)`` = the layer's MACs.
+* **SOPs** of a synaptic layer = ``sum over frames and elements of [x_e != 0] * f(e)``: every
+  nonzero input (a spike, or a sum/average of spikes) triggers one accumulate per synapse it feeds.
+  A layer's input is **analog** when no spiking layer ran before it in the forward pass (the first
+  conv on static images) or the last neuron layer before it emits analog values (LIAF): then it
+  costs dense MACs (``sum_e f(e)`` per frame), not SOPs.
+* **Frames** are what actually runs: a registry model's stem runs once per static image, a
+  spikified net's first conv runs T times (its input is repeated), every later layer T times.
+* **ANN MACs** = one dense frame through every synaptic layer (``sum_e f(e)`` per layer).
+* **Neuron updates** = neurons x T per sample (one membrane add each, and one multiply when the
+  leak ``decay`` is neither 0 nor 1).
+
+Energy (45 nm CMOS, Horowitz 2014; the figures SNN papers quote): an FP32 accumulate (AC) costs
+0.9 pJ, an FP32 multiply-accumulate (MAC) 4.6 pJ. ANN energy = MACs x 4.6 pJ; SNN synaptic energy
+= SOPs x 0.9 pJ + analog MACs x 4.6 pJ (the convention of SNN papers; neuron updates are listed
+apart). The paper's table format, FP32 operations per sample in G: the ANN does MACs adds and MACs
+multiplies; the SNN does SOPs + analog MACs + neuron updates adds and analog MACs + leak
+multiplies.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import TimeFolded
+
+ENERGY_PER_AC_PJ = 0.9  # FP32 add, 45 nm
+ENERGY_PER_MAC_PJ = 4.6  # FP32 multiply (3.7 pJ) + add (0.9 pJ), 45 nm
+SYNAPTIC_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass
+class NeuronLayerStats:
+    name: str
+    neurons: int  # per frame (one sample, one time step)
+    spikes_per_sample: float  # nonzero outputs over all T steps, per sample
+    firing_rate: float  # spikes / (neurons * T)
+    analog: bool = False  # emits analog values (LIAF)
+    leak_multiply: bool = True
+
+
+@dataclass
+class SynapticLayerStats:
+    name: str
+    type: str
+    macs_per_frame: int  # dense cost of one frame (= sum of fan-outs)
+    frames_per_sample: float  # how many frames per sample this layer ran
+    analog_input: bool
+    input_events_per_sample: float  # nonzero inputs over all frames, per sample
+    sops_per_sample: float  # accumulates (event inputs) per sample
+    macs_per_sample: float  # multiply-accumulates (analog inputs) per sample
+
+
+@dataclass
+class ActivityReport:
+    """What :func:`measure_activity` found, per sample; ``to_dict`` / ``to_markdown`` for reports."""
+
+    samples: int
+    time_steps: int
+    neuron_layers: list[NeuronLayerStats] = field(default_factory=list)
+    synaptic_layers: list[SynapticLayerStats] = field(default_factory=list)
+
+    @property
+    def sops(self) -> float:
+        return sum(s.sops_per_sample for s in self.synaptic_layers)
+
+    @property
+    def snn_macs(self) -> float:
+        return sum(s.macs_per_sample for s in self.synaptic_layers)
+
+    @property
+    def ann_macs(self) -> float:
+        return float(sum(s.macs_per_frame for s in self.synaptic_layers))
+
+    @property
+    def neuron_updates(self) -> float:
+        return float(sum(n.neurons for n in self.neuron_layers) * self.time_steps)
+
+    @property
+    def leak_multiplies(self) -> float:
+        return float(sum(n.neurons for n in self.neuron_layers if n.leak_multiply) * self.time_steps)
+
+    @property
+    def mean_firing_rate(self) -> float:
+        total = sum(n.neurons for n in self.neuron_layers)
+        return sum(n.firing_rate * n.neurons for n in self.neuron_layers) / max(total, 1)
+
+    def energy(self) -> dict[str, float]:
+        """Energy per sample in microjoules (see the module docstring for the constants)."""
+        ann = self.ann_macs * ENERGY_PER_MAC_PJ * 1e-6
+        snn = (self.sops * ENERGY_PER_AC_PJ + self.snn_macs * ENERGY_PER_MAC_PJ) * 1e-6
+        updates = (self.neuron_updates * ENERGY_PER_AC_PJ + self.leak_multiplies * (ENERGY_PER_MAC_PJ - ENERGY_PER_AC_PJ)) * 1e-6
+        return {
+            "ann_uj": ann,
+            "snn_synaptic_uj": snn,
+            "snn_neuron_updates_uj": updates,
+            "snn_over_ann": snn / ann if ann else float("nan"),
+            "pj_per_ac": ENERGY_PER_AC_PJ,
+            "pj_per_mac": ENERGY_PER_MAC_PJ,
+        }
+
+    def operation_table(self) -> dict[str, dict[str, float]]:
+        """The paper's format: FP32 additions and multiplications per sample, in G."""
+        giga = 1e-9
+        return {
+            "ann": {"add_G": self.ann_macs * giga, "mult_G": self.ann_macs * giga},
+            "snn": {
+                "add_G": (self.sops + self.snn_macs + self.neuron_updates) * giga,
+                "mult_G": (self.snn_macs + self.leak_multiplies) * giga,
+            },
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "samples": self.samples,
+            "T": self.time_steps,
+            "mean_firing_rate": self.mean_firing_rate,
+            "sops_per_sample": self.sops,
+            "snn_analog_macs_per_sample": self.snn_macs,
+            "ann_macs_per_sample": self.ann_macs,
+            "neuron_updates_per_sample": self.neuron_updates,
+            "energy": self.energy(),
+            "operations_G": self.operation_table(),
+            "neuron_layers": [asdict(n) for n in self.neuron_layers],
+            "synaptic_layers": [asdict(s) for s in self.synaptic_layers],
+        }
+
+    def to_markdown(self) -> str:
+        e, ops = self.energy(), self.operation_table()
+        lines = [
+            f"Measured on {self.samples} samples, T={self.time_steps}.",
+            "",
+            "| neuron layer | neurons | spikes / sample | firing rate |",
+            "|---|---:|---:|---:|",
+        ]
+        for n in self.neuron_layers:
+            lines.append(f"| {n.name} | {n.neurons} | {n.spikes_per_sample:.1f} | {n.firing_rate:.4f} |")
+        lines.append(f"| **all** | {sum(n.neurons for n in self.neuron_layers)} | "
+                     f"{sum(n.spikes_per_sample for n in self.neuron_layers):.1f} | {self.mean_firing_rate:.4f} |")
+        lines += ["", "| synaptic layer | type | input | frames | SOPs / sample | MACs / sample | ANN MACs |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for s in self.synaptic_layers:
+            lines.append(
+                f"| {s.name} | {s.type} | {'analog' if s.analog_input else 'events'} | {s.frames_per_sample:g} | "
+                f"{s.sops_per_sample:,.0f} | {s.macs_per_sample:,.0f} | {s.macs_per_frame:,} |"
+            )
+        lines += [
+            "",
+            f"SOPs per sample: {self.sops:,.0f}; analog MACs: {self.snn_macs:,.0f}; ANN MACs: {self.ann_macs:,.0f}.",
+            "",
+            "| FP32 ops per sample (G) | add | mult |",
+            "|---|---:|---:|",
+            f"| ANN | {ops['ann']['add_G']:.6f} | {ops['ann']['mult_G']:.6f} |",
+            f"| SNN | {ops['snn']['add_G']:.6f} | {ops['snn']['mult_G']:.6f} |",
+            "",
+            f"Energy per sample (45 nm, {ENERGY_PER_AC_PJ} pJ/AC, {ENERGY_PER_MAC_PJ} pJ/MAC): ANN {e['ann_uj']:.4f} uJ, "
+            f"SNN synaptic {e['snn_synaptic_uj']:.4f} uJ ({e['snn_over_ann']:.2f}x the ANN), "
+            f"plus neuron updates {e['snn_neuron_updates_uj']:.4f} uJ.",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# fan-out maps
+# ------------------------------------------------------------------------------------------------
+def fanout_map(layer: nn.Module, frame_shape: tuple[int, ...]) -> torch.Tensor:
+    """``f(e)`` for every element of one input frame (``frame_shape`` without the batch), exact."""
+    if isinstance(layer, nn.Linear):
+        return torch.full(frame_shape, float(layer.out_features))
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[layer.weight.dim() - 2]
+        if layer.padding_mode != "zeros":
+            raise NotImplementedError(f"fan-out of padding_mode={layer.padding_mode!r}")
+        with torch.enable_grad():
+            x = torch.ones((1, *frame_shape), dtype=torch.float64, requires_grad=True)
+            ones = torch.ones(layer.weight.shape, dtype=torch.float64)
+            y = conv(x, ones, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+            y.sum().backward()
+        return x.grad[0].float()
+    raise TypeError(f"no fan-out for {type(layer).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------
+# measuring
+# ------------------------------------------------------------------------------------------------
+def _neuron_is_analog(module: nn.Module) -> bool:
+    inner = getattr(module, "neuron", module)
+    return getattr(inner, "analog_slope", None) is not None
+
+
+def _neuron_leaks(module: nn.Module) -> bool:
+    inner = getattr(module, "neuron", module)
+    if getattr(inner, "learnable_decay", False):
+        return True
+    decay = getattr(inner, "fixed_decay", getattr(inner, "decay", 1.0))
+    return isinstance(decay, torch.Tensor) or decay not in (0.0, 1.0)
+
+
+@torch.no_grad()
+def measure_activity(
+    model: nn.Module,
+    batches: Iterable,
+    *,
+    device: torch.device | str = "cpu",
+    time_steps: int | None = None,
+) -> ActivityReport:
+    """Run ``model`` (eval mode) on ``batches`` (tensors or ``(x, y)`` pairs) and count firing
+    rates, SOPs and MACs per sample (see the module docstring for the exact definitions).
+
+    ``time_steps``: T for the report (default: the model's ``T``, or the events' T).
+    """
+    model = getattr(model, "module", model)
+    names = {id(m): n for n, m in model.named_modules()}
+    neurons = [m for m in model.modules() if isinstance(m, TimeFolded)]
+    synapses = [m for m in model.modules() if isinstance(m, SYNAPTIC_TYPES)]
+    state = {"source": "analog"}  # what the last layer that ran emitted: analog input or spikes
+    neuron_counts = {id(m): [0, 0.0] for m in neurons}  # neurons per frame, nonzero outputs
+    synapse_counts = {id(m): {"frames": 0.0, "events": 0.0, "sops": 0.0, "macs": 0.0, "analog": False, "per_frame": 0}
+                      for m in synapses}
+    fanouts: dict[tuple[int, tuple], torch.Tensor] = {}
+    handles = []
+
+    def on_model_start(_module, _inputs):
+        state["source"] = "analog"
+
+    def on_neuron(module, _inputs, output):
+        entry = neuron_counts[id(module)]
+        entry[0] = int(output[0].numel())
+        entry[1] += float((output != 0).sum())
+        state["source"] = "analog" if _neuron_is_analog(module) else "spikes"
+
+    def on_synapse(module, inputs):
+        x = inputs[0]
+        frame_shape = tuple(x.shape[1:])
+        key = (id(module), frame_shape)
+        if key not in fanouts:
+            fanouts[key] = fanout_map(module, frame_shape).to(x.device)
+        fan = fanouts[key]
+        entry = synapse_counts[id(module)]
+        frames = x.shape[0]
+        entry["frames"] += frames
+        entry["per_frame"] = int(fan.sum().item())
+        if state["source"] == "spikes":
+            events = (x != 0).sum(0).to(fan.dtype)
+            entry["events"] += float(events.sum())
+            entry["sops"] += float((events * fan).sum())
+        else:
+            entry["analog"] = True
+            entry["events"] += float((x != 0).sum())
+            entry["macs"] += float(fan.sum()) * frames
+
+    handles.append(model.register_forward_pre_hook(on_model_start))
+    handles += [m.register_forward_hook(on_neuron) for m in neurons]
+    handles += [m.register_forward_pre_hook(on_synapse) for m in synapses]
+    was_training = model.training
+    model.eval()
+    samples, steps_seen = 0, None
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            x = x.to(device)
+            model(x)
+            input_ndim = getattr(model, "input_ndim", 4)
+            samples += x.shape[1] if x.dim() == input_ndim + 1 else x.shape[0]
+            steps_seen = x.shape[0] if x.dim() == input_ndim + 1 else getattr(model, "T", 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    steps = int(time_steps or steps_seen or getattr(model, "T", 1))
+    report = ActivityReport(samples=samples, time_steps=steps)
+    for m in neurons:
+        count, spikes = neuron_counts[id(m)]
+        if count == 0:
+            continue  # not used in this forward
+        report.neuron_layers.append(NeuronLayerStats(
+            name=names[id(m)], neurons=count, spikes_per_sample=spikes / max(samples, 1),
+            firing_rate=spikes / max(count * steps * samples, 1), analog=_neuron_is_analog(m),
+            leak_multiply=_neuron_leaks(m),
+        ))
+    for m in synapses:
+        entry = synapse_counts[id(m)]
+        if entry["frames"] == 0:
+            continue
+        report.synaptic_layers.append(SynapticLayerStats(
+            name=names[id(m)], type=type(m).__name__, macs_per_frame=entry["per_frame"],
+            frames_per_sample=entry["frames"] / max(samples, 1), analog_input=bool(entry["analog"]),
+            input_events_per_sample=entry["events"] / max(samples, 1),
+            sops_per_sample=entry["sops"] / max(samples, 1), macs_per_sample=entry["macs"] / max(samples, 1),
+        ))
+    return report
+
+
+__all__ = [
+    "ENERGY_PER_AC_PJ",
+    "ENERGY_PER_MAC_PJ",
+    "ActivityReport",
+    "NeuronLayerStats",
+    "SynapticLayerStats",
+    "fanout_map",
+    "measure_activity",
+]

@@ -1,0 +1,141 @@
+"""``spikebridge convert odg|video``: make event datasets from image folders and video clips.
+
+* ``convert odg``: an ImageNet-layout folder (``INPUT/<class>/<image>``) -> the ES-ImageNet format
+  (one compressed ``.npz`` of ON/OFF event rows per image + ``labels.txt``), with ODG
+  (:func:`spikebridge.data.convert.convert_image_folder_odg`).
+* ``convert video``: a UCF101 ``jpegs_256``-style folder (``INPUT/<class>/<clip>/<frames>``) ->
+  ES-UCF101 (uint8 ``[2, 30, H, W]`` per clip + ``labels.txt``)
+  (:func:`spikebridge.data.convert.convert_video_folder`).
+
+Both are resumable: rerun the same command after an interruption and finished files are kept. The
+command prints one paragraph: converted / already done / dropped for too few events / unreadable.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError, DataError
+
+ODG_EXAMPLE = "spikebridge convert odg --input /data/imagenet/train --out /data/es-imagenet/train --workers 8"
+VIDEO_EXAMPLE = "spikebridge convert video --input /data/ucf101/jpegs_256 --out /data/es-ucf101 --workers 8"
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _check_folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    source, out = Path(args.input), Path(args.out)
+    if not source.is_dir():
+        raise DataError(f"{source}: input folder not found")
+    src_real, out_real = source.resolve(), out.resolve()
+    if out_real == src_real or src_real in out_real.parents:
+        raise ConfigError(f"--out {out} lies inside --input {source}: it would be read as a class folder; "
+                          "choose an output folder outside the input")
+    return source, out
+
+
+def _listing(items: list[tuple[str, object]], limit: int = 3) -> str:
+    shown = "; ".join(f"{path} ({detail})" for path, detail in items[:limit])
+    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def report_paragraph(report, unit: str) -> str:
+    """One paragraph describing a :class:`~spikebridge.data.convert.ConversionReport`."""
+    text = (f"Converted {report.converted} {unit}s, skipped {report.reused} already done, dropped "
+            f"{len(report.dropped)} with too few events, {len(report.failed)} unreadable")
+    if report.skipped:
+        text += f", ignored {len(report.skipped)} entries that are not {unit}s"
+    text += (f" ({report.total} {unit}s in {len(report.classes)} classes, {report.elapsed_s:.1f} s). "
+             f"{report.written} samples are listed in {report.label_file}.")
+    if report.stale_temp_removed:
+        text += f" Removed {report.stale_temp_removed} partial files left by an interrupted run."
+    if report.dropped:
+        text += " Dropped: " + _listing([(p, f"{n} events") for p, n in report.dropped]) + "."
+    if report.failed:
+        text += " Unreadable: " + _listing([(p, " ".join(str(m).split())[:120]) for p, m in report.failed]) + "."
+    return text
+
+
+def _finish(report, unit: str) -> int:
+    print(report_paragraph(report, unit))
+    if report.written == 0:
+        raise DataError(f"no {unit} of {report.out_dir} could be converted "
+                        f"({report.total} found, {len(report.dropped)} dropped, {len(report.failed)} unreadable)")
+    return 0
+
+
+def cmd_convert_odg(args: argparse.Namespace) -> int:
+    from ..data.convert import convert_image_folder_odg
+
+    source, out = _check_folders(args)
+    odg_kwargs = {"size": args.size, "threshold": args.threshold, "min_events": args.min_events}
+    if args.window is not None:
+        odg_kwargs["window"] = tuple(args.window)
+    report = convert_image_folder_odg(source, out, workers=args.workers, odg_kwargs=odg_kwargs,
+                                      progress=not args.no_progress, overwrite=args.overwrite)
+    return _finish(report, "image")
+
+
+def cmd_convert_video(args: argparse.Namespace) -> int:
+    from ..data.convert import convert_video_folder
+
+    source, out = _check_folders(args)
+    video_kwargs = {"mode": args.mode, "n_frames": args.frames, "seed": args.seed}
+    report = convert_video_folder(source, out, workers=args.workers, video_kwargs=video_kwargs,
+                                  progress=not args.no_progress, overwrite=args.overwrite)
+    return _finish(report, "clip")
+
+
+def _leaf(kinds, name: str, func: Callable[[argparse.Namespace], int], help_text: str, example: str,
+          input_help: str) -> argparse.ArgumentParser:
+    p = kinds.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    p.add_argument("--input", required=True, metavar="DIR", help=input_help)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (class folders of .npz + labels.txt)")
+    p.add_argument("--workers", type=_non_negative_int, default=1, metavar="N",
+                   help="worker processes (0 or 1: convert in this process; default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="convert everything again (needed to change the parameters of an existing output folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
+def register(sub, add, common) -> None:
+    """Add ``convert`` with its ``odg`` / ``video`` sub-commands (no training flags: see the module)."""
+    parser = sub.add_parser(
+        "convert", help="make event datasets: image folder -> ES-ImageNet (odg), clip folders -> ES-UCF101 (video)",
+        description="Make event datasets. Resumable: rerun the same command after an interruption.",
+        epilog=f"examples:\n  {ODG_EXAMPLE}\n  {VIDEO_EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    kinds = parser.add_subparsers(dest="convert_kind", metavar="KIND", parser_class=type(parser))
+    kinds.required = True
+
+    p = _leaf(kinds, "odg", cmd_convert_odg, "static images -> ES-ImageNet events with ODG (PAPER.md)",
+              ODG_EXAMPLE, "ImageNet-layout folder: DIR/<class>/<image> (.jpg .jpeg .png .bmp .webp)")
+    p.add_argument("--threshold", type=float, default=0.18, help="ODG intensity-change threshold (default: %(default)s)")
+    p.add_argument("--size", type=int, default=254, help="resized length of the longer image side (default: %(default)s)")
+    p.add_argument("--min-events", type=_non_negative_int, default=1000, metavar="N",
+                   help="drop samples with fewer events (default: %(default)s)")
+    p.add_argument("--window", type=int, nargs=2, metavar=("LO", "HI"),
+                   help="keep events with LO < row, col < HI on the (size+4) canvas (default: 16 240)")
+
+    p = _leaf(kinds, "video", cmd_convert_video, "video clips (folders of frames) -> ES-UCF101 events",
+              VIDEO_EXAMPLE, "UCF101 jpegs_256-style folder: DIR/<class>/<clip>/<frame images>")
+    p.add_argument("--mode", choices=["percentile", "random"], default="percentile",
+                   help="per-clip percentile thresholds, or per-pixel random thresholds (default: %(default)s)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+                   help="seed of --mode random (each clip: seed + its path; default: %(default)s)")
+    p.add_argument("--frames", type=int, default=31, metavar="N",
+                   help="frames sampled evenly per clip; N-1 event steps (default: %(default)s)")

@@ -1,0 +1,128 @@
+"""``spikebridge evaluate CKPT --data ...``: accuracy, latency, activity and energy of a checkpoint.
+
+Writes ``OUT/evaluation.json`` and ``OUT/evaluation.md`` with: top-1/top-5 on the test split; for
+an SNN also the accuracy at every T from 1 to ``--T-max`` with the same weights, per-layer firing
+rates, synaptic operations per sample against the ANN's MACs, energy estimates and the paper's
+FP32 add/mult table (definitions: :mod:`spikebridge.analysis.metrics`); figures
+``accuracy_vs_T.png`` (with classic conversion of ``--ann`` when given), ``firing_rates.png``,
+``spike_raster.png`` and, for event data, ``event_frames.png``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub, add, common) -> None:
+    p = add("evaluate", cmd_evaluate, "accuracy at every T, firing rates, SOPs vs MACs and energy of a checkpoint",
+            default_out=None)
+    p.add_argument("checkpoint", metavar="CKPT", help="a spikebridge checkpoint (.json)")
+    p.add_argument("--T-max", dest="t_max", type=int, help="evaluate T = 1..T_MAX (default: 2x the model's T, at least 8)")
+    p.add_argument("--samples", type=int, default=0, help="test samples for the activity and T curves (0 = all)")
+    p.add_argument("--ann", metavar="CKPT", help="an ANN checkpoint: add classic conversion of it to the accuracy-vs-T plot")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..analysis.figures import plot_accuracy_vs_T, plot_event_frames, plot_firing_rates, plot_spike_raster, record_spikes
+    from ..analysis.metrics import measure_activity
+    from ..analysis.summary import write_json
+    from ..conversion import accuracy_curve, conversion_accuracy_curve, test_subset
+    from ..data.datasets import open_dataset
+    from ..data.loading import iterate_batches
+    from ..errors import CheckpointError, ConfigError
+    from ..pipelines import resolve_device
+    from ..restore import model_from_checkpoint
+    from ..train.engine import evaluate
+    from ..utils import atomic_write_text
+
+    if args.t_max is not None and args.t_max < 1:
+        raise ConfigError(f"--T-max must be >= 1, got {args.t_max}")
+    if args.samples < 0:
+        raise ConfigError(f"--samples must be >= 0, got {args.samples}")
+    device = resolve_device(args.device or "auto")
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T)
+    info = meta.get("model", {})
+    if args.model and args.model != info.get("name"):
+        raise CheckpointError(f"{args.checkpoint}: a checkpoint of {info.get('name')!r}, not of --model {args.model!r}")
+    data_name = args.data or meta.get("data")
+    if not data_name:
+        raise ConfigError("--data is required (the checkpoint does not name its dataset)")
+    bundle = open_dataset(data_name)
+    if int(info.get("num_classes", bundle.num_classes)) != bundle.num_classes:
+        raise CheckpointError(f"{args.checkpoint}: the model has {info.get('num_classes')} classes, {bundle.name} has {bundle.num_classes}")
+    if int(info.get("in_channels", bundle.in_channels)) != bundle.in_channels:
+        raise CheckpointError(f"{args.checkpoint}: the model takes {info.get('in_channels')} input channels, {bundle.name} has {bundle.in_channels}")
+    out = Path(args.out) if args.out else Path(ckpt.path).parent / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(device).eval()
+    spiking = bool(getattr(model, "spiking", False))
+    topk = (1, 5) if bundle.num_classes >= 5 else (1,)
+    subset = test_subset(bundle, args.samples, args.seed or 0) if args.samples and args.samples < len(bundle.test) else bundle
+    scores = evaluate(model, bundle, device=device, topk=topk)
+    result: dict = {
+        "checkpoint": str(ckpt.path), "model": info, "neuron": meta.get("neuron"), "data": bundle.name,
+        "spiking": spiking, "T": int(getattr(model, "T", 1)) if bundle.kind == "static" else bundle.time_steps,
+        "top1": scores["top1"], "top5": scores.get("top5"), "test_loss": scores["loss"], "test_samples": len(bundle.test),
+    }
+    batches = [x for x, _y in iterate_batches(subset, subset.test, 250, train=False)]
+    activity = measure_activity(model, batches, device=device)
+    result["activity"] = activity.to_dict()
+    figures = {}
+    if spiking:
+        trained_T = result["T"] or 1
+        t_max = args.t_max or max(8, 2 * trained_T)
+        if bundle.kind == "events" and bundle.time_steps:
+            t_max = min(t_max, bundle.time_steps)
+        T_values = list(range(1, t_max + 1))
+        curve = accuracy_curve(model, subset, T_values, device=device)
+        result["accuracy_vs_T"] = [[t, a] for t, a in curve]
+        curves = {f"this SNN (trained at T={trained_T})": curve}
+        if args.ann:
+            ann, _ann_meta, _ = model_from_checkpoint(args.ann)
+            if getattr(ann, "spiking", False):
+                raise CheckpointError(f"--ann {args.ann}: an SNN checkpoint; give the ANN's")
+            conversion = conversion_accuracy_curve(ann.to(device).eval(), subset, T_values, device=device)
+            result["conversion_accuracy_vs_T"] = [[t, a] for t, a in conversion]
+            curves["ANN->SNN conversion of --ann (IF, soft reset, p99.9)"] = conversion
+        figures["accuracy_vs_T"] = plot_accuracy_vs_T(curves, out / "accuracy_vs_T.png",
+                                                      title=f"Accuracy vs time steps ({bundle.name})",
+                                                      marks={f"this SNN (trained at T={trained_T})": trained_T})
+        rates = [(n["name"], n["firing_rate"]) for n in result["activity"]["neuron_layers"]]
+        figures["firing_rates"] = plot_firing_rates(rates, out / "firing_rates.png",
+                                                    title=f"Firing rate per layer (T={activity.time_steps}, {activity.samples} samples)")
+        layer, spikes = record_spikes(model, batches[0].to(device))
+        figures["spike_raster"] = plot_spike_raster(spikes, out / "spike_raster.png",
+                                                    title=f"Spikes of {spikes.shape[1]} neurons of '{layer}' for one test sample")
+    if bundle.kind == "events":
+        figures["event_frames"] = plot_event_frames(batches[0][:, 0], out / "event_frames.png",
+                                                    title=f"Event frames of one {bundle.name} test sample")
+    result["figures"] = {k: str(Path(v).name) for k, v in figures.items()}
+    write_json(out / "evaluation.json", result)
+    atomic_write_text(out / "evaluation.md", render_evaluation(result, activity.to_markdown()))
+    print(f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if result.get("top5") is not None else "")
+          + (f"; mean firing rate {activity.mean_firing_rate:.4f}; SOPs/sample {activity.sops:,.0f} vs ANN MACs {activity.ann_macs:,.0f}" if spiking else "")
+          + f"; wrote {out / 'evaluation.md'}")
+    return 0
+
+
+def render_evaluation(result: dict, activity_md: str) -> str:
+    lines = [f"# Evaluation of `{result['checkpoint']}`", "",
+             f"Model {result['model'].get('name')} on {result['data']} ({result['test_samples']} test samples), "
+             f"{'SNN, T=' + str(result['T']) if result['spiking'] else 'ANN'}.", "",
+             f"- top-1: {result['top1']:.4f}"]
+    if result.get("top5") is not None:
+        lines.append(f"- top-5: {result['top5']:.4f}")
+    if result.get("accuracy_vs_T"):
+        lines += ["", "## Accuracy at every T (same weights)", "", "| T | accuracy |" + (" conversion |" if result.get("conversion_accuracy_vs_T") else ""),
+                  "|---:|---:|" + ("---:|" if result.get("conversion_accuracy_vs_T") else "")]
+        conversion = dict((t, a) for t, a in result.get("conversion_accuracy_vs_T") or [])
+        for t, a in result["accuracy_vs_T"]:
+            lines.append(f"| {t} | {a:.4f} |" + (f" {conversion[t]:.4f} |" if t in conversion else ""))
+    lines += ["", "## Activity, operations and energy", "", activity_md]
+    for key, name in result.get("figures", {}).items():
+        lines += [f"![{key.replace('_', ' ')}]({name})", ""]
+    return "\n".join(lines) + "\n"

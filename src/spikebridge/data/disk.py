@@ -1,0 +1,598 @@
+"""Datasets on disk -> a :class:`~spikebridge.data.loading.DataBundle` (``--data PATH``).
+
+:func:`open_path_dataset` recognises the folder it is given:
+
+==========================================  =================================================
+layout                                      opened as
+==========================================  =================================================
+CIFAR-10/100 python batches                 in memory, uint8 ``[N, 3, 32, 32]``
+``train/`` + ``val/`` (or ``test/``)        images: ImageNet layout (:mod:`.folders`);
+  of class folders                          events / clips: see below
+``trainlabel.txt`` + ``train/``, ...        ES-ImageNet, released layout
+``train/labels.txt`` + ``val/labels.txt``   ES-ImageNet as ``spikebridge convert odg`` writes it
+``labels.txt`` (one split)                  ES-ImageNet or ES-UCF101 (by the ``.npz`` keys),
+                                            split seeded (ES-UCF101: the paper's 75/25, seed 42)
+class folders of ``.npz`` clips             ES-UCF101 (75/25, seed 42)
+class folders of ``.aedat`` / ``.bin``      DVS recordings (CIFAR10-DVS, N-MNIST), binned into
+                                            ``time_steps`` frames; 90/10 split per class
+class folders of clip folders of frames     RGB video (UCF101 ``jpegs_256``): ``[T, 3, H, W]``
+==========================================  =================================================
+
+Static images follow the paper's recipe: photos (shorter side >= 100 px) stream from disk with
+RandomResizedCrop(224) and no flip for training, resize 256 + centre crop 224 for testing,
+ImageNet normalisation. Small images (<= 64 px: digits, CIFAR, Tiny-ImageNet) are decoded once
+into memory (resized + centre-cropped to a square) and augmented on the batch with a random shift
+of ``max_shift`` pixels (zero fill: the same as RandomCrop with that padding), normalised with the
+training split's own per-channel statistics: far faster on CPU than per-image decoding, and
+bit-reproducible under DDP and ``--resume``.
+
+:func:`suggest_model` picks a model for what was found (28-px digits and small event frames ->
+``cnn``, 32..64 px -> ``vgg11``, larger -> ``resnet18``, video -> ``crnn``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+
+from ..errors import DataError
+from .folders import IMG_EXTENSIONS, ImageFolderDataset, find_classes, inspect_image_folder, load_image, scan_image_folder
+from .loading import DataBundle
+from .static import TensorSplit
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CenterCrop,
+    Normalize,
+    Resize,
+    ToTensor,
+    imagenet_eval_transform,
+    imagenet_train_transform,
+)
+
+#: Shorter image sides from this size up count as photographs (streamed, RandomResizedCrop 224).
+PHOTO_MIN_SIDE = 100
+#: Images up to this size (after resizing) are decoded into memory.
+IN_MEMORY_MAX_SIDE = 64
+IN_MEMORY_MAX_BYTES = 2 << 30
+DVS_EXTENSIONS = (".aedat", ".aedat4", ".bin")
+DEFAULT_DVS_STEPS = 8  # the paper's CIFAR10-DVS T
+DEFAULT_VIDEO_STEPS = 15  # the paper's ES-UCF101: frames 1..15
+VIDEO_SAMPLED_FRAMES = 31  # frames sampled per clip (as the event conversion does)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+# ------------------------------------------------------------------------------------------------
+# model suggestion
+# ------------------------------------------------------------------------------------------------
+def default_image_size(height: int, width: int) -> int:
+    """The training resolution for images of a typical ``height x width``: 224 for photographs
+    (shorter side >= 100 px), else the shorter side itself (28 for MNIST, 32 for CIFAR)."""
+    side = min(int(height), int(width))
+    return 224 if side >= PHOTO_MIN_SIDE else side
+
+
+def suggest_model(bundle: DataBundle) -> str:
+    """A sensible default registry model for ``bundle`` (used when ``model.name`` is ``auto``).
+
+    * frame sequences of video clips (RGB or ES-UCF101 events): ``crnn``;
+    * up to 40 px with 1-2 channels (digits, ES-MNIST, N-MNIST): ``cnn``;
+    * up to 64 px (CIFAR, Tiny-ImageNet): ``vgg11``;
+    * larger (ImageNet at 224, ES-ImageNet, CIFAR10-DVS at 128): ``resnet18`` (the paper's).
+    """
+    if bundle.info.get("format") in ("video-clips", "es-ucf101"):
+        return "crnn"
+    size = int(bundle.image_size)
+    if size <= 40 and bundle.in_channels <= 2:
+        return "cnn"
+    if size <= 64:
+        return "vgg11"
+    return "resnet18"
+
+
+# ------------------------------------------------------------------------------------------------
+# splits
+# ------------------------------------------------------------------------------------------------
+def stratified_indices(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Per class a seeded permutation; the first ``ceil(test_fraction * n_class)`` go to test."""
+    labels_np = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for cls in np.unique(labels_np):
+        members = np.flatnonzero(labels_np == cls)
+        members = members[rng.permutation(len(members))]
+        n_test = min(len(members) - 1, math.ceil(test_fraction * len(members))) if len(members) > 1 else 0
+        test += members[:n_test].tolist()
+        train += members[n_test:].tolist()
+    if not train or not test:
+        raise DataError(f"too few samples ({len(labels_np)}) to split off a test set")
+    return sorted(train), sorted(test)
+
+
+class _Mapped(Dataset):
+    """``(transform(x), y)`` of another dataset."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index]
+        return self.transform(x), y
+
+
+class ResizeFrames:
+    """Resize frames ``[T, C, H, W]`` to ``size x size`` by area averaging (event counts keep
+    their density)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        if tuple(frames.shape[-2:]) == (self.size, self.size):
+            return frames
+        return F.interpolate(frames.float(), size=(self.size, self.size), mode="area")
+
+
+# ------------------------------------------------------------------------------------------------
+# static images
+# ------------------------------------------------------------------------------------------------
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean / std of uint8 images ``[N, C, H, W]`` scaled to [0, 1]."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, len(images), 4096):
+        chunk = images[start : start + 4096].to(torch.float64) / 255.0
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += (chunk * chunk).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(float(m) for m in mean), tuple(max(float(s), 1e-3) for s in std)
+
+
+def _decode_folder(samples: list[tuple[str, int]], size: int, mode: str, where: str) -> TensorSplit:
+    """Decode every image, resize the shorter side to ``size`` and centre-crop: uint8 ``[N, C, S, S]``."""
+    channels = 1 if mode == "L" else 3
+    if len(samples) * channels * size * size > IN_MEMORY_MAX_BYTES:
+        raise DataError(f"{where}: too large to hold in memory at {size} px")
+    resize, crop = Resize(size), CenterCrop(size)
+    images = torch.empty((len(samples), channels, size, size), dtype=torch.uint8)
+    for i, (path, _label) in enumerate(samples):
+        img = crop(resize(load_image(path, mode)))
+        arr = np.array(img, dtype=np.uint8)  # a writable copy
+        images[i] = torch.from_numpy(arr.reshape(size, size, channels)).permute(2, 0, 1)
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return TensorSplit(images, labels)
+
+
+def _in_memory_bundle(name: str, train: TensorSplit, test: TensorSplit, num_classes: int, size: int,
+                      max_shift: int, info: dict) -> DataBundle:
+    mean, std = _channel_stats(train.images)
+    shift = max_shift if max_shift >= 0 else max(1, round(size / 8))
+    return DataBundle(
+        name=name, train=train, test=test, num_classes=num_classes, in_channels=int(train.images.shape[1]),
+        kind="static", image_size=size, mean=mean, std=std, max_shift=shift, info=info,
+    )
+
+
+def open_image_folders(root: str, train_dir: str, val_dir: str, *, image_size: int, max_shift: int,
+                       workers: int) -> DataBundle:
+    """ImageNet layout: ``train_dir/<class>/...`` and ``val_dir/<class>/...``."""
+    info = inspect_image_folder(train_dir)
+    size = image_size or default_image_size(info.typical_height, info.typical_width)
+    mode = "L" if info.channels == 1 else "RGB"
+    classes, class_to_idx = find_classes(train_dir)
+    val_classes, _ = find_classes(val_dir)
+    if val_classes != classes:
+        extra = sorted(set(val_classes) - set(classes))
+        missing = sorted(set(classes) - set(val_classes))
+        raise DataError(
+            f"{val_dir}: its class folders differ from {train_dir}'s "
+            f"(only in val: {extra[:5] or 'none'}; only in train: {missing[:5] or 'none'})"
+        )
+    meta = {"format": "imagefolder", "path": root, "classes": len(classes), "typical_size": [info.typical_height, info.typical_width]}
+    in_memory = size <= IN_MEMORY_MAX_SIDE and info.num_images * info.channels * size * size <= IN_MEMORY_MAX_BYTES
+    if in_memory:
+        train = _decode_folder(scan_image_folder(train_dir, class_to_idx), size, mode, train_dir)
+        test = _decode_folder(scan_image_folder(val_dir, class_to_idx), size, mode, val_dir)
+        return _in_memory_bundle(root, train, test, len(classes), size, max_shift, {**meta, "in_memory": True})
+    channels = info.channels
+    if size >= PHOTO_MIN_SIDE:
+        train_tf = imagenet_train_transform(size, channels=channels)
+        test_tf = imagenet_eval_transform(size, channels=channels)
+    else:  # mid-size images too many to hold in memory: the same recipe, scaled down
+        train_tf = imagenet_train_transform(size, scale=(0.35, 1.0), channels=channels)
+        test_tf = imagenet_eval_transform(size, channels=channels)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))
+    train_ds = ImageFolderDataset(train_dir, transform=train_tf, mode=mode)
+    test_ds = ImageFolderDataset(val_dir, transform=test_tf, mode=mode)
+    return DataBundle(
+        name=root, train=train_ds, test=test_ds, num_classes=len(classes), in_channels=channels, kind="static",
+        image_size=size, mean=tuple(mean), std=tuple(std), max_shift=0, workers=workers,
+        info={**meta, "in_memory": False},
+    )
+
+
+def open_cifar(root: str, *, image_size: int, max_shift: int) -> DataBundle:
+    """CIFAR-10/100 python batches, in memory (``image_size`` other than 32 resizes them)."""
+    from .cifar import CifarDataset
+
+    train_ds, test_ds = CifarDataset(root, train=True), CifarDataset(root, train=False)
+
+    def split(ds) -> TensorSplit:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        if image_size and image_size != 32:
+            images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear",
+                                   align_corners=False, antialias=True).round().clamp(0, 255).to(torch.uint8)
+        return TensorSplit(images, torch.tensor(ds.targets, dtype=torch.int64))
+
+    size = image_size or 32
+    return _in_memory_bundle(root, split(train_ds), split(test_ds), train_ds.num_classes, size, max_shift,
+                             {"format": train_ds.variant, "path": root})
+
+
+# ------------------------------------------------------------------------------------------------
+# events
+# ------------------------------------------------------------------------------------------------
+def _npz_keys(path: Path) -> set[str]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return set(data.files)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+
+
+def _first_listed(label_file: Path, data_dir: Path | None = None) -> Path:
+    from .events import read_label_file
+
+    entries = read_label_file(label_file, data_dir=data_dir, check_files=False)
+    if not entries:
+        raise DataError(f"{label_file}: lists no samples")
+    return entries[0].path
+
+
+def _events_kind(label_file: Path, data_dir: Path | None = None) -> str:
+    keys = _npz_keys(_first_listed(label_file, data_dir))
+    if {"pos", "neg"} <= keys:
+        return "es-imagenet"
+    if "events" in keys:
+        return "es-ucf101"
+    raise DataError(f"{label_file}: its samples hold {sorted(keys)}; expected ES-ImageNet (pos, neg) or ES-UCF101 (events)")
+
+
+def _event_bundle(name: str, train: Dataset, test: Dataset, num_classes: int, image_size: int, workers: int,
+                  info: dict) -> DataBundle:
+    sample = train[0][0]
+    native = int(min(sample.shape[-2:]))
+    if image_size and image_size != native and info.get("format") != "es-ucf101":
+        resize = ResizeFrames(image_size)
+        train, test = _Mapped(train, resize), _Mapped(test, resize)
+        native = image_size
+    return DataBundle(
+        name=name, train=train, test=test, num_classes=num_classes, in_channels=int(sample.shape[-3]),
+        kind="events", image_size=native, max_shift=0, workers=workers, info=info,
+    )
+
+
+def open_es_imagenet(root: str, *, released: bool, image_size: int, workers: int) -> DataBundle:
+    """ES-ImageNet: released (``trainlabel.txt`` + ``train/``) or converted (``train/labels.txt``)."""
+    from .events import ESImageNetDataset
+
+    base = Path(root)
+    if released:
+        train = ESImageNetDataset(base, split="train")
+        test = ESImageNetDataset(base, split="val" if (base / "vallabel.txt").is_file() else "test")
+    else:
+        val = next(base / n for n in ("val", "validation", "valid", "test") if (base / n / "labels.txt").is_file())
+        train, test = ESImageNetDataset(base / "train"), ESImageNetDataset(val)
+    classes = max(train.num_classes, test.num_classes)
+    return _event_bundle(root, train, test, classes, image_size, workers, {"format": "es-imagenet", "path": root})
+
+
+def open_es_imagenet_single(root: str, *, split_seed: int, image_size: int, workers: int) -> DataBundle:
+    """One ES-ImageNet folder (``labels.txt``): a seeded, stratified 80/20 split."""
+    from .events import ESImageNetDataset
+
+    full = ESImageNetDataset(root)
+    train_idx, test_idx = stratified_indices(full.labels, 0.2, split_seed)
+    return _event_bundle(root, Subset(full, train_idx), Subset(full, test_idx), full.num_classes, image_size, workers,
+                         {"format": "es-imagenet", "path": root, "split": "80/20 stratified", "split_seed": split_seed})
+
+
+def _clip_names(paths: Sequence[Path], root: Path) -> list[str]:
+    """Relative clip names without suffix (``class/clip``): the key the ES-UCF101 / UCF101 splits share."""
+    return [p.relative_to(root).with_suffix("").as_posix() if p.suffix else p.relative_to(root).as_posix() for p in paths]
+
+
+def _video_split(names: list[str], split_seed: int) -> tuple[list[int], list[int]]:
+    """The paper's ES-UCF101 split: 75/25 after sorting, seed 42 (``split_seed`` != 0 replaces 42)."""
+    from .video_split import split_clips
+
+    seed = split_seed or 42
+    train_names, test_names = split_clips(names, test_fraction=0.25, seed=seed)
+    position = {name: i for i, name in enumerate(names)}
+    return [position[n] for n in train_names], [position[n] for n in test_names]
+
+
+def open_es_ucf101(root: str, *, split_seed: int, time_steps: int, workers: int) -> DataBundle:
+    """ES-UCF101 (``labels.txt`` or class folders of ``.npz``): the first ``time_steps`` steps."""
+    from .video import ESUCF101Dataset
+
+    steps = time_steps or DEFAULT_VIDEO_STEPS
+    full = ESUCF101Dataset(root, n_steps=steps)
+    names = _clip_names([Path(p) for p, _ in full.items], Path(root))
+    train_idx, test_idx = _video_split(names, split_seed)
+    classes = max(full.labels) + 1
+    return _event_bundle(root, Subset(full, train_idx), Subset(full, test_idx), classes, 0, workers,
+                         {"format": "es-ucf101", "path": root, "split": "75/25", "split_seed": split_seed or 42})
+
+
+class EventFileDataset(Dataset):
+    """DVS recordings (``.aedat`` AEDAT 2.0/3.1, ``.bin`` N-MNIST) -> float frames ``[T, 2, H, W]``
+    (event counts per bin, ON first), binned into ``time_steps`` equal-duration bins (Tonic's rule).
+
+    ``orientation`` is passed to :func:`~spikebridge.data.events.read_aedat` for DVS128 files
+    (``"cifar10dvs"`` gives CIFAR10-DVS upright)."""
+
+    def __init__(self, samples: list[tuple[Path, int]], *, time_steps: int, orientation: str = "jaer") -> None:
+        self.samples, self.time_steps, self.orientation = samples, int(time_steps), orientation
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        from .events import AEDAT2_SENSORS, events_to_frames, read_aedat, read_nmnist_bin
+
+        path, label = self.samples[index]
+        if path.suffix.lower() == ".bin":
+            events = read_nmnist_bin(path, sensor_size=None)
+            big = len(events) and (int(events["x"].max()) >= 34 or int(events["y"].max()) >= 34)
+            sensor = (240, 180) if big else (34, 34)
+        else:
+            events = read_aedat(path, orientation=self.orientation)
+            sensor = AEDAT2_SENSORS["dvs128"]
+            if len(events) and (int(events["x"].max()) >= 128 or int(events["y"].max()) >= 128):
+                sensor = AEDAT2_SENSORS["davis240"]
+        frames = events_to_frames(events, sensor_size=sensor, n_time_bins=self.time_steps, source=path)
+        return frames, label
+
+
+def _list_event_files(class_root: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    samples = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (class_root / name).rglob("*") if p.suffix.lower() in DVS_EXTENSIONS and p.is_file())
+        samples += [(p, label) for p in files]
+    return samples
+
+
+def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: int, workers: int) -> DataBundle:
+    """Class folders of DVS recordings (``train/`` + ``test/`` splits, or one set split 90/10 per class)."""
+    base = Path(root)
+    steps = time_steps or DEFAULT_DVS_STEPS
+    split_dirs = [base / n for n in ("train", "test", "val") if (base / n).is_dir()]
+    if (base / "train").is_dir() and len(split_dirs) > 1:
+        classes, _ = find_classes(base / "train")
+        train_samples = _list_event_files(base / "train", classes)
+        test_samples = _list_event_files(split_dirs[1], classes)
+        split = "folders"
+    else:
+        classes, _ = find_classes(base)
+        everything = _list_event_files(base, classes)
+        train_idx, test_idx = stratified_indices([y for _, y in everything], 0.1, split_seed)
+        train_samples = [everything[i] for i in train_idx]
+        test_samples = [everything[i] for i in test_idx]
+        split = "90/10 stratified"
+    if not train_samples or not test_samples:
+        raise DataError(f"{root}: no event recordings ({', '.join(DVS_EXTENSIONS)}) found in its class folders")
+    orientation = "cifar10dvs" if tuple(classes) == CIFAR10_CLASSES else "jaer"
+    train = EventFileDataset(train_samples, time_steps=steps, orientation=orientation)
+    test = EventFileDataset(test_samples, time_steps=steps, orientation=orientation)
+    return _event_bundle(root, train, test, len(classes), image_size, workers,
+                         {"format": "dvs", "path": root, "split": split, "split_seed": split_seed, "orientation": orientation})
+
+
+# ------------------------------------------------------------------------------------------------
+# RGB video clips
+# ------------------------------------------------------------------------------------------------
+class VideoClipDataset(Dataset):
+    """Clips stored as folders of frame images -> normalised float frames ``[T, 3, H, W]``.
+
+    Per clip, ``VIDEO_SAMPLED_FRAMES`` (31) frames are sampled evenly over the sorted frames (as
+    the ES-UCF101 conversion does) and the first ``time_steps`` are kept: the RGB frames the
+    event frames 1..T are made from. Frames keep their size (the CRNN is built for 256 x 342).
+    """
+
+    def __init__(self, clips: list[tuple[Path, int]], *, time_steps: int) -> None:
+        self.clips, self.time_steps = clips, int(time_steps)
+        self.to_tensor = ToTensor(channels=3)
+        self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int):
+        from .video import list_frames, sample_indices
+
+        clip, label = self.clips[index]
+        frames = list_frames(clip)
+        if not frames:
+            raise DataError(f"{clip}: no frame images in the clip folder")
+        picks = sample_indices(len(frames), VIDEO_SAMPLED_FRAMES)[: self.time_steps]
+        tensors = [self.normalize(self.to_tensor(load_image(frames[int(i)], "RGB"))) for i in picks]
+        if any(t.shape != tensors[0].shape for t in tensors):
+            raise DataError(f"{clip}: its frames differ in size")
+        return torch.stack(tensors), label
+
+
+def _looks_like_clips(class_dir: Path) -> bool:
+    subdirs = [p for p in sorted(class_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    if not subdirs:
+        return False
+    return any(f.suffix.lower() in IMG_EXTENSIONS for f in subdirs[0].iterdir())
+
+
+def open_video_clips(root: str, *, split_seed: int, time_steps: int, workers: int) -> DataBundle:
+    """``root/<class>/<clip>/<frames>`` (UCF101 ``jpegs_256``): 75/25 split as ES-UCF101's."""
+    base = Path(root)
+    classes, _ = find_classes(base)
+    clips = [(clip, label) for label, name in enumerate(classes)
+             for clip in sorted(p for p in (base / name).iterdir() if p.is_dir() and not p.name.startswith("."))]
+    if not clips:
+        raise DataError(f"{root}: no clip folders found")
+    names = _clip_names([c for c, _ in clips], base)
+    train_idx, test_idx = _video_split(names, split_seed)
+    full = VideoClipDataset(clips, time_steps=time_steps or DEFAULT_VIDEO_STEPS)
+    train, test = Subset(full, train_idx), Subset(full, test_idx)
+    height, width = _frame_size(clips[0][0])
+    return DataBundle(
+        name=root, train=train, test=test, num_classes=len(classes), in_channels=3, kind="events",
+        image_size=min(height, width), max_shift=0, workers=workers,
+        info={"format": "video-clips", "path": root, "split": "75/25", "split_seed": split_seed or 42,
+              "frame_size": [height, width]},
+    )
+
+
+def _frame_size(clip: Path) -> tuple[int, int]:
+    """(height, width) of a clip's first frame, from its header."""
+    from PIL import Image
+
+    from .video import list_frames
+
+    frames = list_frames(clip)
+    if not frames:
+        raise DataError(f"{clip}: no frame images in the clip folder")
+    try:
+        with Image.open(frames[0]) as img:
+            return int(img.height), int(img.width)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{frames[0]}: cannot read the frame ({type(exc).__name__}: {exc})") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# dispatch
+# ------------------------------------------------------------------------------------------------
+def _class_dirs(path: Path) -> list[Path]:
+    return [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
+def _holds(class_dirs: list[Path], suffixes: tuple[str, ...]) -> bool:
+    for class_dir in class_dirs[:3]:
+        for f in class_dir.iterdir():
+            if f.is_file() and f.suffix.lower() in suffixes:
+                return True
+    return False
+
+
+def detect_layout(path: str | os.PathLike) -> str:
+    """Name the dataset layout of folder ``path`` (see the module docstring); raises DataError."""
+    from .cifar import locate_cifar
+
+    base = Path(path)
+    if not base.exists():
+        raise DataError(f"dataset {str(path)!r} not found: use mnist5k, es-mnist or a dataset folder")
+    if not base.is_dir():
+        raise DataError(f"dataset {str(path)!r} is a file; give the dataset's folder")
+    try:
+        locate_cifar(base)
+        return "cifar"
+    except DataError:
+        pass
+    if (base / "trainlabel.txt").is_file():
+        return "es-imagenet-released"
+    if (base / "train" / "labels.txt").is_file():
+        kind = _events_kind(base / "train" / "labels.txt")
+        return "es-imagenet" if kind == "es-imagenet" else "es-ucf101-split"
+    if (base / "labels.txt").is_file():
+        return "es-imagenet-single" if _events_kind(base / "labels.txt") == "es-imagenet" else "es-ucf101"
+    classes = _class_dirs(base)
+    if not classes:
+        raise DataError(f"{base}: no class folders, CIFAR batches or label files found")
+    if (base / "train").is_dir():
+        inner = _class_dirs(base / "train")
+        if inner and _holds(inner, DVS_EXTENSIONS):
+            return "dvs"
+        if inner and _looks_like_clips(inner[0]):
+            raise DataError(f"{base}: video clips in train/ and val/ are not supported; give the folder of class folders "
+                            "(the paper's 75/25 split is made from it)")
+        return "image-folders"
+    if _holds(classes, (".npz",)):
+        return "es-ucf101"
+    if _holds(classes, DVS_EXTENSIONS):
+        return "dvs"
+    if _looks_like_clips(classes[0]):
+        return "video-clips"
+    if _holds(classes, IMG_EXTENSIONS):
+        return "image-folder-single"
+    raise DataError(f"{base}: not a dataset spikebridge recognises (ImageNet layout train/ + val/, CIFAR batches, "
+                    "ES-ImageNet, ES-UCF101, DVS class folders, or video clip folders)")
+
+
+def open_path_dataset(
+    path: str | os.PathLike,
+    *,
+    max_shift: int = -1,
+    split_seed: int = 0,
+    workers: int = 0,
+    image_size: int = 0,
+    time_steps: int = 0,
+) -> DataBundle:
+    """Open the dataset in folder ``path`` (layouts: module docstring).
+
+    Args:
+        max_shift: random-shift augmentation of in-memory images in pixels; ``-1`` = ``size / 8``
+            (4 at 32 px, 2 at 16..19 px...).
+        split_seed: seed of splits made here (0 for ES-UCF101 and video means the paper's 42).
+        workers: DataLoader worker processes for datasets streamed from disk.
+        image_size: the square training resolution (0 = chosen from the data: 224 for photos).
+        time_steps: frames per sample for DVS recordings (0 = 8) and video (0 = 15).
+    """
+    root = str(path)
+    layout = detect_layout(path)
+    if layout == "cifar":
+        return open_cifar(root, image_size=image_size, max_shift=max_shift)
+    if layout == "es-imagenet-released":
+        return open_es_imagenet(root, released=True, image_size=image_size, workers=workers)
+    if layout == "es-imagenet":
+        return open_es_imagenet(root, released=False, image_size=image_size, workers=workers)
+    if layout == "es-imagenet-single":
+        return open_es_imagenet_single(root, split_seed=split_seed, image_size=image_size, workers=workers)
+    if layout == "es-ucf101":
+        return open_es_ucf101(root, split_seed=split_seed, time_steps=time_steps, workers=workers)
+    if layout == "es-ucf101-split":
+        raise DataError(f"{root}: ES-UCF101 in train/ and val/ folders is not supported; give the folder holding "
+                        "labels.txt (the paper's 75/25 split is made from it)")
+    if layout == "dvs":
+        return open_dvs_folder(root, split_seed=split_seed, time_steps=time_steps, image_size=image_size, workers=workers)
+    if layout == "video-clips":
+        return open_video_clips(root, split_seed=split_seed, time_steps=time_steps, workers=workers)
+    if layout == "image-folder-single":
+        raise DataError(f"{root}: class folders without train/ and val/ splits; put them in {root}/train and add "
+                        f"{root}/val with the same class folders")
+    from .folders import split_layout
+
+    layout_info = split_layout(root)
+    if layout_info is None or layout_info.val is None:
+        raise DataError(f"{root}: expected train/ and val/ folders of class folders (ImageNet layout)")
+    return open_image_folders(root, layout_info.train, layout_info.val, image_size=image_size,
+                              max_shift=max_shift, workers=workers)
+
+
+__all__ = [
+    "EventFileDataset",
+    "ResizeFrames",
+    "VideoClipDataset",
+    "default_image_size",
+    "detect_layout",
+    "open_path_dataset",
+    "stratified_indices",
+    "suggest_model",
+]

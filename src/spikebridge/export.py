@@ -1,0 +1,342 @@
+"""Export a trained SNN as a NIR graph (Neuromorphic Intermediate Representation, the ``nir``
+package) that neuromorphic toolchains load.
+
+What maps to what (one NIR graph = the network for *one time step*; the runtime feeds the input at
+every step and averages the output over the T steps, as spikebridge's readout does):
+
+==========================================  ======================================================
+spikebridge                                 NIR
+==========================================  ======================================================
+``Conv2d`` (+ the ``BatchNorm2d`` after it)  ``nir.Conv2d``, BN folded into weight and bias
+                                             (eval-mode statistics)
+``Linear``                                   ``nir.Affine`` (``nir.Linear`` without bias)
+``AvgPool2d`` / divisible adaptive pool      ``nir.AvgPool2d``
+other ``AdaptiveAvgPool2d``                  ``nir.Flatten`` + ``nir.Linear`` (the exact pooling
+                                             matrix)
+flatten / ``view(x.size(0), -1)``            ``nir.Flatten`` (over all per-sample dims)
+residual ``a + b``                           two edges into the consumer (NIR sums its inputs)
+LIF neuron                                   ``nir.LIF`` (``nir.IF`` when decay = 1)
+spikify's threshold ``V``                    input gain in ``r`` and a ``nir.Scale`` (V) after
+==========================================  ======================================================
+
+The discrete-time LIF -> NIR's continuous LIF (``tau dv/dt = (v_leak - v) + r I``, spike when
+``v > v_threshold``, then ``v = v_reset``), with one time step ``dt = 1`` (stored in the graph's
+metadata) and exact (exponential) integration over a step::
+
+    v[t] = exp(-dt/tau) v[t-1] + (1 - exp(-dt/tau)) r I[t]
+
+Ours is ``u[t] = decay u[t-1] (1 - s[t-1]) + x[t]``, so ``decay = exp(-dt/tau)``:
+``tau = -dt / ln(decay)``, ``r = 1 / (1 - decay)`` (unit gain on the input), ``v_leak = 0``,
+``v_threshold = threshold``, ``v_reset = 0`` (hard reset). ``decay = 1`` (no leak) is ``nir.IF``
+with ``r = 1/dt = 1``; ``decay = 0`` gives ``tau = 0``, ``r = 1``. A spikified net's
+``ThresholdNeuron`` computes ``V * LIF(x * theta / V)``: ``r`` is multiplied by ``theta / V`` and a
+``nir.Scale`` of ``V`` follows. Max pooling (no NIR node), LIAF (analog output) and sharpened-ReLU
+input shifts are refused with a :class:`~spikebridge.errors.ConfigError` naming the layer.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import ConfigError
+from .layers import TimeFolded
+from .utils import atomic_path
+
+DT = 1.0  # one simulation step, in NIR's time unit
+
+
+def _require_nir():
+    try:
+        import nir
+    except ImportError:
+        raise ConfigError("NIR export needs the 'nir' package: pip install 'spikebridge[nir]'") from None
+    return nir
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy().astype(np.float32)
+
+
+def neuron_parameters(module: nn.Module, shape: tuple[int, ...]) -> dict:
+    """NIR parameters of a spiking layer (see the module docstring): ``{"type": "LIF"|"IF",
+    "tau", "r", "v_leak", "v_threshold", "v_reset", "scale"}`` as arrays of ``shape``
+    (``scale``: the output amplitude, or None)."""
+    from .neurons import LIF
+
+    inner = module.neuron if isinstance(module, TimeFolded) else module
+    if not isinstance(inner, LIF):
+        raise ConfigError(f"NIR export supports LIF neurons, not {type(inner).__name__}")
+    if inner.analog_slope is not None:
+        raise ConfigError("NIR has no analog-output (LIAF) neuron; export an SNN with LIF neurons")
+    decay = float(torch.as_tensor(inner.decay).detach())
+    threshold = float(inner.threshold)
+    gain, scale = 1.0, None
+    if hasattr(module, "effective_threshold"):  # spikify's ThresholdNeuron: V * LIF(x * theta / V)
+        if module.input_shift != 0.0:
+            raise ConfigError(f"NIR export: the neuron replacing {module.source} shifts its input (sharpened ReLU)")
+        level = float(module.effective_threshold().detach())
+        gain = module.input_scale * module.neuron_threshold / level
+        scale = np.full(shape, level, dtype=np.float32)
+    full = lambda v: np.full(shape, v, dtype=np.float32)  # noqa: E731
+    if decay >= 1.0:
+        return {"type": "IF", "r": full(gain / DT), "v_threshold": full(threshold), "v_reset": full(0.0), "scale": scale}
+    tau = 0.0 if decay <= 0.0 else -DT / math.log(decay)
+    return {
+        "type": "LIF", "tau": full(tau), "r": full(gain / (1.0 - decay)), "v_leak": full(0.0),
+        "v_threshold": full(threshold), "v_reset": full(0.0), "scale": scale,
+    }
+
+
+def _fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm):
+    std = torch.sqrt(bn.running_var + bn.eps)
+    gamma = bn.weight if bn.affine else torch.ones_like(std)
+    beta = bn.bias if bn.affine else torch.zeros_like(std)
+    factor = gamma / std
+    w = weight * factor.view(-1, *([1] * (weight.dim() - 1)))
+    b = (bias if bias is not None else torch.zeros_like(bn.running_mean)) - bn.running_mean
+    return w, b * factor + beta
+
+
+def _adaptive_pool_matrix(channels: int, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """The ``[C*oh*ow, C*ih*iw]`` matrix of ``adaptive_avg_pool2d`` (exact, by probing)."""
+    ih, iw = in_hw
+    eye = torch.eye(ih * iw, dtype=torch.float64).view(ih * iw, 1, ih, iw)
+    per_channel = F.adaptive_avg_pool2d(eye, out_hw).view(ih * iw, -1).T  # [oh*ow, ih*iw]
+    return np.kron(np.eye(channels), per_channel.numpy()).astype(np.float32)
+
+
+class _Builder:
+    def __init__(self, nir) -> None:
+        self.nir = nir
+        self.nodes: dict = {}
+        self.edges: list[tuple[str, str]] = []
+        self.counts: dict[str, int] = {}
+
+    def name(self, base: str) -> str:
+        base = base.replace(".", "_") or "node"
+        count = self.counts.get(base, 0)
+        self.counts[base] = count + 1
+        return base if count == 0 else f"{base}_{count}"
+
+    def add(self, base: str, node, sources: list[str]) -> list[str]:
+        name = self.name(base)
+        self.nodes[name] = node
+        for source in sources:
+            self.edges.append((source, name))
+        return [name]
+
+
+def _trace_snn(model: nn.Module) -> tuple[nn.Module, fx.Graph]:
+    """(module whose attributes the graph reads, the fx graph of one time step)."""
+    from .models.base import BridgeNet
+    from .spikify import SpikingNet, _BridgeNetForward
+
+    if isinstance(model, SpikingNet):
+        return model, model.graph
+    if isinstance(model, BridgeNet):
+        root = _BridgeNetForward(model)
+
+        class _Tracer(fx.Tracer):
+            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+                return isinstance(m, TimeFolded) or super().is_leaf_module(m, qualname)
+
+            def path_of_module(self, mod: nn.Module) -> str:
+                try:
+                    return super().path_of_module(mod)
+                except NameError:
+                    if self.is_leaf_module(mod, ""):
+                        raise
+                    return f"_unregistered_{type(mod).__name__}"
+
+        return root, _Tracer().trace(root)
+    raise ConfigError(f"NIR export supports registry SNNs and spikified nets, not {type(model).__name__}")
+
+
+class _Shapes(fx.Interpreter):
+    """Per-node output shapes (with the batch) of one frame; neurons run as T=1 sequences."""
+
+    def __init__(self, root: nn.Module, graph: fx.Graph) -> None:
+        copied = fx.Graph()
+        output = copied.graph_copy(graph, {})
+        copied.output(output)
+        super().__init__(fx.GraphModule(root, copied))
+        self.shapes: dict[str, tuple] = {}
+
+    def run_node(self, n):
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            self.shapes[n.name] = tuple(result.shape)
+        return result
+
+
+@torch.no_grad()
+def to_nir(model: nn.Module, input_shape: tuple[int, ...]):
+    """The SNN ``model`` as a ``nir.NIRGraph`` for inputs of per-sample shape ``input_shape``
+    (e.g. ``(1, 28, 28)``); see the module docstring for the mapping."""
+    nir = _require_nir()
+    from .layers import set_time_steps
+
+    model = getattr(model, "module", model)
+    if not getattr(model, "spiking", False):
+        raise ConfigError("NIR export needs a spiking model (a fine-tuned SNN checkpoint), not an ANN")
+    was_training = model.training
+    model.eval()
+    root, graph = _trace_snn(model)
+    neurons = [m for m in model.modules() if isinstance(m, TimeFolded)]
+    set_time_steps(neurons, 1)
+    shapes = _Shapes(root, graph)
+    try:
+        shapes.run(torch.zeros((1, *input_shape)))
+    finally:
+        model.train(was_training)
+    modules = dict(root.named_modules())
+    users = {n.name: len(n.users) for n in graph.nodes}
+    builder = _Builder(nir)
+    sources: dict[str, list[str]] = {}  # fx node -> NIR nodes whose outputs sum to its value
+    pending_conv: dict[str, tuple] = {}  # conv node -> (nir name, module) for BN folding
+    flat_in_nir: set[str] = set()  # fx values that are already flat vectors in the NIR graph
+
+    def per_sample(node) -> tuple[int, ...]:
+        return tuple(shapes.shapes[node.name][1:])
+
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            sources[node.name] = builder.add("input", nir.Input(input_type={"input": np.array(input_shape)}), [])
+            continue
+        if node.op == "output":
+            value = node.args[0]
+            builder.add("output", nir.Output(output_type={"output": np.array(per_sample(value))}), sources[value.name])
+            continue
+        tensor_args = [a for a in node.all_input_nodes if a.name in sources]
+        where = f"node {node.name}"
+        if node.op == "call_module":
+            module = modules[node.target]
+            where = f"layer '{node.target}' ({type(module).__name__})"
+            inputs = sources[node.args[0].name]
+            if isinstance(module, nn.Conv2d):
+                if module.padding_mode != "zeros":
+                    raise ConfigError(f"NIR export: {where} uses padding_mode={module.padding_mode!r}")
+                bias = module.bias if module.bias is not None else torch.zeros(module.out_channels)
+                conv = nir.Conv2d(
+                    input_shape=tuple(per_sample(node.args[0])[1:]), weight=_np(module.weight),
+                    stride=tuple(module.stride), padding=module.padding if isinstance(module.padding, str) else tuple(module.padding),
+                    dilation=tuple(module.dilation), groups=module.groups, bias=_np(bias),
+                )
+                sources[node.name] = builder.add(node.target, conv, inputs)
+                pending_conv[node.name] = (sources[node.name][0], module)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                producer = node.args[0].name
+                if producer not in pending_conv or users[producer] != 1:
+                    raise ConfigError(f"NIR export: {where} does not directly follow a convolution, so it cannot be folded")
+                nir_name, conv_module = pending_conv.pop(producer)
+                weight, bias = _fold_batchnorm(conv_module.weight, conv_module.bias, module)
+                builder.nodes[nir_name].weight = _np(weight)
+                builder.nodes[nir_name].bias = _np(bias)
+                sources[node.name] = sources[producer]
+            elif isinstance(module, nn.Linear):
+                if module.bias is not None:
+                    layer = nir.Affine(weight=_np(module.weight), bias=_np(module.bias))
+                else:
+                    layer = nir.Linear(weight=_np(module.weight))
+                sources[node.name] = builder.add(node.target, layer, inputs)
+            elif isinstance(module, TimeFolded):
+                shape = per_sample(node)
+                params = neuron_parameters(module, shape)
+                kind, scale = params.pop("type"), params.pop("scale")
+                cls = nir.IF if kind == "IF" else nir.LIF
+                names = builder.add(node.target, cls(**params), inputs)
+                if scale is not None:
+                    names = builder.add(f"{node.target}.scale", nir.Scale(scale=scale), names)
+                sources[node.name] = names
+            elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+                sources[node.name] = _avg_pool(builder, nir, node.target, module, per_sample(node.args[0]), per_sample(node), inputs)
+                if builder.nodes[sources[node.name][0]].__class__.__name__ == "Linear":
+                    flat_in_nir.add(node.name)  # pooled by a matrix: already flat in the NIR graph
+            elif isinstance(module, (nn.Flatten,)):
+                if node.args[0].name in flat_in_nir:
+                    sources[node.name] = inputs
+                else:
+                    sources[node.name] = _flatten(builder, nir, node.target, per_sample(node.args[0]), per_sample(node), inputs)
+            elif isinstance(module, (nn.Identity, nn.modules.dropout._DropoutNd)):
+                sources[node.name] = inputs
+            elif isinstance(module, nn.modules.pooling._MaxPoolNd):
+                raise ConfigError(f"NIR export: {where}: NIR 1.0 has no max-pooling node (use average pooling)")
+            else:
+                raise ConfigError(f"NIR export does not support {where}")
+            continue
+        if node.op in ("call_function", "call_method"):
+            target = node.target
+            name = getattr(target, "__name__", str(target))
+            where = f"{name}() (node {node.name})"
+            if not tensor_args or node.name not in shapes.shapes:
+                continue  # sizes, shapes: not part of the NIR graph
+            if target in (operator.add, torch.add, operator.iadd) or target in ("add", "add_", "__add__"):
+                if len(tensor_args) != 2 or any(not isinstance(a, fx.Node) for a in node.args[:2]) or node.kwargs.get("alpha", 1) != 1:
+                    raise ConfigError(f"NIR export supports residual sums of two tensors, not {where}")
+                sources[node.name] = sources[node.args[0].name] + sources[node.args[1].name]
+                continue
+            if target in (torch.flatten, "flatten", "view", "reshape", torch.reshape):
+                if tensor_args[0].name in flat_in_nir and len(per_sample(node)) == 1:
+                    sources[node.name] = sources[tensor_args[0].name]
+                    continue
+                sources[node.name] = _flatten(builder, nir, node.name, per_sample(tensor_args[0]), per_sample(node),
+                                              sources[tensor_args[0].name])
+                continue
+            if target in (F.avg_pool2d, F.adaptive_avg_pool2d):
+                raise ConfigError(f"NIR export: use nn.AvgPool2d modules instead of {where}")
+            if target in (F.dropout, "contiguous", "clone"):
+                sources[node.name] = sources[tensor_args[0].name]
+                continue
+            if target in (F.max_pool2d,):
+                raise ConfigError(f"NIR export: {where}: NIR 1.0 has no max-pooling node (use average pooling)")
+            raise ConfigError(f"NIR export does not support {where}")
+        if node.op == "get_attr":
+            raise ConfigError(f"NIR export does not support tensors read in forward ({node.target})")
+    graph_nir = nir.NIRGraph(nodes=builder.nodes, edges=builder.edges, metadata={
+        "dt": DT, "time_steps": int(getattr(model, "T", 1)),
+        "readout": "feed the input at every step; the prediction is the output averaged over the steps",
+        "exported_by": "spikebridge",
+    })
+    return graph_nir
+
+
+def _flatten(builder, nir, base, in_shape, out_shape, inputs):
+    if len(out_shape) == 1 and int(np.prod(in_shape)) == out_shape[0]:
+        if len(in_shape) == 1:
+            return inputs  # already flat
+        return builder.add(base, nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1), inputs)
+    raise ConfigError(f"NIR export supports reshapes that flatten each sample, not {list(in_shape)} -> {list(out_shape)}")
+
+
+def _avg_pool(builder, nir, base, module, in_shape, out_shape, inputs):
+    channels, ih, iw = in_shape
+    _, oh, ow = out_shape
+    if isinstance(module, nn.AvgPool2d):
+        if module.ceil_mode or not module.count_include_pad and module.padding:
+            raise ConfigError(f"NIR export: layer '{base}' (AvgPool2d) uses ceil_mode/count_include_pad options NIR lacks")
+        pair = lambda v: np.array(v if isinstance(v, (tuple, list)) else (v, v))  # noqa: E731
+        return builder.add(base, nir.AvgPool2d(kernel_size=pair(module.kernel_size), stride=pair(module.stride),
+                                                padding=pair(module.padding)), inputs)
+    if ih % oh == 0 and iw % ow == 0:
+        kernel = np.array((ih // oh, iw // ow))
+        return builder.add(base, nir.AvgPool2d(kernel_size=kernel, stride=kernel, padding=np.array((0, 0))), inputs)
+    flat = builder.add(f"{base}.flatten", nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1), inputs)
+    return builder.add(base, nir.Linear(weight=_adaptive_pool_matrix(channels, (ih, iw), (oh, ow))), flat)
+
+
+def export_nir(model: nn.Module, input_shape: tuple[int, ...], path: str | Path):
+    """Write ``model`` as a NIR file (HDF5) at ``path`` (atomically); returns the graph."""
+    nir = _require_nir()
+    graph = to_nir(model, tuple(int(v) for v in input_shape))
+    with atomic_path(path) as tmp:
+        nir.write(str(tmp), graph)
+    return graph
+
+
+__all__ = ["DT", "export_nir", "neuron_parameters", "to_nir"]

@@ -1,0 +1,806 @@
+"""Bring your own ANN: turn an arbitrary PyTorch network into an SNN without rewriting it.
+
+``spikify(ann, neuron="lif", T=4, calibration=batches)`` returns a :class:`SpikingNet`:
+
+* The ANN's ``forward`` is traced with ``torch.fx``. Every per-frame operation (conv, linear, BN,
+  pooling, flatten, dropout, residual adds, ``x.view(x.size(0), -1)``, ...) runs unchanged on the
+  time-folded tensor ``[T*B, ...]``: the batch axis simply becomes ``T*B`` (so ``x.size(0)`` is
+  ``T*B`` and reshapes stay right).
+* Every ReLU-like activation, as a module (``nn.ReLU``, ``nn.ReLU6``, ``nn.LeakyReLU``, the
+  sharpened ReLU) or as a call (``F.relu``, ``torch.relu``, ``x.relu()``, ``F.relu6``,
+  ``F.leaky_relu``), becomes a :class:`ThresholdNeuron`: the chosen spiking neuron, unfolded to
+  ``[T, B, ...]`` around the call, with its own per-layer threshold (one neuron per *call site*,
+  so a ``self.relu`` used twice gets two).
+* Input: static ``[B, ...]`` is repeated over the ``T`` steps (direct encoding); events
+  ``[T, B, ...]`` are folded. Readout: the mean over T of the network's output ``[T*B, K]``.
+* The SNN's parameters keep the ANN's names (``conv1.weight`` stays ``conv1.weight``), so
+  :func:`spikebridge.transfer` and :func:`spikebridge.train.engine.fit` work on it as on registry
+  models. The only new tensors are SNN-only: ``<site>.threshold`` (and a neuron's learnable decay).
+
+Threshold-aware initialisation (why the spikified net starts close to the ANN)
+------------------------------------------------------------------------------
+A :class:`ThresholdNeuron` with threshold ``V`` computes ``V * N(x * theta / V)`` where ``N`` is the
+configured neuron (threshold ``theta``): the neuron fires when the membrane, in the ANN's units,
+passes ``V``, and each spike stands for the value ``V``. Because the LIF is scale-equivariant, this
+is *exactly* data-based weight normalisation (Diehl et al. 2015; Rueckauer et al. 2017) with the
+scale kept beside the weights instead of folded into them: the ANN's weights load unchanged (the
+transfer stays a ``load_state_dict``), it works for any topology (residual sums of branches with
+different scales need no bookkeeping) and the NIR export folds ``V`` into the graph.
+
+``V`` is chosen per layer on a few calibration batches, layer after layer in graph order
+(:func:`calibrate_thresholds`): for each site the SNN (earlier sites already calibrated) gives the
+neuron's input current, the ANN gives the activation it should reproduce, and ``V`` is the
+candidate (percentiles of the ANN activation, then a golden-section refinement) that minimises the
+mean squared error between the ANN activation and the SNN's time-averaged output. Thresholds are
+``nn.Parameter`` s and keep training during fine-tuning.
+
+Layers with no per-frame or spiking meaning (LSTM/GRU, attention, GELU/SiLU/Tanh/Sigmoid, ops that
+move the batch axis) raise :class:`~spikebridge.errors.ConfigError` naming the layer.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from dataclasses import replace
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import ConfigError
+from .layers import TimeFolded, set_time_steps
+from .neurons import NeuronConfig, SharpenedReLU
+
+# ReLU-like activations that become spiking neurons
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, SharpenedReLU)
+ACTIVATION_FUNCTIONS: tuple[Callable, ...] = (
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_,
+)
+ACTIVATION_METHODS = ("relu", "relu_")
+
+# Leaf modules that act on each frame independently (safe on [T*B, ...])
+PER_FRAME_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Linear, nn.Bilinear, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.dropout._DropoutNd, nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd, nn.modules.padding.ZeroPad2d, nn.Upsample, nn.PixelShuffle,
+    nn.ChannelShuffle if hasattr(nn, "ChannelShuffle") else nn.Identity,
+)
+# Per-frame only when they do not act along dim 0 (checked by their ``dim``)
+DIM_MODULES: tuple[type[nn.Module], ...] = (nn.Softmax, nn.LogSoftmax)
+
+STATIC_INPUT_NOTE = "static input [B, ...] is repeated over T; events [T, B, ...] are folded"
+
+
+# ------------------------------------------------------------------------------------------------
+# The spiking activation that replaces a ReLU
+# ------------------------------------------------------------------------------------------------
+class ThresholdNeuron(TimeFolded):
+    """A spiking neuron with a per-layer threshold ``V`` in the ANN's units, on folded tensors.
+
+    ``forward(x: [T*B, ...]) -> [T*B, ...]``: ``V * N((a * x + b) * theta / V)`` where ``N`` is the
+    configured neuron (threshold ``theta``, applied time-major ``[T, B, ...]``), and ``(a, b)`` is
+    the input affine of the replaced activation (``(1, 0)`` for ReLU; the sharpened ReLU's
+    ``(1/(hi-lo), -lo/(hi-lo))``). A LIF's output is ``V`` per spike, 0 otherwise; a LIAF's analog
+    output is rescaled to the same units (``V / theta * N(...)``).
+
+    The threshold is an ``nn.Parameter`` (one per layer) so fine-tuning adjusts it.
+    """
+
+    def __init__(
+        self,
+        neuron: nn.Module,
+        neuron_threshold: float,
+        *,
+        threshold: float = 1.0,
+        input_scale: float = 1.0,
+        input_shift: float = 0.0,
+        analog: bool = False,
+        source: str = "",
+        time_steps: int = 1,
+    ) -> None:
+        super().__init__(neuron, time_steps)
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        self.neuron_threshold = float(neuron_threshold)
+        self.input_scale = float(input_scale)
+        self.input_shift = float(input_shift)
+        self.analog = analog
+        self.source = source  # what it replaced, for reports ("relu1 (ReLU)", "F.relu in forward")
+
+    def effective_threshold(self) -> torch.Tensor:
+        return self.threshold.clamp(min=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        level = self.effective_threshold().to(x.dtype)
+        if self.input_scale != 1.0 or self.input_shift != 0.0:
+            x = x * self.input_scale + self.input_shift
+        out = super().forward(x * (self.neuron_threshold / level))
+        if self.analog:
+            return out * (level / self.neuron_threshold)
+        return out * level
+
+    def extra_repr(self) -> str:
+        return f"T={self.time_steps}, threshold={float(self.threshold.detach()):.4g}, source={self.source!r}"
+
+
+class TimeExpand(nn.Module):
+    """``[B, ...] -> [T*B, ...]``: repeats a time-invariant value over the ``steps`` time steps
+    (inserted where the static-input prefix of a spikified net meets its first neurons)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(0).expand(self.steps, *x.shape).flatten(0, 1)
+
+
+TIME_EXPAND_NAME = "spike_time_expand"
+_SHAPE_METHODS = ("size", "dim", "numel")
+
+
+def _is_shape_like(node: fx.Node, known: set[fx.Node]) -> bool:
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return True
+    if node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] == "shape":
+        return True
+    if node.op == "call_function" and node.all_input_nodes and all(a in known for a in node.all_input_nodes):
+        return True  # arithmetic / indexing on sizes
+    return False
+
+
+def static_input_graph(graph: fx.Graph, modules: dict[str, nn.Module]) -> fx.Graph | None:
+    """A copy of the folded graph for static input ``[B, ...]``: the part before the first neurons
+    runs once per image and :class:`TimeExpand` repeats its values over T where neurons (or
+    anything after them) read them, exactly as registry models compute their stem once. None when
+    a size taken in that prefix is used after it (it would be B, not T*B)."""
+    new = fx.Graph()
+    value_map: dict[fx.Node, fx.Node] = {}
+    output = new.graph_copy(graph, value_map)
+    new.output(output)
+    input_dependent: set[fx.Node] = set()
+    dynamic: set[fx.Node] = set()
+    shape_like: set[fx.Node] = set()
+    for node in new.nodes:
+        if node.op == "placeholder" or any(a in input_dependent for a in node.all_input_nodes):
+            input_dependent.add(node)
+        if (node.op == "call_module" and isinstance(modules.get(node.target), ThresholdNeuron)) or any(
+            a in dynamic for a in node.all_input_nodes
+        ):
+            dynamic.add(node)
+        elif node in input_dependent and _is_shape_like(node, shape_like):
+            shape_like.add(node)
+    expanded: dict[fx.Node, fx.Node] = {}
+    for node in list(new.nodes):
+        if node not in dynamic and node.op != "output":
+            continue
+        for arg in list(node.all_input_nodes):
+            if arg in dynamic or arg not in input_dependent:
+                continue
+            if arg in shape_like:
+                return None
+            if arg not in expanded:
+                with new.inserting_after(arg):
+                    expanded[arg] = new.call_module(TIME_EXPAND_NAME, (arg,))
+            node.replace_input_with(arg, expanded[arg])
+    new.lint()
+    return new
+
+
+# ------------------------------------------------------------------------------------------------
+# The spiking network
+# ------------------------------------------------------------------------------------------------
+class SpikingNet(nn.Module):
+    """An SNN made from an ANN by :func:`spikify` (see the module docstring).
+
+    Holds the ANN's submodules under their own names (plus the neurons), runs the traced forward on
+    time-folded tensors, and handles time like registry models do:
+
+    * ``x: [B, ...]`` (``input_ndim`` dims): repeated over ``self.T`` steps -> ``[T*B, ...]``;
+    * ``x: [T, B, ...]`` (one more dim): folded, T from the input;
+    * output: the traced forward's ``[T*B, ...]`` viewed as ``[T, B, ...]`` and averaged over T.
+
+    ``per_step_outputs(x)`` returns the ``[T, B, ...]`` outputs before the average.
+    """
+
+    def __init__(
+        self,
+        graph_module: fx.GraphModule,
+        neurons: list[ThresholdNeuron],
+        *,
+        neuron_config: NeuronConfig,
+        T: int,
+        input_ndim: int,
+    ) -> None:
+        super().__init__()
+        for name, child in graph_module.named_children():
+            self.add_module(name, child)
+        for name, param in graph_module.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buffer in graph_module.named_buffers(recurse=False):
+            self.register_buffer(name, buffer)
+        # constants that fx keeps on the root (e.g. _tensor_constant0) and plain attributes
+        for node in graph_module.graph.nodes:
+            if node.op == "get_attr":
+                atom = node.target.split(".")[0]
+                if not hasattr(self, atom):
+                    setattr(self, atom, getattr(graph_module, atom))
+        # the generated code reads attributes of ``self``: it runs unchanged on this module
+        self._graph_forward = type(graph_module).forward
+        self._code = graph_module.code
+        self.graph = graph_module.graph  # the traced forward (NIR export walks it)
+        # static input: the prefix before the first neurons runs once per image (see static_input_graph)
+        self._static_forward = None
+        static = static_input_graph(graph_module.graph, dict(graph_module.named_modules()))
+        if static is not None:
+            if not hasattr(self, TIME_EXPAND_NAME):
+                self.add_module(TIME_EXPAND_NAME, TimeExpand())
+            graph_module.add_submodule(TIME_EXPAND_NAME, getattr(self, TIME_EXPAND_NAME))
+            self._static_forward = type(fx.GraphModule(graph_module, static)).forward
+        self._neurons = list(neurons)
+        self.neuron_config = neuron_config
+        self.input_ndim = int(input_ndim)
+        if not (isinstance(T, int) and T >= 1):
+            raise ConfigError(f"T (time steps) must be a positive integer, got {T!r}")
+        self.T = T
+
+    @property
+    def spiking(self) -> bool:
+        return True
+
+    @property
+    def neurons(self) -> list[ThresholdNeuron]:
+        return list(self._neurons)
+
+    @property
+    def code(self) -> str:
+        """The traced forward's Python source (what runs on ``[T*B, ...]``)."""
+        return self._code
+
+    def fold_input(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """``[B, ...]`` or ``[T, B, ...]`` -> (``[T*B, ...]``, T, B)."""
+        if x.dim() == self.input_ndim + 1:
+            steps, batch = x.shape[:2]
+            return x.flatten(0, 1), steps, batch
+        if x.dim() == self.input_ndim:
+            steps, batch = self.T, x.shape[0]
+            return x.unsqueeze(0).expand(steps, *x.shape).flatten(0, 1), steps, batch
+        raise ConfigError(
+            f"this spikified network expects input with {self.input_ndim} dims [B, ...] or "
+            f"{self.input_ndim + 1} dims [T, B, ...] (events), got shape {tuple(x.shape)}"
+        )
+
+    def per_step_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output at every step, ``[T, B, ...]`` (the forward averages it over T)."""
+        if x.dim() == self.input_ndim and self._static_forward is not None:
+            steps, batch = self.T, x.shape[0]
+            set_time_steps(self._neurons, steps)
+            getattr(self, TIME_EXPAND_NAME).steps = steps
+            out = self._static_forward(self, x)
+        else:
+            folded, steps, batch = self.fold_input(x)
+            set_time_steps(self._neurons, steps)
+            out = self._graph_forward(self, folded)
+        if not isinstance(out, torch.Tensor):
+            raise ConfigError(f"spikify supports networks that return one tensor, got {type(out).__name__}")
+        return out.unflatten(0, (steps, batch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.per_step_outputs(x).mean(0)
+
+    def thresholds(self) -> dict[str, float]:
+        """Each neuron site's threshold (in the ANN's activation units)."""
+        names = {id(m): n for n, m in self.named_modules()}
+        return {names[id(m)]: float(m.threshold.detach()) for m in self._neurons}
+
+
+# ------------------------------------------------------------------------------------------------
+# Tracing helpers
+# ------------------------------------------------------------------------------------------------
+def _as_neuron_config(neuron: str | NeuronConfig) -> NeuronConfig:
+    if isinstance(neuron, NeuronConfig):
+        config = neuron
+    elif isinstance(neuron, str):
+        config = NeuronConfig(kind=neuron)
+    else:
+        raise ConfigError(f"neuron must be 'lif', 'liaf' or a NeuronConfig, got {type(neuron).__name__}")
+    if not config.spiking:
+        raise ConfigError(f"spikify needs a spiking neuron (lif or liaf), got {config.kind!r}")
+    return config
+
+
+class _BridgeNetForward(nn.Module):
+    """A registry model's ANN path (``fc(forward_features(forward_stem(x)))``) as a traceable
+    module with the model's own child names (its T-handling ``forward`` is not traceable)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        vars(self)["_model_type"] = type(model)
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, param in model.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, value in vars(model).items():  # plain attributes (T, neuron_config, ...)
+            if not name.startswith("_") and name not in vars(self):
+                vars(self)[name] = value
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # the model class's methods and class attributes (run_block, checkpoint_blocks, ...)
+            model_type = vars(self).get("_model_type")
+            if model_type is None:
+                raise
+            attr = getattr(model_type, name)
+            return attr.__get__(self) if callable(attr) and hasattr(attr, "__get__") else attr
+
+    def forward(self, x):
+        stem = self._model_type.forward_stem(self, x)
+        return self.fc(self._model_type.forward_features(self, stem))
+
+
+def _traceable(ann: nn.Module) -> nn.Module:
+    from .models.base import BridgeNet
+
+    if isinstance(ann, BridgeNet):
+        if ann.spiking:
+            raise ConfigError("spikify expects an ANN; this registry model is already spiking")
+        return _BridgeNetForward(ann)
+    return ann
+
+
+def _trace(ann: nn.Module) -> fx.GraphModule:
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            if isinstance(m, ACTIVATION_MODULES):
+                return True
+            return super().is_leaf_module(m, qualname)
+
+        def path_of_module(self, mod: nn.Module) -> str:
+            try:
+                return super().path_of_module(mod)
+            except NameError:
+                # a container built on the fly (e.g. a Sequential slice): traced through, its
+                # registered children keep their own names; a leaf layer must be registered
+                if self.is_leaf_module(mod, ""):
+                    raise
+                return f"_unregistered_{type(mod).__name__}"
+
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(ann)
+    except Exception as exc:  # fx raises TraceError, TypeError, ... for dynamic control flow
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"spikify could not trace {type(ann).__name__}.forward with torch.fx ({first[:200]}); "
+            "forward must not branch on tensor values or shapes (move such logic out of forward, "
+            "or build the model with spikebridge's registry)"
+        ) from None
+    return fx.GraphModule(tracer.root, graph, type(ann).__name__)
+
+
+def _describe_node(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"layer '{node.target}' ({type(modules[node.target]).__name__})"
+    if node.op == "call_function":
+        return f"call {getattr(node.target, '__name__', node.target)}() in forward (node {node.name})"
+    return f"{node.op} {node.target} in forward (node {node.name})"
+
+
+def _activation_affine(module: nn.Module | None) -> tuple[float, float]:
+    """(scale, shift) applied to the input before the threshold: the sharpened ReLU's bounds."""
+    if isinstance(module, SharpenedReLU):
+        lo, hi = module.bounds()
+        return 1.0 / (hi - lo), -lo / (hi - lo)
+    return 1.0, 0.0
+
+
+def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], ACTIVATION_MODULES)
+    if node.op == "call_function":
+        return node.target in ACTIVATION_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in ACTIVATION_METHODS
+    return False
+
+
+_REFUSED_MODULES: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.RNNBase, "a recurrent layer carries its own state across a sequence; it cannot run per frame"),
+    (nn.RNNCellBase, "a recurrent cell carries its own state; it cannot run per frame"),
+    (nn.MultiheadAttention, "attention has no spiking equivalent here"),
+    (nn.Transformer, "attention has no spiking equivalent here"),
+    (nn.TransformerEncoderLayer, "attention has no spiking equivalent here"),
+    (nn.TransformerDecoderLayer, "attention has no spiking equivalent here"),
+)
+
+
+def _check_module(node: fx.Node, module: nn.Module) -> None:
+    name = f"layer '{node.target}' ({type(module).__name__})"
+    for kind, why in _REFUSED_MODULES:
+        if isinstance(module, kind):
+            raise ConfigError(f"spikify cannot convert {name}: {why}")
+    if isinstance(module, ACTIVATION_MODULES) or isinstance(module, PER_FRAME_MODULES):
+        return
+    if isinstance(module, DIM_MODULES):
+        if module.dim in (None, 0):
+            raise ConfigError(f"spikify cannot convert {name}: dim={module.dim} would mix samples; set dim=1 (or -1)")
+        return
+    raise ConfigError(
+        f"spikify cannot convert {name}: only ReLU-like activations become spiking neurons and only "
+        "per-frame layers (conv, linear, norm, pooling, flatten, dropout) run time-folded"
+    )
+
+
+_REFUSED_FUNCTIONS = {
+    F.gelu: "GELU", F.silu: "SiLU", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
+    F.tanh: "tanh", F.elu: "ELU", F.selu: "SELU", F.mish: "Mish", F.softplus: "softplus",
+    F.hardswish: "hardswish", F.scaled_dot_product_attention: "attention",
+}
+_REFUSED_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
+
+
+def _check_call(node: fx.Node) -> None:
+    if node.op == "call_function" and node.target in _REFUSED_FUNCTIONS:
+        what = _REFUSED_FUNCTIONS[node.target]
+        raise ConfigError(f"spikify cannot convert the {what} call in forward (node {node.name}): "
+                          "only ReLU-like activations become spiking neurons")
+    if node.op == "call_method" and node.target in _REFUSED_METHODS:
+        raise ConfigError(f"spikify cannot convert x.{node.target}() in forward (node {node.name}): "
+                          "only ReLU-like activations become spiking neurons")
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch-axis check: every tensor that carries the batch in the ANN must carry T*B when folded
+# ------------------------------------------------------------------------------------------------
+class _ShapeRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.shapes: dict[str, tuple | None] = {}
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        self.shapes[n.name] = tuple(result.shape) if isinstance(result, torch.Tensor) else None
+        return result
+
+
+def _input_dependent(gm: fx.GraphModule) -> set[str]:
+    dependent: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(arg.name in dependent for arg in node.all_input_nodes):
+            dependent.add(node.name)
+    return dependent
+
+
+@torch.no_grad()
+def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> None:
+    """Run the traced ANN on ``[B, ...]`` and on the folded ``[T*B, ...]``; refuse any operation
+    whose output keeps the batch at dim 0 in one case but not the other (it mixes samples or
+    hard-codes the batch size)."""
+    batch = example.shape[0]
+    was_training = gm.training
+    gm.eval()
+    try:
+        plain, folded = _ShapeRecorder(gm), _ShapeRecorder(gm)
+        plain.run(example)
+        try:
+            folded.run(example.unsqueeze(0).expand(T, *example.shape).flatten(0, 1))
+        except Exception as exc:
+            failing = next((n for n in gm.graph.nodes if n.name not in folded.shapes), None)
+            where = f" at node {failing.name} ({failing.op} {getattr(failing.target, '__name__', failing.target)})" if failing else ""
+            raise ConfigError(
+                f"the network fails on a time-folded batch{where}: {str(exc).splitlines()[0][:160]}; "
+                "reshapes must use x.size(0) / -1, not a fixed batch size"
+            ) from None
+    finally:
+        gm.train(was_training)
+    dependent = _input_dependent(gm)
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.name not in dependent or node.op in ("placeholder", "output"):
+            continue
+        a, b = plain.shapes.get(node.name), folded.shapes.get(node.name)
+        if a is None or b is None:
+            continue
+        ok = len(a) >= 1 and a[0] == batch and b == (T * batch, *a[1:])
+        if not ok:
+            raise ConfigError(
+                f"spikify cannot fold time into the batch at {_describe_node(node, modules)}: its output "
+                f"has shape {list(a)} for a batch of {batch} but {list(b)} for {T}x{batch} folded frames "
+                "(the operation moves or mixes the batch axis)"
+            )
+
+
+# ------------------------------------------------------------------------------------------------
+# spikify
+# ------------------------------------------------------------------------------------------------
+def _first_tensor(batch) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise ConfigError(f"calibration batches must be tensors or (inputs, labels) pairs, got {type(batch).__name__}")
+
+
+def spikify(ann_module: nn.Module, neuron: str | NeuronConfig = "lif", T: int = 4, calibration: Iterable | None = None,
+            **options) -> SpikingNet:
+    """Make an SNN from ``ann_module`` (left untouched); see the module docstring.
+
+    Args:
+        ann_module: any ``nn.Module`` whose ``forward`` torch.fx can trace (or a registry ANN).
+        neuron: ``"lif"``, ``"liaf"`` or a :class:`~spikebridge.neurons.NeuronConfig`.
+        T: time steps for static input.
+        calibration: input batches ``[B, ...]`` (or ``(inputs, labels)`` pairs) of the training
+            data: the per-layer thresholds are fitted on them (up to ``calibration_samples``
+            samples). Without it every threshold is the neuron's own.
+        options: ``example_input`` (a ``[B, ...]`` batch to check the batch axis when no
+            calibration data is given), ``input_ndim`` (dims of one static batch; default from the
+            data, else 4), ``calibrate`` (False: keep the neuron's threshold), ``device``,
+            ``calibration_samples`` (512).
+    """
+    return spikify_with_graph(ann_module, neuron, T, calibration, **options)[0]
+
+
+def spikify_with_graph(
+    ann_module: nn.Module,
+    neuron: str | NeuronConfig = "lif",
+    T: int = 4,
+    calibration: Iterable | None = None,
+    *,
+    example_input: torch.Tensor | None = None,
+    input_ndim: int | None = None,
+    calibrate: bool = True,
+    device: torch.device | str | None = None,
+    calibration_samples: int = 512,
+    neuron_builder: Callable[[], nn.Module] | None = None,
+    neuron_threshold: float | None = None,
+) -> tuple[SpikingNet, fx.GraphModule, list[torch.Tensor]]:
+    """:func:`spikify`, also returning the traced ANN (``fx.GraphModule``, its activation nodes
+    in the same order as ``snn.neurons``) and the calibration batches it used.
+
+    Args:
+        neuron_builder, neuron_threshold: build each site's time-major neuron with this factory
+            (threshold ``neuron_threshold``) instead of ``neuron`` (the conversion baseline's IF
+            neurons use it).
+    """
+    config = _as_neuron_config(neuron)
+    if not (isinstance(T, int) and T >= 1):
+        raise ConfigError(f"T (time steps) must be a positive integer, got {T!r}")
+    if not isinstance(ann_module, nn.Module):
+        raise ConfigError(f"spikify needs an nn.Module, got {type(ann_module).__name__}")
+    ann = copy.deepcopy(_traceable(getattr(ann_module, "module", ann_module))).cpu()
+    ann.eval()
+    gm = _trace(ann)
+    modules = dict(gm.named_modules())
+    calib_batches: list[torch.Tensor] = []
+    if calibration is not None:
+        seen = 0
+        for batch in calibration:
+            x = _first_tensor(batch).detach().cpu()
+            calib_batches.append(x[: calibration_samples - seen])
+            seen += len(calib_batches[-1])
+            if seen >= calibration_samples:
+                break
+        if not calib_batches:
+            raise ConfigError("spikify got an empty calibration set")
+    example = calib_batches[0] if calib_batches else example_input
+    if input_ndim is None:
+        input_ndim = example.dim() if example is not None else 4
+
+    # 1. refuse what cannot run per frame or spike
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            _check_module(node, modules[node.target])
+        else:
+            _check_call(node)
+    if example is not None:
+        check_batch_axis(gm, example[: min(3, len(example))].cpu(), T=2)
+    ann_graph = copy.deepcopy(gm)  # the ANN as traced: calibration targets come from it
+
+    # 2. replace every activation call site with a ThresholdNeuron
+    neurons: list[ThresholdNeuron] = []
+    used_targets: dict[str, int] = {}
+    sites = [(node, modules.get(node.target) if node.op == "call_module" else None)
+             for node in gm.graph.nodes if _is_activation(node, modules)]
+    for node, module in sites:
+        scale, shift = _activation_affine(module)
+        if node.op == "call_module":
+            count = used_targets.get(node.target, 0) + 1
+            used_targets[node.target] = count
+            target = node.target if count == 1 else f"{node.target}_{count}"
+            source = f"{node.target} ({type(module).__name__})"
+        else:
+            target = f"spike_{node.name}"
+            what = getattr(node.target, "__name__", node.target)
+            source = f"{what}() in forward" if node.op == "call_function" else f"x.{what}() in forward"
+        inner = neuron_builder() if neuron_builder is not None else config.build()
+        inner_threshold = float(neuron_threshold if neuron_threshold is not None else config.threshold)
+        threshold_module = ThresholdNeuron(
+            inner, inner_threshold, threshold=inner_threshold, input_scale=scale,
+            input_shift=shift, analog=neuron_builder is None and config.kind == "liaf", source=source, time_steps=T,
+        )
+        if target in modules and node.op != "call_module":
+            raise ConfigError(f"cannot name the neuron for node {node.name}: attribute {target!r} exists")
+        _set_submodule(gm, target, threshold_module)
+        modules[target] = threshold_module
+        with gm.graph.inserting_after(node):
+            new_node = gm.graph.call_module(target, args=(node.args[0],))
+        node.replace_all_uses_with(new_node)
+        gm.graph.erase_node(node)
+        neurons.append(threshold_module)
+    if not neurons:
+        raise ConfigError(
+            f"{type(ann_module).__name__} has no ReLU-like activation (nn.ReLU/ReLU6/LeakyReLU or F.relu): "
+            "nothing to turn into spiking neurons"
+        )
+    gm.graph.lint()
+    gm.recompile()
+    snn = SpikingNet(gm, neurons, neuron_config=config, T=T, input_ndim=input_ndim)
+    snn.train(getattr(ann_module, "training", True))
+    if calib_batches and calibrate:
+        calibrate_thresholds(snn, ann_graph, calib_batches, device=device)
+    return snn, ann_graph, calib_batches
+
+
+def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent_name, _, leaf = target.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, module)
+
+
+# ------------------------------------------------------------------------------------------------
+# Threshold calibration
+# ------------------------------------------------------------------------------------------------
+class _StopForward(Exception):
+    pass
+
+
+class _ActivationRecorder(fx.Interpreter):
+    """Runs the traced ANN and keeps the outputs of the activation nodes, in graph order."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        modules = dict(gm.named_modules())
+        self.sites = [n for n in gm.graph.nodes if _is_activation(n, modules)]
+        self.site_set = {n.name for n in self.sites}
+        self.outputs: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        if n.name in self.site_set:
+            self.outputs[n.name] = result
+        return result
+
+
+def _subsample(values: torch.Tensor, limit: int = 1_000_000) -> torch.Tensor:
+    values = values.flatten()
+    if values.numel() > limit:
+        index = torch.randint(values.numel(), (limit,), generator=torch.Generator().manual_seed(0))
+        values = values[index]
+    return values
+
+
+@torch.no_grad()
+def calibrate_thresholds(
+    snn: SpikingNet,
+    ann_graph: fx.GraphModule,
+    batches: list[torch.Tensor],
+    *,
+    device: torch.device | str | None = None,
+    refine_steps: int = 12,
+) -> dict[str, float]:
+    """Fit each neuron's threshold, in graph order, to reproduce the ANN's activation (MSE between
+    the ANN's activation and the SNN's output averaged over T); see the module docstring.
+
+    Returns ``{site: threshold}``.
+    """
+    device = torch.device(device) if device is not None else next(snn.parameters()).device
+    was_training = snn.training
+    snn.eval()
+    ann_graph.eval().to(device)
+    recorder = _ActivationRecorder(ann_graph)
+    targets: dict[str, list[torch.Tensor]] = {}
+    for x in batches:
+        recorder.outputs = {}
+        recorder.run(x.to(device))
+        for name, value in recorder.outputs.items():
+            targets.setdefault(name, []).append(value.cpu())
+    ann_sites = [n.name for n in recorder.sites]
+    if len(ann_sites) != len(snn.neurons):
+        raise ConfigError("internal: activation sites and neurons differ in number")
+    chosen: dict[str, float] = {}
+    names = {id(m): n for n, m in snn.named_modules()}
+    for site_name, neuron in zip(ann_sites, snn.neurons):
+        captured: list[torch.Tensor] = []
+
+        def grab(_module, inputs, _output=None):
+            captured.append(inputs[0].detach())
+            raise _StopForward
+
+        handle = neuron.register_forward_pre_hook(lambda m, i: grab(m, i))
+        try:
+            for x in batches:
+                try:
+                    snn(x.to(device))
+                except _StopForward:
+                    pass
+        finally:
+            handle.remove()
+        currents = torch.cat([c.cpu() for c in captured], dim=0)  # [T*B, ...] per batch, concatenated
+        # the ANN's activation [B, ...] (negative parts of a leaky ReLU cannot spike: clamped)
+        target = torch.cat(targets[site_name], dim=0).clamp(min=0)
+        chosen[names[id(neuron)]] = _fit_threshold(neuron, currents, target, batches, refine_steps)
+    snn.train(was_training)
+    return chosen
+
+
+def _fit_threshold(neuron: ThresholdNeuron, currents: torch.Tensor, ann_value: torch.Tensor,
+                   batches: list[torch.Tensor], refine_steps: int) -> float:
+    """Set ``neuron.threshold`` to the level whose time-averaged output best matches ``ann_value``
+    (``[N, ...]``) given the neuron's input ``currents`` (``[T*b, ...]`` per batch, concatenated)."""
+    steps = currents.shape[0] // ann_value.shape[0]
+    # the captured currents were recorded batch by batch: [T*b1, ...], [T*b2, ...]; rebuild per batch
+    chunks, start = [], 0
+    for x in batches:
+        size = len(x) * steps
+        chunks.append(currents[start : start + size])
+        start += size
+    neuron.time_steps = steps
+
+    def error(level: float) -> float:
+        neuron.threshold.fill_(level)
+        total, offset = 0.0, 0
+        for chunk in chunks:
+            b = chunk.shape[0] // steps
+            out = neuron(chunk).unflatten(0, (steps, b)).mean(0)
+            total += (out - ann_value[offset : offset + b]).pow(2).sum().item()
+            offset += b
+        return total
+
+    positive = _subsample(ann_value[ann_value > 0])
+    if positive.numel() == 0:
+        neuron.threshold.fill_(1.0)
+        return 1.0
+    quantiles = torch.tensor([0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0])
+    candidates = sorted({max(float(v), 1e-4) for v in torch.quantile(positive.double(), quantiles.double())})
+    scores = [error(c) for c in candidates]
+    best = min(range(len(candidates)), key=scores.__getitem__)
+    low = candidates[best - 1] if best > 0 else candidates[best] * 0.5
+    high = candidates[best + 1] if best + 1 < len(candidates) else candidates[best] * 1.5
+    # golden-section refinement in log space between the neighbours of the best candidate
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = math.log(low), math.log(high)
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = error(math.exp(c)), error(math.exp(d))
+    for _ in range(refine_steps):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = error(math.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = error(math.exp(d))
+    options = [(scores[best], candidates[best]), (fc, math.exp(c)), (fd, math.exp(d))]
+    level = min(options)[1]
+    neuron.threshold.fill_(level)
+    return level
+
+
+__all__ = [
+    "ACTIVATION_FUNCTIONS",
+    "ACTIVATION_MODULES",
+    "SpikingNet",
+    "ThresholdNeuron",
+    "TimeExpand",
+    "calibrate_thresholds",
+    "check_batch_axis",
+    "spikify",
+    "spikify_with_graph",
+]

@@ -1,0 +1,131 @@
+"""Tiny datasets written in the real on-disk layouts (shared by test_datasets / test_recipes).
+
+Images carry their class as a colour and a bright square at a class-dependent place, so a model
+can learn them in a step or two; every file is written in the format the real dataset uses.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from spikebridge.data.events import make_events, write_aedat2, write_es_sample, write_label_file
+from spikebridge.data.odg import EventSample
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def class_image(rng: np.random.Generator, label: int, height: int, width: int, grey: bool = False) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` (or ``[H, W]``): noise + a class colour + a square whose place codes the class."""
+    img = rng.integers(0, 60, (height, width, 3)).astype(np.int64)
+    img[..., label % 3] += 90
+    side = max(2, min(height, width) // 4)
+    top = (label * side) % max(1, height - side)
+    left = (label * 2 * side) % max(1, width - side)
+    img[top : top + side, left : left + side] = 250
+    img = img.clip(0, 255).astype(np.uint8)
+    return img.mean(-1).astype(np.uint8) if grey else img
+
+
+def image_folders(root: Path, *, size: tuple[int, int], classes: int = 3, train_per_class: int = 4,
+                  val_per_class: int = 2, grey: bool = False, suffix: str = ".png", seed: int = 0) -> Path:
+    """ImageNet layout: ``root/train/<class>/*.png`` and ``root/val/<class>/*.png``."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for label in range(classes):
+            folder = root / split / f"n{label:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(class_image(rng, label, *size, grey=grey)).save(folder / f"img{i}{suffix}")
+    return root
+
+
+def cifar10(root: Path, *, per_batch: int = 4, test: int = 6, seed: int = 0) -> Path:
+    """``root/cifar-10-batches-py`` with data_batch_1..5, test_batch and batches.meta (pickles)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(n: int) -> dict:
+        labels = (np.arange(n) % 10).tolist()
+        data = np.stack([class_image(rng, y, 32, 32).transpose(2, 0, 1).reshape(-1) for y in labels])
+        return {b"batch_label": b"x", b"data": data, b"labels": labels, b"filenames": [b"f.png"] * n}
+
+    for k in range(1, 6):
+        with open(folder / f"data_batch_{k}", "wb") as fh:
+            pickle.dump(batch(per_batch), fh, protocol=2)
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump(batch(test), fh, protocol=2)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [n.encode() for n in CIFAR10_NAMES]}, fh, protocol=2)
+    return root
+
+
+def _es_sample(rng: np.random.Generator, label: int, n_events: int = 300, size: int = 254) -> EventSample:
+    def rows(offset: int) -> np.ndarray:
+        r = rng.integers(17 + 20 * (label % 4), 80 + 20 * (label % 4), n_events)
+        c = rng.integers(17 + offset, 200, n_events)
+        t = rng.integers(1, 9, n_events)
+        return np.stack([r, c, t], 1).astype(np.uint8)
+
+    return EventSample(pos=rows(0), neg=rows(10), height=size, width=size)
+
+
+def es_imagenet(root: Path, *, classes: int = 3, train_per_class: int = 3, val_per_class: int = 2,
+                released: bool = True, seed: int = 0) -> Path:
+    """ES-ImageNet: released layout (``trainlabel.txt`` + ``train/``; ``vallabel.txt`` + ``val/``,
+    label-file paths with the images' ``.JPEG`` names) or ours (``train/labels.txt``...)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        entries = []
+        for label in range(classes):
+            for i in range(count):
+                rel = f"n{label:08d}/img_{i}.JPEG" if released else f"n{label:08d}/img_{i}.npz"
+                write_es_sample(root / split / Path(rel).with_suffix(".npz"), _es_sample(rng, label))
+                entries.append((rel, label, 254, 254))
+        label_file = root / f"{split}label.txt" if released else root / split / "labels.txt"
+        write_label_file(label_file, entries)
+    return root
+
+
+def dvs_folder(root: Path, *, classes=CIFAR10_NAMES[:3], per_class: int = 5, n_events: int = 400, seed: int = 0) -> Path:
+    """CIFAR10-DVS layout: ``root/<class>/cifar10_<class>_<i>.aedat`` (AEDAT 2.0, DVS128)."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            x = rng.integers(10 * label, 10 * label + 60, n_events)
+            y = rng.integers(0, 128, n_events)
+            t = np.sort(rng.integers(0, 1_000_000, n_events))
+            p = rng.integers(0, 2, n_events).astype(bool)
+            write_aedat2(folder / f"cifar10_{name}_{i}.aedat", make_events(x, y, t, p), orientation="cifar10dvs")
+    return root
+
+
+def video_clips(root: Path, *, classes: int = 2, clips_per_class: int = 4, frames: int = 20,
+                size: tuple[int, int] = (256, 342), seed: int = 0) -> Path:
+    """UCF101 ``jpegs_256`` layout: ``root/<class>/<clip>/frame000001.jpg`` (a square moving per class)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for label in range(classes):
+        for c in range(clips_per_class):
+            clip = root / f"Class{label}" / f"v_Class{label}_g01_c{c:02d}"
+            clip.mkdir(parents=True, exist_ok=True)
+            for f in range(frames):
+                img = np.full((h, w, 3), 40, dtype=np.uint8)
+                top = (20 + f * (3 + 4 * label)) % (h - 40)
+                img[top : top + 40, 60 + 40 * label : 100 + 40 * label] = 230
+                img = (img.astype(np.int64) + rng.integers(0, 10, img.shape)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(img).save(clip / f"frame{f + 1:06d}.jpg", quality=90)
+    return root
+
+
+def es_ucf101(clips_root: Path, out: Path) -> Path:
+    """ES-UCF101 made from :func:`video_clips` by ``spikebridge convert video``'s function."""
+    from spikebridge.data.convert import convert_video_folder
+
+    convert_video_folder(clips_root, out, progress=False)
+    return out

@@ -1,0 +1,195 @@
+"""``spikebridge convert odg|video`` as a user runs it: real digit images and small clips in, the
+ES-ImageNet / ES-UCF101 formats out (read back with the dataset readers), a one-paragraph report,
+resumption, and one-line errors with exit status 2."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spikebridge.cli import main
+from spikebridge.data.events import ESImageNetDataset, read_es_sample, read_label_file
+from spikebridge.data.odg import events_to_dense, odg
+from spikebridge.data.static import load_mnist5k_arrays
+from spikebridge.data.video import ESUCF101Dataset, clip_to_events, read_video_events
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "spikebridge", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory):
+    """Real MNIST digits (the embedded 5k set) as PNGs in 3 class folders, plus a blank image (no
+    events: dropped), a corrupt PNG (unreadable) and a text file (ignored)."""
+    root = tmp_path_factory.mktemp("digits")
+    images, labels = load_mnist5k_arrays()
+    digits = {}
+    for cls in (3, 5, 7):
+        folder = root / f"digit_{cls}"
+        folder.mkdir()
+        for i in np.flatnonzero(labels == cls)[:3]:
+            Image.fromarray(images[i]).save(folder / f"mnist_{i}.png")
+            digits[f"digit_{cls}/mnist_{i}"] = images[i]
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(root / "digit_3" / "blank.png")
+    (root / "digit_5" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (root / "digit_7" / "README.txt").write_text("not an image")
+    return root, digits
+
+
+def test_convert_odg_digits_then_resume(digit_folder, tmp_path):
+    src, digits = digit_folder
+    out = tmp_path / "es"
+    done = run_cli("convert", "odg", "--input", str(src), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    report = done.stdout.strip()
+    assert "\n" not in report  # one paragraph
+    assert report.startswith("Converted 9 images, skipped 0 already done, dropped 1 with too few events, 1 unreadable")
+    assert "digit_3/blank.png (0 events)" in report and "digit_5/broken.png" in report
+    assert "ignored 1 entries" in report
+
+    # the ES-ImageNet format: labels.txt (sorted class order) + one .npz per digit, equal to odg()
+    entries = read_label_file(out / "labels.txt")
+    assert sorted(e.path.relative_to(out).as_posix() for e in entries) == sorted(f"{k}.npz" for k in digits)
+    for e in entries:
+        key = e.path.relative_to(out).with_suffix("").as_posix()
+        assert e.label == {"digit_3": 0, "digit_5": 1, "digit_7": 2}[key.split("/")[0]]
+        expected = odg(digits[key])
+        stored = read_es_sample(e.path, height=e.height, width=e.width)
+        assert (e.height, e.width) == (254, 254)
+        np.testing.assert_array_equal(stored.pos, expected.pos)
+        np.testing.assert_array_equal(stored.neg, expected.neg)
+    dataset = ESImageNetDataset(out)
+    assert len(dataset) == 9 and dataset.num_classes == 3
+    frames, label = dataset[0]
+    assert frames.shape == (8, 2, 224, 224) and frames.dtype == torch.float32
+    first = dataset.entries[0]
+    assert torch.equal(frames, events_to_dense(odg(digits[first.path.relative_to(out).with_suffix("").as_posix()]),
+                                               dtype=torch.float32))
+    assert label == first.label and frames.sum() > 1000
+
+    # a rerun keeps every finished file
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")}
+    again = run_cli("convert", "odg", "--input", str(src), "--out", str(out), "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("Converted 0 images, skipped 9 already done, dropped 1")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")} == before
+
+
+def test_convert_odg_parameters_and_errors(digit_folder, tmp_path, capsys):
+    src, digits = digit_folder
+    out = tmp_path / "es"
+    # non-default parameters reach ODG: a 30 px canvas for 28 px digits
+    assert main(["convert", "odg", "--input", str(src), "--out", str(out), "--size", "28", "--window", "0", "32",
+                 "--min-events", "50", "--threshold", "0.3", "--workers", "0", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("Converted 9 images")
+    entry = next(e for e in read_label_file(out / "labels.txt") if e.path.stem.startswith("mnist"))
+    key = entry.path.relative_to(out).with_suffix("").as_posix()
+    expected = odg(digits[key], size=28, window=(0, 32), min_events=50, threshold=0.3)
+    np.testing.assert_array_equal(read_es_sample(entry.path, height=28, width=28).pos, expected.pos)
+    # other parameters on the same folder need --overwrite
+    assert main(["convert", "odg", "--input", str(src), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other parameters" in err
+    # nothing converted at all: the report, then a one-line error
+    assert main(["convert", "odg", "--input", str(src), "--out", str(out), "--min-events", "10000000",
+                 "--overwrite", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "dropped 10 with too few events" in captured.out
+    assert captured.err.startswith("spikebridge: error: no image") and captured.err.count("\n") == 1
+    # bad parameter values and folders
+    for argv, message in [
+        (["--threshold", "-1"], "threshold"),
+        (["--window", "100", "50"], "window"),
+        (["--size", "300", "--window", "0", "400"], "above 255"),
+        (["--size", "0"], "size"),
+    ]:
+        assert main(["convert", "odg", "--input", str(src), "--out", str(tmp_path / "x"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and err.startswith("spikebridge: error:")
+    assert main(["convert", "odg", "--input", str(src), "--out", str(src / "events")]) == 2
+    assert "inside --input" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["convert", "odg", "--input", str(src), "--out", str(out), "--workers", "-2"])
+    assert exc.value.code == 2 and "--workers" in capsys.readouterr().err
+
+
+def test_convert_bad_input_is_one_line_in_a_real_process(tmp_path):
+    done = run_cli("convert", "video", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2
+    assert done.stderr == f"spikebridge: error: {tmp_path / 'missing'}: input folder not found\n"
+
+
+def test_convert_usage_errors(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["convert", "odg", "--input", str(empty), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no class folders" in err and err.count("\n") == 1
+    for argv in (["convert"], ["convert", "video", "--out", str(tmp_path)], ["convert", "video", "--input", str(empty),
+                 "--out", str(tmp_path / "o"), "--mode", "median"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("spikebridge convert")
+    (empty / "cls" / "clip").mkdir(parents=True)
+    assert main(["convert", "video", "--input", str(empty), "--out", str(tmp_path / "o"), "--frames", "1"]) == 2
+    assert "n_frames" in capsys.readouterr().err
+
+
+def _clip(rng, n, h=24, w=32):
+    """A bright bar sweeping right over a noisy background: n RGB frames."""
+    frames = rng.integers(0, 40, (n, h, w, 3)).astype(np.uint8)
+    for i in range(n):
+        frames[i, :, (i * (w - 4)) // n:(i * (w - 4)) // n + 4] = 230
+    return frames
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    for cls in ("Archery", "Bowling"):
+        for g in range(2):
+            clip = root / cls / f"v_{cls}_g{g:02d}_c01"
+            clip.mkdir(parents=True)
+            for i, frame in enumerate(_clip(rng, 12 + 5 * g)):
+                Image.fromarray(frame).save(clip / f"frame{i + 1:06d}.jpg")
+    (root / "Bowling" / "v_Bowling_g09_c01").mkdir()  # an empty clip: unreadable
+    return root
+
+
+@pytest.mark.parametrize("mode", ["random", "percentile"])
+def test_convert_video(clip_folder, tmp_path, mode, capsys):
+    out = tmp_path / "es-ucf"
+    argv = ["convert", "video", "--input", str(clip_folder), "--out", str(out), "--mode", mode,
+            "--seed", "3", "--frames", "11", "--no-progress"]
+    if mode == "random":  # once as a real process
+        done = run_cli(*argv)
+        assert done.returncode == 0, done.stderr
+        stdout = done.stdout
+    else:
+        assert main(argv) == 0
+        stdout = capsys.readouterr().out
+    assert stdout.startswith("Converted 4 clips, skipped 0 already done, dropped 0 with too few events, 1 unreadable")
+    assert "Bowling/v_Bowling_g09_c01" in stdout
+    dataset = ESUCF101Dataset(out)
+    assert len(dataset) == 4 and dataset.labels == [0, 0, 1, 1]
+    frames, label = dataset[3]
+    assert frames.shape == (10, 2, 24, 32) and label == 1
+    for rel in ("Archery/v_Archery_g00_c01", "Bowling/v_Bowling_g01_c01"):
+        kwargs = {"rng": np.random.default_rng([3, zlib.crc32(rel.encode())])} if mode == "random" else {}
+        expected = clip_to_events(clip_folder / rel, n_frames=11, mode=mode, **kwargs)
+        np.testing.assert_array_equal(read_video_events(out / f"{rel}.npz"), expected)
+        assert expected.any(axis=(0, 2, 3)).all()  # the moving bar makes events at every step

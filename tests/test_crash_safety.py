@@ -1,0 +1,205 @@
+"""Crash safety: kill the trainer and the ODG converter at random moments, resume, compare.
+
+Both are SIGKILLed at least 20 times each at seeded random moments (during start-up, training,
+evaluation, and while checkpoints / samples are being written). After every kill each file a
+reader can see must be complete (checkpoints load and verify, metrics parse, samples read back);
+after the final resume the outputs must equal those of an uninterrupted run, with no temporary or
+orphaned files left. The kills run in forked copies of this process (modules and data already
+loaded, so a restart costs milliseconds); one trainer kill hits the real ``spikebridge`` command.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from test_convert import assert_same_output, forked_killed_run, npz_files, photo, temp_files
+
+import spikebridge.pipelines  # noqa: F401  (imported before forking: children start at once)
+from spikebridge import cli
+from spikebridge.data.convert import convert_image_folder_odg
+from spikebridge.data.events import read_es_sample, read_label_file
+from spikebridge.data.static import load_mnist5k_arrays
+from spikebridge.train.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 12
+PRETRAIN = [
+    "pretrain", "--data", "mnist5k", "--model", "cnn", "--no-progress", "--seed", "11", "--epochs", str(EPOCHS),
+    "--set", "ann.batch_size=32", "--set", "data.limit_train=64", "--set", "data.limit_test=48",
+]
+KILLS = 20
+
+
+def _pretrain_child(out: str, resume: bool) -> None:
+    """A forked child: ``spikebridge pretrain ... --out OUT [--resume]`` on one thread, quietly."""
+    torch.set_num_threads(1)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        code = cli.main([*PRETRAIN, "--out", out, *(["--resume"] if resume else [])])
+    os._exit(code)
+
+
+def start_pretrain(out: Path, resume: bool) -> multiprocessing.Process:
+    proc = multiprocessing.get_context("fork").Process(target=_pretrain_child, args=(str(out), resume))
+    proc.start()
+    return proc
+
+
+def visible_files(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and list(rows[0]) == ["epoch", "seconds", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+    return rows
+
+
+def check_run_state(run: Path, last_epoch: int) -> int:
+    """Every visible file of a (possibly killed) run is complete; returns the checkpoint's epoch."""
+    ann = run / "ann"
+    allowed = {"ann/metrics.csv", "ann/checkpoints/last.json"}
+    for name in visible_files(run):
+        assert name in allowed or (name.startswith("ann/checkpoints/last-e") and name.endswith(".safetensors")), name
+    epoch = 0
+    if (ann / "checkpoints" / "last.json").exists():
+        ckpt = load_checkpoint(ann / "checkpoints" / "last.json")  # verifies the SHA-256 of the tensors
+        epoch = ckpt.epoch
+        assert epoch >= last_epoch, "a checkpoint went back in time"
+        assert len(ckpt.meta["history"]) == epoch and torch.isfinite(ckpt.model_state["fc.weight"]).all()
+    if (ann / "metrics.csv").exists():
+        rows = read_metrics(ann / "metrics.csv")
+        # metrics.csv is replaced just before the checkpoint: it is at most one epoch ahead
+        assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1)) and len(rows) in (epoch, epoch + 1)
+    return epoch
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # wall time differs
+
+
+def test_kill_trainer_and_resume_equals_uninterrupted(tmp_path):
+    load_mnist5k_arrays()  # parsed once here; every forked child reuses the cache
+    torch.optim.Adam(torch.nn.Linear(1, 1).parameters())  # its first use imports torch._dynamo (seconds)
+    reference = tmp_path / "reference"
+    started = time.monotonic()
+    proc = start_pretrain(reference, resume=False)
+    proc.join(timeout=120)
+    full = time.monotonic() - started
+    assert proc.exitcode == 0
+    print(f"uninterrupted run: {full:.2f} s")
+
+    run = tmp_path / "killed"
+    rng = np.random.default_rng(2024)
+    kills, epoch, during_write, advanced = 0, 0, 0, 0
+    attempts = 0
+    while kills < KILLS and attempts < 4 * KILLS:
+        attempts += 1
+        # a random moment within the first ~2 epochs of this (resumed) run, start-up included
+        delay = rng.uniform(0.0, 2.0 * full / EPOCHS)
+        proc = start_pretrain(run, resume=True)
+        proc.join(timeout=delay)
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(timeout=60)
+            kills += 1
+        during_write += any(p.name.endswith(".tmp") for p in run.rglob(".*"))
+        new_epoch = check_run_state(run, epoch)
+        advanced += new_epoch > epoch
+        epoch = new_epoch
+        if epoch == EPOCHS:
+            break
+    print(f"{kills} kills in {attempts} starts; the checkpoint advanced {advanced} times; "
+          f"{during_write} kills left a temporary file (killed mid-write); epoch {epoch} of {EPOCHS} reached")
+    assert kills >= KILLS or epoch == EPOCHS
+    assert kills >= KILLS, "the run finished before 20 kills: the kill moments are too late"
+
+    # one more kill, of the real command (its own process, its own interpreter), once it has
+    # written something; then resume to the end with the real command too
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [str(ROOT / ".venv" / "bin" / "spikebridge"), *PRETRAIN, "--out", str(run), "--resume"]
+    if epoch < EPOCHS - 1:
+        before = (run / "ann" / "checkpoints" / "last.json").stat().st_mtime_ns if epoch else 0
+        real = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while real.poll() is None and time.monotonic() < deadline:
+            last = run / "ann" / "checkpoints" / "last.json"
+            if last.exists() and last.stat().st_mtime_ns != before:
+                time.sleep(rng.uniform(0.0, full / EPOCHS))
+                break
+            time.sleep(0.01)
+        real.send_signal(signal.SIGKILL)
+        real.wait(timeout=60)
+        epoch = check_run_state(run, epoch)
+    finish = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+
+    # the same result as the uninterrupted run: metrics, weights, optimizer and RNG state
+    assert comparable(read_metrics(run / "ann" / "metrics.csv")) == comparable(read_metrics(reference / "ann" / "metrics.csv"))
+    got = load_checkpoint(run / "ann" / "checkpoints" / "last.json")
+    want = load_checkpoint(reference / "ann" / "checkpoints" / "last.json")
+    assert got.epoch == want.epoch == EPOCHS
+    assert got.tensors.keys() == want.tensors.keys()
+    for key in want.tensors:
+        assert torch.equal(got.tensors[key], want.tensors[key]), key
+    assert got.record["sha256"] == want.record["sha256"]
+    # nothing partial or orphaned is left: no temporary files, one tensors file
+    assert visible_files(run) == visible_files(reference) == [
+        f"ann/checkpoints/last-e{EPOCHS:04d}.safetensors", "ann/checkpoints/last.json", "ann/metrics.csv"]
+    assert not [p for p in run.rglob(".*")], "temporary files left behind"
+    assert load_file(str(run / "ann" / "checkpoints" / f"last-e{EPOCHS:04d}.safetensors"))
+
+
+# ------------------------------------------------------------------------------------------------
+# the ODG converter (extends tests/test_convert.py's kill test: more kills, a smaller tree)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_image_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("odg_input")
+    rng = np.random.default_rng(9)
+    shapes = [(120, 160), (160, 120), (90, 90), (64, 200), (200, 64), (100, 150), (150, 100), (80, 120),
+              (128, 128), (70, 210), (140, 90), (96, 96)]
+    for i, (h, w) in enumerate(shapes):
+        cls = root / f"class_{i % 3}"
+        cls.mkdir(exist_ok=True)
+        Image.fromarray(photo(rng, h, w)).save(cls / f"img_{i:02d}.{'png' if i % 2 else 'jpg'}")
+    (root / "class_1" / "notes.txt").write_text("not an image")
+    (root / "class_2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    return root
+
+
+def test_kill_converter_and_resume_equals_uninterrupted(small_image_tree, tmp_path):
+    reference = tmp_path / "reference"
+    ref = convert_image_folder_odg(small_image_tree, reference, workers=0, progress=False)
+    assert ref.written == 12 and [p for p, _ in ref.failed] == ["class_2/broken.png"]
+    full = ref.elapsed_s
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(77)
+    counts = []
+    for _ in range(KILLS):
+        forked_killed_run(small_image_tree, out, rng.uniform(0.0, 0.35) * full + 0.02)
+        done = npz_files(out) if out.exists() else []
+        for rel in done:  # whatever the moment of the kill, every visible sample is complete
+            read_es_sample(out / rel)
+        if (out / "labels.txt").exists():  # and the label file, when there, lists readable samples
+            assert len(read_label_file(out / "labels.txt")) == ref.written
+        counts.append(len(done))
+    print(f"samples on disk after each of {KILLS} kills: {counts}")
+    assert len(set(counts)) >= 3, "the kills did not land at different stages of the conversion"
+    report = convert_image_folder_odg(small_image_tree, out, workers=0, progress=False)
+    assert report.written == ref.written and report.reused + report.converted == ref.written
+    assert_same_output(out, reference)
+    assert not temp_files(out)

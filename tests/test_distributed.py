@@ -1,0 +1,87 @@
+"""DDP on CPU: 2 gloo processes under torchrun train exactly what one process does with the same
+global batch (SyncBN over both ranks), and both ranks end with identical weights."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spikebridge import cli, pipelines
+from spikebridge.train import distributed
+from spikebridge.train.checkpoint import load_checkpoint
+from spikebridge.utils import seed_everything
+
+HERE = Path(__file__).parent
+# a tiny real run: 128 digits, global batch 32 (16 per rank), 2 epochs of SGD with momentum, the
+# sharpened-ReLU ANN (its schedule follows the epoch), random-shift augmentation, SyncBN
+FLAGS = [
+    "--data", "mnist5k", "--model", "cnn", "--seed", "3", "--device", "cpu", "--no-progress",
+    "--set", "ann.epochs=2", "--set", "ann.lr=0.01", "--set", "data.limit_train=128", "--set", "data.limit_test=64",
+    "--set", "ann.batch_size=32", "--set", "ann.optimizer=sgd", "--set", "ann.schedule=step",
+    "--set", "ann.milestones=[1]", "--set", "run.sync_bn=true",
+]
+
+
+def _torchrun(out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent / "src")}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(HERE / "_ddp_worker.py"), str(out), *FLAGS]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _config(out: Path):
+    return cli._pipeline_config(cli.build_parser().parse_args(["pretrain", "--out", str(out), *FLAGS]))
+
+
+def test_two_gloo_ranks_match_one_process_with_the_global_batch(tmp_path):
+    done = _torchrun(tmp_path / "ddp")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rank0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:  # parameters and BN running statistics, bit for bit
+        assert torch.equal(rank0[key], rank1[key]), key
+
+    # one process, the same global batch of 32 (SyncBN does nothing without a process group)
+    cfg = _config(tmp_path / "single")
+    assert cfg.run.sync_bn and cfg.ann.batch_size == 32 and cfg.ann.optimizer == "sgd" and cfg.ann.epochs == 2
+    bundle = pipelines.open_static(cfg)
+    seed_everything(cfg.run.seed)
+    initial = pipelines.build_model(cfg, bundle, pipelines.ann_neuron(cfg), 1).state_dict()
+    ann, single = pipelines.pretrain_ann(cfg, bundle, torch.device("cpu"))
+    moved = 0.0
+    for key, value in ann.state_dict().items():
+        torch.testing.assert_close(rank0[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        if value.is_floating_point():
+            moved = max(moved, (value - initial[key]).abs().max().item())
+    assert moved > 1e-2  # training really changed the weights
+
+    # the command line under torchrun: rank 0 wrote the run, with the same weights and metrics
+    ckpt = load_checkpoint(tmp_path / "ddp" / "cli" / "ann" / "checkpoints" / "last.json")
+    assert ckpt.epoch == 2
+    for key, value in ckpt.model_state.items():
+        torch.testing.assert_close(value, rank0[key], rtol=1e-5, atol=1e-6, msg=key)
+    for ours, theirs in zip(ckpt.meta["history"], single.history, strict=True):
+        assert ours["test_acc"] == pytest.approx(theirs["test_acc"], abs=1e-9)  # counts summed over ranks
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+    assert not list((tmp_path / "ddp").glob("**/*.tmp"))
+
+
+def test_global_batchnorm_equals_batchnorm_without_a_process_group():
+    """Outside a process group the converted BN is the ordinary one (and converts back in place)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    reference = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    reference.load_state_dict(model.state_dict())
+    keys = list(model.state_dict())
+    assert distributed.convert_sync_batchnorm(model, torch.device("cpu")) == 1
+    assert isinstance(model[1], distributed.GlobalBatchNorm) and list(model.state_dict()) == keys
+    x = torch.randn(6, 1, 8, 8)
+    torch.testing.assert_close(model(x), reference(x))
+    torch.testing.assert_close(model[1].running_var, reference[1].running_var)
+    distributed.revert_sync_batchnorm(model)
+    assert type(model[1]) is torch.nn.BatchNorm2d

@@ -1,0 +1,156 @@
+"""NIR export: the file reads back with the same node types, shapes and parameters, and a small
+discrete-time simulation of the NIR graph reproduces the SNN's output."""
+import math
+
+import nir
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import spikebridge as sb
+from spikebridge.errors import ConfigError
+from spikebridge.export import export_nir, neuron_parameters
+from spikebridge.spikify import spikify
+
+
+def simulate(graph, frames: np.ndarray) -> np.ndarray:
+    """Run a NIR graph step by step (dt = 1, exact integration of LIF/IF), ``frames [T, ...]``;
+    returns the output at every step. A node's input is the sum over its incoming edges."""
+    preds = {name: [s for s, d in graph.edges if d == name] for name in graph.nodes}
+    order, done = [], set()
+    while len(order) < len(graph.nodes):
+        for name in graph.nodes:
+            if name not in done and all(p in done for p in preds[name]):
+                order.append(name)
+                done.add(name)
+    state, outputs = {}, []
+    for frame in frames:
+        values = {}
+        for name in order:
+            node = graph.nodes[name]
+            x = frame if isinstance(node, nir.Input) else sum(values[p] for p in preds[name])
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+            if isinstance(node, nir.Conv2d):
+                y = F.conv2d(t[None], torch.as_tensor(node.weight, dtype=torch.float64), torch.as_tensor(node.bias, dtype=torch.float64),
+                             tuple(node.stride), tuple(node.padding), tuple(node.dilation), node.groups)[0]
+            elif isinstance(node, nir.Affine):
+                y = torch.as_tensor(node.weight, dtype=torch.float64) @ t + torch.as_tensor(node.bias, dtype=torch.float64)
+            elif isinstance(node, nir.Linear):
+                y = torch.as_tensor(node.weight, dtype=torch.float64) @ t
+            elif isinstance(node, nir.Flatten):
+                y = t.reshape(-1)
+            elif isinstance(node, nir.AvgPool2d):
+                y = F.avg_pool2d(t[None], tuple(node.kernel_size), tuple(node.stride), tuple(node.padding))[0]
+            elif isinstance(node, nir.Scale):
+                y = t * torch.as_tensor(node.scale, dtype=torch.float64)
+            elif isinstance(node, (nir.LIF, nir.IF)):
+                v = state.get(name, torch.zeros_like(t))
+                r = torch.as_tensor(node.r, dtype=torch.float64)
+                if isinstance(node, nir.LIF):
+                    tau = torch.as_tensor(node.tau, dtype=torch.float64)
+                    decay = torch.where(tau > 0, torch.exp(-1.0 / tau.clamp(min=1e-300)), torch.zeros_like(tau))
+                    v = decay * v + (1 - decay) * r * t
+                else:
+                    v = v + r * t
+                spike = (v > torch.as_tensor(node.v_threshold, dtype=torch.float64)).double()
+                state[name] = torch.where(spike > 0, torch.as_tensor(node.v_reset, dtype=torch.float64), v)
+                y = spike
+            else:  # Input, Output
+                y = t
+            values[name] = y
+            if isinstance(node, nir.Output):
+                outputs.append(y.numpy())
+    return np.stack(outputs)
+
+
+def _registry_snn():
+    torch.manual_seed(0)
+    snn = sb.create_model("cnn", neuron=sb.NeuronConfig(kind="lif", decay=0.5, threshold=0.3), T=3, in_channels=1)
+    snn.train()
+    with torch.no_grad():
+        snn(torch.randn(16, 1, 16, 16))  # non-trivial BN statistics
+        for m in snn.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.3)
+    return snn.eval()
+
+
+class ResidualNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        h = self.relu(self.stem(x))
+        h = self.relu(self.conv(h) + h)
+        h = self.pool(h)
+        return self.fc(h.view(h.size(0), -1))
+
+
+@pytest.mark.parametrize("kind", ["registry", "spikified"])
+def test_nir_round_trip_types_shapes_parameters_and_dynamics(kind, tmp_path):
+    if kind == "registry":
+        snn, shape = _registry_snn(), (1, 16, 16)
+    else:
+        torch.manual_seed(0)
+        ann = ResidualNet().eval()
+        snn, shape = spikify(ann, sb.NeuronConfig(kind="lif", decay=0.25), T=4, calibration=[torch.randn(32, 1, 8, 8)]).eval(), (1, 8, 8)
+    path = tmp_path / "net.nir"
+    graph = export_nir(snn, shape, path)
+    back = nir.read(path)
+    assert {k: type(v).__name__ for k, v in back.nodes.items()} == {k: type(v).__name__ for k, v in graph.nodes.items()}
+    assert sorted(back.edges) == sorted(graph.edges)
+    for name, node in graph.nodes.items():
+        for field in ("weight", "bias", "tau", "r", "v_threshold", "v_leak", "v_reset", "scale"):
+            if hasattr(node, field):
+                np.testing.assert_allclose(getattr(back.nodes[name], field), getattr(node, field), err_msg=f"{name}.{field}")
+    assert float(back.metadata["dt"]) == 1.0 and int(back.metadata["time_steps"]) == snn.T
+    types = [type(v).__name__ for v in back.nodes.values()]
+    if kind == "registry":
+        assert types.count("Conv2d") == 3 and types.count("LIF") == 3 and "BatchNorm" not in "".join(types)
+        # BN folded: conv1's NIR weight = conv weight * gamma / sqrt(var + eps)
+        bn = snn.bn1
+        factor = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy()
+        np.testing.assert_allclose(back.nodes["conv1"].weight, snn.conv1.weight.detach().numpy() * factor[:, None, None, None], rtol=1e-5)
+        lif = back.nodes["act1"]
+        assert lif.tau.shape == (16, 16, 16)
+        np.testing.assert_allclose(lif.tau, -1 / math.log(0.5), rtol=1e-6)
+        np.testing.assert_allclose(lif.r, 1 / (1 - 0.5), rtol=1e-6)
+        np.testing.assert_allclose(lif.v_threshold, 0.3, rtol=1e-6)
+    else:
+        assert types.count("Scale") == 2 and types.count("LIF") == 2
+        # the residual sum is two edges into the second neuron
+        second = [s for s, d in back.edges if d == "relu_2"]
+        assert sorted(second) == ["conv", "relu_scale"]
+    # the NIR graph, simulated, computes what the SNN computes (mean over T of the output)
+    x = torch.randn(2, *shape)
+    expected = snn(x).detach().numpy()
+    for i in range(2):
+        frames = np.repeat(x[i].numpy()[None], snn.T, axis=0)
+        np.testing.assert_allclose(simulate(back, frames).mean(0), expected[i], rtol=1e-4, atol=1e-4)
+
+
+def test_neuron_parameter_mapping_edge_cases():
+    if_params = neuron_parameters(sb.LIF(decay=1.0, threshold=0.5), (3,))
+    assert if_params["type"] == "IF" and np.allclose(if_params["r"], 1.0)
+    zero = neuron_parameters(sb.LIF(decay=0.0, threshold=0.5), (3,))
+    assert np.allclose(zero["tau"], 0.0) and np.allclose(zero["r"], 1.0)
+    with pytest.raises(ConfigError, match="LIAF"):
+        neuron_parameters(sb.LIAF(), (3,))
+
+
+def test_export_refuses_max_pooling_and_anns(tmp_path):
+    ann = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 3 * 3, 2))
+    snn = spikify(ann, "lif", T=2, example_input=torch.randn(2, 1, 8, 8))
+    with pytest.raises(ConfigError, match=r"layer '2' \(MaxPool2d\).*max-pooling"):
+        export_nir(snn, (1, 8, 8), tmp_path / "x.nir")
+    with pytest.raises(ConfigError, match="spiking model"):
+        export_nir(sb.create_model("cnn", neuron="relu", in_channels=1), (1, 8, 8), tmp_path / "y.nir")
+    assert not (tmp_path / "x.nir").exists()

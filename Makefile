@@ -31,7 +31,7 @@ test: $(VENV)/.installed-dev
 
 # peers for the side-by-side benchmarks (never runtime dependencies; --no-deps keeps the CPU torch)
 bench-deps: $(VENV)/.installed-dev
-	$(PIP) install -q --no-deps spikingjelly==2.0.0 snntorch
+	$(PIP) install -q --no-deps spikingjelly==2.0.0 snntorch loguru
 
 clean:
 	rm -rf runs .pytest_cache

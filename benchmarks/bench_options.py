@@ -88,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
                       for n, w in loads.items()}
             records.append({"model": model, "T": steps, "B": args.batch, "time": times, "memory": memory})
             for name in loads:
-                peak = memory[name]["peak_bytes"]
+                peak, kept = memory[name]["peak_bytes"], memory[name]["forward_kept_bytes"]
                 rows.append([model, steps, args.batch, name, f"{times[name]['median_s']:.3f}",
                              f"{times[name]['ratio_to_' + base]:.2f}", mib(peak),
-                             f"{peak / memory[base]['peak_bytes']:.2f}"])
+                             f"{peak / memory[base]['peak_bytes']:.2f}", mib(kept),
+                             f"{kept / memory[base]['forward_kept_bytes']:.2f}"])
                 print(" | ".join(str(c) for c in rows[-1]), flush=True)
-    header = ["model", "T", "B", "variant", "train step s", "time / default", "peak step MiB", "memory / default"]
+    header = ["model", "T", "B", "variant", "train step s", "time / default", "peak step MiB", "peak / default",
+              "forward keeps MiB", "kept / default"]
     markdown = f"# Options ({env['threads']} thread(s), {env['cpu']})\n\n" + table(header, rows)
     payload = {"environment": env, "results": records}
     if args.compile:

@@ -50,13 +50,14 @@ def main(argv: list[str] | None = None) -> int:
                 train = summarize(alternate({"snn": snn_train, "ann": ann_train}, args.reps), "ann")
                 infer = summarize(alternate({"snn": snn_infer, "ann": ann_infer}, args.reps), "ann")
                 record = {"model": model, "T": steps, "B": batch, "input": input_kind, "train": train, "infer": infer}
-                memory_cells = ["", "", ""]
+                memory_cells = ["", "", "", ""]
                 if args.memory:
                     mem_snn = peak_memory_median(snn.to_json(), repeats=args.memory_repeats, threads=args.threads)
                     mem_ann = peak_memory_median(ann.to_json(), repeats=args.memory_repeats, threads=args.threads)
                     record["memory"] = {"snn": mem_snn, "ann": mem_ann}
                     memory_cells = [mib(mem_snn["peak_bytes"]), mib(mem_ann["peak_bytes"]),
-                                    f"{mem_snn['peak_bytes'] / mem_ann['peak_bytes']:.2f}"]
+                                    f"{mem_snn['peak_bytes'] / mem_ann['peak_bytes']:.2f}",
+                                    f"{mem_snn['forward_kept_bytes'] / mem_ann['forward_kept_bytes']:.2f}"]
                 records.append(record)
                 rows.append([
                     model, input_kind, steps, batch,
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                 ])
                 print(" ".join(str(c) for c in rows[-1]), flush=True)
     header = ["model", "input", "T", "B", "train SNN s", "train ANN(B*T) s", "train ratio",
-              "infer SNN s", "infer ANN(B*T) s", "infer ratio", "peak SNN MiB", "peak ANN MiB", "mem ratio"]
+              "infer SNN s", "infer ANN(B*T) s", "infer ratio", "peak SNN MiB", "peak ANN MiB", "peak ratio",
+              "forward-kept ratio"]
     markdown = f"# Spiking overhead ({env['threads']} thread(s), {env['cpu']})\n\n" + table(header, rows)
     markdown += f"\nCommand: `{env['command']}`; load average at start {env['loadavg_at_start']}.\n"
     write_results(args.name, {"environment": env, "results": records}, markdown)

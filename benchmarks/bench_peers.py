@@ -56,27 +56,22 @@ def main(argv: list[str] | None = None) -> int:
         steps = {label: build(w)[0] for label, w in loads.items()}
         times = summarize(alternate(steps, args.reps), base)
         del steps
-        memory = {}
-        for _ in range(args.memory_repeats):  # alternate contenders across repeats too
-            for label, w in loads.items():
-                memory.setdefault(label, []).append(peak_memory_median(w.to_json(), repeats=1, threads=args.threads))
-        record = {"model": model, "T": args.T, "B": batch, "losses_3_steps": losses, "time": times, "memory": {}}
+        memory = {label: peak_memory_median(w.to_json(), repeats=args.memory_repeats, threads=args.threads)
+                  for label, w in loads.items()}
+        record = {"model": model, "T": args.T, "B": batch, "losses_3_steps": losses, "time": times, "memory": memory}
         for label in args.contenders:
-            peaks = sorted(m["peak_bytes"] for m in memory[label])
-            peak = peaks[len(peaks) // 2] if len(peaks) % 2 else sum(peaks[len(peaks) // 2 - 1:len(peaks) // 2 + 1]) / 2
-            record["memory"][label] = {"peak_bytes": peak, "runs": peaks}
-        for label in args.contenders:
-            peak = record["memory"][label]["peak_bytes"]
+            peak, kept = memory[label]["peak_bytes"], memory[label]["forward_kept_bytes"]
             rows.append([
                 model, args.T, batch, label,
-                f"{times[label]['median_s']:.3f}", f"{times[label]['ratio_to_' + base]:.2f}",
-                mib(peak), f"{peak / record['memory'][base]['peak_bytes']:.2f}",
+                f"{times[label]['median_s']:.3f}", f"**{times[label]['ratio_to_' + base]:.2f}**",
+                mib(peak), f"**{peak / memory[base]['peak_bytes']:.2f}**",
+                mib(kept), f"{kept / memory[base]['forward_kept_bytes']:.2f}",
                 " ".join(f"{v:.4f}" for v in losses[label]),
             ])
             print(" | ".join(str(c) for c in rows[-1]), flush=True)
         records.append(record)
     header = ["model", "T", "B", "contender", "train step s (median)", f"time / {base}", "peak step MiB",
-              f"memory / {base}", "loss after steps 1-3"]
+              f"peak / {base}", "forward keeps MiB", f"kept / {base}", "loss after steps 1-3"]
     markdown = f"# Peers ({env['threads']} thread(s), {env['cpu']})\n\n" + table(header, rows)
     markdown += f"\nCommand: `{env['command']}`; load average at start {env['loadavg_at_start']}.\n"
     write_results(args.name, {"environment": env, "results": records}, markdown)

@@ -12,8 +12,12 @@ T=4, must be within 1 point of the ANN's test accuracy.
 3. measures accuracy vs T of the fine-tuned SNN and of classic conversion of the same ANN
    (``OUT/accuracy_vs_T.png``), and writes ``OUT/byo_ann_result.json``.
 
-Measured (2 shared CPU cores, seed 0; see the ``RESULT`` block printed at the end):
-ANN 98.80% -> SNN right after the transfer 97.30% -> after 1 epoch at T=4 98.40% (gap 0.40 points).
+Measured (2 shared CPU cores, 1 thread, seed 0; ``benchmarks/results/byo_ann_mnist.json``):
+ANN 98.60% (best epoch 98.80%) -> SNN right after the transfer 97.70% -> after 1 epoch at T=4
+98.60% (gap 0.00 points; 47 s of fine-tuning). Same weights, classic conversion (IF, soft reset,
+p99.9 thresholds): 96.2% at T=4, 97.9% at T=8, 98.2% at T=16..64 (never the bridge's 98.6% within
+64 steps); the bridge's SNN: 94.1% at T=1, 98.4% at T=2, 98.6% at T=4. (A naive recipe, the
+paper's LIF decay 0.25 with the demo's LR 1e-3 one-cycle, went 99.2% -> 97.8% -> 95.7%.)
 """
 from __future__ import annotations
 
@@ -97,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     print("RESULT")
     print(f"  ANN {result['ann_acc']:.4f} -> SNN after transfer {result['transfer_acc']:.4f} -> after 1 epoch at T=4 "
           f"{result['snn_acc_after_1_epoch']:.4f} (gap {result['gap_points']:+.2f} points, within 1: {result['within_1_point']})")
-    print(f"  conversion of the same ANN reaches {curves['bridge_acc_at_trained_T']:.4f} at T={curves['conversion_T_to_match']}"
-          f" (bridge: T={curves['trained_T']}); curves in {out / 'accuracy_vs_T.png'}")
+    best_t, best_acc = max(curves["conversion"], key=lambda p: p[1])
+    reach = (f"reaches it at T={curves['conversion_T_to_match']}" if curves["conversion_T_to_match"]
+             else f"never reaches it within T <= {max(T_values)} (best {best_acc:.4f} at T={best_t})")
+    print(f"  the bridge's SNN: {curves['bridge_acc_at_trained_T']:.4f} at T={curves['trained_T']}; classic conversion of "
+          f"the same ANN {reach}; curves in {out / 'accuracy_vs_T.png'}")
     return 0 if result["within_1_point"] else 1
 
 

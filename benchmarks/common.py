@@ -93,8 +93,10 @@ def peak_memory_median(workload_json: str, *, repeats: int, **kwargs) -> dict:
     """:func:`peak_memory` ``repeats`` times (fresh processes), median of ``peak_bytes``."""
     runs = [peak_memory(workload_json, **kwargs) for _ in range(repeats)]
     report = dict(runs[0])
-    report["peak_bytes"] = statistics.median(r["peak_bytes"] for r in runs)
-    report["peak_bytes_runs"] = [r["peak_bytes"] for r in runs]
+    for key in ("peak_bytes", "forward_kept_bytes"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        report[key] = statistics.median(values) if values else None
+        report[key + "_runs"] = values
     return report
 
 

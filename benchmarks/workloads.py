@@ -187,8 +187,30 @@ def make_batch(w: Workload, generator: torch.Generator) -> tuple[torch.Tensor, t
     return x, y
 
 
-def build(w: Workload) -> tuple[Callable[[], float], Callable[[], None], nn.Module]:
-    """``(train_step, infer_step, model)`` for workload ``w``; ``train_step()`` returns the loss."""
+@dataclass
+class Parts:
+    """A built workload: the model, its optimizer, one fixed batch, and the peer state reset."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    x: torch.Tensor
+    y: torch.Tensor
+    reset: Callable[[], None]
+
+    def forward_loss(self) -> torch.Tensor:
+        """Training-mode forward and loss (gradients zeroed first); the caller runs backward."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        return F.cross_entropy(self.model(self.x), self.y)
+
+    def finish_step(self, loss: torch.Tensor) -> float:
+        loss.backward()
+        self.optimizer.step()
+        self.reset()
+        return float(loss.detach())
+
+
+def build_parts(w: Workload) -> Parts:
     if w.impl not in IMPLS:
         raise ValueError(f"unknown impl {w.impl!r}; expected one of {IMPLS}")
     torch.manual_seed(w.seed)
@@ -201,24 +223,23 @@ def build(w: Workload) -> tuple[Callable[[], float], Callable[[], None], nn.Modu
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    reset = _peer_reset(model, w)
+    return Parts(model, optimizer, x, y, _peer_reset(model, w))
+
+
+def build(w: Workload) -> tuple[Callable[[], float], Callable[[], None], nn.Module]:
+    """``(train_step, infer_step, model)`` for workload ``w``; ``train_step()`` returns the loss."""
+    parts = build_parts(w)
 
     def train_step() -> float:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        reset()
-        return float(loss.detach())
+        return parts.finish_step(parts.forward_loss())
 
     def infer_step() -> None:
-        model.eval()
+        parts.model.eval()
         with torch.no_grad():
-            model(x)
-        reset()
+            parts.model(parts.x)
+        parts.reset()
 
-    return train_step, infer_step, model
+    return train_step, infer_step, parts.model
 
 
 def _peer_reset(model: nn.Module, w: Workload) -> Callable[[], None]:

@@ -1,20 +1,56 @@
-"""Run under ``torchrun --nproc_per_node=2`` by test_distributed.py (gloo, CPU).
+"""Run under ``torchrun --standalone --nproc_per_node=2`` by test_distributed.py (gloo, CPU).
 
-1. The library path: join the process group, train the ANN with ``pipelines.pretrain_ann`` and save
-   *this rank's* final weights to ``OUT/rank<r>.safetensors`` (so the test can compare the ranks).
-2. The command line: ``spikebridge.cli.main(["pretrain", ...])``, what ``torchrun -m spikebridge``
-   runs, into ``OUT/cli`` (rank 0 writes the checkpoint).
+1. Exactness, in float64: every rank trains a DDP + SyncBN copy of a model on its share of each
+   global batch (``iterate_batches`` sharding) and, beside it, a plain copy on the whole global
+   batch in this process; the largest gradient / weight difference per step goes to
+   ``OUT/float64_rank<r>.json``.
+2. The library path: ``pipelines.pretrain_ann`` under DDP; *this rank's* final weights go to
+   ``OUT/rank<r>.safetensors`` (so the test can compare the ranks).
+3. The command line: ``spikebridge.cli.main(["pretrain", ...])``, what ``torchrun -m spikebridge``
+   runs, into ``OUT/cli`` (rank 0 writes the run).
 
 argv: OUT, then the ``pretrain`` flags shared with the test's one-process run.
 """
+import copy
+import json
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from spikebridge import cli, pipelines
+from spikebridge import cli, create_model, pipelines
+from spikebridge.data.datasets import open_dataset
+from spikebridge.data.loading import iterate_batches
 from spikebridge.train import distributed
+
+
+def float64_steps(info: distributed.DistInfo, steps: int = 6) -> dict:
+    torch.manual_seed(0)
+    model = create_model("cnn", num_classes=10, neuron="relu", in_channels=1).double()
+    single = copy.deepcopy(model)
+    distributed.convert_sync_batchnorm(model, torch.device("cpu"))
+    ddp = distributed.wrap_model(model, torch.device("cpu"))
+    opt_ddp = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt_single = torch.optim.SGD(single.parameters(), lr=0.05, momentum=0.9)
+    bundle = open_dataset("mnist5k", max_shift=2, limit_train=32 * steps)
+    shards = iterate_batches(bundle, bundle.train, 32, train=True, generator=torch.Generator().manual_seed(5),
+                             rank=info.rank, world_size=info.world_size)
+    whole = iterate_batches(bundle, bundle.train, 32, train=True, generator=torch.Generator().manual_seed(5))
+    record = {"grad": [], "weight": [], "moved": 0.0}
+    start = [p.detach().clone() for p in single.parameters()]
+    for (x_local, y_local), (x, y) in zip(shards, whole):
+        for net, opt, xb, yb in ((ddp, opt_ddp, x_local, y_local), (single, opt_single, x, y)):
+            loss = F.cross_entropy(net(xb.double()), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        pairs = list(zip(model.parameters(), single.parameters()))
+        record["grad"].append(max((a.grad - b.grad).abs().max().item() for a, b in pairs))
+        record["weight"].append(max((a - b).abs().max().item() for a, b in pairs))
+    record["moved"] = max((p - s).abs().max().item() for p, s in zip(single.parameters(), start))
+    return record
 
 
 def main() -> int:
@@ -22,10 +58,12 @@ def main() -> int:
     torch.set_num_threads(1)
     info = distributed.setup_distributed(torch.device("cpu"))
     assert info.world_size == 2, info
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"float64_rank{info.rank}.json").write_text(json.dumps(float64_steps(info)))
+
     args = cli.build_parser().parse_args(["pretrain", "--out", str(out / "library"), *flags])
     cfg = cli._pipeline_config(args)
-    bundle = pipelines.open_static(cfg)
-    ann, _result = pipelines.pretrain_ann(cfg, bundle, torch.device("cpu"))
+    ann, _result = pipelines.pretrain_ann(cfg, pipelines.open_static(cfg), torch.device("cpu"))
     state = {k: v.detach().contiguous() for k, v in ann.state_dict().items()}
     save_file(state, str(out / f"rank{info.rank}.safetensors"))
     distributed.barrier()

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 import spikebridge as sb
-from spikebridge.bridge import recalibrate_batchnorm
+from spikebridge.bridge import match_firing_rates, recalibrate_batchnorm
 from spikebridge.errors import CheckpointError, TransferError
 
 
@@ -96,3 +96,31 @@ def test_recalibrate_batchnorm_matches_spiking_statistics():
     torch.testing.assert_close(snn.blocks[1].running_mean, x.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(snn.blocks[1].running_var, x.var((0, 2, 3), unbiased=True), atol=1e-5, rtol=1e-4)
     assert snn.blocks[1].momentum == 0.1
+
+
+def test_match_firing_rates_moves_rates_to_the_ann():
+    torch.manual_seed(0)
+    ann = sb.create_model("cnn", neuron=sb.NeuronConfig("sharpened_relu", sharpen_epochs=4), in_channels=1)
+    ann.set_epoch(4)  # step-like, as at the end of the paper's pretraining
+    snn = sb.create_model("cnn", neuron="lif", T=4, in_channels=1)
+    sb.transfer(ann, snn)
+    batches = [torch.randn(32, 1, 28, 28) for _ in range(2)]
+    recalibrate_batchnorm(ann, batches)
+    recalibrate_batchnorm(snn, batches)
+    ann.eval()
+
+    def rates(model, name):
+        seen = []
+        module = dict(model.named_modules())[name]
+        hook = module.register_forward_hook(lambda m, i, o: seen.append(o.transpose(0, 1).flatten(1).mean(1)))
+        with torch.no_grad():
+            for b in batches:
+                model.eval()(b)
+        hook.remove()
+        return torch.stack(seen).mean(0)
+
+    before = (rates(snn, "blocks.2") - rates(ann, "blocks.2")).abs().mean()
+    errors = match_firing_rates(ann, snn, batches, iterations=10)
+    after = (rates(snn, "blocks.2") - rates(ann, "blocks.2")).abs().mean()
+    assert set(errors) == {"act1", "blocks.2", "blocks.5"}
+    assert after < before / 2 and after < 0.02

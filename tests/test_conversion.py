@@ -89,8 +89,8 @@ def test_conversion_curve_on_a_registry_ann_with_batchnorm():
     rate = conversion_accuracy_curve(ann, bundle, [4], input_coding="rate", calibration_batches=1, calibration_batch_size=32)
     assert len(rate) == 1
     ann_pred = ann(bundle.test.images.float() / 255).argmax(1)
-    converted = convert(ann, [bundle.train.images[:32].float() / 255], T=64)
-    agree = (outputs_at_each_T(converted, bundle.test.images.float() / 255, 64)[-1].argmax(1) == ann_pred).float().mean()
+    converted = convert(ann, [bundle.train.images[:32].float() / 255], T=32)
+    agree = (outputs_at_each_T(converted, bundle.test.images.float() / 255, 32)[-1].argmax(1) == ann_pred).float().mean()
     assert agree > 0.7
 
 
@@ -105,3 +105,15 @@ def test_conversion_vs_bridge_writes_the_figure(tmp_path):
     assert (tmp_path / "accuracy_vs_T.png").stat().st_size > 1000
     assert [t for t, _ in result["bridge"]] == [1, 2, 4] and [t for t, _ in result["conversion"]] == [1, 4]
     assert result["trained_T"] == 2 and result["bridge_acc_at_trained_T"] == dict(map(tuple, result["bridge"]))[2]
+
+
+def test_raster_and_event_frame_figures(tmp_path):
+    from spikebridge.analysis.figures import plot_event_frames, plot_spike_raster, record_spikes
+
+    snn = sb.create_model("cnn", num_classes=4, neuron="lif", T=3, in_channels=1).eval()
+    layer, spikes = record_spikes(snn, torch.randn(2, 1, 12, 12) * 3, neurons=10)
+    assert layer == "act1" and spikes.shape == (3, 10)
+    plot_spike_raster(spikes, tmp_path / "raster.png", title="raster")
+    frames = (torch.rand(4, 2, 8, 8) > 0.8).float()
+    plot_event_frames(frames, tmp_path / "events.png", title="events")
+    assert (tmp_path / "raster.png").stat().st_size > 1000 and (tmp_path / "events.png").stat().st_size > 1000

@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -86,6 +85,15 @@ def check_run_state(run: Path, last_epoch: int) -> int:
     return epoch
 
 
+def writing(run: Path) -> bool:
+    """A checkpoint or metrics write is in progress (its hidden temporary file exists)."""
+    for folder in (run / "ann" / "checkpoints", run / "ann"):
+        with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+            if any(e.name.startswith(".") and e.name.endswith(".tmp") and "write-test" not in e.name for e in entries):
+                return True
+    return False
+
+
 def comparable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # wall time differs
 
@@ -96,38 +104,60 @@ def test_kill_trainer_and_resume_equals_uninterrupted(tmp_path):
     reference = tmp_path / "reference"
     started = time.monotonic()
     proc = start_pretrain(reference, resume=False)
-    proc.join(timeout=120)
+    first_checkpoint = None
+    while proc.is_alive() and time.monotonic() - started < 120:
+        if first_checkpoint is None and (reference / "ann" / "checkpoints" / "last.json").exists():
+            first_checkpoint = time.monotonic() - started
+        time.sleep(0.005)
+    proc.join(timeout=60)
     full = time.monotonic() - started
-    assert proc.exitcode == 0
-    print(f"uninterrupted run: {full:.2f} s")
+    assert proc.exitcode == 0 and first_checkpoint is not None
+    epoch_time = (full - first_checkpoint) / (EPOCHS - 1)
+    print(f"uninterrupted run: {full:.2f} s, first checkpoint after {first_checkpoint:.2f} s, "
+          f"then {epoch_time:.2f} s per epoch")
 
     run = tmp_path / "killed"
     rng = np.random.default_rng(2024)
-    kills, epoch, during_write, advanced = 0, 0, 0, 0
-    attempts = 0
-    while kills < KILLS and attempts < 4 * KILLS:
-        attempts += 1
-        # a random moment within the first ~2 epochs of this (resumed) run, start-up included
-        delay = rng.uniform(0.0, 2.0 * full / EPOCHS)
+    state = {"kills": 0, "epoch": 0, "mid_write": 0, "advanced": 0}
+
+    def kill_once(targeted: bool) -> None:
+        """Start a resumed run and SIGKILL it: at a random moment from the start to ~1 epoch after
+        its first checkpoint (start-up, training, evaluation or a write), or, ``targeted``, as
+        soon as a temporary file shows a write in progress. Paced so that 20 kills happen before
+        the run ends: once ahead of schedule, random kills come before the first checkpoint."""
+        ahead = state["epoch"] >= (EPOCHS // 2) * (state["kills"] + 1) / KILLS
+        window = 0.8 * first_checkpoint if ahead else first_checkpoint + 1.2 * epoch_time
+        temps_before = {p.name for p in run.rglob(".*.tmp")}
         proc = start_pretrain(run, resume=True)
-        proc.join(timeout=delay)
+        if targeted:
+            deadline = time.monotonic() + first_checkpoint + 2 * epoch_time
+            while proc.is_alive() and time.monotonic() < deadline and not writing(run):
+                time.sleep(0.0005)
+        else:
+            proc.join(timeout=rng.uniform(0.0, window))
         if proc.is_alive():
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(timeout=60)
-            kills += 1
-        during_write += any(p.name.endswith(".tmp") for p in run.rglob(".*"))
-        new_epoch = check_run_state(run, epoch)
-        advanced += new_epoch > epoch
-        epoch = new_epoch
-        if epoch == EPOCHS:
+            state["kills"] += 1
+            state["mid_write"] += bool({p.name for p in run.rglob(".*.tmp")} - temps_before)
+        new_epoch = check_run_state(run, state["epoch"])  # every visible file is complete
+        state["advanced"] += new_epoch > state["epoch"]
+        state["epoch"] = new_epoch
+
+    while state["kills"] < KILLS and state["epoch"] < EPOCHS:
+        kill_once(targeted=state["kills"] % 4 == 3)
+    for _ in range(10):  # make sure at least one kill hit a write in progress
+        if state["mid_write"] or state["epoch"] >= EPOCHS - 2:
             break
-    print(f"{kills} kills in {attempts} starts; the checkpoint advanced {advanced} times; "
-          f"{during_write} kills left a temporary file (killed mid-write); epoch {epoch} of {EPOCHS} reached")
-    assert kills >= KILLS or epoch == EPOCHS
+        kill_once(targeted=True)
+    kills, epoch = state["kills"], state["epoch"]
+    print(f"{kills} kills; the checkpoint advanced {state['advanced']} times; {state['mid_write']} kills left a "
+          f"temporary file (killed mid-write); epoch {epoch} of {EPOCHS} reached")
     assert kills >= KILLS, "the run finished before 20 kills: the kill moments are too late"
+    assert state["mid_write"] >= 1, "no kill landed during a write"
 
     # one more kill, of the real command (its own process, its own interpreter), once it has
-    # written something; then resume to the end with the real command too
+    # written a checkpoint; then resume to the end
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [str(ROOT / ".venv" / "bin" / "spikebridge"), *PRETRAIN, "--out", str(run), "--resume"]
     if epoch < EPOCHS - 1:
@@ -137,14 +167,16 @@ def test_kill_trainer_and_resume_equals_uninterrupted(tmp_path):
         while real.poll() is None and time.monotonic() < deadline:
             last = run / "ann" / "checkpoints" / "last.json"
             if last.exists() and last.stat().st_mtime_ns != before:
-                time.sleep(rng.uniform(0.0, full / EPOCHS))
+                time.sleep(rng.uniform(0.0, epoch_time))
                 break
             time.sleep(0.01)
         real.send_signal(signal.SIGKILL)
-        real.wait(timeout=60)
+        assert real.wait(timeout=60) == -signal.SIGKILL, "the real command ended before it was killed"
         epoch = check_run_state(run, epoch)
-    finish = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert finish.returncode == 0, finish.stderr
+        print(f"killed the real spikebridge command at epoch {epoch}")
+    proc = start_pretrain(run, resume=True)
+    proc.join(timeout=300)
+    assert proc.exitcode == 0
 
     # the same result as the uninterrupted run: metrics, weights, optimizer and RNG state
     assert comparable(read_metrics(run / "ann" / "metrics.csv")) == comparable(read_metrics(reference / "ann" / "metrics.csv"))
@@ -190,7 +222,7 @@ def test_kill_converter_and_resume_equals_uninterrupted(small_image_tree, tmp_pa
     rng = np.random.default_rng(77)
     counts = []
     for _ in range(KILLS):
-        forked_killed_run(small_image_tree, out, rng.uniform(0.0, 0.35) * full + 0.02)
+        forked_killed_run(small_image_tree, out, rng.uniform(0.0, 0.2) * full + 0.02)
         done = npz_files(out) if out.exists() else []
         for rel in done:  # whatever the moment of the kill, every visible sample is complete
             read_es_sample(out / rel)

@@ -1,5 +1,12 @@
-"""DDP on CPU: 2 gloo processes under torchrun train exactly what one process does with the same
-global batch (SyncBN over both ranks), and both ranks end with identical weights."""
+"""DDP on CPU: 2 gloo processes under torchrun train what one process does with the same global
+batch (SyncBN over both ranks), and both ranks end with identical weights.
+
+Exactness is checked in float64 (agreement to 1e-10 over 6 SGD steps: the sharded batches, the
+gradient average and the synchronised BatchNorm are the one-process computation). The float32 run
+through ``pretrain_ann`` and the CLI agrees to 1e-4 after 8 steps: on MNIST the many identical
+background pixels make training amplify float32 rounding (~1e-7 per step) by a few times per step.
+"""
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +48,10 @@ def _config(out: Path):
 def test_two_gloo_ranks_match_one_process_with_the_global_batch(tmp_path):
     done = _torchrun(tmp_path / "ddp")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for rank in (0, 1):
+        exact = json.loads((tmp_path / "ddp" / f"float64_rank{rank}.json").read_text())
+        assert len(exact["grad"]) == 6 and exact["moved"] > 1e-2
+        assert max(exact["grad"]) < 1e-10 and max(exact["weight"]) < 1e-10, exact
     rank0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
     assert rank0.keys() == rank1.keys()
@@ -56,7 +67,7 @@ def test_two_gloo_ranks_match_one_process_with_the_global_batch(tmp_path):
     ann, single = pipelines.pretrain_ann(cfg, bundle, torch.device("cpu"))
     moved = 0.0
     for key, value in ann.state_dict().items():
-        torch.testing.assert_close(rank0[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(rank0[key], value, rtol=1e-4, atol=1e-4, msg=key)
         if value.is_floating_point():
             moved = max(moved, (value - initial[key]).abs().max().item())
     assert moved > 1e-2  # training really changed the weights

@@ -94,14 +94,16 @@ class ResidualNet(nn.Module):
         return self.fc(h.view(h.size(0), -1))
 
 
-@pytest.mark.parametrize("kind", ["registry", "spikified"])
+@pytest.mark.parametrize("kind", ["registry", "spikified", "per_channel"])
 def test_nir_round_trip_types_shapes_parameters_and_dynamics(kind, tmp_path):
     if kind == "registry":
         snn, shape = _registry_snn(), (1, 16, 16)
     else:
         torch.manual_seed(0)
         ann = ResidualNet().eval()
-        snn, shape = spikify(ann, sb.NeuronConfig(kind="lif", decay=0.25), T=4, calibration=[torch.randn(32, 1, 8, 8)]).eval(), (1, 8, 8)
+        snn = spikify(ann, sb.NeuronConfig(kind="lif", decay=0.25), T=4, calibration=[torch.randn(32, 1, 8, 8)],
+                      per_channel_thresholds=kind == "per_channel").eval()
+        shape = (1, 8, 8)
     path = tmp_path / "net.nir"
     graph = export_nir(snn, shape, path)
     back = nir.read(path)

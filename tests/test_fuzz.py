@@ -463,6 +463,12 @@ def test_cifar_pickle_reader(folder, data):
         assert isinstance(got, dict) and all(isinstance(k, bytes) or not isinstance(k, str) for k in got)
 
 
+def test_cifar_pickle_with_a_huge_memo_index_is_quick(folder):
+    """A damaged file naming memo slot 2**31 - 1 (the C unpickler would allocate gigabytes)."""
+    got, error = outcome(load_cifar_pickle, write(folder, "data_batch_2", b"\x80\x02}q\x00r\xff\xff\xff\x7f."))
+    assert error is None and got == {}
+
+
 def test_cifar_pickle_refuses_code(folder):
     """A pickle that would run code (os.system) is refused, not executed."""
     evil = b"cos\nsystem\n(S'touch " + str(folder / "pwned").encode() + b"'\ntR."

@@ -10,7 +10,7 @@ from spikebridge.config import TrainConfig
 from spikebridge.data.loading import DataBundle
 from spikebridge.data.static import TensorSplit
 from spikebridge.errors import ConfigError
-from spikebridge.spikify import SpikingNet, ThresholdNeuron, spikify
+from spikebridge.spikify import SpikingNet, spikify
 from spikebridge.train.engine import fit
 
 
@@ -83,7 +83,7 @@ def _ann(name):
 @pytest.mark.parametrize("name", list(ANNS))
 def test_spikify_keeps_names_runs_static_and_events_and_transfers(name):
     ann, x = _ann(name)
-    snn = spikify(ann, "lif", T=3, calibration=[x[:32]])
+    snn = spikify(ann, "lif", T=3, calibration=[x[:16]])
     assert isinstance(snn, SpikingNet) and snn.spiking and snn.T == 3
     ann_keys, snn_keys = set(ann.state_dict()), set(snn.state_dict())
     assert ann_keys <= snn_keys
@@ -234,3 +234,14 @@ def test_registry_ann_spikifies_with_registry_names():
     snn = spikify(ann, "lif", T=2, example_input=torch.randn(2, 1, 28, 28))
     assert set(ann.state_dict()) <= set(snn.state_dict())
     assert snn(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_per_channel_thresholds_and_rebuilding_from_a_state_dict():
+    ann, x = _ann("resnet")
+    snn = spikify(ann, "lif", T=2, calibration=[x[:16]], per_channel_thresholds=True)
+    assert snn.state_dict()["relu.threshold"].shape == (8,)
+    assert len(set(snn.state_dict()["relu.threshold"].tolist())) > 1
+    rebuilt = spikify(TinyResNet(), "lif", T=2)  # as a checkpoint loader does: no calibration
+    rebuilt.load_state_dict(snn.state_dict())
+    snn.eval(), rebuilt.eval()
+    torch.testing.assert_close(rebuilt(x[:4]), snn(x[:4]))

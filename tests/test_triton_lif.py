@@ -38,20 +38,10 @@ from spikebridge.surrogate import get_surrogate
 # True in the TRITON_INTERPRET=1 subprocess (the kernels were built by the interpreter)
 INTERPRETER = triton_lif.uses_interpreter()
 
-DEVICES = [
-    pytest.param(
-        "cpu",
-        marks=pytest.mark.skipif(
-            not INTERPRETER, reason="cpu cases run in a TRITON_INTERPRET=1 subprocess (test_interpreter_subprocess)"
-        ),
-    ),
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(
-            INTERPRETER or not torch.cuda.is_available(), reason="needs CUDA and compiled (not interpreted) kernels"
-        ),
-    ),
-]
+# The cpu cases run the kernels through Triton's interpreter (tests/conftest.py sets
+# TRITON_INTERPRET=1 when there is no GPU); on a GPU machine the cuda cases run the compiled
+# kernels and test_interpreter_subprocess re-runs the cpu cases in an interpreter subprocess.
+DEVICES = ["cpu"] if INTERPRETER else (["cuda"] if torch.cuda.is_available() else [])
 
 # name -> surrogate; non-default parameters exercise the width/sigma/alpha plumbing
 SURROGATES = {
@@ -70,7 +60,6 @@ GRAD_TOL = dict(atol=1e-6, rtol=1e-5)
 DECAY_GRAD_TOL = dict(atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.skipif(INTERPRETER, reason="already inside the TRITON_INTERPRET=1 run")
 def test_interpreter_subprocess(request):
     """Run this file's cpu cases in a fresh process with ``TRITON_INTERPRET=1``."""
     # PYTEST_ADDOPTS is dropped: options meant for the outer run (--junitxml, -n, -k) must not apply twice
@@ -274,13 +263,11 @@ def test_rejects_float64(device):
         triton_lif.multistep_triton(x, 0.25, 0.5, SURROGATES["rect"], None)
 
 
-@pytest.mark.skipif(INTERPRETER, reason="the interpreted kernels do run on CPU tensors")
 def test_compiled_module_refuses_cpu_tensors():
     with pytest.raises(ConfigError, match="CUDA"):
         run_multistep(torch.randn(2, 3), 0.25, 0.5, SURROGATES["rect"], None, backend="triton")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 def test_auto_backend_uses_triton_on_cuda(monkeypatch):
     calls = []
     monkeypatch.setattr(triton_lif, "multistep_triton", lambda *a: calls.append(a) or a[0])
@@ -304,3 +291,10 @@ def test_neuron_module_with_triton_backend(device, kind):
     assert torch.equal(outputs[0][0], outputs[1][0])
     torch.testing.assert_close(outputs[0][1], outputs[1][1], **GRAD_TOL)
     torch.testing.assert_close(outputs[0][2], outputs[1][2], **DECAY_GRAD_TOL)
+
+
+# tests that only mean something on the other kind of machine are not collected here
+if INTERPRETER:
+    del test_interpreter_subprocess, test_compiled_module_refuses_cpu_tensors
+if not torch.cuda.is_available():
+    del test_auto_backend_uses_triton_on_cuda

@@ -4,6 +4,7 @@ from .bridge import TransferReport, recalibrate_batchnorm, transfer
 from .errors import SpikebridgeError
 from .models import create_model, list_models, register_model
 from .neurons import LIAF, LIF, NeuronConfig, SharpenedReLU
+from .spikify import SpikingNet, spikify
 from .surrogate import Surrogate, get_surrogate
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ __all__ = [
     "NeuronConfig",
     "SharpenedReLU",
     "SpikebridgeError",
+    "SpikingNet",
     "Surrogate",
     "TransferReport",
     "create_model",
@@ -21,5 +23,6 @@ __all__ = [
     "list_models",
     "recalibrate_batchnorm",
     "register_model",
+    "spikify",
     "transfer",
 ]

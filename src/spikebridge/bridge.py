@@ -39,6 +39,7 @@ class TransferReport:
     adapted: list[str] = field(default_factory=list)  # first-layer keys adapted to new channels
     reinitialised: list[str] = field(default_factory=list)
     recalibrated_bn: int = 0
+    rate_errors: dict[str, float] = field(default_factory=dict)  # per layer, after match_firing_rates
 
     @property
     def match_fraction(self) -> float:
@@ -64,6 +65,9 @@ class TransferReport:
             lines.append(f"  unexpected (ignored): {', '.join(self.unexpected[:8])}{' ...' if len(self.unexpected) > 8 else ''}")
         if self.recalibrated_bn:
             lines.append(f"  re-calibrated {self.recalibrated_bn} BatchNorm layers on spiking activity")
+        if self.rate_errors:
+            worst = max(self.rate_errors.values())
+            lines.append(f"  matched firing rates to the ANN in {len(self.rate_errors)} layers (worst mean error {worst:.4f})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -76,6 +80,7 @@ class TransferReport:
             "mismatched": [[k, list(a), list(b)] for k, a, b in self.mismatched],
             "match_fraction": self.match_fraction,
             "recalibrated_bn": self.recalibrated_bn,
+            "rate_errors": self.rate_errors,
         }
 
 
@@ -176,6 +181,123 @@ def transfer(
         )
     target.load_state_dict(new_state, strict=False)
     return report
+
+
+def _channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean of a ``[N, C, ...]`` activation (N = B for the ANN, T*B for the SNN)."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1).float().mean(1) if x.dim() > 1 else x.float().mean()
+
+
+def _activation_pairs(ann: nn.Module, snn: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(name, ANN activation, SNN neuron) for every time-folded neuron whose name exists in the ANN."""
+    from .layers import TimeFolded
+
+    ann_modules = dict(getattr(ann, "module", ann).named_modules())
+    return [
+        (name, ann_modules[name], module)
+        for name, module in getattr(snn, "module", snn).named_modules()
+        if isinstance(module, TimeFolded) and name in ann_modules
+    ]
+
+
+def _feeding_batchnorms(snn: nn.Module, pairs, example: torch.Tensor) -> dict[str, nn.Module]:
+    """For each neuron, the BatchNorm that ran last before it in a forward pass (the one whose
+    bias shifts the neuron's input current: ``bn2`` for a residual block's final neuron)."""
+    last_bn: list[nn.Module | None] = [None]
+    feeding: dict[str, nn.Module] = {}
+    hooks = []
+    for module in snn.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            hooks.append(module.register_forward_hook(lambda m, i, o: last_bn.__setitem__(0, m)))
+    def note_feeder(name: str) -> None:
+        if last_bn[0] is not None and name not in feeding:
+            feeding[name] = last_bn[0]
+
+    for name, _ann_act, neuron in pairs:
+        hooks.append(neuron.register_forward_pre_hook(lambda m, i, name=name: note_feeder(name)))
+    try:
+        snn(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return feeding
+
+
+@torch.no_grad()
+def match_firing_rates(
+    ann: nn.Module,
+    snn: nn.Module,
+    batches: list[torch.Tensor],
+    *,
+    iterations: int = 10,
+    max_shift: float = 1.0,
+    device: torch.device | str = "cpu",
+    ann_batches: list[torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Threshold-aware calibration: layer by layer (in forward order), shift the bias of the
+    BatchNorm feeding each spiking neuron so that every channel's firing rate (mean over time,
+    batch and positions) equals the mean output of the ANN's activation at the same place.
+
+    Meant for ANNs whose activation is spike-like and bounded in [0, 1] (the sharpened ReLU): the
+    LIF's leak makes inputs a little below threshold fire on later steps, which a step-like ANN
+    never does; this moves each channel's effective threshold back to where the ANN learned it.
+    Per channel the rate is monotone in the bias, so a vectorised bisection over
+    ``[-max_shift, max_shift]`` (``iterations`` halvings) finds the shift. BN running statistics
+    are re-estimated before each layer. ``ann_batches`` (default: ``batches``) are what the ANN
+    sees of the same samples when the SNN's input differs (pipeD: the static images of the digits
+    whose events are in ``batches``). Returns, per layer, the mean absolute rate error after
+    calibration.
+    """
+    pairs = _activation_pairs(ann, snn)
+    if not pairs or not batches:
+        return {}
+    was_training = (ann.training, snn.training)
+    ann.eval()
+    batches = [b.to(device) for b in batches]
+    targets: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in pairs}
+    hooks = [act.register_forward_hook(lambda m, i, o, name=name: targets[name].append(_channel_mean(o)))
+             for name, act, _ in pairs]
+    try:
+        for batch in ann_batches or batches:
+            ann(batch.to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    target = {name: torch.stack(values).mean(0) for name, values in targets.items()}
+    feeding = _feeding_batchnorms(snn.eval(), pairs, batches[0])
+    errors: dict[str, float] = {}
+    for name, _act, neuron in pairs:
+        norm = feeding.get(name)
+        if norm is None or norm.bias is None or target[name].numel() != norm.bias.numel():
+            continue
+        recalibrate_batchnorm(snn, batches, device)
+        snn.eval()
+        base = norm.bias.detach().clone()
+        low = torch.full_like(base, -max_shift)
+        high = torch.full_like(base, max_shift)
+        goal = target[name].to(base.device, base.dtype)
+
+        def rate_at(shift: torch.Tensor) -> torch.Tensor:
+            norm.bias.copy_(base + shift)
+            seen: list[torch.Tensor] = []
+            hook = neuron.register_forward_hook(lambda m, i, o: seen.append(_channel_mean(o)))
+            try:
+                for batch in batches:
+                    snn(batch)
+            finally:
+                hook.remove()
+            return torch.stack(seen).mean(0).to(base.dtype)
+
+        for _ in range(iterations):
+            middle = (low + high) / 2
+            too_high = rate_at(middle) > goal
+            high = torch.where(too_high, middle, high)
+            low = torch.where(too_high, low, middle)
+        errors[name] = float((rate_at((low + high) / 2) - goal).abs().mean())
+    recalibrate_batchnorm(snn, batches, device)
+    ann.train(was_training[0])
+    snn.train(was_training[1])
+    return errors
 
 
 @torch.no_grad()

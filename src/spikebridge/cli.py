@@ -17,6 +17,7 @@ from .errors import SpikebridgeError
 
 EXAMPLES = {
     "demo": "spikebridge demo --out runs/demo",
+    "benchmark": "spikebridge benchmark --data mnist5k --out runs/benchmark",
     "pipes": "spikebridge pipes --data /data/imagenet --out runs/in1k --baseline",
     "piped": "spikebridge piped --data mnist5k --events es-mnist --baseline --out runs/piped",
     "pretrain": "spikebridge pretrain --data mnist5k --model cnn --epochs 10 --out runs/ann",
@@ -30,7 +31,7 @@ EXAMPLES = {
 # Further commands live in ``spikebridge/commands/<name>.py``; each defines
 # ``register(subparsers, add, add_common_flags)`` where ``add(name, func, help, **common_kwargs)``
 # creates a subcommand with the common flags (see ``build_parser``).
-COMMAND_MODULES: tuple[str, ...] = ("finetune", "convert", "evaluate", "export")
+COMMAND_MODULES: tuple[str, ...] = ("finetune", "convert", "evaluate", "export", "benchmark")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,15 +114,19 @@ def cmd_pipes(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .data.datasets import open_dataset
-    from .pipelines import pretrain_ann, resolve_device
+    from .pipelines import open_static, pretrain_ann, resolve_device
+    from .train.distributed import current
 
     cfg = _pipeline_config(args, {"ann.epochs": args.epochs, "ann.lr": args.lr, "ann_neuron": args.activation})
-    bundle = open_dataset(cfg.data.name, max_shift=cfg.data.max_shift, split_seed=cfg.data.split_seed,
-        limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test)
+    if cfg.run.threads:
+        import torch
+
+        torch.set_num_threads(cfg.run.threads)
+    bundle = open_static(cfg)  # all of cfg.data; model "auto" -> the model suggested for the data
     _ann, result = pretrain_ann(cfg, bundle, resolve_device(cfg.run.device))
-    print(f"ANN best test accuracy {result.best_acc:.4f} after {result.epochs} epochs ({result.seconds:.1f} s); "
-          f"checkpoint: {cfg.run.out}/ann/checkpoints/last.json")
+    if current().is_main:
+        print(f"ANN best test accuracy {result.best_acc:.4f} after {result.epochs} epochs ({result.seconds:.1f} s); "
+              f"checkpoint: {cfg.run.out}/ann/checkpoints/last.json")
     return 0
 
 

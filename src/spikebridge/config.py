@@ -82,6 +82,7 @@ class ModelConfig:
     T: int = 4
     num_classes: int = 0  # 0 = from the data
     in_channels: int = 0  # 0 = from the data
+    checkpoint_blocks: bool = False  # SNN training: recompute each block in the backward (less memory)
 
     def validate(self, where: str = "model") -> None:
         _positive_int(f"{where}.T", self.T)
@@ -95,13 +96,18 @@ class BridgeConfig:
 
     first_layer: str = "signed_polarity"  # signed_polarity | mean | skip (when input channels change)
     recalibrate_bn: bool = True  # re-estimate BN running statistics under spikes
-    calibration_batches: int = 8
+    match_rates: bool = True  # threshold-aware: match each channel's firing rate to the ANN's (pipeS, LIF)
+    calibration_batches: int = 2  # batches of calibration_batch_size training images (no augmentation)
+    calibration_batch_size: int = 256
+    calibration_iterations: int = 8  # bisection steps per layer for match_rates
     min_match: float = 0.5  # refuse when fewer than this fraction of the SNN's tensors load
     transfer_optimizer: bool = False  # also carry the ANN optimizer's state (momentum buffers) into the fine-tune
 
     def validate(self, where: str = "bridge") -> None:
         _choice(f"{where}.first_layer", self.first_layer, ("signed_polarity", "mean", "skip"))
         _positive_int(f"{where}.calibration_batches", self.calibration_batches)
+        _positive_int(f"{where}.calibration_batch_size", self.calibration_batch_size)
+        _positive_int(f"{where}.calibration_iterations", self.calibration_iterations)
         _range_float(f"{where}.min_match", self.min_match, 0.0, 1.0)
 
 
@@ -132,14 +138,16 @@ class EventsConfig:
 
     data: str = "es-mnist"  # es-mnist | an ES-ImageNet / event folder
     time_bins: int = 4  # >0: merge the stream's frames into this many steps (0 = keep them all)
+    image_size: int = 0  # >0: resize the event frames to this square size (area average); 0 = as stored
     model: str = ""  # "" = the same model as the ANN
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=1e-3))
-    scratch: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, until_plateau=2))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=2e-3))
+    scratch: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, until_plateau=2))
     compare_first_layer: bool = True  # also fine-tune briefly with the other first-layer modes
     compare_epochs: int = 1
 
     def validate(self, where: str = "events") -> None:
         _positive_int(f"{where}.time_bins", self.time_bins, allow_zero=True)
+        _positive_int(f"{where}.image_size", self.image_size, allow_zero=True)
         _positive_int(f"{where}.compare_epochs", self.compare_epochs)
         self.finetune.validate(f"{where}.finetune")
         self.scratch.validate(f"{where}.scratch")
@@ -154,8 +162,8 @@ class PipelineConfig:
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     ann_neuron: str = "sharpened_relu"  # relu | sharpened_relu
     ann: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3))
-    scratch: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, until_plateau=2))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4))
+    scratch: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, until_plateau=2))
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -306,6 +314,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict:
+    if not str(path).strip():
+        raise ConfigError("the config file path is empty")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -327,7 +337,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """Defaults <- YAML file <- dotted overrides; validated."""
-    tree: dict = read_yaml(path) if path else {}
+    tree: dict = read_yaml(path) if path is not None else {}
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)

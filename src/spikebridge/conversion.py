@@ -66,6 +66,7 @@ class IFSoftReset(nn.Module):
 def _batches_of(bundle: DataBundle, count: int, batch_size: int, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     calib = bundle if bundle.max_shift == 0 else _without_shift(bundle)
+    batch_size = max(1, min(batch_size, len(calib.train)))
     out = []
     for i, (x, _y) in enumerate(iterate_batches(calib, calib.train, batch_size, train=True, generator=generator)):
         if i >= count:

@@ -80,10 +80,12 @@ def neuron_parameters(module: nn.Module, shape: tuple[int, ...]) -> dict:
     if hasattr(module, "effective_threshold"):  # spikify's ThresholdNeuron: V * LIF(x * theta / V)
         if module.input_shift != 0.0:
             raise ConfigError(f"NIR export: the neuron replacing {module.source} shifts its input (sharpened ReLU)")
-        level = float(module.effective_threshold().detach())
+        level = module.effective_threshold().detach().double().cpu().numpy()
+        if level.ndim == 1:  # one per channel (the first per-sample dim)
+            level = level.reshape(-1, *([1] * (len(shape) - 1)))
         gain = module.input_scale * module.neuron_threshold / level
-        scale = np.full(shape, level, dtype=np.float32)
-    full = lambda v: np.full(shape, v, dtype=np.float32)  # noqa: E731
+        scale = np.broadcast_to(level, shape).astype(np.float32)
+    full = lambda v: np.broadcast_to(np.asarray(v, dtype=np.float64), shape).astype(np.float32)  # noqa: E731
     if decay >= 1.0:
         return {"type": "IF", "r": full(gain / DT), "v_threshold": full(threshold), "v_reset": full(0.0), "scale": scale}
     tau = 0.0 if decay <= 0.0 else -DT / math.log(decay)

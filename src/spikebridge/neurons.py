@@ -16,7 +16,7 @@ Two implementations of the multi-step op are kept side by side:
 * ``backend="reference"``: a plain Python loop that autograd differentiates. It is the spec.
 * ``backend="fused"``: one ``torch.autograd.Function`` whose backward is written by hand. It saves
   only what the backward needs: a ``uint8`` code per element (spike, and whether the local gradient
-  is the low one) when the gradient is a 0/1 window (rect surrogate or LIAF with fixed decay),
+  takes its high value) when the gradient is a 0/1 window (rect surrogate or LIAF with fixed decay),
   otherwise the membrane potential; nothing when no gradient is needed (``torch.no_grad()``).
   The tests check it equals the reference (spikes bit-exact, gradients to 1e-6).
 * ``backend="triton"``: a fused GPU kernel (CUDA tensors only), tested against the reference.
@@ -74,106 +74,119 @@ def multistep_reference(
 # The fused op: same forward, hand-written backward, minimal saved state.
 #
 # Every step of both loops is a handful of whole-tensor ops on ``[B, ...]`` (no per-element Python
-# work); everything that does not depend on the previous step (thresholding, the gradient window,
-# the output non-linearity, the local gradient) runs once over the whole ``[T, B, ...]`` tensor.
+# work) on a few reused ``[B, ...]`` buffers that stay in cache; the only ``[T, B, ...]`` tensors
+# are the output, the saved state and the gradient.
 # --------------------------------------------------------------------------------------------
 #: Saved-code bits (one ``uint8`` per element): bit 1 = the neuron spiked at this step; bit 0 = the
-#: local gradient takes its *low* value there (LIF: outside the rect window, gradient 0; LIAF:
-#: ``u <= 0``, gradient ``analog_slope``).
+#: local gradient takes its *high* value there (LIF: inside the rect window ``|u - threshold| <
+#: width / 2``, gradient ``1 / width``; LIAF: ``u > 0``, gradient 1; else 0 / ``analog_slope``).
 _CODE_SPIKE = 2
-_CODE_LOW = 1
+_CODE_HIGH = 1
 
 #: What the fused forward keeps for the backward.
 _KEEP_NONE, _KEEP_CODE, _KEEP_MEMBRANE = "none", "code", "membrane"
-
-
-def _membrane_loop(
-    x: torch.Tensor, decay: float | torch.Tensor, threshold: float, spikes: torch.Tensor
-) -> torch.Tensor:
-    """The recurrence over ``x: [T, ...]``: returns the membrane ``u: [T, ...]`` (x's dtype) and
-    writes the spikes ``s = u > threshold`` as 0/1 into ``spikes`` (``[T, ...]``, x's dtype).
-
-    Per step ``t > 0``: ``u[t] = (decay * u[t-1]) * (1 - s[t-1]) + x[t]``, rounded op by op in the
-    reference's order, so ``u`` is bit-identical to the reference's. (Float 0/1 masks and
-    multiplications: on CPU they are several times faster than ``where`` / ``masked_fill`` on bool.)
-    """
-    membrane = torch.empty_like(x)
-    if x.shape[0] == 0:
-        return membrane
-    membrane[0] = x[0]  # u[0] = x[0] exactly
-    torch.gt(membrane[0], threshold, out=spikes[0])
-    leak = torch.empty_like(x[0])
-    not_spiked = torch.empty_like(x[0])
-    for t in range(1, x.shape[0]):
-        torch.le(membrane[t - 1], threshold, out=not_spiked)
-        torch.mul(membrane[t - 1], decay, out=leak)
-        leak.mul_(not_spiked)  # hard reset, detached
-        torch.add(leak, x[t], out=membrane[t])
-        torch.gt(membrane[t], threshold, out=spikes[t])
-    return membrane
 
 
 def _fused_forward(x, decay, threshold, surrogate, analog_slope, keep: str):
     """Forward of the fused op over ``x: [T, ...]``; returns ``(output, saved)``.
 
     ``keep``: ``"none"`` (inference: nothing saved), ``"code"`` (``uint8 [T, ...]``, see
-    ``_CODE_SPIKE`` / ``_CODE_LOW``) or ``"membrane"`` (``u: [T, ...]`` in x's dtype).
+    ``_CODE_SPIKE`` / ``_CODE_HIGH``) or ``"membrane"`` (``u: [T, ...]`` in x's dtype).
+
+    Per step ``t > 0``: ``u = (decay * u) * (1 - s[t-1]) + x[t]``, rounded op by op in the
+    reference's order (so spikes and LIAF outputs are bit-identical to the reference's); the
+    membrane lives in one ``[B, ...]`` buffer. Masks are 0/1 floats: on CPU a multiply is several
+    times faster than ``where`` / ``masked_fill`` on a bool mask.
     """
-    spikes = torch.empty_like(x)
-    membrane = _membrane_loop(x, decay, threshold, spikes)
-    saved = membrane if keep == _KEEP_MEMBRANE else None
+    output = torch.empty_like(x)
+    saved = None
     if keep == _KEEP_CODE:
-        if analog_slope is None:  # low: outside the window |u - threshold| < width / 2 (rect's rounding)
-            low = torch.logical_not((membrane - threshold).abs_() < surrogate.width / 2)
-        else:  # low: u <= 0, where the LIAF output has the slope
-            low = torch.logical_not(membrane > 0)
-        saved = torch.add(low.view(torch.uint8), spikes.to(torch.uint8), alpha=_CODE_SPIKE)
-    if analog_slope is None:
-        return spikes, saved
-    # LIAF: the membrane buffer becomes the output unless the backward needs it
-    return F.leaky_relu(membrane, analog_slope, inplace=keep != _KEEP_MEMBRANE), saved
+        saved = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    elif keep == _KEEP_MEMBRANE:
+        saved = torch.empty_like(x)
+    if x.shape[0] == 0:
+        return output, saved
+    u = x[0].clone()  # u[0] = x[0] exactly
+    not_spiked = torch.empty_like(u)
+    scratch = torch.empty_like(u) if keep == _KEEP_CODE else None
+    spike_liaf = torch.empty_like(u) if (keep == _KEEP_CODE and analog_slope is not None) else None
+    half_width = surrogate.width / 2
+    for t in range(x.shape[0]):
+        if t > 0:
+            torch.le(u, threshold, out=not_spiked)  # 1 - s[t-1]
+            u.mul_(decay)
+            u.mul_(not_spiked)  # hard reset (detached)
+            u.add_(x[t])
+        if analog_slope is None:
+            spike = torch.gt(u, threshold, out=output[t])
+        else:
+            output[t].copy_(u)
+            F.leaky_relu_(output[t], analog_slope)
+            spike = torch.gt(u, threshold, out=spike_liaf) if spike_liaf is not None else None
+        if keep == _KEEP_MEMBRANE:
+            saved[t].copy_(u)
+        elif keep == _KEEP_CODE:
+            if analog_slope is None:  # high: |u - threshold| < width / 2, rounded as rect's grad
+                torch.sub(u, threshold, out=scratch)
+                scratch.abs_()
+                torch.lt(scratch, half_width, out=scratch)
+            else:  # high: u > 0
+                torch.gt(u, 0, out=scratch)
+            scratch.add_(spike, alpha=_CODE_SPIKE)
+            saved[t].copy_(scratch)  # 0..3 as uint8
+    return output, saved
 
 
 def _fused_backward(grad_output, saved, decay, threshold, surrogate, analog_slope, from_code: bool, want_decay_grad: bool):
     """Back-propagation through time for the fused op; returns ``(grad_x, grad_decay_or_None)``.
 
-    ``grad_u[t] = grad_output[t] * local[t] + carry[t]`` with ``carry[t] = grad_u[t+1] * (1 - s[t])
-    * decay`` (the reset is detached); ``grad_x = grad_u``. ``local`` (the surrogate's value, or
-    LIAF's 1 / slope) multiplies all steps at once, then one backward sweep adds the carries in
-    place. Masks are 0/1 in float: exact, and much faster on CPU than ``where`` on bool.
+    ``grad_u[t] = grad_output[t] * local[t] + carry[t]`` with ``carry[t] = (grad_u[t+1] *
+    (1 - s[t])) * decay`` (the reset is detached); ``grad_x = grad_u``. From the uint8 code the
+    sweep runs step by step on ``[B, ...]`` buffers; from the membrane (smooth surrogates, learnable
+    decay) the surrogate is applied to all steps at once, then the carries are added in place.
     """
     dtype = grad_output.dtype
-    # ``grad`` first holds the local gradient, then (in place) grad_output * local: one [T, ...]
-    # float buffer, which becomes grad_x
+    steps = grad_output.shape[0]
+    grad = torch.empty(grad_output.shape, dtype=dtype, device=grad_output.device)
+    if steps == 0:
+        return grad, (torch.zeros((), dtype=dtype, device=grad.device) if want_decay_grad else None)
+    carry = torch.empty_like(grad[0])
+    mask = torch.empty_like(grad[0])
     if from_code:
-        high = torch.bitwise_xor(torch.bitwise_and(saved, _CODE_LOW), _CODE_LOW)  # uint8: 1 = not low
-        not_spiked = torch.bitwise_xor(torch.bitwise_right_shift(saved, 1), 1)  # uint8 0/1
-        grad = high.to(dtype)
-        del high
-        if analog_slope is None:
-            if surrogate.width != 1.0:
-                grad.div_(surrogate.width)
-        else:  # 1 where u > 0, else the slope (max(0/1, slope) is exact for 0 <= slope <= 1)
-            grad.clamp_min_(analog_slope)
+        bits = torch.empty_like(saved[0])
+        for t in range(steps - 1, -1, -1):
+            torch.bitwise_and(saved[t], _CODE_HIGH, out=bits)
+            mask.copy_(bits)  # local gradient: 1 (high) / 0 (low)
+            if analog_slope is not None:
+                mask.clamp_min_(analog_slope)  # LIAF: 1 / slope (exact for 0 <= slope <= 1)
+            elif surrogate.width != 1.0:
+                mask.div_(surrogate.width)
+            torch.mul(grad_output[t], mask, out=grad[t])
+            if t < steps - 1:
+                grad[t].add_(carry)
+            if t > 0:
+                torch.bitwise_right_shift(saved[t - 1], 1, out=bits)
+                bits.bitwise_xor_(1)  # 1 - s[t-1]
+                mask.copy_(bits)
+                torch.mul(grad[t], mask, out=carry)
+                carry.mul_(decay)
+        return grad, None
+    membrane = saved
+    not_spiked = torch.logical_not(membrane > threshold).view(torch.uint8)
+    if analog_slope is None:
+        grad.copy_(surrogate.grad(membrane - threshold))
     else:
-        membrane = saved
-        not_spiked = torch.logical_not(membrane > threshold).view(torch.uint8)
-        if analog_slope is None:
-            grad = surrogate.grad(membrane - threshold).to(dtype)
-        else:
-            grad = (membrane > 0).to(dtype).clamp_min_(analog_slope)
+        torch.gt(membrane, 0, out=grad)
+        grad.clamp_min_(analog_slope)
     grad.mul_(grad_output)
-    grad_decay = torch.zeros((), dtype=grad.dtype, device=grad.device) if want_decay_grad else None
-    if grad.shape[0] > 1:
-        carry = torch.empty_like(grad[0])
-        mask = torch.empty_like(grad[0])
-        for t in range(grad.shape[0] - 1, 0, -1):  # grad[t] holds the final grad_u[t] here
-            mask.copy_(not_spiked[t - 1])
-            torch.mul(grad[t], mask, out=carry)
-            if grad_decay is not None:  # d u[t] / d decay = u[t-1] * (1 - s[t-1])
-                grad_decay = grad_decay + (carry * membrane[t - 1]).sum()
-            carry.mul_(decay)
-            grad[t - 1].add_(carry)
+    grad_decay = torch.zeros((), dtype=dtype, device=grad.device) if want_decay_grad else None
+    for t in range(steps - 1, 0, -1):  # grad[t] holds the final grad_u[t] here
+        mask.copy_(not_spiked[t - 1])
+        torch.mul(grad[t], mask, out=carry)
+        if grad_decay is not None:  # d u[t] / d decay = u[t-1] * (1 - s[t-1])
+            grad_decay = grad_decay + (carry * membrane[t - 1]).sum()
+        carry.mul_(decay)
+        grad[t - 1].add_(carry)
     return grad, grad_decay
 
 

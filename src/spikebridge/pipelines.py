@@ -18,18 +18,18 @@ from tqdm.auto import tqdm
 
 from .analysis.plots import plot_accuracy_vs_time
 from .analysis.summary import PIPED, PIPES, build_summary, results_table, write_json
-from .bridge import TransferReport, recalibrate_batchnorm, transfer
+from .bridge import TransferReport, match_firing_rates, recalibrate_batchnorm, transfer
 from .config import PipelineConfig, dump_yaml, from_dict
 from .data.datasets import open_data_config, open_dataset, resolve_model_name
 from .data.loading import DataBundle, iterate_batches, with_time_bins
 from .errors import CheckpointError, ConfigError
 from .models import create_model
-from .neurons import NeuronConfig
+from .neurons import NeuronConfig, SharpenedReLU
 from .train.checkpoint import Checkpoint, load_checkpoint
 from .train.distributed import current as current_rank
 from .train.distributed import local_device
 from .train.engine import RunResult, fit
-from .utils import atomic_write_text, seed_everything
+from .utils import atomic_write_text, ensure_dir, seed_everything
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,6 +82,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{ckpt.path}: weights do not fit {spec['name']}: {first}") from None
+    if ckpt.epoch > 0 and hasattr(model, "set_epoch"):
+        model.set_epoch(ckpt.epoch - 1)  # a sharpened ReLU ends where its last training epoch left it
     return model, ckpt
 
 
@@ -103,8 +105,11 @@ def pretrain_ann(cfg: PipelineConfig, bundle: DataBundle, device: torch.device) 
     return ann, result
 
 
-def calibration_batches(bundle: DataBundle, count: int, batch_size: int = 250, seed: int = 0):
+def calibration_batches(bundle: DataBundle, count: int, batch_size: int = 256, seed: int = 0):
+    """``count`` seeded random training batches (inputs only), smaller when the split is small."""
+    batch_size = max(1, min(batch_size, len(bundle.train)))
     generator = torch.Generator().manual_seed(seed)
+    batch_size = max(1, min(batch_size, len(bundle.train)))  # a training split smaller than one batch
     for i, (x, _y) in enumerate(iterate_batches(bundle, bundle.train, batch_size, train=True, generator=generator)):
         if i >= count:
             break
@@ -112,18 +117,26 @@ def calibration_batches(bundle: DataBundle, count: int, batch_size: int = 250, s
 
 
 def bridge_to_snn(
-    cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, device: torch.device
+    cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, device: torch.device, *, same_data: bool = True
 ) -> tuple[nn.Module, TransferReport]:
-    """A new SNN with the ANN's parameters, BN re-calibrated on spiking activity."""
+    """A new SNN with the ANN's parameters, calibrated on a few training batches.
+
+    BN running statistics are re-estimated on spiking activity; when the SNN sees the ANN's own
+    data (``same_data``: pipeS), the ANN's activation is the spike-like sharpened ReLU and the
+    neuron is LIF, each channel's firing rate is also matched to the ANN's (``bridge.match_rates``).
+    """
     seed_everything(cfg.run.seed)
     snn = build_model(cfg, bundle, cfg.neuron, cfg.model.T).to(device)
     report = transfer(ann, snn, cfg.bridge.first_layer, min_match=cfg.bridge.min_match)
+    calib = replace(bundle, max_shift=0)  # the training data, without the random augmentation
+    batches = list(calibration_batches(calib, cfg.bridge.calibration_batches,
+                                       cfg.bridge.calibration_batch_size, seed=cfg.run.seed))
     if cfg.bridge.recalibrate_bn:
-        # same data view as training, without the random augmentation
-        calib = replace(bundle, max_shift=0)
-        report.recalibrated_bn = recalibrate_batchnorm(
-            snn, calibration_batches(calib, cfg.bridge.calibration_batches, seed=cfg.run.seed), device
-        )
+        report.recalibrated_bn = recalibrate_batchnorm(snn, batches, device)
+    spike_like_ann = any(isinstance(m, SharpenedReLU) for m in ann.modules())
+    if cfg.bridge.match_rates and same_data and spike_like_ann and cfg.neuron.kind == "lif":
+        errors = match_firing_rates(ann, snn, batches, iterations=cfg.bridge.calibration_iterations, device=device)
+        report.rate_errors = errors
     return snn, report
 
 
@@ -157,7 +170,7 @@ def _prepare_run(cfg: PipelineConfig) -> torch.device:
         torch.set_num_threads(cfg.run.threads)
     out = Path(cfg.run.out)
     if current_rank().is_main:  # under torchrun rank 0 alone writes
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out)
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     return device
 
@@ -201,20 +214,23 @@ def run_piped(
 
     Also fine-tunes briefly with the other first-layer adaptations and returns their accuracies.
     """
-    events = with_time_bins(open_dataset(cfg.events.data, split_seed=cfg.data.split_seed), cfg.events.time_bins)
+    events = with_time_bins(open_dataset(cfg.events.data, split_seed=cfg.data.split_seed, workers=cfg.data.workers,
+                                         image_size=cfg.events.image_size), cfg.events.time_bins)
     ecfg = events_config(cfg, events)
     _log(cfg, f"[pipeD] events {events.name}: T={ecfg.model.T}, {events.in_channels} polarities; "
               f"bridge the static ANN (first layer: {cfg.bridge.first_layer})")
-    snn, report = bridge_to_snn(ecfg, ann, events, device)
+    snn, report = bridge_to_snn(ecfg, ann, events, device, same_data=False)
     _log(cfg, report.summary())
-    runs = [finetune_snn(ecfg, snn, events, device, name="snn_events_pretrained")]
+    # warm-up ("+WU"): for finetune.freeze_epochs epochs only what was not transferred as-is trains
+    frozen = set(report.matched) if ecfg.finetune.freeze_epochs > 0 else None
+    runs = [finetune_snn(ecfg, snn, events, device, name="snn_events_pretrained", frozen=frozen)]
     modes = {cfg.bridge.first_layer: runs[0].curve[: cfg.events.compare_epochs + 1]}
     if cfg.events.compare_first_layer:
         for mode in ("signed_polarity", "mean", "skip"):
             if mode in modes:
                 continue
             mode_cfg = replace(ecfg, bridge=replace(ecfg.bridge, first_layer=mode))
-            snn_mode, _ = bridge_to_snn(mode_cfg, ann, events, device)
+            snn_mode, _ = bridge_to_snn(mode_cfg, ann, events, device, same_data=False)
             _log(cfg, f"[pipeD] first layer '{mode}': {cfg.events.compare_epochs} epoch(s) for comparison")
             result = fit(
                 snn_mode, events, ecfg.finetune, name=f"snn_events_{mode}", run_dir=None, seed=cfg.run.seed,

@@ -28,7 +28,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError

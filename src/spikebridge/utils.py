@@ -62,6 +62,7 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     once, not after the first epoch. Raises :class:`OutputError` naming the folder.
     """
     path = ensure_dir(path)
+    remove_stale_temps(path, ("write-test",))  # probes of killed processes
     probe = path / f".write-test.{secrets.token_hex(6)}{TEMP_SUFFIX}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -69,7 +70,8 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
             os.write(fd, b"x")
         finally:
             os.close(fd)
-        os.unlink(probe)
+        with contextlib.suppress(FileNotFoundError):  # removed by a concurrent clean-up
+            os.unlink(probe)
     except OSError as exc:
         with contextlib.suppress(OSError):
             probe.unlink()

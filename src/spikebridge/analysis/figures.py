@@ -52,6 +52,12 @@ def plot_accuracy_vs_T(
             ax.plot([ts[i]], [accs[i]], marker="o", markersize=10, markerfacecolor="none",
                     markeredgecolor=line.get_color(), linestyle="none")
     ax.set_xscale("log", base=2)
+    ticks = sorted({int(p[0]) for curve in curves.values() for p in curve})
+    if len(ticks) > 12:
+        ticks = [t for t in ticks if t & (t - 1) == 0]  # powers of two
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("time steps T (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100.5)
@@ -84,11 +90,11 @@ def plot_spike_raster(spikes: torch.Tensor, path: str | Path, *, title: str, neu
     steps, count = data.shape
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * steps + 2), max(2.5, 0.18 * count + 1)))
     t_idx, n_idx = np.nonzero(data)
-    ax.scatter(t_idx, n_idx, marker="|", s=120, color="black")
-    ax.set_xlim(-0.5, steps - 0.5)
+    ax.scatter(t_idx + 1, n_idx, marker="s", s=30, color="black")
+    ax.set_xlim(0.5, steps + 0.5)
     ax.set_ylim(-0.5, count - 0.5)
-    ax.set_xticks(range(steps))
-    ax.set_xlabel("time step")
+    ax.set_xticks(range(1, steps + 1))
+    ax.set_xlabel(f"time step (black square = spike; {int(data.sum())} spikes)")
     ax.set_ylabel("neuron")
     if neuron_labels is not None:
         ax.set_yticks(range(count))

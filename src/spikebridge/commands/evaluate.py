@@ -19,7 +19,10 @@ def register(sub, add, common) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="a spikebridge checkpoint (.json)")
     p.add_argument("--T-max", dest="t_max", type=int, help="evaluate T = 1..T_MAX (default: 2x the model's T, at least 8)")
     p.add_argument("--samples", type=int, default=0, help="test samples for the activity and T curves (0 = all)")
-    p.add_argument("--ann", metavar="CKPT", help="an ANN checkpoint: add classic conversion of it to the accuracy-vs-T plot")
+    p.add_argument("--ann", metavar="CKPT|FILE.py:ClassName",
+                   help="the ANN (a checkpoint, or your class with --ann-weights): add classic conversion of it to the accuracy-vs-T plot")
+    p.add_argument("--ann-weights", metavar="W.pth|W.safetensors", help="weights for --ann FILE.py:ClassName")
+    p.add_argument("--ann-kwargs", metavar="JSON", help="constructor arguments for --ann FILE.py:ClassName")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -57,7 +60,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if int(info.get("in_channels", bundle.in_channels)) != bundle.in_channels:
         raise CheckpointError(f"{args.checkpoint}: the model takes {info.get('in_channels')} input channels, {bundle.name} has {bundle.in_channels}")
     out = Path(args.out) if args.out else Path(ckpt.path).parent / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
+    from ..utils import ensure_dir
+
+    ensure_dir(out)  # a file in the way / no permission: OutputError (exit 2)
     model.to(device).eval()
     spiking = bool(getattr(model, "spiking", False))
     topk = (1, 5) if bundle.num_classes >= 5 else (1,)
@@ -82,7 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result["accuracy_vs_T"] = [[t, a] for t, a in curve]
         curves = {f"this SNN (trained at T={trained_T})": curve}
         if args.ann:
-            ann, _ann_meta, _ = model_from_checkpoint(args.ann)
+            ann = load_ann(args)
             if getattr(ann, "spiking", False):
                 raise CheckpointError(f"--ann {args.ann}: an SNN checkpoint; give the ANN's")
             conversion = conversion_accuracy_curve(ann.to(device).eval(), subset, T_values, device=device)
@@ -107,6 +112,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           + (f"; mean firing rate {activity.mean_firing_rate:.4f}; SOPs/sample {activity.sops:,.0f} vs ANN MACs {activity.ann_macs:,.0f}" if spiking else "")
           + f"; wrote {out / 'evaluation.md'}")
     return 0
+
+
+def load_ann(args: argparse.Namespace):
+    """``--ann``: a spikebridge checkpoint, or ``FILE.py:ClassName`` + ``--ann-weights``."""
+    from ..errors import ConfigError
+    from ..restore import import_ann, is_python_class_spec, load_ann_weights, model_from_checkpoint, parse_ann_kwargs
+
+    if is_python_class_spec(args.ann):
+        if not args.ann_weights:
+            raise ConfigError("--ann FILE.py:ClassName needs --ann-weights W.pth|W.safetensors")
+        ann = import_ann(args.ann, parse_ann_kwargs(args.ann_kwargs))
+        load_ann_weights(ann, args.ann_weights)
+        return ann
+    return model_from_checkpoint(args.ann)[0]
 
 
 def render_evaluation(result: dict, activity_md: str) -> str:

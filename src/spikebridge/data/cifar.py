@@ -73,29 +73,89 @@ def _codecs_encode(obj: Any, encoding: str = "utf-8") -> bytes:
     return obj.encode(encoding)
 
 
+def _plain_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` if it is a plain numeric / byte / string dtype (no objects, fields, sub-arrays)."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"refused dtype {dtype!r}: CIFAR files hold plain arrays")
+    return dtype
+
+
+def _safe_dtype(obj: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    """``numpy.dtype(obj, align, copy)`` for plain dtypes only."""
+    if not isinstance(obj, (str, bytes)):
+        raise pickle.UnpicklingError(f"refused dtype({type(obj).__name__})")
+    try:
+        dtype = np.dtype(obj.decode("latin1") if isinstance(obj, bytes) else obj, bool(align), bool(copy))
+    except (TypeError, ValueError, SyntaxError) as exc:
+        raise pickle.UnpicklingError(f"bad dtype {obj!r}: {exc}") from None
+    return _plain_dtype(dtype)
+
+
+def _safe_reconstruct(subtype: Any, shape: Any, code: Any) -> np.ndarray:
+    """numpy's ``_reconstruct`` for plain ``ndarray`` s only (protocol-2 array pickles)."""
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"refused _reconstruct of {subtype!r}")
+    return _numpy_reconstruct()(np.ndarray, (0,), b"b")
+
+
+def _checked_build_state(instance: Any, state: Any) -> None:
+    """Allow BUILD (``__setstate__``) only with the state tuples numpy itself writes for plain
+    dtypes and arrays. numpy trusts these: a damaged dtype state such as ``(3, '|', None, -1, -1,
+    0)`` crashed the interpreter (segmentation fault; found by tests/test_fuzz.py)."""
+    ints = lambda values: all(isinstance(v, int) and not isinstance(v, bool) for v in values)  # noqa: E731
+    if isinstance(instance, np.dtype):
+        ok = (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
+              and state[1] in ("<", ">", "|", "=", b"<", b">", b"|", b"=") and state[2] is None and state[3] is None and state[4] is None
+              and ints(state[5:8]) and state[5] in (-1, instance.itemsize) and state[6] in (-1, instance.alignment)
+              and state[7] == 0 and (len(state) == 8 or state[8] is None))
+    elif isinstance(instance, np.ndarray):
+        ok = (isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and isinstance(state[1], tuple)
+              and ints(state[1]) and all(v >= 0 for v in state[1]) and isinstance(state[2], np.dtype)
+              and isinstance(state[3], (bool, int)) and isinstance(state[4], (bytes, str)))
+        if ok:
+            _plain_dtype(state[2])
+    else:
+        ok = False
+    if not ok:
+        raise pickle.UnpicklingError(f"refused state {state!r:.80} for {type(instance).__name__}")
+
+
 # (module, name) -> factory of the object; numpy names under both their 1.x and 2.x modules.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _safe_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _safe_reconstruct,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
     ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy", "dtype"): lambda: _safe_dtype,
     ("_codecs", "encode"): lambda: _codecs_encode,
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     """Unpickler that resolves only the numpy array/dtype constructors (and a safe
-    ``_codecs.encode``); everything else raises ``UnpicklingError``."""
+    ``_codecs.encode``); everything else raises ``UnpicklingError``.
+
+    Built on the pure-Python unpickler (its memo is a dict): the C unpickler grows an array to
+    the memo index a file names, so a damaged file with ``LONG_BINPUT 1260915569`` made it
+    allocate and clear gigabytes for seconds (found by tests/test_fuzz.py). A 30 MB batch still
+    loads in under a second.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         factory = _ALLOWED_GLOBALS.get((module, name))
         if factory is None:
             raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
         return factory()
+
+    def _load_build_checked(self) -> None:
+        _checked_build_state(self.stack[-2], self.stack[-1])
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch[pickle.BUILD[0]] = _load_build_checked
 
 
 def load_cifar_pickle(path: str | os.PathLike[str]) -> dict[bytes, Any]:
@@ -114,8 +174,8 @@ def load_cifar_pickle(path: str | os.PathLike[str]) -> dict[bytes, Any]:
         with f:
             obj = _RestrictedUnpickler(f, encoding="bytes").load()
     except Exception as exc:  # any failure while reading a pickle is a data problem
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise DataError(f"corrupt or truncated CIFAR file {p}: {msg}") from None
+        text = " ".join(str(exc).split()) or ("the file ends early" if isinstance(exc, EOFError) else "")
+        raise DataError(f"corrupt or truncated CIFAR file {p}: {type(exc).__name__}" + (f": {text}" if text else "")) from None
     if not isinstance(obj, dict):
         raise DataError(f"CIFAR file {p} holds a {type(obj).__name__}, expected a dict of arrays")
     return {(k.encode("latin1") if isinstance(k, str) else k): v for k, v in obj.items()}

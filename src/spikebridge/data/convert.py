@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..utils import atomic_write_text
+from ..errors import ConfigError, DataError, OutputError
+from ..utils import atomic_write_text, ensure_dir, output_error
 from .events import read_es_sample, write_es_sample, write_label_file
 from .odg import odg, resized_shape
 from .video import (
@@ -146,8 +146,10 @@ def _storable(name: str) -> bool:
 def _write_or_fail(write: Callable[[str, Any], None], dst: str, payload: Any) -> None:
     try:
         write(dst, payload)
-    except OSError as exc:  # disk full, permissions: fatal, reported as a data error
-        raise DataError(f"{dst}: cannot write ({exc})") from None
+    except OutputError:  # disk full, permissions (utils.atomic_path names the file): fatal
+        raise
+    except OSError as exc:
+        raise output_error(dst, exc) from None
 
 
 def _remove_stale_temps(out_dir: Path) -> int:
@@ -183,7 +185,7 @@ def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> 
             reuse = False
     elif overwrite:
         reuse = False
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     atomic_write_text(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
     return reuse
 
@@ -290,7 +292,7 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     report.stale_temp_removed = _remove_stale_temps(out_dir)
     tasks = _collect_tasks(input_dir, out_dir, classes, want_dirs, reuse, report)
     for cls in classes:
-        (out_dir / cls).mkdir(parents=True, exist_ok=True)
+        ensure_dir(out_dir / cls)
 
     results: dict[int, _Result] = {}
     for result in _run(tasks, _Call(fn, kwargs), workers, progress, unit):

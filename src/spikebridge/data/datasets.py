@@ -69,7 +69,7 @@ def open_dataset(name: str, *, max_shift: int = 2, split_seed: int = 0, workers:
     if name == "es-mnist":
         return open_es_mnist(split_seed=split_seed)
     if not Path(name).exists():
-        raise DataError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)} or a dataset folder")
+        raise DataError(f"dataset {name!r} not found: use one of {', '.join(BUILTIN_DATASETS)} or an existing dataset folder")
     from .disk import open_path_dataset
 
     return open_path_dataset(name, max_shift=max_shift, split_seed=split_seed, workers=workers, image_size=image_size,

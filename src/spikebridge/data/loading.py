@@ -143,6 +143,8 @@ def iterate_batches(
 
 def describe_sample(dataset: TensorSplit | Dataset, index: int) -> str:
     """``sample 17`` plus its file when the dataset knows it (image folders, event label files)."""
+    while isinstance(dataset, torch.utils.data.Subset):  # e.g. DataConfig.limit_train: the file behind it
+        dataset, index = dataset.dataset, int(dataset.indices[index])
     path = None
     try:
         if hasattr(dataset, "samples"):  # ImageFolderDataset: (path, class)

@@ -16,7 +16,7 @@ An ANN is the same model with ``neuron="relu"`` (or ``sharpened_relu``) and T = 
 Memory options of a training forward (attributes; both leave values and gradients unchanged):
 ``compact_spikes`` (default on) stores the spikes that layers save for the backward as bool;
 ``checkpoint_blocks`` (default off) recomputes each block in the backward instead of keeping its
-activations (subclasses route their blocks through :meth:`BridgeNet.run_block`).
+activations (subclasses run their blocks through :meth:`BridgeNet.run_sequential`).
 """
 from __future__ import annotations
 
@@ -89,12 +89,15 @@ class BridgeNet(nn.Module):
         features = features.view(steps, batch, -1).mean(0)
         return self.fc(features)
 
-    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``block(x)``, under activation checkpointing when ``checkpoint_blocks`` is set and a
-        gradient is being recorded (training)."""
-        if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-            return run_checkpointed(block, x)
-        return block(x)
+    def run_sequential(self, sequence: nn.Sequential, x: torch.Tensor, group: int = 1) -> torch.Tensor:
+        """``sequence(x)``; when ``checkpoint_blocks`` is set and a gradient is being recorded
+        (training), every ``group`` consecutive modules of ``sequence`` run as one checkpointed
+        block instead (the sequence's own forward hooks then do not fire)."""
+        if not (self.checkpoint_blocks and self.training and torch.is_grad_enabled()):
+            return sequence(x)
+        for start in range(0, len(sequence), group):
+            x = run_checkpointed(sequence[start:start + group] if group > 1 else sequence[start], x)
+        return x
 
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to activations that follow a schedule (the sharpened ReLU)."""

@@ -38,7 +38,5 @@ class SmallCNN(BridgeNet):
         return self.bn1(self.conv1(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(x)
-        for start in range(0, len(self.blocks), 3):  # conv-BN-activation triples
-            x = self.run_block(self.blocks[start:start + 3], x)
+        x = self.run_sequential(self.blocks, self.act1(x), group=3)  # conv-BN-activation triples
         return torch.flatten(self.avgpool(x), 1)

@@ -114,6 +114,5 @@ class ResNet(BridgeNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act1(x))
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in layer:
-                x = self.run_block(block, x)
+            x = self.run_sequential(layer, x)
         return torch.flatten(self.avgpool(x), 1)

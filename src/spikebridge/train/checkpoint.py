@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..errors import CheckpointError
-from ..utils import atomic_path, atomic_write_text, remove_stale_temps
+from ..utils import atomic_path, atomic_write_text, ensure_dir, remove_stale_temps
 
 FORMAT = "spikebridge-checkpoint-1"
 
@@ -94,8 +94,7 @@ def save_checkpoint(
     epoch: int = 0,
 ) -> Path:
     """Write checkpoint ``folder/name`` atomically; returns the JSON path."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_dir(folder)
     module = getattr(model, "module", model)  # unwrap DDP
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     record: dict[str, Any] = {"format": FORMAT, "epoch": epoch, "meta": _jsonable(meta)}
@@ -108,10 +107,13 @@ def save_checkpoint(
         tensors[f"rng.{key}"] = value.detach().cpu().contiguous()
     weights_name = f"{name}-e{epoch:04d}.safetensors"
     weights_path = folder / weights_name
+    # serialised in memory and written by Python: a full disk raises OSError (ENOSPC) -> OutputError,
+    # where safetensors' own file writer would raise a SafetensorError
+    payload = save(tensors)
     with atomic_path(weights_path) as tmp:
-        save_file(tensors, str(tmp))
+        tmp.write_bytes(payload)
     record["weights"] = weights_name
-    record["sha256"] = _sha256(weights_path)
+    record["sha256"] = hashlib.sha256(payload).hexdigest()
     json_path = folder / f"{name}.json"
     atomic_write_text(json_path, json.dumps(record, indent=1))
     remove_leftovers(folder, name, keep=weights_name)

@@ -116,6 +116,22 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 # synchronised BatchNorm
 # ------------------------------------------------------------------------------------------------
+class _SumOverRanks(torch.autograd.Function):
+    """Differentiable all-reduce (sum): the gradient of a sum over ranks is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+
 class GlobalBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics cover the batch of every rank (any device, any backend).
 
@@ -136,20 +152,21 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         distributed = self.training and current().enabled
         if not distributed:
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
-        x = input.float()
+        all_reduce = _SumOverRanks.apply
+        x = input.float() if input.dtype != torch.float64 else input
         dims = [0, *range(2, x.dim())]
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
-        packed = all_reduce(torch.cat([x.sum(dims), count]))
+        # the per-channel sums are accumulated in float64: the statistics are as exact as one
+        # process's over the global batch, whatever the number of ranks
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
+        packed = all_reduce(torch.cat([x.sum(dims, dtype=torch.float64), count]))
         total = packed[-1]
         mean = packed[:-1] / total
         shape = [1, -1] + [1] * (x.dim() - 2)
-        centred = x - mean.view(shape)
-        var = all_reduce((centred * centred).sum(dims)) / total
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        centred = x - mean.to(x.dtype).view(shape)
+        var = all_reduce((centred * centred).sum(dims, dtype=torch.float64)) / total
+        out = centred * torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
         if self.affine:
-            out = out * self.weight.float().view(shape) + self.bias.float().view(shape)
+            out = out * self.weight.to(x.dtype).view(shape) + self.bias.to(x.dtype).view(shape)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

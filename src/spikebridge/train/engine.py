@@ -158,6 +158,11 @@ def fit(
     steps_per_epoch = max(1, n_train // cfg.batch_size)
     if steps_per_epoch == 0 or n_train < cfg.batch_size:
         raise TrainingError(f"{name}: the training split has {n_train} samples, fewer than one batch of {cfg.batch_size}")
+    if cfg.batch_size % info.world_size:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{name}: batch_size {cfg.batch_size} is the global batch and must split evenly over "
+                          f"the {info.world_size} processes (e.g. {cfg.batch_size - cfg.batch_size % info.world_size})")
 
     out = Path(run_dir) / name if run_dir is not None else None
     ckpt_dir = out / "checkpoints" if out else None

@@ -1,0 +1,250 @@
+"""The paper's time-accuracy benchmark: what its methods mean, and how their results are reported.
+
+A *method* names how an SNN starts and what it is, as ``BASE[+MODIFIER...]``:
+
+=================  ================================================================================
+base               the SNN starts from
+=================  ================================================================================
+``scratch``        random weights (BPTT from scratch)
+``pretrained``     the ANN: every tensor that fits (the bridge), BN calibrated
+``encoder``        the ANN's encoder (everything but the readout, which is re-initialised)
+``decoder``        the ANN's readout only (``fc``; the CRNN's LSTM + fc), the rest random
+=================  ================================================================================
+
+modifiers: ``wu`` (warm-up: for the first ``finetune.freeze_epochs`` epochs, at least 1, every
+transferred tensor of the encoder stays frozen and only the readout and new layers train; the
+paper's "+WU"), ``lif`` / ``liaf`` (the neuron), ``T<n>`` (time steps), e.g. ``pretrained+liaf``,
+``scratch+T2``, ``encoder+wu``.
+
+Results (one :class:`BenchRun` per method) go to a JSON file, a markdown table and two figures:
+test accuracy against training seconds (for transferred methods the ANN's training seconds come
+first: the honest cost of starting from an ANN) and against epochs of SNN training.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .plots import _save, plot_accuracy_vs_time
+from .summary import time_to_target, write_json
+
+BASES = ("scratch", "pretrained", "encoder", "decoder")
+NEURONS = ("lif", "liaf")
+
+
+@dataclass(frozen=True)
+class BenchMethod:
+    """One benchmark method, parsed from its name (see the module docstring)."""
+
+    name: str
+    base: str
+    warmup: bool = False
+    neuron: str | None = None  # None = the configured neuron
+    T: int | None = None  # None = the configured T
+
+    @property
+    def transfers(self) -> bool:
+        return self.base != "scratch"
+
+
+def parse_method(text: str) -> BenchMethod:
+    """``"pretrained+liaf+T2"`` -> :class:`BenchMethod`; raises ConfigError naming the bad part."""
+    name = text.strip()
+    parts = [p.strip().lower() for p in name.split("+")]
+    if not parts or parts[0] not in BASES:
+        raise ConfigError(f"benchmark method {name!r}: it must start with one of {', '.join(BASES)}")
+    base, warmup, neuron, steps = parts[0], False, None, None
+    for part in parts[1:]:
+        if part == "wu":
+            warmup = True
+        elif part in NEURONS:
+            neuron = part
+        elif re.fullmatch(r"t[1-9][0-9]*", part):
+            steps = int(part[1:])
+        else:
+            raise ConfigError(f"benchmark method {name!r}: unknown modifier {part!r} (wu, lif, liaf or T<n>)")
+    if warmup and base == "scratch":
+        raise ConfigError(f"benchmark method {name!r}: warm-up (+wu) needs transferred layers to freeze")
+    return BenchMethod(name=name, base=base, warmup=warmup, neuron=neuron, T=steps)
+
+
+def parse_methods(texts: list[str] | str) -> list[BenchMethod]:
+    """A comma-separated list (or a list of strings); duplicates are refused."""
+    if isinstance(texts, str):
+        texts = [texts]
+    items = [item for text in texts for item in text.split(",") if item.strip()]
+    if not items:
+        raise ConfigError("give at least one benchmark method")
+    methods = [parse_method(item) for item in items]
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"benchmark methods repeat: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    return methods
+
+
+@dataclass
+class BenchRun:
+    """One method's outcome. ``curve``: ``[[SNN training seconds, epoch, test accuracy], ...]``
+    (the point at 0 s is the accuracy right after the transfer for transferred methods)."""
+
+    method: str
+    base: str
+    neuron: str
+    T: int
+    warmup_epochs: int
+    epochs: int
+    snn_seconds: float
+    ann_seconds: float  # the ANN's training seconds this method builds on (0 for scratch)
+    best_acc: float
+    final_acc: float
+    transfer_acc: float | None
+    curve: list[list[float]] = field(default_factory=list)
+    transferred: int = 0  # tensors taken from the ANN
+
+    @property
+    def total_seconds(self) -> float:
+        return round(self.ann_seconds + self.snn_seconds, 3)
+
+    def total_curve(self) -> list[list[float]]:
+        """The curve against all training seconds (the ANN's first)."""
+        return [[round(self.ann_seconds + s, 3), e, a] for s, e, a in self.curve]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_seconds": self.total_seconds}
+
+
+def summarize(runs: list[BenchRun], *, dataset: str, ann: dict | None, target_method: str = "scratch",
+              extra: dict | None = None) -> dict:
+    """``benchmark.json``'s content: the runs, and, when ``target_method`` ran, its best accuracy as
+    the target with each method's seconds to reach it (SNN seconds and all seconds)."""
+    summary: dict[str, Any] = {"dataset": dataset, "ann": ann, "runs": [r.to_dict() for r in runs]}
+    by_name = {r.method: r for r in runs}
+    if target_method in by_name:
+        target = by_name[target_method].best_acc
+        summary["target_method"] = target_method
+        summary["target_acc"] = target
+        reach = {}
+        for run in runs:
+            snn = time_to_target(run.curve, target)
+            total = time_to_target(run.total_curve(), target)
+            reach[run.method] = {"snn_seconds": snn, "total_seconds": total}
+        summary["time_to_target"] = reach
+    summary.update(extra or {})
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    """The results table (one row per method)."""
+    reach = summary.get("time_to_target", {})
+    target_name = summary.get("target_method")
+    base_total = (reach.get(target_name) or {}).get("total_seconds") if target_name else None
+    head = ("| method | neuron | T | epochs | SNN s | ANN s | total s | after transfer | best acc | "
+            "total s to target | x target method's time |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in summary["runs"]:
+        got = (reach.get(run["method"]) or {}).get("total_seconds")
+        if run["method"] not in reach:
+            reach_txt, ratio = "-", "-"
+        elif got is None:
+            reach_txt, ratio = "never", "-"
+        else:
+            reach_txt = f"{got:.1f}"
+            ratio = f"{got / base_total:.2f}" if base_total else "-"
+        after = "-" if run["transfer_acc"] is None else f"{run['transfer_acc']:.4f}"
+        lines.append(
+            f"| {run['method']} | {run['neuron']} | {run['T']} | {run['epochs']} | {run['snn_seconds']:.1f} | "
+            f"{run['ann_seconds']:.1f} | {run['total_seconds']:.1f} | {after} | {run['best_acc']:.4f} | "
+            f"{reach_txt} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def render_markdown(summary: dict, title: str) -> str:
+    """``benchmark.md``: the table, how to read it, the figures."""
+    lines = [f"# {title}", "", markdown_table(summary), ""]
+    if "target_acc" in summary:
+        lines.append(
+            f"Target: the best test accuracy of `{summary['target_method']}`, {summary['target_acc']:.4f}. "
+            "*total s to target*: training seconds until a method first reaches it, the ANN's seconds "
+            "included for methods that start from the ANN; the last column divides by the target "
+            "method's own time."
+        )
+    ann = summary.get("ann")
+    if ann:
+        lines.append(f"The ANN ({ann['name']}): {ann['epochs']} epochs, {ann['seconds']:.1f} s, best test accuracy "
+                     f"{ann['best_acc']:.4f}; every transferred method starts from this one ANN.")
+    lines += ["", "![accuracy vs training time](accuracy_vs_time.png)", "",
+              "![accuracy vs epochs](accuracy_vs_epochs.png)", ""]
+    if summary.get("wall_seconds") is not None:
+        lines.append(f"Wall time of the whole benchmark: {summary['wall_seconds']} s.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_vs_epochs(summary: dict, path: str | Path, *, title: str) -> None:
+    """Test accuracy against epochs of SNN training, one line per method."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    accs_all = []
+    for run in summary["runs"]:
+        curve = run["curve"]
+        if not curve:
+            continue
+        epochs = [p[1] for p in curve]
+        accs = [100 * p[2] for p in curve]
+        accs_all += accs
+        ax.plot(epochs, accs, marker="o", markersize=3, label=f"{run['method']} (best {100 * run['best_acc']:.1f}%)")
+    if summary.get("target_acc") is not None:
+        ax.axhline(100 * summary["target_acc"], color="grey", linestyle="--", linewidth=1,
+                   label=f"target {100 * summary['target_acc']:.1f}%")
+    if accs_all:
+        top = max(accs_all)
+        ax.set_ylim(max(0.0, min(top - 15, sorted(accs_all)[len(accs_all) // 4] - 2)), min(100.5, top + 1.5))
+    ax.set_xlabel("epochs of SNN training")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+
+
+def write_report(summary: dict, out: str | Path, *, title: str) -> dict[str, Path]:
+    """Write ``benchmark.json``, ``benchmark.md``, ``accuracy_vs_time.png`` (all training seconds)
+    and ``accuracy_vs_epochs.png`` into ``out``; returns their paths."""
+    out = Path(out)
+    paths = {
+        "json": out / "benchmark.json",
+        "markdown": out / "benchmark.md",
+        "time_figure": out / "accuracy_vs_time.png",
+        "epoch_figure": out / "accuracy_vs_epochs.png",
+    }
+    write_json(paths["json"], summary)
+    shifted = [
+        {"name": r["method"], "best_acc": r["best_acc"],
+         "curve": [[round(r["ann_seconds"] + s, 3), e, a] for s, e, a in r["curve"]]}
+        for r in summary["runs"]
+    ]
+    plot_accuracy_vs_time(shifted, paths["time_figure"], title=f"{title}: accuracy vs training time (ANN included)",
+                          target=summary.get("target_acc"))
+    plot_accuracy_vs_epochs(summary, paths["epoch_figure"], title=f"{title}: accuracy vs epochs")
+    from ..utils import atomic_write_text
+
+    atomic_write_text(paths["markdown"], render_markdown(summary, title))
+    return paths
+
+
+__all__ = [
+    "BASES",
+    "BenchMethod",
+    "BenchRun",
+    "markdown_table",
+    "parse_method",
+    "parse_methods",
+    "plot_accuracy_vs_epochs",
+    "render_markdown",
+    "summarize",
+    "write_report",
+]

@@ -1,0 +1,77 @@
+"""``spikebridge benchmark``: every kind of method runs on the embedded data and the table, the JSON
+and both figures come out; methods are parsed strictly."""
+import json
+
+import pytest
+import torch
+
+from spikebridge import cli
+from spikebridge.analysis.benchmark import parse_method, parse_methods
+from spikebridge.commands.benchmark import DEFAULT_METHODS
+from spikebridge.errors import ConfigError
+from spikebridge.train.checkpoint import load_checkpoint
+
+METHODS = "scratch,pretrained,pretrained+wu,encoder,decoder,pretrained+liaf,scratch+T2"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_method_grammar():
+    m = parse_method("pretrained+liaf+T2")
+    assert (m.base, m.neuron, m.T, m.warmup, m.transfers) == ("pretrained", "liaf", 2, False, True)
+    assert parse_method("encoder+wu").warmup and not parse_method("scratch").transfers
+    assert [m.name for m in parse_methods(DEFAULT_METHODS)][:2] == ["scratch", "pretrained"]
+    for bad, match in (("bogus", "start with"), ("pretrained+fast", "unknown modifier"), ("scratch+wu", "warm-up"),
+                       ("scratch,scratch", "repeat"), ("pretrained+T0", "unknown modifier")):
+        with pytest.raises(ConfigError, match=match):
+            parse_methods(bad)
+
+
+def test_benchmark_command_on_the_embedded_digits(tmp_path, capsys):
+    out = tmp_path / "bench"
+    status = cli.main([
+        "benchmark", "--data", "mnist5k", "--out", str(out), "--no-progress", "--methods", METHODS,
+        "--set", "data.limit_train=128", "--set", "data.limit_test=64", "--set", "ann.epochs=2",
+        "--set", "finetune.epochs=1", "--set", "scratch.epochs=1", "--set", "bridge.match_rates=false",
+    ])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    summary = json.loads((out / "benchmark.json").read_text())
+    runs = {r["method"]: r for r in summary["runs"]}
+    assert list(runs) == METHODS.split(",")
+    assert summary["ann"]["epochs"] == 2 and summary["ann"]["seconds"] > 0
+    assert summary["target_method"] == "scratch" and summary["target_acc"] == runs["scratch"]["best_acc"]
+    assert set(summary["time_to_target"]) == set(runs)
+    for name, run in runs.items():
+        assert run["epochs"] == 1 and run["snn_seconds"] > 0 and 0 <= run["best_acc"] <= 1
+        transfers = name != "scratch" and not name.startswith("scratch")
+        assert (run["ann_seconds"] > 0) == transfers and (run["transfer_acc"] is not None) == transfers
+        assert run["total_seconds"] == pytest.approx(run["ann_seconds"] + run["snn_seconds"], abs=2e-3)
+        assert [p[1] for p in run["curve"]] == ([0, 1] if transfers else [1])
+    assert (runs["pretrained+liaf"]["neuron"], runs["scratch+T2"]["T"], runs["pretrained"]["T"]) == ("liaf", 2, 4)
+    full = runs["pretrained"]["transferred"]
+    assert runs["encoder"]["transferred"] == full - 2 and runs["decoder"]["transferred"] == 2  # fc.weight, fc.bias
+    assert runs["pretrained+wu"]["warmup_epochs"] == 1
+    # warm-up: during its one epoch the transferred encoder stayed as the ANN left it, the readout trained
+    ann = load_checkpoint(out / "ann" / "checkpoints" / "last.json").model_state
+    warm = load_checkpoint(out / "pretrained+wu" / "checkpoints" / "last.json").model_state
+    assert torch.equal(warm["conv1.weight"], ann["conv1.weight"]) and torch.equal(warm["blocks.3.weight"], ann["blocks.3.weight"])
+    assert not torch.equal(warm["fc.weight"], ann["fc.weight"])
+    table = (out / "benchmark.md").read_text()
+    assert all(f"| {name} |" in table for name in runs) and "accuracy_vs_time.png" in table
+    assert printed.out.splitlines()[0] in table  # the printed table is the report's
+    for figure in ("accuracy_vs_time.png", "accuracy_vs_epochs.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_method_is_a_one_line_error(tmp_path, capsys):
+    status = cli.main(["benchmark", "--data", "mnist5k", "--out", str(tmp_path / "b"), "--methods", "pretrained+xyz"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "xyz" in err
+    assert not (tmp_path / "b").exists()

@@ -1,0 +1,167 @@
+"""Every recipe in configs/ loads and runs: ANN step, bridge, SNN step, on a tiny dataset written
+in the recipe's own on-disk layout (ImageNet folders, ES-ImageNet, CIFAR10-DVS AEDAT files, UCF101
+frame folders + ES-UCF101). Only sizes change (epochs, batch, resolution; the event recipes'
+ResNet-18 becomes the small CNN on 32-px event frames); every other value
+(optimizers, schedules, neurons, the bridge, warm-up) is the recipe's."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import _layouts as layouts
+from spikebridge import cli
+from spikebridge.config import PipelineConfig, load_config
+from spikebridge.errors import ConfigError
+from spikebridge.pipelines import piped, pipes
+from spikebridge.train.checkpoint import load_checkpoint
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread wastes nothing, two spin-wait on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("recipes")
+    clips = layouts.video_clips(root / "clips", classes=2, clips_per_class=2, frames=16)
+    return {
+        "photos": str(layouts.image_folders(root / "imagenet", size=(48, 64), classes=3, train_per_class=4)),
+        "es-imagenet": str(layouts.es_imagenet(root / "es-imagenet", classes=3, train_per_class=2, released=True)),
+        "dvs": str(layouts.dvs_folder(root / "cifar10-dvs", per_class=4)),
+        "clips": str(clips),
+        "es-ucf101": str(layouts.es_ucf101(clips, root / "es-ucf101")),
+    }
+
+
+def _one_step(section: str, batch: int) -> dict:
+    return {f"{section}.epochs": 1, f"{section}.batch_size": batch}
+
+
+def _common(out: Path) -> dict:
+    return {"run.out": str(out), "run.device": "cpu", "run.progress": False, "data.workers": 0}
+
+
+# recipe -> (pipeline, overrides given the tiny data); sizes only
+CASES = {
+    "imagenet_pipes_resnet18.yaml": ("pipes", lambda d: {
+        "data.name": d["photos"], "data.image_size": 32, **_one_step("ann", 12), **_one_step("finetune", 12)}),
+    "imagenet_pipes_resnet34.yaml": ("pipes", lambda d: {
+        "data.name": d["photos"], "data.image_size": 32, "model.T": 2, **_one_step("ann", 12),
+        **_one_step("finetune", 12)}),
+    "esimagenet_piped_resnet18_liaf.yaml": ("piped", lambda d: {
+        "data.name": d["photos"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
+        "events.image_size": 32,
+        **_one_step("ann", 12), **_one_step("events.finetune", 6)}),
+    "esimagenet_piped_resnet18_lif.yaml": ("piped", lambda d: {
+        "data.name": d["photos"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
+        "events.image_size": 32,
+        **_one_step("ann", 12), **_one_step("events.finetune", 6)}),
+    "cifar10dvs_piped.yaml": ("piped", lambda d: {
+        "data.name": d["photos"], "data.image_size": 32, "events.data": d["dvs"], "model.name": "cnn",
+        "events.image_size": 32,
+        **_one_step("ann", 12), **_one_step("events.finetune", 9)}),
+    "esucf101_piped_crnn.yaml": ("piped", lambda d: {
+        "data.name": d["clips"], "events.data": d["es-ucf101"], **_one_step("ann", 3),
+        **_one_step("events.finetune", 3)}),
+}
+
+
+def test_every_recipe_is_covered():
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "demo.yaml") == sorted(CASES)
+
+
+@pytest.mark.parametrize("recipe", sorted(CASES))
+def test_recipe_runs_a_step(recipe, tiny, tmp_path):
+    kind, sizes = CASES[recipe]
+    plain = load_config(PipelineConfig, CONFIGS / recipe)
+    cfg = load_config(PipelineConfig, CONFIGS / recipe, {**_common(tmp_path), **sizes(tiny)})
+    for section in ("ann", "finetune", "neuron", "bridge"):  # the recipe's own choices survive
+        keep = {k for k in vars(getattr(plain, section)) if k not in ("epochs", "batch_size", "calibration_batch_size")}
+        assert {k: getattr(getattr(cfg, section), k) for k in keep} == {k: getattr(getattr(plain, section), k) for k in keep}
+    if kind == "pipes":
+        summary = pipes(cfg, baseline=False)
+        names = ["ann", "snn_pretrained"]
+    else:
+        summary = piped(cfg, baseline=False)
+        names = ["ann", "snn_events_pretrained"]
+    runs = {run["name"]: run for run in summary["runs"]}
+    assert sorted(runs) == sorted(names)
+    for name in names:
+        ckpt = load_checkpoint(tmp_path / name / "checkpoints" / "last.json")
+        assert ckpt.epoch == 1 and len([h for h in ckpt.meta["history"] if h["train_loss"] is not None]) == 1
+        assert torch.isfinite(torch.tensor(ckpt.meta["history"][-1]["train_loss"]))
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "report.md").is_file()
+    if recipe.startswith("imagenet"):  # the paper's model at small resolution, optimizer state carried over
+        ann = load_checkpoint(tmp_path / "ann" / "checkpoints" / "last.json")
+        assert ann.meta["model"]["name"] == plain.model.name and cfg.bridge.transfer_optimizer
+        assert ann.record["optimizer"]["param_groups"][0]["momentum"] == 0.9
+    if recipe == "cifar10dvs_piped.yaml":  # warm-up: the transferred tensors did not move in epoch 1
+        ann = load_checkpoint(tmp_path / "ann" / "checkpoints" / "last.json").model_state
+        snn = load_checkpoint(tmp_path / "snn_events_pretrained" / "checkpoints" / "last.json").model_state
+        assert torch.equal(ann["blocks.0.weight"], snn["blocks.0.weight"])
+        assert torch.equal(ann["fc.weight"], snn["fc.weight"])
+
+
+@pytest.mark.parametrize("text, key", [
+    ("model:\n  nmae: resnet18\n", "model.nmae"),
+    ("finetune:\n  lr: fast\n", "finetune.lr"),
+    ("events:\n  finetune:\n    freeze_epochs: two\n", "events.finetune.freeze_epochs"),
+    ("run:\n  amp: fp8\n", "run.amp"),
+])
+def test_bad_recipe_is_one_line_naming_the_key(text, key, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    status = cli.main(["pipes", "--config", str(bad), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and key in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_transfer_optimizer_first_step_uses_the_ann_momentum(tmp_path):
+    """bridge.transfer_optimizer: the SNN's first SGD step is p - lr * (momentum * ANN buffer + grad),
+    with the fine-tune's own LR (the LR is reset, the buffers are kept)."""
+    import torch.nn.functional as F
+
+    from spikebridge.data.datasets import open_dataset
+    from spikebridge.data.loading import iterate_batches
+    from spikebridge.pipelines import bridge_to_snn, finetune_snn, pretrain_ann
+
+    sgd = {"optimizer": "sgd", "momentum": 0.9, "schedule": "constant", "epochs": 1, "batch_size": 32}
+    cfg = load_config(PipelineConfig, None, {
+        "model.name": "cnn", "run.out": str(tmp_path), "run.progress": False, "bridge.transfer_optimizer": True,
+        "bridge.recalibrate_bn": False, "bridge.match_rates": False,
+        **{f"ann.{k}": v for k, v in sgd.items()}, "ann.lr": 0.05,
+        **{f"finetune.{k}": v for k, v in sgd.items()}, "finetune.lr": 0.01,
+    })
+    bundle = open_dataset("mnist5k", max_shift=0, limit_train=32, limit_test=32)  # one batch: one step
+    ann, ann_result = pretrain_ann(cfg, bundle, torch.device("cpu"))
+    buffers = ann_result.optimizer_state
+    names = [n for n, _ in ann.named_parameters()]
+    assert sorted(buffers) == sorted(names) and all(buffers[n]["momentum_buffer"].abs().sum() > 0 for n in names)
+
+    snn, _report = bridge_to_snn(cfg, ann, bundle, torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in snn.named_parameters()}
+    x, y = next(iterate_batches(bundle, bundle.train, 32, train=False))
+    snn.train()
+    snn.zero_grad()
+    F.cross_entropy(snn(x), y).backward()
+    grads = {n: p.grad.detach().clone() for n, p in snn.named_parameters()}
+    snn.zero_grad(set_to_none=True)
+    finetune_snn(cfg, snn, bundle, torch.device("cpu"), name="snn", optimizer_state=buffers)
+    for n, p in snn.named_parameters():
+        expected = before[n] - 0.01 * (0.9 * buffers[n]["momentum_buffer"] + grads[n])
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6, msg=n)
+    fresh = before["fc.weight"] - 0.01 * grads["fc.weight"]  # what a fresh optimizer would have done
+    assert (snn.fc.weight.detach() - fresh).abs().max() > 1e-4
+
+    with pytest.raises(ConfigError, match="must be the same"):  # Adam moments cannot seed SGD
+        load_config(PipelineConfig, None, {"bridge.transfer_optimizer": True, "ann.optimizer": "adam",
+                                           "finetune.optimizer": "sgd"})

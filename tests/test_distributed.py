@@ -3,7 +3,7 @@ batch (SyncBN over both ranks), and both ranks end with identical weights.
 
 Exactness is checked in float64 (agreement to 1e-10 over 6 SGD steps: the sharded batches, the
 gradient average and the synchronised BatchNorm are the one-process computation). The float32 run
-through ``pretrain_ann`` and the CLI agrees to 1e-4 after 8 steps: on MNIST the many identical
+through ``pretrain_ann`` and the CLI agrees to 1e-4 after 4 steps: on MNIST the many identical
 background pixels make training amplify float32 rounding (~1e-7 per step) by a few times per step.
 """
 import json
@@ -22,11 +22,11 @@ from spikebridge.train.checkpoint import load_checkpoint
 from spikebridge.utils import seed_everything
 
 HERE = Path(__file__).parent
-# a tiny real run: 128 digits, global batch 32 (16 per rank), 2 epochs of SGD with momentum, the
+# a tiny real run: 64 digits, global batch 32 (16 per rank), 2 epochs of SGD with momentum, the
 # sharpened-ReLU ANN (its schedule follows the epoch), random-shift augmentation, SyncBN
 FLAGS = [
     "--data", "mnist5k", "--model", "cnn", "--seed", "3", "--device", "cpu", "--no-progress",
-    "--set", "ann.epochs=2", "--set", "ann.lr=0.01", "--set", "data.limit_train=128", "--set", "data.limit_test=64",
+    "--set", "ann.epochs=2", "--set", "ann.lr=0.01", "--set", "data.limit_train=64", "--set", "data.limit_test=64",
     "--set", "ann.batch_size=32", "--set", "ann.optimizer=sgd", "--set", "ann.schedule=step",
     "--set", "ann.milestones=[1]", "--set", "run.sync_bn=true",
 ]
@@ -96,3 +96,13 @@ def test_global_batchnorm_equals_batchnorm_without_a_process_group():
     torch.testing.assert_close(model[1].running_var, reference[1].running_var)
     distributed.revert_sync_batchnorm(model)
     assert type(model[1]) is torch.nn.BatchNorm2d
+
+
+def test_mixed_precision_is_cuda_only_and_says_so_on_cpu():
+    from spikebridge.errors import ConfigError
+
+    precision = distributed.Precision("bf16", torch.device("cpu"))
+    assert not precision.enabled and precision.scaler is None and "CUDA" in precision.note
+    assert distributed.Precision("off", torch.device("cpu")).note == ""
+    with pytest.raises(ConfigError, match="run.amp"):
+        distributed.Precision("fp8", torch.device("cpu"))

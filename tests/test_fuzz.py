@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import pickle
 import signal
@@ -467,6 +468,26 @@ def test_cifar_pickle_with_a_huge_memo_index_is_quick(folder):
     """A damaged file naming memo slot 2**31 - 1 (the C unpickler would allocate gigabytes)."""
     got, error = outcome(load_cifar_pickle, write(folder, "data_batch_2", b"\x80\x02}q\x00r\xff\xff\xff\x7f."))
     assert error is None and got == {}
+
+
+def _load_in_child(path: str) -> None:
+    try:
+        load_cifar_pickle(path)
+    except SpikebridgeError:
+        os._exit(2)
+    os._exit(0)
+
+
+def test_cifar_pickle_with_a_damaged_dtype_state_does_not_crash(folder):
+    """numpy's dtype.__setstate__ crashed the interpreter (SIGSEGV) on a state tuple that lost two
+    items, as a damaged file gives; it is refused now. Run in a forked child: a crash is an exit code."""
+    data = cifar_bytes()
+    at = data.index(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff")  # dtype state (3, '|', None, None, None, -1, -1, 0)
+    path = write(folder, "data_batch_3", data[:at] + data[at + 2:])  # -> (3, '|', None, -1, -1, 0)
+    child = multiprocessing.get_context("fork").Process(target=_load_in_child, args=(str(path),))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 2, f"exit code {child.exitcode} (-11: segmentation fault)"
 
 
 def test_cifar_pickle_refuses_code(folder):

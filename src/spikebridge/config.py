@@ -94,7 +94,7 @@ class ModelConfig:
 class BridgeConfig:
     """How the ANN's parameters are carried into the SNN."""
 
-    first_layer: str = "signed_polarity"  # signed_polarity | mean | skip (when input channels change)
+    first_layer: str = "mean"  # mean | signed_polarity | skip (when input channels change; mean won in the demo)
     recalibrate_bn: bool = True  # re-estimate BN running statistics under spikes
     match_rates: bool = True  # threshold-aware: match each channel's firing rate to the ANN's (pipeS, LIF)
     calibration_batches: int = 2  # batches of calibration_batch_size training images (no augmentation)
@@ -167,6 +167,7 @@ class PipelineConfig:
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    demo_conversion_samples: int = 500  # demo: test digits for the bridge-vs-conversion curve (0 = skip)
 
     def validate(self) -> None:
         self.model.validate()

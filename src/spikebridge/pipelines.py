@@ -184,7 +184,7 @@ def open_static(cfg: PipelineConfig) -> DataBundle:
 
 def run_pipes(
     cfg: PipelineConfig, bundle: DataBundle, device: torch.device, *, baseline: bool
-) -> tuple[nn.Module, list[RunResult], TransferReport]:
+) -> tuple[nn.Module, nn.Module, list[RunResult], TransferReport]:
     """ANN on static data -> SNN fine-tuned on the same data (+ the SNN from scratch)."""
     _log(cfg, f"[pipeS] ANN ({cfg.ann_neuron}, {cfg.model.name}) on {bundle.name}: "
               f"{len(bundle.train)} train / {len(bundle.test)} test")
@@ -197,7 +197,7 @@ def run_pipes(
     if baseline:
         _log(cfg, f"[pipeS] baseline: the same SNN from scratch ({cfg.scratch.epochs} epochs)")
         runs.append(train_snn_scratch(cfg, bundle, device))
-    return ann, runs, report
+    return ann, snn, runs, report
 
 
 def events_config(cfg: PipelineConfig, events: DataBundle) -> PipelineConfig:
@@ -255,7 +255,7 @@ def pipes(cfg: PipelineConfig, *, baseline: bool = True, bundle: DataBundle | No
     device = _prepare_run(cfg)
     started = time.perf_counter()
     bundle = bundle or open_static(cfg)
-    _ann, runs, report = run_pipes(cfg, bundle, device, baseline=baseline)
+    _ann, _snn, runs, report = run_pipes(cfg, bundle, device, baseline=baseline)
     summary = build_summary(
         bundle.name, cfg.model.T, [r.to_summary() for r in runs], comparisons=(PIPES,),
         extra={"transfer": report.to_dict(), "transfer_acc": runs[1].curve[0][2]},
@@ -323,6 +323,19 @@ def render_report(summary: dict, table: str, title: str) -> str:
     if "transfer_acc" in summary:
         lines.append(f"- accuracy right after the transfer, before any SNN training: {summary['transfer_acc']:.4f}")
     lines += ["", "![accuracy vs training time](accuracy_vs_time.png)", ""]
+    conv = summary.get("conversion_vs_bridge")
+    if conv:
+        match = conv.get("conversion_T_to_match")
+        lines += ["## The bridge vs ANN-to-SNN conversion of the same ANN", "",
+                  f"The fine-tuned SNN reaches {conv['bridge_acc_at_trained_T']:.4f} at T={conv['trained_T']}; "
+                  + (f"classic conversion needs T={match} for the same accuracy." if match else
+                     f"classic conversion does not reach it up to T={max(t for t, _ in conv['conversion'])}."),
+                  "", "| T | bridge | conversion |", "|---:|---:|---:|"]
+        bridge, conversion = dict(conv["bridge"]), dict(conv["conversion"])
+        for t in sorted(set(bridge) | set(conversion)):
+            fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+            lines.append(f"| {t} | {fmt(bridge.get(t))} | {fmt(conversion.get(t))} |")
+        lines += ["", "![accuracy vs T](accuracy_vs_T.png)", ""]
     modes = (summary.get("first_layer_comparison") or {}).get("modes")
     if modes:
         lines += ["## First-layer adaptation (static ANN -> 2 event polarities)", "",
@@ -353,8 +366,15 @@ def demo(cfg: PipelineConfig, *, events: bool = True) -> dict:
     device = _prepare_run(cfg)
     started = time.perf_counter()
     bundle = open_static(cfg)
-    ann, runs, report = run_pipes(cfg, bundle, device, baseline=True)
+    ann, snn, runs, report = run_pipes(cfg, bundle, device, baseline=True)
     extra: dict[str, Any] = {"transfer": report.to_dict(), "transfer_acc": runs[1].curve[0][2]}
+    if cfg.demo_conversion_samples:
+        from .analysis.figures import conversion_vs_bridge
+
+        _log(cfg, "[pipeS] accuracy vs T: the fine-tuned SNN vs classic ANN->SNN conversion of the same ANN")
+        extra["conversion_vs_bridge"] = conversion_vs_bridge(
+            ann, snn, bundle, [1, 2, 4, 8, 16, 32], cfg.run.out, max_samples=cfg.demo_conversion_samples, device=device
+        )
     comparisons = [PIPES]
     if events:
         event_runs, comparison, event_report = run_piped(cfg, ann, device, baseline=True)

@@ -29,7 +29,7 @@ BENCHMARK_DEFAULTS: dict[str, Any] = {
     "scratch.epochs": 6,
     "scratch.until_plateau": 0,
 }
-DEFAULT_METHODS = "scratch,pretrained,pretrained+wu,encoder,decoder,scratch+liaf,pretrained+liaf,pretrained+T2"
+DEFAULT_METHODS = "scratch,pretrained,pretrained+wu,encoder,scratch+liaf,pretrained+liaf,pretrained+T2"
 
 
 def register(sub, add, common) -> None:
@@ -92,7 +92,6 @@ def run_benchmark(cfg, methods, *, ann_checkpoint: str | None = None, ann_data: 
 
     from ..analysis.benchmark import BenchRun, summarize, write_report
     from ..config import dump_yaml
-    from ..data.datasets import open_dataset
     from ..data.loading import with_time_bins
     from ..errors import ConfigError
     from ..pipelines import (

@@ -18,7 +18,6 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -86,15 +85,6 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 def barrier() -> None:
     if current().enabled:
         dist.barrier()
-
-
-def broadcast_object(value):
-    """Rank 0's ``value`` on every rank (no-op when not distributed)."""
-    if not current().enabled:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -55,6 +55,8 @@ def _common(parser: argparse.ArgumentParser, *, data: bool = True, default_out: 
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--resume", action="store_true", default=None, help="continue from the last complete epoch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--checkpoint-blocks", action="store_true", default=None,
+                        help="activation checkpointing over blocks (less BPTT memory at large T, more time)")
 
 
 def _overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -69,6 +71,7 @@ def _overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None) ->
         "run.device": args.device,
         "run.resume": args.resume,
         "run.out": args.out,
+        "model.checkpoint_blocks": getattr(args, "checkpoint_blocks", None),
     }
     if args.no_progress:
         values["run.progress"] = False

@@ -55,13 +55,16 @@ def model_meta(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T:
 
 
 def build_model(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T: int) -> nn.Module:
-    return create_model(
+    model = create_model(
         resolve_model_name(cfg.model.name, bundle),
         num_classes=cfg.model.num_classes or bundle.num_classes,
         neuron=neuron,
         T=T,
         in_channels=cfg.model.in_channels or bundle.in_channels,
     )
+    if cfg.model.checkpoint_blocks:
+        model.checkpoint_blocks = True  # recompute blocks in the backward: less memory, more time
+    return model
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:

@@ -12,8 +12,10 @@ Static data (``mnist5k``, an image folder): the SNNs learn the ANN's data (pipeS
 ``es-mnist``) and the SNNs the events (pipeD).
 
 Defaults of this command, below any YAML ``--config`` / ``--set`` value, sized so that the default
-benchmark on the embedded MNIST finishes in under 10 minutes on 2 CPU cores: ANN 4 epochs,
-fine-tuning 3 epochs, SNN from scratch 6 epochs (no plateau extension).
+benchmark on the embedded MNIST finishes in under 10 minutes on 2 CPU cores: ANN 6 epochs,
+fine-tuning 2 epochs, SNN from scratch 6 epochs (no plateau extension); methods: scratch,
+pretrained, pretrained+wu, encoder, pretrained+liaf (LIF vs LIAF), pretrained+T2 (add
+``scratch+liaf`` or ``decoder`` with ``--methods``).
 """
 from __future__ import annotations
 
@@ -24,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 BENCHMARK_DEFAULTS: dict[str, Any] = {
-    "ann.epochs": 4,
-    "finetune.epochs": 3,
+    "ann.epochs": 6,
+    "finetune.epochs": 2,
     "scratch.epochs": 6,
     "scratch.until_plateau": 0,
 }
-DEFAULT_METHODS = "scratch,pretrained,pretrained+wu,encoder,scratch+liaf,pretrained+liaf,pretrained+T2"
+DEFAULT_METHODS = "scratch,pretrained,pretrained+wu,encoder,pretrained+liaf,pretrained+T2"
 
 
 def register(sub, add, common) -> None:

@@ -69,6 +69,16 @@ def test_benchmark_command_on_the_embedded_digits(tmp_path, capsys):
     for figure in ("accuracy_vs_time.png", "accuracy_vs_epochs.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # --ann CKPT: the methods start from that ANN (no new one) and count its training seconds
+    again = tmp_path / "again"
+    ckpt = out / "ann" / "checkpoints" / "last.json"
+    assert cli.main(["benchmark", "--data", "mnist5k", "--out", str(again), "--no-progress", "--ann", str(ckpt),
+                     "--methods", "pretrained", "--set", "data.limit_train=128", "--set", "data.limit_test=64",
+                     "--set", "finetune.epochs=1", "--set", "bridge.match_rates=false"]) == 0
+    reused = json.loads((again / "benchmark.json").read_text())
+    assert not (again / "ann").exists() and reused["ann"]["seconds"] == pytest.approx(summary["ann"]["seconds"], abs=1e-3)
+    assert reused["runs"][0]["transfer_acc"] == runs["pretrained"]["transfer_acc"]  # the same ANN, the same bridge
+
 
 def test_bad_method_is_a_one_line_error(tmp_path, capsys):
     status = cli.main(["benchmark", "--data", "mnist5k", "--out", str(tmp_path / "b"), "--methods", "pretrained+xyz"])

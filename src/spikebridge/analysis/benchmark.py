@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .plots import _save, plot_accuracy_vs_time
+from .plots import plot_accuracy_vs_time
 from .summary import time_to_target, write_json
 
 BASES = ("scratch", "pretrained", "encoder", "decoder")
@@ -174,8 +174,9 @@ def render_markdown(summary: dict, title: str) -> str:
         )
     ann = summary.get("ann")
     if ann:
+        best = "unknown" if ann.get("best_acc") is None else f"{ann['best_acc']:.4f}"
         lines.append(f"The ANN ({ann['name']}): {ann['epochs']} epochs, {ann['seconds']:.1f} s, best test accuracy "
-                     f"{ann['best_acc']:.4f}; every transferred method starts from this one ANN.")
+                     f"{best}; every transferred method starts from this one ANN.")
     lines += ["", "![accuracy vs training time](accuracy_vs_time.png)", "",
               "![accuracy vs epochs](accuracy_vs_epochs.png)", ""]
     if summary.get("wall_seconds") is not None:
@@ -185,30 +186,8 @@ def render_markdown(summary: dict, title: str) -> str:
 
 def plot_accuracy_vs_epochs(summary: dict, path: str | Path, *, title: str) -> None:
     """Test accuracy against epochs of SNN training, one line per method."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    accs_all = []
-    for run in summary["runs"]:
-        curve = run["curve"]
-        if not curve:
-            continue
-        epochs = [p[1] for p in curve]
-        accs = [100 * p[2] for p in curve]
-        accs_all += accs
-        ax.plot(epochs, accs, marker="o", markersize=3, label=f"{run['method']} (best {100 * run['best_acc']:.1f}%)")
-    if summary.get("target_acc") is not None:
-        ax.axhline(100 * summary["target_acc"], color="grey", linestyle="--", linewidth=1,
-                   label=f"target {100 * summary['target_acc']:.1f}%")
-    if accs_all:
-        top = max(accs_all)
-        ax.set_ylim(max(0.0, min(top - 15, sorted(accs_all)[len(accs_all) // 4] - 2)), min(100.5, top + 1.5))
-    ax.set_xlabel("epochs of SNN training")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    _save(fig, path)
+    plot_accuracy_vs_time(summary["runs"], path, title=title, target=summary.get("target_acc"),
+                          x="epochs", label_key="method")
 
 
 def write_report(summary: dict, out: str | Path, *, title: str) -> dict[str, Path]:

@@ -232,6 +232,27 @@ def write_es_sample(path: str | os.PathLike, sample: EventSample) -> None:
             np.savez_compressed(fh, pos=sample.pos, neg=sample.neg)
 
 
+def load_npz_arrays(path: str | os.PathLike, names: Sequence[str]) -> list[np.ndarray]:
+    """The named arrays of a ``.npz`` file (no pickles); :class:`DataError` for a missing,
+    truncated or corrupt file, a plain ``.npy``, or a missing array."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: not an .npz archive (a plain .npy array)")
+        with data:
+            missing = [k for k in names if k not in data.files]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {missing} (has {sorted(data.files)})")
+            return [data[k] for k in names]
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
+            RuntimeError, OverflowError, MemoryError, struct.error) as exc:  # zipfile: unsupported version, encrypted
+        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+
+
 def read_es_sample(
     path: str | os.PathLike,
     *,
@@ -245,22 +266,7 @@ def read_es_sample(
     square 254x254 image, i.e. no centring shift). Raises :class:`DataError` for a missing,
     truncated or corrupt file, a missing key, a wrong dtype/shape, or ``t`` out of range.
     """
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: not an .npz archive (a plain .npy array)")
-        with data:
-            missing = [k for k in ("pos", "neg") if k not in data.files]
-            if missing:
-                raise DataError(f"{path}: missing array(s) {missing} (has {sorted(data.files)})")
-            pos, neg = data["pos"], data["neg"]
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
-            RuntimeError, OverflowError, MemoryError, struct.error) as exc:  # zipfile: unsupported version, encrypted
-        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+    pos, neg = load_npz_arrays(path, ("pos", "neg"))
     for name, rows in (("pos", pos), ("neg", neg)):
         if rows.dtype != np.uint8:
             raise DataError(f"{path}: {name} must be uint8, got {rows.dtype}")

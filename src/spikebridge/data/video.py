@@ -20,10 +20,7 @@ under the key ``events``. :class:`ESUCF101Dataset` returns time-major float fram
 from __future__ import annotations
 
 import os
-import struct
 import re
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,6 +31,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from ..utils import atomic_path
+from .events import load_npz_arrays
 
 #: File suffixes taken as frames / images (compared lower-case).
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -152,21 +150,7 @@ def write_video_events(path: str | os.PathLike, events: np.ndarray) -> None:
 
 def read_video_events(path: str | os.PathLike) -> np.ndarray:
     """Read uint8 ``[2, T, H, W]`` video events; :class:`DataError` on anything malformed."""
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: not an .npz archive (a plain .npy array)")
-        with data:
-            if "events" not in data.files:
-                raise DataError(f"{path}: missing array 'events' (has {sorted(data.files)})")
-            events = data["events"]
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
-            RuntimeError, OverflowError, MemoryError, struct.error) as exc:  # zipfile: unsupported version, encrypted
-        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+    (events,) = load_npz_arrays(path, ("events",))
     if events.dtype != np.uint8 or events.ndim != 4 or events.shape[0] != 2:
         raise DataError(f"{path}: 'events' must be uint8 [2, T, H, W], got {events.dtype} {tuple(events.shape)}")
     if events.max(initial=0) > 1:

@@ -422,7 +422,7 @@ class NeuronConfig:
     learnable_decay: bool = False
     decay_logit_init: float = 0.5
     analog_slope: float = 0.2
-    sharpen_epochs: int = 100
+    sharpen_epochs: int = 0  # 0 = auto: pipelines use 2 x the ANN's epochs, a bare build the paper's 100
     backend: str = "auto"
 
     def __post_init__(self) -> None:
@@ -446,7 +446,7 @@ class NeuronConfig:
         if self.kind == "relu":
             return nn.ReLU()
         if self.kind == "sharpened_relu":
-            return SharpenedReLU(self.threshold, self.sharpen_epochs)
+            return SharpenedReLU(self.threshold, self.sharpen_epochs or 100)
         common = dict(
             decay=self.decay,
             threshold=self.threshold,

@@ -92,7 +92,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:
 
 def ann_neuron(cfg: PipelineConfig) -> NeuronConfig:
     """The ANN's activation: its sharpening schedule spans the ANN's epochs by default."""
-    sharpen = cfg.neuron.sharpen_epochs if cfg.neuron.sharpen_epochs != 100 else max(1, cfg.ann.epochs * 2)
+    sharpen = cfg.neuron.sharpen_epochs or max(1, cfg.ann.epochs * 2)  # an explicit value (the paper's 100) wins
     return replace(cfg.neuron, kind=cfg.ann_neuron, sharpen_epochs=sharpen)
 
 

@@ -1,8 +1,8 @@
 """Event conversion speed, per core (one process, one torch thread).
 
 * ODG (image -> ES-ImageNet events): ``spikebridge.data.odg.odg`` against a straightforward
-  per-image port of the reference algorithm (:func:`odg_reference`, a copy of the one in
-  ``tests/test_odg.py``: nine canvases, ``np.argwhere`` per move and a Python loop over candidate
+  per-image port of the reference algorithm (``spikebridge.data.odg_reference``, the one the tests
+  compare with: nine canvases, ``np.argwhere`` per move and a Python loop over candidate
   events for the strip and window tests). Both convert the same photo-like RGB images (ImageNet's
   typical 375x500, plus portrait and square ones); their outputs are checked equal before timing.
   Images are alternated between the two (A B A B ...), medians of the per-image times.
@@ -23,66 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from common import environment, set_threads, table, write_results  # noqa: E402
 from spikebridge.data.odg import odg  # noqa: E402
+from spikebridge.data.odg_reference import odg_reference  # noqa: E402
 from spikebridge.data.video import clip_to_events, frames_to_events  # noqa: E402
-
-PAPER_PATH = [(1, 0), (0, 2), (2, 1), (1, 0), (0, 1), (2, 2), (1, 0), (1, 1), (2, 1)]
-
-
-def odg_reference(rgb_uint8, size=254, threshold=0.18, window=(16, 240), min_events=1000, path=PAPER_PATH):
-    """Literal ODG (copy of ``tests/test_odg.py::odg_reference``). ``rgb_uint8``: HxWx3 or HxW uint8."""
-    arr = np.asarray(rgb_uint8)
-    if arr.ndim == 2:
-        arr = np.stack([arr, arr, arr], axis=-1)
-    rgb = arr.astype(np.float32) / np.float32(255.0)
-    a, b = rgb.shape[0], rgb.shape[1]
-    if a > b:
-        new_h, new_w = size, int(b * size / a)
-    else:
-        new_h, new_w = int(a * size / b), size
-    chw = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-    resized = F.interpolate(chw, size=(new_h, new_w), mode="nearest")[0].numpy()
-    intensity = resized.max(axis=0)
-    h, w = intensity.shape
-    canvases = []
-    for (r, c) in path:
-        canvas = np.zeros((size + 4, size + 4), dtype=np.float32)
-        canvas[r:r + h, c:c + w] = intensity
-        canvases.append(canvas)
-    pos, neg = [], []
-    for t in range(1, len(path)):
-        r0, c0 = path[t - 1]
-        r, c = path[t]
-        removed_rows = [(min(r, r0), max(r, r0)), (min(r, r0) + h, max(r, r0) + h)]
-        removed_cols = [(min(c, c0), max(c, c0)), (min(c, c0) + w, max(c, c0) + w)]
-        D = canvases[t] - canvases[t - 1]
-        for polarity_list, candidates in ((pos, np.argwhere(D > np.float32(threshold))),
-                                          (neg, np.argwhere(D < -np.float32(threshold)))):
-            for row, col in candidates:
-                row, col = int(row), int(col)
-                in_strip = False
-                for start, stop in removed_rows:
-                    if start <= row < stop:
-                        in_strip = True
-                for start, stop in removed_cols:
-                    if start <= col < stop:
-                        in_strip = True
-                if in_strip:
-                    continue
-                if not (window[0] < row < window[1] and window[0] < col < window[1]):
-                    continue
-                polarity_list.append((row, col, t))
-    if len(pos) + len(neg) < min_events:
-        return None
-    pos = np.array(pos, dtype=np.uint8).reshape(-1, 3)
-    neg = np.array(neg, dtype=np.uint8).reshape(-1, 3)
-    return pos, neg, h, w
-
 
 def photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A photo-like RGB image: low-resolution noise upscaled bilinearly plus a little grain."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import alternate, environment, mib, peak_memory_median, set_threads, summarize, table, write_results  # noqa: E402
+from common import alternate, environment, mib, peak_memory_median, publish_table, set_threads, summarize  # noqa: E402
 from workloads import Workload, build  # noqa: E402
 
 DEFAULT_BATCH = {"cnn": 32, "resnet18": 4}
@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     header = ["model", "input", "T", "B", "train SNN s", "train ANN(B*T) s", "train ratio",
               "infer SNN s", "infer ANN(B*T) s", "infer ratio", "peak SNN MiB", "peak ANN MiB", "peak ratio",
               "forward-kept ratio"]
-    markdown = f"# Spiking overhead ({env['threads']} thread(s), {env['cpu']})\n\n" + table(header, rows)
-    markdown += f"\nCommand: `{env['command']}`; load average at start {env['loadavg_at_start']}.\n"
-    write_results(args.name, {"environment": env, "results": records}, markdown)
-    print(markdown)
+    publish_table(args.name, "Spiking overhead", env, header, rows, records)
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import alternate, environment, mib, peak_memory_median, set_threads, summarize, table, write_results  # noqa: E402
+from common import alternate, environment, mib, peak_memory_median, publish_table, set_threads, summarize  # noqa: E402
 from workloads import Workload, build  # noqa: E402
 
 CONTENDERS = ("ours/rect", "sj/rect", "snntorch/rect", "ours/atan", "sj/atan", "snntorch/atan")
@@ -72,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         records.append(record)
     header = ["model", "T", "B", "contender", "train step s (median)", f"time / {base}", "peak step MiB",
               f"peak / {base}", "forward keeps MiB", f"kept / {base}", "loss after steps 1-3"]
-    markdown = f"# Peers ({env['threads']} thread(s), {env['cpu']})\n\n" + table(header, rows)
-    markdown += f"\nCommand: `{env['command']}`; load average at start {env['loadavg_at_start']}.\n"
-    write_results(args.name, {"environment": env, "results": records}, markdown)
-    print(markdown)
+    publish_table(args.name, "Peers", env, header, rows, records)
     return 0
 
 

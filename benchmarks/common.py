@@ -133,6 +133,17 @@ def write_results(name: str, payload: dict, markdown: str) -> Path:
     return path
 
 
+def publish_table(name: str, title: str, env: dict, header: Sequence[str], rows: Sequence[Sequence[object]],
+                  records: list) -> str:
+    """Write ``results/NAME.{json,md}``: a titled markdown table with the command and the load at
+    start, and the records with the environment. Prints and returns the markdown."""
+    markdown = f"# {title} ({env['threads']} thread(s), {env['cpu']})\n\n" + table(header, rows)
+    markdown += f"\nCommand: `{env['command']}`; load average at start {env['loadavg_at_start']}.\n"
+    write_results(name, {"environment": env, "results": records}, markdown)
+    print(markdown)
+    return markdown
+
+
 def mib(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:.0f}"
 

@@ -8,6 +8,9 @@
    ``OUT/rank<r>.safetensors`` (so the test can compare the ranks).
 3. The command line: ``spikebridge.cli.main(["pretrain", ...])``, what ``torchrun -m spikebridge``
    runs, into ``OUT/cli`` (rank 0 writes the run).
+(4., run before 3.) A loss that turns NaN on rank 1 only: every rank must stop with a TrainingError (a rank that
+   raised alone would leave the other blocked in the next all-reduce); the messages go to
+   ``OUT/nan_rank<r>.txt``.
 
 argv: OUT, then the ``pretrain`` flags shared with the test's one-process run.
 """
@@ -67,7 +70,37 @@ def main() -> int:
     state = {k: v.detach().contiguous() for k, v in ann.state_dict().items()}
     save_file(state, str(out / f"rank{info.rank}.safetensors"))
     distributed.barrier()
-    return cli.main(["pretrain", "--out", str(out / "cli"), *flags])
+    (out / f"nan_rank{info.rank}.txt").write_text(nan_on_one_rank(info))
+    distributed.barrier()
+    return cli.main(["pretrain", "--out", str(out / "cli"), *flags])  # last: it ends the process group
+
+
+class NaNOnRankOne(torch.nn.Module):
+    """A linear classifier whose output is NaN on rank 1 from the second step on."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(28 * 28, 10)
+        self.rank, self.calls = rank, 0
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.fc(x.flatten(1))
+        return y * float("nan") if self.rank == 1 and self.calls >= 2 and self.training else y
+
+
+def nan_on_one_rank(info: distributed.DistInfo) -> str:
+    from spikebridge.config import TrainConfig
+    from spikebridge.errors import TrainingError
+    from spikebridge.train.engine import fit
+
+    bundle = open_dataset("mnist5k", max_shift=0, limit_train=128, limit_test=32)
+    try:
+        fit(NaNOnRankOne(info.rank), bundle, TrainConfig(epochs=1, batch_size=32), name="nan", run_dir=None,
+            progress=False)
+    except TrainingError as exc:
+        return str(exc)
+    return "no error"
 
 
 if __name__ == "__main__":

@@ -14,12 +14,7 @@ from spikebridge.train.checkpoint import load_checkpoint
 METHODS = "scratch,pretrained,pretrained+wu,encoder,decoder,pretrained+liaf,scratch+T2"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_method_grammar():

@@ -17,6 +17,22 @@ def test_defaults_and_overrides(tmp_path):
     assert load_config(PipelineConfig, again) == cfg
 
 
+def test_a_partial_section_keeps_that_fields_defaults(tmp_path):
+    """Setting one key of a phase keeps the rest of *that phase's* defaults (events.finetune is a
+    4-epoch cosine fine-tune; the class TrainConfig alone would say 10 epochs, one-cycle)."""
+    defaults = PipelineConfig()
+    cfg = load_config(PipelineConfig, None, {"events.finetune.lr": 1e-3, "finetune.lr": 0.5, "scratch.epochs": 2})
+    assert cfg.events.finetune.lr == 1e-3
+    assert (cfg.events.finetune.epochs, cfg.events.finetune.schedule) == (defaults.events.finetune.epochs, "cosine")
+    assert cfg.finetune.epochs == defaults.finetune.epochs != 10
+    assert cfg.scratch.until_plateau == defaults.scratch.until_plateau > 0
+    path = tmp_path / "r.yaml"
+    path.write_text("events:\n  scratch:\n    lr: 0.01\n")
+    from_yaml = load_config(PipelineConfig, path)
+    assert from_yaml.events.scratch.lr == 0.01 and from_yaml.events.scratch.precise_bn == defaults.events.scratch.precise_bn > 0
+    assert from_yaml.events.finetune == defaults.events.finetune
+
+
 @pytest.mark.parametrize(
     "text, match",
     [

@@ -264,3 +264,29 @@ def test_train_end_to_end_ann_rgb_then_snn_events(clip_tree):
     assert result.history[-1]["train_loss"] < result.history[1]["train_loss"]  # [0] is the pre-training point
     assert result.best_acc >= 0.75
     assert evaluate(snn, bundle)["acc"] == result.final_acc
+
+
+def test_pipelines_build_the_crnn_for_the_datas_frame_size(tmp_path):
+    """The CRNN's encoder depends on the frame size: the pipelines build it for the data's frames
+    (not the paper's 256x342), store the size in the checkpoint, and rebuild it from there."""
+    from spikebridge.config import PipelineConfig, load_config
+    from spikebridge.data.static import TensorSplit
+    from spikebridge.pipelines import build_model, load_model, model_meta
+    from spikebridge.train.checkpoint import save_checkpoint
+
+    frames = torch.randint(0, 2, (6, 3, 2, 64, 86), dtype=torch.uint8)  # [N, T, 2, H, W]
+    split = TensorSplit(frames, torch.arange(6) % 2)
+    bundle = DataBundle(name="clips", train=split, test=split, num_classes=2, in_channels=2, kind="events")
+    cfg = load_config(PipelineConfig, None, {"model.name": "crnn"})
+    snn = build_model(cfg, bundle, cfg.neuron, 3)
+    assert snn.input_size == (64, 86) and snn.encoder.flat_features == 64 * 2 * 4
+    meta = model_meta(cfg, bundle, cfg.neuron, 3)
+    assert meta["model"]["options"] == {"input_size": [64, 86]}
+    save_checkpoint(tmp_path, "last", snn, meta)
+    again, _ = load_model(tmp_path / "last.json")
+    assert again.input_size == (64, 86)
+    for key, value in snn.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    x = frames[:2].transpose(0, 1).float()
+    snn.eval(), again.eval()
+    torch.testing.assert_close(snn(x), again(x))

@@ -15,13 +15,7 @@ from spikebridge.data.loading import iterate_batches
 from spikebridge.errors import DataError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread wastes nothing, two spin-wait on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

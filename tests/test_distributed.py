@@ -23,12 +23,13 @@ from spikebridge.utils import seed_everything
 
 HERE = Path(__file__).parent
 # a tiny real run: 64 digits, global batch 32 (16 per rank), 2 epochs of SGD with momentum, the
-# sharpened-ReLU ANN (its schedule follows the epoch), random-shift augmentation, SyncBN
+# sharpened-ReLU ANN (its schedule follows the epoch), random-shift augmentation, SyncBN, and
+# precise BN (the statistics re-estimated over the 64 digits after each epoch)
 FLAGS = [
     "--data", "mnist5k", "--model", "cnn", "--seed", "3", "--device", "cpu", "--no-progress",
     "--set", "ann.epochs=2", "--set", "ann.lr=0.01", "--set", "data.limit_train=64", "--set", "data.limit_test=64",
     "--set", "ann.batch_size=32", "--set", "ann.optimizer=sgd", "--set", "ann.schedule=step",
-    "--set", "ann.milestones=[1]", "--set", "run.sync_bn=true",
+    "--set", "ann.milestones=[1]", "--set", "run.sync_bn=true", "--set", "ann.precise_bn=64",
 ]
 
 
@@ -81,6 +82,10 @@ def test_two_gloo_ranks_match_one_process_with_the_global_batch(tmp_path):
         assert ours["test_acc"] == pytest.approx(theirs["test_acc"], abs=1e-9)  # counts summed over ranks
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
     assert not list((tmp_path / "ddp").glob("**/*.tmp"))
+    # a loss that became NaN on rank 1 alone stopped both ranks at the same step
+    assert (tmp_path / "ddp" / "nan_rank1.txt").read_text().startswith("nan epoch 1/1, step 2: the loss became nan")
+    assert (tmp_path / "ddp" / "nan_rank0.txt").read_text().startswith(
+        "nan epoch 1/1, step 2: the loss became NaN/Inf on 1 of 2 ranks")
 
 
 def test_global_batchnorm_equals_batchnorm_without_a_process_group():

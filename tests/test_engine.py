@@ -85,3 +85,28 @@ def test_nan_loss_stops_with_clear_error(small_bundle):
         model.fc.bias.fill_(float("nan"))
     with pytest.raises(TrainingError, match="step 1"):
         fit(model, small_bundle, _cfg(epochs=1), name="nan", run_dir=None, progress=False)
+
+
+def test_precise_bn_changes_statistics_only(small_bundle):
+    """precise_bn re-estimates BN statistics after each epoch: the parameters (trained on batch
+    statistics, same random stream) are unchanged, and the running statistics become the exact
+    mean / unbiased variance of the BN input over the sampled training images (here: all of them,
+    without augmentation)."""
+    def train(precise_bn):
+        torch.manual_seed(0)
+        model = sb.create_model("cnn", neuron="lif", T=2, in_channels=1)
+        fit(model, small_bundle, _cfg(epochs=1, precise_bn=precise_bn), name="snn", run_dir=None, progress=False)
+        return model
+
+    plain, precise = train(0), train(256)
+    for (name, a), (_, b) in zip(plain.named_parameters(), precise.named_parameters()):
+        assert torch.equal(a, b), name
+    assert not torch.allclose(plain.bn1.running_mean, precise.bn1.running_mean)
+    # the first BN sees conv(x) of the static image at every step: its statistics are those of conv(x)
+    conv, bn = precise.conv1, precise.bn1
+    x = (small_bundle.train.images.float() / 255 - small_bundle.mean[0]) / small_bundle.std[0]
+    with torch.no_grad():
+        y = conv(x)
+    dims = (0, 2, 3)
+    torch.testing.assert_close(bn.running_mean, y.mean(dims), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, y.var(dims, unbiased=True), rtol=1e-4, atol=1e-5)

@@ -18,13 +18,7 @@ from spikebridge.train.checkpoint import load_checkpoint
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread wastes nothing, two spin-wait on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -99,20 +99,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_piped(args: argparse.Namespace) -> int:
-    from .pipelines import load_model, piped
+def _ann_and_config(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+    """The ANN ``--ann`` / ``--ann-weights`` / ``--ann-kwargs`` name (loaded first: bad input
+    fails before anything is written; None without ``--ann``) and the config. A user class (also
+    from a checkpoint ``pipes`` trained) gets ``finetune``'s spikify defaults (``neuron.decay``)
+    unless the recipe / --set set them."""
+    from .byo import ann_source_from_flags, load_ann
+    from .commands.finetune import SPIKIFY_DEFAULTS, defaults_not_configured
 
-    cfg = _pipeline_config(args, {"events.data": args.events})
-    ann = load_model(args.ann)[0] if args.ann else None
-    piped(cfg, baseline=args.baseline, ann=ann)
+    source = ann_source_from_flags(args.ann, args.ann_weights, args.ann_kwargs)
+    loaded = load_ann(source) if source is not None else None
+    extra = dict(extra or {})
+    if loaded is not None and loaded.ann_class:
+        extra.update(defaults_not_configured(args, SPIKIFY_DEFAULTS))
+    return loaded, _pipeline_config(args, extra)
+
+
+def cmd_piped(args: argparse.Namespace) -> int:
+    from .byo import piped_with_ann
+    from .pipelines import piped
+
+    loaded, cfg = _ann_and_config(args, {"events.data": args.events})
+    if loaded is None:
+        piped(cfg, baseline=args.baseline)
+    else:
+        piped_with_ann(cfg, loaded, baseline=args.baseline)
     return 0
 
 
 def cmd_pipes(args: argparse.Namespace) -> int:
+    from .byo import pipes_with_ann
     from .pipelines import pipes
 
-    cfg = _pipeline_config(args)
-    pipes(cfg, baseline=args.baseline)
+    loaded, cfg = _ann_and_config(args)
+    if loaded is None:
+        pipes(cfg, baseline=args.baseline)
+    else:
+        pipes_with_ann(cfg, loaded, baseline=args.baseline)
     return 0
 
 
@@ -131,6 +154,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"ANN best test accuracy {result.best_acc:.4f} after {result.epochs} epochs ({result.seconds:.1f} s); "
               f"checkpoint: {cfg.run.out}/ann/checkpoints/last.json")
     return 0
+
+
+def _ann_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ann", metavar="CKPT.json|FILE.py:ClassName",
+                        help="the ANN: a spikebridge ANN checkpoint, or your nn.Module class (trained here on --data "
+                             "unless --ann-weights is given)")
+    parser.add_argument("--ann-weights", metavar="W.pth|W.safetensors", help="trained weights for --ann FILE.py:ClassName")
+    parser.add_argument("--ann-kwargs", metavar="JSON", help="constructor arguments for --ann FILE.py:ClassName")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,13 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "the main job on the embedded MNIST: pipeS (ANN -> SNN, vs SNN from scratch) and "
             "pipeD on its ODG events; summary.json, report.md, plot", default_out="runs/demo")
     p.add_argument("--no-events", action="store_true", help="skip the pipeD (event) half")
-    p = add("pipes", cmd_pipes, "pipeS: ANN pretraining then SNN fine-tuning on the same static data",
+    p = add("pipes", cmd_pipes, "pipeS: ANN pretraining (or --ann) then SNN fine-tuning on the same static data",
             default_out="runs/pipes")
     p.add_argument("--baseline", action="store_true", help="also train the SNN from scratch for comparison")
-    p = add("piped", cmd_piped, "pipeD: ANN on static images (trained here, or --ann CKPT) -> SNN fine-tuned on events",
+    _ann_flags(p)
+    p = add("piped", cmd_piped, "pipeD: ANN on static images (trained here, or --ann) -> SNN fine-tuned on events",
             default_out="runs/piped")
     p.add_argument("--events", help="event dataset: es-mnist or an ES-ImageNet folder (default: es-mnist)")
-    p.add_argument("--ann", metavar="CKPT", help="a pretrained ANN checkpoint (spikebridge pretrain's last.json)")
+    _ann_flags(p)
     p.add_argument("--baseline", action="store_true", help="also train the event SNN from scratch")
     p = add("pretrain", cmd_pretrain, "train the ANN (ReLU or sharpened ReLU) on static data", default_out="runs/pretrain")
     p.add_argument("--epochs", type=int)

@@ -23,6 +23,11 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine", "step")
 
 
+# SNN phases re-estimate their BatchNorm statistics after every epoch over this many training
+# samples by default (TrainConfig.precise_bn); a few seconds per epoch on the demo's digits
+PRECISE_BN_SAMPLES = 1024
+
+
 @dataclass
 class TrainConfig:
     """One training phase (ANN pretraining, SNN fine-tuning, SNN from scratch)."""
@@ -41,6 +46,10 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     freeze_epochs: int = 0  # "+WU": first N epochs train only layers not transferred
     until_plateau: int = 0  # >0: keep training past `epochs` while the best improved in the last N
+    # >0: after every epoch re-estimate BatchNorm statistics over this many training samples
+    # (no augmentation; counted as training time). Spiking nets are sensitive to the noise that
+    # the running averages of the last batches leave in their thresholds ("precise BN").
+    precise_bn: int = 0
 
     def validate(self, where: str) -> None:
         _positive_int(f"{where}.epochs", self.epochs, allow_zero=True)
@@ -56,6 +65,7 @@ class TrainConfig:
         _range_float(f"{where}.grad_clip", self.grad_clip, 0.0, math.inf)
         _positive_int(f"{where}.freeze_epochs", self.freeze_epochs, allow_zero=True)
         _positive_int(f"{where}.until_plateau", self.until_plateau, allow_zero=True)
+        _positive_int(f"{where}.precise_bn", self.precise_bn, allow_zero=True)
 
 
 @dataclass
@@ -140,8 +150,11 @@ class EventsConfig:
     time_bins: int = 4  # >0: merge the stream's frames into this many steps (0 = keep them all)
     image_size: int = 0  # >0: resize the event frames to this square size (area average); 0 = as stored
     model: str = ""  # "" = the same model as the ANN
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=2e-3))
-    scratch: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, until_plateau=2))
+    # a transferred net is already near a solution: no warm-up, a cosine decay from a high LR
+    finetune: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=5, lr=3e-3, schedule="cosine", precise_bn=PRECISE_BN_SAMPLES))
+    scratch: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=10, until_plateau=2, precise_bn=PRECISE_BN_SAMPLES))
     compare_first_layer: bool = True  # also fine-tune briefly with the other first-layer modes
     compare_epochs: int = 1
 
@@ -162,8 +175,9 @@ class PipelineConfig:
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     ann_neuron: str = "sharpened_relu"  # relu | sharpened_relu
     ann: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4))
-    scratch: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, until_plateau=2))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4, precise_bn=PRECISE_BN_SAMPLES))
+    scratch: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=10, until_plateau=2, precise_bn=PRECISE_BN_SAMPLES))
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -281,11 +295,34 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         if key not in known:
             where = f"{prefix}.{key}" if prefix else str(key)
             raise ConfigError(f"unknown config key {where!r}; known keys here: {', '.join(sorted(known))}")
-    kwargs = {key: _coerce(value, hints[key], f"{prefix}.{key}" if prefix else key) for key, value in data.items()}
+    defaults = _default_instance(cls)
+    kwargs = {}
+    for key, value in data.items():
+        base = getattr(defaults, key, None)
+        if is_dataclass(base) and isinstance(value, dict):
+            # a partial section keeps the defaults of *this* field (e.g. events.finetune's own
+            # epochs and schedule), not those of the section's class
+            value = _merged(asdict(base), value)
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}.{key}" if prefix else key)
     try:
         return cls(**kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{prefix}: {exc}" if prefix else str(exc)) from None
+
+
+def _default_instance(cls: type) -> Any:
+    try:
+        return cls()
+    except TypeError:  # a dataclass with required fields: no defaults to start from
+        return None
+
+
+def _merged(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` laid over it, section by section."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merged(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
 
 
 def to_dict(obj: Any) -> dict:

@@ -23,7 +23,7 @@ from .config import PipelineConfig, dump_yaml, from_dict
 from .data.datasets import open_data_config, open_dataset, resolve_model_name
 from .data.loading import DataBundle, iterate_batches, with_time_bins
 from .errors import CheckpointError, ConfigError
-from .models import create_model
+from .models import create_model, list_models
 from .neurons import NeuronConfig, SharpenedReLU
 from .train.checkpoint import Checkpoint, load_checkpoint
 from .train.distributed import current as current_rank
@@ -45,26 +45,40 @@ def resolve_device(name: str) -> torch.device:
     return local_device(device)
 
 
+def model_options(name: str, bundle: DataBundle) -> dict[str, Any]:
+    """Constructor arguments a model takes from the data: a sequence model (the video CRNN, whose
+    encoder's first FC layer depends on the frame size) is built for the data's frame size."""
+    return {"input_size": list(bundle.frame_size)} if name in list_models(sequence=True) else {}
+
+
 def model_meta(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T: int) -> dict[str, Any]:
     """What a checkpoint needs to rebuild its model."""
-    return {
-        "model": {"name": resolve_model_name(cfg.model.name, bundle), "num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "T": T},
-        "neuron": asdict(neuron),
-        "data": bundle.name,
-    }
+    name = resolve_model_name(cfg.model.name, bundle)
+    model = {"name": name, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "T": T}
+    options = model_options(name, bundle)
+    if options:
+        model["options"] = options
+    return {"model": model, "neuron": asdict(neuron), "data": bundle.name}
 
 
 def build_model(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T: int) -> nn.Module:
+    name = resolve_model_name(cfg.model.name, bundle)
     model = create_model(
-        resolve_model_name(cfg.model.name, bundle),
+        name,
         num_classes=cfg.model.num_classes or bundle.num_classes,
         neuron=neuron,
         T=T,
         in_channels=cfg.model.in_channels or bundle.in_channels,
+        **model_options(name, bundle),
     )
     if cfg.model.checkpoint_blocks:
         model.checkpoint_blocks = True  # recompute blocks in the backward: less memory, more time
     return model
+
+
+def stored_model_options(spec: dict) -> dict[str, Any]:
+    """A checkpoint's ``model.options`` (lists back to the tuples the constructors take)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in (spec.get("options") or {}).items()}
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:
@@ -77,7 +91,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:
         neuron = from_dict(NeuronConfig, meta["neuron"], "neuron")
         spec = meta["model"]
         model = create_model(spec["name"], num_classes=spec["num_classes"], neuron=neuron, T=spec["T"],
-                             in_channels=spec["in_channels"])
+                             in_channels=spec["in_channels"], **stored_model_options(spec))
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{ckpt.path}: incomplete model description ({exc})") from None
     try:
@@ -186,17 +200,22 @@ def open_static(cfg: PipelineConfig) -> DataBundle:
 
 
 def run_pipes(
-    cfg: PipelineConfig, bundle: DataBundle, device: torch.device, *, baseline: bool
+    cfg: PipelineConfig, bundle: DataBundle, device: torch.device, *, baseline: bool, ann: nn.Module | None = None
 ) -> tuple[nn.Module, nn.Module, list[RunResult], TransferReport]:
-    """ANN on static data -> SNN fine-tuned on the same data (+ the SNN from scratch)."""
-    _log(cfg, f"[pipeS] ANN ({cfg.ann_neuron}, {cfg.model.name}) on {bundle.name}: "
-              f"{len(bundle.train)} train / {len(bundle.test)} test")
-    ann, ann_result = pretrain_ann(cfg, bundle, device)
+    """ANN on static data (trained here unless ``ann`` is given) -> SNN fine-tuned on the same
+    data (+ the SNN from scratch)."""
+    runs: list[RunResult] = []
+    momentum = None
+    if ann is None:
+        _log(cfg, f"[pipeS] ANN ({cfg.ann_neuron}, {cfg.model.name}) on {bundle.name}: "
+                  f"{len(bundle.train)} train / {len(bundle.test)} test")
+        ann, ann_result = pretrain_ann(cfg, bundle, device)
+        runs.append(ann_result)
+        momentum = ann_result.optimizer_state if cfg.bridge.transfer_optimizer else None
     _log(cfg, f"[pipeS] bridge: ANN -> SNN ({cfg.neuron.kind}, T={cfg.model.T}), then fine-tune")
     snn, report = bridge_to_snn(cfg, ann, bundle, device)
     _log(cfg, report.summary())
-    momentum = ann_result.optimizer_state if cfg.bridge.transfer_optimizer else None
-    runs = [ann_result, finetune_snn(cfg, snn, bundle, device, name="snn_pretrained", optimizer_state=momentum)]
+    runs.append(finetune_snn(cfg, snn, bundle, device, name="snn_pretrained", optimizer_state=momentum))
     if baseline:
         _log(cfg, f"[pipeS] baseline: the same SNN from scratch ({cfg.scratch.epochs} epochs)")
         runs.append(train_snn_scratch(cfg, bundle, device))
@@ -210,6 +229,13 @@ def events_config(cfg: PipelineConfig, events: DataBundle) -> PipelineConfig:
     return replace(cfg, model=model, finetune=cfg.events.finetune, scratch=cfg.events.scratch)
 
 
+def open_events(cfg: PipelineConfig) -> DataBundle:
+    """``cfg.events.data`` with ``events.time_bins`` steps (and ``data.limit_train`` / ``limit_test``)."""
+    return with_time_bins(open_dataset(cfg.events.data, split_seed=cfg.data.split_seed, workers=cfg.data.workers,
+                                       image_size=cfg.events.image_size, limit_train=cfg.data.limit_train,
+                                       limit_test=cfg.data.limit_test), cfg.events.time_bins)
+
+
 def run_piped(
     cfg: PipelineConfig, ann: nn.Module, device: torch.device, *, baseline: bool
 ) -> tuple[list[RunResult], dict, TransferReport]:
@@ -217,8 +243,7 @@ def run_piped(
 
     Also fine-tunes briefly with the other first-layer adaptations and returns their accuracies.
     """
-    events = with_time_bins(open_dataset(cfg.events.data, split_seed=cfg.data.split_seed, workers=cfg.data.workers,
-                                         image_size=cfg.events.image_size), cfg.events.time_bins)
+    events = open_events(cfg)
     ecfg = events_config(cfg, events)
     _log(cfg, f"[pipeD] events {events.name}: T={ecfg.model.T}, {events.in_channels} polarities; "
               f"bridge the static ANN (first layer: {cfg.bridge.first_layer})")
@@ -253,15 +278,23 @@ def run_piped(
     return runs, comparison, report
 
 
-def pipes(cfg: PipelineConfig, *, baseline: bool = True, bundle: DataBundle | None = None) -> dict:
-    """pipeS: ANN on static data -> SNN fine-tuned on the same data (+ the scratch SNN baseline)."""
+def pipes(cfg: PipelineConfig, *, baseline: bool = True, bundle: DataBundle | None = None,
+          ann: nn.Module | None = None) -> dict:
+    """pipeS: ANN on static data (trained here unless given) -> SNN fine-tuned on the same data
+    (+ the scratch SNN baseline)."""
     device = _prepare_run(cfg)
     started = time.perf_counter()
     bundle = bundle or open_static(cfg)
-    _ann, _snn, runs, report = run_pipes(cfg, bundle, device, baseline=baseline)
+    extra: dict[str, Any] = {}
+    if ann is not None:
+        from .train.engine import evaluate
+
+        extra["ann_acc"] = evaluate(ann.to(device), bundle, device=device)["acc"]
+    _ann, _snn, runs, report = run_pipes(cfg, bundle, device, baseline=baseline, ann=ann)
+    pretrained = next(r for r in runs if r.name == "snn_pretrained")
     summary = build_summary(
         bundle.name, cfg.model.T, [r.to_summary() for r in runs], comparisons=(PIPES,),
-        extra={"transfer": report.to_dict(), "transfer_acc": runs[1].curve[0][2]},
+        extra={"transfer": report.to_dict(), "transfer_acc": pretrained.curve[0][2], **extra},
     )
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     write_outputs(cfg, summary, runs, title=f"pipeS on {bundle.name}: SNN (T={cfg.model.T}) from an ANN vs from scratch")

@@ -8,11 +8,22 @@ own ANN), or a spikebridge checkpoint (whose metadata says how to rebuild its mo
 * :func:`model_from_checkpoint` rebuilds a checkpoint's model (registry ANN/SNN, or a spikified
   user ANN) and loads its weights.
 
-Checkpoint metadata of a spikified model (written by ``spikebridge finetune``)::
+Checkpoint metadata of a spikified model (written by ``spikebridge finetune``, ``pipes`` and
+``piped`` for ``--ann FILE.py:ClassName``; :func:`spikified_meta`)::
 
     {"model": {"name": "spikify", "ann": "/abs/path/file.py:ClassName", "ann_kwargs": {...},
-               "num_classes": K, "in_channels": C, "T": T, "input_ndim": 4},
+               "num_classes": K, "in_channels": C, "T": T, "input_ndim": 4,
+               "input_conv": "conv1"},
      "neuron": {...NeuronConfig fields...}, "data": "mnist5k"}
+
+``input_conv`` (optional; pipeD on events): the ``nn.Conv2d`` reading the input was replaced by
+one taking ``in_channels`` channels (:func:`spikebridge.spikify.adapt_input_conv`), so the model
+is rebuilt with that conv swapped before its weights load.
+
+The user's ANN itself, trained by ``pipes`` / ``piped`` (run ``ann``; :func:`ann_class_meta`)::
+
+    {"model": {"name": "ann_class", "ann": "/abs/path/file.py:ClassName", "ann_kwargs": {...},
+               "num_classes": K, "in_channels": C, "T": 1}, "neuron": null, "data": "mnist5k"}
 
 Registry models store ``{"model": {"name", "num_classes", "in_channels", "T"}, "neuron": {...}}``
 (:func:`spikebridge.pipelines.model_meta`).
@@ -34,6 +45,7 @@ from .errors import CheckpointError, ConfigError
 from .neurons import NeuronConfig
 
 SPIKIFIED_MODEL_NAME = "spikify"
+USER_ANN_MODEL_NAME = "ann_class"  # the user's own ANN class, not spiking
 
 
 def is_python_class_spec(spec: str) -> bool:
@@ -123,6 +135,37 @@ def load_ann_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def absolute_class_spec(spec: str) -> str:
+    """``file.py:ClassName`` with the file's absolute path (what checkpoint metadata stores)."""
+    path, _sep, class_name = str(spec).rpartition(":")
+    return f"{Path(path).expanduser().resolve()}:{class_name}"
+
+
+def ann_class_meta(spec: str, kwargs: dict[str, Any] | None, *, num_classes: int, in_channels: int,
+                   data: str) -> dict:
+    """Checkpoint metadata of the user's ANN class ``spec`` (trained by pipes / piped)."""
+    return {
+        "model": {"name": USER_ANN_MODEL_NAME, "ann": absolute_class_spec(spec), "ann_kwargs": dict(kwargs or {}),
+                  "num_classes": int(num_classes), "in_channels": int(in_channels), "T": 1},
+        "neuron": None,
+        "data": data,
+    }
+
+
+def spikified_meta(spec: str, kwargs: dict[str, Any] | None, neuron: NeuronConfig, *, num_classes: int,
+                   in_channels: int, T: int, input_ndim: int, data: str, input_conv: str | None = None) -> dict:
+    """Checkpoint metadata of ``spikify(ClassName(**kwargs))`` (see the module docstring)."""
+    from dataclasses import asdict
+
+    model = {
+        "name": SPIKIFIED_MODEL_NAME, "ann": absolute_class_spec(spec), "ann_kwargs": dict(kwargs or {}),
+        "num_classes": int(num_classes), "in_channels": int(in_channels), "T": int(T), "input_ndim": int(input_ndim),
+    }
+    if input_conv:
+        model["input_conv"] = input_conv
+    return {"model": model, "neuron": asdict(neuron), "data": data}
+
+
 def neuron_from_meta(data: dict) -> NeuronConfig:
     known = {f.name for f in fields(NeuronConfig)}
     try:
@@ -138,17 +181,26 @@ def model_from_meta(meta: dict, *, T: int | None = None) -> nn.Module:
         raise CheckpointError("the checkpoint has no model description (meta.model.name); it was not written by spikebridge")
     neuron = neuron_from_meta(meta.get("neuron", {}))
     steps = int(T or info.get("T") or 1)
+    if info["name"] == USER_ANN_MODEL_NAME:
+        return import_ann(info["ann"], info.get("ann_kwargs") or {})
     if info["name"] == SPIKIFIED_MODEL_NAME:
-        from .spikify import spikify
+        from .spikify import adapt_input_conv, spikify
 
         ann = import_ann(info["ann"], info.get("ann_kwargs") or {})
-        return spikify(ann, neuron, T=steps, input_ndim=int(info.get("input_ndim", 4)))
+        snn = spikify(ann, neuron, T=steps, input_ndim=int(info.get("input_ndim", 4)))
+        if info.get("input_conv"):
+            swapped = adapt_input_conv(snn, int(info["in_channels"]), "skip")  # its weights load next
+            if swapped != info["input_conv"]:
+                raise CheckpointError(f"the checkpoint adapted the input conv {info['input_conv']!r}, "
+                                      f"but {info['ann']} now reads its input with {swapped!r}")
+        return snn
     from .models import create_model
+    from .pipelines import stored_model_options
 
     try:
         return create_model(
             info["name"], num_classes=int(info["num_classes"]), neuron=neuron, T=steps,
-            in_channels=int(info["in_channels"]),
+            in_channels=int(info["in_channels"]), **stored_model_options(info),
         )
     except ConfigError as exc:
         raise CheckpointError(f"cannot rebuild the checkpoint's model: {exc}") from None
@@ -178,6 +230,9 @@ def model_from_checkpoint(path: str | Path, *, T: int | None = None) -> tuple[nn
 
 __all__ = [
     "SPIKIFIED_MODEL_NAME",
+    "USER_ANN_MODEL_NAME",
+    "absolute_class_spec",
+    "ann_class_meta",
     "import_ann",
     "is_python_class_spec",
     "load_ann_weights",
@@ -185,4 +240,5 @@ __all__ = [
     "model_from_meta",
     "neuron_from_meta",
     "parse_ann_kwargs",
+    "spikified_meta",
 ]

@@ -712,9 +712,14 @@ def calibrate_thresholds(
     device: torch.device | str | None = None,
     refine_steps: int = 12,
     per_channel: bool = False,
+    ann_batches: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Fit each neuron's threshold, in graph order, to reproduce the ANN's activation (MSE between
     the ANN's activation and the SNN's output averaged over T); see the module docstring.
+
+    ``ann_batches``: what the ANN sees of the same samples, ``[B, ...]`` per batch, when the SNN's
+    input differs from it (event batches ``[T, B, ...]`` in ``batches``: e.g. their mean over T, the
+    rate-coded view a per-frame ANN reproduces); default ``batches`` (static ``[B, ...]``).
 
     Memory: about (T + 1) x the largest activation over all calibration samples (lower
     ``calibration_samples`` for large inputs, e.g. 64 for ImageNet-size ResNets).
@@ -729,6 +734,9 @@ def calibrate_thresholds(
     ann_sites = [n.name for n in recorder.sites]
     if len(ann_sites) != len(snn.neurons):
         raise ConfigError("internal: activation sites and neurons differ in number")
+    ann_inputs = list(ann_batches) if ann_batches is not None else batches  # [B, ...] each
+    if len(ann_inputs) != len(batches):
+        raise ConfigError(f"calibration: {len(batches)} SNN batches but {len(ann_inputs)} ANN batches")
     chosen: dict[str, float] = {}
     names = {id(m): n for n, m in snn.named_modules()}
     for site_name, neuron in zip(ann_sites, snn.neurons):
@@ -752,12 +760,12 @@ def calibrate_thresholds(
         # spike: clamped); one site at a time keeps the memory to (T + 1) x one activation
         recorder.site_set = {site_name}
         target_parts = []
-        for x in batches:
+        for x in ann_inputs:
             recorder.outputs = {}
             recorder.run(x.to(device))
             target_parts.append(recorder.outputs[site_name].cpu())
         target = torch.cat(target_parts, dim=0).clamp(min=0)
-        level = _fit_threshold(neuron, currents, target, batches, refine_steps, per_channel)
+        level = _fit_threshold(neuron, currents, target, ann_inputs, refine_steps, per_channel)
         chosen[names[id(neuron)]] = float(level.mean())
     snn.train(was_training)
     return chosen
@@ -774,7 +782,8 @@ def _fit_threshold(neuron: ThresholdNeuron, currents: torch.Tensor, ann_value: t
                    batches: list[torch.Tensor], refine_steps: int, per_channel: bool = False) -> torch.Tensor:
     """Set ``neuron.threshold`` (one level, or one per channel = dim 1) to what makes the
     time-averaged output best match ``ann_value`` (``[N, ...]``, mean squared error) given the
-    neuron's input ``currents`` (``[T*b, ...]`` per batch, concatenated): a grid of percentiles of
+    neuron's input ``currents`` (``[T*b, ...]`` per batch, concatenated; ``batches``: the ANN's
+    inputs ``[b, ...]``, for the batch sizes): a grid of percentiles of
     the ANN's positive activations, then a golden-section refinement (log scale) per channel."""
     steps = currents.shape[0] // ann_value.shape[0]
     per_channel = per_channel and ann_value.dim() >= 2
@@ -836,14 +845,83 @@ def _fit_threshold(neuron: ThresholdNeuron, currents: torch.Tensor, ann_value: t
     return neuron.threshold.detach().clone()
 
 
+# ------------------------------------------------------------------------------------------------
+# New input channels (a static ANN's 1 or 3 colours -> 2 event polarities)
+# ------------------------------------------------------------------------------------------------
+def input_conv_name(graph: fx.Graph, modules: dict[str, nn.Module]) -> str:
+    """The ``nn.Conv2d`` that reads the network's input: the first one in graph order fed by the
+    input through parameter-free operations only (pads, reshapes, arithmetic). ConfigError if a
+    layer with parameters (e.g. a BatchNorm on the raw input) or none comes first."""
+    from_input: set[fx.Node] = {n for n in graph.nodes if n.op == "placeholder"}
+    for node in graph.nodes:
+        if node.op == "placeholder" or not any(a in from_input for a in node.all_input_nodes):
+            continue
+        if node.op == "call_module":
+            module = modules[node.target]
+            if isinstance(module, nn.Conv2d):
+                return str(node.target)
+            if any(True for _ in module.parameters()):
+                raise ConfigError(
+                    f"the network's input first goes through {_describe_node(node, modules)}, not an nn.Conv2d: "
+                    "cannot adapt its input channels (give the ANN a first Conv2d that reads the input)"
+                )
+        from_input.add(node)
+    raise ConfigError("no nn.Conv2d module reads the network's input (functional convs are not adapted)")
+
+
+def adapt_input_conv(model: nn.Module, in_channels: int, mode: str = "mean", *,
+                     graph: fx.Graph | None = None) -> str:
+    """Replace, in place, the ``nn.Conv2d`` that reads the input of the traced ``model`` (a
+    :class:`SpikingNet` or an ``fx.GraphModule``; its ``graph`` unless one is given) with one taking
+    ``in_channels`` channels; returns its name (e.g. ``"conv1"``).
+
+    The new kernel ``[out, in_channels, kh, kw]`` comes from the old ``[out, c_src, kh, kw]`` as
+    the bridge adapts a registry model's first layer (:func:`spikebridge.bridge._adapt_first_layer`):
+    ``mean`` (the colour-mean kernel on every new channel: ``new([g/2, g/2]) == old(g)`` for a
+    1-channel source), ``signed_polarity`` (ON = the grey kernel, OFF its negative), or ``skip``
+    (freshly initialised by the global RNG, bias too). Otherwise the bias and the conv's settings
+    (stride, padding, dilation, padding mode) are kept. Nothing changes when the conv already
+    takes ``in_channels``.
+    """
+    from .bridge import FIRST_LAYER_MODES, _adapt_first_layer
+
+    if mode not in FIRST_LAYER_MODES:
+        raise ConfigError(f"unknown first-layer mode {mode!r}; expected one of {', '.join(FIRST_LAYER_MODES)}")
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
+    graph = graph if graph is not None else getattr(model, "graph", None)
+    if not isinstance(graph, fx.Graph):
+        raise ConfigError(f"adapt_input_conv needs a traced model (SpikingNet or fx.GraphModule), got {type(model).__name__}")
+    name = input_conv_name(graph, dict(model.named_modules()))
+    old: nn.Conv2d = model.get_submodule(name)
+    if old.in_channels == in_channels:
+        return name
+    if old.groups != 1:
+        raise ConfigError(f"the input conv '{name}' is grouped (groups={old.groups}); cannot adapt its input channels")
+    new = nn.Conv2d(
+        in_channels, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding,
+        dilation=old.dilation, bias=old.bias is not None, padding_mode=old.padding_mode,
+    ).to(device=old.weight.device, dtype=old.weight.dtype)
+    if mode != "skip":
+        with torch.no_grad():
+            new.weight.copy_(_adapt_first_layer(old.weight.detach(), in_channels, mode))
+            if old.bias is not None:
+                new.bias.copy_(old.bias.detach())
+    new.train(old.training)
+    _set_submodule(model, name, new)
+    return name
+
+
 __all__ = [
     "ACTIVATION_FUNCTIONS",
     "ACTIVATION_MODULES",
     "SpikingNet",
     "ThresholdNeuron",
     "TimeExpand",
+    "adapt_input_conv",
     "calibrate_thresholds",
     "check_batch_axis",
+    "input_conv_name",
     "spikify",
     "spikify_with_graph",
 ]

@@ -41,7 +41,8 @@ def build_summary(
 ) -> dict:
     """``summary.json``'s content: runs, each comparison's target (its baseline's best accuracy)
     and ``time_to_target`` for the baseline and the bridged run, plus ``<pretrained>_total`` which
-    adds the ANN's training seconds."""
+    adds the ANN's training seconds; ``time_ratio[<pretrained>]``: its seconds to the target over
+    the baseline's (None when it never got there)."""
     by_name = {run["name"]: run for run in runs}
     summary: dict[str, Any] = {"dataset": dataset, "T": T, "runs": runs}
     ttt: dict[str, float | None] = {}
@@ -56,6 +57,9 @@ def build_summary(
             ttt[comp.pretrained] = reach
             ann_seconds = by_name[ann]["seconds"] if ann in by_name else 0.0
             ttt[f"{comp.pretrained}_total"] = None if reach is None else round(reach + ann_seconds, 3)
+            base = ttt[comp.baseline]
+            summary.setdefault("time_ratio", {})[comp.pretrained] = (
+                None if reach is None or not base else round(reach / base, 4))
     if ttt:
         summary["time_to_target"] = ttt
     summary.update(extra or {})

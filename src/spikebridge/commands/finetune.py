@@ -77,15 +77,20 @@ def _configured_keys(args: argparse.Namespace) -> set[str]:
     return keys
 
 
+def defaults_not_configured(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` without the keys the user set in the YAML recipe or with --set."""
+    taken = _configured_keys(args)
+    return {key: value for key, value in defaults.items() if key not in taken}
+
+
 def finetune_config(args: argparse.Namespace):
     from ..cli import _pipeline_config
     from ..restore import is_python_class_spec
 
-    taken = _configured_keys(args)
     defaults = dict(FINETUNE_DEFAULTS)
     if is_python_class_spec(args.ann):
         defaults.update(SPIKIFY_DEFAULTS)
-    extra = {key: value for key, value in defaults.items() if key not in taken}
+    extra = defaults_not_configured(args, defaults)
     if args.epochs is not None:
         extra["finetune.epochs"] = args.epochs
     if args.lr is not None:
@@ -94,96 +99,61 @@ def finetune_config(args: argparse.Namespace):
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from ..byo import ann_source_from_flags
     from ..errors import ConfigError
-    from ..restore import is_python_class_spec, parse_ann_kwargs
+    from ..train.distributed import current as current_rank
 
     cfg = finetune_config(args)
     if args.calibration_samples < 1:
         raise ConfigError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")
-    if is_python_class_spec(args.ann):
-        if not args.ann_weights:
-            raise ConfigError("--ann FILE.py:ClassName needs --ann-weights W.pth|W.safetensors (the trained weights)")
-        source = {"kind": "class", "spec": args.ann, "weights": args.ann_weights, "kwargs": parse_ann_kwargs(args.ann_kwargs)}
-    else:
-        if args.ann_weights or args.ann_kwargs:
-            raise ConfigError("--ann-weights / --ann-kwargs go with --ann FILE.py:ClassName; a checkpoint has its own")
-        source = {"kind": "checkpoint", "path": args.ann}
+    source = ann_source_from_flags(args.ann, args.ann_weights, args.ann_kwargs, weights_required=True)
     summary = finetune_ann(cfg, source, calibration_samples=args.calibration_samples)
     run = summary["runs"][0]
-    print(f"ANN {summary['ann_acc']:.4f} | SNN (T={summary['T']}) after transfer {summary['transfer_acc']:.4f} | "
-          f"after {run['epochs']} epoch(s) {run['final_acc']:.4f} (best {run['best_acc']:.4f}); "
-          f"wrote {Path(cfg.run.out) / 'summary.json'}")
+    if current_rank().is_main:  # under torchrun rank 0 alone reports
+        print(f"ANN {summary['ann_acc']:.4f} | SNN (T={summary['T']}) after transfer {summary['transfer_acc']:.4f} | "
+              f"after {run['epochs']} epoch(s) {run['final_acc']:.4f} (best {run['best_acc']:.4f}); "
+              f"wrote {Path(cfg.run.out) / 'summary.json'}")
     return 0
 
 
-def finetune_ann(cfg, source: dict, *, calibration_samples: int = 512) -> dict:
+def finetune_ann(cfg, source, *, calibration_samples: int = 512) -> dict:
     """Build the ANN from ``source``, measure it, make the SNN, fine-tune, write the outputs.
 
-    ``source``: ``{"kind": "class", "spec": "file.py:Class", "weights": path, "kwargs": {...}}`` or
-    ``{"kind": "checkpoint", "path": ckpt}``. Returns the summary written to ``summary.json``.
+    ``source``: a :class:`spikebridge.byo.AnnSource` (the user's class with its trained weights,
+    or a spikebridge ANN checkpoint). Returns the summary written to ``summary.json``.
     """
-    import torch
-
     from ..analysis.summary import write_json
-    from ..config import dump_yaml
+    from ..byo import load_ann, spikify_ann_class
     from ..data.loading import DataBundle
     from ..errors import CheckpointError, ConfigError
-    from ..pipelines import bridge_to_snn, calibration_batches, open_static, resolve_device
-    from ..restore import SPIKIFIED_MODEL_NAME, import_ann, load_ann_weights, model_from_checkpoint
-    from ..spikify import spikify
+    from ..pipelines import _prepare_run, bridge_to_snn, open_static
+    from ..train.distributed import current as current_rank
     from ..train.engine import evaluate, fit
     from ..utils import atomic_write_text, seed_everything
 
     started = time.perf_counter()
-    device = resolve_device(cfg.run.device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    device = _prepare_run(cfg)  # threads; OUT and config.yaml (rank 0 under torchrun)
     out = Path(cfg.run.out)
-    from ..utils import ensure_dir
-
-    ensure_dir(out)  # a file in the way / no permission: OutputError (exit 2)
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     seed_everything(cfg.run.seed)
     bundle: DataBundle = open_static(cfg)
     T = cfg.model.T
 
-    if source["kind"] == "class":
-        ann = import_ann(source["spec"], source.get("kwargs"))
-        load_ann_weights(ann, source["weights"])
-        ann_label = source["spec"]
-    else:
-        ann, meta, _ckpt = model_from_checkpoint(source["path"])
-        if getattr(ann, "spiking", False):
-            raise CheckpointError(f"{source['path']}: this checkpoint is already an SNN; give the ANN's checkpoint")
-        ann_label = str(source["path"])
+    loaded = load_ann(source)  # the class + its weights, or the checkpoint's ANN
+    ann, ann_label = loaded.model, loaded.label
     ann.to(device).eval()
     ann_acc = evaluate(ann, bundle, device=device)["acc"]
     _log(cfg, f"ANN {ann_label}: test accuracy {ann_acc:.4f} on {bundle.name}")
 
-    calib_bundle = replace(bundle, max_shift=0)
-    calib_batch = max(1, min(250, calibration_samples, len(bundle.train)))
-    batches = calibration_batches(calib_bundle, -(-calibration_samples // calib_batch), batch_size=calib_batch, seed=cfg.run.seed)
     extra: dict[str, Any] = {}
-    if source["kind"] == "class":
-        snn = spikify(ann, cfg.neuron, T=T, calibration=batches, device=device,
-                      calibration_samples=calibration_samples).to(device)
-        path, _, class_name = source["spec"].rpartition(":")
-        meta = {
-            "model": {
-                "name": SPIKIFIED_MODEL_NAME, "ann": f"{Path(path).resolve()}:{class_name}",
-                "ann_kwargs": source.get("kwargs") or {}, "num_classes": bundle.num_classes,
-                "in_channels": bundle.in_channels, "T": T, "input_ndim": snn.input_ndim,
-            },
-            "neuron": asdict(cfg.neuron),
-            "data": bundle.name,
-        }
-        extra["thresholds"] = snn.thresholds()
+    if loaded.ann_class is not None:
+        snn, meta, extra["thresholds"] = spikify_ann_class(cfg, ann, loaded.ann_class, loaded.kwargs, bundle, device,
+                                                           calibration_samples=calibration_samples)
         _log(cfg, f"spikified: {len(snn.neurons)} neuron layers, thresholds "
                   + ", ".join(f"{k}={v:.3g}" for k, v in extra["thresholds"].items()))
     else:
-        info = meta["model"]
+        info = loaded.checkpoint_model
         if int(info.get("num_classes", bundle.num_classes)) != bundle.num_classes:
-            raise CheckpointError(f"{source['path']}: the ANN has {info['num_classes']} classes, {bundle.name} has {bundle.num_classes}")
+            raise CheckpointError(f"{source.checkpoint}: the ANN has {info['num_classes']} classes, {bundle.name} has {bundle.num_classes}")
         model_cfg = replace(cfg.model, name=info["name"], in_channels=int(info.get("in_channels", 0)))
         snn, report = bridge_to_snn(replace(cfg, model=model_cfg), ann, bundle, device)
         extra["transfer"] = report.to_dict()
@@ -197,6 +167,7 @@ def finetune_ann(cfg, source: dict, *, calibration_samples: int = 512) -> dict:
     result = fit(
         snn, bundle, cfg.finetune, name="snn_finetuned", run_dir=out, seed=cfg.run.seed, device=device,
         progress=cfg.run.progress, resume=cfg.run.resume, evaluate_first=True, meta=meta,
+        amp=cfg.run.amp, sync_bn=cfg.run.sync_bn,
     )
     summary: dict[str, Any] = {
         "dataset": bundle.name,
@@ -210,8 +181,9 @@ def finetune_ann(cfg, source: dict, *, calibration_samples: int = 512) -> dict:
         **extra,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    write_json(out / "summary.json", summary)
-    atomic_write_text(out / "report.md", _report(summary))
+    if current_rank().is_main:  # under torchrun rank 0 alone writes
+        write_json(out / "summary.json", summary)
+        atomic_write_text(out / "report.md", _report(summary))
     return summary
 
 

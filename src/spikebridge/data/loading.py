@@ -48,6 +48,12 @@ class DataBundle:
         sample = self.train.images[0] if isinstance(self.train, TensorSplit) else self.train[0][0]
         return int(sample.shape[0])
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the training samples' images / event frames (the first sample's)."""
+        sample = self.train.images[0] if isinstance(self.train, TensorSplit) else self.train[0][0]
+        return int(sample.shape[-2]), int(sample.shape[-1])
+
 
 def limit_bundle(bundle: DataBundle, limit_train: int = 0, limit_test: int = 0, *, seed: int = 0) -> DataBundle:
     """The same bundle with at most ``limit_train`` / ``limit_test`` samples (0 = all): a seeded

@@ -82,6 +82,18 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def average_batchnorm_statistics(model: nn.Module) -> None:
+    """Average every BatchNorm's running mean and variance over the ranks (in place)."""
+    info = current()
+    if not info.enabled:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for buffer in (m.running_mean, m.running_var):
+                dist.all_reduce(buffer)
+                buffer.div_(info.world_size)
+
+
 def barrier() -> None:
     if current().enabled:
         dist.barrier()

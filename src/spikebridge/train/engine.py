@@ -2,7 +2,9 @@
 
 ``fit`` trains for ``cfg.epochs`` epochs (and longer while the best accuracy still improves, when
 ``cfg.until_plateau`` is set), evaluates after every epoch, and records a curve of
-``[training seconds, epoch, test accuracy]`` (evaluation time is not counted). After every epoch
+``[training seconds, epoch, test accuracy]`` (evaluation time is not counted; with
+``cfg.precise_bn`` the BatchNorm statistics are re-estimated before each evaluation, and that time
+is counted as training). After every epoch
 it writes ``RUN_DIR/NAME/metrics.csv`` and a resumable checkpoint (model, optimizer, schedule, RNG
 state, history); ``resume=True`` continues from the last complete epoch and gives the same result
 as an uninterrupted run. The same code runs under ``torchrun`` (DDP; rank 0 writes; metrics are
@@ -13,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,6 +95,35 @@ def evaluate(
     result["acc"] = result[f"top{topk[0]}"]
     result["loss"] = loss_sum / max(count, 1)
     return result
+
+
+def precise_batchnorm(
+    model: nn.Module, bundle: DataBundle, samples: int, *, seed: int, device: torch.device | str = "cpu"
+) -> float:
+    """Re-estimate every BatchNorm's running statistics over ``samples`` seeded random training
+    samples without augmentation (a cumulative average instead of the running average of the last
+    batches); under DDP each rank takes its share and the statistics are averaged. Returns the
+    seconds it took. Does not touch the training batches' random stream."""
+    from ..bridge import recalibrate_batchnorm
+
+    started = time.perf_counter()
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return 0.0
+    info = distributed.current()
+    plain = replace(bundle, max_shift=0)
+    batch_size = max(info.world_size, min(256, samples, len(bundle.train)))
+    batch_size -= batch_size % info.world_size
+    count = -(-samples // batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for i, (x, _y) in enumerate(iterate_batches(plain, plain.train, batch_size, train=True, generator=generator,
+                                                 rank=info.rank, world_size=info.world_size)):
+        if i >= count:
+            break
+        batches.append(x)
+    if batches and recalibrate_batchnorm(model, batches, device) and info.enabled:
+        distributed.average_batchnorm_statistics(model)
+    return time.perf_counter() - started
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -248,6 +279,8 @@ def fit(
         except TrainingError as exc:
             raise TrainingError(f"{exc}; {_last_good(ckpt_dir, epoch)}") from None
         seconds += stats["seconds"]
+        if cfg.precise_bn:
+            seconds += precise_batchnorm(module, bundle, cfg.precise_bn, seed=seed * 7919 + epoch, device=device)
         epoch += 1
         metrics = evaluate(model, bundle, device=device)
         record = {
@@ -404,12 +437,20 @@ def _train_one_epoch(model, bundle, cfg, optimizer, schedule, generator, device,
         with precision.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        if not torch.isfinite(loss):
-            inputs = "the inputs hold NaN/Inf" if not torch.isfinite(x).all() else (
-                f"the inputs are finite, largest |x| = {x.abs().max().item():.3g}")
+        finite = bool(torch.isfinite(loss))
+        if info.enabled:  # every rank stops together (a rank that raised alone would leave the others waiting)
+            ranks_bad = distributed.all_reduce_sum([0.0 if finite else 1.0], device)[0]
+        else:
+            ranks_bad = 0.0 if finite else 1.0
+        if ranks_bad:
+            if finite:
+                what = f"NaN/Inf on {int(ranks_bad)} of {info.world_size} ranks (this rank's inputs are fine)"
+            else:
+                what = f"{loss.item()} (" + ("the inputs hold NaN/Inf" if not torch.isfinite(x).all() else (
+                    f"the inputs are finite, largest |x| = {x.abs().max().item():.3g}")) + ")"
             run_name, _, epoch_text = desc.rpartition(" ")
             raise TrainingError(
-                f"{run_name} epoch {epoch_text}, step {step + 1}: the loss became {loss.item()} ({inputs}); "
+                f"{run_name} epoch {epoch_text}, step {step + 1}: the loss became {what}; "
                 "lower the learning rate or check the data"
             )
         optimizer.zero_grad(set_to_none=True)

@@ -41,8 +41,22 @@ PRETRAIN = [
 KILLS = 20
 
 
+def _own_progress_lock() -> None:
+    """tqdm guards its bars with a lock that a fork shares (a process-shared semaphore): a child
+    killed while holding it would block this test process at its next progress bar for good. So a
+    forked child takes a lock of its own first."""
+    import threading
+
+    import tqdm.auto
+    import tqdm.std
+
+    for cls in (tqdm.std.tqdm, tqdm.auto.tqdm):
+        cls.set_lock(threading.RLock())
+
+
 def _pretrain_child(out: str, resume: bool) -> None:
     """A forked child: ``spikebridge pretrain ... --out OUT [--resume]`` on one thread, quietly."""
+    _own_progress_lock()
     torch.set_num_threads(1)
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         code = cli.main([*PRETRAIN, "--out", out, *(["--resume"] if resume else [])])
@@ -215,6 +229,7 @@ def small_image_tree(tmp_path_factory):
 
 def _convert_child(src: str, out: str) -> None:
     """A forked child converting inline on one thread (an OpenMP pool does not survive a fork)."""
+    _own_progress_lock()
     torch.set_num_threads(1)
     convert_image_folder_odg(src, out, workers=0, progress=False)
     os._exit(0)

@@ -1,8 +1,8 @@
-"""The typed error surface, the bad-input catalogue (docs/troubleshooting.md) and the training guards.
+"""The typed error surface, the bad-input catalogue (README.md, "Troubleshooting") and the training guards.
 
 * CLI: a user error prints exactly one line on stderr (``spikebridge: error: ...``, no traceback)
   and exits 2; an internal error prints one line and exits 1, the traceback only with ``--debug``.
-* Catalogue: each bad input of docs/troubleshooting.md raises its ``SpikebridgeError`` subclass
+* Catalogue: each bad input of the README's troubleshooting section raises its ``SpikebridgeError`` subclass
   with a message naming the file / field / value.
 * Training guards: a NaN/Inf loss stops the run naming the step and keeps the last good
   checkpoint; disk full and read-only / unwritable outputs are reported with the path.
@@ -189,7 +189,7 @@ def test_cli_errors_user_exit_2_internal_exit_1(cli_inputs, tmp_path):
 
 
 # ================================================================================================
-# 2. the bad-input catalogue (docs/troubleshooting.md), in-process
+# 2. the bad-input catalogue (README.md, "Troubleshooting"), in-process
 # ================================================================================================
 
 def raises(error: type[SpikebridgeError], pattern: str, call, *args, **kwargs) -> str:

@@ -137,26 +137,13 @@ class _Builder:
 def _trace_snn(model: nn.Module) -> tuple[nn.Module, fx.Graph]:
     """(module whose attributes the graph reads, the fx graph of one time step)."""
     from .models.base import BridgeNet
-    from .spikify import SpikingNet, _BridgeNetForward
+    from .spikify import LayerTracer, SpikingNet, _BridgeNetForward
 
     if isinstance(model, SpikingNet):
         return model, model.graph
     if isinstance(model, BridgeNet):
         root = _BridgeNetForward(model)
-
-        class _Tracer(fx.Tracer):
-            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-                return isinstance(m, TimeFolded) or super().is_leaf_module(m, qualname)
-
-            def path_of_module(self, mod: nn.Module) -> str:
-                try:
-                    return super().path_of_module(mod)
-                except NameError:
-                    if self.is_leaf_module(mod, ""):
-                        raise
-                    return f"_unregistered_{type(mod).__name__}"
-
-        return root, _Tracer().trace(root)
+        return root, LayerTracer((TimeFolded,)).trace(root)
     raise ConfigError(f"NIR export supports registry SNNs and spikified nets, not {type(model).__name__}")
 
 

@@ -369,24 +369,29 @@ def _traceable(ann: nn.Module) -> nn.Module:
     return ann
 
 
+class LayerTracer(fx.Tracer):
+    """A torch.fx tracer that keeps ``leaf_types`` (and torch's own layers) as single call nodes."""
+
+    def __init__(self, leaf_types: tuple[type, ...] = ()) -> None:
+        super().__init__()
+        self.leaf_types = leaf_types
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, qualname)
+
+    def path_of_module(self, mod: nn.Module) -> str:
+        try:
+            return super().path_of_module(mod)
+        except NameError:
+            # a container built on the fly (e.g. a Sequential slice): traced through, its
+            # registered children keep their own names; a leaf layer must be registered
+            if self.is_leaf_module(mod, ""):
+                raise
+            return f"_unregistered_{type(mod).__name__}"
+
+
 def _trace(ann: nn.Module) -> fx.GraphModule:
-    class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            if isinstance(m, ACTIVATION_MODULES):
-                return True
-            return super().is_leaf_module(m, qualname)
-
-        def path_of_module(self, mod: nn.Module) -> str:
-            try:
-                return super().path_of_module(mod)
-            except NameError:
-                # a container built on the fly (e.g. a Sequential slice): traced through, its
-                # registered children keep their own names; a leaf layer must be registered
-                if self.is_leaf_module(mod, ""):
-                    raise
-                return f"_unregistered_{type(mod).__name__}"
-
-    tracer = _Tracer()
+    tracer = LayerTracer(ACTIVATION_MODULES)
     try:
         graph = tracer.trace(ann)
     except Exception as exc:  # fx raises TraceError, TypeError, ... for dynamic control flow

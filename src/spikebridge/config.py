@@ -175,7 +175,9 @@ class PipelineConfig:
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     ann_neuron: str = "sharpened_relu"  # relu | sharpened_relu
     ann: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4, precise_bn=PRECISE_BN_SAMPLES))
+    # the transferred SNN already sits near a solution: a cosine decay from the peak LR, no warm-up
+    finetune: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=3, lr=1e-3, schedule="cosine", precise_bn=PRECISE_BN_SAMPLES))
     scratch: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=10, until_plateau=2, precise_bn=PRECISE_BN_SAMPLES))
     bridge: BridgeConfig = field(default_factory=BridgeConfig)

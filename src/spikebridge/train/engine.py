@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -115,13 +116,10 @@ def precise_batchnorm(
     batch_size -= batch_size % info.world_size
     count = -(-samples // batch_size)
     generator = torch.Generator().manual_seed(seed)
-    batches = []
-    for i, (x, _y) in enumerate(iterate_batches(plain, plain.train, batch_size, train=True, generator=generator,
-                                                 rank=info.rank, world_size=info.world_size)):
-        if i >= count:
-            break
-        batches.append(x)
-    if batches and recalibrate_batchnorm(model, batches, device) and info.enabled:
+    batches = iterate_batches(plain, plain.train, batch_size, train=True, generator=generator,
+                              rank=info.rank, world_size=info.world_size)
+    # one batch in memory at a time (1,024 ImageNet images would be 600 MB)
+    if recalibrate_batchnorm(model, (x for x, _y in itertools.islice(batches, count)), device) and info.enabled:
         distributed.average_batchnorm_statistics(model)
     return time.perf_counter() - started
 

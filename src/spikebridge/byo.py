@@ -31,7 +31,7 @@ trained weights), trained with ``scratch`` / ``events.scratch``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from torch import nn
 
 from .analysis.summary import PIPED, PIPES, build_summary
 from .config import PipelineConfig
-from .data.loading import DataBundle
+from .data.loading import DataBundle, calibration_batches
 from .errors import CheckpointError, ConfigError
 from .restore import (
     USER_ANN_MODEL_NAME,
@@ -169,10 +169,8 @@ def pretrain_ann_class(cfg: PipelineConfig, ann_class: str, kwargs: dict[str, An
 def calibration_inputs(bundle: DataBundle, samples: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     """Seeded training batches without augmentation, ``samples`` in all (static ``[b, ...]``,
     events ``[T, b, ...]``)."""
-    from .pipelines import calibration_batches
-
     batch = max(1, min(batch_size, samples, len(bundle.train)))
-    batches = list(calibration_batches(replace(bundle, max_shift=0), -(-samples // batch), batch_size=batch, seed=seed))
+    batches = list(calibration_batches(bundle, -(-samples // batch), batch_size=batch, seed=seed))
     if not batches:
         raise ConfigError(f"{bundle.name}: no training samples to calibrate the thresholds on")
     return batches
@@ -310,7 +308,9 @@ def pipes_with_ann(cfg: PipelineConfig, source: AnnSource | LoadedAnn, *, baseli
 def piped_with_ann(cfg: PipelineConfig, source: AnnSource | LoadedAnn, *, baseline: bool = True) -> dict:
     """pipeD from ``source`` (see the module docstring); writes and returns ``summary.json``."""
     from .bridge import FIRST_LAYER_MODES
-    from .pipelines import _prepare_run, events_config, open_events, open_static, piped, write_outputs
+    from .pipelines import (
+        _prepare_run, events_config, first_layer_comparison, open_events, open_static, piped, write_outputs,
+    )
 
     loaded = source if isinstance(source, LoadedAnn) else load_ann(source)  # bad --ann: fails before any output
     if loaded.ann_class is None:
@@ -363,14 +363,8 @@ def piped_with_ann(cfg: PipelineConfig, source: AnnSource | LoadedAnn, *, baseli
         scratch_snn, scratch_meta, _, _ = event_snn(fresh, "skip")
         runs.append(fit(scratch_snn, events, ecfg.scratch, name="snn_events_scratch", run_dir=cfg.run.out,
                         resume=cfg.run.resume, meta=scratch_meta, **common))
-    comparison = {
-        "T": ecfg.model.T,
-        "modes": {
-            m: {"transfer_acc": curve[0][2], "acc": [p[2] for p in curve[1:]], "seconds": [p[0] for p in curve[1:]]}
-            for m, curve in modes.items()
-        },
-    }
-    extra.update(transfer_acc=pretrained.curve[0][2], thresholds=thresholds, first_layer_comparison=comparison,
+    extra.update(transfer_acc=pretrained.curve[0][2], thresholds=thresholds,
+                 first_layer_comparison=first_layer_comparison(ecfg.model.T, modes),
                  events_input_conv={"name": conv, "in_channels": events.in_channels, "first_layer": mode})
     summary = build_summary(cfg.events.data, ecfg.model.T, [r.to_summary() for r in runs], comparisons=(PIPED,),
                             extra=extra)

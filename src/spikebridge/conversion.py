@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .data.loading import DataBundle, iterate_batches
+from .data.loading import DataBundle, calibration_batches, iterate_batches
 from .errors import ConfigError
 from .layers import set_time_steps
 from .neurons import NeuronConfig
@@ -64,23 +64,10 @@ class IFSoftReset(nn.Module):
 
 
 def _batches_of(bundle: DataBundle, count: int, batch_size: int, seed: int = 0) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    calib = bundle if bundle.max_shift == 0 else _without_shift(bundle)
-    batch_size = max(1, min(batch_size, len(calib.train)))
-    out = []
-    for i, (x, _y) in enumerate(iterate_batches(calib, calib.train, batch_size, train=True, generator=generator)):
-        if i >= count:
-            break
-        out.append(x)
+    out = list(calibration_batches(bundle, count, batch_size, seed))
     if not out:
         raise ConfigError(f"{bundle.name}: no training batch for calibration")
     return out
-
-
-def _without_shift(bundle: DataBundle) -> DataBundle:
-    from dataclasses import replace
-
-    return replace(bundle, max_shift=0)
 
 
 @torch.no_grad()

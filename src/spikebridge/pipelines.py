@@ -21,7 +21,7 @@ from .analysis.summary import PIPED, PIPES, build_summary, results_table, write_
 from .bridge import TransferReport, match_firing_rates, recalibrate_batchnorm, transfer
 from .config import PipelineConfig, dump_yaml, from_dict
 from .data.datasets import open_data_config, open_dataset, resolve_model_name
-from .data.loading import DataBundle, iterate_batches, with_time_bins
+from .data.loading import DataBundle, calibration_batches, with_time_bins
 from .errors import CheckpointError, ConfigError
 from .models import create_model, list_models
 from .neurons import NeuronConfig, SharpenedReLU
@@ -122,17 +122,6 @@ def pretrain_ann(cfg: PipelineConfig, bundle: DataBundle, device: torch.device) 
     return ann, result
 
 
-def calibration_batches(bundle: DataBundle, count: int, batch_size: int = 256, seed: int = 0):
-    """``count`` seeded random training batches (inputs only), smaller when the split is small."""
-    batch_size = max(1, min(batch_size, len(bundle.train)))
-    generator = torch.Generator().manual_seed(seed)
-    batch_size = max(1, min(batch_size, len(bundle.train)))  # a training split smaller than one batch
-    for i, (x, _y) in enumerate(iterate_batches(bundle, bundle.train, batch_size, train=True, generator=generator)):
-        if i >= count:
-            break
-        yield x
-
-
 def bridge_to_snn(
     cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, device: torch.device, *, same_data: bool = True
 ) -> tuple[nn.Module, TransferReport]:
@@ -145,8 +134,7 @@ def bridge_to_snn(
     seed_everything(cfg.run.seed)
     snn = build_model(cfg, bundle, cfg.neuron, cfg.model.T).to(device)
     report = transfer(ann, snn, cfg.bridge.first_layer, min_match=cfg.bridge.min_match)
-    calib = replace(bundle, max_shift=0)  # the training data, without the random augmentation
-    batches = list(calibration_batches(calib, cfg.bridge.calibration_batches,
+    batches = list(calibration_batches(bundle, cfg.bridge.calibration_batches,
                                        cfg.bridge.calibration_batch_size, seed=cfg.run.seed))
     if cfg.bridge.recalibrate_bn:
         report.recalibrated_bn = recalibrate_batchnorm(snn, batches, device)
@@ -236,6 +224,18 @@ def open_events(cfg: PipelineConfig) -> DataBundle:
                                        limit_test=cfg.data.limit_test), cfg.events.time_bins)
 
 
+def first_layer_comparison(T: int, curves: dict[str, list[list[float]]]) -> dict:
+    """``summary.json``'s ``first_layer_comparison``: per first-layer mode, the accuracy right
+    after the transfer and after each compared epoch (curves ``[[seconds, epoch, acc], ...]``)."""
+    return {
+        "T": T,
+        "modes": {
+            mode: {"transfer_acc": curve[0][2], "acc": [p[2] for p in curve[1:]], "seconds": [p[0] for p in curve[1:]]}
+            for mode, curve in curves.items()
+        },
+    }
+
+
 def run_piped(
     cfg: PipelineConfig, ann: nn.Module, device: torch.device, *, baseline: bool
 ) -> tuple[list[RunResult], dict, TransferReport]:
@@ -268,14 +268,7 @@ def run_piped(
     if baseline:
         _log(cfg, f"[pipeD] baseline: the event SNN from scratch ({ecfg.scratch.epochs} epochs)")
         runs.append(train_snn_scratch(ecfg, events, device, name="snn_events_scratch"))
-    comparison = {
-        "T": ecfg.model.T,
-        "modes": {
-            mode: {"transfer_acc": curve[0][2], "acc": [p[2] for p in curve[1:]], "seconds": [p[0] for p in curve[1:]]}
-            for mode, curve in modes.items()
-        },
-    }
-    return runs, comparison, report
+    return runs, first_layer_comparison(ecfg.model.T, modes), report
 
 
 def pipes(cfg: PipelineConfig, *, baseline: bool = True, bundle: DataBundle | None = None,

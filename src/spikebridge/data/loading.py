@@ -14,7 +14,8 @@ permutation (the global batch is split across ranks).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -145,6 +146,19 @@ def iterate_batches(
             yield to_time_major(x.float(), bundle.kind), y
     finally:
         del loader
+
+
+def calibration_batches(bundle: DataBundle, count: int, batch_size: int = 256, seed: int = 0, *,
+                        rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+    """Inputs of ``count`` seeded random training batches without augmentation (shuffled, not
+    shifted): a fixed sample of the training data for calibration and BatchNorm statistics.
+    Smaller batches when the split is smaller than ``batch_size``; under DDP this rank's share."""
+    plain = replace(bundle, max_shift=0)
+    batch_size = max(1, min(batch_size, len(plain.train)))
+    generator = torch.Generator().manual_seed(seed)
+    batches = iterate_batches(plain, plain.train, batch_size, train=True, generator=generator,
+                              rank=rank, world_size=world_size)
+    return (x for x, _y in itertools.islice(batches, count))
 
 
 def describe_sample(dataset: TensorSplit | Dataset, index: int) -> str:

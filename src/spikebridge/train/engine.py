@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..data.loading import DataBundle, iterate_batches
+from ..data.loading import DataBundle, calibration_batches, iterate_batches
 from ..errors import CheckpointError, TrainingError
 from ..errors import OutputError
 from ..utils import atomic_write_text, ensure_writable_dir, remove_stale_temps
@@ -111,15 +110,12 @@ def precise_batchnorm(
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return 0.0
     info = distributed.current()
-    plain = replace(bundle, max_shift=0)
     batch_size = max(info.world_size, min(256, samples, len(bundle.train)))
     batch_size -= batch_size % info.world_size
-    count = -(-samples // batch_size)
-    generator = torch.Generator().manual_seed(seed)
-    batches = iterate_batches(plain, plain.train, batch_size, train=True, generator=generator,
-                              rank=info.rank, world_size=info.world_size)
+    batches = calibration_batches(bundle, -(-samples // batch_size), batch_size, seed,
+                                  rank=info.rank, world_size=info.world_size)
     # one batch in memory at a time (1,024 ImageNet images would be 600 MB)
-    if recalibrate_batchnorm(model, (x for x, _y in itertools.islice(batches, count)), device) and info.enabled:
+    if recalibrate_batchnorm(model, batches, device) and info.enabled:
         distributed.average_batchnorm_statistics(model)
     return time.perf_counter() - started
 

@@ -27,7 +27,7 @@ def tiny(neuron="relu", in_channels=3, num_classes=5, **kw):
 
 
 def test_paper_layout_17920():
-    """PAPER.md: 8-16-32-64 convs (k5 s2, then k3 s2) on 256x342 frames give 64x14x20 = 17920
+    """arXiv:2203.01158: 8-16-32-64 convs (k5 s2, then k3 s2) on 256x342 frames give 64x14x20 = 17920
     features, then FC 17920 -> 1024 -> 512, LSTM hidden 256."""
     ann = sb.create_model("crnn", num_classes=101, neuron="relu", in_channels=3)
     enc = ann.encoder

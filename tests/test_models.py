@@ -50,7 +50,7 @@ def test_snn_bn_initialised_to_threshold():
 
 
 def test_paper_resnet_layout():
-    """PAPER.md: no max-pool, stride 2 at every stage: 224 -> 112 -> 56 -> 28 -> 14 -> 7."""
+    """arXiv:2203.01158: no max-pool, stride 2 at every stage: 224 -> 112 -> 56 -> 28 -> 14 -> 7."""
     snn = sb.create_model("resnet18", num_classes=10, neuron="lif", T=1)
     sizes = []
     hooks = [getattr(snn, f"layer{i}").register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1])) for i in range(1, 5)]

@@ -9,7 +9,7 @@ from spikebridge.surrogate import SURROGATE_NAMES, get_surrogate
 
 
 def paper_lif(x, decay=0.25, threshold=0.5):
-    """PAPER.md's equations written out with plain Python floats (no torch ops on tensors)."""
+    """the paper's (arXiv:2203.01158) equations written out with plain Python floats (no torch ops on tensors)."""
     T = x.shape[0]
     flat = x.reshape(T, -1).tolist()
     out = []

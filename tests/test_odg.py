@@ -1,4 +1,4 @@
-"""ODG (image -> events) against a slow, literal reference written from PAPER.md's text."""
+"""ODG (image -> events) against a slow, literal reference written from the paper's (arXiv:2203.01158) text."""
 from __future__ import annotations
 
 import gzip

@@ -4,7 +4,7 @@ All neurons are *stateless* modules: the whole time-major sequence ``[T, B, ...]
 whole sequence comes out; the membrane potential lives only inside the call. There is nothing to
 reset between batches.
 
-The LIF equations (PAPER.md, hard reset, detached reset term), per step t::
+The LIF equations (arXiv:2203.01158, hard reset, detached reset term), per step t::
 
     u[t] = decay * u[t-1] * (1 - s[t-1]) + x[t]        (u[0] = x[0])
     s[t] = 1 if u[t] > threshold else 0

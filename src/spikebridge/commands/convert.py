@@ -122,7 +122,7 @@ def register(sub, add, common) -> None:
     kinds = parser.add_subparsers(dest="convert_kind", metavar="KIND", parser_class=type(parser))
     kinds.required = True
 
-    p = _leaf(kinds, "odg", cmd_convert_odg, "static images -> ES-ImageNet events with ODG (PAPER.md)",
+    p = _leaf(kinds, "odg", cmd_convert_odg, "static images -> ES-ImageNet events with ODG (arXiv:2203.01158)",
               ODG_EXAMPLE, "ImageNet-layout folder: DIR/<class>/<image> (.jpg .jpeg .png .bmp .webp)")
     p.add_argument("--threshold", type=float, default=0.18, help="ODG intensity-change threshold (default: %(default)s)")
     p.add_argument("--size", type=int, default=254, help="resized length of the longer image side (default: %(default)s)")

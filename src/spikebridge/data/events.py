@@ -386,7 +386,7 @@ class ESImageNetDataset(Dataset):
       ``train/`` / ``val/`` (paths in the label file are relative to ``train/`` or ``val/``, their
       image suffix replaced by ``.npz``); ``split`` picks ``"train"`` or ``"val"``.
 
-    Frames follow PAPER.md step 5 (:func:`~spikebridge.data.odg.events_to_dense`), time-major,
+    Frames follow arXiv:2203.01158 step 5 (:func:`~spikebridge.data.odg.events_to_dense`), time-major,
     channel 0 = ON. ``transform`` is applied to the frames. ``check_files`` checks at construction
     that every listed file exists (turn it off for very large sets on slow file systems).
     """

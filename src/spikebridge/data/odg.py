@@ -1,6 +1,6 @@
 """ODG: Omnidirectional Discrete Gradient, the image -> event-stream conversion of ES-ImageNet.
 
-The algorithm (PAPER.md, "ODG"):
+The algorithm (arXiv:2203.01158, "ODG"):
 
 1. The image is scaled to [0, 1]; its intensity ``I`` is the maximum over the colour channels
    (HSV value). ``I`` is resized with ``torch.nn.functional.interpolate(mode="nearest")`` so that
@@ -39,7 +39,7 @@ from PIL import Image
 from ..errors import ConfigError, DataError
 from ..utils import atomic_path
 
-#: The 9 offsets (row, col) of the released ES-ImageNet (PAPER.md, ODG step 2).
+#: The 9 offsets (row, col) of the released ES-ImageNet (arXiv:2203.01158, ODG step 2).
 ODG_PATH: tuple[tuple[int, int], ...] = (
     (1, 0), (0, 2), (2, 1), (1, 0), (0, 1), (2, 2), (1, 0), (1, 1), (2, 1),
 )
@@ -343,7 +343,7 @@ def odg(
     min_events: int = 1000,
     path: Sequence[tuple[int, int]] = ODG_PATH,
 ) -> EventSample | None:
-    """Convert one static image into an ODG event sample (ES-ImageNet, PAPER.md steps 1-3).
+    """Convert one static image into an ODG event sample (ES-ImageNet, arXiv:2203.01158 steps 1-3).
 
     ``image``: see :func:`image_intensity` for the accepted types. ``size``: length in pixels of
     the resized longer side (the canvas is ``size + 4``). ``threshold``: on the [0, 1] intensity
@@ -395,7 +395,7 @@ def events_to_dense(
     n_steps: int = 8,
     dtype: torch.dtype = torch.uint8,
 ) -> torch.Tensor:
-    """PAPER.md step 5: binary frames ``[T, 2, H, W]`` (time-major; channel 0 = ON, 1 = OFF).
+    """arXiv:2203.01158 step 5: binary frames ``[T, 2, H, W]`` (time-major; channel 0 = ON, 1 = OFF).
 
     Events are shifted by ``((size - height)//2, (size - width)//2)`` (centring the resized image)
     onto a ``canvas x canvas`` grid; events falling outside the grid are dropped. The result is the
@@ -420,7 +420,7 @@ def reconstruct_edge_integral(
     path: Sequence[tuple[int, int]] = ODG_PATH,
     canvas: int | None = None,
 ) -> np.ndarray:
-    """PAPER.md step 6, the "edge integral": ``sum_t (ON_t - OFF_t)`` shifted back along the path.
+    """arXiv:2203.01158 step 6, the "edge integral": ``sum_t (ON_t - OFF_t)`` shifted back along the path.
 
     The events of move ``t`` are shifted by ``-path[t]`` (the image's offset after the move), which
     brings them into the image's own coordinates: an ON event lands on the pixel the image just

@@ -1,4 +1,4 @@
-"""ODG as PAPER.md words it, step by step, with per-event Python loops: the plain reference that
+"""ODG as arXiv:2203.01158 words it, step by step, with per-event Python loops: the plain reference that
 the vectorised :func:`spikebridge.data.odg.odg` is tested against (event for event) and
 benchmarked against. Slow; not for converting datasets. Deliberately imports nothing from
 ``odg.py``: its path constant is copied from the paper's text, not from the implementation.
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# the 9 canvas offsets (row, col) of PAPER.md's ODG section
+# the 9 canvas offsets (row, col) of the paper's (arXiv:2203.01158) ODG section
 PAPER_PATH = [(1, 0), (0, 2), (2, 1), (1, 0), (0, 1), (2, 2), (1, 0), (1, 1), (2, 1)]
 
 

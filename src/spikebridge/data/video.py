@@ -1,4 +1,4 @@
-"""Video -> events (ES-UCF101, PAPER.md "ES-UCF101: event streams from video").
+"""Video -> events (ES-UCF101, arXiv:2203.01158 "ES-UCF101: event streams from video").
 
 A clip is a folder of frame images (UCF101 ``jpegs_256`` layout, ``class/clip/frame000001.jpg``).
 Its frames are **sorted by name in natural order** (``frame9`` before ``frame10``; the reference

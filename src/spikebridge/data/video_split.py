@@ -1,4 +1,4 @@
-"""The paper's ES-UCF101 split (PAPER.md "pipeD recipes"): 75 % train / 25 % test, random with
+"""The paper's ES-UCF101 split (arXiv:2203.01158 "pipeD recipes"): 75 % train / 25 % test, random with
 seed 42, instead of UCF101's official splits.
 
 The reference code split an *unsorted* directory listing with scikit-learn's

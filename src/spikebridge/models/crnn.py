@@ -1,4 +1,4 @@
-"""The paper's video model (PAPER.md "Video (ES-UCF101)"): a CNN encoder applied to every frame and
+"""The paper's video model (arXiv:2203.01158 "Video (ES-UCF101)"): a CNN encoder applied to every frame and
 a 1-layer LSTM on top, classifying from the last step.
 
 One definition serves the ANN and the SNN (like every registry model):

@@ -8,6 +8,9 @@
    ``OUT/rank<r>.safetensors`` (so the test can compare the ranks).
 3. The command line: ``spikebridge.cli.main(["pretrain", ...])``, what ``torchrun -m spikebridge``
    runs, into ``OUT/cli`` (rank 0 writes the run).
+(5., run before 3.) ``sync_bn=false`` with precise BN (``fit``): each rank re-estimates the BN
+   statistics on its share of the samples, then they are averaged over the ranks; this rank's final
+   state goes to ``OUT/precise_rank<r>.safetensors``.
 (4., run before 3.) A loss that turns NaN on rank 1 only: every rank must stop with a TrainingError (a rank that
    raised alone would leave the other blocked in the next all-reduce); the messages go to
    ``OUT/nan_rank<r>.txt``.
@@ -72,6 +75,8 @@ def main() -> int:
     distributed.barrier()
     (out / f"nan_rank{info.rank}.txt").write_text(nan_on_one_rank(info))
     distributed.barrier()
+    save_file(precise_bn_without_sync_bn(), str(out / f"precise_rank{info.rank}.safetensors"))
+    distributed.barrier()
     return cli.main(["pretrain", "--out", str(out / "cli"), *flags])  # last: it ends the process group
 
 
@@ -101,6 +106,23 @@ def nan_on_one_rank(info: distributed.DistInfo) -> str:
     except TrainingError as exc:
         return str(exc)
     return "no error"
+
+
+PRECISE_BN_DATA = dict(limit_train=256, limit_test=32)
+PRECISE_BN_TRAIN = dict(epochs=1, optimizer="sgd", lr=0.05, batch_size=32, precise_bn=128)
+
+
+def precise_bn_without_sync_bn() -> dict[str, torch.Tensor]:
+    """DDP without SyncBN (``fit(sync_bn=False)``), with precise BN after the epoch (seed 0)."""
+    from spikebridge.config import TrainConfig
+    from spikebridge.train.engine import fit
+
+    torch.manual_seed(0)
+    model = create_model("cnn", num_classes=10, neuron="relu", in_channels=1)
+    bundle = open_dataset("mnist5k", **PRECISE_BN_DATA)
+    fit(model, bundle, TrainConfig(**PRECISE_BN_TRAIN), name="precise", run_dir=None, seed=0, progress=False,
+        sync_bn=False)
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
 
 
 if __name__ == "__main__":

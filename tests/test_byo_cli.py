@@ -96,10 +96,10 @@ def test_evaluate_reports_curves_activity_energy_and_figures(finetuned, tmp_path
 
 
 def test_export_nir_reads_back(finetuned, tmp_path):
-    _folder, _source, out = finetuned
+    _folder, source, out = finetuned
     ckpt = out / "snn_finetuned" / "checkpoints" / "last.json"
     target = tmp_path / "net.nir"
-    assert main(["export", str(ckpt), "--format", "nir", "--out", str(target)]) == 0
+    assert main(["export", str(ckpt), "--format", "nir", "--out", str(target), "--ann", f"{source}:TinyNet"]) == 0
     graph = nir.read(target)
     types = sorted(type(v).__name__ for v in graph.nodes.values())
     assert types.count("LIF") == 2 and types.count("Scale") == 2 and "Conv2d" in types and "AvgPool2d" in types
@@ -116,8 +116,10 @@ def test_user_errors_are_one_line_exit_2(finetuned, tmp_path, capsys):
         (["finetune", "--ann", f"{source}:TinyNet", "--out", str(tmp_path)], "needs --ann-weights"),
         (["finetune", "--ann", f"{source}:TinyNet", "--ann-weights", weights, "--ann-kwargs", '{"num_classes": 3}',
           "--out", str(tmp_path)], "do not fit TinyNet"),
-        (["evaluate", str(out / "snn_finetuned" / "checkpoints" / "last.json"), "--model", "vgg11", "--data", "mnist5k"],
-         "not of --model"),
+        (["evaluate", str(out / "snn_finetuned" / "checkpoints" / "last.json"), "--model", "vgg11", "--data", "mnist5k",
+          "--trust-code"], "not of --model"),
+        (["evaluate", str(out / "snn_finetuned" / "checkpoints" / "last.json"), "--data", "mnist5k"],
+         "needs Python code (TinyNet from"),
     ]
     for argv, message in cases:
         assert main(argv + QUICK[:2]) == 2, argv

@@ -79,8 +79,8 @@ def user_net(tmp_path_factory):
     return folder, f"{source}:TinyCNN", str(folder / "w.pth")
 
 
-def _reloaded_accuracy(ckpt, bundle) -> float:
-    model, _meta, _ckpt = model_from_checkpoint(ckpt)
+def _reloaded_accuracy(ckpt, bundle, spec) -> float:
+    model, _meta, _ckpt = model_from_checkpoint(ckpt, code=spec)
     return evaluate(model, bundle)["acc"]
 
 
@@ -109,10 +109,10 @@ def test_pipes_with_a_user_class_and_weights(user_net, tmp_path, capsys):
     # the written SNN reloads with the weights it finished with
     bundle = open_dataset("mnist5k", limit_train=128, limit_test=64)
     ckpt = out / "snn_pretrained" / "checkpoints" / "last.json"
-    assert _reloaded_accuracy(ckpt, bundle) == runs["snn_pretrained"]["final_acc"]
+    assert _reloaded_accuracy(ckpt, bundle, spec) == runs["snn_pretrained"]["final_acc"]
     capsys.readouterr()
     assert main(["evaluate", str(ckpt), "--samples", "32", "--T-max", "2", "--device", "cpu",
-                 "--out", str(tmp_path / "evaluation")]) == 0
+                 "--out", str(tmp_path / "evaluation"), "--trust-code"]) == 0
     evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert evaluation["spiking"] and evaluation["data"] == "mnist5k" and evaluation["top1"] > 0.4
 
@@ -126,7 +126,8 @@ def pretrained_here(user_net, tmp_path_factory):
     return out
 
 
-def test_pipes_trains_the_user_class_without_weights(pretrained_here, tmp_path):
+def test_pipes_trains_the_user_class_without_weights(user_net, pretrained_here, tmp_path):
+    _folder, spec, _weights = user_net
     out = pretrained_here
     summary = json.loads((out / "summary.json").read_text())
     assert [run["name"] for run in summary["runs"]] == ["ann", "snn_pretrained"]
@@ -135,11 +136,11 @@ def test_pipes_trains_the_user_class_without_weights(pretrained_here, tmp_path):
     meta = load_checkpoint(out / "ann" / "checkpoints" / "last.json").meta
     assert meta["model"]["name"] == "ann_class" and meta["model"]["ann"].endswith("net.py:TinyCNN")
     bundle = open_dataset("mnist5k", limit_train=128, limit_test=64)
-    ann, _meta, _ckpt = model_from_checkpoint(out / "ann" / "checkpoints" / "last.json")
+    ann, _meta, _ckpt = model_from_checkpoint(out / "ann" / "checkpoints" / "last.json", code=spec)
     assert type(ann).__name__ == "TinyCNN" and not hasattr(ann, "spiking")
     assert evaluate(ann, bundle)["acc"] == ann_run["final_acc"]
     assert main(["evaluate", str(out / "ann" / "checkpoints" / "last.json"), "--samples", "32", "--device", "cpu",
-                 "--out", str(tmp_path / "evaluation")]) == 0
+                 "--out", str(tmp_path / "evaluation"), "--trust-code"]) == 0
 
 
 def test_pipes_from_a_registry_checkpoint_skips_pretraining(tmp_path):
@@ -178,11 +179,12 @@ def test_piped_with_a_user_class_and_weights(user_net, tmp_path):
         ckpt = out / name / "checkpoints" / "last.json"
         info = load_checkpoint(ckpt).meta["model"]
         assert info["input_conv"] == "conv1" and info["in_channels"] == 2 and info["T"] == 2
-        model, _meta, _ = model_from_checkpoint(ckpt)
+        model, _meta, _ = model_from_checkpoint(ckpt, code=spec)
         assert model.conv1.weight.shape == (6, 2, 3, 3)
         assert evaluate(model, events)["acc"] == runs[name]["final_acc"]
     ckpt = out / "snn_events_pretrained" / "checkpoints" / "last.json"
-    assert main(["evaluate", str(ckpt), "--samples", "32", "--device", "cpu", "--out", str(tmp_path / "evaluation")]) == 0
+    assert main(["evaluate", str(ckpt), "--samples", "32", "--device", "cpu", "--out", str(tmp_path / "evaluation"),
+                 "--trust-code"]) == 0
     evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert evaluation["data"] == "es-mnist" and evaluation["spiking"]
 
@@ -190,7 +192,7 @@ def test_piped_with_a_user_class_and_weights(user_net, tmp_path):
 def test_piped_from_an_ann_class_checkpoint_trained_by_pipes(pretrained_here, tmp_path):
     ckpt = pretrained_here / "ann" / "checkpoints" / "last.json"
     out = tmp_path / "piped"
-    assert main(["piped", "--ann", str(ckpt), "--out", str(out), *QUICK,
+    assert main(["piped", "--ann", str(ckpt), "--trust-code", "--out", str(out), *QUICK,
                  "--set", "bridge.first_layer=signed_polarity"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [run["name"] for run in summary["runs"]] == ["snn_events_pretrained"]

@@ -213,13 +213,14 @@ def test_kill_and_resume_equals_uninterrupted(image_tree, reference_output, tmp_
     assert partial_states >= 1, "no kill landed in the middle of a conversion"
     # damage the kind a crash outside our control could leave, then resume
     (out / "n02_photos").mkdir(parents=True, exist_ok=True)
-    (out / "n02_photos" / ".img_05.npz.abc123.tmp").write_bytes(b"half a file")
+    (out / "n02_photos" / ".spikebridge-tmp.img_05.npz.0123456789ab.tmp").write_bytes(b"half a file")
+    (out / "n02_photos" / ".notes.tmp").write_bytes(b"someone else's temporary file")
     (out / "n02_photos" / "img_07.npz").write_bytes(b"PK\x03\x04 corrupt")
     report = convert_image_folder_odg(image_tree, out, workers=0, progress=False)
     assert report.stale_temp_removed >= 1
     assert report.written == report.total - 2
     assert_same_output(out, reference)
-    assert not temp_files(out)
+    assert temp_files(out) == [out / "n02_photos" / ".notes.tmp"]  # only its own temporary files are removed
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ PRETRAIN = [
     "--set", "ann.batch_size=32", "--set", "data.limit_train=64", "--set", "data.limit_test=48",
 ]
 KILLS = 20
+pytestmark = pytest.mark.slow  # SIGKILLs tens of runs
 
 
 def _own_progress_lock() -> None:

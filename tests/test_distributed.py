@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spikebridge import cli, pipelines
+from spikebridge import cli, create_model, pipelines
 from spikebridge.train import distributed
 from spikebridge.train.checkpoint import load_checkpoint
 from spikebridge.utils import seed_everything
@@ -46,15 +46,23 @@ def _config(out: Path):
     return cli._pipeline_config(cli.build_parser().parse_args(["pretrain", "--out", str(out), *FLAGS]))
 
 
-def test_two_gloo_ranks_match_one_process_with_the_global_batch(tmp_path):
-    done = _torchrun(tmp_path / "ddp")
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    """One torchrun of ``_ddp_worker.py`` (2 gloo ranks) for the tests below."""
+    out = tmp_path_factory.mktemp("ddp")
+    done = _torchrun(out)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process_with_the_global_batch(ddp_run, tmp_path):
     for rank in (0, 1):
-        exact = json.loads((tmp_path / "ddp" / f"float64_rank{rank}.json").read_text())
+        exact = json.loads((ddp_run / f"float64_rank{rank}.json").read_text())
         assert len(exact["grad"]) == 6 and exact["moved"] > 1e-2
         assert max(exact["grad"]) < 1e-10 and max(exact["weight"]) < 1e-10, exact
-    rank0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
-    rank1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
+    rank0 = load_file(str(ddp_run / "rank0.safetensors"))
+    rank1 = load_file(str(ddp_run / "rank1.safetensors"))
     assert rank0.keys() == rank1.keys()
     for key in rank0:  # parameters and BN running statistics, bit for bit
         assert torch.equal(rank0[key], rank1[key]), key
@@ -74,18 +82,46 @@ def test_two_gloo_ranks_match_one_process_with_the_global_batch(tmp_path):
     assert moved > 1e-2  # training really changed the weights
 
     # the command line under torchrun: rank 0 wrote the run, with the same weights and metrics
-    ckpt = load_checkpoint(tmp_path / "ddp" / "cli" / "ann" / "checkpoints" / "last.json")
+    ckpt = load_checkpoint(ddp_run / "cli" / "ann" / "checkpoints" / "last.json")
     assert ckpt.epoch == 2
     for key, value in ckpt.model_state.items():
         torch.testing.assert_close(value, rank0[key], rtol=1e-5, atol=1e-6, msg=key)
     for ours, theirs in zip(ckpt.meta["history"], single.history, strict=True):
         assert ours["test_acc"] == pytest.approx(theirs["test_acc"], abs=1e-9)  # counts summed over ranks
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
-    assert not list((tmp_path / "ddp").glob("**/*.tmp"))
+    assert not list(ddp_run.glob("**/*.tmp"))
     # a loss that became NaN on rank 1 alone stopped both ranks at the same step
-    assert (tmp_path / "ddp" / "nan_rank1.txt").read_text().startswith("nan epoch 1/1, step 2: the loss became nan")
-    assert (tmp_path / "ddp" / "nan_rank0.txt").read_text().startswith(
+    assert (ddp_run / "nan_rank1.txt").read_text().startswith("nan epoch 1/1, step 2: the loss became nan")
+    assert (ddp_run / "nan_rank0.txt").read_text().startswith(
         "nan epoch 1/1, step 2: the loss became NaN/Inf on 1 of 2 ranks")
+
+
+@pytest.mark.slow
+def test_precise_bn_without_sync_bn_averages_the_ranks_statistics(ddp_run):
+    """``sync_bn=false``: during training each rank's BN sees only its shard, but precise BN's
+    statistics are averaged over the ranks, so both ranks end with the same running statistics, and
+    the first BN's running mean is the one-process estimate over the same samples (the mean of the
+    two equal shards' means)."""
+    from _ddp_worker import PRECISE_BN_DATA, PRECISE_BN_TRAIN
+
+    from spikebridge.data.datasets import open_dataset
+    from spikebridge.train.engine import precise_batchnorm
+
+    rank0 = load_file(str(ddp_run / "precise_rank0.safetensors"))
+    rank1 = load_file(str(ddp_run / "precise_rank1.safetensors"))
+    stats = [k for k in rank0 if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) == 6
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    model = create_model("cnn", num_classes=10, neuron="relu", in_channels=1)
+    model.load_state_dict(rank0)
+    bundle = open_dataset("mnist5k", **PRECISE_BN_DATA)
+    precise_batchnorm(model, bundle, PRECISE_BN_TRAIN["precise_bn"], seed=0)  # fit's seed 0, epoch 0
+    single = model.state_dict()
+    torch.testing.assert_close(rank0["bn1.running_mean"], single["bn1.running_mean"], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(rank0["bn1.running_var"], single["bn1.running_var"])  # per-shard variances, averaged
+    for key in stats:  # deeper layers: inputs normalised per shard in training mode, so close, not equal
+        torch.testing.assert_close(rank0[key], single[key], rtol=0.2, atol=0.05, msg=key)
 
 
 def test_global_batchnorm_equals_batchnorm_without_a_process_group():

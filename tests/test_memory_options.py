@@ -81,8 +81,10 @@ def test_compact_storage_keeps_bool_copy_and_restores_floats():
     out.sum().backward()
     grad_compact = conv.weight.grad.clone()
     conv.weight.grad = None
-    plain = conv(neuron(x.detach()))  # plain storage keeps the spike tensor itself
-    assert plain.grad_fn._saved_input.data_ptr() == plain.grad_fn._saved_input.data_ptr()
+    plain_spikes = neuron(x.detach())
+    plain = conv(plain_spikes)  # plain storage keeps the spike tensor itself
+    assert plain.grad_fn._saved_input.data_ptr() == plain_spikes.data_ptr()
+    assert getattr(plain_spikes, "_spikebridge_packed", None) is None  # no bool copy made
     plain.sum().backward()
     assert torch.equal(conv.weight.grad, grad_compact)
     assert out2.grad_fn is not None

@@ -73,6 +73,19 @@ def test_sops_equal_a_hand_computation():
     assert "| conv2 | Conv2d | events |" in report.to_markdown()
 
 
+
+def test_analog_output_neuron_feeds_macs_not_sops():
+    """A neuron whose registry entry declares analog output (LIAF): the layer it feeds does MACs."""
+    model = KnownSpikes()
+    model.act1 = TimeFolded(sb.LIAF(decay=0.0, threshold=0.5))
+    x = torch.zeros(2, 1, 1, 4, 4)
+    x[0, 0, 0, 1, 1] = 1.0
+    report = measure_activity(model, [x])
+    by_name = {s.name: s for s in report.synaptic_layers}
+    assert by_name["conv2"].analog_input and by_name["conv2"].sops_per_sample == 0
+    assert by_name["conv2"].macs_per_sample == 2 * 50  # 2 frames x 50 taps
+    assert {n.name: n.analog for n in report.neuron_layers} == {"act1": True, "act2": False}
+
 def _brute_force_fanout(conv: nn.Conv2d, height: int, width: int) -> torch.Tensor:
     out_h = (height + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
     out_w = (width + 2 * conv.padding[1] - conv.dilation[1] * (conv.kernel_size[1] - 1) - 1) // conv.stride[1] + 1

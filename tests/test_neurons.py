@@ -1,11 +1,49 @@
 """Neurons: the paper's equations, fused == reference (forward bit-exact, gradients 1e-6)."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import spikebridge as sb
 from spikebridge.errors import ConfigError
-from spikebridge.neurons import SharpenedReLU, multistep_fused, multistep_reference
+from spikebridge.neurons import (
+    NeuronConfig,
+    NeuronSpec,
+    SharpenedReLU,
+    check_backend_on_device,
+    get_neuron_spec,
+    multistep_fused,
+    multistep_reference,
+    neuron_names,
+    register_neuron,
+    run_multistep,
+)
 from spikebridge.surrogate import SURROGATE_NAMES, get_surrogate
+
+
+def with_threshold_hits(x, threshold=0.5, exact_decay=True):
+    """``x: [T, ...]`` (>= 3 neurons per step) with membranes exactly AT the threshold (which must
+    not spike): neuron 0 at t=0; neuron 1 at t=1 right after a spike (the reset zeroes the leak
+    term, any decay); neuron 2 at t=1 through the leak (decay 0.25: every value is exact in fp32)."""
+    x = x.detach().clone()
+    flat = x.view(x.shape[0], -1)
+    flat[0, 0] = threshold
+    if x.shape[0] > 1:
+        flat[0, 1], flat[1, 1] = 0.9, threshold
+        if exact_decay:
+            flat[0, 2], flat[1, 2] = 0.25, threshold - 0.25 * 0.25
+    return x
+
+
+def assert_no_spike_at_threshold(spikes, exact_decay=True):
+    flat = spikes.reshape(spikes.shape[0], -1)
+    assert flat[0, 0] == 0
+    if spikes.shape[0] > 1:
+        assert flat[0, 1] == 1 and flat[1, 1] == 0
+        if exact_decay:
+            assert flat[1, 2] == 0
 
 
 def paper_lif(x, decay=0.25, threshold=0.5):
@@ -58,7 +96,7 @@ def test_stateless_between_calls():
 def test_fused_equals_reference(surrogate, T, kind, learnable):
     gen = torch.Generator().manual_seed(T * 31 + len(surrogate))
     shape = (T, int(torch.randint(1, 5, (1,), generator=gen)), int(torch.randint(1, 9, (1,), generator=gen)), 3)
-    x = (torch.randn(shape, generator=gen) * 0.8 + 0.3).requires_grad_()
+    x = with_threshold_hits(torch.randn(shape, generator=gen) * 0.8 + 0.3, exact_decay=not learnable).requires_grad_()
     slope = 0.2 if kind == "liaf" else None
     logit = torch.tensor(0.5, requires_grad=True)
     sg = get_surrogate(surrogate)
@@ -73,6 +111,8 @@ def test_fused_equals_reference(surrogate, T, kind, learnable):
         outs.append(y.detach())
         grads.append([torch.zeros(()) if gi is None else gi for gi in g])
     assert torch.equal(outs[0], outs[1])
+    if kind == "lif":
+        assert_no_spike_at_threshold(outs[1], exact_decay=not learnable)
     for g_ref, g_fused in zip(*grads):
         torch.testing.assert_close(g_fused, g_ref, atol=1e-6, rtol=0)
 
@@ -136,3 +176,85 @@ def test_invalid_neuron_arguments(kwargs):
 def test_rejects_non_sequence_input():
     with pytest.raises(ConfigError, match="time-major"):
         sb.LIF()(torch.ones(3))
+
+
+# -- the registry ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", neuron_names(spiking=True))
+@pytest.mark.parametrize("surrogate", ["rect", "sigmoid"])
+@pytest.mark.parametrize("learnable", [False, True])
+def test_every_registered_backend_matches_the_reference(name, surrogate, learnable):
+    """Every spiking neuron declares a reference; each declared backend (triton through its
+    interpreter on CPU, compiled on a GPU) equals it: forward bit-exact, gradients 1e-6, including
+    membranes exactly at the threshold."""
+    spec = get_neuron_spec(name)
+    assert "reference" in spec.backends and spec.build is not None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(len(name) + 7 * len(surrogate))
+    x = with_threshold_hits(torch.randn(5, 2, 3, 4, generator=gen) * 0.8 + 0.3, exact_decay=not learnable).to(device)
+    weight = torch.randn(x.shape, generator=gen).to(device)
+    results = {}
+    for backend in spec.backends:
+        config = NeuronConfig(kind=name, backend=backend, surrogate=surrogate, learnable_decay=learnable)
+        check_backend_on_device(config, device)
+        neuron = config.build().to(device)
+        xi = x.clone().requires_grad_(True)
+        y = neuron(xi)
+        (y * weight).sum().backward()
+        results[backend] = (y.detach(), xi.grad, neuron.decay_logit.grad if learnable else torch.zeros(()))
+    ref = results["reference"]
+    if not spec.analog_output:
+        assert_no_spike_at_threshold(ref[0], exact_decay=not learnable)
+    for backend, (y, grad_x, grad_decay) in results.items():
+        assert torch.equal(y, ref[0]), backend
+        torch.testing.assert_close(grad_x, ref[1], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(grad_decay, ref[2], atol=1e-6, rtol=1e-5)
+
+
+def test_registry_lists_kinds_and_refuses_unknown_ones_at_config_time():
+    assert neuron_names(spiking=True) == ["lif", "liaf"] and neuron_names(spiking=False) == ["relu", "sharpened_relu"]
+    assert get_neuron_spec("liaf").analog_output and not get_neuron_spec("lif").analog_output
+    with pytest.raises(ConfigError, match=r"neuron 'lif' has no backend 'cupy'; expected one of auto, reference, fused, triton$"):
+        NeuronConfig(backend="cupy")
+    with pytest.raises(ConfigError, match=r"unknown neuron 'izhikevich'; expected one of lif, liaf, relu, sharpened_relu$"):
+        NeuronConfig(kind="izhikevich")
+    with pytest.raises(ConfigError, match="cupy"):
+        sb.LIAF(backend="cupy")
+    # a recipe's neuron.backend carries over to its ANN activation, where it does not apply
+    assert isinstance(NeuronConfig(kind="relu", backend="fused").build(), torch.nn.ReLU)
+    with pytest.raises(ConfigError, match="no backend"):
+        NeuronConfig(kind="relu", backend="cupy")
+    from spikebridge.config import PipelineConfig, load_config
+
+    with pytest.raises(ConfigError, match="no backend 'cupy'"):
+        load_config(PipelineConfig, None, {"neuron.backend": "cupy"})
+
+
+def test_registration_is_checked():
+    with pytest.raises(ValueError, match="already registered"):
+        register_neuron(NeuronSpec(name="lif", build=sb.LIF, spiking=True, backends=("reference",)))
+    with pytest.raises(ValueError, match="reference"):
+        register_neuron(NeuronSpec(name="no_reference", build=sb.LIF, spiking=True, backends=("fused",)))
+    assert "no_reference" not in neuron_names()
+
+
+def test_auto_picks_only_among_declared_backends():
+    x = torch.randn(3, 4, requires_grad=True)
+    rect = get_surrogate("rect")
+    assert "MultiStep" not in type(run_multistep(x, 0.25, 0.5, rect, None, "auto", ("reference",)).grad_fn).__name__
+    assert "MultiStep" in type(run_multistep(x, 0.25, 0.5, rect, None, "auto", ("reference", "fused")).grad_fn).__name__
+
+
+def test_backend_on_device():
+    check_backend_on_device(NeuronConfig(backend="fused"), "cpu")
+    check_backend_on_device(NeuronConfig(backend="auto"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="unknown device"):
+        check_backend_on_device(NeuronConfig(backend="triton"), "gpu-please")
+    # compiled Triton (no interpreter: a fresh process without TRITON_INTERPRET) refuses CPU tensors
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("from spikebridge.neurons import NeuronConfig, check_backend_on_device as check\n"
+            "check(NeuronConfig(backend='triton'), 'cuda')\n"
+            "try:\n    check(NeuronConfig(kind='liaf', backend='triton'), 'cpu')\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ConfigError neuron backend 'triton' needs a CUDA device, got cpu; use backend=fused or auto"

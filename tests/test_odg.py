@@ -23,6 +23,7 @@ from spikebridge.data.odg import (
     reconstruct_edge_integral,
     resized_intensity,
 )
+from spikebridge.data.datasets import open_es_mnist
 from spikebridge.errors import ConfigError, DataError
 
 from spikebridge.data.odg_reference import PAPER_PATH, odg_reference
@@ -257,13 +258,30 @@ def test_es_mnist_frames_equal_per_digit_odg():
     assert set(torch.unique(frames).tolist()) <= {0, 1}
     cfg = ESMNISTConfig()
     for i in range(0, 64, 7):
-        s = odg(digits[i], size=cfg.size, window=cfg.window, min_events=0, threshold=cfg.threshold)
+        # ES-MNIST's parameters written out (not read from the config: the test would compare the
+        # code with itself): the 28-px digit unresized, ODG threshold 0.18 of the [0, 1] intensity
+        s = odg(digits[i], size=28, window=(0, 29), min_events=0, threshold=0.18)
         dense = events_to_dense(s, canvas=cfg.canvas, crop=cfg.crop, size=cfg.size)
         assert torch.equal(dense, frames[i])
         assert int(frames[i].sum()) == s.n_events  # the crop keeps every event of the digit
     per_digit = frames.flatten(1).sum(1).float()
     assert per_digit.min() > 100 and 500 < per_digit.mean() < 2000
     assert torch.equal(es_mnist_frames(torch.from_numpy(digits)[:, None]), frames)
+
+
+def test_es_mnist_threshold_is_pinned(tmp_path):
+    """ES-MNIST's own ODG threshold: 0.18 (on the [0, 1] intensity; see ESMNISTConfig), as a number
+    and by its effect: the event counts of fixed digits, of the dataset the demo opens, and a
+    higher / lower threshold giving fewer / more events."""
+    assert ESMNISTConfig().threshold == 0.18
+    digits, _ = mnist_digits(8)
+    counts = es_mnist_frames(digits).flatten(1).sum(1).tolist()
+    assert counts == [1272, 1234, 1080, 1123, 1353, 1223, 1286, 1286]  # measured with threshold 0.18
+    assert sum(es_mnist_frames(digits, config=ESMNISTConfig(threshold=0.2)).flatten(1).sum(1).tolist()) == 9626 < sum(counts)
+    assert sum(es_mnist_frames(digits, config=ESMNISTConfig(threshold=0.15)).flatten(1).sum(1).tolist()) == 10207 > sum(counts)
+    bundle = open_es_mnist(cache_dir=tmp_path)  # what `--events es-mnist` trains on
+    assert "threshold=0.18" in bundle.info["odg"]
+    assert int(bundle.train.images[:16].sum()) == 20040 and bundle.train.images.shape[1:] == (8, 2, 28, 28)
 
 
 def test_cached_es_mnist(tmp_path):

@@ -24,3 +24,52 @@ def test_targets_times_and_ratios():
     }
     assert summary["time_ratio"] == {"snn_pretrained": round(10 / 24, 4), "snn_events_pretrained": None}
     assert summary["note"] == 1 and summary["runs"] == runs
+
+
+# -- figures: real content, not only a file size -------------------------------------------------
+TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]  # matplotlib's line colours C0..C5
+
+
+def colour_pixels(path, hex_colour: str) -> int:
+    """How many pixels of the PNG at ``path`` have ``hex_colour`` (within antialiasing noise)."""
+    import matplotlib.image
+    import numpy as np
+
+    rgb = matplotlib.image.imread(str(path))[..., :3]
+    want = np.array([int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    return int((np.abs(rgb - want).max(axis=-1) < 0.04).sum())
+
+
+def assert_line_plot(path, lines: int | list[int], *, min_pixels: int = 40) -> None:
+    """``path`` is a readable PNG of a figure-sized plot that is not blank and draws lines in
+    exactly the colours ``lines`` (indices into matplotlib's cycle C0.. C5; an int n: C0..C(n-1)),
+    each with at least ``min_pixels``."""
+    import matplotlib.image
+    import numpy as np
+
+    image = matplotlib.image.imread(str(path))
+    assert image.ndim == 3 and image.shape[2] in (3, 4), image.shape
+    height, width = image.shape[:2]
+    assert 300 <= height <= 1500 and 400 <= width <= 2000, (height, width)
+    ink = (image[..., :3].min(axis=-1) < 0.9).mean()  # not white
+    assert 0.01 < ink < 0.6, f"{path}: {ink:.1%} of the pixels are drawn"
+    counts = [colour_pixels(path, c) for c in TAB10]
+    drawn = set(range(lines)) if isinstance(lines, int) else set(lines)
+    assert {i for i, n in enumerate(counts) if n >= min_pixels} == drawn, counts
+    assert np.unique(image[..., :3].reshape(-1, 3), axis=0).shape[0] > 20  # text, grid, lines, legend
+
+
+def test_accuracy_vs_time_figure_draws_every_run_and_the_target(tmp_path):
+    from spikebridge.analysis.plots import plot_accuracy_vs_time
+
+    runs = [
+        run("snn_pretrained", [[0.0, 0, 0.60], [5.0, 1, 0.80], [10.0, 2, 0.90]]),
+        run("snn_scratch", [[8.0, 1, 0.30], [16.0, 2, 0.70], [24.0, 3, 0.85]]),
+        {"name": "empty", "epochs": 0, "seconds": 0.0, "best_acc": 0.0, "final_acc": 0.0, "curve": []},
+    ]
+    plot_accuracy_vs_time(runs, tmp_path / "two.png", title="two runs", target=0.85)
+    assert_line_plot(tmp_path / "two.png", lines=2)  # the run without a curve draws nothing
+    plot_accuracy_vs_time(runs[:1], tmp_path / "one.png", title="one run")
+    assert_line_plot(tmp_path / "one.png", lines=1)
+    # the dashed grey target line (grey is also in the text's antialiasing: compare with no target)
+    assert colour_pixels(tmp_path / "two.png", "#808080") > colour_pixels(tmp_path / "one.png", "#808080") + 200

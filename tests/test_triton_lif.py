@@ -32,7 +32,7 @@ import triton  # noqa: F401  (part of the dev extra: a missing install must fail
 
 import spikebridge.kernels.triton_lif as triton_lif
 from spikebridge.errors import ConfigError
-from spikebridge.neurons import NeuronConfig, multistep_reference, run_multistep
+from spikebridge.neurons import NeuronConfig, get_neuron_spec, multistep_reference, neuron_names, run_multistep
 from spikebridge.surrogate import get_surrogate
 
 # True in the TRITON_INTERPRET=1 subprocess (the kernels were built by the interpreter)
@@ -275,7 +275,28 @@ def test_auto_backend_uses_triton_on_cuda(monkeypatch):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("kind", ["lif", "liaf"])
+@pytest.mark.parametrize("slope", [None, 0.2], ids=["lif", "liaf"])
+@pytest.mark.parametrize("learnable", [False, True], ids=["fixed", "learnable"])
+def test_membrane_at_threshold_does_not_spike(device, slope, learnable):
+    """u == threshold exactly (at t=0; right after a spike; through the leak with decay 0.25, exact
+    in fp32) must not spike, as in the reference; gradients agree there too (rect window edge)."""
+    x, grad = _inputs(_generator("at-threshold", slope, learnable), 4, (3, 700), device)
+    x[0, :, :100] = 0.5  # u[0] == threshold
+    x[0, :, 100:200], x[1, :, 100:200] = 0.9, 0.5  # spike, reset, then u[1] == threshold
+    x[0, :, 200:300], x[1, :, 200:300] = 0.25, 0.4375  # u[1] = 0.25 * 0.25 + 0.4375 == threshold
+    args = (x, grad, 0.25, learnable, 0.5, SURROGATES["rect"], slope)
+    out, grad_x, grad_decay = _run(triton_lif.multistep_triton, *args)
+    ref_out, ref_grad_x, ref_grad_decay = _run(multistep_reference, *args)
+    assert torch.equal(out, ref_out)
+    if slope is None:
+        leak_end = 200 if learnable else 300  # a learned decay of sigmoid(logit(0.25)) need not be exactly 0.25
+        assert not out[0, :, :100].any() and out[0, :, 100:200].all() and not out[1, :, 100:leak_end].any()
+    torch.testing.assert_close(grad_x, ref_grad_x, **GRAD_TOL)
+    if learnable:
+        torch.testing.assert_close(grad_decay, ref_grad_decay, **DECAY_GRAD_TOL)
+
+
+@pytest.mark.parametrize("kind", [n for n in neuron_names(spiking=True) if "triton" in get_neuron_spec(n).backends])
 def test_neuron_module_with_triton_backend(device, kind):
     """End to end through ``NeuronConfig.build()`` / ``run_multistep``: learnable decay, gaussian."""
     config = dict(kind=kind, surrogate="gaussian", learnable_decay=True, decay_logit_init=0.2, threshold=0.4)

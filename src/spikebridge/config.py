@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -16,11 +18,35 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
 from .neurons import NeuronConfig
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine", "step")
+
+
+# ------------------------------------------------------------------------------------------------
+# Bounds of the values that size memory or threads. A recipe, a --set or a checkpoint field beyond
+# them is refused before any work (a typo like T=100000 otherwise asks for terabytes).
+# ------------------------------------------------------------------------------------------------
+MAX_T = 1024  # time steps: activations and the state the backward keeps grow linearly with T (the paper uses <= 15)
+MAX_CLASSES = 1_000_000  # a ResNet-50 head for 1e6 classes is already 2e9 parameters (8 GB)
+MAX_CHANNELS = 4096  # input channels (images 1-3, event polarities 2)
+MAX_IMAGE_SIZE = 4096  # pixels per side: one 4096^2 x 3 image is 200 MB in float32
+MAX_BATCH = 65536  # samples per batch (training, calibration)
+MAX_SAMPLES = 10_000_000  # sample counts that are gathered (calibration, precise BN, the demo curve)
+MAX_EPOCHS = 100_000
+MAX_SHIFT = 64  # random-translation pixels
+MAX_WORKERS = 256  # data-loader processes
+MAX_CALIBRATION_ITERATIONS = 64  # bisection steps: float32 thresholds stop changing after ~30
+RECIPE_MAX_BYTES = 1 << 20  # a recipe is a page of YAML; 1 MiB is far beyond any real one
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
+
+
+def max_threads() -> int:
+    """``run.threads`` may be at most the machine's CPU count: more threads than cores only slows
+    torch down, and absurd counts (100000) crash its thread pool."""
+    return os.cpu_count() or 1
 
 
 # SNN phases re-estimate their BatchNorm statistics after every epoch over this many training
@@ -52,8 +78,8 @@ class TrainConfig:
     precise_bn: int = 0
 
     def validate(self, where: str) -> None:
-        _positive_int(f"{where}.epochs", self.epochs, allow_zero=True)
-        _positive_int(f"{where}.batch_size", self.batch_size)
+        _positive_int(f"{where}.epochs", self.epochs, allow_zero=True, high=MAX_EPOCHS)
+        _positive_int(f"{where}.batch_size", self.batch_size, high=MAX_BATCH)
         _choice(f"{where}.optimizer", self.optimizer, OPTIMIZERS)
         _choice(f"{where}.schedule", self.schedule, SCHEDULES)
         _positive_float(f"{where}.lr", self.lr)
@@ -63,9 +89,11 @@ class TrainConfig:
         _range_float(f"{where}.warmup_pct", self.warmup_pct, 0.0, 1.0)
         _range_float(f"{where}.label_smoothing", self.label_smoothing, 0.0, 1.0)
         _range_float(f"{where}.grad_clip", self.grad_clip, 0.0, math.inf)
-        _positive_int(f"{where}.freeze_epochs", self.freeze_epochs, allow_zero=True)
-        _positive_int(f"{where}.until_plateau", self.until_plateau, allow_zero=True)
-        _positive_int(f"{where}.precise_bn", self.precise_bn, allow_zero=True)
+        _positive_int(f"{where}.freeze_epochs", self.freeze_epochs, allow_zero=True, high=MAX_EPOCHS)
+        _positive_int(f"{where}.until_plateau", self.until_plateau, allow_zero=True, high=MAX_EPOCHS)
+        _positive_int(f"{where}.precise_bn", self.precise_bn, allow_zero=True, high=MAX_SAMPLES)
+        for i, milestone in enumerate(self.milestones):
+            _positive_int(f"{where}.milestones[{i}]", milestone, high=MAX_EPOCHS)
 
 
 @dataclass
@@ -80,8 +108,11 @@ class DataConfig:
 
     def validate(self, where: str = "data") -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ConfigError(f"{where}.name must name a dataset (mnist5k, es-mnist or a folder), got {self.name!r}")
-        for key in ("workers", "max_shift", "image_size", "limit_train", "limit_test"):
+            raise ConfigError(f"{where}.name must name a dataset (mnist5k, es-mnist or a folder), got {short_repr(self.name)}")
+        _positive_int(f"{where}.workers", self.workers, allow_zero=True, high=MAX_WORKERS)
+        _positive_int(f"{where}.max_shift", self.max_shift, allow_zero=True, high=MAX_SHIFT)
+        _positive_int(f"{where}.image_size", self.image_size, allow_zero=True, high=MAX_IMAGE_SIZE)
+        for key in ("limit_train", "limit_test"):  # subsets: they only ever shrink the data
             _positive_int(f"{where}.{key}", getattr(self, key), allow_zero=True)
         _seed(f"{where}.split_seed", self.split_seed)
 
@@ -95,9 +126,9 @@ class ModelConfig:
     checkpoint_blocks: bool = False  # SNN training: recompute each block in the backward (less memory)
 
     def validate(self, where: str = "model") -> None:
-        _positive_int(f"{where}.T", self.T)
-        _positive_int(f"{where}.num_classes", self.num_classes, allow_zero=True)
-        _positive_int(f"{where}.in_channels", self.in_channels, allow_zero=True)
+        _positive_int(f"{where}.T", self.T, high=MAX_T)
+        _positive_int(f"{where}.num_classes", self.num_classes, allow_zero=True, high=MAX_CLASSES)
+        _positive_int(f"{where}.in_channels", self.in_channels, allow_zero=True, high=MAX_CHANNELS)
 
 
 @dataclass
@@ -115,9 +146,9 @@ class BridgeConfig:
 
     def validate(self, where: str = "bridge") -> None:
         _choice(f"{where}.first_layer", self.first_layer, ("signed_polarity", "mean", "skip"))
-        _positive_int(f"{where}.calibration_batches", self.calibration_batches)
-        _positive_int(f"{where}.calibration_batch_size", self.calibration_batch_size)
-        _positive_int(f"{where}.calibration_iterations", self.calibration_iterations)
+        _positive_int(f"{where}.calibration_batches", self.calibration_batches, high=MAX_SAMPLES // MAX_BATCH)
+        _positive_int(f"{where}.calibration_batch_size", self.calibration_batch_size, high=MAX_BATCH)
+        _positive_int(f"{where}.calibration_iterations", self.calibration_iterations, high=MAX_CALIBRATION_ITERATIONS)
         _range_float(f"{where}.min_match", self.min_match, 0.0, 1.0)
 
 
@@ -125,20 +156,20 @@ class BridgeConfig:
 class RunConfig:
     out: str = "runs/demo"
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     progress: bool = True
     resume: bool = False
-    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    threads: int = 0  # torch intra-op threads, at most the CPU count (max_threads()); 0 = leave torch's default
     amp: str = "off"  # off | bf16 | fp16: mixed precision on CUDA (ignored, with a note, on CPU)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (all ranks)
 
     def validate(self, where: str = "run") -> None:
         if not self.out.strip():
-            raise ConfigError(f"{where}.out must be a folder path, got {self.out!r}")
-        if not self.device.strip():
-            raise ConfigError(f"{where}.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise ConfigError(f"{where}.out must be a folder path, got {short_repr(self.out)}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"{where}.device must be auto, cpu, cuda, cuda:N or mps, got {short_repr(self.device)}")
         _seed(f"{where}.seed", self.seed)
-        _positive_int(f"{where}.threads", self.threads, allow_zero=True)
+        _positive_int(f"{where}.threads", self.threads, allow_zero=True, high=max_threads())
         _choice(f"{where}.amp", self.amp, ("off", "bf16", "fp16"))
 
 
@@ -159,9 +190,9 @@ class EventsConfig:
     compare_epochs: int = 1
 
     def validate(self, where: str = "events") -> None:
-        _positive_int(f"{where}.time_bins", self.time_bins, allow_zero=True)
-        _positive_int(f"{where}.image_size", self.image_size, allow_zero=True)
-        _positive_int(f"{where}.compare_epochs", self.compare_epochs)
+        _positive_int(f"{where}.time_bins", self.time_bins, allow_zero=True, high=MAX_T)
+        _positive_int(f"{where}.image_size", self.image_size, allow_zero=True, high=MAX_IMAGE_SIZE)
+        _positive_int(f"{where}.compare_epochs", self.compare_epochs, high=MAX_EPOCHS)
         self.finetune.validate(f"{where}.finetune")
         self.scratch.validate(f"{where}.scratch")
 
@@ -195,6 +226,7 @@ class PipelineConfig:
         self.data.validate()
         self.bridge.validate()
         self.run.validate()
+        _positive_int("demo_conversion_samples", self.demo_conversion_samples, allow_zero=True, high=MAX_SAMPLES)
         if self.bridge.transfer_optimizer and self.ann.optimizer != self.finetune.optimizer:
             raise ConfigError(
                 f"bridge.transfer_optimizer carries the ANN optimizer's state into the fine-tune, so ann.optimizer "
@@ -205,31 +237,38 @@ class PipelineConfig:
 # ------------------------------------------------------------------------------------------------
 # validation helpers
 # ------------------------------------------------------------------------------------------------
-def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
+def check_int(name: str, value: Any, low: int, high: int | None = None, error: type[Exception] = ConfigError) -> int:
+    """``value`` if it is an integer (not a bool) in ``[low, high]``, else ``error`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise error(f"{name} must be an integer >= {low}, got {short_repr(value)}")
+    if high is not None and value > high:
+        raise error(f"{name} must be an integer <= {high}, got {short_repr(value)}")
+    return value
+
+
+def _positive_int(name: str, value: Any, allow_zero: bool = False, high: int | None = None) -> None:
+    check_int(name, value, 0 if allow_zero else 1, high)
 
 
 def _seed(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {value!r}")
+        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {short_repr(value)}")
 
 
 def _positive_float(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        raise ConfigError(f"{name} must be a positive number, got {short_repr(value)}")
 
 
 def _range_float(name: str, value: Any, low: float, high: float) -> None:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not (ok and low <= value <= high):
-        raise ConfigError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+        raise ConfigError(f"{name} must be a number in [{low}, {high}], got {short_repr(value)}")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {short_repr(value)}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,10 +291,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
+        raise ConfigError(f"{key}: expected {tp}, got {short_repr(value)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {short_repr(value)}")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if is_dataclass(tp):
@@ -273,7 +312,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return float(value)
             except OverflowError:  # an integer beyond the float range
-                raise ConfigError(f"{key}: the number {str(value)[:12]}... ({len(str(value))} digits) is too large") from None
+                digits = f"{len(str(value))} digits" if value.bit_length() < 13000 else "over 4000 digits"
+                raise ConfigError(f"{key}: the number {str(value)[:12] if value.bit_length() < 13000 else ''}... "
+                                  f"({digits}) is too large") from None
         if isinstance(value, str):  # YAML reads 1e-3 as a string
             try:
                 return float(value)
@@ -282,7 +323,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {_describe(tp)}, got {short_repr(value)}")
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
@@ -290,13 +331,14 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {short_repr(data)}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls) if f.init}
     for key in data:
         if key not in known:
-            where = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"unknown config key {where!r}; known keys here: {', '.join(sorted(known))}")
+            label = key if isinstance(key, str) else short_repr(key)
+            where = f"{prefix}.{label}" if prefix else label
+            raise ConfigError(f"unknown config key {short_repr(where)}; known keys here: {', '.join(sorted(known))}")
     defaults = _default_instance(cls)
     kwargs = {}
     for key, value in data.items():
@@ -337,18 +379,49 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+            raise ConfigError(f"override {short_repr(dotted)}: {short_repr(part)} is not a section")
     node[parts[-1]] = value
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing anchors and aliases (``&a`` / ``*a``, and ``<<: *a`` merges).
+
+    An alias shares one node many times: nine levels of them (a 418-byte "billion laughs" file)
+    stand for 10^9 strings, which anything that walks the value (a check, an error message)
+    expands. Recipes never need them, so the composer refuses them before any value is built."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise _YamlAliasError(f"line {mark.line + 1}: YAML anchors and aliases (&name, *name) are not allowed; "
+                                  "write the value out")
+        return super().compose_node(parent, index)
+
+
+class _YamlAliasError(ConfigError):
+    pass
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` without anchors/aliases (:class:`_NoAliasLoader`)."""
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"finetune.lr=0.01"`` -> ``("finetune.lr", 0.01)`` (the value is parsed as YAML)."""
+    """``"finetune.lr=0.01"`` -> ``("finetune.lr", 0.01)`` (the value is parsed as YAML, no aliases)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"override {short_repr(text)} must look like section.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except (yaml.YAMLError, ValueError, RecursionError):  # e.g. 2024-13-01 (a date YAML cannot build)
+        value = safe_yaml(raw) if raw.strip() else ""
+    except _YamlAliasError as exc:
+        raise ConfigError(f"--set {short_repr(key.strip())}: {exc}") from None
+    except (yaml.YAMLError, ValueError, RecursionError, OverflowError):  # e.g. 2024-13-01 (a date YAML cannot build)
         value = raw
     return key.strip(), value
 
@@ -360,9 +433,14 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > RECIPE_MAX_BYTES:
+            raise ConfigError(f"{path}: {size} bytes is too large for a recipe (at most {RECIPE_MAX_BYTES})")
+        data = safe_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if isinstance(exc, _YamlAliasError) else str(exc)) from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     except (yaml.YAMLError, ValueError, OverflowError) as exc:  # ValueError: e.g. a date like 2024-13-45
@@ -406,7 +484,10 @@ __all__ = [
     "dump_yaml",
     "from_dict",
     "load_config",
+    "check_int",
+    "max_threads",
     "parse_override",
     "read_yaml",
+    "safe_yaml",
     "to_dict",
 ]

@@ -3,6 +3,7 @@
 The CLI prints these as one line and exits with status 2; anything else is an internal error
 (exit 1, traceback only under ``--debug``).
 """
+import reprlib
 
 
 class SpikebridgeError(Exception):
@@ -32,3 +33,30 @@ class TrainingError(SpikebridgeError):
 class OutputError(SpikebridgeError, OSError):
     """An output file or folder cannot be written: disk full, permission denied, a read-only file
     system, or a file standing where a folder is needed. Also an ``OSError`` (``errno`` is kept)."""
+
+
+
+def short_repr(value: object, limit: int = 100) -> str:
+    """``repr(value)`` cut to ``limit`` characters, built in bounded time and memory: error messages
+    quote user values with it, so a huge (or alias-bombed) value never becomes a huge message."""
+    text = _SHORTENER.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Shortener(reprlib.Repr):
+    """A ``reprlib.Repr`` that looks at no more than a few items per level and three levels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = self.maxlong = 100
+        for name in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxdeque", "maxarray"):
+            setattr(self, name, 8)
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 13000:  # over ~4000 digits: Python refuses to convert it (and it is quadratic)
+            return f"<an integer of about {int(x.bit_length() * 0.30103) + 1} digits>"
+        return super().repr_int(x, level)
+
+
+_SHORTENER = _Shortener()

@@ -15,7 +15,8 @@ other ``AdaptiveAvgPool2d``                  ``nir.Flatten`` + ``nir.Linear`` (t
                                              matrix)
 flatten / ``view(x.size(0), -1)``            ``nir.Flatten`` (over all per-sample dims)
 residual ``a + b``                           two edges into the consumer (NIR sums its inputs)
-LIF neuron                                   ``nir.LIF`` (``nir.IF`` when decay = 1)
+LIF neuron                                   ``nir.LIF`` (``nir.IF`` when decay = 1); each neuron's
+                                             registry entry gives its mapping (``spec.nir``)
 spikify's threshold ``V``                    input gain in ``r`` and a ``nir.Scale`` (V) after
 ==========================================  ======================================================
 
@@ -35,7 +36,6 @@ input shifts are refused with a :class:`~spikebridge.errors.ConfigError` naming 
 """
 from __future__ import annotations
 
-import math
 import operator
 from pathlib import Path
 
@@ -66,16 +66,16 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def neuron_parameters(module: nn.Module, shape: tuple[int, ...]) -> dict:
     """NIR parameters of a spiking layer (see the module docstring): ``{"type": "LIF"|"IF",
     "tau", "r", "v_leak", "v_threshold", "v_reset", "scale"}`` as arrays of ``shape``
-    (``scale``: the output amplitude, or None)."""
-    from .neurons import LIF
+    (``scale``: the output amplitude, or None). The neuron's registry entry gives the mapping."""
+    from .neurons import get_neuron_spec, neuron_names, neuron_spec_of
 
     inner = module.neuron if isinstance(module, TimeFolded) else module
-    if not isinstance(inner, LIF):
-        raise ConfigError(f"NIR export supports LIF neurons, not {type(inner).__name__}")
-    if inner.analog_slope is not None:
-        raise ConfigError("NIR has no analog-output (LIAF) neuron; export an SNN with LIF neurons")
-    decay = float(torch.as_tensor(inner.decay).detach())
-    threshold = float(inner.threshold)
+    spec = neuron_spec_of(inner)
+    if spec is None or spec.nir is None:
+        exportable = ", ".join(n for n in neuron_names(spiking=True) if get_neuron_spec(n).nir is not None)
+        output = " (analog output)" if spec is not None and spec.analog_output else ""
+        raise ConfigError(
+            f"NIR has no node for {type(inner).__name__} neurons{output}; export an SNN with {exportable} neurons")
     gain, scale = 1.0, None
     if hasattr(module, "effective_threshold"):  # spikify's ThresholdNeuron: V * LIF(x * theta / V)
         if module.input_shift != 0.0:
@@ -85,14 +85,9 @@ def neuron_parameters(module: nn.Module, shape: tuple[int, ...]) -> dict:
             level = level.reshape(-1, *([1] * (len(shape) - 1)))
         gain = module.input_scale * module.neuron_threshold / level
         scale = np.broadcast_to(level, shape).astype(np.float32)
+    params = spec.nir(inner, gain, DT)
     full = lambda v: np.broadcast_to(np.asarray(v, dtype=np.float64), shape).astype(np.float32)  # noqa: E731
-    if decay >= 1.0:
-        return {"type": "IF", "r": full(gain / DT), "v_threshold": full(threshold), "v_reset": full(0.0), "scale": scale}
-    tau = 0.0 if decay <= 0.0 else -DT / math.log(decay)
-    return {
-        "type": "LIF", "tau": full(tau), "r": full(gain / (1.0 - decay)), "v_leak": full(0.0),
-        "v_threshold": full(threshold), "v_reset": full(0.0), "scale": scale,
-    }
+    return {key: value if key == "type" else full(value) for key, value in params.items()} | {"scale": scale}
 
 
 def _fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm):

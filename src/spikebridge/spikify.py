@@ -54,7 +54,7 @@ from torch import fx, nn
 
 from .errors import ConfigError
 from .layers import TimeFolded, set_time_steps
-from .neurons import NeuronConfig, SharpenedReLU
+from .neurons import NeuronConfig, SharpenedReLU, neuron_names
 
 # ReLU-like activations that become spiking neurons
 ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, SharpenedReLU)
@@ -322,9 +322,9 @@ def _as_neuron_config(neuron: str | NeuronConfig) -> NeuronConfig:
     elif isinstance(neuron, str):
         config = NeuronConfig(kind=neuron)
     else:
-        raise ConfigError(f"neuron must be 'lif', 'liaf' or a NeuronConfig, got {type(neuron).__name__}")
+        raise ConfigError(f"neuron must be a neuron name or a NeuronConfig, got {type(neuron).__name__}")
     if not config.spiking:
-        raise ConfigError(f"spikify needs a spiking neuron (lif or liaf), got {config.kind!r}")
+        raise ConfigError(f"spikify needs a spiking neuron ({', '.join(neuron_names(spiking=True))}), got {config.kind!r}")
     return config
 
 
@@ -553,7 +553,8 @@ def spikify(ann_module: nn.Module, neuron: str | NeuronConfig = "lif", T: int = 
 
     Args:
         ann_module: any ``nn.Module`` whose ``forward`` torch.fx can trace (or a registry ANN).
-        neuron: ``"lif"``, ``"liaf"`` or a :class:`~spikebridge.neurons.NeuronConfig`.
+        neuron: a spiking neuron name (``"lif"``, ``"liaf"``, see ``neuron_names(spiking=True)``)
+            or a :class:`~spikebridge.neurons.NeuronConfig`.
         T: time steps for static input.
         calibration: input batches ``[B, ...]`` (or ``(inputs, labels)`` pairs) of the training
             data: the per-layer thresholds are fitted on them (up to ``calibration_samples``
@@ -644,7 +645,7 @@ def spikify_with_graph(
         inner_threshold = float(neuron_threshold if neuron_threshold is not None else config.threshold)
         threshold_module = ThresholdNeuron(
             inner, inner_threshold, threshold=inner_threshold, input_scale=scale,
-            input_shift=shift, analog=neuron_builder is None and config.kind == "liaf", source=source, time_steps=T,
+            input_shift=shift, analog=neuron_builder is None and config.spec.analog_output, source=source, time_steps=T,
         )
         if target in modules and node.op != "call_module":
             raise ConfigError(f"cannot name the neuron for node {node.name}: attribute {target!r} exists")

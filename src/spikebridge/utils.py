@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
+import fnmatch
 import os
 import random
+import re
 import secrets
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -15,8 +16,11 @@ import torch
 
 from .errors import OutputError, SpikebridgeError
 
-#: Hidden temporary files of :func:`atomic_path` look like ``.<target name>.<random hex>.tmp``.
+#: Temporary files of :func:`atomic_path` are ``.spikebridge-tmp.<target name>.<12 hex digits>.tmp``:
+#: hidden, and named so that clean-ups (:func:`remove_stale_temps`) never touch anyone else's file.
+TEMP_PREFIX = ".spikebridge-tmp."
 TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"\.spikebridge-tmp\.(?P<target>.+)\.[0-9a-f]{12}\.tmp", re.DOTALL)
 
 _HINTS = {
     errno.ENOSPC: "the disk is full: free some space and rerun (add --resume to continue a run)",
@@ -35,7 +39,7 @@ def output_error(path: str | os.PathLike, exc: OSError, action: str = "cannot wr
     reason = exc.strerror or str(exc) or type(exc).__name__
     hint = _HINTS.get(exc.errno or -1)
     name = os.fspath(exc.filename) if exc.filename else ""
-    ours = not name or name == os.fspath(path) or os.path.basename(name).endswith(TEMP_SUFFIX)
+    ours = not name or name == os.fspath(path) or temp_target(os.path.basename(name)) is not None
     culprit = "" if ours else f" ({name})"
     error = OutputError(f"{action} {path}: {reason}{culprit}" + (f"; {hint}" if hint else ""))
     error.errno = exc.errno
@@ -63,7 +67,7 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """
     path = ensure_dir(path)
     remove_stale_temps(path, ("write-test",))  # probes of killed processes
-    probe = path / f".write-test.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    probe = path / temp_name("write-test")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
@@ -79,11 +83,22 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def temp_name(target: str) -> str:
+    """A fresh temporary file name for ``target`` (a file name): ``.spikebridge-tmp.<target>.<hex>.tmp``."""
+    return f"{TEMP_PREFIX}{target}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+
+
+def temp_target(name: str) -> str | None:
+    """The target name of a temporary file name :func:`temp_name` made, else ``None``."""
+    match = _TEMP_NAME.fullmatch(name)
+    return match["target"] if match else None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
 
-    The temporary file is ``.<name>.<random hex>.tmp`` in the same folder, created with the
+    The temporary file is :func:`temp_name` (``.spikebridge-tmp.<name>.<random hex>.tmp``) in the same folder, created with the
     process's umask (like any new file, so the output is readable as usual). On any exception the
     temporary file is removed and ``path`` is left untouched, so a reader never sees a half-written
     file. Failures of the file system (disk full, permission denied, a file where a folder is
@@ -92,7 +107,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     ensure_dir(path.parent)
-    tmp_path = path.parent / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    tmp_path = path.parent / temp_name(path.name)
     try:
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         mode = os.fstat(fd).st_mode & 0o777  # 0o666 less the umask: what a new file gets
@@ -126,19 +141,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def remove_stale_temps(folder: str | os.PathLike, targets: Iterable[str] = ("*",)) -> int:
     """Delete temporary files that killed writes left in ``folder`` (not recursive).
 
-    ``targets``: glob patterns of the target names (``"metrics.csv"``, ``"last-e*.safetensors"``);
-    the files removed are ``.<target>.<random>.tmp``. Only call this when no other process is
-    writing these targets. Returns how many were removed.
+    ``targets``: glob patterns of the target names (``"metrics.csv"``, ``"last-e*.safetensors"``;
+    names escaped with ``glob.escape`` work); only files named as :func:`temp_name` names them
+    (``.spikebridge-tmp.<target>.<12 hex>.tmp``) are removed, never another program's ``*.tmp``.
+    Only call this when no other process is writing these targets. Returns how many were removed.
     """
     removed = 0
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
+    try:
+        with os.scandir(folder) as it:
+            entries = [e for e in it if e.name.startswith(TEMP_PREFIX)]
+    except (FileNotFoundError, NotADirectoryError):
         return 0
-    for target in targets:
-        pattern = os.path.join(glob.escape(folder), f".{target}.*{TEMP_SUFFIX}")
-        for name in glob.glob(pattern, include_hidden=True):
+    for entry in entries:
+        target = temp_target(entry.name)
+        if target is None or entry.is_dir(follow_symlinks=False):
+            continue
+        if any(fnmatch.fnmatchcase(target, pattern) for pattern in targets):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
+                os.unlink(entry.path)
                 removed += 1
     return removed
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import TimeFolded
+from ..neurons import neuron_spec_of
 
 ENERGY_PER_AC_PJ = 0.9  # FP32 add, 45 nm
 ENERGY_PER_MAC_PJ = 4.6  # FP32 multiply (3.7 pJ) + add (0.9 pJ), 45 nm
@@ -200,8 +201,8 @@ def fanout_map(layer: nn.Module, frame_shape: tuple[int, ...]) -> torch.Tensor:
 # measuring
 # ------------------------------------------------------------------------------------------------
 def _neuron_is_analog(module: nn.Module) -> bool:
-    inner = getattr(module, "neuron", module)
-    return getattr(inner, "analog_slope", None) is not None
+    spec = neuron_spec_of(getattr(module, "neuron", module))
+    return spec is not None and spec.analog_output
 
 
 def _neuron_leaks(module: nn.Module) -> bool:

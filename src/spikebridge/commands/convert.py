@@ -9,6 +9,8 @@
 
 Both are resumable: rerun the same command after an interruption and finished files are kept. The
 command prints one paragraph: converted / already done / dropped for too few events / unreadable.
+``--out`` must be new, empty or an earlier output of the same conversion; anything else needs
+``--overwrite``. Parameters are checked (ranges, finite numbers) before any work starts.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 
 ODG_EXAMPLE = "spikebridge convert odg --input /data/imagenet/train --out /data/es-imagenet/train --workers 8"
 VIDEO_EXAMPLE = "spikebridge convert video --input /data/ucf101/jpegs_256 --out /data/es-ucf101 --workers 8"
@@ -33,13 +35,10 @@ def _non_negative_int(text: str) -> int:
 
 
 def _check_folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The folders; nesting and a foreign ``--out`` are refused by the converter itself."""
     source, out = Path(args.input), Path(args.out)
     if not source.is_dir():
         raise DataError(f"{source}: input folder not found")
-    src_real, out_real = source.resolve(), out.resolve()
-    if out_real == src_real or src_real in out_real.parents:
-        raise ConfigError(f"--out {out} lies inside --input {source}: it would be read as a class folder; "
-                          "choose an output folder outside the input")
     return source, out
 
 
@@ -57,7 +56,7 @@ def report_paragraph(report, unit: str) -> str:
     text += (f" ({report.total} {unit}s in {len(report.classes)} classes, {report.elapsed_s:.1f} s). "
              f"{report.written} samples are listed in {report.label_file}.")
     if report.stale_temp_removed:
-        text += f" Removed {report.stale_temp_removed} partial files left by an interrupted run."
+        text += f" Removed {report.stale_temp_removed} partial files an interrupted conversion left."
     if report.dropped:
         text += " Dropped: " + _listing([(p, f"{n} events") for p, n in report.dropped]) + "."
     if report.failed:
@@ -103,9 +102,10 @@ def _leaf(kinds, name: str, func: Callable[[argparse.Namespace], int], help_text
     p.add_argument("--input", required=True, metavar="DIR", help=input_help)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (class folders of .npz + labels.txt)")
     p.add_argument("--workers", type=_non_negative_int, default=1, metavar="N",
-                   help="worker processes (0 or 1: convert in this process; default: %(default)s)")
+                   help="worker processes, up to 256 (0 or 1: convert in this process; default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
-                   help="convert everything again (needed to change the parameters of an existing output folder)")
+                   help="convert everything again: needed to change the parameters of an earlier output folder, "
+                        "or to write into a non-empty folder that is not one (same-named files are replaced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
@@ -124,8 +124,10 @@ def register(sub, add, common) -> None:
 
     p = _leaf(kinds, "odg", cmd_convert_odg, "static images -> ES-ImageNet events with ODG (arXiv:2203.01158)",
               ODG_EXAMPLE, "ImageNet-layout folder: DIR/<class>/<image> (.jpg .jpeg .png .bmp .webp)")
-    p.add_argument("--threshold", type=float, default=0.18, help="ODG intensity-change threshold (default: %(default)s)")
-    p.add_argument("--size", type=int, default=254, help="resized length of the longer image side (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.18,
+                   help="ODG intensity-change threshold, a finite number >= 0 (default: %(default)s)")
+    p.add_argument("--size", type=int, default=254,
+                   help="resized length of the longer image side, 1..4096 (default: %(default)s)")
     p.add_argument("--min-events", type=_non_negative_int, default=1000, metavar="N",
                    help="drop samples with fewer events (default: %(default)s)")
     p.add_argument("--window", type=int, nargs=2, metavar=("LO", "HI"),
@@ -138,4 +140,4 @@ def register(sub, add, common) -> None:
     p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
                    help="seed of --mode random (each clip: seed + its path; default: %(default)s)")
     p.add_argument("--frames", type=int, default=31, metavar="N",
-                   help="frames sampled evenly per clip; N-1 event steps (default: %(default)s)")
+                   help="frames sampled evenly per clip, 2..1000; N-1 event steps (default: %(default)s)")

@@ -1,8 +1,13 @@
 """``spikebridge export CKPT --format nir --out FILE.nir``: a trained SNN as a NIR graph
-(see :mod:`spikebridge.export` for the mapping)."""
+(see :mod:`spikebridge.export` for the mapping).
+
+``--out`` names a file; an existing one is replaced only with ``--overwrite``, and never when it
+is one of the checkpoint's own files (its JSON or tensors)."""
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def register(sub, add, common) -> None:
@@ -11,21 +16,69 @@ def register(sub, add, common) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="an SNN checkpoint (.json)")
     p.add_argument("--format", default="nir", choices=["nir"], help="output format (default: nir)")
     p.add_argument("--input-shape", metavar="C,H,W", help="per-sample input shape (default: from --data or the checkpoint's dataset)")
+    for flag, kwargs in (
+        ("--overwrite", dict(action="store_true", help="replace an existing --out file")),
+        ("--ann", dict(metavar="FILE.py:ClassName", help="the Python class of a checkpoint of your own network")),
+        ("--trust-code", dict(action="store_true", help="import the Python file the checkpoint records")),
+    ):
+        try:
+            p.add_argument(flag, **kwargs)
+        except argparse.ArgumentError:  # already added as a common flag
+            pass
+
+
+def _checkpoint_files(ckpt) -> list[Path]:
+    """The files a loaded checkpoint was read from: its JSON and its tensors file."""
+    files = [Path(ckpt.path)]
+    weights = ckpt.record.get("weights") if isinstance(getattr(ckpt, "record", None), dict) else None
+    if isinstance(weights, str) and weights:
+        files.append(Path(ckpt.path).parent / weights)
+    return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_out_file(out: str, overwrite: bool, protected: list[Path] = ()) -> Path:
+    """Refuse ``out`` when it is a folder, an existing file without ``overwrite``, or one of the
+    ``protected`` files (whatever ``overwrite`` says)."""
+    from ..errors import OutputError
+
+    path = Path(out)
+    for keep in protected:
+        if path.exists() and _same_file(path, keep):
+            raise OutputError(f"--out {str(out)[:100]} is the checkpoint's own file {keep.name}: "
+                              "choose another output file")
+    if path.is_dir():
+        raise OutputError(f"--out {str(out)[:100]} is a folder; give a file name such as model.nir")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputError(f"--out {str(out)[:100]} already exists; choose another file or add --overwrite to replace it")
+    return path
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..export import export_nir
-    from ..restore import model_from_checkpoint
+    from ..restore import is_python_class_spec, model_from_checkpoint
 
     if not args.out:
         raise ConfigError("--out FILE.nir is required")
-    model, meta, _ckpt = model_from_checkpoint(args.checkpoint, T=args.T)
+    overwrite = bool(getattr(args, "overwrite", False))
+    check_out_file(args.out, overwrite)  # before the (slow) load
+    ann = getattr(args, "ann", None)
+    code = ann if ann and is_python_class_spec(ann) else None  # the user's class, named on the command line
+    model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=code,
+                                              trust_code=bool(getattr(args, "trust_code", False)))
+    check_out_file(args.out, overwrite, _checkpoint_files(ckpt))
     if args.input_shape:
         try:
             shape = tuple(int(v) for v in args.input_shape.split(","))
         except ValueError:
-            raise ConfigError(f"--input-shape must look like 1,28,28, got {args.input_shape!r}") from None
+            raise ConfigError(f"--input-shape must look like 1,28,28, got {args.input_shape[:100]!r}") from None
     else:
         from ..data.datasets import open_dataset
 

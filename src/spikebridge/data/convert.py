@@ -8,12 +8,18 @@ Both converters share one machinery:
   ``out_dir/labels.txt`` (``relative_path label height width`` lines, written atomically at the
   end) and ``out_dir/conversion.json`` (the parameters, so a resume cannot mix parameters).
 * **Resumable and kill-safe**: every ``.npz`` is written to a hidden temporary name beside its
-  target and renamed when complete, so a killed run never leaves a file a reader would accept
-  half-written. A rerun removes leftover temporary files, keeps every ``.npz`` that reads back
-  valid, and converts only what is missing.
+  target (``.spikebridge-tmp.*.tmp``, :func:`spikebridge.utils.atomic_path`) and renamed when
+  complete, so a killed run never leaves a file a reader would accept half-written. A rerun
+  removes its own leftover temporary files (only those names, only in the folders it writes),
+  keeps every ``.npz`` that reads back valid, and converts only what is missing.
+* **Only its own folder**: ``out_dir`` must be new, empty, or an earlier output of the same
+  conversion (its ``conversion.json``); any other non-empty folder is refused unless
+  ``overwrite``, so a user's files are never replaced by accident. The input may not lie inside
+  the output, nor the output inside the input.
 * Unreadable inputs and non-image files are reported and skipped, never fatal; samples with
   fewer than ``min_events`` events are reported as dropped.
-* ``workers`` > 1 uses a pool of processes (spawned; each runs single-threaded torch);
+* ``workers`` > 1 uses that many spawned processes (each runs single-threaded torch); a worker
+  that dies is reported in one line, and workers whose parent was killed leave quietly;
   ``workers`` 0 or 1 runs inline. A tqdm progress bar shows progress when ``progress``.
 """
 from __future__ import annotations
@@ -21,8 +27,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
+import signal
 import time
 import zlib
+from multiprocessing.connection import wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,11 +39,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError, OutputError
-from ..utils import atomic_write_text, ensure_dir, output_error
+from ..utils import atomic_write_text, ensure_dir, output_error, remove_stale_temps
 from .events import read_es_sample, write_es_sample, write_label_file
+from .folders import open_image
 from .odg import odg, resized_shape
 from .video import (
     IMAGE_SUFFIXES,
+    check_n_frames,
     clip_to_events,
     frames_to_events,
     natural_key,
@@ -44,6 +55,8 @@ from .video import (
 
 LABEL_FILE = "labels.txt"
 PARAMS_FILE = "conversion.json"
+#: The most worker processes a conversion starts.
+MAX_WORKERS = 256
 
 
 @dataclass
@@ -86,8 +99,11 @@ def list_classes(input_dir: Path) -> list[str]:
     """Sorted names of the visible class folders of ``input_dir``."""
     if not input_dir.is_dir():
         raise DataError(f"{input_dir}: input folder not found")
-    with os.scandir(input_dir) as it:
-        classes = sorted(e.name for e in _visible(it) if e.is_dir())
+    try:
+        with os.scandir(input_dir) as it:
+            classes = sorted(e.name for e in _visible(it) if e.is_dir())
+    except OSError as exc:
+        raise DataError(f"{input_dir}: cannot list the input folder ({exc.strerror or exc})") from None
     if not classes:
         raise DataError(f"{input_dir}: no class folders (expected input_dir/<class>/<files>)")
     return classes
@@ -116,8 +132,11 @@ def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs
                    report: ConversionReport) -> list[_Task]:
     tasks: list[_Task] = []
     for label, cls in enumerate(classes):
-        with os.scandir(input_dir / cls) as it:
-            entries = sorted(_visible(it), key=lambda e: natural_key(e.name))
+        try:
+            with os.scandir(input_dir / cls) as it:
+                entries = sorted(_visible(it), key=lambda e: natural_key(e.name))
+        except OSError as exc:
+            raise DataError(f"{input_dir / cls}: cannot list the class folder ({exc.strerror or exc})") from None
         items = []
         for e in entries:
             rel = f"{cls}/{e.name}"
@@ -152,39 +171,59 @@ def _write_or_fail(write: Callable[[str, Any], None], dst: str, payload: Any) ->
         raise output_error(dst, exc) from None
 
 
-def _remove_stale_temps(out_dir: Path) -> int:
-    """Delete leftovers of killed writes: hidden ``.<name>.<random>.tmp`` files (utils.atomic_path)."""
-    removed = 0
-    for root, _dirs, files in os.walk(out_dir):
-        for name in files:
-            if name.startswith(".") and name.endswith(".tmp"):
-                try:
-                    os.unlink(os.path.join(root, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+def _remove_stale_temps(out_dir: Path, classes: Sequence[str]) -> int:
+    """Delete our own leftovers of killed writes (``.spikebridge-tmp.*.tmp`` of the files a
+    conversion writes), only in ``out_dir`` and its class folders."""
+    removed = remove_stale_temps(out_dir, (LABEL_FILE, PARAMS_FILE))
+    for cls in classes:
+        removed += remove_stale_temps(out_dir / cls, ("*.npz",))
     return removed
 
 
+def _check_folders(input_dir: Path, out_dir: Path) -> None:
+    """Refuse an output folder inside the input (it would be read as a class) and an input inside
+    the output (the conversion would write among its own inputs)."""
+    src, out = input_dir.resolve(), out_dir.resolve()
+    if out == src or src in out.parents:
+        raise ConfigError(f"--out {out_dir} lies inside --input {input_dir}: it would be read as a class folder; "
+                          "choose an output folder outside the input")
+    if out in src.parents:
+        raise ConfigError(f"--input {input_dir} lies inside --out {out_dir}: the conversion would write among its "
+                          "inputs; choose an output folder outside the input")
+
+
 def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> bool:
-    """Record the parameters; returns whether existing outputs may be reused."""
+    """Claim ``out_dir`` and record the parameters; returns whether existing outputs may be reused.
+
+    A folder holding no ``conversion.json`` must be missing or empty (unless ``overwrite``): it
+    is someone else's, and its ``labels.txt`` or ``.npz`` files must not be replaced.
+    """
     path = out_dir / PARAMS_FILE
     wanted = json.loads(json.dumps(params))  # normalise tuples -> lists
     reuse = True
     if path.is_file():
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             previous = None
         if previous != wanted:
             if not overwrite:
                 raise DataError(
                     f"{out_dir} holds a conversion made with other parameters ({path}); "
-                    "use another output folder or overwrite=True to convert everything again"
+                    "use another output folder or --overwrite (overwrite=True) to convert everything again"
                 )
             reuse = False
-    elif overwrite:
-        reuse = False
+    else:
+        try:
+            foreign = sorted(os.listdir(out_dir)) if out_dir.is_dir() else []
+        except OSError as exc:
+            raise output_error(out_dir, exc, "cannot list output folder") from exc
+        if foreign and not overwrite:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise DataError(f"output folder {out_dir} is not empty ({shown}) and holds no earlier conversion; "
+                            "choose a new or empty folder, or add --overwrite (overwrite=True) to write into it "
+                            "(files with the same names are replaced)")
+        reuse = not overwrite
     ensure_dir(out_dir)
     atomic_write_text(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
     return reuse
@@ -199,23 +238,22 @@ _Result = tuple[int, str, int, int, int, str]
 
 
 def _image_task(task: _Task, odg_kwargs: Mapping[str, Any]) -> _Result:
-    from PIL import Image
-
     size = int(odg_kwargs.get("size", 254))
     if task.reuse and os.path.exists(task.dst):
         try:
             read_es_sample(task.dst)
-            with Image.open(task.src) as im:
+            with open_image(task.src) as im:
                 h, w = resized_shape(im.height, im.width, size=size)
             return task.index, "reused", h, w, -1, ""
         except Exception:  # unreadable output or input header: convert again below
             pass
     try:
-        with Image.open(task.src) as im:
+        with open_image(task.src) as im:  # bounded: a huge image is refused from its header
             im.load()
             sample = odg(im, **{**odg_kwargs, "min_events": 0})
     except Exception as exc:  # PIL raises many exception types for broken files
-        return task.index, "failed", 0, 0, 0, f"{type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+        return task.index, "failed", 0, 0, 0, message
     min_events = int(odg_kwargs.get("min_events", 1000))
     if sample.n_events < min_events:
         if os.path.exists(task.dst):  # e.g. left by a run with other parameters
@@ -254,10 +292,105 @@ class _Call:
         return self.fn(task, self.kwargs)
 
 
-def _worker_init() -> None:
-    import torch
+def _worker_main(call: _Call, tasks, results) -> None:
+    """A conversion worker: receive tasks, send back results (or the error a task raised).
 
-    torch.set_num_threads(1)
+    It holds only the reading end of its task pipe and the writing end of its result pipe, so
+    when the parent dies (even by SIGKILL) the next receive or send fails and it leaves quietly,
+    without a traceback.
+    """
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the workers
+        while True:
+            task = tasks.recv()
+            if task is None:
+                return
+            try:
+                message = ("ok", call(task))
+            except Exception as exc:  # sent back and raised by the parent
+                message = ("error", exc)
+            try:
+                results.send(message)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                results.send(("error", RuntimeError(f"{type(message[1]).__name__}: {message[1]}")))
+    except (EOFError, OSError):  # the parent is gone: nothing to report to
+        return
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _pool(tasks: list[_Task], call: _Call, workers: int) -> Iterator[_Result]:
+    """Results of ``call(task)`` in ``workers`` spawned processes, in completion order."""
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[dict[str, Any]] = []
+    try:
+        for _ in range(min(workers, len(tasks))):
+            task_r, task_w = ctx.Pipe(duplex=False)
+            result_r, result_w = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_main, args=(call, task_r, result_w), daemon=True)
+            proc.start()
+            task_r.close()
+            result_w.close()
+            procs.append({"proc": proc, "tasks": task_w, "results": result_r, "busy": 0})
+        pending = iter(tasks)
+
+        def feed(worker: dict[str, Any]) -> None:
+            task = next(pending, None)
+            if task is not None:
+                worker["busy"] += 1  # counted even if the send fails: a dead worker is reported below
+                try:
+                    worker["tasks"].send(task)
+                except OSError:
+                    pass
+
+        for worker in procs:  # two tasks each: a worker never waits for its next one
+            feed(worker)
+            feed(worker)
+        while any(w["busy"] for w in procs):
+            busy = [w for w in procs if w["busy"]]
+            ready = wait([w["results"] for w in busy] + [w["proc"].sentinel for w in busy])
+            for worker in busy:
+                if worker["results"] in ready or worker["results"].poll():
+                    try:
+                        kind, value = worker["results"].recv()
+                    except (EOFError, OSError):
+                        kind, value = "died", None
+                    if kind == "ok":
+                        worker["busy"] -= 1
+                        feed(worker)
+                        yield value
+                        continue
+                    if kind == "error":
+                        raise value
+                elif worker["proc"].sentinel not in ready:
+                    continue
+                worker["proc"].join(timeout=5)
+                raise DataError(f"a conversion worker (process {worker['proc'].pid}) "
+                                f"{_describe_exit(worker['proc'].exitcode)}; finished files are kept: "
+                                "rerun the same command to continue")
+    finally:
+        for worker in procs:
+            try:
+                worker["tasks"].send(None)
+            except OSError:
+                pass
+            worker["tasks"].close()
+        for worker in procs:
+            worker["proc"].join(timeout=5)
+            if worker["proc"].is_alive():
+                worker["proc"].terminate()
+                worker["proc"].join(timeout=5)
+            worker["results"].close()
 
 
 def _run(tasks: list[_Task], call: _Call, workers: int, progress: bool, unit: str) -> Iterator[_Result]:
@@ -270,13 +403,9 @@ def _run(tasks: list[_Task], call: _Call, workers: int, progress: bool, unit: st
                 yield call(task)
                 bar.update(1)
             return
-        ctx = multiprocessing.get_context("spawn")
-        block = 4096  # feed the pool in blocks: millions of tasks never sit in its queue at once
-        with ctx.Pool(processes=workers, initializer=_worker_init) as pool:
-            for start in range(0, len(tasks), block):
-                for result in pool.imap_unordered(call, tasks[start:start + block], chunksize=8):
-                    yield result
-                    bar.update(1)
+        for result in _pool(tasks, call, workers):
+            yield result
+            bar.update(1)
     finally:
         bar.close()
 
@@ -286,10 +415,13 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
              workers: int, progress: bool, overwrite: bool, unit: str) -> ConversionReport:
     started = time.monotonic()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be an integer in 0..{MAX_WORKERS}, got {workers!r:.40}")
     classes = list_classes(input_dir)
+    _check_folders(input_dir, out_dir)
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / LABEL_FILE, classes=classes)
     reuse = _check_params(out_dir, params, overwrite)
-    report.stale_temp_removed = _remove_stale_temps(out_dir)
+    report.stale_temp_removed = _remove_stale_temps(out_dir, classes)
     tasks = _collect_tasks(input_dir, out_dir, classes, want_dirs, reuse, report)
     for cls in classes:
         ensure_dir(out_dir / cls)
@@ -368,8 +500,7 @@ def convert_video_folder(
     unknown = set(kwargs) - {"n_frames", "mode", "upper", "lower", "noise_std", "min_threshold", "seed"}
     if unknown:
         raise ConfigError(f"unknown video_kwargs {sorted(unknown)}")
-    if int(kwargs.get("n_frames", 31)) < 2:
-        raise ConfigError(f"n_frames must be >= 2, got {kwargs['n_frames']}")
+    check_n_frames(kwargs.get("n_frames", 31))
     check = {k: v for k, v in kwargs.items() if k not in ("n_frames", "seed")}
     frames_to_events(np.zeros((2, 2, 2), dtype=np.float32), **check)  # bad parameters fail here
     return _convert(input_dir, out_dir, want_dirs=True, fn=_video_task, kwargs=kwargs,

@@ -41,8 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from ..errors import DataError
-from .folders import IMG_EXTENSIONS, ImageFolderDataset, find_classes, inspect_image_folder, load_image, scan_image_folder
+from ..errors import DataError, SpikebridgeError
+from .folders import (
+    IMG_EXTENSIONS,
+    ImageFolderDataset,
+    find_classes,
+    inspect_image_folder,
+    load_image,
+    scan_image_folder,
+    walk_folder,
+)
 from .loading import DataBundle
 from .static import TensorSplit
 from .transforms import (
@@ -167,7 +175,7 @@ def _decode_folder(samples: list[tuple[str, int]], size: int, mode: str, where: 
     resize, crop = Resize(size), CenterCrop(size)
     images = torch.empty((len(samples), channels, size, size), dtype=torch.uint8)
     for i, (path, _label) in enumerate(samples):
-        img = crop(resize(load_image(path, mode)))
+        img = crop(resize(load_image(path, mode, need=size)))  # a large JPEG decodes at a reduced scale
         arr = np.array(img, dtype=np.uint8)  # a writable copy
         images[i] = torch.from_numpy(arr.reshape(size, size, channels)).permute(2, 0, 1)
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
@@ -369,8 +377,9 @@ class EventFileDataset(Dataset):
 def _list_event_files(class_root: Path, classes: list[str]) -> list[tuple[Path, int]]:
     samples = []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (class_root / name).rglob("*") if p.suffix.lower() in DVS_EXTENSIONS and p.is_file())
-        samples += [(p, label) for p in files]
+        files = sorted(Path(folder) / f for folder, names in walk_folder(class_root / name) for f in names
+                       if os.path.splitext(f)[1].lower() in DVS_EXTENSIONS and not f.startswith("."))
+        samples += [(p, label) for p in files if p.is_file()]
     return samples
 
 
@@ -434,7 +443,11 @@ class VideoClipDataset(Dataset):
 
 
 def _looks_like_clips(class_dir: Path) -> bool:
-    subdirs = [p for p in sorted(class_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    """Clip folders of frames, and no images of the class folder's own (as an image class has)."""
+    entries = sorted(class_dir.iterdir())
+    if any(p.suffix.lower() in IMG_EXTENSIONS and p.is_file() for p in entries):
+        return False
+    subdirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
     if not subdirs:
         return False
     return any(f.suffix.lower() in IMG_EXTENSIONS for f in subdirs[0].iterdir())
@@ -492,15 +505,43 @@ def _holds(class_dirs: list[Path], suffixes: tuple[str, ...]) -> bool:
     return False
 
 
+#: Folders that are never datasets: the file system root and the kernel's virtual file systems
+#: (``/proc`` alone holds a folder per process, and reading it fails or never ends).
+SYSTEM_FOLDERS = ("/", "/proc", "/sys", "/dev")
+
+
+def _unreadable(path: str | os.PathLike, exc: OSError) -> DataError:
+    where = f" ({str(exc.filename)[:100]})" if exc.filename else ""
+    return DataError(f"cannot read dataset folder {str(path)[:100]!r}: {exc.strerror or exc}{where}")
+
+
+def _check_not_system(base: Path) -> None:
+    real = os.path.realpath(base)
+    for system in SYSTEM_FOLDERS:
+        if real == system or (system != "/" and real.startswith(system + "/")):
+            raise DataError(f"dataset folder {str(base)[:100]!r} is the system folder {system}, not a dataset; "
+                            "give the folder that holds your dataset")
+
+
 def detect_layout(path: str | os.PathLike) -> str:
     """Name the dataset layout of folder ``path`` (see the module docstring); raises DataError."""
-    from .cifar import locate_cifar
-
     base = Path(path)
     if not base.exists():
-        raise DataError(f"dataset {str(path)!r} not found: use mnist5k, es-mnist or a dataset folder")
+        raise DataError(f"dataset {str(path)[:100]!r} not found: use mnist5k, es-mnist or a dataset folder")
     if not base.is_dir():
-        raise DataError(f"dataset {str(path)!r} is a file; give the dataset's folder")
+        raise DataError(f"dataset {str(path)[:100]!r} is a file; give the dataset's folder")
+    _check_not_system(base)
+    try:
+        return _detect_layout(base)
+    except SpikebridgeError:
+        raise
+    except OSError as exc:  # permission denied, a vanished file...: a problem of the folder given
+        raise _unreadable(path, exc) from None
+
+
+def _detect_layout(base: Path) -> str:
+    from .cifar import locate_cifar
+
     try:
         locate_cifar(base)
         return "cifar"
@@ -555,8 +596,18 @@ def open_path_dataset(
         image_size: the square training resolution (0 = chosen from the data: 224 for photos).
         time_steps: frames per sample for DVS recordings (0 = 8) and video (0 = 15).
     """
-    root = str(path)
     layout = detect_layout(path)
+    try:
+        return _open_layout(str(path), layout, max_shift=max_shift, split_seed=split_seed, workers=workers,
+                            image_size=image_size, time_steps=time_steps)
+    except SpikebridgeError:
+        raise
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _open_layout(root: str, layout: str, *, max_shift: int, split_seed: int, workers: int, image_size: int,
+                 time_steps: int) -> DataBundle:
     if layout == "cifar":
         return open_cifar(root, image_size=image_size, max_shift=max_shift)
     if layout == "es-imagenet-released":

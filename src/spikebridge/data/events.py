@@ -232,9 +232,39 @@ def write_es_sample(path: str | os.PathLike, sample: EventSample) -> None:
             np.savez_compressed(fh, pos=sample.pos, neg=sample.neg)
 
 
-def load_npz_arrays(path: str | os.PathLike, names: Sequence[str]) -> list[np.ndarray]:
+#: The most bytes one array of a ``.npz`` may unpack to (a documented cap for readers without a
+#: tighter bound of their own): ES-UCF101 clips are ~5 MB, ES-ImageNet samples at most 1.5 MB.
+MAX_NPZ_ARRAY_BYTES = 256 << 20
+
+
+def _npz_member_sizes(path: str | os.PathLike, archive: zipfile.ZipFile, names: Sequence[str],
+                      max_bytes: int) -> None:
+    """Refuse arrays that would unpack to more than ``max_bytes``, from the zip directory and the
+    ``.npy`` headers alone (nothing is decompressed but the first bytes of each member)."""
+    for name in names:
+        info = archive.getinfo(f"{name}.npy")
+        with archive.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                raise DataError(f"{path}: array {name!r} uses .npy format {version}, not 1.0 or 2.0")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = read_header(fh, max_header_size=10000)
+        if dtype.hasobject:
+            raise DataError(f"{path}: array {name!r} holds Python objects (refused: .npz files are read without pickles)")
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if nbytes > max_bytes:
+            raise DataError(f"{path}: array {name!r} would unpack to {nbytes / 2**20:.0f} MiB "
+                            f"(shape {tuple(shape)!s:.60}), more than the {max_bytes / 2**20:.1f} MiB allowed")
+        if nbytes > info.file_size:
+            raise DataError(f"{path}: array {name!r} is truncated: its header claims {nbytes} bytes, "
+                            f"the archive holds {info.file_size}")
+
+
+def load_npz_arrays(path: str | os.PathLike, names: Sequence[str], *,
+                    max_bytes: int = MAX_NPZ_ARRAY_BYTES) -> list[np.ndarray]:
     """The named arrays of a ``.npz`` file (no pickles); :class:`DataError` for a missing,
-    truncated or corrupt file, a plain ``.npy``, or a missing array."""
+    truncated or corrupt file, a plain ``.npy``, a missing array, or an array that would unpack
+    to more than ``max_bytes`` (checked from the headers before anything is decompressed)."""
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
@@ -243,14 +273,15 @@ def load_npz_arrays(path: str | os.PathLike, names: Sequence[str]) -> list[np.nd
             missing = [k for k in names if k not in data.files]
             if missing:
                 raise DataError(f"{path}: missing array(s) {missing} (has {sorted(data.files)})")
+            _npz_member_sizes(path, data.zip, names, max_bytes)
             return [data[k] for k in names]
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
-            RuntimeError, OverflowError, MemoryError, struct.error) as exc:  # zipfile: unsupported version, encrypted
-        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+            RuntimeError, OverflowError, MemoryError, struct.error, SyntaxError) as exc:  # zipfile: unsupported version, encrypted
+        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
 
 
 def read_es_sample(
@@ -266,7 +297,8 @@ def read_es_sample(
     square 254x254 image, i.e. no centring shift). Raises :class:`DataError` for a missing,
     truncated or corrupt file, a missing key, a wrong dtype/shape, or ``t`` out of range.
     """
-    pos, neg = load_npz_arrays(path, ("pos", "neg"))
+    # rows are distinct (row, col, t) with uint8 coordinates: at most 256 * 256 * n_steps of them
+    pos, neg = load_npz_arrays(path, ("pos", "neg"), max_bytes=3 * 256 * 256 * max(int(n_steps), 1))
     for name, rows in (("pos", pos), ("neg", neg)):
         if rows.dtype != np.uint8:
             raise DataError(f"{path}: {name} must be uint8, got {rows.dtype}")
@@ -331,7 +363,10 @@ def read_label_file(
         if not (0 < height < 65536 and 0 < width < 65536):
             raise DataError(f"{label_file}:{number}: height/width must be positive, got {height} {width}")
         if Path(rel).name in ("", ".", "..") or rel.endswith(("/", "\\")):
-            raise DataError(f"{label_file}:{number}: {rel!r} does not name a sample file")
+            raise DataError(f"{label_file}:{number}: {rel!r:.100} does not name a sample file")
+        if os.path.isabs(rel) or ".." in Path(rel.replace("\\", "/")).parts:
+            raise DataError(f"{label_file}:{number}: sample path {rel!r:.100} leaves the dataset folder {base} "
+                            "(absolute paths and '..' are refused)")
         path = base / rel
         if path.suffix.lower() != ".npz":
             path = path.with_suffix(".npz")

@@ -5,9 +5,16 @@ Layout (the same as torchvision's ``ImageFolder``)::
     root/<class name>/<any sub-folders>/<image>.<ext>
 
 Class index = position of the class folder in the sorted folder names; ``samples`` is the list of
-``(path, class_index)`` in torchvision's order (classes sorted, then ``os.walk`` with sorted
-folder and file names, following symlinks). One deliberate difference: hidden folders
-(names starting with ``.``, e.g. ``.ipynb_checkpoints``) are not classes.
+``(path, class_index)`` in torchvision's order (classes sorted, then a walk with sorted folder
+and file names, following symlinks). Deliberate differences: hidden folders (names starting with
+``.``, e.g. ``.ipynb_checkpoints``) are not classes, and the walk (:func:`walk_folder`) enters
+each folder once (by device and inode) and never follows a symlink back to a folder it is inside
+(``link -> .``, ``link -> /``): such loops are skipped with a one-line warning, so a scan is
+finite and each image is counted once.
+
+Decoding is bounded (:func:`open_image`): an image above :data:`MAX_IMAGE_PIXELS` pixels is
+refused from its header before any pixel is decoded, and JPEGs are decoded at a reduced scale
+when the caller needs fewer pixels (``Image.draft``).
 
 A dataset root holding splits (``root/train`` and ``root/val``; ``test`` or ``validation`` count
 as the validation split) is recognised by :func:`split_layout`.
@@ -15,10 +22,13 @@ as the validation split) is recognised by :func:`split_layout`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import sys
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -33,6 +43,8 @@ __all__ = [
     "find_classes",
     "scan_image_folder",
     "load_image",
+    "open_image",
+    "walk_folder",
     "inspect_image_folder",
     "split_layout",
 ]
@@ -40,9 +52,14 @@ __all__ = [
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """File extensions read as images (compared case-insensitively), torchvision's list."""
 
+MAX_IMAGE_PIXELS = 50_000_000
+"""Images with more pixels (width x height) are refused before decoding: 150 MB as RGB, e.g. an
+8660 x 5770 photograph; far beyond any training resolution. A 13000 x 13000 PNG of a few hundred
+KB would otherwise take 1.6 GB to decode."""
+
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # Exceptions PIL raises for missing, unreadable, unknown, truncated or corrupt files.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, Image.DecompressionBombError)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, Image.DecompressionBombError, MemoryError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -66,6 +83,63 @@ def _check_root(root: str | os.PathLike[str]) -> str:
     if not os.path.isdir(path):
         raise DataError(f"image folder {path} is not a directory")
     return path
+
+
+def _warn(message: str) -> None:
+    print(f"spikebridge: warning: {message}", file=sys.stderr)
+
+
+def walk_folder(top: str | os.PathLike[str], *, skip_hidden: bool = True) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, file names)`` of ``top`` and every folder below it, top-down, sorted by name.
+
+    Symlinked folders are followed, but each folder is entered at most once (by ``(st_dev,
+    st_ino)``), and a link to a folder the walk is inside of (``link -> .``, ``link -> ..``,
+    ``link -> /``) is a loop and not followed. Skipped links are reported in one warning line on
+    stderr. ``skip_hidden``: leave out folders whose names start with ``.``. Unreadable folders
+    raise :class:`DataError`.
+    """
+    top = os.fspath(top)
+    skipped: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [(top, os.path.realpath(top))]  # (path, its real path); an explicit stack: no recursion limit
+    while stack:
+        path, real = stack.pop()
+        try:
+            st = os.stat(path)
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(f"cannot list folder {path}: {_one_line(exc)}") from None
+        seen.add((st.st_dev, st.st_ino))
+        files, subdirs = [], []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                files.append(entry.name)
+            elif not (skip_hidden and entry.name.startswith(".")):
+                subdirs.append(entry)
+        yield path, files
+        children = []
+        for entry in subdirs:
+            try:
+                sub_st = entry.stat()
+                target = os.readlink(entry.path) if entry.is_symlink() else None
+            except OSError as exc:
+                raise DataError(f"cannot read folder {entry.path}: {_one_line(exc)}") from None
+            sub_real = os.path.realpath(entry.path) if target is not None else os.path.join(real, entry.name)
+            loop = real == sub_real or real.startswith(sub_real.rstrip(os.sep) + os.sep)
+            if loop or (sub_st.st_dev, sub_st.st_ino) in seen:
+                skipped.append(f"{entry.path} -> {target if target is not None else sub_real}")
+            else:
+                seen.add((sub_st.st_dev, sub_st.st_ino))  # two links to one folder: the first is read
+                children.append((entry.path, sub_real))
+        stack.extend(reversed(children))
+    if skipped:
+        _warn(f"skipped {len(skipped)} symlinked folder(s) that loop or repeat a folder already read, "
+              f"e.g. {skipped[0][:200]}")
 
 
 def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
@@ -124,11 +198,7 @@ def scan_image_folder(
         if not os.path.isdir(class_dir):
             raise DataError(f"class folder {class_dir} does not exist")
         count = 0
-        walked = []
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune hidden folders
-            walked.append((dirpath, filenames))
-        for dirpath, filenames in sorted(walked):
+        for dirpath, filenames in sorted(walk_folder(class_dir)):
             for fname in sorted(filenames):
                 if fname.startswith(".") or not fname.lower().endswith(exts):
                     continue
@@ -141,22 +211,52 @@ def scan_image_folder(
     return samples
 
 
-def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
-    """Decode ``path`` fully with PIL and convert it to ``mode`` (``"RGB"`` or ``"L"``).
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike[str], *, need: int = 0,
+               mode: str = "RGB") -> Iterator[Image.Image]:
+    """``Image.open(path)`` with bounded decoding, as a context manager.
 
-    Raises:
-        DataError: the file is missing, unreadable, not an image, truncated or corrupt
-            (one line naming the file; picklable, so it crosses DataLoader workers).
+    An image of more than :data:`MAX_IMAGE_PIXELS` pixels is refused from its header (for a JPEG:
+    after ``Image.draft``, i.e. at the size it would actually be decoded at). ``need``: the
+    shorter side the caller will resize to; a JPEG at least twice that size is decoded at 1/2,
+    1/4 or 1/8 scale, keeping both sides >= ``need`` (``Image.draft``; 0 = full size). PIL's
+    decompression-bomb error, and every decoding failure inside the ``with`` block, become a
+    one-line :class:`DataError` naming the file (picklable, so it crosses DataLoader workers).
+    PIL's own decompression-bomb warning is silenced here: the pixel bound above decides.
     """
     p = os.fspath(path)
     try:
-        with Image.open(p) as img:
-            out = img.convert(mode)
-            out.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel check below decides
+            with Image.open(p) as img:
+                if need > 0 and img.format == "JPEG":
+                    img.draft(mode, (need, need))
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"image {p} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} "
+                                    "spikebridge decodes (spikebridge.data.folders.MAX_IMAGE_PIXELS); shrink it")
+                yield img
     except Image.UnidentifiedImageError:
         raise DataError(f"cannot decode image {p}: not a recognised image format (corrupt or not an image)") from None
+    except Image.DecompressionBombError as exc:  # PIL's own limit, twice Image.MAX_IMAGE_PIXELS
+        raise DataError(f"image {p} has more pixels than the {MAX_IMAGE_PIXELS} spikebridge decodes "
+                        f"({_one_line(exc)[:160]})") from None
     except _DECODE_ERRORS as exc:
         raise DataError(f"cannot decode image {p}: {_one_line(exc)}") from None
+
+
+def load_image(path: str | os.PathLike[str], mode: str = "RGB", *, need: int = 0) -> Image.Image:
+    """Decode ``path`` with PIL (bounded: :func:`open_image`) and convert it to ``mode``
+    (``"RGB"`` or ``"L"``). ``need``: the shorter side the caller resizes to (JPEGs at least
+    twice as large decode at a reduced scale); 0 decodes at full size.
+
+    Raises:
+        DataError: the file is missing, unreadable, not an image, too large, truncated or corrupt
+            (one line naming the file; picklable, so it crosses DataLoader workers).
+    """
+    with open_image(path, need=need, mode=mode) as img:
+        out = img.convert(mode)
+        out.load()
     return out
 
 
@@ -291,11 +391,11 @@ def inspect_image_folder(
     for k in picks:
         file = samples[k][0]
         try:
-            with Image.open(file) as img:
+            with open_image(file) as img:
                 heights.append(img.height)
                 widths.append(img.width)
                 grey = grey and _is_grey(img)
-        except _DECODE_ERRORS:
+        except DataError:
             unreadable.append(file)
     if not heights:
         raise DataError(f"none of the {len(picks)} inspected images under {path} could be read, e.g. {unreadable[0]}")

@@ -26,15 +26,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from ..utils import atomic_path
 from .events import load_npz_arrays
+from .folders import open_image
 
 #: File suffixes taken as frames / images (compared lower-case).
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: The most frames sampled per clip (the paper: 31); memory grows with frames x pixels.
+MAX_FRAMES = 1000
+#: The most bytes one clip's conversion may hold: float32 frames and differences plus uint8
+#: events, ~10 bytes per sampled pixel (31 UCF101 frames of 256 x 342: 27 MB).
+MAX_CLIP_BYTES = 2 << 30
 
 
 def natural_key(name: str) -> tuple:
@@ -69,23 +74,30 @@ def load_clip(clip_dir: str | os.PathLike, *, n_frames: int = 31) -> np.ndarray:
     Greyscale is PIL's ``convert("L")`` (ITU-R 601 luma), divided by 255. Raises
     :class:`DataError` for an empty folder, an unreadable frame or frames of different sizes.
     """
-    if n_frames < 2:
-        raise ConfigError(f"n_frames must be >= 2, got {n_frames}")
+    check_n_frames(n_frames)
     frames = list_frames(clip_dir)
     if not frames:
         raise DataError(f"{clip_dir}: no frame images ({', '.join(IMAGE_SUFFIXES)}) in the clip folder")
     out: list[np.ndarray] = []
     for index in sample_indices(len(frames), n_frames):
         path = frames[int(index)]
-        try:
-            with Image.open(path) as im:
-                grey = np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0)
-        except Exception as exc:  # PIL raises many types for broken files
-            raise DataError(f"{path}: cannot read the frame ({type(exc).__name__}: {exc})") from None
+        with open_image(path) as im:
+            if not out and n_frames * im.width * im.height * 10 > MAX_CLIP_BYTES:
+                raise DataError(f"{path}: {n_frames} frames of {im.width}x{im.height} need about "
+                                f"{n_frames * im.width * im.height * 10 / 2**30:.1f} GiB to convert, more than "
+                                f"{MAX_CLIP_BYTES / 2**30:.0f} GiB; sample fewer frames")
+            grey = np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0)
         if out and grey.shape != out[0].shape:
             raise DataError(f"{path}: frame size {grey.shape} differs from the clip's {out[0].shape}")
         out.append(grey)
     return np.stack(out)
+
+
+def check_n_frames(n_frames: Any) -> int:
+    """``n_frames`` as an int in 2..:data:`MAX_FRAMES`; :class:`ConfigError` otherwise."""
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or not 2 <= n_frames <= MAX_FRAMES:
+        raise ConfigError(f"n_frames must be an integer in 2..{MAX_FRAMES}, got {n_frames!r:.40}")
+    return int(n_frames)
 
 
 def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -112,14 +124,15 @@ def frames_to_events(
     if frames.ndim != 3 or frames.shape[0] < 2:
         raise DataError(f"expected greyscale frames [N >= 2, H, W], got shape {tuple(frames.shape)}")
     if not 0 <= lower <= upper <= 100:
-        raise ConfigError(f"need 0 <= lower <= upper <= 100, got lower={lower}, upper={upper}")
+        raise ConfigError(f"need 0 <= lower <= upper <= 100, got lower={lower!r:.40}, upper={upper!r:.40}")
     diffs = frames[1:] - frames[:-1]
     hi, lo = np.percentile(diffs, [upper, lower])
     if mode == "percentile":
         on_thr, off_thr = np.float32(hi), np.float32(lo)
     elif mode == "random":
-        if noise_std < 0 or min_threshold < 0:
-            raise ConfigError("noise_std and min_threshold must be >= 0")
+        if not (np.isfinite(noise_std) and np.isfinite(min_threshold) and noise_std >= 0 and min_threshold >= 0):
+            raise ConfigError(f"noise_std and min_threshold must be finite and >= 0, got {noise_std!r:.40}, "
+                              f"{min_threshold!r:.40}")
         gen = _as_rng(rng)
         shape = diffs.shape[1:]
         on_thr = np.maximum(gen.normal(hi, noise_std, shape), min_threshold).astype(np.float32)

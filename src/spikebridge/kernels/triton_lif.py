@@ -1,7 +1,7 @@
 """Triton kernels for the multi-step LIF / LIAF op (``backend="triton"``).
 
-Same math as :func:`spikebridge.neurons.multistep_fused` (``_forward_loop`` and
-``_MultiStepFn.backward``), in two kernel launches per training step: one forward, one backward.
+Same math as :func:`spikebridge.neurons.multistep.multistep_fused` (``_fused_forward`` and
+``_fused_backward``), in two kernel launches per training step: one forward, one backward.
 The input ``x: [T, ...]`` is viewed as ``[T, N]`` with ``N = x[0].numel()``; each program owns a
 ``BLOCK`` of the ``N`` neurons and walks the time axis inside the kernel (``t = 0..T-1`` forward,
 ``t = T-1..0`` backward), keeping the membrane potential / the carried gradient in registers.
@@ -32,12 +32,11 @@ import triton
 import triton.language as tl
 
 from ..errors import ConfigError
+from ..neurons.multistep import triton_supports_dtype
 from ..surrogate import Surrogate
 
 BLOCK = 1024  # neurons per program (launched with _NUM_WARPS warps)
 _NUM_WARPS = 4
-
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # What the forward saves for the backward (a constexpr of the forward kernel).
 _SAVE_NONE, _SAVE_CODE, _SAVE_MEMBRANE = 0, 1, 2
@@ -384,12 +383,12 @@ def multistep_triton(
 ) -> torch.Tensor:
     """The multi-step LIF (``analog_slope=None``) / LIAF op over ``x: [T, ...]`` with Triton kernels.
 
-    Same values as :func:`spikebridge.neurons.multistep_reference` (bit-identical forward for fp32;
+    Same values as :func:`spikebridge.neurons.multistep.multistep_reference` (bit-identical forward for fp32;
     fp16/bf16 inputs are computed in fp32 and stored in their own dtype). ``decay`` is a float or a
     one-element tensor (learnable: its gradient is returned). Non-contiguous inputs are copied.
     Needs CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``, see :func:`uses_interpreter`).
     """
-    if x.dtype not in _SUPPORTED_DTYPES:
+    if not triton_supports_dtype(x.dtype):
         raise ConfigError(
             f"the triton neuron backend supports float32, float16 and bfloat16 inputs, got {x.dtype}; "
             "use backend='fused'"

@@ -54,8 +54,8 @@ def create_model(
     in_channels: int = 3,
     **kwargs,
 ) -> nn.Module:
-    """Build a registered model. ``neuron`` is a kind (``relu``, ``sharpened_relu``, ``lif``,
-    ``liaf``) or a :class:`NeuronConfig`; ``T`` is the SNN's number of time steps (ANNs use 1)."""
+    """Build a registered model. ``neuron`` is a registered kind (``relu``, ``sharpened_relu``,
+    ``lif``, ``liaf``: ``spikebridge.neurons.neuron_names()``) or a :class:`NeuronConfig`; ``T`` is the SNN's number of time steps (ANNs use 1)."""
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     if not (isinstance(num_classes, int) and num_classes >= 1):

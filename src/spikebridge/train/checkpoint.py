@@ -26,13 +26,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, short_repr
 from ..utils import atomic_path, atomic_write_text, ensure_dir, remove_stale_temps
 
 FORMAT = "spikebridge-checkpoint-1"
+# the JSON holds metadata, optimizer and scheduler scalars: kilobytes. A larger one is not ours.
+MAX_JSON_BYTES = 16 << 20
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -202,6 +204,8 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 
 def _looks_like_checkpoint(path: Path) -> bool:
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            return False
         return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
@@ -217,6 +221,9 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
     if path.suffix == ".safetensors":
         return Checkpoint(path, {"format": FORMAT, "meta": {}}, _read_tensors(path, prefix="model."))
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too large for checkpoint metadata "
+                                  f"(at most {MAX_JSON_BYTES})")
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
@@ -228,7 +235,7 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
     weights = path.parent / record["weights"]
     if not weights.is_file():
         raise CheckpointError(f"{path}: its tensors file {weights.name} is missing")
-    if verify and record.get("sha256") and _sha256(weights) != record["sha256"]:
+    if verify and record.get("sha256") and file_sha256(weights) != record["sha256"]:
         raise CheckpointError(f"{weights}: checksum mismatch (the file is corrupt or was changed)")
     checkpoint = Checkpoint(path, record, _read_tensors(weights))
     checkpoint.optimizer_state()  # a corrupt optimizer record fails here, not when resuming
@@ -239,7 +246,7 @@ def _check_record(path: Path, record: dict) -> None:
     """Refuse metadata of the wrong shape (a hand-edited or damaged JSON) with one line."""
 
     def bad(field: str, expected: str) -> CheckpointError:
-        return CheckpointError(f"{path}: checkpoint field {field!r} must be {expected}, got {record.get(field)!r:.80}")
+        return CheckpointError(f"{path}: checkpoint field {field!r} must be {expected}, got {short_repr(record.get(field))}")
 
     weights = record["weights"]
     if not isinstance(weights, str) or not weights or Path(weights).name != weights or weights in (".", ".."):

@@ -1,51 +1,35 @@
-"""Spiking neurons (LIF, LIAF) and the sharpened-ReLU pretraining activation.
+"""The shared multi-step op of the LIF-family neurons, and the module base they share.
 
-All neurons are *stateless* modules: the whole time-major sequence ``[T, B, ...]`` goes in and the
-whole sequence comes out; the membrane potential lives only inside the call. There is nothing to
-reset between batches.
-
-The LIF equations (arXiv:2203.01158, hard reset, detached reset term), per step t::
+The recurrence (arXiv:2203.01158, hard reset, detached reset term), per step t::
 
     u[t] = decay * u[t-1] * (1 - s[t-1]) + x[t]        (u[0] = x[0])
     s[t] = 1 if u[t] > threshold else 0
 
-LIF outputs ``s``; LIAF outputs ``leaky_relu(u, slope)`` and uses ``s`` only for the reset.
+The op outputs ``s`` (``analog_slope=None``: LIF) or ``leaky_relu(u, analog_slope)`` (LIAF; ``s``
+then only drives the reset). Three implementations, selected by name (no silent fallback):
 
-Two implementations of the multi-step op are kept side by side:
-
-* ``backend="reference"``: a plain Python loop that autograd differentiates. It is the spec.
-* ``backend="fused"``: one ``torch.autograd.Function`` whose backward is written by hand. It saves
-  only what the backward needs: a ``uint8`` code per element (spike, and whether the local gradient
-  takes its high value) when the gradient is a 0/1 window (rect surrogate or LIAF with fixed decay),
+* ``reference``: a plain Python loop that autograd differentiates. It is the spec.
+* ``fused``: one ``torch.autograd.Function`` whose backward is written by hand. It saves only what
+  the backward needs: a ``uint8`` code per element (spike, and whether the local gradient takes
+  its high value) when the gradient is a 0/1 window (rect surrogate or LIAF with fixed decay),
   otherwise the membrane potential; nothing when no gradient is needed (``torch.no_grad()``).
   The tests check it equals the reference (spikes bit-exact, gradients to 1e-6).
-* ``backend="triton"``: a fused GPU kernel (CUDA tensors only), tested against the reference.
+* ``triton``: fused GPU kernels (``spikebridge/kernels/triton_lif.py``; CUDA tensors only).
 
-``backend="auto"`` picks triton for CUDA tensors of a dtype its kernels take (float32/16, bfloat16)
-when Triton is installed, else fused.
+``auto`` picks, among the backends a neuron declares, triton for CUDA tensors of a dtype its
+kernels take (float32/16, bfloat16) when Triton is installed, else fused, else reference.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .surrogate import Surrogate, get_surrogate, heaviside
-
-NEURON_KINDS = ("lif", "liaf", "relu", "sharpened_relu")
-BACKENDS = ("auto", "reference", "fused", "triton")
-
-
-def _check_number(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-        raise ConfigError(f"{name} must be a number in {bound}, got {value!r}")
+from ..errors import ConfigError
+from ..surrogate import Surrogate, get_surrogate, heaviside
+from .registry import check_backend, check_number, get_neuron_spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +242,7 @@ def _triton_available(x: torch.Tensor) -> bool:
     if not x.is_cuda or not triton_supports_dtype(x.dtype):
         return False
     try:
-        from .kernels import triton_lif  # noqa: F401
+        from ..kernels import triton_lif  # noqa: F401
     except ImportError:
         return False
     return True
@@ -271,26 +255,32 @@ def run_multistep(
     surrogate: Surrogate,
     analog_slope: float | None,
     backend: str,
+    declared: tuple[str, ...] = ("reference", "fused", "triton"),
 ) -> torch.Tensor:
-    """Dispatch the multi-step neuron op to the named backend (no silent fallback but ``auto``)."""
+    """Dispatch the multi-step neuron op to the named backend (no silent fallback but ``auto``,
+    which picks among the ``declared`` backends of the neuron)."""
     if backend == "auto":
-        backend = "triton" if _triton_available(x) else "fused"
+        fast = "fused" if "fused" in declared else "reference"
+        backend = "triton" if "triton" in declared and _triton_available(x) else fast
     if backend == "reference":
         return multistep_reference(x, decay, threshold, surrogate, analog_slope)
     if backend == "fused":
         return multistep_fused(x, decay, threshold, surrogate, analog_slope)
     if backend == "triton":
-        from .kernels.triton_lif import multistep_triton
+        from ..kernels.triton_lif import multistep_triton
 
         return multistep_triton(x, decay, threshold, surrogate, analog_slope)
-    raise ConfigError(f"unknown neuron backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    raise ConfigError(f"unknown neuron backend {str(backend)[:100]!r}; expected one of {', '.join(('auto', *declared))}")
 
 
 # --------------------------------------------------------------------------------------------
-# Modules
+# The module base of the neurons that run this op (LIF, LIAF)
 # --------------------------------------------------------------------------------------------
-class LIF(nn.Module):
-    """Leaky integrate-and-fire neuron: ``[T, B, ...]`` input currents -> ``[T, B, ...]`` spikes.
+class MultiStepNeuron(nn.Module):
+    """``[T, B, ...]`` input currents -> ``[T, B, ...]`` outputs through the multi-step op.
+
+    Subclasses set ``neuron_name`` (their registry entry, which declares the backends) and
+    :meth:`output_slope` (None: spikes; a float: LIAF's ``leaky_relu`` slope).
 
     Args:
         decay: membrane leak per step (0.25 in the paper's ImageNet nets). Ignored when
@@ -299,10 +289,10 @@ class LIF(nn.Module):
         threshold: firing threshold (0.5).
         surrogate: name (``rect``, ``gaussian``, ``sigmoid``, ``atan``, ``triangle``) or a
             :class:`~spikebridge.surrogate.Surrogate`.
-        backend: ``auto`` | ``reference`` | ``fused`` | ``triton``.
+        backend: ``auto`` or one the neuron declares (``reference`` | ``fused`` | ``triton``).
     """
 
-    analog_slope: float | None = None
+    neuron_name: str = ""
 
     def __init__(
         self,
@@ -314,10 +304,9 @@ class LIF(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        _check_number("decay", decay, 0.0, 1.0)
-        _check_number("threshold", threshold, 0.0, math.inf, low_open=True)
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown neuron backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        check_number("decay", decay, 0.0, 1.0)
+        check_number("threshold", threshold, 0.0, math.inf, low_open=True)
+        check_backend(self.neuron_name, backend)
         self.threshold = float(threshold)
         self.surrogate = get_surrogate(surrogate)
         self.backend = backend
@@ -326,10 +315,13 @@ class LIF(nn.Module):
         if learnable_decay:
             self.decay_logit = nn.Parameter(torch.tensor(float(decay_logit_init)))
 
+    def output_slope(self) -> float | None:
+        return None
+
     @property
     def binary_output(self) -> bool:
-        """True when the output holds only 0 and 1 (LIF spikes; not LIAF's analog output)."""
-        return self.analog_slope is None
+        """True when the output holds only 0 and 1 (spikes; not an analog output)."""
+        return not get_neuron_spec(self.neuron_name).analog_output
 
     @property
     def decay(self) -> float | torch.Tensor:
@@ -341,120 +333,15 @@ class LIF(nn.Module):
         decay = self.decay
         if isinstance(decay, torch.Tensor):
             decay = decay.to(x.dtype)
-        return run_multistep(x, decay, self.threshold, self.surrogate, self.analog_slope, self.backend)
+        declared = get_neuron_spec(self.neuron_name).backends
+        return run_multistep(x, decay, self.threshold, self.surrogate, self.output_slope(), self.backend, declared)
 
     def extra_repr(self) -> str:
         decay = "learnable" if self.learnable_decay else self.fixed_decay
         return f"decay={decay}, threshold={self.threshold}, surrogate={self.surrogate.name}, backend={self.backend}"
 
 
-class LIAF(LIF):
-    """Leaky integrate-and-analog-fire: the spike only drives the reset; the output is
-    ``leaky_relu(u, analog_slope)`` (slope 0.2 in the paper)."""
-
-    def __init__(self, *args, analog_slope: float = 0.2, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        _check_number("analog_slope", analog_slope, 0.0, 1.0)
-        self.analog_slope = float(analog_slope)
-
-
-class _SharpenFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, lo, hi, threshold, width):  # type: ignore[override]
-        ctx.save_for_backward(x)
-        ctx.threshold, ctx.width = threshold, width
-        return torch.clamp((x - lo) / (hi - lo), 0, 1)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        window = ((x - ctx.threshold).abs() < ctx.width / 2).to(grad_out.dtype) / ctx.width
-        return grad_out * window, None, None, None, None
-
-
-class SharpenedReLU(nn.Module):
-    """The paper's pretraining activation: ``clip((x - lo) / (hi - lo), 0, 1)``.
-
-    With ``p = epoch / (2 * sharpen_epochs)`` (the paper: ``epoch / 200`` over 100 epochs),
-    ``lo = 2*threshold*min(p, 0.49)`` and ``hi = 2*threshold*(1 - p)``: it starts as a clipped ReLU
-    and ends as a step at the threshold. Its backward is the LIF's rectangle surrogate
-    (1 where ``|x - threshold| < width/2``). The epoch is set by the trainer via ``set_epoch``.
-    """
-
-    def __init__(self, threshold: float = 0.5, sharpen_epochs: int = 100, width: float = 1.0) -> None:
-        super().__init__()
-        _check_number("threshold", threshold, 0.0, math.inf, low_open=True)
-        if not (isinstance(sharpen_epochs, int) and sharpen_epochs > 0):
-            raise ConfigError(f"sharpen_epochs must be a positive integer, got {sharpen_epochs!r}")
-        self.threshold = float(threshold)
-        self.sharpen_epochs = sharpen_epochs
-        self.width = float(width)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def bounds(self) -> tuple[float, float]:
-        p = self.epoch / (2 * self.sharpen_epochs)
-        scale = 2 * self.threshold
-        return scale * min(p, 0.49), scale * max(1 - p, 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.bounds()
-        return _SharpenFn.apply(x, lo, hi, self.threshold, self.width)
-
-    def extra_repr(self) -> str:
-        lo, hi = self.bounds()
-        return f"threshold={self.threshold}, epoch={self.epoch}, lo={lo:.3f}, hi={hi:.3f}"
-
-
-@dataclass(frozen=True)
-class NeuronConfig:
-    """Which activation a model is built with, and its hyperparameters.
-
-    ``kind`` is ``relu`` (ANN), ``sharpened_relu`` (ANN pretraining, T=1), ``lif`` or ``liaf`` (SNN).
-    """
-
-    kind: str = "lif"
-    decay: float = 0.25
-    threshold: float = 0.5
-    surrogate: str = "rect"
-    learnable_decay: bool = False
-    decay_logit_init: float = 0.5
-    analog_slope: float = 0.2
-    sharpen_epochs: int = 0  # 0 = auto: pipelines use 2 x the ANN's epochs, a bare build the paper's 100
-    backend: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.kind not in NEURON_KINDS:
-            raise ConfigError(f"unknown neuron {self.kind!r}; expected one of {', '.join(NEURON_KINDS)}")
-        _check_number("decay", self.decay, 0.0, 1.0)
-        _check_number("threshold", self.threshold, 0.0, math.inf, low_open=True)
-        get_surrogate(self.surrogate)
-
-    @property
-    def spiking(self) -> bool:
-        return self.kind in ("lif", "liaf")
-
-    @property
-    def bn_weight_init(self) -> float:
-        """tdBN: BN's affine weight starts at the threshold for spiking / step-like activations."""
-        return 1.0 if self.kind == "relu" else self.threshold
-
-    def build(self) -> nn.Module:
-        """A new activation module (time-major ``[T, B, ...]`` for spiking kinds)."""
-        if self.kind == "relu":
-            return nn.ReLU()
-        if self.kind == "sharpened_relu":
-            return SharpenedReLU(self.threshold, self.sharpen_epochs or 100)
-        common = dict(
-            decay=self.decay,
-            threshold=self.threshold,
-            surrogate=self.surrogate,
-            learnable_decay=self.learnable_decay,
-            decay_logit_init=self.decay_logit_init,
-            backend=self.backend,
-        )
-        if self.kind == "liaf":
-            return LIAF(analog_slope=self.analog_slope, **common)
-        return LIF(**common)
+def multistep_kwargs(config) -> dict:
+    """The :class:`MultiStepNeuron` arguments of a :class:`~spikebridge.neurons.NeuronConfig`."""
+    return dict(decay=config.decay, threshold=config.threshold, surrogate=config.surrogate,
+                learnable_decay=config.learnable_decay, decay_logit_init=config.decay_logit_init, backend=config.backend)

@@ -1,0 +1,269 @@
+"""One run per output folder: a lock, an ownership manifest, and resumes that are exact or refused.
+
+:func:`claim_run_folder` is called once a command's plan is validated and before it writes
+anything into OUT. It
+
+* locks OUT (``.spikebridge-run.lock``: an ``flock`` held while the run lives, naming its pid, host,
+  command and start). A second run into OUT is refused with one line naming the holder. The kernel
+  drops the ``flock`` when a process dies, so a lock left by a killed run is taken over with a note.
+* keeps a manifest (``.spikebridge-run.json``: the command, the resolved config, the names the run
+  wrote and the names that were there before it). A non-empty OUT without one is refused unless
+  ``overwrite`` is given. An earlier run is refused unless ``resume`` (same command, same settings)
+  or ``overwrite`` (removes what that run wrote, never anything else) is given.
+* refuses a ``resume`` whose settings differ from the saved ones, naming each key, before any file
+  in OUT changes. :data:`RUNTIME_KEYS` may differ: they change how a run executes, not what it
+  computes. ``resume`` into an empty or new OUT starts a new run (with a note).
+
+Under torchrun rank 0 alone locks and writes; every rank gets rank 0's verdict.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, OutputError, SpikebridgeError
+from ..utils import atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
+from . import distributed
+
+LOCK, MANIFEST = ".spikebridge-run.lock", ".spikebridge-run.json"
+#: what a spikebridge run writes into OUT: ``overwrite`` removes these even when a killed run could not list them
+STANDARD_OUTPUTS = frozenset({
+    "config.yaml", "summary.json", "report.md", "metrics.csv", "accuracy_vs_time.png", "accuracy_vs_T.png",
+    "accuracy_vs_epochs.png", "benchmark.json", "benchmark.md", "ann", "snn_pretrained", "snn_scratch",
+    "snn_finetuned", "snn_events_pretrained", "snn_events_scratch",
+})
+#: settings a resume may change: where and how fast the run executes, not what it computes
+RUNTIME_KEYS = frozenset({"run.out", "run.resume", "run.progress", "run.threads", "run.device", "data.workers"})
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict, new: dict) -> list[str]:
+    """``["ann.lr: 0.1 -> 0.05", ...]``: the keys (not :data:`RUNTIME_KEYS`) whose values differ."""
+    old, now = _flat(saved), _flat(json.loads(json.dumps(new, default=str)))
+    keys = [*now, *(k for k in old if k not in now)]
+    absent = "(absent)"
+    return [f"{k}: {_short(old.get(k, absent))} -> {_short(now.get(k, absent))}"
+            for k in keys if k not in RUNTIME_KEYS and old.get(k, absent) != now.get(k, absent)]
+
+
+def _process_start(pid: int) -> int | None:
+    """Field 22 of ``/proc/PID/stat`` (tells a reused pid from the original); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the process named in a lock still runs (same host only; elsewhere: assume it does)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    start = _process_start(pid)
+    return start is None or holder.get("pid_start") in (None, start)
+
+
+def _describe(holder: dict) -> str:
+    return (f"spikebridge {_short(holder.get('command', '?'))}, pid {holder.get('pid', '?')} on "
+            f"{_short(holder.get('host', '?'))}, since {holder.get('since', '?')}")
+
+
+def _read_json(path: Path) -> dict | None:
+    with contextlib.suppress(OSError, ValueError, RecursionError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else None
+    return None
+
+
+def _names(saved: dict | None, key: str) -> set[str]:
+    """A manifest's list of names (a hand-edited one may hold anything)."""
+    value = (saved or {}).get(key)
+    return {n for n in value if isinstance(n, str)} if isinstance(value, list) else set()
+
+
+def _entries(out: Path) -> set[str]:
+    """OUT's names, less the lock, the manifest and spikebridge's temporary files."""
+    return {n for n in os.listdir(out) if n not in (LOCK, MANIFEST) and temp_target(n) is None}
+
+
+def _save(out: Path, manifest: dict) -> None:
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str))
+
+
+def _lock(out: Path, command: str) -> int:
+    """Hold OUT's lock; returns its open descriptor. OutputError naming the holder while it is held."""
+    path = out / LOCK
+    for _ in range(20):  # a holder that ends between our open() and flock() unlinks the file: retry
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise output_error(path, exc, "cannot create the lock") from exc
+        holder = _read_json(path) or {}
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = False
+        except BlockingIOError:
+            held = True
+        except OSError:  # no flock on this file system: judge by the pid
+            held = _alive(holder)
+        if held:
+            os.close(fd)
+            raise OutputError(f"{_short(str(out), 100)} is in use by another run ({_describe(holder)}); "
+                              f"wait for it to end or use another --out")
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        os.close(fd)
+    else:
+        raise OutputError(f"{_short(str(out), 100)}: cannot take the lock {LOCK} (it keeps changing)")
+    if holder.get("pid"):
+        print(f"note: taking over the lock of a run that ended without releasing it ({_describe(holder)})",
+              file=sys.stderr)
+    mine = {"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(mine).encode(), 0)
+    return fd
+
+
+class RunFolder:
+    """A claimed OUT; :meth:`release` (or leaving the ``with`` block) records its names, unlocks."""
+
+    def __init__(self, out: Path, fd: int | None, manifest: dict) -> None:
+        self.out, self._fd, self.manifest = out, fd, manifest
+
+    def _ours(self) -> list[str]:
+        return sorted((_entries(self.out) - set(self.manifest["foreign"])) | set(self.manifest["names"]))
+
+    def own(self, *names: str) -> None:
+        """Record names the run is about to write into OUT beyond :data:`STANDARD_OUTPUTS` (e.g. a
+        benchmark method's run folder), so that ``--overwrite`` removes them even after a SIGKILL."""
+        if self._fd is not None:
+            self.manifest["names"] = sorted(set(self.manifest["names"]) | set(names))
+            self.manifest["foreign"] = sorted(set(self.manifest["foreign"]) - set(names))
+            _save(self.out, self.manifest)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            with contextlib.suppress(OSError):  # OutputError too: never hide the error that ends the run
+                self.manifest["names"] = self._ours()
+                _save(self.out, self.manifest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.out / LOCK)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool) -> RunFolder:
+    ensure_dir(out)
+    fd = _lock(out, command)
+    try:
+        saved = _read_json(out / MANIFEST)
+        entries = _entries(out)
+        where = _short(str(out), 100)
+        names: set[str] = set()
+        if saved is None and entries and not overwrite:
+            raise OutputError(f"{where} is not empty and was not written by spikebridge {command}; "
+                              f"use a new --out or --overwrite")
+        if saved is not None and saved.get("command") != command and not overwrite:
+            raise OutputError(f"{where} holds an earlier spikebridge {_short(saved.get('command'))} run, not {command}; "
+                              f"use a new --out or --overwrite")
+        if saved is not None and not (resume or overwrite):
+            raise OutputError(f"{where} holds an earlier {command} run; --resume continues it, --overwrite replaces it")
+        if saved is not None and resume:
+            old = saved.get("config")
+            changed = config_differences(old if isinstance(old, dict) else {}, config)
+            if changed:
+                more = f"; and {len(changed) - 8} more" if len(changed) > 8 else ""
+                raise ConfigError(f"--resume: the settings differ from the saved run ({'; '.join(changed[:8])}{more}); "
+                                  f"rerun without those changes, or start a new --out")
+            names = _names(saved, "names")
+        elif resume:
+            print(f"note: --resume: {where} holds no earlier run; starting a new one", file=sys.stderr)
+        if saved is not None and overwrite:
+            owned = (_names(saved, "names") | STANDARD_OUTPUTS) & entries
+            for name in owned:
+                target = out / name
+                try:
+                    shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+                except OSError as exc:
+                    raise output_error(target, exc, "--overwrite cannot remove") from exc
+            remove_stale_temps(out, sorted(owned | STANDARD_OUTPUTS))
+            entries = _entries(out)
+        # what was there before (or appeared since) and is not a spikebridge output: never ours to remove
+        kept = _names(saved, "foreign") & entries if resume else set()
+        foreign = kept | (entries - names - (STANDARD_OUTPUTS if saved is not None else set()))
+        manifest = {"command": command, "config": config, "names": sorted(names), "foreign": sorted(foreign)}
+        remove_stale_temps(out, (MANIFEST,))  # of a run killed while it wrote its manifest
+        _save(out, manifest)
+        return RunFolder(out, fd, manifest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out / LOCK)
+        os.close(fd)
+        raise
+
+
+def claim_run_folder(out: str | os.PathLike, *, command: str, config: dict, resume: bool, overwrite: bool,
+                     is_main: bool | None = None) -> RunFolder:
+    """Claim OUT for one run of ``command`` (see the module docstring); ``config``: the resolved
+    config as a nested dict (``dataclasses.asdict(cfg)``). ``is_main`` defaults to this process's
+    rank being 0; under torchrun every rank must call this, and each raises rank 0's refusal."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: give only one")
+    info = distributed.current()
+    main = info.is_main if is_main is None else is_main
+    folder, verdict = RunFolder(Path(out), None, {"names": [], "foreign": []}), None
+    if main:
+        try:
+            folder = _claim(Path(out), command, config, resume, overwrite)
+        except (SpikebridgeError, OSError) as exc:  # every rank must hear of it
+            verdict = exc if isinstance(exc, SpikebridgeError) else output_error(out, exc, "cannot use")
+    if info.enabled and is_main is None:
+        shared = [None if verdict is None else (type(verdict), str(verdict))]
+        distributed.dist.broadcast_object_list(shared, src=0)
+        if shared[0] is not None and verdict is None:
+            verdict = shared[0][0](shared[0][1])
+    if verdict is not None:
+        raise verdict
+    return folder

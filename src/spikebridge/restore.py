@@ -195,7 +195,6 @@ def model_from_meta(meta: dict, *, T: int | None = None) -> nn.Module:
                                       f"but {info['ann']} now reads its input with {swapped!r}")
         return snn
     from .models import create_model
-    from .pipelines import stored_model_options
 
     try:
         return create_model(
@@ -204,6 +203,11 @@ def model_from_meta(meta: dict, *, T: int | None = None) -> nn.Module:
         )
     except ConfigError as exc:
         raise CheckpointError(f"cannot rebuild the checkpoint's model: {exc}") from None
+
+
+def stored_model_options(spec: dict) -> dict[str, Any]:
+    """A checkpoint's ``model.options`` (lists back to the tuples the constructors take)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in (spec.get("options") or {}).items()}
 
 
 def model_from_checkpoint(path: str | Path, *, T: int | None = None) -> tuple[nn.Module, dict, Any]:

@@ -288,7 +288,7 @@ def fit(
         }
         history.append(record)
         curve.append([round(seconds, 3), epoch, metrics["acc"]])
-        if progress and info.is_main:
+        if info.is_main:  # one line per epoch, with or without progress bars
             tqdm.write(
                 f"{name} epoch {epoch}: train loss {stats['loss']:.4f} acc {stats['acc']:.4f} | "
                 f"test acc {metrics['acc']:.4f} | {seconds:.1f}s"

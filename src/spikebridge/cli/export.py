@@ -7,7 +7,8 @@ import argparse
 
 def register(sub, add, common) -> None:
     p = add("export", cmd_export, "write a trained SNN checkpoint as a NIR graph for neuromorphic toolchains",
-            default_out=None)
+            example="spikebridge export runs/ft/snn_finetuned/checkpoints/last.json --format nir --out runs/ft/snn.nir",
+            flags="model")
     p.add_argument("checkpoint", metavar="CKPT", help="an SNN checkpoint (.json)")
     p.add_argument("--format", default="nir", choices=["nir"], help="output format (default: nir)")
     p.add_argument("--input-shape", metavar="C,H,W", help="per-sample input shape (default: from --data or the checkpoint's dataset)")

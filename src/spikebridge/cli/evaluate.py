@@ -15,7 +15,9 @@ from pathlib import Path
 
 def register(sub, add, common) -> None:
     p = add("evaluate", cmd_evaluate, "accuracy at every T, firing rates, SOPs vs MACs and energy of a checkpoint",
-            default_out=None)
+            example="spikebridge evaluate runs/ft/snn_finetuned/checkpoints/last.json --data mnist5k", flags="model")
+    p.add_argument("--model", help="refuse a checkpoint of another registry model")
+    p.add_argument("--seed", type=int, help="seed of the --samples subset")
     p.add_argument("checkpoint", metavar="CKPT", help="a spikebridge checkpoint (.json)")
     p.add_argument("--T-max", dest="t_max", type=int, help="evaluate T = 1..T_MAX (default: 2x the model's T, at least 8)")
     p.add_argument("--samples", type=int, default=0, help="test samples for the activity and T curves (0 = all)")
@@ -35,7 +37,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data.datasets import open_dataset
     from ..data.loading import iterate_batches
     from ..errors import CheckpointError, ConfigError
-    from ..pipelines import resolve_device
+    from ..pipelines.context import resolve_device
     from ..restore import model_from_checkpoint
     from ..train.engine import evaluate
     from ..utils import atomic_write_text

@@ -272,7 +272,7 @@ def test_pipelines_build_the_crnn_for_the_datas_frame_size(tmp_path):
     from spikebridge.config import PipelineConfig, load_config
     from spikebridge.data.static import TensorSplit
     from spikebridge.pipelines import build_model, model_meta
-    from spikebridge.restore import model_from_checkpoint
+    from spikebridge.restore import load_model
     from spikebridge.train.checkpoint import save_checkpoint
 
     frames = torch.randint(0, 2, (6, 3, 2, 64, 86), dtype=torch.uint8)  # [N, T, 2, H, W]
@@ -284,7 +284,7 @@ def test_pipelines_build_the_crnn_for_the_datas_frame_size(tmp_path):
     meta = model_meta(cfg, bundle, cfg.neuron, 3)
     assert meta["model"]["options"] == {"input_size": [64, 86]}
     save_checkpoint(tmp_path, "last", snn, meta)
-    again = model_from_checkpoint(tmp_path / "last.json")[0]
+    again = load_model(tmp_path / "last.json")
     assert again.input_size == (64, 86)
     for key, value in snn.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key

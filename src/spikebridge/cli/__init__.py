@@ -55,7 +55,8 @@ def common(parser: argparse.ArgumentParser, *, flags: str = "run", default_out: 
     parser.add_argument("--neuron", choices=_neuron_choices(), help="SNN neuron")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--resume", action="store_true", default=None, help="continue from the last complete epoch")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run in --out (removes only what that run wrote)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (the run still prints its plan, "
                         "one line per epoch and phase, and the results)")
     parser.add_argument("--checkpoint-blocks", action="store_true", default=None,
@@ -95,8 +96,9 @@ def request(args: argparse.Namespace, command: str, *, flags: dict[str, Any] | N
     source = None
     if hasattr(args, "ann"):
         source = ann_source_from_flags(args.ann, args.ann_weights, getattr(args, "ann_kwargs", None),
-                                       weights_required=weights_required)
-    return Request(command, args.config, list(args.overrides), values, source, dict(options or {}))
+                                       weights_required=weights_required, trust_code=args.trust_code)
+    options = {**(options or {}), "overwrite": args.overwrite}
+    return Request(command, args.config, list(args.overrides), values, source, options)
 
 
 def run_request(args: argparse.Namespace, req) -> dict | None:

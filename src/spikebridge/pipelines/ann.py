@@ -35,7 +35,7 @@ from ..bridge import match_firing_rates, recalibrate_batchnorm, transfer
 from ..config import PipelineConfig
 from ..data.datasets import resolve_model_name
 from ..data.loading import DataBundle, calibration_batches
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, short_repr
 from ..models import create_model, list_models
 from ..neurons import NeuronConfig, SharpenedReLU
 from ..restore import (
@@ -61,12 +61,14 @@ from .context import RunContext
 class AnnSource:
     """``--ann``: the user's class ``class_spec`` (``FILE.py:ClassName``; ``weights``: its trained
     weights, None = train it here; ``kwargs``: its constructor arguments), or a spikebridge ANN
-    checkpoint ``checkpoint`` (``.json``)."""
+    checkpoint ``checkpoint`` (``.json``; ``trust_code``: a checkpoint of a user class may import
+    the class file it records, hash-checked, see :func:`spikebridge.restore.model_from_checkpoint`)."""
 
     class_spec: str | None = None
     weights: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+    trust_code: bool = False
 
     @property
     def label(self) -> str:
@@ -74,7 +76,7 @@ class AnnSource:
 
 
 def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str | None, *,
-                          weights_required: bool = False) -> AnnSource | None:
+                          weights_required: bool = False, trust_code: bool = False) -> AnnSource | None:
     """``--ann`` / ``--ann-weights`` / ``--ann-kwargs`` as an :class:`AnnSource` (None: no ``--ann``).
 
     ``weights_required``: a class needs ``--ann-weights`` (``finetune``; ``pipes`` / ``piped``
@@ -87,15 +89,15 @@ def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str
         if weights_required and not weights:
             raise ConfigError("--ann FILE.py:ClassName needs --ann-weights W.pth|W.safetensors (the trained weights)")
         if weights and not Path(weights).expanduser().is_file():
-            raise ConfigError(f"--ann-weights: file not found: {weights}")
+            raise ConfigError(f"--ann-weights: file not found: {short_repr(weights)}")
         return AnnSource(class_spec=ann, weights=weights, kwargs=parse_ann_kwargs(kwargs_text))
     path_part = ann.rpartition(":")[0] if ":" in ann else ann
     if path_part.endswith(".py"):
-        raise ConfigError(f"--ann {ann!r}: expected FILE.py:ClassName (a Python file and the nn.Module class in it) "
+        raise ConfigError(f"--ann {short_repr(ann)}: expected FILE.py:ClassName (a Python file and the nn.Module class in it) "
                           "or a spikebridge checkpoint .json")
     if weights or kwargs_text:
         raise ConfigError("--ann-weights / --ann-kwargs go with --ann FILE.py:ClassName; a checkpoint has its own")
-    return AnnSource(checkpoint=ann)
+    return AnnSource(checkpoint=ann, trust_code=trust_code)
 
 
 @dataclass
@@ -119,7 +121,7 @@ def load_ann(source: AnnSource) -> LoadedAnn:
             model = import_ann(source.class_spec, source.kwargs)
             load_ann_weights(model, source.weights)
         return LoadedAnn(model, source.label, family)
-    model, meta, ckpt = model_from_checkpoint(source.checkpoint)
+    model, meta, ckpt = model_from_checkpoint(source.checkpoint, trust_code=source.trust_code)
     if getattr(model, "spiking", False):
         raise CheckpointError(f"{source.checkpoint}: this checkpoint is already an SNN; give the ANN's checkpoint")
     info = meta["model"]

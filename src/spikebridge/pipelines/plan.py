@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import PipelineConfig, TrainConfig, load_config, parse_override
+from ..config import PipelineConfig, TrainConfig, load_config, parse_override, to_dict
 from ..data.datasets import BUILTIN_DATASETS
 from ..errors import ConfigError, DataError
 from ..models import list_models
@@ -272,15 +272,25 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
 
 def execute(plan: RunPlan) -> dict:
     """Run a validated plan: load the ANN it names (a bad one fails before anything is written),
-    print the plan in short, run the command's flow; returns its summary."""
+    claim the output folder (one run at a time; ``--resume`` exact or refused), print the plan in
+    short, run the command's flow; returns its summary."""
+    from ..train.runfolder import claim_run_folder
     from .ann import load_ann
-    from .benchmark import benchmark
     from .context import log
-    from .runs import demo, finetune, piped, pipes, pretrain
 
     loaded = load_ann(plan.ann) if plan.ann is not None else None
-    for line in plan.describe():
-        log(line)
+    cfg, options = plan.config, plan.options
+    with claim_run_folder(cfg.run.out, command=plan.command, config=to_dict(cfg), resume=cfg.run.resume,
+                          overwrite=bool(options.get("overwrite"))):
+        for line in plan.describe():
+            log(line)
+        return _run_flow(plan, loaded)
+
+
+def _run_flow(plan: RunPlan, loaded) -> dict:
+    from .benchmark import benchmark
+    from .runs import demo, finetune, piped, pipes, pretrain
+
     cfg, options = plan.config, plan.options
     if plan.command == "demo":
         return demo(cfg, events=options.get("events", True))

@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/spikebridge demo --out $(OUT)
+	$(VENV)/bin/spikebridge demo --out $(OUT) --overwrite
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q

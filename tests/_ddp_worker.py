@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from spikebridge import cli, create_model, pipelines
+from spikebridge.pipelines.ann import RegistryFamily
+from spikebridge.pipelines.context import RunContext
+from spikebridge.pipelines.plan import build_plan
 from spikebridge.data.datasets import open_dataset
 from spikebridge.data.loading import iterate_batches
 from spikebridge.train import distributed
@@ -68,8 +71,8 @@ def main() -> int:
     (out / f"float64_rank{info.rank}.json").write_text(json.dumps(float64_steps(info)))
 
     args = cli.build_parser().parse_args(["pretrain", "--out", str(out / "library"), *flags])
-    cfg = cli._pipeline_config(args)
-    ann, _result = pipelines.pretrain_ann(cfg, pipelines.open_static(cfg), torch.device("cpu"))
+    cfg = build_plan(cli.request(args, "pretrain")).config
+    ann, _result = RegistryFamily().pretrain(RunContext.from_config(cfg), cfg, pipelines.open_static(cfg))
     state = {k: v.detach().contiguous() for k, v in ann.state_dict().items()}
     save_file(state, str(out / f"rank{info.rank}.safetensors"))
     distributed.barrier()

@@ -271,7 +271,8 @@ def test_pipelines_build_the_crnn_for_the_datas_frame_size(tmp_path):
     (not the paper's 256x342), store the size in the checkpoint, and rebuild it from there."""
     from spikebridge.config import PipelineConfig, load_config
     from spikebridge.data.static import TensorSplit
-    from spikebridge.pipelines import build_model, load_model, model_meta
+    from spikebridge.pipelines import build_model, model_meta
+    from spikebridge.restore import load_model
     from spikebridge.train.checkpoint import save_checkpoint
 
     frames = torch.randint(0, 2, (6, 3, 2, 64, 86), dtype=torch.uint8)  # [N, T, 2, H, W]
@@ -283,7 +284,7 @@ def test_pipelines_build_the_crnn_for_the_datas_frame_size(tmp_path):
     meta = model_meta(cfg, bundle, cfg.neuron, 3)
     assert meta["model"]["options"] == {"input_size": [64, 86]}
     save_checkpoint(tmp_path, "last", snn, meta)
-    again, _ = load_model(tmp_path / "last.json")
+    again = load_model(tmp_path / "last.json")
     assert again.input_size == (64, 86)
     for key, value in snn.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key

@@ -15,7 +15,8 @@ import torch
 
 from spikebridge.config import PipelineConfig, load_config
 from spikebridge.data.datasets import open_dataset
-from spikebridge.pipelines import bridge_to_snn, finetune_snn, pretrain_ann, train_snn_scratch
+from spikebridge.pipelines.ann import RegistryFamily
+from spikebridge.pipelines.context import RunContext
 
 
 def config(out, seed: int) -> PipelineConfig:
@@ -33,13 +34,15 @@ def run_once(out, seed: int, snn: bool = True) -> dict:
     cfg = config(out, seed)
     bundle = open_dataset(cfg.data.name, max_shift=cfg.data.max_shift, split_seed=cfg.data.split_seed,
                           limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test)
-    device = torch.device("cpu")
-    ann, ann_result = pretrain_ann(cfg, bundle, device)
+    ctx, family = RunContext.from_config(cfg), RegistryFamily()
+    ann, ann_result = family.pretrain(ctx, cfg, bundle)
     if not snn:
         return {"metrics": {"ann": ann_result.history}, "weights": {"ann": ann.state_dict()}}
-    snn, _report = bridge_to_snn(cfg, ann, bundle, device)
-    finetuned = finetune_snn(cfg, snn, bundle, device, name="snn_pretrained")
-    scratch = train_snn_scratch(cfg, bundle, device)
+    bridged = family.to_snn(ctx, cfg, ann, bundle, same_data=True)
+    snn = bridged.snn
+    finetuned = ctx.fit(snn, bundle, cfg.finetune, name="snn_pretrained", meta=bridged.meta, evaluate_first=True)
+    scratch_snn, scratch_meta = family.scratch(ctx, cfg, bundle)
+    scratch = ctx.fit(scratch_snn, bundle, cfg.scratch, name="snn_scratch", meta=scratch_meta)
     metrics = {r.name: [{k: v for k, v in h.items() if k != "seconds"} for h in r.history]
                for r in (ann_result, finetuned, scratch)}
     weights = {"ann": {k: v.clone() for k, v in ann.state_dict().items()},

@@ -17,6 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from spikebridge import cli, create_model, pipelines
+from spikebridge.pipelines.ann import RegistryFamily, ann_neuron
+from spikebridge.pipelines.context import RunContext
+from spikebridge.pipelines.plan import build_plan
 from spikebridge.train import distributed
 from spikebridge.train.checkpoint import load_checkpoint
 from spikebridge.utils import seed_everything
@@ -43,7 +46,8 @@ def _torchrun(out: Path) -> subprocess.CompletedProcess:
 
 
 def _config(out: Path):
-    return cli._pipeline_config(cli.build_parser().parse_args(["pretrain", "--out", str(out), *FLAGS]))
+    args = cli.build_parser().parse_args(["pretrain", "--out", str(out), *FLAGS])
+    return build_plan(cli.request(args, "pretrain")).config
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +76,8 @@ def test_two_gloo_ranks_match_one_process_with_the_global_batch(ddp_run, tmp_pat
     assert cfg.run.sync_bn and cfg.ann.batch_size == 32 and cfg.ann.optimizer == "sgd" and cfg.ann.epochs == 2
     bundle = pipelines.open_static(cfg)
     seed_everything(cfg.run.seed)
-    initial = pipelines.build_model(cfg, bundle, pipelines.ann_neuron(cfg), 1).state_dict()
-    ann, single = pipelines.pretrain_ann(cfg, bundle, torch.device("cpu"))
+    initial = pipelines.build_model(cfg, bundle, ann_neuron(cfg), 1).state_dict()
+    ann, single = RegistryFamily().pretrain(RunContext.from_config(cfg), cfg, bundle)
     moved = 0.0
     for key, value in ann.state_dict().items():
         torch.testing.assert_close(rank0[key], value, rtol=1e-4, atol=1e-4, msg=key)

@@ -95,10 +95,10 @@ def test_console_script_user_error_is_one_line(tmp_path):
 # interpreter would and counts exit status 1.
 CLI_RUNNER = r"""
 import json, os, sys, traceback
-import spikebridge.pipelines as pipelines
 from spikebridge import cli
+from spikebridge.pipelines.ann import RegistryFamily
 
-real_pretrain = pipelines.pretrain_ann
+real_pretrain = RegistryFamily.pretrain
 
 def broken_pipeline(*args, **kwargs):
     return {}["missing key"]
@@ -106,7 +106,7 @@ def broken_pipeline(*args, **kwargs):
 cases, folder = json.loads(sys.argv[1]), sys.argv[2]
 codes = []
 for i, (argv, inject) in enumerate(cases):
-    pipelines.pretrain_ann = broken_pipeline if inject else real_pretrain
+    RegistryFamily.pretrain = broken_pipeline if inject else real_pretrain
     fd = os.open(os.path.join(folder, f"{i}.err"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     saved = os.dup(2)
     os.dup2(fd, 2)
@@ -603,8 +603,8 @@ def test_read_only_output_folder_fails_at_once(tmp_path):
     result = guarded_run(tmp_path, "64k", read_only=True)
     assert result["code"] == 2
     if "tmpfs" in result["how"]:
-        assert re.fullmatch(r"spikebridge: error: cannot create folder .*/disk/run/ann/checkpoints: Read-only file "
-                            r"system \(.*/disk/run\); the file system is read-only: choose another output folder\n",
+        assert re.fullmatch(r"spikebridge: error: cannot create folder .*/disk/run: Read-only file "
+                            r"system; the file system is read-only: choose another output folder\n",
                             result["stderr"])
         assert result["files"] == []
 

@@ -126,7 +126,8 @@ def test_transfer_optimizer_first_step_uses_the_ann_momentum(tmp_path):
 
     from spikebridge.data.datasets import open_dataset
     from spikebridge.data.loading import iterate_batches
-    from spikebridge.pipelines import bridge_to_snn, finetune_snn, pretrain_ann
+    from spikebridge.pipelines.ann import RegistryFamily
+    from spikebridge.pipelines.context import RunContext
 
     sgd = {"optimizer": "sgd", "momentum": 0.9, "schedule": "constant", "epochs": 1, "batch_size": 32}
     cfg = load_config(PipelineConfig, None, {
@@ -136,12 +137,13 @@ def test_transfer_optimizer_first_step_uses_the_ann_momentum(tmp_path):
         **{f"finetune.{k}": v for k, v in sgd.items()}, "finetune.lr": 0.01,
     })
     bundle = open_dataset("mnist5k", max_shift=0, limit_train=32, limit_test=32)  # one batch: one step
-    ann, ann_result = pretrain_ann(cfg, bundle, torch.device("cpu"))
+    ctx, family = RunContext.from_config(cfg), RegistryFamily()
+    ann, ann_result = family.pretrain(ctx, cfg, bundle)
     buffers = ann_result.optimizer_state
     names = [n for n, _ in ann.named_parameters()]
     assert sorted(buffers) == sorted(names) and all(buffers[n]["momentum_buffer"].abs().sum() > 0 for n in names)
 
-    snn, _report = bridge_to_snn(cfg, ann, bundle, torch.device("cpu"))
+    snn = family.to_snn(ctx, cfg, ann, bundle, same_data=True).snn
     before = {n: p.detach().clone() for n, p in snn.named_parameters()}
     x, y = next(iterate_batches(bundle, bundle.train, 32, train=False))
     snn.train()
@@ -149,7 +151,7 @@ def test_transfer_optimizer_first_step_uses_the_ann_momentum(tmp_path):
     F.cross_entropy(snn(x), y).backward()
     grads = {n: p.grad.detach().clone() for n, p in snn.named_parameters()}
     snn.zero_grad(set_to_none=True)
-    finetune_snn(cfg, snn, bundle, torch.device("cpu"), name="snn", optimizer_state=buffers)
+    ctx.fit(snn, bundle, cfg.finetune, name="snn", optimizer_state=buffers)
     for n, p in snn.named_parameters():
         expected = before[n] - 0.01 * (0.9 * buffers[n]["momentum_buffer"] + grads[n])
         torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6, msg=n)

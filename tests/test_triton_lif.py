@@ -60,6 +60,8 @@ GRAD_TOL = dict(atol=1e-6, rtol=1e-5)
 DECAY_GRAD_TOL = dict(atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETER or not torch.cuda.is_available(), reason="needs a CUDA device (the compiled kernels)")
 def test_interpreter_subprocess(request):
     """Run this file's cpu cases in a fresh process with ``TRITON_INTERPRET=1``."""
     # PYTEST_ADDOPTS is dropped: options meant for the outer run (--junitxml, -n, -k) must not apply twice
@@ -263,11 +265,15 @@ def test_rejects_float64(device):
         triton_lif.multistep_triton(x, 0.25, 0.5, SURROGATES["rect"], None)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETER or not torch.cuda.is_available(), reason="needs a CUDA device (the compiled kernels)")
 def test_compiled_module_refuses_cpu_tensors():
     with pytest.raises(ConfigError, match="CUDA"):
         run_multistep(torch.randn(2, 3), 0.25, 0.5, SURROGATES["rect"], None, backend="triton")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETER or not torch.cuda.is_available(), reason="needs a CUDA device (the compiled kernels)")
 def test_auto_backend_uses_triton_on_cuda(monkeypatch):
     calls = []
     monkeypatch.setattr(triton_lif, "multistep_triton", lambda *a: calls.append(a) or a[0])
@@ -313,9 +319,3 @@ def test_neuron_module_with_triton_backend(device, kind):
     torch.testing.assert_close(outputs[0][1], outputs[1][1], **GRAD_TOL)
     torch.testing.assert_close(outputs[0][2], outputs[1][2], **DECAY_GRAD_TOL)
 
-
-# tests that only mean something on the other kind of machine are not collected here
-if INTERPRETER:
-    del test_interpreter_subprocess, test_compiled_module_refuses_cpu_tensors
-if not torch.cuda.is_available():
-    del test_auto_backend_uses_triton_on_cuda

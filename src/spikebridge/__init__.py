@@ -4,6 +4,7 @@ from .bridge import TransferReport, recalibrate_batchnorm, transfer
 from .errors import SpikebridgeError
 from .models import create_model, list_models, register_model
 from .neurons import LIAF, LIF, NeuronConfig, SharpenedReLU
+from .restore import load_model
 from .spikify import SpikingNet, spikify
 from .surrogate import Surrogate, get_surrogate
 
@@ -21,6 +22,7 @@ __all__ = [
     "create_model",
     "get_surrogate",
     "list_models",
+    "load_model",
     "recalibrate_batchnorm",
     "register_model",
     "spikify",

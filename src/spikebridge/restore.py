@@ -410,7 +410,6 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
                                       f"but {_clip(spec)} now reads its input with {swapped!r}")
         return snn
     from .models import create_model
-    from .pipelines import stored_model_options
 
     def build() -> nn.Module:
         return create_model(info["name"], num_classes=info["num_classes"], neuron=neuron, T=steps,
@@ -427,6 +426,11 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
     elif sum(v.numel() for v in own.values()) > MAX_MODEL_ELEMENTS:
         raise CheckpointError(f"{_clip(where)}: the model the checkpoint describes has more than {MAX_MODEL_ELEMENTS} elements")
     return build()
+
+
+def stored_model_options(spec: dict) -> dict[str, Any]:
+    """A checkpoint's ``model.options`` (lists back to the tuples the constructors take)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in (spec.get("options") or {}).items()}
 
 
 def model_from_checkpoint(path: str | Path, *, T: int | None = None, code: str | None = None,

@@ -233,6 +233,8 @@ def fit(
             curve = list(ckpt.meta.get("curve", []))
             seconds = float(ckpt.meta.get("seconds", 0.0))
             start_epoch = ckpt.epoch
+            if start_epoch > 0 and hasattr(module, "set_epoch"):
+                module.set_epoch(start_epoch - 1)  # a sharpened ReLU resumes where its last epoch left it
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise CheckpointError(
@@ -288,7 +290,7 @@ def fit(
         }
         history.append(record)
         curve.append([round(seconds, 3), epoch, metrics["acc"]])
-        if progress and info.is_main:
+        if info.is_main:  # one line per epoch, with or without progress bars
             tqdm.write(
                 f"{name} epoch {epoch}: train loss {stats['loss']:.4f} acc {stats['acc']:.4f} | "
                 f"test acc {metrics['acc']:.4f} | {seconds:.1f}s"

@@ -12,19 +12,13 @@ from pathlib import Path
 
 def register(sub, add, common) -> None:
     p = add("export", cmd_export, "write a trained SNN checkpoint as a NIR graph for neuromorphic toolchains",
-            default_out=None)
+            example="spikebridge export runs/ft/snn_finetuned/checkpoints/last.json --format nir --out runs/ft/snn.nir",
+            flags="model")
     p.add_argument("checkpoint", metavar="CKPT", help="an SNN checkpoint (.json)")
     p.add_argument("--format", default="nir", choices=["nir"], help="output format (default: nir)")
     p.add_argument("--input-shape", metavar="C,H,W", help="per-sample input shape (default: from --data or the checkpoint's dataset)")
-    for flag, kwargs in (
-        ("--overwrite", dict(action="store_true", help="replace an existing --out file")),
-        ("--ann", dict(metavar="FILE.py:ClassName", help="the Python class of a checkpoint of your own network")),
-        ("--trust-code", dict(action="store_true", help="import the Python file the checkpoint records")),
-    ):
-        try:
-            p.add_argument(flag, **kwargs)
-        except argparse.ArgumentError:  # already added as a common flag
-            pass
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--ann", metavar="FILE.py:ClassName", help="the Python class of a checkpoint of your own network")
 
 
 def _checkpoint_files(ckpt) -> list[Path]:
@@ -67,13 +61,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise ConfigError("--out FILE.nir is required")
-    overwrite = bool(getattr(args, "overwrite", False))
-    check_out_file(args.out, overwrite)  # before the (slow) load
-    ann = getattr(args, "ann", None)
-    code = ann if ann and is_python_class_spec(ann) else None  # the user's class, named on the command line
-    model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=code,
-                                              trust_code=bool(getattr(args, "trust_code", False)))
-    check_out_file(args.out, overwrite, _checkpoint_files(ckpt))
+    check_out_file(args.out, args.overwrite)  # before the (slow) load
+    code = args.ann if args.ann and is_python_class_spec(args.ann) else None  # the class named on the command line
+    model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=code, trust_code=args.trust_code)
+    check_out_file(args.out, args.overwrite, _checkpoint_files(ckpt))
     if args.input_shape:
         try:
             shape = tuple(int(v) for v in args.input_shape.split(","))

@@ -15,7 +15,9 @@ from pathlib import Path
 
 def register(sub, add, common) -> None:
     p = add("evaluate", cmd_evaluate, "accuracy at every T, firing rates, SOPs vs MACs and energy of a checkpoint",
-            default_out=None)
+            example="spikebridge evaluate runs/ft/snn_finetuned/checkpoints/last.json --data mnist5k", flags="model")
+    p.add_argument("--model", help="refuse a checkpoint of another registry model")
+    p.add_argument("--seed", type=int, help="seed of the --samples subset")
     p.add_argument("checkpoint", metavar="CKPT", help="a spikebridge checkpoint (.json)")
     p.add_argument("--T-max", dest="t_max", type=int, help="evaluate T = 1..T_MAX (default: 2x the model's T, at least 8)")
     p.add_argument("--samples", type=int, default=0, help="test samples for the activity and T curves (0 = all)")
@@ -35,8 +37,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data.datasets import open_dataset
     from ..data.loading import iterate_batches
     from ..errors import CheckpointError, ConfigError
-    from ..pipelines import resolve_device
-    from ..restore import model_from_checkpoint
+    from ..pipelines.context import resolve_device
+    from ..restore import is_python_class_spec, model_from_checkpoint
     from ..train.engine import evaluate
     from ..utils import atomic_write_text
 
@@ -47,7 +49,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or "auto")
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T)
+    code = args.ann if args.ann and is_python_class_spec(args.ann) else None
+    model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=code, trust_code=args.trust_code)
     info = meta.get("model", {})
     if args.model and args.model != info.get("name"):
         raise CheckpointError(f"{args.checkpoint}: a checkpoint of {info.get('name')!r}, not of --model {args.model!r}")
@@ -125,7 +128,7 @@ def load_ann(args: argparse.Namespace):
         ann = import_ann(args.ann, parse_ann_kwargs(args.ann_kwargs))
         load_ann_weights(ann, args.ann_weights)
         return ann
-    return model_from_checkpoint(args.ann)[0]
+    return model_from_checkpoint(args.ann, trust_code=args.trust_code)[0]
 
 
 def render_evaluation(result: dict, activity_md: str) -> str:

@@ -1,0 +1,195 @@
+"""The ``spikebridge`` command: one module per command in this package (its example, its flags, its
+run); nothing below the CLI imports it.
+
+The training commands (demo, pretrain, pipes, piped, finetune, benchmark) turn their flags into a
+:class:`spikebridge.pipelines.plan.Request`, resolve and validate it into a run plan before any work
+(``--plan`` prints it as JSON and exits), then execute it. A user error is one line on stderr and
+exit status 2; an internal error exit 1 (its traceback only with ``--debug``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import sys
+import textwrap
+from typing import Any, Callable
+
+from .. import __version__
+from ..errors import SpikebridgeError
+
+#: The commands, each a module of this package with ``register(sub, add, common)``.
+COMMANDS: tuple[str, ...] = ("demo", "pretrain", "pipes", "piped", "finetune", "benchmark", "evaluate", "export",
+                             "convert")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message[:300]} (see --help)\n")
+
+
+def _neuron_choices() -> list[str]:
+    from .. import neurons
+
+    names = getattr(neurons, "neuron_names", None)
+    return list(names(spiking=True)) if names else ["lif", "liaf"]
+
+
+def common(parser: argparse.ArgumentParser, *, flags: str = "run", default_out: str | None = None) -> None:
+    """The flags a command shares: ``run`` (the training commands: recipe, --set, data, model,
+    run folder, --plan) or ``model`` (evaluate / export: a checkpoint read with data)."""
+    parser.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
+    parser.add_argument("--data", help="mnist5k | es-mnist | a dataset folder")
+    parser.add_argument("--T", type=int, help="SNN time steps")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    if flags == "model":
+        trust_code_flag(parser)
+        return
+    parser.add_argument("--config", metavar="FILE.yaml", help="a YAML recipe (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config value, e.g. --set finetune.lr=0.01 (repeatable)")
+    parser.add_argument("--model", help="registry model name (e.g. cnn, resnet18, resnet18_tv, vgg11)")
+    parser.add_argument("--neuron", choices=_neuron_choices(), help="SNN neuron")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--resume", action="store_true", default=None, help="continue from the last complete epoch")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run in --out (removes only what that run wrote)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (the run still prints its plan, "
+                        "one line per epoch and phase, and the results)")
+    parser.add_argument("--checkpoint-blocks", action="store_true", default=None,
+                        help="activation checkpointing over blocks (less BPTT memory at large T, more time)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the run plan as JSON and exit: nothing is trained or written")
+
+
+def trust_code_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-code", action="store_true",
+                        help="a checkpoint of your own ANN class may import the class file it records (checked against "
+                             "the SHA-256 the checkpoint stores); without it such a checkpoint loads only with --ann "
+                             "FILE.py:ClassName")
+
+
+def ann_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    parser.add_argument("--ann", required=required, metavar="CKPT.json|FILE.py:ClassName",
+                        help="the ANN: a spikebridge ANN checkpoint, or your nn.Module class (trained here on --data "
+                             "unless --ann-weights is given)")
+    parser.add_argument("--ann-weights", metavar="W.pth|W.safetensors", help="trained weights for --ann FILE.py:ClassName")
+    parser.add_argument("--ann-kwargs", metavar="JSON", help="constructor arguments for --ann FILE.py:ClassName")
+    trust_code_flag(parser)
+
+
+def request(args: argparse.Namespace, command: str, *, flags: dict[str, Any] | None = None,
+            options: dict[str, Any] | None = None, weights_required: bool = False):
+    """The :class:`~spikebridge.pipelines.plan.Request` of a training command's flags."""
+    from ..pipelines.ann import ann_source_from_flags
+    from ..pipelines.plan import Request
+
+    values: dict[str, Any] = {
+        "data.name": args.data, "model.name": args.model, "model.T": args.T, "neuron.kind": args.neuron,
+        "run.seed": args.seed, "run.device": args.device, "run.resume": args.resume, "run.out": args.out,
+        "model.checkpoint_blocks": args.checkpoint_blocks, "run.progress": False if args.no_progress else None,
+    }
+    values.update(flags or {})
+    source = None
+    if hasattr(args, "ann"):
+        source = ann_source_from_flags(args.ann, args.ann_weights, getattr(args, "ann_kwargs", None),
+                                       weights_required=weights_required, trust_code=args.trust_code)
+    options = {**(options or {}), "overwrite": args.overwrite}
+    return Request(command, args.config, list(args.overrides), values, source, options)
+
+
+def run_request(args: argparse.Namespace, req) -> dict | None:
+    """Plan ``req`` (``--plan``: print it as JSON, exit), then execute it; returns the summary."""
+    from ..pipelines.plan import build_plan, execute
+
+    plan = build_plan(req)
+    if args.plan:
+        print(plan.to_json())
+        return None
+    return execute(plan)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="spikebridge",
+        description="Train accurate low-latency SNNs fast by starting them from a trained ANN.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"spikebridge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    examples = []
+
+    def add(name: str, func: Callable, help_text: str, *, example: str | None = None, flags: str = "run",
+            default_out: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog=f"example:\n  {example}" if example else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        if flags:
+            common(p, flags=flags, default_out=default_out)
+        # --debug after the command too; SUPPRESS keeps `spikebridge --debug CMD` working
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if example:
+            examples.append(example)
+        return p
+
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub, add, common)
+    parser.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    return parser
+
+
+@contextlib.contextmanager
+def _distributed(args: argparse.Namespace):
+    """Under ``torchrun`` (RANK / WORLD_SIZE set): join the process group for the command's
+    duration (nccl when it will train on CUDA, else gloo)."""
+    from ..train.distributed import launched_by_torchrun, setup_distributed, teardown_distributed
+
+    if not launched_by_torchrun() or getattr(args, "plan", False):
+        yield
+        return
+    import torch
+
+    wanted = (getattr(args, "device", None) or "auto").lower()
+    on_gpu = torch.cuda.is_available() and not wanted.startswith("cpu")
+    setup_distributed(torch.device("cuda" if on_gpu else "cpu"))
+    try:
+        yield
+    finally:
+        teardown_distributed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad flag (one line, exit 2), --help or --version (exit 0)
+        return int(exc.code or 0)
+    try:
+        with _distributed(args):
+            return int(args.func(args) or 0)
+    except SpikebridgeError as exc:
+        message = textwrap.shorten(" ".join(str(exc).split()), 1000)
+        print(f"spikebridge: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spikebridge: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # stdout closed early (| head): nothing more to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (Python flushes stdout at exit)
+        return 1
+    except Exception as exc:  # internal error
+        if getattr(args, "debug", False):
+            raise
+        text = textwrap.shorten(f"{type(exc).__name__}: {exc}", 300)
+        print(f"spikebridge: internal error: {text} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

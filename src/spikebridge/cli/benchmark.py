@@ -1,0 +1,39 @@
+"""``spikebridge benchmark``: the paper's time-accuracy benchmark on one dataset
+(:mod:`spikebridge.pipelines.benchmark`): SNNs from scratch vs from the ANN (full / encoder /
+decoder, warm-up), LIF vs LIAF, T values; writes ``benchmark.json``, ``benchmark.md`` and figures."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import request, run_request, trust_code_flag
+
+EXAMPLE = "spikebridge benchmark --data mnist5k --out runs/benchmark"
+
+
+def register(sub, add, common) -> None:
+    from ..pipelines.benchmark import DEFAULT_METHODS
+
+    p = add("benchmark", run, "the time-accuracy benchmark: SNNs from scratch vs from the ANN (full / encoder / "
+            "decoder, warm-up), LIF vs LIAF, T values; table, figures, JSON", example=EXAMPLE,
+            default_out="runs/benchmark")
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="comma-separated methods, BASE[+wu][+lif|+liaf][+T<n>], BASE in scratch, pretrained, "
+                        "encoder, decoder (default: %(default)s)")
+    p.add_argument("--ann", metavar="CKPT", help="use this ANN checkpoint instead of training one")
+    p.add_argument("--ann-data", help="the ANN's static data when --data is events (default: mnist5k for es-mnist)")
+    trust_code_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.benchmark import markdown_table
+    from ..pipelines.context import log
+
+    args.ann_weights = None
+    options = {"methods": args.methods, "ann_data": args.ann_data}
+    summary = run_request(args, request(args, "benchmark", options=options))
+    if summary is not None:
+        log(markdown_table(summary))
+        log(f"wrote {Path(args.out) / 'benchmark.md'}, benchmark.json, accuracy_vs_time.png, accuracy_vs_epochs.png "
+              f"({summary['wall_seconds']} s)")
+    return 0

@@ -1,1 +1,0 @@
-"""CLI subcommands beyond the core ones in cli.py (each module: register(subparsers, add, common))."""

@@ -1,0 +1,388 @@
+"""The ANN of a run, whatever its source, and how it becomes an SNN.
+
+Sources (``--ann``): none (a registry model, trained in the run), a spikebridge ANN checkpoint, or
+the user's ``FILE.py:ClassName`` (with ``--ann-weights`` its trained weights; without, it is
+trained in the run with its own activations). :func:`ann_source_from_flags` checks them before
+any data is opened; :func:`load_ann` builds the ANN.
+
+Two families turn an ANN into an SNN, and pipeS / pipeD / finetune / benchmark call them alike
+(:class:`AnnFamily`: ``pretrain``, ``to_snn``, ``scratch``):
+
+* :class:`RegistryFamily`: a registry architecture. The SNN is the same model with spiking
+  neurons; the bridge loads the ANN's state dict (same keys), adapts the first layer to the
+  events' polarities, re-calibrates BN and (pipeS, sharpened ReLU, LIF) matches firing rates
+  (arXiv:2203.01158, Sec. 3).
+* :class:`ClassFamily`: the user's class. :func:`spikebridge.spikify.spikify` replaces its
+  activations by spiking neurons with per-layer thresholds calibrated on training batches; for
+  events the ``nn.Conv2d`` reading the input is adapted to the polarities
+  (:func:`spikebridge.spikify.adapt_input_conv`) and the thresholds calibrated on event batches
+  against the ANN applied to each sample's mean frame over T.
+
+The from-scratch baseline of either family is the same SNN from a seeded fresh initialisation
+(for a user class: spikified and calibrated the same way, a data-based initialisation that uses no
+trained weights).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..bridge import match_firing_rates, recalibrate_batchnorm, transfer
+from ..config import PipelineConfig
+from ..data.datasets import resolve_model_name
+from ..data.loading import DataBundle, calibration_batches
+from ..errors import CheckpointError, ConfigError, short_repr
+from ..models import create_model, list_models
+from ..neurons import NeuronConfig, SharpenedReLU
+from ..restore import (
+    USER_ANN_MODEL_NAME,
+    ann_class_meta,
+    import_ann,
+    is_python_class_spec,
+    load_ann_weights,
+    model_from_checkpoint,
+    parse_ann_kwargs,
+    spikified_meta,
+)
+from ..spikify import SpikingNet, adapt_input_conv, calibrate_thresholds, check_batch_axis, spikify, spikify_with_graph
+from ..train.engine import RunResult
+from ..utils import seed_everything
+from .context import RunContext
+
+
+# ------------------------------------------------------------------------------------------------
+# What --ann names, and the ANN itself
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class AnnSource:
+    """``--ann``: the user's class ``class_spec`` (``FILE.py:ClassName``; ``weights``: its trained
+    weights, None = train it here; ``kwargs``: its constructor arguments), or a spikebridge ANN
+    checkpoint ``checkpoint`` (``.json``; ``trust_code``: a checkpoint of a user class may import
+    the class file it records, hash-checked, see :func:`spikebridge.restore.model_from_checkpoint`)."""
+
+    class_spec: str | None = None
+    weights: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    trust_code: bool = False
+
+    @property
+    def label(self) -> str:
+        return str(self.class_spec or self.checkpoint)
+
+
+def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str | None, *,
+                          weights_required: bool = False, trust_code: bool = False) -> AnnSource | None:
+    """``--ann`` / ``--ann-weights`` / ``--ann-kwargs`` as an :class:`AnnSource` (None: no ``--ann``).
+
+    ``weights_required``: a class needs ``--ann-weights`` (``finetune``; ``pipes`` / ``piped``
+    train the class when it is missing)."""
+    if not ann:
+        if weights or kwargs_text:
+            raise ConfigError("--ann-weights / --ann-kwargs go with --ann FILE.py:ClassName (your ANN class)")
+        return None
+    if is_python_class_spec(ann):
+        if weights_required and not weights:
+            raise ConfigError("--ann FILE.py:ClassName needs --ann-weights W.pth|W.safetensors (the trained weights)")
+        if weights and not Path(weights).expanduser().is_file():
+            raise ConfigError(f"--ann-weights: file not found: {short_repr(weights)}")
+        return AnnSource(class_spec=ann, weights=weights, kwargs=parse_ann_kwargs(kwargs_text))
+    path_part = ann.rpartition(":")[0] if ":" in ann else ann
+    if path_part.endswith(".py"):
+        raise ConfigError(f"--ann {short_repr(ann)}: expected FILE.py:ClassName (a Python file and the nn.Module class in it) "
+                          "or a spikebridge checkpoint .json")
+    if weights or kwargs_text:
+        raise ConfigError("--ann-weights / --ann-kwargs go with --ann FILE.py:ClassName; a checkpoint has its own")
+    return AnnSource(checkpoint=ann, trust_code=trust_code)
+
+
+@dataclass
+class LoadedAnn:
+    """The ANN an :class:`AnnSource` names: ``model`` (None: a class to be trained in the run),
+    its ``family`` (how it becomes an SNN), and a checkpoint's ``meta["model"]`` (else empty)."""
+
+    model: nn.Module | None
+    label: str
+    family: AnnFamily
+    checkpoint_model: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # a checkpoint's epochs, seconds, best_acc, curve
+
+
+def load_ann(source: AnnSource) -> LoadedAnn:
+    """Import the user's class and load its weights, or rebuild a checkpoint's ANN."""
+    if source.class_spec:
+        family = ClassFamily(source.class_spec, source.kwargs)
+        model = None
+        if source.weights:
+            model = import_ann(source.class_spec, source.kwargs)
+            load_ann_weights(model, source.weights)
+        return LoadedAnn(model, source.label, family)
+    model, meta, ckpt = model_from_checkpoint(source.checkpoint, trust_code=source.trust_code)
+    if getattr(model, "spiking", False):
+        raise CheckpointError(f"{source.checkpoint}: this checkpoint is already an SNN; give the ANN's checkpoint")
+    info = meta["model"]
+    curve = list(meta.get("curve") or [])
+    training = {"epochs": ckpt.epoch, "seconds": float(meta.get("seconds") or 0.0), "curve": curve,
+                "best_acc": max((point[2] for point in curve), default=None)}
+    family = ClassFamily(info["ann"], dict(info.get("ann_kwargs") or {})) if info["name"] == USER_ANN_MODEL_NAME \
+        else RegistryFamily()
+    return LoadedAnn(model, source.label, family, info, training)
+
+
+def use_checkpoint_model(cfg: PipelineConfig, loaded: LoadedAnn | None) -> PipelineConfig:
+    """``model.name: auto`` + a registry checkpoint: the SNN is the checkpoint's architecture (not
+    the model ``auto`` would pick for the data)."""
+    if loaded is not None and loaded.checkpoint_model and isinstance(loaded.family, RegistryFamily) \
+            and cfg.model.name in ("auto", ""):
+        return replace(cfg, model=replace(cfg.model, name=loaded.checkpoint_model["name"]))
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry models: one definition serves the ANN and the SNN, the bridge carries the parameters
+# ------------------------------------------------------------------------------------------------
+def model_options(name: str, bundle: DataBundle) -> dict[str, Any]:
+    """Constructor arguments a model takes from the data: a sequence model (the video CRNN, whose
+    encoder's first FC layer depends on the frame size) is built for the data's frame size."""
+    return {"input_size": list(bundle.frame_size)} if name in list_models(sequence=True) else {}
+
+
+def model_meta(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T: int) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild its model."""
+    name = resolve_model_name(cfg.model.name, bundle)
+    model = {"name": name, "num_classes": cfg.model.num_classes or bundle.num_classes,
+             "in_channels": cfg.model.in_channels or bundle.in_channels, "T": T}
+    options = model_options(name, bundle)
+    if options:
+        model["options"] = options
+    return {"model": model, "neuron": asdict(neuron), "data": bundle.name}
+
+
+def build_model(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T: int) -> nn.Module:
+    name = resolve_model_name(cfg.model.name, bundle)
+    model = create_model(
+        name,
+        num_classes=cfg.model.num_classes or bundle.num_classes,
+        neuron=neuron,
+        T=T,
+        in_channels=cfg.model.in_channels or bundle.in_channels,
+        **model_options(name, bundle),
+    )
+    if cfg.model.checkpoint_blocks:
+        model.checkpoint_blocks = True  # recompute blocks in the backward: less memory, more time
+    return model
+
+
+def ann_neuron(cfg: PipelineConfig) -> NeuronConfig:
+    """The ANN's activation: its sharpening schedule spans the ANN's epochs by default."""
+    sharpen = cfg.neuron.sharpen_epochs or max(1, cfg.ann.epochs * 2)  # an explicit value (the paper's 100) wins
+    return replace(cfg.neuron, kind=cfg.ann_neuron, sharpen_epochs=sharpen)
+
+
+def bridge_to_snn(cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, device: torch.device, *,
+                  same_data: bool = True):
+    """A new SNN with the ANN's parameters, calibrated on a few training batches: ``(snn, report)``.
+
+    BN running statistics are re-estimated on spiking activity; when the SNN sees the ANN's own
+    data (``same_data``: pipeS), the ANN's activation is the spike-like sharpened ReLU and the
+    neuron is LIF, each channel's firing rate is also matched to the ANN's (``bridge.match_rates``).
+    """
+    seed_everything(cfg.run.seed)
+    snn = build_model(cfg, bundle, cfg.neuron, cfg.model.T).to(device)
+    report = transfer(ann, snn, cfg.bridge.first_layer, min_match=cfg.bridge.min_match)
+    batches = list(calibration_batches(bundle, cfg.bridge.calibration_batches,
+                                       cfg.bridge.calibration_batch_size, seed=cfg.run.seed))
+    if cfg.bridge.recalibrate_bn:
+        report.recalibrated_bn = recalibrate_batchnorm(snn, batches, device)
+    spike_like_ann = any(isinstance(m, SharpenedReLU) for m in ann.modules())
+    if cfg.bridge.match_rates and same_data and spike_like_ann and cfg.neuron.kind == "lif":
+        report.rate_errors = match_firing_rates(ann, snn, batches, iterations=cfg.bridge.calibration_iterations,
+                                                device=device)
+    return snn, report
+
+
+@dataclass
+class Bridged:
+    """An SNN made from an ANN: its checkpoint ``meta``, the tensors carried over as they are
+    (``transferred``: what a warm-up keeps frozen) and what ``summary.json`` reports of it."""
+
+    snn: nn.Module
+    meta: dict
+    transferred: set[str]
+    details: dict[str, Any]
+
+
+class AnnFamily(Protocol):
+    def pretrain(self, ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle) -> tuple[nn.Module, RunResult]: ...
+
+    def to_snn(self, ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, *,
+               same_data: bool) -> Bridged: ...
+
+    def scratch(self, ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle) -> tuple[nn.Module, dict]: ...
+
+
+class RegistryFamily:
+    """Registry architectures: the bridge (:func:`bridge_to_snn`)."""
+
+    def pretrain(self, ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle) -> tuple[nn.Module, RunResult]:
+        seed_everything(cfg.run.seed)
+        neuron = ann_neuron(cfg)
+        ann = build_model(cfg, bundle, neuron, 1)
+        return ann, ctx.fit(ann, bundle, cfg.ann, name="ann", meta=model_meta(cfg, bundle, neuron, 1))
+
+    def to_snn(self, ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, *,
+               same_data: bool) -> Bridged:
+        snn, report = bridge_to_snn(cfg, ann, bundle, ctx.device, same_data=same_data)
+        ctx.log(report.summary())
+        return Bridged(snn, model_meta(cfg, bundle, cfg.neuron, cfg.model.T), set(report.matched),
+                       {"transfer": report.to_dict()})
+
+    def scratch(self, ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle) -> tuple[nn.Module, dict]:
+        seed_everything(cfg.run.seed)
+        return build_model(cfg, bundle, cfg.neuron, cfg.model.T), model_meta(cfg, bundle, cfg.neuron, cfg.model.T)
+
+
+# ------------------------------------------------------------------------------------------------
+# The user's class: spikify
+# ------------------------------------------------------------------------------------------------
+class ClassFamily:
+    """The user's ``FILE.py:ClassName`` (``kwargs``: its constructor arguments)."""
+
+    def __init__(self, spec: str, kwargs: dict[str, Any] | None = None) -> None:
+        self.spec, self.kwargs = spec, dict(kwargs or {})
+
+    def fresh(self, seed: int) -> nn.Module:
+        """A freshly initialised ``ClassName(**kwargs)``, the initialisation seeded with ``seed``."""
+        seed_everything(seed)
+        return import_ann(self.spec, self.kwargs)
+
+    def pretrain(self, ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle) -> tuple[nn.Module, RunResult]:
+        """Train the class (seeded fresh initialisation, its own activations) with ``cfg.ann``:
+        run ``ann``, whose checkpoints rebuild with ``evaluate`` / ``--ann CKPT``."""
+        ann = self.fresh(cfg.run.seed)
+        _check_classes(ann, bundle, self.spec, calibration_inputs(bundle, 2, 2, cfg.run.seed)[0])
+        meta = ann_class_meta(self.spec, self.kwargs, num_classes=bundle.num_classes,
+                              in_channels=bundle.in_channels, data=bundle.name)
+        return ann, ctx.fit(ann, bundle, cfg.ann, name="ann", meta=meta)
+
+    def to_snn(self, ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, *,
+               same_data: bool, first_layer: str | None = None) -> Bridged:
+        samples = cfg.bridge.calibration_batches * cfg.bridge.calibration_batch_size
+        size = cfg.bridge.calibration_batch_size
+        if bundle.kind != "events":
+            snn, meta, thresholds = spikify_ann_class(cfg, ann, self.spec, self.kwargs, bundle, ctx.device,
+                                                      calibration_samples=samples, calibration_batch_size=size)
+            ctx.log(f"spikified {self.spec}: {len(snn.neurons)} neuron layers, thresholds calibrated on {samples} samples")
+            return Bridged(snn, meta, set(ann.state_dict()), {"thresholds": thresholds})
+        mode = first_layer or cfg.bridge.first_layer
+        snn, meta, conv, thresholds = spikify_ann_class_for_events(
+            cfg, ann, self.spec, self.kwargs, bundle, ctx.device, first_layer=mode, calibration_samples=samples,
+            calibration_batch_size=size)
+        ctx.log(f"spikified {self.spec} for events: input conv {conv!r} adapted ({mode}), thresholds calibrated")
+        transferred = {k for k in ann.state_dict() if not k.startswith(conv + ".")}
+        return Bridged(snn, meta, transferred, {"thresholds": thresholds, "events_input_conv": {
+            "name": conv, "in_channels": bundle.in_channels, "first_layer": mode}})
+
+    def scratch(self, ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle) -> tuple[nn.Module, dict]:
+        bridged = self.to_snn(ctx, cfg, self.fresh(cfg.run.seed), bundle, same_data=True, first_layer="skip")
+        return bridged.snn, bridged.meta
+
+def calibration_inputs(bundle: DataBundle, samples: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """Seeded training batches without augmentation, ``samples`` in all (static ``[b, ...]``,
+    events ``[T, b, ...]``)."""
+    batch = max(1, min(batch_size, samples, len(bundle.train)))
+    batches = list(calibration_batches(bundle, -(-samples // batch), batch_size=batch, seed=seed))
+    if not batches:
+        raise ConfigError(f"{bundle.name}: no training samples to calibrate the thresholds on")
+    return batches
+
+
+def _check_classes(ann: nn.Module, bundle: DataBundle, label: str, example: torch.Tensor) -> None:
+    """Refuse an ANN whose output on ``example[:2]`` (``[b, ...]``) is not ``[2, bundle.num_classes]``."""
+    was_training = ann.training
+    ann.eval()
+    try:
+        with torch.no_grad():
+            out = ann(example[:2].to(next(ann.parameters()).device))
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--ann {label}: fails on {bundle.name} input of shape {list(example.shape[1:])} ({first})") from None
+    finally:
+        ann.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != bundle.num_classes:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"--ann {label}: outputs {shape} for a batch of 2, but {bundle.name} has "
+                          f"{bundle.num_classes} classes (pass them with --ann-kwargs)")
+
+
+def spikify_ann_class(
+    cfg: PipelineConfig, ann: nn.Module, ann_class: str, kwargs: dict[str, Any] | None, bundle: DataBundle,
+    device: torch.device, *, calibration_samples: int, calibration_batch_size: int = 250,
+) -> tuple[SpikingNet, dict, dict[str, float]]:
+    """The user's ANN as an SNN for static ``bundle`` (``cfg.neuron``, ``cfg.model.T``), its
+    thresholds calibrated on ``calibration_samples`` training images: ``(snn, checkpoint meta,
+    thresholds)``."""
+    batches = calibration_inputs(bundle, calibration_samples, calibration_batch_size, cfg.run.seed)
+    _check_classes(ann, bundle, ann_class, batches[0])
+    snn = spikify(ann, cfg.neuron, T=cfg.model.T, calibration=batches, device=device,
+                  calibration_samples=calibration_samples).to(device)
+    meta = spikified_meta(ann_class, kwargs, cfg.neuron, num_classes=bundle.num_classes,
+                          in_channels=bundle.in_channels, T=cfg.model.T, input_ndim=snn.input_ndim, data=bundle.name)
+    return snn, meta, snn.thresholds()
+
+
+def spikify_ann_class_for_events(
+    cfg: PipelineConfig, ann: nn.Module, ann_class: str, kwargs: dict[str, Any] | None, events: DataBundle,
+    device: torch.device, *, first_layer: str, calibration_samples: int, calibration_batch_size: int = 250,
+) -> tuple[SpikingNet, dict, str, dict[str, float]]:
+    """The user's (static) ANN as an SNN for ``events`` (batches ``[T, B, C, H, W]``).
+
+    Spikify; replace the ``nn.Conv2d`` reading the input by one with ``events.in_channels``
+    channels (``first_layer``: mean | signed_polarity | skip; ``skip`` draws the new conv from
+    the RNG seeded with ``run.seed``); calibrate each threshold on ``calibration_samples`` event
+    samples against the adapted ANN on each sample's mean frame over T. Returns ``(snn, checkpoint
+    meta, name of the adapted conv, thresholds)``. ``cfg.model.T``: the events' time steps.
+    """
+    batches = calibration_inputs(events, calibration_samples, calibration_batch_size, cfg.run.seed)
+    kept, seen = [], 0
+    for x in batches:  # [T, b, ...]: at most calibration_samples samples (dim 1)
+        kept.append(x[:, : calibration_samples - seen])
+        seen += kept[-1].shape[1]
+        if seen >= calibration_samples:
+            break
+    batches = kept
+    ann_views = [x.mean(0) for x in batches]  # [b, C, H, W]: the rate-coded view of each sample
+    input_ndim = batches[0].dim() - 1
+    snn, ann_graph, _ = spikify_with_graph(ann, cfg.neuron, T=cfg.model.T, input_ndim=input_ndim, calibrate=False)
+    seed_everything(cfg.run.seed)
+    conv = adapt_input_conv(snn, events.in_channels, first_layer)
+    adapt_input_conv(ann_graph, events.in_channels, "skip")
+    ann_graph.get_submodule(conv).load_state_dict(snn.get_submodule(conv).state_dict())
+    _check_classes(ann_graph, events, ann_class, ann_views[0])
+    check_batch_axis(ann_graph, ann_views[0][: min(3, len(ann_views[0]))])
+    calibrate_thresholds(snn, ann_graph, batches, ann_batches=ann_views, device=device)
+    snn.to(device)
+    meta = spikified_meta(ann_class, kwargs, cfg.neuron, num_classes=events.num_classes,
+                          in_channels=events.in_channels, T=cfg.model.T, input_ndim=input_ndim, data=events.name,
+                          input_conv=conv)
+    return snn, meta, conv, snn.thresholds()
+
+
+__all__ = [
+    "AnnFamily",
+    "AnnSource",
+    "Bridged",
+    "ClassFamily",
+    "LoadedAnn",
+    "RegistryFamily",
+    "ann_source_from_flags",
+    "bridge_to_snn",
+    "build_model",
+    "load_ann",
+    "model_meta",
+    "use_checkpoint_model",
+]

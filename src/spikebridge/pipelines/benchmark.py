@@ -1,0 +1,135 @@
+"""The paper's time-accuracy benchmark on one dataset.
+
+One ANN is trained (or read with ``--ann CKPT``); then every method of ``--methods`` (see
+:mod:`spikebridge.analysis.benchmark`: ``scratch``, ``pretrained``, ``encoder``, ``decoder`` with
+the modifiers ``wu``, ``lif``/``liaf``, ``T<n>``) trains an SNN, recording test accuracy against
+training seconds and epochs. Writes ``OUT/benchmark.json``, ``OUT/benchmark.md``,
+``OUT/accuracy_vs_time.png``, ``OUT/accuracy_vs_epochs.png``, ``OUT/config.yaml`` and each run's
+folder ``OUT/<method>/`` (metrics + checkpoints: ``--resume`` continues an interrupted benchmark).
+
+Static data (``mnist5k``, an image folder): the SNNs learn the ANN's data (pipeS). Event data
+(``es-mnist``, an event folder): the ANN learns ``--ann-data`` (default ``mnist5k`` for
+``es-mnist``) and the SNNs the events (pipeD).
+
+The SNN phases train with ``finetune`` / ``scratch`` on static data and ``events.finetune`` /
+``events.scratch`` on events, as pipeS and pipeD do; without a recipe the command preset
+(:data:`spikebridge.pipelines.plan.BENCHMARK_PRESET`) sizes them so that the default benchmark on
+the embedded MNIST finishes in minutes on 2 CPU cores. Default methods: scratch, pretrained,
+pretrained+wu, encoder, pretrained+liaf (LIF vs LIAF), pretrained+T2 (add ``scratch+liaf`` or
+``decoder`` with ``--methods``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from ..analysis.benchmark import BenchRun, parse_methods, summarize, write_report
+from ..config import PipelineConfig
+from ..errors import ConfigError
+from ..utils import seed_everything
+from .ann import LoadedAnn, RegistryFamily, build_model, model_meta, use_checkpoint_model
+from .runs import events_config, open_static, start_run
+
+DEFAULT_METHODS = "scratch,pretrained,pretrained+wu,encoder,pretrained+liaf,pretrained+T2"
+
+
+def _decoder_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the readout: the model's ``PART_PREFIXES["decoder"]`` (CRNN: LSTM + fc), else ``fc.``."""
+    prefixes = tuple(getattr(type(model), "PART_PREFIXES", {}).get("decoder", ("fc.",)))
+    return {k for k in model.state_dict() if k.startswith(prefixes)}
+
+
+def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None = None,
+              ann_data: str | None = None) -> dict:
+    """Train the ANN once (unless ``ann``), then one SNN per method; write and return the summary
+    (``benchmark.json``). Event data (pipeD): the ANN learns ``ann_data``, the SNNs the events."""
+    methods = parse_methods(methods)
+    if ann is not None and not isinstance(ann.family, RegistryFamily):
+        raise ConfigError("benchmark --ann takes a checkpoint of a registry model")
+    cfg = use_checkpoint_model(cfg, ann)
+    ctx = start_run(cfg)
+    started = time.perf_counter()
+    family = RegistryFamily()
+    data = open_static(cfg)
+    scfg, same_data, ann_cfg = cfg, True, cfg
+    if data.kind == "events":  # pipeD: the ANN learns static images, the SNNs the events
+        from ..data.loading import with_time_bins
+
+        data = with_time_bins(data, cfg.events.time_bins)
+        scfg, same_data = events_config(cfg, data), False
+        ann_cfg = replace(cfg, data=replace(cfg.data, name=ann_data or cfg.data.name))
+    ann_info, model = None, None
+    if any(m.transfers for m in methods):
+        if ann is not None:
+            model = ann.model
+            ann_info = {"name": ann.label, **ann.training}
+        else:
+            ann_bundle = open_static(ann_cfg) if not same_data else data
+            ctx.log(f"[benchmark] ANN ({cfg.ann_neuron}, {ann_cfg.model.name}) on {ann_bundle.name}, {cfg.ann.epochs} epochs")
+            model, result = family.pretrain(ctx, ann_cfg, ann_bundle)
+            ann_info = {"name": "ann", "epochs": result.epochs, "seconds": result.seconds, "best_acc": result.best_acc,
+                        "curve": result.curve}
+            scfg = replace(scfg, model=replace(scfg.model, name=scfg.events.model or ann_cfg.model.name)) \
+                if not same_data else scfg
+        model.to(ctx.device)
+
+    runs: list[BenchRun] = []
+    for method in methods:
+        neuron = replace(cfg.neuron, kind=method.neuron or cfg.neuron.kind)
+        mcfg = replace(scfg, neuron=neuron, model=replace(scfg.model, T=method.T or scfg.model.T))
+        ctx.log(f"[benchmark] {method.name}: {neuron.kind}, T={mcfg.model.T}")
+        transferred: set[str] = set()
+        meta = model_meta(mcfg, data, neuron, mcfg.model.T)
+        if method.base == "scratch":
+            snn, meta = family.scratch(ctx, mcfg, data)
+            result = ctx.fit(snn, data, mcfg.scratch, name=method.name, meta=meta)
+            warmup_epochs = 0
+        else:
+            if method.base == "decoder":  # a random SNN with the ANN's readout
+                seed_everything(cfg.run.seed)
+                snn = build_model(mcfg, data, neuron, mcfg.model.T).to(ctx.device)
+                readout = _decoder_keys(snn)
+                target = snn.state_dict()
+                loaded = {k: v for k, v in model.state_dict().items()
+                          if k in readout and tuple(v.shape) == tuple(target[k].shape)}
+                if not loaded:
+                    raise ConfigError(f"{method.name}: the ANN's readout does not fit the SNN's (another class count?)")
+                snn.load_state_dict(loaded, strict=False)
+                transferred = set(loaded)
+            else:
+                bridged = family.to_snn(ctx, mcfg, model, data, same_data=same_data)
+                snn, transferred = bridged.snn, set(bridged.transferred)
+                if method.base == "encoder":  # the readout starts as a new one
+                    readout = _decoder_keys(snn)
+                    seed_everything(cfg.run.seed + 1)
+                    fresh = build_model(mcfg, data, neuron, mcfg.model.T).state_dict()
+                    snn.load_state_dict({k: fresh[k] for k in readout}, strict=False)
+                    transferred -= readout
+            warmup_epochs = max(1, mcfg.finetune.freeze_epochs) if method.warmup else 0
+            frozen = transferred - _decoder_keys(snn) if method.warmup else None
+            phase = replace(mcfg.finetune, freeze_epochs=warmup_epochs)
+            result = ctx.fit(snn, data, phase, name=method.name, meta=meta, evaluate_first=True, frozen=frozen)
+        runs.append(BenchRun(
+            method=method.name, base=method.base, neuron=neuron.kind, T=mcfg.model.T, warmup_epochs=warmup_epochs,
+            epochs=result.epochs, snn_seconds=result.seconds,
+            ann_seconds=float(ann_info["seconds"]) if method.transfers and ann_info else 0.0,
+            best_acc=result.best_acc, final_acc=result.final_acc,
+            transfer_acc=result.curve[0][2] if method.transfers and result.curve else None,
+            curve=result.curve, transferred=len(transferred),
+        ))
+        ctx.log(f"[benchmark] {method.name}: best {result.best_acc:.4f} after {result.epochs} epochs, {result.seconds:.1f} s")
+
+    summary = summarize(runs, dataset=data.name, ann=ann_info, extra={
+        "model": model_meta(scfg, data, cfg.neuron, scfg.model.T)["model"], "methods": [m.name for m in methods],
+    })
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    if ctx.is_main:
+        write_report(summary, ctx.out, title=f"Time-accuracy benchmark on {Path(data.name).name or data.name}")
+    return summary
+
+
+__all__ = ["DEFAULT_METHODS", "benchmark"]

@@ -1,0 +1,75 @@
+"""The run context: what every phase of one run shares (device, output folder, seed, progress bars,
+resume, mixed precision, SyncBN, the log), so that a phase is ``ctx.fit(model, data, phase)``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import PipelineConfig, TrainConfig
+from ..data.loading import DataBundle
+from ..errors import ConfigError
+from ..train.distributed import current as current_rank
+from ..train.distributed import local_device
+from ..train.engine import RunResult, fit
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; under torchrun ``cuda`` is this process's GPU."""
+    if name == "auto":
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"run.device: unknown device {name[:40]!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"run.device: {device.type!r} is not a device spikebridge trains on (use auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device: cuda requested but no CUDA device is available")
+    return local_device(device)
+
+
+def log(message: str) -> None:
+    """One line of a run's output (rank 0 alone under torchrun), with or without progress bars."""
+    if current_rank().is_main:
+        tqdm.write(message)
+
+
+@dataclass
+class RunContext:
+    """Device, output folder (None: nothing is written), seed, progress bars, resume, AMP, SyncBN."""
+
+    device: torch.device
+    out: Path | None
+    seed: int = 0
+    progress: bool = True
+    resume: bool = False
+    amp: str = "off"
+    sync_bn: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> RunContext:
+        return cls(resolve_device(cfg.run.device), Path(cfg.run.out), cfg.run.seed, cfg.run.progress,
+                   cfg.run.resume, cfg.run.amp, cfg.run.sync_bn)
+
+    @property
+    def is_main(self) -> bool:
+        return current_rank().is_main
+
+    def log(self, message: str) -> None:
+        log(message)
+
+    def fit(self, model: nn.Module, bundle: DataBundle, phase: TrainConfig, *, name: str, saved: bool = True,
+            **options: Any) -> RunResult:
+        """Train one phase (:func:`spikebridge.train.engine.fit`); ``saved=False``: a short
+        comparison run that writes no checkpoints and is not resumed."""
+        return fit(model, bundle, phase, name=name, run_dir=self.out if saved else None, seed=self.seed,
+                   device=self.device, progress=self.progress, resume=self.resume and saved, amp=self.amp,
+                   sync_bn=self.sync_bn, **options)
+
+
+__all__ = ["RunContext", "log", "resolve_device"]

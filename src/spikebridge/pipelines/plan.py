@@ -1,0 +1,310 @@
+"""The run plan: every command resolves (command, recipe, ``--set``, flags) into the ordered phases
+it will train, validates them whole before any work and before anything is written, prints them
+in short when the run starts, and as JSON with ``--plan``.
+
+Defaults come in one stack, each layer over the one before (README, "The run plan"):
+
+    library defaults (spikebridge.config) <- command preset <- recipe (--config) <- --set <- flags
+
+A command preset (:data:`PRESETS`: the benchmark's and ``finetune``'s tuning) applies only when no
+recipe is given: a recipe from ``configs/`` runs with the library defaults under it, so the values
+it states are the values that run.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import PipelineConfig, TrainConfig, load_config, parse_override, to_dict
+from ..data.datasets import BUILTIN_DATASETS
+from ..errors import ConfigError, DataError
+from ..models import list_models
+from .ann import AnnSource
+from .context import resolve_device
+
+EVENT_LAYOUTS = ("es-imagenet", "es-imagenet-released", "es-imagenet-single", "es-ucf101", "es-ucf101-split", "dvs")
+
+#: The command presets (dotted keys), below a recipe: used only when no ``--config`` is given.
+BENCHMARK_PRESET: dict[str, Any] = {  # sized so the default benchmark ends in minutes on 2 CPU cores
+    "ann.epochs": 6,
+    "finetune.epochs": 2, "finetune.lr": 1e-3, "finetune.schedule": "cosine",
+    "scratch.epochs": 6, "scratch.until_plateau": 0,
+    "events.finetune.epochs": 2, "events.finetune.lr": 1e-3, "events.finetune.schedule": "cosine",
+    "events.scratch.epochs": 6, "events.scratch.until_plateau": 0,
+}
+FINETUNE_PRESET: dict[str, Any] = {  # one short epoch: the transferred SNN already sits near a solution
+    "finetune.epochs": 1, "finetune.lr": 3e-4, "finetune.schedule": "cosine", "finetune.optimizer": "adam",
+}
+#: A spikified user class (``--ann FILE.py:Class``): a slower leak than the paper's 0.25 (the
+#: membrane integrates over about two steps, closer to the rate code a ReLU maps to at T = 4).
+SPIKIFY_PRESET: dict[str, Any] = {"neuron.decay": 0.5}
+PRESETS: dict[str, dict[str, Any]] = {"benchmark": BENCHMARK_PRESET, "finetune": FINETUNE_PRESET}
+PHASE_FIELDS = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "schedule", "batch_size",
+                "freeze_epochs", "until_plateau", "precise_bn")
+
+
+@dataclass
+class Request:
+    """What the user asked for: the command, its recipe, ``--set`` texts, flag values (dotted
+    keys; None = not given), the ANN source and the command's own options."""
+
+    command: str
+    recipe: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    flags: dict[str, Any] = field(default_factory=dict)
+    ann: AnnSource | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # baseline, events, methods, ann_data, ...
+
+
+@dataclass
+class Phase:
+    """One training phase: its run name, role (ann | finetune | scratch), model, neuron, T, data."""
+
+    name: str
+    role: str
+    model: str
+    neuron: str
+    T: int
+    data: str
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self.train)
+        return {"name": self.name, "role": self.role, "model": self.model, "neuron": self.neuron, "T": self.T,
+                "data": self.data, **{key: values[key] for key in PHASE_FIELDS},
+                **{key: value for key, value in values.items() if key not in PHASE_FIELDS}}
+
+
+@dataclass
+class RunPlan:
+    command: str
+    config: PipelineConfig
+    phases: list[Phase]
+    ann: AnnSource | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    preset: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "command": self.command,
+            "out": cfg.run.out,
+            "device": cfg.run.device,
+            "seed": cfg.run.seed,
+            "ann": self.ann.label if self.ann else None,
+            "preset": self.preset,
+            "bridge": asdict(cfg.bridge),
+            "neuron": asdict(cfg.neuron),
+            "options": self.options,
+            "phases": [phase.to_dict() for phase in self.phases],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def describe(self) -> list[str]:
+        """The plan in short: one line for the run, one per phase."""
+        cfg = self.config
+        lines = [f"[plan] {self.command} -> {cfg.run.out} (device {cfg.run.device}, seed {cfg.run.seed}"
+                 + (f", ANN {self.ann.label}" if self.ann else "") + ")"]
+        for p in self.phases:
+            t = p.train
+            lines.append(f"[plan] {p.name:<24} {p.role:<8} {p.model} {p.neuron} T={p.T} on {p.data}: {t.epochs} epochs "
+                         f"{t.optimizer} lr {t.lr:g} {t.schedule}, batch {t.batch_size}"
+                         + (f", warm-up {t.freeze_epochs}" if t.freeze_epochs else "")
+                         + (f", until plateau {t.until_plateau}" if t.until_plateau else "")
+                         + (f", precise BN {t.precise_bn}" if t.precise_bn else ""))
+        return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# resolving and validating
+# ------------------------------------------------------------------------------------------------
+def resolve_config(request: Request, *, user_class: bool = False) -> tuple[PipelineConfig, dict[str, Any]]:
+    """The config from the layers (module docstring) and the preset that was applied
+    (``user_class``: the ANN is the user's own class, which spikify turns into the SNN)."""
+    preset: dict[str, Any] = {}
+    if request.recipe is None:
+        preset = dict(PRESETS.get(request.command, {}))
+        if user_class and request.command in ("finetune", "pipes", "piped"):
+            preset.update(SPIKIFY_PRESET)
+    values = dict(preset)
+    values.update(parse_override(text) for text in request.overrides)
+    values.update({key: value for key, value in request.flags.items() if value is not None})
+    return load_config(PipelineConfig, request.recipe, values), preset
+
+
+def data_kind(name: str) -> str:
+    """``static`` or ``events`` for a dataset name or folder; a missing or unrecognised folder
+    raises DataError (nothing is read but the folder's layout)."""
+    if name in BUILTIN_DATASETS:
+        return "events" if name == "es-mnist" else "static"
+    from ..data.disk import detect_layout
+
+    try:
+        layout = detect_layout(name)
+    except OSError as exc:
+        raise DataError(f"dataset {str(name)[:100]!r}: cannot read it ({exc.strerror or exc})") from None
+    return "events" if layout in EVENT_LAYOUTS else "static"
+
+
+def _check_model(key: str, name: str) -> None:
+    if name not in ("", "auto") and name not in list_models():
+        raise ConfigError(f"{key}: unknown model {name[:60]!r}; registered: {', '.join(list_models())}")
+
+
+def _checkpoint_model(path: str) -> dict[str, Any]:
+    """``meta.model`` of a checkpoint (a bare weights file: empty); a damaged one fails here."""
+    from ..train.checkpoint import load_checkpoint
+
+    model = load_checkpoint(path).meta.get("model")
+    return model if isinstance(model, dict) else {}
+
+
+def _check_neuron(cfg: PipelineConfig) -> None:
+    """The neuron backend can run on the run's device (before any work)."""
+    device = resolve_device(cfg.run.device)
+    from .. import neurons
+
+    check = getattr(neurons, "check_backend_on_device", None)
+    if check is not None:
+        check(cfg.neuron, device)
+    elif cfg.neuron.backend not in neurons.BACKENDS:
+        raise ConfigError(f"neuron.backend must be one of {', '.join(neurons.BACKENDS)}, got {cfg.neuron.backend[:40]!r}")
+    elif cfg.neuron.backend == "triton" and device.type != "cuda":
+        raise ConfigError(f"neuron.backend: triton runs on CUDA tensors only, and run.device is {device}")
+
+
+def build_plan(request: Request) -> RunPlan:
+    """Resolve and validate ``request`` whole; reads nothing but configs, flags and folder layouts."""
+    command, options, source = request.command, dict(request.options), request.ann
+    info = _checkpoint_model(source.checkpoint) if source is not None and source.checkpoint else {}
+    user_class = info.get("name") == "ann_class" or (source is not None and bool(source.class_spec))
+    cfg, preset = resolve_config(request, user_class=user_class)
+    _check_model("model.name", cfg.model.name)
+    _check_model("events.model", cfg.events.model)
+    _check_neuron(cfg)
+    ann_model = cfg.model.name
+    if info:
+        ann_model = str(info.get("ann") if user_class else info.get("name") or ann_model)
+        if cfg.model.name in ("", "auto") and not user_class and info.get("name"):
+            cfg.model.name = str(info["name"])
+    elif source is not None:
+        ann_model = source.class_spec
+    ann_trained = source is not None and (source.checkpoint is not None or source.weights is not None)
+    snn_model = ann_model if user_class else cfg.model.name
+    static_kind = None if command == "piped" and ann_trained else data_kind(cfg.data.name)
+    ann_neuron = cfg.ann_neuron if source is None else "(its own)"
+
+    def phase(name: str, role: str, train: TrainConfig, *, data: str, T: int | None = None, neuron: str | None = None,
+              model: str | None = None) -> Phase:
+        return Phase(name, role, model or snn_model, neuron or cfg.neuron.kind, T or cfg.model.T, data, train)
+
+    phases: list[Phase] = []
+    ann_phase = Phase("ann", "ann", ann_model, ann_neuron, 1, cfg.data.name, cfg.ann)
+    if command in ("pretrain", "pipes", "piped", "demo") and not ann_trained:
+        phases.append(ann_phase)
+    if command in ("pretrain", "pipes", "demo", "finetune", "piped") and static_kind == "events":
+        raise DataError(f"data.name {cfg.data.name[:100]!r} holds events; {command} trains on static images "
+                        "(pipeD: spikebridge piped --events ...)")
+    if command == "finetune":
+        phases.append(phase("snn_finetuned", "finetune", cfg.finetune, data=cfg.data.name))
+    if command in ("pipes", "demo"):
+        phases.append(phase("snn_pretrained", "finetune", cfg.finetune, data=cfg.data.name))
+        if options.get("baseline", True):
+            phases.append(phase("snn_scratch", "scratch", cfg.scratch, data=cfg.data.name))
+    if command == "piped" or (command == "demo" and options.get("events", True)):
+        if data_kind(cfg.events.data) != "events":
+            raise DataError(f"events.data {cfg.events.data[:100]!r} holds no events (es-mnist, ES-ImageNet, ES-UCF101 "
+                            "or DVS recordings)")
+        T = cfg.events.time_bins or cfg.model.T
+        model = cfg.events.model or snn_model
+        phases.append(phase("snn_events_pretrained", "finetune", cfg.events.finetune, data=cfg.events.data, T=T,
+                            model=model))
+        if cfg.events.compare_first_layer:
+            for mode in ("signed_polarity", "mean", "skip"):
+                if mode != cfg.bridge.first_layer:
+                    compare = replace(cfg.events.finetune, epochs=cfg.events.compare_epochs)
+                    phases.append(phase(f"snn_events_{mode}", "finetune", compare, data=cfg.events.data, T=T,
+                                        model=model))
+        if options.get("baseline", True):
+            phases.append(phase("snn_events_scratch", "scratch", cfg.events.scratch, data=cfg.events.data, T=T,
+                                model=model))
+    if command == "benchmark":
+        phases += _benchmark_phases(cfg, options, source, ann_phase, static_kind)
+    return RunPlan(command, cfg, phases, source, options, preset)
+
+
+def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | None, ann_phase: Phase,
+                      kind: str) -> list[Phase]:
+    from ..analysis.benchmark import parse_methods
+
+    methods = parse_methods(options.get("methods") or "")
+    if source is not None and source.class_spec:
+        raise ConfigError("benchmark --ann takes a spikebridge checkpoint of a registry model (its methods split "
+                          "encoder and decoder by the registry's layer names)")
+    phases: list[Phase] = []
+    events = kind == "events"
+    if events and source is None and not options.get("ann_data"):
+        options["ann_data"] = "mnist5k" if cfg.data.name == "es-mnist" else None
+        if options["ann_data"] is None:
+            raise ConfigError(f"{cfg.data.name[:100]}: holds events; give the ANN's static images with --ann-data "
+                              "(or --ann CKPT)")
+    if options.get("ann_data"):
+        if data_kind(options["ann_data"]) != "static":
+            raise DataError(f"--ann-data {options['ann_data'][:100]!r} holds events; the ANN learns static images")
+    if any(m.transfers for m in methods) and source is None:
+        ann_phase.data = options.get("ann_data") or cfg.data.name
+        phases.append(ann_phase)
+    finetune, scratch = (cfg.events.finetune, cfg.events.scratch) if events else (cfg.finetune, cfg.scratch)
+    T = (cfg.events.time_bins or cfg.model.T) if events else cfg.model.T
+    for method in methods:
+        train = scratch
+        if method.transfers:  # the warm-up ("+wu") freezes the transferred encoder for at least one epoch
+            train = replace(finetune, freeze_epochs=max(1, finetune.freeze_epochs) if method.warmup else 0)
+        phases.append(Phase(method.name, "scratch" if method.base == "scratch" else "finetune",
+                            (cfg.events.model if events else "") or cfg.model.name, method.neuron or cfg.neuron.kind,
+                            method.T or T, cfg.data.name, train))
+    return phases
+
+
+def execute(plan: RunPlan) -> dict:
+    """Run a validated plan: load the ANN it names (a bad one fails before anything is written),
+    claim the output folder (one run at a time; ``--resume`` exact or refused), print the plan in
+    short, run the command's flow; returns its summary."""
+    from ..train.runfolder import claim_run_folder
+    from .ann import load_ann
+    from .context import log
+
+    loaded = load_ann(plan.ann) if plan.ann is not None else None
+    cfg, options = plan.config, plan.options
+    with claim_run_folder(cfg.run.out, command=plan.command, config=to_dict(cfg), resume=cfg.run.resume,
+                          overwrite=bool(options.get("overwrite"))):
+        for line in plan.describe():
+            log(line)
+        return _run_flow(plan, loaded)
+
+
+def _run_flow(plan: RunPlan, loaded) -> dict:
+    from .benchmark import benchmark
+    from .runs import demo, finetune, piped, pipes, pretrain
+
+    cfg, options = plan.config, plan.options
+    if plan.command == "demo":
+        return demo(cfg, events=options.get("events", True))
+    if plan.command == "pretrain":
+        return pretrain(cfg)
+    if plan.command == "finetune":
+        return finetune(cfg, loaded)
+    if plan.command == "pipes":
+        return pipes(cfg, baseline=options.get("baseline", True), ann=loaded)
+    if plan.command == "piped":
+        return piped(cfg, baseline=options.get("baseline", True), ann=loaded)
+    if plan.command == "benchmark":
+        return benchmark(cfg, options.get("methods") or "", ann=loaded, ann_data=options.get("ann_data"))
+    raise ConfigError(f"no run plan for the command {plan.command!r}")
+
+
+__all__ = ["PRESETS", "Phase", "Request", "RunPlan", "build_plan", "data_kind", "execute", "resolve_config"]

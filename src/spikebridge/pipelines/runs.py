@@ -1,0 +1,344 @@
+"""pipeS, pipeD, the demo, ``pretrain`` and ``finetune``: each flow written once, for every ANN
+source (:mod:`spikebridge.pipelines.ann`) and every command that drives it.
+
+* :func:`run_pipes`: ANN on static data (trained here unless given) -> SNN fine-tuned on the same
+  data (+ the SNN from scratch). ``pipes``, ``finetune`` and the demo's first half.
+* :func:`run_piped`: a static ANN -> SNN fine-tuned on the event version of the data (+ the event
+  SNN from scratch, + brief fine-tunes with the other first-layer adaptations). ``piped`` and the
+  demo's second half.
+
+Each public flow starts its run (:func:`start_run`: device, threads, the output folder and its
+``config.yaml``), and ends with :func:`write_outputs` (``summary.json``, ``metrics.csv``,
+``report.md``, the accuracy-vs-time figure).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..analysis.plots import plot_accuracy_vs_time
+from ..analysis.summary import PIPED, PIPES, build_summary, results_table, write_json
+from ..bridge import FIRST_LAYER_MODES
+from ..config import PipelineConfig, dump_yaml
+from ..data.datasets import open_data_config, open_dataset, resolve_model_name
+from ..data.loading import DataBundle, with_time_bins
+from ..errors import CheckpointError
+from ..train.distributed import current as current_rank
+from ..train.engine import RunResult, evaluate
+from ..utils import atomic_write_text, ensure_dir
+from .ann import LoadedAnn, RegistryFamily, use_checkpoint_model
+from .context import RunContext, log
+
+
+def start_run(cfg: PipelineConfig) -> RunContext:
+    """The run's context; torch's threads; ``OUT/config.yaml`` (rank 0 alone writes under torchrun)."""
+    ctx = RunContext.from_config(cfg)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    if ctx.is_main:
+        ensure_dir(ctx.out)
+        atomic_write_text(ctx.out / "config.yaml", dump_yaml(cfg))
+    return ctx
+
+
+def open_static(cfg: PipelineConfig) -> DataBundle:
+    """Open ``cfg.data``; a ``model.name`` of ``auto`` becomes the model suggested for it (in ``cfg``)."""
+    bundle = open_data_config(cfg.data)
+    cfg.model.name = resolve_model_name(cfg.model.name, bundle)
+    return bundle
+
+
+def open_events(cfg: PipelineConfig) -> DataBundle:
+    """``cfg.events.data`` with ``events.time_bins`` steps (and ``data.limit_train`` / ``limit_test``)."""
+    return with_time_bins(open_dataset(cfg.events.data, split_seed=cfg.data.split_seed, workers=cfg.data.workers,
+                                       image_size=cfg.events.image_size, limit_train=cfg.data.limit_train,
+                                       limit_test=cfg.data.limit_test), cfg.events.time_bins)
+
+
+def events_config(cfg: PipelineConfig, events: DataBundle) -> PipelineConfig:
+    """The pipeline config of the event half: event model/T/channels and the event phases."""
+    steps = events.time_steps or cfg.model.T
+    model = replace(cfg.model, name=cfg.events.model or cfg.model.name, T=steps, in_channels=events.in_channels)
+    return replace(cfg, model=model, finetune=cfg.events.finetune, scratch=cfg.events.scratch)
+
+
+def _loaded(ann: LoadedAnn | nn.Module | None) -> LoadedAnn | None:
+    """A plain registry ``nn.Module`` (Python callers) as a :class:`LoadedAnn`."""
+    if ann is None or isinstance(ann, LoadedAnn):
+        return ann
+    return LoadedAnn(ann, type(ann).__name__, RegistryFamily())
+
+
+# ------------------------------------------------------------------------------------------------
+# the two flows
+# ------------------------------------------------------------------------------------------------
+def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: LoadedAnn | None, *,
+              baseline: bool, name: str = "snn_pretrained") -> tuple[nn.Module, nn.Module, list[RunResult], dict]:
+    """ANN on static data (trained here when ``loaded`` is None or has no model yet) -> SNN
+    fine-tuned on the same data (+ the SNN from scratch): ``(ann, snn, runs, summary extras)``."""
+    family = loaded.family if loaded is not None else RegistryFamily()
+    label = loaded.label if loaded is not None else f"{cfg.ann_neuron} {cfg.model.name}"
+    runs: list[RunResult] = []
+    momentum = None
+    ann = loaded.model if loaded is not None else None
+    extra: dict[str, Any] = {}
+    if ann is None:
+        ctx.log(f"[pipeS] ANN {label} on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, "
+                f"{cfg.ann.epochs} epochs")
+        ann, ann_result = family.pretrain(ctx, cfg, bundle)
+        runs.append(ann_result)
+        momentum = ann_result.optimizer_state if cfg.bridge.transfer_optimizer else None
+        extra["ann_acc"] = ann_result.final_acc
+    else:
+        expected = loaded.checkpoint_model.get("num_classes")
+        if expected is not None and int(expected) != bundle.num_classes:
+            raise CheckpointError(f"{loaded.label}: the ANN has {expected} classes, {bundle.name} has {bundle.num_classes}")
+        extra["ann"] = loaded.label
+        extra["ann_acc"] = evaluate(ann.to(ctx.device), bundle, device=ctx.device)["acc"]
+    ctx.log(f"[pipeS] ANN test accuracy {extra['ann_acc']:.4f}; bridge: ANN -> SNN ({cfg.neuron.kind}, "
+            f"T={cfg.model.T}), then fine-tune {cfg.finetune.epochs} epochs")
+    bridged = family.to_snn(ctx, cfg, ann, bundle, same_data=True)
+    result = ctx.fit(bridged.snn, bundle, cfg.finetune, name=name, meta=bridged.meta, evaluate_first=True,
+                     optimizer_state=momentum)
+    runs.append(result)
+    extra.update(bridged.details, transfer_acc=result.curve[0][2] if result.curve else None)
+    if baseline:
+        ctx.log(f"[pipeS] baseline: the same SNN from scratch ({cfg.scratch.epochs} epochs)")
+        snn, meta = family.scratch(ctx, cfg, bundle)
+        runs.append(ctx.fit(snn, bundle, cfg.scratch, name="snn_scratch", meta=meta))
+    return ann, bridged.snn, runs, extra
+
+
+def first_layer_comparison(T: int, curves: dict[str, list[list[float]]]) -> dict:
+    """``summary.json``'s ``first_layer_comparison``: per first-layer mode, the accuracy right
+    after the transfer and after each compared epoch (curves ``[[seconds, epoch, acc], ...]``)."""
+    return {
+        "T": T,
+        "modes": {
+            mode: {"transfer_acc": curve[0][2], "acc": [p[2] for p in curve[1:]], "seconds": [p[0] for p in curve[1:]]}
+            for mode, curve in curves.items()
+        },
+    }
+
+
+def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: LoadedAnn | None, *,
+              baseline: bool) -> tuple[list[RunResult], dict]:
+    """A static ANN -> SNN fine-tuned on ``cfg.events.data`` (+ the event SNN from scratch, + the
+    other first-layer adaptations for ``events.compare_epochs`` epochs): ``(runs, summary extras)``."""
+    family = loaded.family if loaded is not None else RegistryFamily()
+    events = open_events(cfg)
+    ecfg = events_config(cfg, events)
+    mode = cfg.bridge.first_layer
+    ctx.log(f"[pipeD] events {events.name}: T={ecfg.model.T}, {events.in_channels} polarities; "
+            f"bridge the static ANN (first layer: {mode}), then fine-tune {ecfg.finetune.epochs} epochs")
+    bridged = family.to_snn(ctx, ecfg, ann, events, same_data=False)
+    # warm-up ("+WU"): for finetune.freeze_epochs epochs only what was not transferred as-is trains
+    frozen = bridged.transferred if ecfg.finetune.freeze_epochs > 0 else None
+    result = ctx.fit(bridged.snn, events, ecfg.finetune, name="snn_events_pretrained", meta=bridged.meta,
+                     evaluate_first=True, frozen=frozen)
+    runs = [result]
+    modes = {mode: result.curve[: cfg.events.compare_epochs + 1]}
+    if cfg.events.compare_first_layer:
+        for other in FIRST_LAYER_MODES:
+            if other in modes:
+                continue
+            ctx.log(f"[pipeD] first layer '{other}': {cfg.events.compare_epochs} epoch(s) for comparison")
+            other_cfg = replace(ecfg, bridge=replace(ecfg.bridge, first_layer=other))
+            snn_other = family.to_snn(ctx, other_cfg, ann, events, same_data=False).snn
+            modes[other] = ctx.fit(snn_other, events, ecfg.finetune, name=f"snn_events_{other}", saved=False,
+                                   evaluate_first=True, stop_after=cfg.events.compare_epochs).curve
+    if baseline:
+        ctx.log(f"[pipeD] baseline: the event SNN from scratch ({ecfg.scratch.epochs} epochs)")
+        snn, meta = family.scratch(ctx, ecfg, events)
+        runs.append(ctx.fit(snn, events, ecfg.scratch, name="snn_events_scratch", meta=meta))
+    extra = {("events_transfer" if key == "transfer" else key): value for key, value in bridged.details.items()}
+    extra.update(events_data=cfg.events.data, events_transfer_acc=result.curve[0][2],
+                 first_layer_comparison=first_layer_comparison(ecfg.model.T, modes))
+    return runs, extra
+
+
+# ------------------------------------------------------------------------------------------------
+# the commands' flows
+# ------------------------------------------------------------------------------------------------
+def pretrain(cfg: PipelineConfig, *, ann: LoadedAnn | None = None) -> dict:
+    """Train the ANN (a registry model with ``ann_neuron``, or the user's class) on static data."""
+    ctx = start_run(cfg)
+    started = time.perf_counter()
+    bundle = open_static(cfg)
+    family = ann.family if ann is not None else RegistryFamily()
+    ctx.log(f"[pretrain] ANN on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, {cfg.ann.epochs} epochs")
+    _model, result = family.pretrain(ctx, cfg, bundle)
+    summary = build_summary(bundle.name, 1, [result.to_summary()], comparisons=())
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(cfg, summary, [result], title=f"ANN pretraining on {bundle.name}")
+    return summary
+
+
+def pipes(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Module | None = None,
+          bundle: DataBundle | None = None) -> dict:
+    """pipeS: ANN on static data (trained here unless given) -> SNN fine-tuned on the same data
+    (+ the scratch SNN baseline). Writes and returns ``summary.json``."""
+    loaded = _loaded(ann)
+    cfg = use_checkpoint_model(cfg, loaded)
+    ctx = start_run(cfg)
+    started = time.perf_counter()
+    bundle = bundle or open_static(cfg)
+    _ann, _snn, runs, extra = run_pipes(ctx, cfg, bundle, loaded, baseline=baseline)
+    summary = build_summary(bundle.name, cfg.model.T, [r.to_summary() for r in runs], comparisons=(PIPES,),
+                            extra=extra)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(cfg, summary, runs, title=f"pipeS on {bundle.name}: SNN (T={cfg.model.T}) from an ANN vs from scratch")
+    return summary
+
+
+def finetune(cfg: PipelineConfig, ann: LoadedAnn) -> dict:
+    """Your trained ANN -> an SNN, fine-tuned (pipeS without pretraining or baseline; run
+    ``snn_finetuned``). Writes and returns ``summary.json``."""
+    cfg = use_checkpoint_model(cfg, ann)
+    ctx = start_run(cfg)
+    started = time.perf_counter()
+    bundle = open_static(cfg)
+    _ann, _snn, runs, extra = run_pipes(ctx, cfg, bundle, ann, baseline=False, name="snn_finetuned")
+    summary = build_summary(bundle.name, cfg.model.T, [r.to_summary() for r in runs], comparisons=(),
+                            extra={**extra, "finetune": asdict(cfg.finetune), "neuron": asdict(cfg.neuron)})
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(cfg, summary, runs, title=f"Your ANN as an SNN: {ann.label} on {bundle.name}, T={cfg.model.T}")
+    return summary
+
+
+def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Module | None = None) -> dict:
+    """pipeD: an ANN pretrained on static images (trained here unless given) -> SNN on events."""
+    loaded = _loaded(ann)
+    cfg = use_checkpoint_model(cfg, loaded)
+    ctx = start_run(cfg)
+    started = time.perf_counter()
+    runs: list[RunResult] = []
+    extra: dict[str, Any] = {}
+    model = loaded.model if loaded is not None else None
+    if loaded is not None:
+        extra["ann"] = loaded.label
+    if model is None:
+        bundle = open_static(cfg)
+        family = loaded.family if loaded is not None else RegistryFamily()
+        ctx.log(f"[pipeD] ANN on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, {cfg.ann.epochs} epochs")
+        model, ann_result = family.pretrain(ctx, cfg, bundle)
+        runs.append(ann_result)
+        extra["ann_acc"] = ann_result.final_acc
+    event_runs, event_extra = run_piped(ctx, cfg, model, loaded, baseline=baseline)
+    runs += event_runs
+    extra.update(event_extra, transfer_acc=event_extra["events_transfer_acc"])
+    T = event_extra["first_layer_comparison"]["T"]
+    summary = build_summary(cfg.events.data, T, [r.to_summary() for r in runs], comparisons=(PIPED,), extra=extra)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(cfg, summary, runs, title=f"pipeD on {cfg.events.data}: event SNN from a static ANN vs from scratch")
+    return summary
+
+
+def demo(cfg: PipelineConfig, *, events: bool = True) -> dict:
+    """The main job: pipeS on the embedded MNIST and pipeD on its ODG events (ES-MNIST), one report."""
+    ctx = start_run(cfg)
+    started = time.perf_counter()
+    bundle = open_static(cfg)
+    ann, snn, runs, extra = run_pipes(ctx, cfg, bundle, None, baseline=True)
+    if cfg.demo_conversion_samples:
+        from ..analysis.figures import conversion_vs_bridge
+
+        ctx.log("[pipeS] accuracy vs T: the fine-tuned SNN vs classic ANN->SNN conversion of the same ANN")
+        extra["conversion_vs_bridge"] = conversion_vs_bridge(
+            ann, snn, bundle, [1, 2, 4, 8, 16, 32], cfg.run.out, max_samples=cfg.demo_conversion_samples,
+            device=ctx.device)
+    comparisons = [PIPES]
+    if events:
+        event_runs, event_extra = run_piped(ctx, cfg, ann, None, baseline=True)
+        runs += event_runs
+        comparisons.append(PIPED)
+        extra.update(event_extra)
+    summary = build_summary(bundle.name, cfg.model.T, [r.to_summary() for r in runs],
+                            comparisons=tuple(comparisons), extra=extra)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(cfg, summary, runs, title=f"spikebridge demo on {bundle.name}: SNNs from an ANN vs from scratch")
+    return summary
+
+
+def write_outputs(cfg: PipelineConfig, summary: dict, runs: list[RunResult], *, title: str) -> None:
+    if not current_rank().is_main:  # under torchrun rank 0 alone writes
+        return
+    out = Path(cfg.run.out)
+    write_json(out / "summary.json", summary)
+    columns = ("epoch", "seconds", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    rows = [",".join(("run", *columns))]
+    for run in runs:
+        for record in run.history:
+            rows.append(",".join([run.name, *("" if record.get(k) is None else str(record[k]) for k in columns)]))
+    atomic_write_text(out / "metrics.csv", "\n".join(rows) + "\n")
+    plot_accuracy_vs_time(summary["runs"], out / "accuracy_vs_time.png", title=title, target=summary.get("target_acc"))
+    table = results_table(summary["runs"], summary.get("time_to_target"))
+    atomic_write_text(out / "report.md", render_report(summary, table, title))
+    log("\n" + table + "\n")
+    log(f"wrote {out / 'summary.json'}, {out / 'report.md'}, {out / 'metrics.csv'}, {out / 'accuracy_vs_time.png'}")
+
+
+def render_report(summary: dict, table: str, title: str) -> str:
+    """``report.md``: the results table, what the numbers mean, the figure, the transfer report."""
+    ttt = summary.get("time_to_target", {})
+    lines = [f"# {title}", "", table, ""]
+    for comp, label in ((PIPES, "static"), (PIPED, "event")):
+        if comp.target_key not in summary:
+            continue
+        target = summary[comp.target_key]
+        pre, scratch = ttt.get(comp.pretrained), ttt.get(comp.baseline)
+        line = f"- **{label}**: target = best accuracy of `{comp.baseline}` = {target:.4f}. "
+        if pre is None:
+            line += f"`{comp.pretrained}` did not reach it."
+        else:
+            ratio = f" = {pre / scratch:.2f}x" if scratch else ""
+            line += (f"`{comp.pretrained}` reached it after {pre:.1f} s of SNN training{ratio} the "
+                     f"{scratch:.1f} s `{comp.baseline}` needed ({ttt.get(comp.pretrained + '_total')} s including the ANN).")
+        lines.append(line)
+    if summary.get("ann_acc") is not None:
+        lines.append(f"- the ANN's test accuracy: {summary['ann_acc']:.4f}")
+    if summary.get("transfer_acc") is not None:
+        lines.append(f"- accuracy right after the transfer, before any SNN training: {summary['transfer_acc']:.4f}")
+    lines += ["", "![accuracy vs training time](accuracy_vs_time.png)", ""]
+    conv = summary.get("conversion_vs_bridge")
+    if conv:
+        match = conv.get("conversion_T_to_match")
+        lines += ["## The bridge vs ANN-to-SNN conversion of the same ANN", "",
+                  f"The fine-tuned SNN reaches {conv['bridge_acc_at_trained_T']:.4f} at T={conv['trained_T']}; "
+                  + (f"classic conversion needs T={match} for the same accuracy." if match else
+                     f"classic conversion does not reach it up to T={max(t for t, _ in conv['conversion'])}."),
+                  "", "| T | bridge | conversion |", "|---:|---:|---:|"]
+        bridge, conversion = dict(conv["bridge"]), dict(conv["conversion"])
+        for t in sorted(set(bridge) | set(conversion)):
+            fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+            lines.append(f"| {t} | {fmt(bridge.get(t))} | {fmt(conversion.get(t))} |")
+        lines += ["", "![accuracy vs T](accuracy_vs_T.png)", ""]
+    modes = (summary.get("first_layer_comparison") or {}).get("modes")
+    if modes:
+        lines += ["## First-layer adaptation (static ANN -> 2 event polarities)", "",
+                  "| first layer | after transfer | after epoch 1 | after last compared epoch |", "|---|---:|---:|---:|"]
+        for mode, entry in modes.items():
+            accs = entry["acc"] or [float("nan")]
+            lines.append(f"| {mode} | {entry['transfer_acc']:.4f} | {accs[0]:.4f} | {accs[-1]:.4f} |")
+        lines.append("")
+    for key, label in (("transfer", "static"), ("events_transfer", "event")):
+        if summary.get(key):
+            t = summary[key]
+            lines.append(
+                f"Transfer ({label}): {t['matched']} tensors matched ({t['match_fraction']:.0%}), adapted "
+                f"{len(t['adapted'])}, re-initialised {len(t['reinitialised'])}, missing {len(t['missing'])}, "
+                f"unexpected {len(t['unexpected'])}; BN layers re-calibrated: {t['recalibrated_bn']}."
+            )
+    lines.append(f"\nWall time of the whole run: {summary.get('wall_seconds')} s.")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "demo", "events_config", "finetune", "first_layer_comparison", "open_events", "open_static", "piped", "pipes",
+    "pretrain", "render_report", "run_piped", "run_pipes", "start_run", "write_outputs",
+]

@@ -1,0 +1,178 @@
+"""The run plan: ``--plan`` for every recipe in configs/ with every command that accepts it, on tiny
+data written in the recipe's layout. Each phase runs exactly what the recipe states (the library
+defaults under it, never a command preset); bad input is caught by the plan, before any work,
+with one line and no file left behind."""
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+import _layouts as layouts
+from spikebridge import cli
+from spikebridge.config import PipelineConfig
+from spikebridge.pipelines.plan import BENCHMARK_PRESET, FINETUNE_PRESET, PHASE_FIELDS
+from spikebridge.train.checkpoint import save_checkpoint
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+LIBRARY = PipelineConfig()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    import spikebridge as sb
+
+    root = tmp_path_factory.mktemp("plan")
+    clips = layouts.video_clips(root / "clips", classes=2, clips_per_class=2, frames=16)
+    ann = root / "ann"
+    save_checkpoint(ann, "last", sb.create_model("cnn", num_classes=3, neuron="relu"),
+                    {"model": {"name": "cnn", "num_classes": 3, "in_channels": 3, "T": 1},
+                     "neuron": asdict(sb.NeuronConfig(kind="relu")), "data": "photos"})
+    return {
+        "photos": str(layouts.image_folders(root / "imagenet", size=(48, 64), classes=3, train_per_class=2)),
+        "es-imagenet": str(layouts.es_imagenet(root / "es-imagenet", classes=3, train_per_class=2, released=True)),
+        "dvs": str(layouts.dvs_folder(root / "cifar10-dvs", per_class=2)),
+        "clips": str(clips),
+        "es-ucf101": str(layouts.es_ucf101(clips, root / "es-ucf101")),
+        "ann": str(ann / "last.json"),
+    }
+
+
+# recipe -> (static data, event data)
+RECIPES = {
+    "imagenet_pipes_resnet18.yaml": ("photos", None),
+    "imagenet_pipes_resnet34.yaml": ("photos", None),
+    "esimagenet_piped_resnet18_lif.yaml": ("photos", "es-imagenet"),
+    "esimagenet_piped_resnet18_liaf.yaml": ("photos", "es-imagenet"),
+    "cifar10dvs_piped.yaml": ("photos", "dvs"),
+    "esucf101_piped_crnn.yaml": ("clips", "es-ucf101"),
+}
+
+
+def test_every_recipe_is_covered():
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(RECIPES)
+
+
+def _commands(recipe: str, d: dict) -> list[list[str]]:
+    static, events = RECIPES[recipe]
+    common = ["--data", d[static]]
+    runs = [["pretrain", *common], ["pipes", *common, "--baseline"], ["finetune", *common, "--ann", d["ann"]],
+            ["benchmark", *common, "--methods", "scratch,pretrained+wu,encoder"]]
+    if events:
+        runs += [["piped", *common, "--events", d[events], "--baseline"], ["demo", *common, "--set", f"events.data={d[events]}"],
+                 ["benchmark", "--data", d[events], "--ann-data", d[static], "--methods", "scratch,pretrained+wu"]]
+    else:
+        runs.append(["demo", *common, "--no-events"])
+    return runs
+
+
+def _plan(argv: list[str], capsys) -> dict:
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def _section(plan: dict, phase: dict, recipe_tree: dict, events: bool) -> tuple[str, dict]:
+    """The recipe section a phase trains with, and what the recipe states there."""
+    name, role = phase["name"], phase["role"]
+    if role == "ann":
+        key = "ann"
+    elif name.startswith("snn_events") or (plan["command"] == "benchmark" and events):
+        key = "events.scratch" if role == "scratch" else "events.finetune"
+    else:
+        key = role
+    stated = recipe_tree
+    for part in key.split("."):
+        stated = stated.get(part) or {}
+    return key, stated
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_plan_runs_what_the_recipe_states(recipe, data, tmp_path, capsys):
+    tree = yaml.safe_load((CONFIGS / recipe).read_text())
+    for argv in _commands(recipe, data):
+        out = tmp_path / argv[0]
+        plan = _plan([argv[0], "--config", str(CONFIGS / recipe), "--out", str(out), "--plan", *argv[1:]], capsys)
+        assert not out.exists(), f"{argv[0]} --plan wrote {out}"
+        assert plan["command"] == argv[0] and plan["preset"] == {} and plan["phases"], argv
+        events = argv[0] == "benchmark" and argv[2] == data.get(RECIPES[recipe][1])
+        for phase in plan["phases"]:
+            key, stated = _section(plan, phase, tree, events)
+            library = asdict(LIBRARY)
+            for part in key.split("."):
+                library = library[part]
+            for field in PHASE_FIELDS:
+                expected = stated.get(field, library[field])
+                if phase["name"].startswith("snn_events_") and phase["name"] not in (
+                        "snn_events_pretrained", "snn_events_scratch") and field == "epochs":
+                    expected = tree.get("events", {}).get("compare_epochs", LIBRARY.events.compare_epochs)
+                if field == "freeze_epochs" and plan["command"] == "benchmark" and phase["role"] == "finetune":
+                    expected = max(1, expected) if "+wu" in phase["name"] else 0  # the method decides
+                assert phase[field] == pytest.approx(expected), (recipe, argv[0], phase["name"], field)
+            assert phase["T"] >= 1 and phase["data"]
+        snn = [p for p in plan["phases"] if p["role"] != "ann"]
+        if argv[0] != "benchmark":
+            assert all(p["neuron"] == tree["neuron"]["kind"] for p in snn)
+
+
+def test_presets_apply_without_a_recipe_only(data, tmp_path, capsys):
+    bench = _plan(["benchmark", "--data", "mnist5k", "--out", str(tmp_path / "b"), "--plan"], capsys)
+    assert bench["preset"] == BENCHMARK_PRESET
+    phases = {p["name"]: p for p in bench["phases"]}
+    assert phases["ann"]["epochs"] == 6 and phases["scratch"]["epochs"] == 6 and phases["scratch"]["until_plateau"] == 0
+    assert phases["pretrained"]["epochs"] == 2 and phases["pretrained+wu"]["freeze_epochs"] == 1
+    ft = _plan(["finetune", "--data", "mnist5k", "--ann", data["ann"], "--out", str(tmp_path / "f"), "--plan",
+                "--set", "finetune.lr=0.01"], capsys)
+    assert ft["preset"] == FINETUNE_PRESET
+    (phase,) = ft["phases"]
+    assert phase["name"] == "snn_finetuned" and phase["epochs"] == 1 and phase["lr"] == 0.01  # --set over the preset
+    flag = _plan(["finetune", "--data", "mnist5k", "--ann", data["ann"], "--out", str(tmp_path / "f"), "--plan",
+                  "--set", "finetune.epochs=4", "--epochs", "2"], capsys)
+    assert flag["phases"][0]["epochs"] == 2  # a flag over --set
+    assert not (tmp_path / "b").exists() and not (tmp_path / "f").exists()
+
+
+def test_demo_plan_lists_every_phase(tmp_path, capsys):
+    plan = _plan(["demo", "--out", str(tmp_path / "d"), "--plan"], capsys)
+    assert [p["name"] for p in plan["phases"]] == [
+        "ann", "snn_pretrained", "snn_scratch", "snn_events_pretrained", "snn_events_signed_polarity",
+        "snn_events_skip", "snn_events_scratch"]
+    assert plan["phases"][3]["T"] == LIBRARY.events.time_bins and plan["phases"][3]["data"] == "es-mnist"
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["pipes", "--set", "neuron.backend=cupy"], "neuron.backend"),
+    (["pipes", "--set", "neuron.backend=triton", "--device", "cpu"], "triton"),
+    (["pipes", "--data", "/nonexistent/imagenet"], "not found"),
+    (["piped", "--events", "mnist5k"], "no events"),
+    (["pipes", "--data", "es-mnist"], "holds events"),
+    (["pipes", "--model", "resnet19"], "unknown model"),
+    (["pipes", "--ann", "/nonexistent/ann.json"], "ann.json"),
+    (["pipes", "--ann-weights", "w.pth"], "--ann"),
+    (["benchmark", "--methods", "pretrained+xyz"], "pretrained+xyz"),
+    (["evaluate", "x.json", "--resume"], "--resume"),
+    (["export", "x.json", "--checkpoint-blocks"], "--checkpoint-blocks"),
+    (["demo", "--ann", "x.json"], "--ann"),
+])
+@pytest.mark.parametrize("plan_only", [False, True])
+def test_bad_input_is_caught_by_the_plan(argv, words, plan_only, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = cli.main([*argv, "--out", str(out), *(["--plan"] if plan_only and argv[0] not in ("evaluate", "export") else [])])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.err.count("\n") == 1 and words in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""
+    assert not out.exists()
+
+
+def test_no_progress_run_prints_plan_epochs_and_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = cli.main(["pretrain", "--data", "mnist5k", "--out", str(out), "--no-progress", "--epochs", "1",
+                       "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "ann.batch_size=32",
+                       "--set", "run.threads=1"])
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "[plan] pretrain" in printed and "[plan] ann" in printed
+    assert "ann epoch 1:" in printed and "| ann | 1 |" in printed and str(out / "summary.json") in printed
+    assert (out / "ann" / "checkpoints" / "last.json").is_file()

@@ -8,6 +8,7 @@ import torch
 from spikebridge import cli
 from spikebridge.analysis.benchmark import parse_method, parse_methods
 from spikebridge.pipelines.benchmark import DEFAULT_METHODS
+from test_summary import assert_figure
 from spikebridge.errors import ConfigError
 from spikebridge.train.checkpoint import load_checkpoint
 
@@ -63,7 +64,7 @@ def test_benchmark_command_on_the_embedded_digits(tmp_path, capsys):
     header = next(line for line in printed.out.splitlines() if line.startswith("| method"))
     assert header in table  # the printed table is the report's
     for figure in ("accuracy_vs_time.png", "accuracy_vs_epochs.png"):
-        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert_figure(out / figure)
 
     # --ann CKPT: the methods start from that ANN (no new one) and count its training seconds
     again = tmp_path / "again"

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import spikebridge as sb
+from test_summary import assert_figure
 from spikebridge.cli import main
 from spikebridge.errors import ConfigError
 from spikebridge.restore import import_ann
@@ -89,7 +90,7 @@ def test_evaluate_reports_curves_activity_energy_and_figures(finetuned, tmp_path
     assert activity["energy"]["pj_per_ac"] == 0.9 and activity["energy"]["pj_per_mac"] == 4.6
     assert set(activity["operations_G"]["snn"]) == {"add_G", "mult_G"}
     for name in ("accuracy_vs_T.png", "firing_rates.png", "spike_raster.png"):
-        assert (tmp_path / name).stat().st_size > 1000
+        assert_figure(tmp_path / name)
     markdown = (tmp_path / "evaluation.md").read_text()
     assert "FP32 ops per sample (G)" in markdown and "| 3 |" in markdown
     assert "top-1" in capsys.readouterr().out

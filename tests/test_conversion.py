@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import spikebridge as sb
+from test_summary import assert_figure, assert_line_plot
 from spikebridge.conversion import (
     IFSoftReset, accuracy_curve, conversion_accuracy_curve, convert, outputs_at_each_T, rate_code,
 )
@@ -102,7 +103,7 @@ def test_conversion_vs_bridge_writes_the_figure(tmp_path):
     snn = sb.create_model("cnn", num_classes=4, neuron="lif", T=2, in_channels=1).eval()
     sb.transfer(ann, snn)
     result = conversion_vs_bridge(ann, snn, replace(bundle), [1, 4], tmp_path, calibration_batches=1, calibration_batch_size=32)
-    assert (tmp_path / "accuracy_vs_T.png").stat().st_size > 1000
+    assert_line_plot(tmp_path / "accuracy_vs_T.png", [0, 2])  # the bridge, conversion (C1: the trained-T ring)
     assert [t for t, _ in result["bridge"]] == [1, 2, 4] and [t for t, _ in result["conversion"]] == [1, 4]
     assert result["trained_T"] == 2 and result["bridge_acc_at_trained_T"] == dict(map(tuple, result["bridge"]))[2]
 
@@ -116,4 +117,5 @@ def test_raster_and_event_frame_figures(tmp_path):
     plot_spike_raster(spikes, tmp_path / "raster.png", title="raster")
     frames = (torch.rand(4, 2, 8, 8) > 0.8).float()
     plot_event_frames(frames, tmp_path / "events.png", title="events")
-    assert (tmp_path / "raster.png").stat().st_size > 1000 and (tmp_path / "events.png").stat().st_size > 1000
+    assert_figure(tmp_path / "raster.png")
+    assert_figure(tmp_path / "events.png")

@@ -84,7 +84,8 @@ def read_metrics(path: Path) -> list[dict]:
 def check_run_state(run: Path, last_epoch: int) -> int:
     """Every visible file of a (possibly killed) run is complete; returns the checkpoint's epoch."""
     ann = run / "ann"
-    allowed = {"ann/metrics.csv", "ann/checkpoints/last.json"}
+    allowed = {"ann/metrics.csv", "ann/checkpoints/last.json", "config.yaml",  # written atomically, as the
+               "summary.json", "report.md", "metrics.csv", "accuracy_vs_time.png"}  # run's outputs at its end
     for name in visible_files(run):
         assert name in allowed or (name.startswith("ann/checkpoints/last-e") and name.endswith(".safetensors")), name
     epoch = 0
@@ -204,8 +205,10 @@ def test_kill_trainer_and_resume_equals_uninterrupted(tmp_path):
     assert got.record["sha256"] == want.record["sha256"]
     # nothing partial or orphaned is left: no temporary files, one tensors file
     assert visible_files(run) == visible_files(reference) == [
-        f"ann/checkpoints/last-e{EPOCHS:04d}.safetensors", "ann/checkpoints/last.json", "ann/metrics.csv"]
-    assert not [p for p in run.rglob(".*")], "temporary files left behind"
+        "accuracy_vs_time.png", f"ann/checkpoints/last-e{EPOCHS:04d}.safetensors", "ann/checkpoints/last.json",
+        "ann/metrics.csv", "config.yaml", "metrics.csv", "report.md", "summary.json"]
+    hidden = [p.name for p in run.rglob(".*")]
+    assert hidden == [".spikebridge-run.json"], f"temporary files left behind: {hidden}"  # the run's manifest stays
     assert load_file(str(run / "ann" / "checkpoints" / f"last-e{EPOCHS:04d}.safetensors"))
 
 

@@ -176,8 +176,8 @@ def run_cli_cases(cases: list[tuple[list[str], bool]], folder: Path) -> list[tup
 def test_cli_errors_user_exit_2_internal_exit_1(cli_inputs, tmp_path):
     cases = cli_cases(cli_inputs)
     internal = ["pretrain", "--no-progress", "--out", str(tmp_path / "internal")]
-    results = run_cli_cases([(argv, False) for argv, _, _ in cases] + [(internal, True), ([*internal, "--debug"], True)],
-                            tmp_path)
+    debug = ["pretrain", "--no-progress", "--out", str(tmp_path / "internal-debug"), "--debug"]
+    results = run_cli_cases([(argv, False) for argv, _, _ in cases] + [(internal, True), (debug, True)], tmp_path)
     for (argv, code, pattern), (got, stderr) in zip(cases, results):
         assert_one_line_error(subprocess.CompletedProcess(argv, got, "", stderr), code, pattern)
     # an internal error: one line and exit 1; the traceback only with --debug

@@ -165,18 +165,22 @@ def npz_bomb(path: Path, name: str, shape: tuple[int, ...], data_bytes: int) -> 
                 fh.write(block[: min(len(block), data_bytes - start)])
 
 
+# the peak resident memory of this process's own address space (VmHWM; ru_maxrss would carry the
+# parent's peak over vfork + exec)
 BOUNDED = textwrap.dedent("""
-    import resource, sys, time
+    import sys, time
     from spikebridge.errors import DataError
     {imports}
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def peak_kb():
+        return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+    before = peak_kb()
     started = time.monotonic()
     try:
         {call}
         print("ACCEPTED")
     except DataError as exc:
         print("REFUSED", exc)
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    grown = (peak_kb() - before) / 1024
     print(f"GROWN_MB {{grown:.0f}} SECONDS {{time.monotonic() - started:.1f}}")
 """)
 

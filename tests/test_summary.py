@@ -40,23 +40,29 @@ def colour_pixels(path, hex_colour: str) -> int:
     return int((np.abs(rgb - want).max(axis=-1) < 0.04).sum())
 
 
-def assert_line_plot(path, lines: int | list[int], *, min_pixels: int = 40) -> None:
-    """``path`` is a readable PNG of a figure-sized plot that is not blank and draws lines in
-    exactly the colours ``lines`` (indices into matplotlib's cycle C0.. C5; an int n: C0..C(n-1)),
-    each with at least ``min_pixels``."""
+def assert_figure(path) -> "np.ndarray":
+    """``path`` is a readable, figure-sized PNG that is not blank (text, axes and data drawn)."""
     import matplotlib.image
     import numpy as np
 
     image = matplotlib.image.imread(str(path))
     assert image.ndim == 3 and image.shape[2] in (3, 4), image.shape
     height, width = image.shape[:2]
-    assert 300 <= height <= 1500 and 400 <= width <= 2000, (height, width)
+    assert 150 <= height <= 2000 and 300 <= width <= 2500, (height, width)
     ink = (image[..., :3].min(axis=-1) < 0.9).mean()  # not white
     assert 0.01 < ink < 0.6, f"{path}: {ink:.1%} of the pixels are drawn"
+    assert np.unique(image[..., :3].reshape(-1, 3), axis=0).shape[0] > 20  # text, grid, data, legend
+    return image
+
+
+def assert_line_plot(path, lines: int | list[int], *, min_pixels: int = 40) -> None:
+    """``path`` is a readable PNG of a figure-sized plot that is not blank and draws lines in
+    exactly the colours ``lines`` (indices into matplotlib's cycle C0.. C5; an int n: C0..C(n-1)),
+    each with at least ``min_pixels``."""
+    assert_figure(path)
     counts = [colour_pixels(path, c) for c in TAB10]
     drawn = set(range(lines)) if isinstance(lines, int) else set(lines)
     assert {i for i, n in enumerate(counts) if n >= min_pixels} == drawn, counts
-    assert np.unique(image[..., :3].reshape(-1, 3), axis=0).shape[0] > 20  # text, grid, lines, legend
 
 
 def test_accuracy_vs_time_figure_draws_every_run_and_the_target(tmp_path):

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, short_repr
-from .neurons import NeuronConfig
+from .neurons import NeuronConfig, neuron_names
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine", "step")
@@ -221,7 +221,10 @@ class PipelineConfig:
         self.events.validate()
         for name in ("ann", "finetune", "scratch"):
             getattr(self, name).validate(name)
-        _choice("ann_neuron", self.ann_neuron, ("relu", "sharpened_relu"))
+        _choice("ann_neuron", self.ann_neuron, tuple(neuron_names(spiking=False)))
+        if not self.neuron.spiking:
+            raise ConfigError(f"neuron.kind is the SNN's neuron and must spike ({', '.join(neuron_names(spiking=True))}), "
+                              f"got {short_repr(self.neuron.kind)}; the ANN's activation is ann_neuron")
         _choice("bridge.first_layer", self.bridge.first_layer, ("signed_polarity", "mean", "skip"))
         self.data.validate()
         self.bridge.validate()

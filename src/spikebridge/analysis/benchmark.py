@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, short_repr
+from ..neurons import neuron_names
 from .plots import plot_accuracy_vs_time
 from .summary import time_to_target, write_json
 
 BASES = ("scratch", "pretrained", "encoder", "decoder")
-NEURONS = ("lif", "liaf")
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,13 @@ def parse_method(text: str) -> BenchMethod:
     for part in parts[1:]:
         if part == "wu":
             warmup = True
-        elif part in NEURONS:
+        elif part in neuron_names(spiking=True):
             neuron = part
         elif re.fullmatch(r"t[1-9][0-9]*", part):
             steps = int(part[1:])
         else:
-            raise ConfigError(f"benchmark method {name!r}: unknown modifier {part!r} (wu, lif, liaf or T<n>)")
+            raise ConfigError(f"benchmark method {short_repr(name)}: unknown modifier {part!r} "
+                              f"(wu, {', '.join(neuron_names(spiking=True))} or T<n>)")
     if warmup and base == "scratch":
         raise ConfigError(f"benchmark method {name!r}: warm-up (+wu) needs transferred layers to freeze")
     return BenchMethod(name=name, base=base, warmup=warmup, neuron=neuron, T=steps)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import SpikebridgeError
+from ..neurons import neuron_names
 
 #: The commands, each a module of this package with ``register(sub, add, common)``.
 COMMANDS: tuple[str, ...] = ("demo", "pretrain", "pipes", "piped", "finetune", "benchmark", "evaluate", "export",
@@ -29,13 +30,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message[:300]} (see --help)\n")
-
-
-def _neuron_choices() -> list[str]:
-    from .. import neurons
-
-    names = getattr(neurons, "neuron_names", None)
-    return list(names(spiking=True)) if names else ["lif", "liaf"]
 
 
 def common(parser: argparse.ArgumentParser, *, flags: str = "run", default_out: str | None = None) -> None:
@@ -52,7 +46,7 @@ def common(parser: argparse.ArgumentParser, *, flags: str = "run", default_out: 
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config value, e.g. --set finetune.lr=0.01 (repeatable)")
     parser.add_argument("--model", help="registry model name (e.g. cnn, resnet18, resnet18_tv, vgg11)")
-    parser.add_argument("--neuron", choices=_neuron_choices(), help="SNN neuron")
+    parser.add_argument("--neuron", choices=neuron_names(spiking=True), help="SNN neuron")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--resume", action="store_true", default=None, help="continue from the last complete epoch")
     parser.add_argument("--overwrite", action="store_true",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..neurons import neuron_names
 from ..pipelines.context import log
 from . import request, run_request
 
@@ -14,7 +15,7 @@ def register(sub, add, common) -> None:
             default_out="runs/pretrain")
     p.add_argument("--epochs", type=int, help="ANN epochs (ann.epochs)")
     p.add_argument("--lr", type=float, help="ANN learning rate (ann.lr)")
-    p.add_argument("--activation", choices=["relu", "sharpened_relu"], help="the ANN's activation (ann_neuron)")
+    p.add_argument("--activation", choices=neuron_names(spiking=False), help="the ANN's activation (ann_neuron)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -199,7 +199,7 @@ def bridge_to_snn(cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, devic
     if cfg.bridge.recalibrate_bn:
         report.recalibrated_bn = recalibrate_batchnorm(snn, batches, device)
     spike_like_ann = any(isinstance(m, SharpenedReLU) for m in ann.modules())
-    if cfg.bridge.match_rates and same_data and spike_like_ann and cfg.neuron.kind == "lif":
+    if cfg.bridge.match_rates and same_data and spike_like_ann and not cfg.neuron.spec.analog_output:
         report.rate_errors = match_firing_rates(ann, snn, batches, iterations=cfg.bridge.calibration_iterations,
                                                 device=device)
     return snn, report

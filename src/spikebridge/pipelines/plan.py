@@ -281,7 +281,8 @@ def execute(plan: RunPlan) -> dict:
     loaded = load_ann(plan.ann) if plan.ann is not None else None
     cfg, options = plan.config, plan.options
     with claim_run_folder(cfg.run.out, command=plan.command, config=to_dict(cfg), resume=cfg.run.resume,
-                          overwrite=bool(options.get("overwrite"))):
+                          overwrite=bool(options.get("overwrite"))) as folder:
+        folder.own(*(phase.name for phase in plan.phases))  # each phase's run folder (benchmark methods too)
         for line in plan.describe():
             log(line)
         return _run_flow(plan, loaded)

@@ -1,0 +1,77 @@
+"""Issue "Trust and safety", items 6, 7 and 10 through the command line: one run per folder, a rerun
+does not silently replace an earlier one, ``--resume`` is exact or refused (changing no file), and
+``spikebridge --debug CMD`` shows the traceback of an internal error."""
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from spikebridge import cli
+from spikebridge.pipelines.ann import RegistryFamily
+
+TINY = ["--data", "mnist5k", "--no-progress", "--device", "cpu", "--epochs", "1", "--set", "data.limit_train=64",
+        "--set", "data.limit_test=32", "--set", "ann.batch_size=32", "--set", "run.threads=1"]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "ann"
+    assert cli.main(["pretrain", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("extra, words", [
+    ([], "--resume"),  # a rerun without --resume would replace the run silently
+    (["--resume", "--set", "ann.lr=0.1"], "ann.lr"),
+    (["--resume", "--set", "ann.optimizer=sgd"], "ann.optimizer"),
+    (["--resume", "--set", "data.limit_train=48"], "data.limit_train"),
+    (["--resume", "--T", "2", "--neuron", "liaf"], "model.T"),
+])
+def test_a_changed_rerun_is_refused_and_changes_no_file(run, extra, words, capsys):
+    before = snapshot(run)
+    assert cli.main(["pretrain", "--out", str(run), *TINY, *extra]) == 2
+    assert words in one_line_error(capsys)
+    assert snapshot(run) == before
+
+
+def test_an_exact_resume_runs(run, capsys):
+    assert cli.main(["pretrain", "--out", str(run), *TINY, "--resume"]) == 0
+    assert "[plan] pretrain" in capsys.readouterr().out
+
+
+def test_another_command_into_the_folder_is_refused(run, capsys):
+    before = snapshot(run)
+    assert cli.main(["pipes", "--out", str(run), "--data", "mnist5k", "--device", "cpu"]) == 2
+    assert "pretrain" in one_line_error(capsys)
+    assert snapshot(run) == before
+
+
+def test_a_foreign_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert cli.main(["pretrain", "--out", str(tmp_path), *TINY]) == 2
+    assert "not empty" in one_line_error(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_debug_before_the_command_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise KeyError("planted")
+
+    monkeypatch.setattr(RegistryFamily, "pretrain", broken)
+    assert cli.main(["pretrain", "--out", str(tmp_path / "a"), *TINY]) == 1
+    assert "internal error" in capsys.readouterr().err
+    for argv in (["--debug", "pretrain", "--out", str(tmp_path / "b"), *TINY],
+                 ["pretrain", "--debug", "--out", str(tmp_path / "c"), *TINY]):
+        with pytest.raises(KeyError, match="planted"):
+            cli.main(argv)

@@ -36,7 +36,7 @@ def one_line_error(capsys) -> str:
     (["--resume", "--set", "ann.lr=0.1"], "ann.lr"),
     (["--resume", "--set", "ann.optimizer=sgd"], "ann.optimizer"),
     (["--resume", "--set", "data.limit_train=48"], "data.limit_train"),
-    (["--resume", "--T", "2", "--neuron", "liaf"], "model.T"),
+    (["--resume", "--set", "model.T=2", "--set", "neuron.kind=liaf"], "neuron.kind"),
 ])
 def test_a_changed_rerun_is_refused_and_changes_no_file(run, extra, words, capsys):
     before = snapshot(run)

@@ -34,27 +34,31 @@ class _Parser(argparse.ArgumentParser):
 
 def common(parser: argparse.ArgumentParser, *, flags: str = "run", default_out: str | None = None) -> None:
     """The flags a command shares: ``run`` (the training commands: recipe, --set, data, model,
-    run folder, --plan) or ``model`` (evaluate / export: a checkpoint read with data)."""
+    device, run folder, --plan, and the SNN's T / neuron / checkpointing), ``ann`` (the same
+    without the SNN's), or ``model`` (evaluate / export: a checkpoint read with data)."""
     parser.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
     parser.add_argument("--data", help="mnist5k | es-mnist | a dataset folder")
-    parser.add_argument("--T", type=int, help="SNN time steps")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    if flags != "ann":
+        parser.add_argument("--T", type=int, help="SNN time steps")
     if flags == "model":
         trust_code_flag(parser)
         return
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--config", metavar="FILE.yaml", help="a YAML recipe (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config value, e.g. --set finetune.lr=0.01 (repeatable)")
     parser.add_argument("--model", help="registry model name (e.g. cnn, resnet18, resnet18_tv, vgg11)")
-    parser.add_argument("--neuron", choices=neuron_names(spiking=True), help="SNN neuron")
+    if flags != "ann":
+        parser.add_argument("--neuron", choices=neuron_names(spiking=True), help="SNN neuron")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--resume", action="store_true", default=None, help="continue from the last complete epoch")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier run in --out (removes only what that run wrote)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (the run still prints its plan, "
                         "one line per epoch and phase, and the results)")
-    parser.add_argument("--checkpoint-blocks", action="store_true", default=None,
-                        help="activation checkpointing over blocks (less BPTT memory at large T, more time)")
+    if flags != "ann":
+        parser.add_argument("--checkpoint-blocks", action="store_true", default=None,
+                            help="activation checkpointing over blocks (less BPTT memory at large T, more time)")
     parser.add_argument("--plan", action="store_true",
                         help="print the run plan as JSON and exit: nothing is trained or written")
 
@@ -82,9 +86,10 @@ def request(args: argparse.Namespace, command: str, *, flags: dict[str, Any] | N
     from ..pipelines.plan import Request
 
     values: dict[str, Any] = {
-        "data.name": args.data, "model.name": args.model, "model.T": args.T, "neuron.kind": args.neuron,
-        "run.seed": args.seed, "run.device": args.device, "run.resume": args.resume, "run.out": args.out,
-        "model.checkpoint_blocks": args.checkpoint_blocks, "run.progress": False if args.no_progress else None,
+        "data.name": args.data, "model.name": args.model, "model.T": getattr(args, "T", None),
+        "neuron.kind": getattr(args, "neuron", None), "run.seed": args.seed, "run.device": args.device,
+        "run.resume": args.resume, "run.out": args.out, "run.progress": False if args.no_progress else None,
+        "model.checkpoint_blocks": getattr(args, "checkpoint_blocks", None),
     }
     values.update(flags or {})
     source = None

@@ -18,6 +18,7 @@ def register(sub, add, common) -> None:
             example="spikebridge evaluate runs/ft/snn_finetuned/checkpoints/last.json --data mnist5k", flags="model")
     p.add_argument("--model", help="refuse a checkpoint of another registry model")
     p.add_argument("--seed", type=int, help="seed of the --samples subset")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("checkpoint", metavar="CKPT", help="a spikebridge checkpoint (.json)")
     p.add_argument("--T-max", dest="t_max", type=int, help="evaluate T = 1..T_MAX (default: 2x the model's T, at least 8)")
     p.add_argument("--samples", type=int, default=0, help="test samples for the activity and T curves (0 = all)")

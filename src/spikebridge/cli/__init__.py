@@ -71,10 +71,13 @@ def trust_code_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def ann_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
-    parser.add_argument("--ann", required=required, metavar="CKPT.json|FILE.py:ClassName",
-                        help="the ANN: a spikebridge ANN checkpoint, or your nn.Module class (trained here on --data "
+    parser.add_argument("--ann", required=required, metavar="CKPT.json|MODEL|FILE.py:ClassName",
+                        help="the ANN: a spikebridge ANN checkpoint, a registry model with --ann-weights (e.g. "
+                             "resnet18_tv and torchvision weights), or your nn.Module class (trained here on --data "
                              "unless --ann-weights is given)")
-    parser.add_argument("--ann-weights", metavar="W.pth|W.safetensors", help="trained weights for --ann FILE.py:ClassName")
+    parser.add_argument("--ann-weights", metavar="W.pth|W.safetensors",
+                        help="trained weights for --ann MODEL or --ann FILE.py:ClassName (a state dict, or a dict "
+                             "holding one under 'state_dict' or 'model')")
     parser.add_argument("--ann-kwargs", metavar="JSON", help="constructor arguments for --ann FILE.py:ClassName")
     trust_code_flag(parser)
 

@@ -20,7 +20,9 @@ def register(sub, add, common) -> None:
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods, BASE[+wu][+lif|+liaf][+T<n>], BASE in scratch, pretrained, "
                         "encoder, decoder (default: %(default)s)")
-    p.add_argument("--ann", metavar="CKPT", help="use this ANN checkpoint instead of training one")
+    p.add_argument("--ann", metavar="CKPT|MODEL", help="use this ANN (a checkpoint, or a registry model with "
+                   "--ann-weights) instead of training one")
+    p.add_argument("--ann-weights", metavar="W.pth|W.safetensors", help="trained weights for --ann MODEL")
     p.add_argument("--ann-data", help="the ANN's static data when --data is events (default: mnist5k for es-mnist)")
     trust_code_flag(p)
 
@@ -29,7 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.benchmark import markdown_table
     from ..pipelines.context import log
 
-    args.ann_weights = None
     options = {"methods": args.methods, "ann_data": args.ann_data}
     summary = run_request(args, request(args, "benchmark", options=options))
     if summary is not None:

@@ -6,11 +6,21 @@ rates, synaptic operations per sample against the ANN's MACs, energy estimates a
 FP32 add/mult table (definitions: :mod:`spikebridge.analysis.metrics`); figures
 ``accuracy_vs_T.png`` (with classic conversion of ``--ann`` when given), ``firing_rates.png``,
 ``spike_raster.png`` and, for event data, ``event_frames.png``.
+
+At any scale: every pass streams the test split one batch at a time (nothing holds the split);
+top-1/top-5 use the whole split, the activity and accuracy-vs-T passes a seeded subset of
+``--samples`` (default :data:`DEFAULT_SAMPLES`; 0 = the whole split). Each pass shows a progress
+bar on stderr (``--no-progress`` turns them off).
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+
+#: Test samples for the activity and accuracy-vs-T passes by default: the whole of MNIST's and
+#: CIFAR's test splits, a fifth of ImageNet's validation split (0 = the whole split).
+DEFAULT_SAMPLES = 10000
 
 
 def register(sub, add, common) -> None:
@@ -21,7 +31,10 @@ def register(sub, add, common) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("checkpoint", metavar="CKPT", help="a spikebridge checkpoint (.json)")
     p.add_argument("--T-max", dest="t_max", type=int, help="evaluate T = 1..T_MAX (default: 2x the model's T, at least 8)")
-    p.add_argument("--samples", type=int, default=0, help="test samples for the activity and T curves (0 = all)")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help="test samples (a seeded subset) for the activity and accuracy-vs-T passes; 0 = the whole test split; "
+                        "top-1/top-5 always use the whole split (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--ann", metavar="CKPT|FILE.py:ClassName",
                    help="the ANN (a checkpoint, or your class with --ann-weights): add classic conversion of it to the accuracy-vs-T plot")
     p.add_argument("--ann-weights", metavar="W.pth|W.safetensors", help="weights for --ann FILE.py:ClassName")
@@ -31,16 +44,11 @@ def register(sub, add, common) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..analysis.figures import plot_accuracy_vs_T, plot_event_frames, plot_firing_rates, plot_spike_raster, record_spikes
-    from ..analysis.metrics import measure_activity
     from ..analysis.summary import write_json
-    from ..conversion import accuracy_curve, conversion_accuracy_curve, test_subset
     from ..data.datasets import open_dataset
-    from ..data.loading import iterate_batches
     from ..errors import CheckpointError, ConfigError
     from ..pipelines.context import resolve_device
     from ..restore import is_python_class_spec, model_from_checkpoint
-    from ..train.engine import evaluate
     from ..utils import atomic_write_text
 
     if args.t_max is not None and args.t_max < 1:
@@ -67,34 +75,71 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..utils import ensure_dir
 
     ensure_dir(out)  # a file in the way / no permission: OutputError (exit 2)
+    spiking = bool(getattr(model, "spiking", False))
+    ann = load_ann(args) if args.ann and spiking else None
+    if ann is not None and getattr(ann, "spiking", False):
+        raise CheckpointError(f"--ann {args.ann}: an SNN checkpoint; give the ANN's")
+    result, activity = evaluate_model(model, bundle, out, samples=args.samples, seed=args.seed or 0, t_max=args.t_max,
+                                      device=device, progress=not args.no_progress, ann=ann)
+    result = {"checkpoint": str(ckpt.path), "model": info, "neuron": meta.get("neuron"), **result}
+    write_json(out / "evaluation.json", result)
+    atomic_write_text(out / "evaluation.md", render_evaluation(result, activity.to_markdown()))
+    print(f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if result.get("top5") is not None else "")
+          + (f"; mean firing rate {activity.mean_firing_rate:.4f}; SOPs/sample {activity.sops:,.0f} vs ANN MACs {activity.ann_macs:,.0f}" if spiking else "")
+          + f"; wrote {out / 'evaluation.md'}")
+    return 0
+
+
+def evaluate_model(model, bundle, out: Path, *, samples: int = DEFAULT_SAMPLES, seed: int = 0, t_max: int | None = None,
+                   device="cpu", progress: bool = True, ann=None):
+    """The passes of ``spikebridge evaluate`` on ``bundle``'s test split, streamed batch by batch:
+    top-1/top-5 on the whole split, then on a seeded subset of ``samples`` (0 = all) the activity
+    and, for an SNN, the accuracy at T = 1..``t_max`` (and classic conversion of ``ann``); figures
+    go to ``out``. Returns ``(result dict, ActivityReport)``."""
+    from ..analysis.figures import plot_accuracy_vs_T, plot_event_frames, plot_firing_rates, plot_spike_raster, record_spikes
+    from ..analysis.metrics import measure_activity
+    from ..conversion import accuracy_curve, conversion_accuracy_curve, test_subset
+    from ..data.loading import iterate_batches
+    from ..train.engine import evaluate
+
     model.to(device).eval()
     spiking = bool(getattr(model, "spiking", False))
     topk = (1, 5) if bundle.num_classes >= 5 else (1,)
-    subset = test_subset(bundle, args.samples, args.seed or 0) if args.samples and args.samples < len(bundle.test) else bundle
-    scores = evaluate(model, bundle, device=device, topk=topk)
+    subset = test_subset(bundle, samples, seed) if samples and samples < len(bundle.test) else bundle
+    with _bar("evaluate: top-1", len(bundle.test), progress) as bar:
+        scores = evaluate(model, replace(bundle, progress=bar.update), device=device, topk=topk)
     result: dict = {
-        "checkpoint": str(ckpt.path), "model": info, "neuron": meta.get("neuron"), "data": bundle.name,
-        "spiking": spiking, "T": int(getattr(model, "T", 1)) if bundle.kind == "static" else bundle.time_steps,
+        "data": bundle.name, "spiking": spiking,
+        "T": int(getattr(model, "T", 1)) if bundle.kind == "static" else bundle.time_steps,
         "top1": scores["top1"], "top5": scores.get("top5"), "test_loss": scores["loss"], "test_samples": len(bundle.test),
+        "curve_samples": len(subset.test),
     }
-    batches = [x for x, _y in iterate_batches(subset, subset.test, 250, train=False)]
-    activity = measure_activity(model, batches, device=device)
+    first: list = []  # the first batch, for the spike raster and the event-frame figure
+
+    def activity_batches():
+        with _bar("evaluate: activity", len(subset.test), progress) as bar:
+            for x, _y in iterate_batches(replace(subset, progress=bar.update), subset.test, 250, train=False):
+                if not first:
+                    first.append(x)
+                yield x
+
+    activity = measure_activity(model, activity_batches(), device=device)
     result["activity"] = activity.to_dict()
     figures = {}
     if spiking:
         trained_T = result["T"] or 1
-        t_max = args.t_max or max(8, 2 * trained_T)
+        t_max = t_max or max(8, 2 * trained_T)
         if bundle.kind == "events" and bundle.time_steps:
             t_max = min(t_max, bundle.time_steps)
         T_values = list(range(1, t_max + 1))
-        curve = accuracy_curve(model, subset, T_values, device=device)
+        with _bar(f"accuracy vs T (T=1..{t_max})", len(subset.test), progress) as bar:
+            curve = accuracy_curve(model, replace(subset, progress=bar.update), T_values, device=device)
         result["accuracy_vs_T"] = [[t, a] for t, a in curve]
         curves = {f"this SNN (trained at T={trained_T})": curve}
-        if args.ann:
-            ann = load_ann(args)
-            if getattr(ann, "spiking", False):
-                raise CheckpointError(f"--ann {args.ann}: an SNN checkpoint; give the ANN's")
-            conversion = conversion_accuracy_curve(ann.to(device).eval(), subset, T_values, device=device)
+        if ann is not None:
+            with _bar(f"conversion accuracy vs T (T=1..{t_max})", len(subset.test), progress) as bar:
+                conversion = conversion_accuracy_curve(ann.to(device).eval(), replace(subset, progress=bar.update),
+                                                       T_values, device=device)
             result["conversion_accuracy_vs_T"] = [[t, a] for t, a in conversion]
             curves["ANN->SNN conversion of --ann (IF, soft reset, p99.9)"] = conversion
         figures["accuracy_vs_T"] = plot_accuracy_vs_T(curves, out / "accuracy_vs_T.png",
@@ -103,19 +148,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rates = [(n["name"], n["firing_rate"]) for n in result["activity"]["neuron_layers"]]
         figures["firing_rates"] = plot_firing_rates(rates, out / "firing_rates.png",
                                                     title=f"Firing rate per layer (T={activity.time_steps}, {activity.samples} samples)")
-        layer, spikes = record_spikes(model, batches[0].to(device))
+        layer, spikes = record_spikes(model, first[0].to(device))
         figures["spike_raster"] = plot_spike_raster(spikes, out / "spike_raster.png",
                                                     title=f"Spikes of {spikes.shape[1]} neurons of '{layer}' for one test sample")
     if bundle.kind == "events":
-        figures["event_frames"] = plot_event_frames(batches[0][:, 0], out / "event_frames.png",
+        figures["event_frames"] = plot_event_frames(first[0][:, 0], out / "event_frames.png",
                                                     title=f"Event frames of one {bundle.name} test sample")
     result["figures"] = {k: str(Path(v).name) for k, v in figures.items()}
-    write_json(out / "evaluation.json", result)
-    atomic_write_text(out / "evaluation.md", render_evaluation(result, activity.to_markdown()))
-    print(f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if result.get("top5") is not None else "")
-          + (f"; mean firing rate {activity.mean_firing_rate:.4f}; SOPs/sample {activity.sops:,.0f} vs ANN MACs {activity.ann_macs:,.0f}" if spiking else "")
-          + f"; wrote {out / 'evaluation.md'}")
-    return 0
+    return result, activity
+
+
+def _bar(desc: str, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
 def load_ann(args: argparse.Namespace):

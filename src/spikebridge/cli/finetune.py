@@ -1,13 +1,16 @@
 """``spikebridge finetune``: your trained ANN -> an SNN, fine-tuned briefly with BPTT (pipeS without
 pretraining; :func:`spikebridge.pipelines.runs.finetune`).
 
-Two kinds of ``--ann``:
+Three kinds of ``--ann``:
 
 * ``FILE.py:ClassName`` + ``--ann-weights W.pth|W.safetensors`` (+ ``--ann-kwargs JSON``): your own
   ``nn.Module``, imported by path and turned into an SNN by :func:`spikebridge.spikify.spikify`
   (per-layer thresholds calibrated on a few training batches);
 * a spikebridge ANN checkpoint (``spikebridge pretrain``'s ``last.json``): the registry SNN of the
-  same layout, the ANN transferred by the bridge.
+  same layout, the ANN transferred by the bridge (with ``bridge.transfer_optimizer`` its momentum
+  buffers too);
+* a registry model + ``--ann-weights W.pth|W.safetensors`` (e.g. ``--ann resnet18_tv`` with
+  torchvision's weights): its ReLU ANN, transferred by the bridge the same way.
 
 Writes ``OUT/summary.json`` (``ann_acc``, ``transfer_acc``, the run ``snn_finetuned``),
 ``OUT/report.md``, ``OUT/config.yaml`` and ``OUT/snn_finetuned/checkpoints/last.json``.

@@ -2,9 +2,9 @@
 
 :func:`open_path_dataset` recognises the folder it is given:
 
-==========================================  =================================================
+==========================================  =====================================================
 layout                                      opened as
-==========================================  =================================================
+==========================================  =====================================================
 CIFAR-10/100 python batches                 in memory, uint8 ``[N, 3, 32, 32]``
 ``train/`` + ``val/`` (or ``test/``)        images: ImageNet layout (:mod:`.folders`);
   of class folders                          events / clips: see below
@@ -12,11 +12,17 @@ CIFAR-10/100 python batches                 in memory, uint8 ``[N, 3, 32, 32]``
 ``train/labels.txt`` + ``val/labels.txt``   ES-ImageNet as ``spikebridge convert odg`` writes it
 ``labels.txt`` (one split)                  ES-ImageNet or ES-UCF101 (by the ``.npz`` keys),
                                             split seeded (ES-UCF101: the paper's 75/25, seed 42)
-class folders of ``.npz`` clips             ES-UCF101 (75/25, seed 42)
-class folders of ``.aedat`` / ``.bin``      DVS recordings (CIFAR10-DVS, N-MNIST), binned into
-                                            ``time_steps`` frames; 90/10 split per class
+class folders of ``.npz`` clips, or a       ES-UCF101 (75/25, seed 42); key ``events`` or the
+  flat folder of ``v_<Class>_g.._c...npz``  authors' ``arr_0``
+class folders of ``.aedat`` / ``.aedat4``   DVS recordings (CIFAR10-DVS, N-MNIST), binned into
+  / ``.bin``, alone or in ``train/`` +      ``time_steps`` frames; alone: 90/10 per class
+  ``test/`` (Tonic: ``Train/``, ``Test/``)
+``ibmGestureTrain/`` + ``ibmGestureTest/``  DVS-Gesture as Tonic extracts it: user folders of
+  (or ``train/`` + ``test/``)               ``<label>.npy`` (x, y, p, t in ms), 128x128
 class folders of clip folders of frames     RGB video (UCF101 ``jpegs_256``): ``[T, 3, H, W]``
-==========================================  =================================================
+==========================================  =====================================================
+
+Split folders match case-insensitively: ``Train``/``train``, ``Test``/``test``/``val``.
 
 Static images follow the paper's recipe: photos (shorter side >= 100 px) stream from disk with
 RandomResizedCrop(224) and no flip for training, resize 256 + centre crop 224 for testing,
@@ -44,6 +50,8 @@ from torch.utils.data import Dataset, Subset
 from ..errors import DataError, SpikebridgeError
 from .folders import (
     IMG_EXTENSIONS,
+    TRAIN_SPLIT_NAMES,
+    find_split,
     ImageFolderDataset,
     find_classes,
     inspect_image_folder,
@@ -70,6 +78,9 @@ PHOTO_MIN_SIDE = 100
 IN_MEMORY_MAX_SIDE = 64
 IN_MEMORY_MAX_BYTES = 2 << 30
 DVS_EXTENSIONS = (".aedat", ".aedat4", ".bin")
+#: Split folders of event datasets, matched case-insensitively (Tonic's DVS-Gesture: ibmGesture*).
+DVS_TRAIN_NAMES = TRAIN_SPLIT_NAMES + ("ibmgesturetrain",)
+DVS_TEST_NAMES = ("test", "val", "validation", "valid", "ibmgesturetest")
 DEFAULT_DVS_STEPS = 8  # the paper's CIFAR10-DVS T
 DEFAULT_VIDEO_STEPS = 15  # the paper's ES-UCF101: frames 1..15
 VIDEO_SAMPLED_FRAMES = 31  # frames sampled per clip (as the event conversion does)
@@ -251,14 +262,6 @@ def open_cifar(root: str, *, image_size: int, max_shift: int) -> DataBundle:
 # ------------------------------------------------------------------------------------------------
 # events
 # ------------------------------------------------------------------------------------------------
-def _npz_keys(path: Path) -> set[str]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return set(data.files)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
-
-
 def _first_listed(label_file: Path, data_dir: Path | None = None) -> Path:
     from .events import read_label_file
 
@@ -269,12 +272,14 @@ def _first_listed(label_file: Path, data_dir: Path | None = None) -> Path:
 
 
 def _events_kind(label_file: Path, data_dir: Path | None = None) -> str:
-    keys = _npz_keys(_first_listed(label_file, data_dir))
+    from .events import npz_array_names
+
+    keys = set(npz_array_names(_first_listed(label_file, data_dir)))
     if {"pos", "neg"} <= keys:
         return "es-imagenet"
-    if "events" in keys:
+    if keys & {"events", "arr_0"}:  # ours / the authors' conversion script
         return "es-ucf101"
-    raise DataError(f"{label_file}: its samples hold {sorted(keys)}; expected ES-ImageNet (pos, neg) or ES-UCF101 (events)")
+    raise DataError(f"{label_file}: its samples hold {sorted(keys)}; expected ES-ImageNet (pos, neg) or ES-UCF101 (events or arr_0)")
 
 
 def _event_bundle(name: str, train: Dataset, test: Dataset, num_classes: int, image_size: int, workers: int,
@@ -345,7 +350,8 @@ def open_es_ucf101(root: str, *, split_seed: int, time_steps: int, workers: int)
 
 
 class EventFileDataset(Dataset):
-    """DVS recordings (``.aedat`` AEDAT 2.0/3.1, ``.bin`` N-MNIST) -> float frames ``[T, 2, H, W]``
+    """DVS recordings (``.aedat`` AEDAT 2.0/3.1, ``.aedat4`` AEDAT 4.0, ``.bin`` N-MNIST, ``.npy``
+    DVS-Gesture) -> float frames ``[T, 2, H, W]``
     (event counts per bin, ON first), binned into ``time_steps`` equal-duration bins (Tonic's rule).
 
     ``orientation`` is passed to :func:`~spikebridge.data.events.read_aedat` for DVS128 files
@@ -358,13 +364,21 @@ class EventFileDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        from .events import AEDAT2_SENSORS, events_to_frames, read_aedat, read_nmnist_bin
+        from .events import (AEDAT2_SENSORS, DVS_GESTURE_SENSOR, events_to_frames, read_aedat, read_aedat4,
+                             read_gesture_npy, read_nmnist_bin)
 
         path, label = self.samples[index]
-        if path.suffix.lower() == ".bin":
+        suffix = path.suffix.lower()
+        if suffix == ".bin":
             events = read_nmnist_bin(path, sensor_size=None)
             big = len(events) and (int(events["x"].max()) >= 34 or int(events["y"].max()) >= 34)
             sensor = (240, 180) if big else (34, 34)
+        elif suffix == ".npy":
+            events, sensor = read_gesture_npy(path), DVS_GESTURE_SENSOR
+        elif suffix == ".aedat4":
+            events, sensor = read_aedat4(path)
+            if min(sensor) <= 0:  # no size in the stream description
+                sensor = AEDAT2_SENSORS["dvs128"]
         else:
             events = read_aedat(path, orientation=self.orientation)
             sensor = AEDAT2_SENSORS["dvs128"]
@@ -383,15 +397,21 @@ def _list_event_files(class_root: Path, classes: list[str]) -> list[tuple[Path, 
     return samples
 
 
+def _dvs_splits(base: Path) -> tuple[Path | None, Path | None]:
+    """(train, test) split folders of an event dataset, names matched case-insensitively."""
+    train, test = find_split(base, DVS_TRAIN_NAMES), find_split(base, DVS_TEST_NAMES)
+    return (Path(train) if train else None), (Path(test) if test else None)
+
+
 def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: int, workers: int) -> DataBundle:
-    """Class folders of DVS recordings (``train/`` + ``test/`` splits, or one set split 90/10 per class)."""
+    """Class folders of DVS recordings (``train/`` + ``test/`` splits, any case, or one set split 90/10 per class)."""
     base = Path(root)
     steps = time_steps or DEFAULT_DVS_STEPS
-    split_dirs = [base / n for n in ("train", "test", "val") if (base / n).is_dir()]
-    if (base / "train").is_dir() and len(split_dirs) > 1:
-        classes, _ = find_classes(base / "train")
-        train_samples = _list_event_files(base / "train", classes)
-        test_samples = _list_event_files(split_dirs[1], classes)
+    train_dir, test_dir = _dvs_splits(base)
+    if train_dir is not None and test_dir is not None:
+        classes, _ = find_classes(train_dir)
+        train_samples = _list_event_files(train_dir, classes)
+        test_samples = _list_event_files(test_dir, classes)
         split = "folders"
     else:
         classes, _ = find_classes(base)
@@ -409,19 +429,53 @@ def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: 
                          {"format": "dvs", "path": root, "split": split, "split_seed": split_seed, "orientation": orientation})
 
 
+def _list_gesture_files(split_dir: Path) -> list[tuple[Path, int]]:
+    """DVS-Gesture samples of one split: ``<user folder>/<label>.npy`` (Tonic's layout)."""
+    from .events import DVS_GESTURE_CLASSES
+
+    samples = []
+    for folder in _class_dirs(split_dir):
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() != ".npy" or f.name.startswith(".") or not f.is_file():
+                continue
+            if not f.stem.isdigit() or int(f.stem) >= len(DVS_GESTURE_CLASSES):
+                raise DataError(f"{f}: a DVS-Gesture sample is named by its label, 0..{len(DVS_GESTURE_CLASSES) - 1}.npy")
+            samples.append((f, int(f.stem)))
+    return samples
+
+
+def open_dvs_gesture(root: str, *, time_steps: int, image_size: int, workers: int) -> DataBundle:
+    """DVS-Gesture as Tonic extracts it: ``ibmGestureTrain/`` + ``ibmGestureTest/`` (or ``train/`` +
+    ``test/``) of user folders (``user01_fluorescent/``) holding ``<label>.npy`` (x, y, p, t in ms)."""
+    from .events import DVS_GESTURE_CLASSES
+
+    train_dir, test_dir = _dvs_splits(Path(root))
+    if train_dir is None or test_dir is None:
+        raise DataError(f"{root}: DVS-Gesture needs ibmGestureTrain/ and ibmGestureTest/ (or train/ and test/)")
+    train_samples, test_samples = _list_gesture_files(train_dir), _list_gesture_files(test_dir)
+    if not train_samples or not test_samples:
+        raise DataError(f"{root}: no DVS-Gesture samples (<user>/<label>.npy) in {train_dir.name}/ and {test_dir.name}/")
+    steps = time_steps or DEFAULT_DVS_STEPS
+    train = EventFileDataset(train_samples, time_steps=steps)
+    test = EventFileDataset(test_samples, time_steps=steps)
+    return _event_bundle(root, train, test, len(DVS_GESTURE_CLASSES), image_size, workers,
+                         {"format": "dvs-gesture", "path": root, "split": "folders"})
+
+
 # ------------------------------------------------------------------------------------------------
 # RGB video clips
 # ------------------------------------------------------------------------------------------------
 class VideoClipDataset(Dataset):
     """Clips stored as folders of frame images -> normalised float frames ``[T, 3, H, W]``.
 
-    Per clip, ``VIDEO_SAMPLED_FRAMES`` (31) frames are sampled evenly over the sorted frames (as
-    the ES-UCF101 conversion does) and the first ``time_steps`` are kept: the RGB frames the
-    event frames 1..T are made from. Frames keep their size (the CRNN is built for 256 x 342).
+    Per clip the raw frames 1..T (``sampling="first"``, the authors' code); ``sampling="even"``:
+    the first T of ``VIDEO_SAMPLED_FRAMES`` (31) frames sampled evenly over the clip, the frames
+    the event frames 1..T are made from (:func:`spikebridge.data.video.rgb_frame_indices`).
+    Frames keep their size (the CRNN is built for 256 x 342).
     """
 
-    def __init__(self, clips: list[tuple[Path, int]], *, time_steps: int) -> None:
-        self.clips, self.time_steps = clips, int(time_steps)
+    def __init__(self, clips: list[tuple[Path, int]], *, time_steps: int, sampling: str = "first") -> None:
+        self.clips, self.time_steps, self.sampling = clips, int(time_steps), sampling
         self.to_tensor = ToTensor(channels=3)
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
@@ -429,13 +483,13 @@ class VideoClipDataset(Dataset):
         return len(self.clips)
 
     def __getitem__(self, index: int):
-        from .video import list_frames, sample_indices
+        from .video import list_frames, rgb_frame_indices
 
         clip, label = self.clips[index]
         frames = list_frames(clip)
         if not frames:
             raise DataError(f"{clip}: no frame images in the clip folder")
-        picks = sample_indices(len(frames), VIDEO_SAMPLED_FRAMES)[: self.time_steps]
+        picks = rgb_frame_indices(len(frames), self.time_steps, self.sampling, n_sampled=VIDEO_SAMPLED_FRAMES)
         tensors = [self.normalize(self.to_tensor(load_image(frames[int(i)], "RGB"))) for i in picks]
         if any(t.shape != tensors[0].shape for t in tensors):
             raise DataError(f"{clip}: its frames differ in size")
@@ -555,12 +609,17 @@ def _detect_layout(base: Path) -> str:
     if (base / "labels.txt").is_file():
         return "es-imagenet-single" if _events_kind(base / "labels.txt") == "es-imagenet" else "es-ucf101"
     classes = _class_dirs(base)
+    if not classes and any(f.suffix.lower() == ".npz" and f.is_file() for f in base.iterdir()):
+        return "es-ucf101"  # the authors' flat folder of v_<Class>_g.._c...npz clips
     if not classes:
         raise DataError(f"{base}: no class folders, CIFAR batches or label files found")
-    if (base / "train").is_dir():
-        inner = _class_dirs(base / "train")
+    train_dir, _test_dir = _dvs_splits(base)
+    if train_dir is not None:
+        inner = _class_dirs(train_dir)
         if inner and _holds(inner, DVS_EXTENSIONS):
             return "dvs"
+        if inner and _holds(inner, (".npy",)):
+            return "dvs-gesture"
         if inner and _looks_like_clips(inner[0]):
             raise DataError(f"{base}: video clips in train/ and val/ are not supported; give the folder of class folders "
                             "(the paper's 75/25 split is made from it)")
@@ -574,7 +633,7 @@ def _detect_layout(base: Path) -> str:
     if _holds(classes, IMG_EXTENSIONS):
         return "image-folder-single"
     raise DataError(f"{base}: not a dataset spikebridge recognises (ImageNet layout train/ + val/, CIFAR batches, "
-                    "ES-ImageNet, ES-UCF101, DVS class folders, or video clip folders)")
+                    "ES-ImageNet, ES-UCF101, DVS class folders, DVS-Gesture, or video clip folders)")
 
 
 def open_path_dataset(
@@ -623,6 +682,8 @@ def _open_layout(root: str, layout: str, *, max_shift: int, split_seed: int, wor
                         "labels.txt (the paper's 75/25 split is made from it)")
     if layout == "dvs":
         return open_dvs_folder(root, split_seed=split_seed, time_steps=time_steps, image_size=image_size, workers=workers)
+    if layout == "dvs-gesture":
+        return open_dvs_gesture(root, time_steps=time_steps, image_size=image_size, workers=workers)
     if layout == "video-clips":
         return open_video_clips(root, split_seed=split_seed, time_steps=time_steps, workers=workers)
     if layout == "image-folder-single":

@@ -7,7 +7,11 @@
   (:func:`read_label_file`, :func:`write_label_file`) and :class:`ESImageNetDataset`.
 * N-MNIST / N-Caltech101 ``.bin`` files (:func:`read_nmnist_bin`, :func:`write_nmnist_bin`).
 * AEDAT 2.0 (DVS128, DAVIS240) and AEDAT 3.1 polarity events (:func:`read_aedat`,
-  :func:`write_aedat2`, :func:`write_aedat31`).
+  :func:`write_aedat2`, :func:`write_aedat31`); AEDAT 4.0 (``.aedat4``, e.g. Tonic's CIFAR10-DVS)
+  through the MIT-licensed ``aedat`` package, the optional extra ``spikebridge[aedat4]``
+  (:func:`read_aedat4`).
+* DVS-Gesture as Tonic stores it: ``[N, 4]`` ``.npy`` arrays of x, y, p, t in ms
+  (:func:`read_gesture_npy`).
 
 Event arrays use Tonic's structured dtype :data:`EVENT_DTYPE` (fields ``x``, ``y``, ``t``, ``p``;
 ``p`` True = ON). The readers are plain numpy (``np.frombuffer``): Tonic (GPL-3.0) is never needed.
@@ -258,6 +262,18 @@ def _npz_member_sizes(path: str | os.PathLike, archive: zipfile.ZipFile, names: 
         if nbytes > info.file_size:
             raise DataError(f"{path}: array {name!r} is truncated: its header claims {nbytes} bytes, "
                             f"the archive holds {info.file_size}")
+
+
+def npz_array_names(path: str | os.PathLike) -> list[str]:
+    """The array names of a ``.npz`` file, from its zip directory alone; :class:`DataError` for a
+    missing file or one that is not a zip archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {' '.join(str(exc).split())[:150]})") from None
 
 
 def load_npz_arrays(path: str | os.PathLike, names: Sequence[str], *,
@@ -610,11 +626,80 @@ def read_aedat(
     """
     raw = _read_bytes(path)
     version, start = _split_header(raw, path)
+    if version.startswith("4."):
+        return read_aedat4(path)[0]
     if version.startswith("2."):
         return _read_aedat2_body(raw, start, path, camera, orientation)
     if version.startswith("3."):
         return _read_aedat3_body(raw, start, path)
-    raise DataError(f"{path}: AEDAT version {version!r} is not supported (2.0 and 3.x are)")
+    raise DataError(f"{path}: AEDAT version {version!r} is not supported (2.0, 3.x and 4.0 are)")
+
+
+#: The one line said when an ``.aedat4`` file is read without the optional ``aedat`` package.
+AEDAT4_EXTRA_HINT = "reading .aedat4 needs the optional extra: pip install 'spikebridge[aedat4]' (the aedat package)"
+
+
+def read_aedat4(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read the first event stream of an AEDAT 4.0 file -> (:data:`EVENT_DTYPE` events, sensor (W, H)).
+
+    AEDAT 4.0 (DV, dv-processing; Tonic's CIFAR10-DVS) is a ``#!AER-DAT4.0`` line, an IOHeader
+    flatbuffer (compression, XML stream description) and flatbuffer packets, uncompressed or
+    LZ4/Zstd-compressed. They are decoded by the MIT-licensed ``aedat`` package (``pip install
+    'spikebridge[aedat4]'``); without it a :class:`DataError` names that extra. Coordinates are
+    taken as stored (no reorientation), timestamps in µs.
+    """
+    try:
+        import aedat
+    except ImportError:
+        raise DataError(f"{str(path)[:100]}: {AEDAT4_EXTRA_HINT}") from None
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        decoder = aedat.Decoder(os.fspath(path))
+        streams = {i: s for i, s in decoder.id_to_stream().items() if s.get("type") == "events"}
+        if not streams:
+            raise DataError(f"{path}: the AEDAT 4 file holds no event stream")
+        stream = min(streams)
+        chunks = [packet["events"] for packet in decoder if packet["stream_id"] == stream and "events" in packet]
+    except DataError:
+        raise
+    except Exception as exc:  # the decoder's own errors (corrupt header, bad packet, truncated file)
+        raise DataError(f"{path}: not a readable AEDAT 4 file ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:150]})") from None
+    width, height = int(streams[stream].get("width", 0)), int(streams[stream].get("height", 0))
+    if not chunks:
+        return np.empty(0, dtype=EVENT_DTYPE), (width, height)
+    ev = np.concatenate(chunks)
+    out = make_events(ev["x"], ev["y"], ev["t"].astype(np.int64), ev["on"])
+    if width > 0 and height > 0 and len(out) and (out["x"].max() >= width or out["y"].max() >= height):
+        raise DataError(f"{path}: events lie outside the {width}x{height} sensor the file declares")
+    return out, (width, height)
+
+
+#: DVS-Gesture's classes in label order (the ``<label>.npy`` file names of Tonic's layout).
+DVS_GESTURE_CLASSES = ("hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",
+                       "right_arm_counter_clockwise", "left_arm_clockwise", "left_arm_counter_clockwise",
+                       "arm_roll", "air_drums", "air_guitar", "other_gestures")
+DVS_GESTURE_SENSOR = (128, 128)
+
+
+def read_gesture_npy(path: str | os.PathLike) -> np.ndarray:
+    """Read a DVS-Gesture sample as Tonic stores it (``ibmGestureTrain/user01_fluorescent/3.npy``):
+    a numeric ``[N, 4]`` array of columns x, y, p, t with t in ms. Returns :data:`EVENT_DTYPE`
+    events with t in µs (x 1000, as Tonic does)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy ({type(exc).__name__}: {' '.join(str(exc).split())[:150]})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != 4 or arr.dtype.kind not in "iuf":
+        raise DataError(f"{path}: a DVS-Gesture sample is a numeric [N, 4] array (x, y, p, t in ms), got "
+                        f"{getattr(arr, 'dtype', '?')} {getattr(arr, 'shape', '?')}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise DataError(f"{path}: the DVS-Gesture sample holds NaN or Inf")
+    t = np.round(arr[:, 3].astype(np.float64) * 1000).astype(np.int64)
+    return make_events(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), t, arr[:, 2] > 0)
 
 
 def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: str,

@@ -46,6 +46,7 @@ __all__ = [
     "open_image",
     "walk_folder",
     "inspect_image_folder",
+    "find_split",
     "split_layout",
 ]
 
@@ -427,23 +428,40 @@ class SplitLayout:
     test: str | None
 
 
+#: Split folder names, compared case-insensitively (Tonic extracts ``Train/`` and ``Test/``).
+TRAIN_SPLIT_NAMES = ("train",)
+VAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
+
+
+def find_split(root: str | os.PathLike[str], names: Sequence[str]) -> str | None:
+    """The sub-folder of ``root`` whose name matches one of ``names`` case-insensitively (the
+    earlier name wins; an exact-case match first among folders of one name), or ``None``."""
+    try:
+        dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return None
+    for name in names:
+        matches = [d for d in dirs if d.lower() == name]
+        if matches:
+            return os.path.join(os.fspath(root), name if name in matches else matches[0])
+    return None
+
+
 def split_layout(path: str | os.PathLike[str]) -> SplitLayout | None:
     """Recognise ``path/train`` + ``path/val`` (or ``validation``/``valid``/``test``) split
-    folders, or a lone ``path/train``. Returns ``None`` for anything else (e.g. a class root)."""
+    folders, or a lone ``path/train``; names match case-insensitively (``Train/``, ``Test/``).
+    Returns ``None`` for anything else (e.g. a class root)."""
     root = os.fspath(path)
-    if not os.path.isdir(os.path.join(root, "train")):
+    train = find_split(root, TRAIN_SPLIT_NAMES)
+    if train is None:
         return None
-    val = None
-    for name in ("val", "validation", "valid", "test"):
-        if os.path.isdir(os.path.join(root, name)):
-            val = os.path.join(root, name)
-            break
+    val = find_split(root, VAL_SPLIT_NAMES)
     if val is None:
         try:
             others = [e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
         except OSError:
             return None
-        if others != ["train"]:
+        if others != [os.path.basename(train)]:
             return None
-    test = os.path.join(root, "test") if os.path.isdir(os.path.join(root, "test")) else None
-    return SplitLayout(root=root, train=os.path.join(root, "train"), val=val, test=test)
+    test = find_split(root, ("test",))
+    return SplitLayout(root=root, train=train, val=val, test=test)

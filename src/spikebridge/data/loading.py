@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -40,6 +40,9 @@ class DataBundle:
     max_shift: int = 0  # augmentation of in-memory training batches
     workers: int = 0
     info: dict = field(default_factory=dict)
+    #: called with each test batch's size once the batch has been consumed (a progress bar's
+    #: ``update``; ``dataclasses.replace(bundle, progress=bar.update)``); never for training batches
+    progress: Callable[[int], None] | None = None
 
     @property
     def time_steps(self) -> int | None:
@@ -100,7 +103,28 @@ def iterate_batches(
     world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(inputs, labels)``; training batches are shuffled with ``generator`` and drop the
-    last incomplete global batch; evaluation covers every sample once across the ranks."""
+    last incomplete global batch; evaluation covers every sample once across the ranks, one batch
+    at a time (nothing holds the split), reporting each consumed test batch to ``bundle.progress``."""
+    batches = _iterate_batches(bundle, split, batch_size, train=train, generator=generator, rank=rank,
+                               world_size=world_size)
+    if train or bundle.progress is None or split is not bundle.test:
+        yield from batches
+        return
+    for x, y in batches:
+        yield x, y
+        bundle.progress(len(y))
+
+
+def _iterate_batches(
+    bundle: DataBundle,
+    split: TensorSplit | Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    generator: torch.Generator | None,
+    rank: int,
+    world_size: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = len(split)
     if train:
         order = torch.randperm(n, generator=generator)

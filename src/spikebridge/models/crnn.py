@@ -18,8 +18,12 @@ Layout (reference: input frames 256 x 342)::
       conv k3 s2 (16) -> BN -> act              -> 62x84
       conv k3 s2 (32) -> BN -> act              -> 30x41
       conv k3 s2 (64) -> BN -> act              -> 14x20   (64*14*20 = 17920)
-      flatten -> fc 17920->1024 -> act -> fc 1024->512 -> act  (-> dropout)
+      flatten -> fc 17920->1024 -> act -> fc 1024->512  (-> dropout)
     sequence [T, B, 512] -> LSTM (hidden 256) -> last step [B, 256] -> fc -> logits [B, classes]
+
+As in the authors' code: the encoder's last FC is linear (no activation after it, so the LSTM reads
+an analog embedding in the SNN too, not spikes) and BatchNorm's momentum is 0.01
+(:data:`BN_MOMENTUM`).
 
 Convolutions have no padding (as in the reference CRNN), so the encoder's FC input size follows
 from the frame size given at construction (``input_size``, default ``(256, 342)``).
@@ -41,6 +45,9 @@ from ..layers import set_time_steps
 from ..neurons import NeuronConfig
 from .base import BridgeNet
 
+#: BatchNorm momentum of the encoder (the authors' CRNN: 0.01; torch's default is 0.1)
+BN_MOMENTUM = 0.01
+
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
     """Output length of a convolution along one axis (``floor((size + 2p - k) / s) + 1``)."""
@@ -52,7 +59,8 @@ class FrameEncoder(nn.Module):
 
     ``activation`` is a factory giving a fresh activation for each place (the model's
     :meth:`BridgeNet.activation`, which time-folds neurons). Parameter names: ``conv{i}``,
-    ``bn{i}`` (i = 1..4), ``fc{j}`` (j = 1..2); activations ``act{i}`` and ``fc_act{j}`` hold none.
+    ``bn{i}`` (i = 1..4), ``fc{j}`` (j = 1..2); activations ``act{i}`` and ``fc_act{j}`` (every FC
+    but the last, which is linear: its output is the LSTM's analog input) hold none.
     """
 
     def __init__(
@@ -77,7 +85,7 @@ class FrameEncoder(nn.Module):
         cin = in_channels
         for i, (cout, k, s) in enumerate(zip(channels, kernels, strides), start=1):
             setattr(self, f"conv{i}", nn.Conv2d(cin, cout, k, stride=s, bias=False))
-            setattr(self, f"bn{i}", nn.BatchNorm2d(cout))
+            setattr(self, f"bn{i}", nn.BatchNorm2d(cout, momentum=BN_MOMENTUM))
             setattr(self, f"act{i}", activation())
             height, width = conv_output_size(height, k, s), conv_output_size(width, k, s)
             if height < 1 or width < 1:
@@ -89,7 +97,8 @@ class FrameEncoder(nn.Module):
         fin = cin * height * width
         for j, fout in enumerate(fc_sizes, start=1):
             setattr(self, f"fc{j}", nn.Linear(fin, fout))
-            setattr(self, f"fc_act{j}", activation())
+            if j < len(fc_sizes):
+                setattr(self, f"fc_act{j}", activation())
             fin = fout
         self.n_fcs = len(fc_sizes)
         self.out_features = fin
@@ -105,8 +114,9 @@ class FrameEncoder(nn.Module):
         for i in range(1, self.n_convs + 1):
             x = getattr(self, f"act{i}")(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
         x = torch.flatten(x, 1)
-        for j in range(1, self.n_fcs + 1):
+        for j in range(1, self.n_fcs):
             x = getattr(self, f"fc_act{j}")(getattr(self, f"fc{j}")(x))
+        x = getattr(self, f"fc{self.n_fcs}")(x)  # linear: the LSTM's analog input
         return self.dropout(x)
 
 

@@ -49,7 +49,7 @@ def multistep_reference(
     for t in range(x.shape[0]):
         if t > 0:
             u = decay * u * (1 - spike.detach()) + x[t]
-        spike = heaviside(u - threshold, surrogate)
+        spike = heaviside(u - threshold, surrogate, surrogate.shift(threshold))
         outputs.append(spike if analog_slope is None else F.leaky_relu(u, analog_slope))
     return torch.stack(outputs)
 
@@ -158,7 +158,7 @@ def _fused_backward(grad_output, saved, decay, threshold, surrogate, analog_slop
     membrane = saved
     not_spiked = torch.logical_not(membrane > threshold).view(torch.uint8)
     if analog_slope is None:
-        grad.copy_(surrogate.grad(membrane - threshold))
+        grad.copy_(surrogate.grad(membrane - threshold, surrogate.shift(threshold)))
     else:
         torch.gt(membrane, 0, out=grad)
         grad.clamp_min_(analog_slope)
@@ -288,7 +288,9 @@ class MultiStepNeuron(nn.Module):
             ``decay_logit_init`` (0.5, as in the paper's ES-ImageNet nets).
         threshold: firing threshold (0.5).
         surrogate: name (``rect``, ``gaussian``, ``sigmoid``, ``atan``, ``triangle``) or a
-            :class:`~spikebridge.surrogate.Surrogate`.
+            :class:`~spikebridge.surrogate.Surrogate`. The Gaussian peaks at ``u = 0.7`` (the
+            authors' DVS code) unless given another centre: ``get_surrogate("gaussian", center=c)``
+            (``c = threshold`` centres it on the threshold).
         backend: ``auto`` or one the neuron declares (``reference`` | ``fused`` | ``triton``).
     """
 
@@ -338,10 +340,15 @@ class MultiStepNeuron(nn.Module):
 
     def extra_repr(self) -> str:
         decay = "learnable" if self.learnable_decay else self.fixed_decay
-        return f"decay={decay}, threshold={self.threshold}, surrogate={self.surrogate.name}, backend={self.backend}"
+        surrogate = self.surrogate.name
+        if surrogate == "gaussian":
+            surrogate += f"@{self.surrogate.shift(self.threshold) + self.threshold:g}"
+        return f"decay={decay}, threshold={self.threshold}, surrogate={surrogate}, backend={self.backend}"
 
 
 def multistep_kwargs(config) -> dict:
     """The :class:`MultiStepNeuron` arguments of a :class:`~spikebridge.neurons.NeuronConfig`."""
-    return dict(decay=config.decay, threshold=config.threshold, surrogate=config.surrogate,
+    center = config.surrogate_center  # the Gaussian's peak (None: the paper's u = 0.7)
+    surrogate = get_surrogate(config.surrogate, center=center) if center is not None else config.surrogate
+    return dict(decay=config.decay, threshold=config.threshold, surrogate=surrogate,
                 learnable_decay=config.learnable_decay, decay_logit_init=config.decay_logit_init, backend=config.backend)

@@ -110,17 +110,18 @@ class NeuronConfig:
     decay: float = 0.25
     threshold: float = 0.5
     surrogate: str = "rect"
+    surrogate_center: float | None = None  # gaussian: the membrane potential of its peak (None: the paper's 0.7)
     learnable_decay: bool = False
     decay_logit_init: float = 0.5
     analog_slope: float = 0.2
-    sharpen_epochs: int = 0  # 0 = auto: pipelines use 2 x the ANN's epochs, a bare build the paper's 100
+    sharpen_epochs: int = 0  # 0 = auto: pipelines use the ANN's epochs, a bare build the paper's 100
     backend: str = "auto"
 
     def __post_init__(self) -> None:
         check_backend(self.kind, self.backend)
         check_number("decay", self.decay, 0.0, 1.0)
         check_number("threshold", self.threshold, 0.0, math.inf, low_open=True)
-        get_surrogate(self.surrogate)
+        get_surrogate(self.surrogate, **({} if self.surrogate_center is None else {"center": self.surrogate_center}))
 
     @property
     def spec(self) -> NeuronSpec:

@@ -28,11 +28,18 @@ class _SharpenFn(torch.autograd.Function):
 class SharpenedReLU(nn.Module):
     """The paper's pretraining activation: ``clip((x - lo) / (hi - lo), 0, 1)``.
 
-    With ``p = epoch / (2 * sharpen_epochs)`` (the paper: ``epoch / 200`` over 100 epochs),
-    ``lo = 2*threshold*min(p, 0.49)`` and ``hi = 2*threshold*(1 - p)``: it starts as a clipped ReLU
-    and ends as a step at the threshold. Its backward is the LIF's rectangle surrogate
-    (1 where ``|x - threshold| < width/2``). The epoch is set by the trainer via ``set_epoch``.
+    The paper (arXiv:2203.01158, Sec. 3) trains 100 epochs with ``p = epoch / 200`` (epochs
+    0..99), ``lo = min(p, 0.49)``, ``hi = 1 - p``: a clipped ReLU at epoch 0, ``lo/hi = 0.49/0.505``
+    (a step at 0.5) at its last epoch. ``sharpen_epochs`` compresses that schedule into ``S`` epochs:
+    ``p = 0.495 * epoch / (S - 1)`` (``p = 0.495`` when ``S = 1``), so epoch ``S - 1`` ends where the
+    paper's 100th epoch ends, and ``S = 100`` is the paper's ``epoch / 200`` exactly. Bounds scale
+    with the threshold: ``lo = 2*threshold*min(p, 0.49)``, ``hi = 2*threshold*max(1 - p, 0.5)``.
+    Its backward is the LIF's rectangle surrogate (1 where ``|x - threshold| < width/2``). The epoch
+    (0-based) is set by the trainer via ``set_epoch``.
     """
+
+    #: ``p`` at the paper's last epoch (99 / 200)
+    FINAL_P = 0.495
 
     def __init__(self, threshold: float = 0.5, sharpen_epochs: int = 100, width: float = 1.0) -> None:
         super().__init__()
@@ -48,7 +55,8 @@ class SharpenedReLU(nn.Module):
         self.epoch = int(epoch)
 
     def bounds(self) -> tuple[float, float]:
-        p = self.epoch / (2 * self.sharpen_epochs)
+        steps = self.sharpen_epochs - 1
+        p = self.FINAL_P * (self.epoch / steps if steps else 1.0)
         scale = 2 * self.threshold
         return scale * min(p, 0.49), scale * max(1 - p, 0.5)
 

@@ -1,9 +1,11 @@
 """The ANN of a run, whatever its source, and how it becomes an SNN.
 
-Sources (``--ann``): none (a registry model, trained in the run), a spikebridge ANN checkpoint, or
-the user's ``FILE.py:ClassName`` (with ``--ann-weights`` its trained weights; without, it is
-trained in the run with its own activations). :func:`ann_source_from_flags` checks them before
-any data is opened; :func:`load_ann` builds the ANN.
+Sources (``--ann``): none (a registry model, trained in the run), a spikebridge ANN checkpoint, a
+registry model name with ``--ann-weights`` (e.g. ``resnet18_tv`` and torchvision's weights: its
+ReLU ANN, bridged like a registry ANN), or the user's ``FILE.py:ClassName`` (with
+``--ann-weights`` its trained weights; without, it is trained in the run with its own
+activations). :func:`ann_source_from_flags` checks them before any data is opened;
+:func:`load_ann` builds the ANN.
 
 Two families turn an ANN into an SNN, and pipeS / pipeD / finetune / benchmark call them alike
 (:class:`AnnFamily`: ``pretrain``, ``to_snn``, ``scratch``):
@@ -24,6 +26,7 @@ trained weights).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +34,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..bridge import match_firing_rates, recalibrate_batchnorm, transfer
+from ..bridge import as_state_dict, match_firing_rates, recalibrate_batchnorm, transfer
 from ..config import PipelineConfig
 from ..data.datasets import resolve_model_name
 from ..data.loading import DataBundle, calibration_batches
@@ -41,6 +44,7 @@ from ..neurons import NeuronConfig, SharpenedReLU
 from ..restore import (
     USER_ANN_MODEL_NAME,
     ann_class_meta,
+    check_weights,
     import_ann,
     is_python_class_spec,
     load_ann_weights,
@@ -49,7 +53,7 @@ from ..restore import (
     spikified_meta,
 )
 from ..spikify import SpikingNet, adapt_input_conv, calibrate_thresholds, check_batch_axis, spikify, spikify_with_graph
-from ..train.engine import RunResult
+from ..train.engine import RunResult, optimizer_family, state_by_name
 from ..utils import seed_everything
 from .context import RunContext
 
@@ -60,11 +64,13 @@ from .context import RunContext
 @dataclass
 class AnnSource:
     """``--ann``: the user's class ``class_spec`` (``FILE.py:ClassName``; ``weights``: its trained
-    weights, None = train it here; ``kwargs``: its constructor arguments), or a spikebridge ANN
-    checkpoint ``checkpoint`` (``.json``; ``trust_code``: a checkpoint of a user class may import
-    the class file it records, hash-checked, see :func:`spikebridge.restore.model_from_checkpoint`)."""
+    weights, None = train it here; ``kwargs``: its constructor arguments), a registry ``model``
+    with its ``weights`` (a state dict file), or a spikebridge ANN checkpoint ``checkpoint``
+    (``.json``; ``trust_code``: a checkpoint of a user class may import the class file it records,
+    hash-checked, see :func:`spikebridge.restore.model_from_checkpoint`)."""
 
     class_spec: str | None = None
+    model: str | None = None
     weights: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
@@ -72,7 +78,7 @@ class AnnSource:
 
     @property
     def label(self) -> str:
-        return str(self.class_spec or self.checkpoint)
+        return str(self.class_spec or self.model or self.checkpoint)
 
 
 def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str | None, *,
@@ -80,40 +86,68 @@ def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str
     """``--ann`` / ``--ann-weights`` / ``--ann-kwargs`` as an :class:`AnnSource` (None: no ``--ann``).
 
     ``weights_required``: a class needs ``--ann-weights`` (``finetune``; ``pipes`` / ``piped``
-    train the class when it is missing)."""
+    train the class when it is missing). A registry model name always needs ``--ann-weights``."""
     if not ann:
         if weights or kwargs_text:
-            raise ConfigError("--ann-weights / --ann-kwargs go with --ann FILE.py:ClassName (your ANN class)")
+            raise ConfigError("--ann-weights / --ann-kwargs go with --ann FILE.py:ClassName (your ANN class) "
+                              "or --ann MODEL (a registry model)")
         return None
+    if weights and not Path(weights).expanduser().is_file():
+        raise ConfigError(f"--ann-weights: file not found: {short_repr(weights)}")
+    if ann in list_models() and not Path(ann).exists():  # a registry name (a folder of that name is a checkpoint's)
+        if not weights:
+            raise ConfigError(f"--ann {short_repr(ann)} needs --ann-weights W.pth|W.safetensors (its trained weights); "
+                              f"to train it here use --model {short_repr(ann)}")
+        if kwargs_text:
+            raise ConfigError("--ann-kwargs goes with --ann FILE.py:ClassName; a registry model takes its sizes "
+                              "from its weights")
+        return AnnSource(model=ann, weights=weights)
     if is_python_class_spec(ann):
         if weights_required and not weights:
             raise ConfigError("--ann FILE.py:ClassName needs --ann-weights W.pth|W.safetensors (the trained weights)")
-        if weights and not Path(weights).expanduser().is_file():
-            raise ConfigError(f"--ann-weights: file not found: {short_repr(weights)}")
         return AnnSource(class_spec=ann, weights=weights, kwargs=parse_ann_kwargs(kwargs_text))
     path_part = ann.rpartition(":")[0] if ":" in ann else ann
     if path_part.endswith(".py"):
         raise ConfigError(f"--ann {short_repr(ann)}: expected FILE.py:ClassName (a Python file and the nn.Module class in it) "
                           "or a spikebridge checkpoint .json")
+    if Path(ann).suffix.lower() in WEIGHT_SUFFIXES and not _beside_checkpoint(Path(ann).expanduser()):
+        raise ConfigError(f"--ann {short_repr(ann)} is a weights file without its model: give --ann MODEL "
+                          f"--ann-weights {short_repr(ann)} (MODEL: a registry model such as resnet18_tv) or --ann "
+                          "FILE.py:ClassName --ann-weights ...")
     if weights or kwargs_text:
-        raise ConfigError("--ann-weights / --ann-kwargs go with --ann FILE.py:ClassName; a checkpoint has its own")
+        raise ConfigError("--ann-weights / --ann-kwargs go with --ann MODEL or --ann FILE.py:ClassName; a checkpoint "
+                          "has its own")
     return AnnSource(checkpoint=ann, trust_code=trust_code)
+
+
+#: Suffixes of bare weight files (a ``.safetensors`` may also be a spikebridge checkpoint's tensors)
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def _beside_checkpoint(path: Path) -> bool:
+    """A ``.safetensors`` file whose checkpoint JSON (same stem) lies beside it."""
+    return path.suffix.lower() == ".safetensors" and path.with_suffix(".json").is_file()
 
 
 @dataclass
 class LoadedAnn:
     """The ANN an :class:`AnnSource` names: ``model`` (None: a class to be trained in the run),
-    its ``family`` (how it becomes an SNN), and a checkpoint's ``meta["model"]`` (else empty)."""
+    its ``family`` (how it becomes an SNN), a checkpoint's ``meta["model"]`` (else empty) and its
+    optimizer's per-parameter state by parameter name (``bridge.transfer_optimizer``: the
+    fine-tune starts from its momentum buffers, as when the ANN trains in the run)."""
 
     model: nn.Module | None
     label: str
     family: AnnFamily
     checkpoint_model: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # a checkpoint's epochs, seconds, best_acc, curve
+    optimizer_state: dict[str, dict[str, Any]] | None = None
 
 
 def load_ann(source: AnnSource) -> LoadedAnn:
     """Import the user's class and load its weights, or rebuild a checkpoint's ANN."""
+    if source.model:
+        return _registry_ann(source)
     if source.class_spec:
         family = ClassFamily(source.class_spec, source.kwargs)
         model = None
@@ -130,7 +164,51 @@ def load_ann(source: AnnSource) -> LoadedAnn:
                 "best_acc": max((point[2] for point in curve), default=None)}
     family = ClassFamily(info["ann"], dict(info.get("ann_kwargs") or {})) if info["name"] == USER_ANN_MODEL_NAME \
         else RegistryFamily()
-    return LoadedAnn(model, source.label, family, info, training)
+    state = ckpt.optimizer_state()
+    try:
+        by_name = state_by_name(model, state) if state is not None else None
+    except CheckpointError:  # another model's optimizer: nothing to carry (the run says so)
+        by_name = None
+    return LoadedAnn(model, source.label, family, info, training, by_name)
+
+
+def _registry_ann(source: AnnSource) -> LoadedAnn:
+    """A registry model's ReLU ANN with ``source.weights`` (a plain state dict, or one held under
+    ``state_dict`` / ``model``; ``.pth`` read with ``weights_only``). Its classes and input channels
+    are read from the weights (``fc.weight``, the first conv)."""
+    name = str(source.model)
+    if name in list_models(sequence=True):
+        raise ConfigError(f"--ann {short_repr(name)}: a sequence model's frame size is not in its weights; "
+                          "give a spikebridge checkpoint (--ann CKPT.json)")
+    state = as_state_dict(Path(source.weights).expanduser())
+    fc = state.get("fc.weight")
+    if not isinstance(fc, torch.Tensor) or fc.dim() != 2:
+        raise CheckpointError(f"{short_repr(source.weights)}: no 'fc.weight' [classes, features] tensor; not weights of "
+                              f"the registry model {name}")
+    sizes = {"num_classes": int(fc.shape[0]), "in_channels": 3, "T": 1}
+    model = create_model(name, neuron="relu", **sizes)
+    first_conv = next((k for k, v in model.state_dict().items() if v.dim() == 4), None)
+    conv = state.get(first_conv) if first_conv else None
+    if isinstance(conv, torch.Tensor) and conv.dim() == 4 and conv.shape[1] != sizes["in_channels"]:
+        sizes["in_channels"] = int(conv.shape[1])
+        model = create_model(name, neuron="relu", **sizes)
+    check_weights(model.state_dict(), state, source.weights, name)
+    model.load_state_dict(state, strict=True)
+    return LoadedAnn(model, source.label, RegistryFamily(), {"name": name, **sizes})
+
+
+def check_checkpoint_optimizer(cfg: PipelineConfig, ckpt: Any, label: str) -> None:
+    """``bridge.transfer_optimizer`` with an ANN checkpoint: its optimizer state, if it holds any,
+    must be of the fine-tune's optimizer family (the check config does for an ANN trained in the
+    run). A checkpoint without one (bare weights) fine-tunes from a fresh state, as the run logs."""
+    state = ckpt.optimizer_state() if cfg.bridge.transfer_optimizer else None
+    if not state or not state.get("state"):
+        return
+    have, want = optimizer_family(state), optimizer_family(cfg.finetune.optimizer)
+    if have != want:
+        raise ConfigError(f"bridge.transfer_optimizer carries the ANN optimizer's state into the fine-tune, so the "
+                          f"checkpoint's optimizer ({have or 'unknown'}) and finetune.optimizer ({cfg.finetune.optimizer}) "
+                          "must be the same")
 
 
 def use_checkpoint_model(cfg: PipelineConfig, loaded: LoadedAnn | None) -> PipelineConfig:
@@ -178,8 +256,10 @@ def build_model(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T
 
 
 def ann_neuron(cfg: PipelineConfig) -> NeuronConfig:
-    """The ANN's activation: its sharpening schedule spans the ANN's epochs by default."""
-    sharpen = cfg.neuron.sharpen_epochs or max(1, cfg.ann.epochs * 2)  # an explicit value (the paper's 100) wins
+    """The ANN's activation: by default its sharpening schedule spans the ANN's epochs, so the
+    last ANN epoch has the paper's final bounds (a step at the threshold); an explicit
+    ``neuron.sharpen_epochs`` (the paper's 100) wins."""
+    sharpen = cfg.neuron.sharpen_epochs or max(1, cfg.ann.epochs)
     return replace(cfg.neuron, kind=cfg.ann_neuron, sharpen_epochs=sharpen)
 
 
@@ -191,6 +271,7 @@ def bridge_to_snn(cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, devic
     data (``same_data``: pipeS), the ANN's activation is the spike-like sharpened ReLU and the
     neuron is LIF, each channel's firing rate is also matched to the ANN's (``bridge.match_rates``).
     """
+    start = time.perf_counter()
     seed_everything(cfg.run.seed)
     snn = build_model(cfg, bundle, cfg.neuron, cfg.model.T).to(device)
     report = transfer(ann, snn, cfg.bridge.first_layer, min_match=cfg.bridge.min_match)
@@ -201,7 +282,8 @@ def bridge_to_snn(cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, devic
     spike_like_ann = any(isinstance(m, SharpenedReLU) for m in ann.modules())
     if cfg.bridge.match_rates and same_data and spike_like_ann and not cfg.neuron.spec.analog_output:
         report.rate_errors = match_firing_rates(ann, snn, batches, iterations=cfg.bridge.calibration_iterations,
-                                                device=device)
+                                                device=device, progress=cfg.run.progress)
+    report.seconds = time.perf_counter() - start
     return snn, report
 
 

@@ -21,7 +21,7 @@ from ..config import PipelineConfig, TrainConfig, load_config, parse_override, t
 from ..data.datasets import BUILTIN_DATASETS
 from ..errors import ConfigError, DataError
 from ..models import list_models
-from .ann import AnnSource
+from .ann import AnnSource, check_checkpoint_optimizer
 from .context import resolve_device
 
 EVENT_LAYOUTS = ("es-imagenet", "es-imagenet-released", "es-imagenet-single", "es-ucf101", "es-ucf101-split", "dvs")
@@ -155,12 +155,14 @@ def _check_model(key: str, name: str) -> None:
         raise ConfigError(f"{key}: unknown model {name[:60]!r}; registered: {', '.join(list_models())}")
 
 
-def _checkpoint_model(path: str) -> dict[str, Any]:
-    """``meta.model`` of a checkpoint (a bare weights file: empty); a damaged one fails here."""
+def _checkpoint(path: str):
+    """The checkpoint ``--ann`` names, and its ``meta.model`` (a bare weights file: empty); a
+    damaged one fails here."""
     from ..train.checkpoint import load_checkpoint
 
-    model = load_checkpoint(path).meta.get("model")
-    return model if isinstance(model, dict) else {}
+    ckpt = load_checkpoint(path)
+    model = ckpt.meta.get("model")
+    return ckpt, (model if isinstance(model, dict) else {})
 
 
 def _check_neuron(cfg: PipelineConfig) -> None:
@@ -180,9 +182,11 @@ def _check_neuron(cfg: PipelineConfig) -> None:
 def build_plan(request: Request) -> RunPlan:
     """Resolve and validate ``request`` whole; reads nothing but configs, flags and folder layouts."""
     command, options, source = request.command, dict(request.options), request.ann
-    info = _checkpoint_model(source.checkpoint) if source is not None and source.checkpoint else {}
+    ckpt, info = _checkpoint(source.checkpoint) if source is not None and source.checkpoint else (None, {})
     user_class = info.get("name") == "ann_class" or (source is not None and bool(source.class_spec))
     cfg, preset = resolve_config(request, user_class=user_class)
+    if ckpt is not None and command in ("pipes", "finetune"):  # the flows that fine-tune from the ANN's momentum
+        check_checkpoint_optimizer(cfg, ckpt, source.label)
     _check_model("model.name", cfg.model.name)
     _check_model("events.model", cfg.events.model)
     _check_neuron(cfg)
@@ -191,6 +195,10 @@ def build_plan(request: Request) -> RunPlan:
         ann_model = str(info.get("ann") if user_class else info.get("name") or ann_model)
         if cfg.model.name in ("", "auto") and not user_class and info.get("name"):
             cfg.model.name = str(info["name"])
+    elif source is not None and source.model:  # a registry model + its weights
+        ann_model = source.model
+        if cfg.model.name in ("", "auto"):
+            cfg.model.name = source.model
     elif source is not None:
         ann_model = source.class_spec
     ann_trained = source is not None and (source.checkpoint is not None or source.weights is not None)

@@ -277,6 +277,7 @@ def _read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
-    if prefix and not any(k.startswith(prefix) for k in tensors):
-        tensors = {prefix + k: v for k, v in tensors.items()}
+    sections = ("model.", "optim.", "rng.")  # what save_checkpoint writes into its tensors files
+    if prefix and not (any(k.startswith(prefix) for k in tensors) and all(k.startswith(sections) for k in tensors)):
+        tensors = {prefix + k: v for k, v in tensors.items()}  # a plain state dict (keys as they are)
     return tensors

@@ -202,7 +202,7 @@ def fit(
     optimizer, schedule = make_optimizer()
     transferred_state = None
     if optimizer_state is not None:
-        transferred_state = _state_by_name(module, optimizer_state)
+        transferred_state = state_by_name(module, optimizer_state)
         load_optimizer_state(module, optimizer, transferred_state)
 
     if out is not None and info.is_main:
@@ -258,7 +258,7 @@ def fit(
             # warm-up over: every parameter trains from here; the schedule keeps its position
             _set_requires_grad(model, frozen, True)
             position = schedule.state_dict()
-            kept = optimizer_state_by_name(module, optimizer)
+            kept = optimizerstate_by_name(module, optimizer)
             optimizer, schedule = make_optimizer()
             schedule.load_state_dict(position)
             # the new layers keep their momentum; the unfrozen ones get the transferred state, if any
@@ -329,7 +329,7 @@ def fit(
         final_acc=accs[-1] if accs else 0.0,
         curve=curve,
         history=history,
-        optimizer_state=optimizer_state_by_name(module, optimizer),
+        optimizer_state=optimizerstate_by_name(module, optimizer),
     )
 
 
@@ -349,7 +349,7 @@ def _still_improving(history: list[dict], window: int) -> bool:
     return max(accs[-window:]) > max(accs[:-window])
 
 
-def optimizer_state_by_name(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, Any]]:
+def optimizerstate_by_name(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, Any]]:
     """The optimizer's per-parameter state (SGD ``momentum_buffer``; Adam ``step``, ``exp_avg``,
     ``exp_avg_sq``) keyed by parameter name, tensors copied to the CPU."""
     names = {id(p): n for n, p in unwrap(module).named_parameters()}
@@ -361,7 +361,7 @@ def optimizer_state_by_name(module: nn.Module, optimizer: torch.optim.Optimizer)
     return out
 
 
-def _state_by_name(module: nn.Module, state: dict) -> dict[str, dict[str, Any]]:
+def state_by_name(module: nn.Module, state: dict) -> dict[str, dict[str, Any]]:
     """Accept a by-name state, or a ``torch.optim`` state dict over ``module.parameters()`` in order
     (what a checkpoint of a run without frozen parameters holds)."""
     if not (isinstance(state, dict) and "state" in state and "param_groups" in state):
@@ -374,6 +374,16 @@ def _state_by_name(module: nn.Module, state: dict) -> dict[str, dict[str, Any]]:
             "it belongs to another architecture"
         )
     return {names[pos]: state["state"][i] for pos, i in enumerate(order) if i in state["state"]}
+
+
+def optimizer_family(state_or_name: dict | str) -> str | None:
+    """``"sgd"`` or ``"adam"`` (Adam and AdamW keep the same state) of an optimizer name or of a
+    ``torch.optim`` state dict (read from its param groups); None when it cannot tell."""
+    if isinstance(state_or_name, str):
+        return "sgd" if state_or_name == "sgd" else "adam" if state_or_name in ("adam", "adamw") else None
+    groups = state_or_name.get("param_groups") if isinstance(state_or_name, dict) else None
+    group = groups[0] if isinstance(groups, list) and groups and isinstance(groups[0], dict) else {}
+    return "sgd" if "momentum" in group and "dampening" in group else "adam" if "betas" in group else None
 
 
 _STATE_KEYS = {torch.optim.SGD: ("momentum_buffer",), torch.optim.Adam: ("exp_avg", "exp_avg_sq", "step"),
@@ -476,4 +486,5 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-__all__ = ["RunResult", "evaluate", "fit", "load_optimizer_state", "optimizer_state_by_name", "unwrap"]
+__all__ = ["RunResult", "evaluate", "fit", "load_optimizer_state", "optimizer_family", "optimizer_state_by_name",
+           "state_by_name", "unwrap"]

@@ -1,0 +1,105 @@
+"""ANN weights from the command line: ``--ann MODEL --ann-weights W.pth|W.safetensors`` with a
+registry model (a plain state dict, or one under ``state_dict`` / ``model``), for pipes / piped /
+finetune / benchmark; a bare weights file as ``--ann`` gets one line saying what to give."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import spikebridge as sb
+from spikebridge import cli
+from spikebridge.pipelines.ann import AnnSource, RegistryFamily, load_ann
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict:
+    """A tiny registry ANN (``cnn`` for the embedded digits) saved the ways users save weights."""
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    state = sb.create_model("cnn", num_classes=10, neuron="relu", in_channels=1).state_dict()
+    paths = {"plain": root / "plain.pth", "state_dict": root / "wrapped.pth", "model": root / "model.pt",
+             "safetensors": root / "w.safetensors"}
+    torch.save(state, paths["plain"])
+    torch.save({"state_dict": state, "epoch": 3}, paths["state_dict"])
+    torch.save({"model": state, "optimizer": {}}, paths["model"])
+    save_file({k: v.contiguous() for k, v in state.items()}, str(paths["safetensors"]))
+    (root / "notes.pth").write_text("not weights\n")
+    paths["text"] = root / "notes.pth"
+    return {"state": state, **{k: str(v) for k, v in paths.items()}}
+
+
+def _plan(argv, capsys) -> dict:
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("kind", ["plain", "state_dict", "model", "safetensors"])
+def test_registry_model_with_weights_loads_every_layout(weights, kind):
+    loaded = load_ann(AnnSource(model="cnn", weights=weights[kind]))
+    assert isinstance(loaded.family, RegistryFamily) and not loaded.model.spiking
+    assert loaded.checkpoint_model == {"name": "cnn", "num_classes": 10, "in_channels": 1, "T": 1}
+    for key, value in weights["state"].items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("command", ["finetune", "pipes", "piped", "benchmark"])
+def test_plan_shows_the_model_and_no_ann_phase(weights, command, tmp_path, capsys):
+    argv = [command, "--ann", "cnn", "--ann-weights", weights["safetensors"], "--data", "mnist5k",
+            "--out", str(tmp_path / "o"), "--plan"]
+    if command == "piped":
+        argv += ["--events", "es-mnist"]
+    plan = _plan(argv, capsys)
+    assert plan["ann"] == "cnn"
+    assert plan["phases"] and all(p["role"] != "ann" for p in plan["phases"])  # the ANN is trained already
+    assert all(p["model"] == "cnn" for p in plan["phases"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_torchvision_named_model_takes_its_weights(tmp_path):
+    """``resnet18_tv`` has torchvision's key names: a torchvision-style state dict (here 7 classes)
+    loads, the classes read from ``fc.weight``."""
+    state = sb.create_model("resnet18_tv", num_classes=7, neuron="relu").state_dict()
+    assert {"conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer4.1.bn2.weight", "fc.weight"} <= set(state)
+    torch.save(state, tmp_path / "tv.pth")
+    loaded = load_ann(AnnSource(model="resnet18_tv", weights=str(tmp_path / "tv.pth")))
+    assert loaded.checkpoint_model["num_classes"] == 7 and loaded.model.fc.out_features == 7
+
+
+@pytest.mark.parametrize("suffix", ["pth", "safetensors"])
+def test_bare_weights_file_as_ann_says_what_to_give(weights, suffix, tmp_path, capsys):
+    path = weights["plain"] if suffix == "pth" else weights["safetensors"]
+    code = cli.main(["finetune", "--ann", path, "--data", "mnist5k", "--out", str(tmp_path / "o"), "--plan"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "--ann MODEL --ann-weights" in err and "codec" not in err and "model description" not in err
+
+
+@pytest.mark.parametrize("case,expected", [
+    (["--ann", "cnn"], "needs --ann-weights"),
+    (["--ann", "cnn", "--ann-weights", "missing.pth"], "file not found"),
+    (["--ann", "cnn", "--ann-weights", "TEXT"], "not a loadable state-dict file"),
+    (["--ann", "resnet18_tv", "--ann-weights", "PLAIN"], "resnet18_tv"),  # another architecture's weights
+])
+def test_bad_weights_get_one_line(weights, case, expected, tmp_path, capsys):
+    argv = [a.replace("TEXT", weights["text"]).replace("PLAIN", weights["plain"]) for a in case]
+    code = cli.main(["finetune", *argv, "--data", "mnist5k", "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and expected in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_finetune_runs_from_registry_weights(weights, tmp_path):
+    out = tmp_path / "ft"
+    code = cli.main(["finetune", "--ann", "cnn", "--ann-weights", weights["state_dict"], "--data", "mnist5k",
+                     "--out", str(out), "--no-progress", "--device", "cpu", "--T", "2", "--epochs", "1",
+                     "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "finetune.batch_size=32",
+                     "--calibration-samples", "32"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ann"] == "cnn" and [r["name"] for r in summary["runs"]] == ["snn_finetuned"]
+    assert summary["transfer"]["matched"] and (out / "snn_finetuned" / "checkpoints" / "last.json").is_file()

@@ -1,0 +1,220 @@
+"""Event data as the field stores it (issue 13 item 2, issue 12 item 4): Tonic's on-disk layouts of
+N-MNIST (``Train/`` + ``Test/``), CIFAR10-DVS (class folders of ``.aedat4``) and DVS-Gesture
+(``ibmGestureTrain/`` + ``ibmGestureTest/`` of user folders of ``<label>.npy``), split folders in
+any case, AEDAT 4.0 decoding (LZ4 and uncompressed), and ES-UCF101 clips as the authors'
+conversion script writes them (``arr_0``). Every file is written here in the real format."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import _layouts as layouts
+from spikebridge.data.datasets import open_dataset
+from spikebridge.data.disk import detect_layout
+from spikebridge.data.events import (
+    AEDAT4_EXTRA_HINT,
+    events_to_frames,
+    make_events,
+    read_aedat,
+    read_aedat4,
+    read_gesture_npy,
+    read_nmnist_bin,
+    write_nmnist_bin,
+)
+from spikebridge.data.folders import split_layout
+from spikebridge.data.video import ESUCF101Dataset, read_video_events
+from spikebridge.errors import DataError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _stream(rng, n, w, h, label=0, t_max=300_000):
+    x = (rng.integers(0, w // 2, n) + label * (w // 6)) % w
+    return make_events(x, rng.integers(0, h, n), np.sort(rng.integers(0, t_max, n)), rng.integers(0, 2, n))
+
+
+def _items(ds):
+    return [ds[i] for i in range(len(ds))]
+
+
+# ------------------------------------------------------------------------------------------------
+# AEDAT 4.0
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lz4", [False, True])
+def test_aedat4_reads_the_events_and_sensor(tmp_path, lz4):
+    events = _stream(np.random.default_rng(1), 2500, 346, 260)
+    path = layouts.write_aedat4(tmp_path / "rec.aedat4", events, sensor=(346, 260), lz4=lz4, packet_size=700)
+    got, sensor = read_aedat4(path)
+    assert sensor == (346, 260) and got.dtype == events.dtype
+    np.testing.assert_array_equal(got, events)
+    np.testing.assert_array_equal(read_aedat(path), events)  # read_aedat dispatches on the version line
+
+
+def test_aedat4_corrupt_files_are_one_line_errors(tmp_path):
+    good = layouts.write_aedat4(tmp_path / "good.aedat4", _stream(np.random.default_rng(2), 300, 128, 128))
+    raw = good.read_bytes()
+    cases = {
+        "cut.aedat4": raw[: len(raw) - 100],                      # a truncated packet
+        "header.aedat4": raw[:14] + b"\xff" * 40,                  # garbage IOHeader
+        "empty.aedat4": b"#!AER-DAT4.0\r\n",
+    }
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(DataError) as info:
+            read_aedat4(tmp_path / name)
+        message = str(info.value)
+        assert name in message and "\n" not in message and len(message) < 400, message
+
+
+def test_aedat4_without_the_extra_names_it(tmp_path):
+    path = layouts.write_aedat4(tmp_path / "rec.aedat4", _stream(np.random.default_rng(3), 50, 128, 128))
+    code = ("import sys; sys.modules['aedat'] = None\n"  # the import fails as when the package is absent
+            "from spikebridge.data.events import read_aedat4\n"
+            f"read_aedat4({str(path)!r})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.endswith(AEDAT4_EXTRA_HINT) and "pip install 'spikebridge[aedat4]'" in last
+
+
+# ------------------------------------------------------------------------------------------------
+# Tonic's layouts
+# ------------------------------------------------------------------------------------------------
+def _nmnist_tonic(root: Path, train="Train", test="Test", per_class=3) -> Path:
+    rng = np.random.default_rng(4)
+    for split, count in ((train, per_class), (test, 2)):
+        for label in range(3):
+            for i in range(count):
+                write_nmnist_bin(root / split / str(label) / f"{i:05d}.bin", _stream(rng, 400, 34, 34, label))
+    return root
+
+
+def test_nmnist_tonic_layout(tmp_path):
+    root = _nmnist_tonic(tmp_path / "NMNIST")
+    assert detect_layout(root) == "dvs"
+    bundle = open_dataset(str(root), time_steps=5)
+    assert (bundle.num_classes, bundle.in_channels, bundle.image_size) == (3, 2, 34)
+    assert bundle.info["split"] == "folders" and len(bundle.train) == 9 and len(bundle.test) == 6
+    items = _items(bundle.test)
+    assert [y for _, y in items] == [0, 0, 1, 1, 2, 2]
+    path = root / "Test" / "1" / "00001.bin"
+    expected = events_to_frames(read_nmnist_bin(path), sensor_size=(34, 34), n_time_bins=5)
+    assert torch.equal(items[3][0], expected) and expected.sum() > 0
+
+
+@pytest.mark.parametrize("train, test", [("train", "Test"), ("TRAIN", "val"), ("Train", "test")])
+def test_split_folders_match_in_any_case(tmp_path, train, test):
+    root = _nmnist_tonic(tmp_path / "d", train=train, test=test, per_class=2)
+    bundle = open_dataset(str(root), time_steps=3)
+    assert bundle.info["split"] == "folders" and (len(bundle.train), len(bundle.test)) == (6, 6)
+    images = layouts.image_folders(tmp_path / "img", size=(28, 28), grey=True)
+    (images / "train").rename(images / train)
+    (images / "val").rename(images / test)
+    layout = split_layout(images)
+    assert Path(layout.train).name == train and Path(layout.val).name == test
+    assert open_dataset(str(images)).num_classes == 3
+
+
+def test_cifar10dvs_tonic_layout_aedat4(tmp_path):
+    rng = np.random.default_rng(5)
+    root = tmp_path / "CIFAR10DVS"
+    streams = {}
+    for label, name in enumerate(layouts.CIFAR10_NAMES[:3]):
+        for i in range(4):
+            path = root / name / f"cifar10_{name}_{i}.aedat4"
+            streams[path] = _stream(rng, 600, 128, 128, label)
+            layouts.write_aedat4(path, streams[path], lz4=bool(i % 2))
+    assert detect_layout(root) == "dvs"
+    bundle = open_dataset(str(root), time_steps=4)
+    assert (bundle.num_classes, bundle.image_size) == (3, 128) and len(bundle.train) + len(bundle.test) == 12
+    for path, label in bundle.test.samples:
+        frames, y = bundle.test[bundle.test.samples.index((path, label))]
+        assert y == label and torch.equal(frames, events_to_frames(streams[path], sensor_size=(128, 128), n_time_bins=4))
+
+
+def _gesture_npy(path: Path, events: np.ndarray, dtype) -> None:
+    """Tonic's DVS-Gesture sample: an [N, 4] array of x, y, p, t in ms."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.stack([events["x"], events["y"], events["p"], events["t"] // 1000], 1).astype(dtype)
+    np.save(path, arr)
+
+
+def test_dvs_gesture_tonic_layout(tmp_path):
+    rng = np.random.default_rng(6)
+    root = tmp_path / "DVSGesture"
+    written = {}
+    for split, users in (("ibmGestureTrain", ("user01_fluorescent", "user02_led")), ("ibmGestureTest", ("user24_natural",))):
+        for user in users:
+            for label in (0, 3, 10):
+                events = _stream(rng, 500, 128, 128, label % 4, t_max=6_000_000)
+                path = root / split / user / f"{label}.npy"
+                _gesture_npy(path, events, np.float64 if label % 2 else np.int32)
+                written[path] = events
+    assert detect_layout(root) == "dvs-gesture"
+    bundle = open_dataset(str(root), time_steps=6)
+    assert (bundle.num_classes, bundle.in_channels, bundle.image_size) == (11, 2, 128)
+    assert (len(bundle.train), len(bundle.test)) == (6, 3)
+    assert [y for _, y in bundle.test.samples] == [0, 10, 3]  # sorted file names: 0, 10, 3
+    path = root / "ibmGestureTest" / "user24_natural" / "3.npy"
+    events = read_gesture_npy(path)
+    ms = written[path]["t"] // 1000
+    np.testing.assert_array_equal(events["t"], ms * 1000)
+    np.testing.assert_array_equal(events["x"], written[path]["x"])
+    np.testing.assert_array_equal(events["p"], written[path]["p"])
+    frames, label = bundle.test[2]
+    assert label == 3 and torch.equal(frames, events_to_frames(events, sensor_size=(128, 128), n_time_bins=6))
+    # a file not named by a label in 0..10 is refused with one line
+    _gesture_npy(root / "ibmGestureTrain" / "user01_fluorescent" / "11.npy", written[path], np.int32)
+    with pytest.raises(DataError, match=r"11\.npy: a DVS-Gesture sample is named by its label, 0\.\.10\.npy"):
+        open_dataset(str(root))
+
+
+def test_gesture_npy_bad_files(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((5, 3)))
+    with pytest.raises(DataError, match=r"a\.npy: a DVS-Gesture sample is a numeric \[N, 4\] array"):
+        read_gesture_npy(tmp_path / "a.npy")
+    (tmp_path / "b.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match=r"b\.npy: not a readable \.npy"):
+        read_gesture_npy(tmp_path / "b.npy")
+
+
+# ------------------------------------------------------------------------------------------------
+# ES-UCF101 as the authors' conversion script writes it (issue 12 item 4)
+# ------------------------------------------------------------------------------------------------
+def _clip(rng, label, steps=30, h=12, w=16):
+    events = (rng.random((2, steps, h, w)) < 0.1).astype(np.uint8)
+    events[0, :, label, :] = 1
+    return events
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_es_ucf101_arr_0_files(tmp_path, flat):
+    rng = np.random.default_rng(7)
+    root = tmp_path / "es-ucf101"
+    clips = {}
+    for label, cls in enumerate(("ApplyEyeMakeup", "Archery")):
+        for c in range(4):
+            name = f"v_{cls}_g01_c{c + 1:02d}.npz"
+            path = root / name if flat else root / cls / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            clips[path] = (_clip(rng, label), label)
+            np.savez_compressed(path, clips[path][0].astype(bool) if c == 0 else clips[path][0])  # key arr_0
+    assert detect_layout(root) == "es-ucf101"
+    for path, (events, _label) in clips.items():
+        np.testing.assert_array_equal(read_video_events(path), events)
+    ds = ESUCF101Dataset(root, n_steps=15)
+    assert sorted((str(p), y) for p, y in ds.items) == sorted((str(p), y) for p, (_, y) in clips.items())
+    frames, label = ds[0]
+    events, expected_label = clips[ds.items[0][0]]
+    assert label == expected_label and torch.equal(frames, torch.from_numpy(events[:, :15].transpose(1, 0, 2, 3)).float())
+    bundle = open_dataset(str(root))
+    assert (bundle.num_classes, bundle.info["format"], len(bundle.train) + len(bundle.test)) == (2, "es-ucf101", 8)
+
+
+def test_es_ucf101_flat_folder_needs_ucf101_names(tmp_path):
+    np.savez_compressed(tmp_path / "clip1.npz", _clip(np.random.default_rng(8), 0))
+    with pytest.raises(DataError, match=r"clip1\.npz: a flat ES-UCF101 folder needs UCF101 clip names"):
+        open_dataset(str(tmp_path))

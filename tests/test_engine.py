@@ -39,6 +39,11 @@ def test_fit_learns_and_records(tmp_path, small_bundle):
     assert lines[0].startswith("epoch,seconds") and len(lines) == 5
     record = json.loads((tmp_path / "ann" / "checkpoints" / "last.json").read_text())
     assert record["epoch"] == 3 and record["meta"]["curve"] == result.curve
+    # the same curve in process CPU seconds: same epochs and accuracies, CPU time that only grows
+    assert [p[1:] for p in result.cpu_curve] == [p[1:] for p in result.curve]
+    assert result.cpu_curve[0][0] == 0.0 and all(b[0] > a[0] for a, b in zip(result.cpu_curve, result.cpu_curve[1:]))
+    assert record["meta"]["cpu_curve"] == result.cpu_curve
+    assert result.to_summary()["cpu_seconds"] == result.cpu_curve[-1][0]
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, small_bundle):
@@ -62,6 +67,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, small_bundle):
     resumed = sb.create_model("cnn", neuron="relu", in_channels=1)
     result = fit(resumed, small_bundle, _cfg(epochs=2), name="m", run_dir=tmp_path / "part", progress=False, seed=1, resume=True)
     assert result.epochs == 2
+    assert [p[1] for p in result.cpu_curve] == [1, 2] and 0 < result.cpu_curve[0][0] < result.cpu_curve[1][0]  # kept
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 

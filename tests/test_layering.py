@@ -3,7 +3,6 @@ below, lazily imported ones too; data imports no model code; nothing below the C
 import ast
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).parent.parent / "src" / "spikebridge"
 

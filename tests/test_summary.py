@@ -40,7 +40,7 @@ def colour_pixels(path, hex_colour: str) -> int:
     return int((np.abs(rgb - want).max(axis=-1) < 0.04).sum())
 
 
-def assert_figure(path) -> "np.ndarray":
+def assert_figure(path):
     """``path`` is a readable, figure-sized PNG that is not blank (text, axes and data drawn)."""
     import matplotlib.image
     import numpy as np
@@ -89,3 +89,17 @@ def test_the_bridge_seconds_count_in_the_time_to_target():
     summary = build_summary("d", 4, runs, comparisons=(PIPES, PIPED), extra={"bridge_seconds": 2.5})
     assert summary["time_to_target"] == {"snn_scratch": 16.0, "snn_pretrained": 6.5, "snn_pretrained_total": 16.5}
     assert summary["time_ratio"]["snn_pretrained"] == round(6.5 / 16.0, 4) and summary["bridge_seconds"] == 2.5
+    assert "time_to_target_cpu" not in summary  # runs without a CPU-time curve
+
+
+def test_cpu_time_to_target_has_the_wall_keys():
+    from spikebridge.analysis.summary import PIPES, build_summary
+
+    runs = [run("ann", [[10.0, 1, 0.9]]), run("snn_pretrained", [[0.0, 0, 0.5], [4.0, 1, 0.95]]),
+            run("snn_scratch", [[8.0, 1, 0.6], [16.0, 2, 0.95]])]
+    for entry, cpu in zip(runs, ([[20.0, 1, 0.9]], [[0.0, 0, 0.5], [7.0, 1, 0.95]], [[16.0, 1, 0.6], [40.0, 2, 0.95]])):
+        entry.update(cpu_curve=cpu, cpu_seconds=cpu[-1][0])
+    summary = build_summary("d", 4, runs, comparisons=(PIPES,), extra={"bridge_seconds": 2.5, "bridge_cpu_seconds": 1.0})
+    assert set(summary["time_to_target_cpu"]) == set(summary["time_to_target"])
+    assert summary["time_to_target_cpu"] == {"snn_scratch": 40.0, "snn_pretrained": 8.0, "snn_pretrained_total": 28.0}
+    assert summary["time_ratio_cpu"]["snn_pretrained"] == 0.2 and summary["time_ratio"]["snn_pretrained"] == round(6.5 / 16, 4)

@@ -25,11 +25,13 @@ class Comparison:
     baseline: str = "snn_scratch"
     pretrained: str = "snn_pretrained"
     target_key: str = "target_acc"
-    bridge_key: str = "bridge_seconds"
+    bridge_key: str = "bridge_seconds"  # its CPU seconds: bridge_key with "_seconds" -> "_cpu_seconds"
 
 
 PIPES = Comparison()
 PIPED = Comparison("snn_events_scratch", "snn_events_pretrained", "events_target_acc", "events_bridge_seconds")
+#: (curve, seconds, bridge seconds, summary key suffix): wall-clock time, and the process's CPU time
+CLOCKS = (("curve", "seconds", "_seconds", ""), ("cpu_curve", "cpu_seconds", "_cpu_seconds", "_cpu"))
 
 
 def build_summary(
@@ -45,28 +47,32 @@ def build_summary(
     and ``time_to_target`` for the baseline and the bridged run (its training seconds plus the
     bridge's, ``extra[bridge_key]``), plus ``<pretrained>_total`` which adds the ANN's training
     seconds; ``time_ratio[<pretrained>]``: its seconds to the target over the baseline's (None when
-    it never got there)."""
+    it never got there). The same in the process's CPU seconds (``time_to_target_cpu``,
+    ``time_ratio_cpu``, from each run's ``cpu_curve``): the ratio to quote on a shared CPU machine,
+    where the load changes between phases."""
     by_name = {run["name"]: run for run in runs}
     summary: dict[str, Any] = {"dataset": dataset, "T": T, "runs": runs}
-    ttt: dict[str, float | None] = {}
-    for comp in comparisons:
-        if comp.baseline not in by_name:
-            continue
-        target = by_name[comp.baseline]["best_acc"]
-        summary[comp.target_key] = target
-        ttt[comp.baseline] = time_to_target(by_name[comp.baseline]["curve"], target)
-        if comp.pretrained in by_name:
-            reach = time_to_target(by_name[comp.pretrained]["curve"], target)
-            if reach is not None:
-                reach = round(reach + float((extra or {}).get(comp.bridge_key) or 0.0), 3)
-            ttt[comp.pretrained] = reach
-            ann_seconds = by_name[ann]["seconds"] if ann in by_name else 0.0
-            ttt[f"{comp.pretrained}_total"] = None if reach is None else round(reach + ann_seconds, 3)
-            base = ttt[comp.baseline]
-            summary.setdefault("time_ratio", {})[comp.pretrained] = (
-                None if reach is None or not base else round(reach / base, 4))
-    if ttt:
-        summary["time_to_target"] = ttt
+    for curve_key, seconds_key, bridge_suffix, suffix in CLOCKS:
+        ttt: dict[str, float | None] = {}
+        for comp in comparisons:
+            if comp.baseline not in by_name or (suffix and curve_key not in by_name[comp.baseline]):
+                continue
+            target = by_name[comp.baseline]["best_acc"]
+            summary[comp.target_key] = target
+            ttt[comp.baseline] = time_to_target(by_name[comp.baseline][curve_key], target)
+            if comp.pretrained in by_name:
+                reach = time_to_target(by_name[comp.pretrained].get(curve_key, []), target)
+                bridge = (extra or {}).get(comp.bridge_key.replace("_seconds", bridge_suffix)) or 0.0
+                if reach is not None:
+                    reach = round(reach + float(bridge), 3)
+                ttt[comp.pretrained] = reach
+                ann_seconds = by_name[ann].get(seconds_key, 0.0) if ann in by_name else 0.0
+                ttt[f"{comp.pretrained}_total"] = None if reach is None else round(reach + ann_seconds, 3)
+                base = ttt[comp.baseline]
+                summary.setdefault(f"time_ratio{suffix}", {})[comp.pretrained] = (
+                    None if reach is None or not base else round(reach / base, 4))
+        if ttt:
+            summary[f"time_to_target{suffix}"] = ttt
     summary.update(extra or {})
     return summary
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig, TrainConfig, load_config, parse_override, to_dict

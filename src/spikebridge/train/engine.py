@@ -4,7 +4,8 @@
 ``cfg.until_plateau`` is set), evaluates after every epoch, and records a curve of
 ``[training seconds, epoch, test accuracy]`` (evaluation time is not counted; with
 ``cfg.precise_bn`` the BatchNorm statistics are re-estimated before each evaluation, and that time
-is counted as training). After every epoch
+is counted as training), and the same curve in the process's CPU seconds (``cpu_curve``: on a
+shared machine the load changes between phases, the CPU time a phase used does not). After every epoch
 it writes ``RUN_DIR/NAME/metrics.csv`` and a resumable checkpoint (model, optimizer, schedule, RNG
 state, history); ``resume=True`` continues from the last complete epoch and gives the same result
 as an uninterrupted run. The same code runs under ``torchrun`` (DDP; rank 0 writes; metrics are
@@ -44,6 +45,7 @@ class RunResult:
     best_acc: float
     final_acc: float
     curve: list[list[float]]  # [[seconds, epoch, acc], ...]
+    cpu_curve: list[list[float]] = field(default_factory=list)  # [[process CPU seconds, epoch, acc], ...]
     history: list[dict] = field(default_factory=list)
     # the optimizer's final per-parameter state by parameter name (momentum buffers; for the bridge)
     optimizer_state: dict[str, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
@@ -56,6 +58,8 @@ class RunResult:
             "best_acc": self.best_acc,
             "final_acc": self.final_acc,
             "curve": self.curve,
+            "cpu_seconds": self.cpu_curve[-1][0] if self.cpu_curve else 0.0,
+            "cpu_curve": self.cpu_curve,
         }
 
 
@@ -193,7 +197,8 @@ def fit(
     ckpt_dir = out / "checkpoints" if out else None
     history: list[dict] = []
     curve: list[list[float]] = []
-    start_epoch, seconds = 0, 0.0
+    start_epoch, seconds, cpu_seconds = 0, 0.0, 0.0
+    cpu_curve: list[list[float]] = []
 
     def make_optimizer() -> tuple[torch.optim.Optimizer, StepSchedule]:
         opt = build_optimizer(module.parameters(), cfg)
@@ -232,6 +237,8 @@ def fit(
             history = list(ckpt.meta.get("history", []))
             curve = list(ckpt.meta.get("curve", []))
             seconds = float(ckpt.meta.get("seconds", 0.0))
+            cpu_seconds = float(ckpt.meta.get("cpu_seconds", 0.0))
+            cpu_curve = list(ckpt.meta.get("cpu_curve", []))
             start_epoch = ckpt.epoch
             if start_epoch > 0 and hasattr(module, "set_epoch"):
                 module.set_epoch(start_epoch - 1)  # a sharpened ReLU resumes where its last epoch left it
@@ -244,6 +251,7 @@ def fit(
     elif evaluate_first:
         acc = evaluate(model, bundle, device=device)["acc"]
         curve.append([0.0, 0, acc])
+        cpu_curve.append([0.0, 0, acc])
         history.append({"epoch": 0, "seconds": 0.0, "test_acc": acc, "test_loss": None, "train_loss": None, "train_acc": None, "lr": None})
 
     train_model = distributed.wrap_model(model, device)  # after any resume: DDP sees what trains now
@@ -258,7 +266,7 @@ def fit(
             # warm-up over: every parameter trains from here; the schedule keeps its position
             _set_requires_grad(model, frozen, True)
             position = schedule.state_dict()
-            kept = optimizerstate_by_name(module, optimizer)
+            kept = optimizer_state_by_name(module, optimizer)
             optimizer, schedule = make_optimizer()
             schedule.load_state_dict(position)
             # the new layers keep their momentum; the unfrozen ones get the transferred state, if any
@@ -267,6 +275,7 @@ def fit(
         if hasattr(module, "set_epoch"):
             module.set_epoch(epoch)
         train_model.train()
+        cpu_started = time.process_time()
         try:
             stats = _train_one_epoch(
                 train_model, bundle, cfg, optimizer, schedule, generator, device, info, progress,
@@ -277,6 +286,7 @@ def fit(
         seconds += stats["seconds"]
         if cfg.precise_bn:
             seconds += precise_batchnorm(module, bundle, cfg.precise_bn, seed=seed * 7919 + epoch, device=device)
+        cpu_seconds += time.process_time() - cpu_started
         epoch += 1
         metrics = evaluate(model, bundle, device=device)
         record = {
@@ -290,6 +300,7 @@ def fit(
         }
         history.append(record)
         curve.append([round(seconds, 3), epoch, metrics["acc"]])
+        cpu_curve.append([round(cpu_seconds, 3), epoch, metrics["acc"]])
         if info.is_main:  # one line per epoch, with or without progress bars
             tqdm.write(
                 f"{name} epoch {epoch}: train loss {stats['loss']:.4f} acc {stats['acc']:.4f} | "
@@ -309,6 +320,7 @@ def fit(
                 save_checkpoint(
                     ckpt_dir, "last", module,
                     {**(meta or {}), "history": history, "curve": curve, "seconds": seconds, "name": name,
+                     "cpu_seconds": cpu_seconds, "cpu_curve": cpu_curve,
                      "grad_scaler": precision.state_dict()},
                     optimizer=optimizer, scheduler=schedule, rng=_rng_state(generator), epoch=epoch,
                 )
@@ -328,8 +340,9 @@ def fit(
         best_acc=max(accs) if accs else 0.0,
         final_acc=accs[-1] if accs else 0.0,
         curve=curve,
+        cpu_curve=cpu_curve,
         history=history,
-        optimizer_state=optimizerstate_by_name(module, optimizer),
+        optimizer_state=optimizer_state_by_name(module, optimizer),
     )
 
 
@@ -349,7 +362,7 @@ def _still_improving(history: list[dict], window: int) -> bool:
     return max(accs[-window:]) > max(accs[:-window])
 
 
-def optimizerstate_by_name(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, Any]]:
+def optimizer_state_by_name(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, Any]]:
     """The optimizer's per-parameter state (SGD ``momentum_buffer``; Adam ``step``, ``exp_avg``,
     ``exp_avg_sq``) keyed by parameter name, tensors copied to the CPU."""
     names = {id(p): n for n, p in unwrap(module).named_parameters()}

@@ -218,3 +218,16 @@ def write_aedat4(path: Path, events: np.ndarray, *, sensor: tuple[int, int] = (1
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(parts))
     return path
+
+
+def recipe_datasets(root: Path) -> dict[str, str]:
+    """One tiny dataset in each on-disk layout the recipes in configs/ read (ImageNet folders,
+    ES-ImageNet, CIFAR10-DVS recordings, UCF101 frame folders and their ES-UCF101 events)."""
+    clips = video_clips(root / "clips", classes=2, clips_per_class=2, frames=16)
+    return {
+        "photos": str(image_folders(root / "imagenet", size=(48, 64), classes=3, train_per_class=4)),
+        "es-imagenet": str(es_imagenet(root / "es-imagenet", classes=3, train_per_class=2, released=True)),
+        "dvs": str(dvs_folder(root / "cifar10-dvs", per_class=4)),
+        "clips": str(clips),
+        "es-ucf101": str(es_ucf101(clips, root / "es-ucf101")),
+    }

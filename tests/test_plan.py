@@ -24,19 +24,11 @@ def data(tmp_path_factory) -> dict:
     import spikebridge as sb
 
     root = tmp_path_factory.mktemp("plan")
-    clips = layouts.video_clips(root / "clips", classes=2, clips_per_class=2, frames=16)
     ann = root / "ann"
     save_checkpoint(ann, "last", sb.create_model("cnn", num_classes=3, neuron="relu"),
                     {"model": {"name": "cnn", "num_classes": 3, "in_channels": 3, "T": 1},
                      "neuron": asdict(sb.NeuronConfig(kind="relu")), "data": "photos"})
-    return {
-        "photos": str(layouts.image_folders(root / "imagenet", size=(48, 64), classes=3, train_per_class=2)),
-        "es-imagenet": str(layouts.es_imagenet(root / "es-imagenet", classes=3, train_per_class=2, released=True)),
-        "dvs": str(layouts.dvs_folder(root / "cifar10-dvs", per_class=2)),
-        "clips": str(clips),
-        "es-ucf101": str(layouts.es_ucf101(clips, root / "es-ucf101")),
-        "ann": str(ann / "last.json"),
-    }
+    return {**layouts.recipe_datasets(root), "ann": str(ann / "last.json")}
 
 
 # recipe -> (static data, event data)

@@ -23,15 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("recipes")
-    clips = layouts.video_clips(root / "clips", classes=2, clips_per_class=2, frames=16)
-    return {
-        "photos": str(layouts.image_folders(root / "imagenet", size=(48, 64), classes=3, train_per_class=4)),
-        "es-imagenet": str(layouts.es_imagenet(root / "es-imagenet", classes=3, train_per_class=2, released=True)),
-        "dvs": str(layouts.dvs_folder(root / "cifar10-dvs", per_class=4)),
-        "clips": str(clips),
-        "es-ucf101": str(layouts.es_ucf101(clips, root / "es-ucf101")),
-    }
+    return layouts.recipe_datasets(tmp_path_factory.mktemp("recipes"))
 
 
 def _one_step(section: str, batch: int) -> dict:

@@ -433,16 +433,17 @@ def stored_model_options(spec: dict) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in (spec.get("options") or {}).items()}
 
 
-def model_from_checkpoint(path: str | Path, *, T: int | None = None, code: str | None = None,
+def model_from_checkpoint(path: str | Path | Any, *, T: int | None = None, code: str | None = None,
                           trust_code: bool = False) -> tuple[nn.Module, dict, Any]:
-    """Load checkpoint ``path`` and rebuild its model with the weights: ``(model, meta, ckpt)``.
+    """Load checkpoint ``path`` (or take a :class:`~spikebridge.train.checkpoint.Checkpoint` already
+    loaded) and rebuild its model with the weights: ``(model, meta, ckpt)``.
 
     ``code`` / ``trust_code``: see :func:`resolve_code` (without them a checkpoint of the user's
     class is refused, importing nothing). In the returned ``meta`` (a copy), ``model.ann`` is the
     spec actually imported (``code`` when given)."""
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import Checkpoint, load_checkpoint
 
-    ckpt = load_checkpoint(path)
+    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
     where = str(ckpt.path)
     meta = copy.deepcopy(ckpt.meta)
     state = ckpt.model_state

@@ -144,8 +144,9 @@ class LoadedAnn:
     optimizer_state: dict[str, dict[str, Any]] | None = None
 
 
-def load_ann(source: AnnSource) -> LoadedAnn:
-    """Import the user's class and load its weights, or rebuild a checkpoint's ANN."""
+def load_ann(source: AnnSource, *, checkpoint: Any = None) -> LoadedAnn:
+    """Import the user's class and load its weights, or rebuild a checkpoint's ANN
+    (``checkpoint``: ``source.checkpoint`` already read, e.g. by the run plan)."""
     if source.model:
         return _registry_ann(source)
     if source.class_spec:
@@ -155,7 +156,8 @@ def load_ann(source: AnnSource) -> LoadedAnn:
             model = import_ann(source.class_spec, source.kwargs)
             load_ann_weights(model, source.weights)
         return LoadedAnn(model, source.label, family)
-    model, meta, ckpt = model_from_checkpoint(source.checkpoint, trust_code=source.trust_code)
+    model, meta, ckpt = model_from_checkpoint(source.checkpoint if checkpoint is None else checkpoint,
+                                          trust_code=source.trust_code)
     if getattr(model, "spiking", False):
         raise CheckpointError(f"{source.checkpoint}: this checkpoint is already an SNN; give the ANN's checkpoint")
     info = meta["model"]

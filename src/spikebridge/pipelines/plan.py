@@ -89,6 +89,7 @@ class RunPlan:
     ann: AnnSource | None = None
     options: dict[str, Any] = field(default_factory=dict)
     preset: dict[str, Any] = field(default_factory=dict)
+    ann_checkpoint: Any = None  # the ANN checkpoint, read once when it was validated (execute reuses it)
 
     def to_dict(self) -> dict[str, Any]:
         cfg = self.config
@@ -246,7 +247,7 @@ def build_plan(request: Request) -> RunPlan:
                                 model=model))
     if command == "benchmark":
         phases += _benchmark_phases(cfg, options, source, ann_phase, static_kind)
-    return RunPlan(command, cfg, phases, source, options, preset)
+    return RunPlan(command, cfg, phases, source, options, preset, ckpt)
 
 
 def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | None, ann_phase: Phase,
@@ -290,7 +291,7 @@ def execute(plan: RunPlan) -> dict:
     from .ann import load_ann
     from .context import log
 
-    loaded = load_ann(plan.ann) if plan.ann is not None else None
+    loaded = load_ann(plan.ann, checkpoint=plan.ann_checkpoint) if plan.ann is not None else None
     cfg, options = plan.config, plan.options
     with claim_run_folder(cfg.run.out, command=plan.command, config=to_dict(cfg), resume=cfg.run.resume,
                           overwrite=bool(options.get("overwrite"))) as folder:

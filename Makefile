@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	$(MNIST5K)
+	$(PIP) install -q --no-deps snntorch==1.0.0 nirtorch==2.6  # the NIR round-trip tests (never runtime)
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -22,8 +22,15 @@ def test_method_grammar():
     m = parse_method("pretrained+liaf+T2")
     assert (m.base, m.neuron, m.T, m.warmup, m.transfers) == ("pretrained", "liaf", 2, False, True)
     assert parse_method("encoder+wu").warmup and not parse_method("scratch").transfers
-    assert [m.name for m in parse_methods(DEFAULT_METHODS)][:2] == ["scratch", "pretrained"]
+    # the paper's method set (arXiv:2203.01158, Sec. 4): every base, with and without warm-up, LIF and LIAF
+    default = parse_methods(DEFAULT_METHODS)
+    assert {m.base for m in default} == {"scratch", "pretrained", "encoder", "decoder"}
+    assert {(m.base, m.warmup) for m in default} >= {("pretrained", True), ("pretrained", False), ("encoder", True),
+                                                      ("encoder", False)}
+    assert {(m.base, m.neuron) for m in default} >= {("scratch", None), ("scratch", "liaf"), ("pretrained", None),
+                                                      ("pretrained", "liaf")}
     for bad, match in (("bogus", "start with"), ("pretrained+fast", "unknown modifier"), ("scratch+wu", "warm-up"),
+                       ("decoder+wu", "transfers none"),
                        ("scratch,scratch", "repeat"), ("pretrained+T0", "unknown modifier")):
         with pytest.raises(ConfigError, match=match):
             parse_methods(bad)

@@ -191,3 +191,109 @@ def test_convert_video(clip_folder, tmp_path, mode, capsys):
         expected = clip_to_events(clip_folder / rel, n_frames=11, mode=mode, **kwargs)
         np.testing.assert_array_equal(read_video_events(out / f"{rel}.npz"), expected)
         assert expected.any(axis=(0, 2, 3)).all()  # the moving bar makes events at every step
+
+
+@pytest.fixture(scope="module")
+def es_root(digit_folder, tmp_path_factory):
+    """An ES-ImageNet root in our converted layout: train/ and val/ from the digits (3 classes)."""
+    from spikebridge.data.convert import convert_image_folder_odg
+
+    src, _ = digit_folder
+    root = tmp_path_factory.mktemp("es-root")
+    for split in ("train", "val"):
+        convert_image_folder_odg(src, root / split, progress=False)
+    return root
+
+
+def test_convert_edge_integral_writes_an_image_folder_then_resumes(es_root, tmp_path, capsys):
+    from spikebridge.data.datasets import open_dataset
+    from spikebridge.data.odg import edge_integral_image
+
+    out = tmp_path / "edge"
+    assert main(["convert", "edge-integral", "--input", str(es_root), "--out", str(out), "--no-progress"]) == 0
+    report = capsys.readouterr().out.strip()
+    assert "\n" not in report
+    assert report.startswith("Converted 18 samples to edge-integral images, skipped 0 already done, 0 unreadable "
+                             "(18 samples in 3 classes")
+    for split in ("train", "val"):
+        assert sorted(p.name for p in (out / split).iterdir()) == ["0000", "0001", "0002"]
+        for entry in read_label_file(es_root / split / "labels.txt"):
+            png = out / split / f"{entry.label:04d}" / f"{entry.path.stem}.png"
+            with Image.open(png) as im:
+                assert im.format == "PNG" and im.mode == "L" and im.size == (224, 224)
+                stored = np.asarray(im)
+            frames = events_to_dense(read_es_sample(entry.path, height=entry.height, width=entry.width))
+            np.testing.assert_array_equal(stored, edge_integral_image(frames))
+            assert stored.min() < 128 < stored.max()  # a digit's edges: both signs of the integral
+    # an ImageNet-layout folder: pretrain reads it as grey static images with the events' labels
+    bundle = open_dataset(str(out))
+    assert bundle.kind == "static" and bundle.in_channels == 1 and bundle.num_classes == 3
+    labels = sorted(int(bundle.train[i][1]) for i in range(len(bundle.train)))
+    assert labels == sorted(e.label for e in read_label_file(es_root / "train" / "labels.txt"))
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    stale = out / "val" / "0001" / ".spikebridge-tmp.x.png.0123456789ab.tmp"
+    stale.write_bytes(b"half")
+    assert main(["convert", "edge-integral", "--input", str(es_root), "--out", str(out), "--no-progress"]) == 0
+    again = capsys.readouterr().out
+    assert again.startswith("Converted 0 samples to edge-integral images, skipped 18 already done")
+    assert "Removed 1 partial files" in again and not stale.exists()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
+
+
+def test_convert_edge_integral_replaces_a_planted_link_not_its_target(es_root, tmp_path, capsys):
+    """An attacker links an output name of an earlier conversion to a victim file: the rerun writes
+    a new file in place of the link and the victim stays as it was."""
+    out = tmp_path / "edge"
+    assert main(["convert", "edge-integral", "--input", str(es_root), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    target = next((out / "train" / "0001").glob("*.png"))
+    target.unlink()
+    target.symlink_to(victim)
+    assert main(["convert", "edge-integral", "--input", str(es_root), "--out", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("Converted 1 samples")
+    assert victim.read_text() == "keep me"
+    assert not target.is_symlink() and Image.open(target).mode == "L"
+
+
+def test_convert_edge_integral_refusals(es_root, tmp_path, capsys):
+    def refused(argv, words, out=None):
+        assert main(["convert", "edge-integral", *argv, "--no-progress"]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.count("\n") == 1 and words in captured.err and "Traceback" not in captured.err
+        if out is not None:
+            assert not out.exists()
+
+    # a user's own folder is never written into
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    refused(["--input", str(es_root), "--out", str(mine)], "not empty")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    refused(["--input", str(es_root), "--out", str(es_root / "edge")], "inside --input", es_root / "edge")
+    refused(["--input", str(es_root / "train"), "--out", str(tmp_path / "o")], "train and a val split", tmp_path / "o")
+    refused(["--input", str(tmp_path / "missing"), "--out", str(tmp_path / "o")], "input folder not found", tmp_path / "o")
+    # a label file that points outside its dataset is refused before anything is written
+    evil = tmp_path / "evil"
+    for split in ("train", "val"):
+        (evil / split).mkdir(parents=True)
+        (evil / split / "labels.txt").write_text("../../../../etc/passwd 0 254 254\n")
+    refused(["--input", str(evil), "--out", str(tmp_path / "o")], "leaves the dataset folder", tmp_path / "o")
+
+
+def test_convert_edge_integral_reports_a_broken_sample(es_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "es"
+    shutil.copytree(es_root, root)
+    broken = next((root / "val").rglob("*.npz"))
+    broken.write_bytes(b"PK not an archive")
+    out = tmp_path / "edge"
+    assert main(["convert", "edge-integral", "--input", str(root), "--out", str(out), "--no-progress",
+                 "--workers", "2"]) == 0
+    report = capsys.readouterr().out
+    assert report.startswith("Converted 17 samples to edge-integral images, skipped 0 already done, 1 unreadable")
+    assert f"val/{broken.name}" in report
+    assert len(list(out.rglob("*.png"))) == 17

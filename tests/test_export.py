@@ -1,7 +1,6 @@
 """NIR export: the file reads back with the same node types, shapes and parameters, and a small
-discrete-time simulation of the NIR graph reproduces the SNN's output."""
-import math
-
+discrete-time simulation of the NIR graph (forward Euler, as NIR importers run it) reproduces the
+SNN's output. snnTorch's importer is checked in test_nir_interop.py."""
 import nir
 import numpy as np
 import pytest
@@ -16,8 +15,10 @@ from spikebridge.spikify import spikify
 
 
 def simulate(graph, frames: np.ndarray) -> np.ndarray:
-    """Run a NIR graph step by step (dt = 1, exact integration of LIF/IF), ``frames [T, ...]``;
-    returns the output at every step. A node's input is the sum over its incoming edges."""
+    """Run a NIR graph step by step (one forward-Euler step of the graph's ``dt`` for LIF/IF),
+    ``frames [T, ...]``; returns the output at every step. A node's input is the sum over its
+    incoming edges."""
+    dt = float(graph.metadata["dt"])
     preds = {name: [s for s, d in graph.edges if d == name] for name in graph.nodes}
     order, done = [], set()
     while len(order) < len(graph.nodes):
@@ -50,10 +51,9 @@ def simulate(graph, frames: np.ndarray) -> np.ndarray:
                 r = torch.as_tensor(node.r, dtype=torch.float64)
                 if isinstance(node, nir.LIF):
                     tau = torch.as_tensor(node.tau, dtype=torch.float64)
-                    decay = torch.where(tau > 0, torch.exp(-1.0 / tau.clamp(min=1e-300)), torch.zeros_like(tau))
-                    v = decay * v + (1 - decay) * r * t
+                    v = v + dt / tau * (torch.as_tensor(node.v_leak, dtype=torch.float64) - v) + dt * r / tau * t
                 else:
-                    v = v + r * t
+                    v = v + dt * r * t
                 spike = (v > torch.as_tensor(node.v_threshold, dtype=torch.float64)).double()
                 state[name] = torch.where(spike > 0, torch.as_tensor(node.v_reset, dtype=torch.float64), v)
                 y = spike
@@ -109,12 +109,13 @@ def test_nir_round_trip_types_shapes_parameters_and_dynamics(kind, tmp_path):
     back = nir.read(path)
     assert {k: type(v).__name__ for k, v in back.nodes.items()} == {k: type(v).__name__ for k, v in graph.nodes.items()}
     assert sorted(back.edges) == sorted(graph.edges)
+    types = [type(v).__name__ for v in back.nodes.values()]
     for name, node in graph.nodes.items():
         for field in ("weight", "bias", "tau", "r", "v_threshold", "v_leak", "v_reset", "scale"):
             if hasattr(node, field):
                 np.testing.assert_allclose(getattr(back.nodes[name], field), getattr(node, field), err_msg=f"{name}.{field}")
-    assert float(back.metadata["dt"]) == 1.0 and int(back.metadata["time_steps"]) == snn.T
-    types = [type(v).__name__ for v in back.nodes.values()]
+    assert float(back.metadata["dt"]) == 1e-4 and int(back.metadata["time_steps"]) == snn.T
+    assert "Scale" not in types
     if kind == "registry":
         assert types.count("Conv2d") == 3 and types.count("LIF") == 3 and "BatchNorm" not in "".join(types)
         # BN folded: conv1's NIR weight = conv weight * gamma / sqrt(var + eps)
@@ -123,14 +124,18 @@ def test_nir_round_trip_types_shapes_parameters_and_dynamics(kind, tmp_path):
         np.testing.assert_allclose(back.nodes["conv1"].weight, snn.conv1.weight.detach().numpy() * factor[:, None, None, None], rtol=1e-5)
         lif = back.nodes["act1"]
         assert lif.tau.shape == (16, 16, 16)
-        np.testing.assert_allclose(lif.tau, -1 / math.log(0.5), rtol=1e-6)
-        np.testing.assert_allclose(lif.r, 1 / (1 - 0.5), rtol=1e-6)
+        np.testing.assert_allclose(lif.tau, 1e-4 / (1 - 0.5), rtol=1e-6)  # decay = 1 - dt / tau
+        np.testing.assert_allclose(lif.r, 1 / (1 - 0.5), rtol=1e-6)  # unit input gain: dt r / tau = 1
         np.testing.assert_allclose(lif.v_threshold, 0.3, rtol=1e-6)
     else:
-        assert types.count("Scale") == 2 and types.count("LIF") == 2
-        # the residual sum is two edges into the second neuron
+        assert types.count("LIF") == 2
+        # the residual sum is two edges into the second neuron; the first neuron's level V is folded
+        # into that neuron's threshold, the conv it feeds (input columns) and the other branch (rows)
         second = [s for s, d in back.edges if d == "relu_2"]
-        assert sorted(second) == ["conv", "relu_scale"]
+        assert sorted(second) == ["conv", "relu"]
+        level = snn.relu.effective_threshold().detach().numpy()
+        level = level.reshape(-1, 1, 1) if level.ndim else level
+        np.testing.assert_allclose(back.nodes["relu"].v_threshold, np.broadcast_to(level, (4, 8, 8)), rtol=1e-6)
     # the NIR graph, simulated, computes what the SNN computes (mean over T of the output)
     x = torch.randn(2, *shape)
     expected = snn(x).detach().numpy()
@@ -139,11 +144,17 @@ def test_nir_round_trip_types_shapes_parameters_and_dynamics(kind, tmp_path):
         np.testing.assert_allclose(simulate(back, frames).mean(0), expected[i], rtol=1e-4, atol=1e-4)
 
 
-def test_neuron_parameter_mapping_edge_cases():
+def test_neuron_parameter_mapping_edge_cases(tmp_path):
     if_params = neuron_parameters(sb.LIF(decay=1.0, threshold=0.5), (3,))
-    assert if_params["type"] == "IF" and np.allclose(if_params["r"], 1.0)
-    zero = neuron_parameters(sb.LIF(decay=0.0, threshold=0.5), (3,))
-    assert np.allclose(zero["tau"], 0.0) and np.allclose(zero["r"], 1.0)
+    assert if_params["type"] == "IF" and np.allclose(if_params["r"], 1e4)  # dv/dt = r I: dt r = 1
+    zero = neuron_parameters(sb.LIF(decay=0.0, threshold=0.5), (3,), dt=1.0)
+    assert np.allclose(zero["tau"], 1.0) and np.allclose(zero["r"], 1.0)  # decay 0: tau = dt
+    graph = export_nir(_registry_snn(), (1, 16, 16), tmp_path / "dt.nir", dt=0.5)
+    assert float(nir.read(tmp_path / "dt.nir").metadata["dt"]) == 0.5
+    np.testing.assert_allclose(graph.nodes["act1"].tau, 0.5 / (1 - 0.5), rtol=1e-6)
+    for bad in (0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="dt must be a positive number"):
+            export_nir(_registry_snn(), (1, 16, 16), tmp_path / "bad.nir", dt=bad)
     with pytest.raises(ConfigError, match="LIAF"):
         neuron_parameters(sb.LIAF(), (3,))
 
@@ -151,8 +162,24 @@ def test_neuron_parameter_mapping_edge_cases():
 def test_export_refuses_max_pooling_and_anns(tmp_path):
     ann = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 3 * 3, 2))
     snn = spikify(ann, "lif", T=2, example_input=torch.randn(2, 1, 8, 8))
-    with pytest.raises(ConfigError, match=r"layer '2' \(MaxPool2d\).*max-pooling"):
+    with pytest.raises(ConfigError, match=r"layer '2' \(MaxPool2d\).*max-pooling.*resnet18"):
         export_nir(snn, (1, 8, 8), tmp_path / "x.nir")
     with pytest.raises(ConfigError, match="spiking model"):
         export_nir(sb.create_model("cnn", neuron="relu", in_channels=1), (1, 8, 8), tmp_path / "y.nir")
+    assert not (tmp_path / "x.nir").exists()
+
+
+def test_spikify_level_that_cannot_be_folded_is_refused_naming_the_neuron(tmp_path):
+    class EndsInReLU(nn.Module):  # the last neuron's level V would reach the output
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return F.relu(self.fc(x))
+
+    snn = spikify(EndsInReLU(), "lif", T=2, example_input=torch.randn(2, 6), input_ndim=2)
+    with pytest.raises(ConfigError, match=r"level of neuron 'spike_relu' .*'output' \(Output\)") as error:
+        export_nir(snn, (6,), tmp_path / "x.nir")
+    assert "\n" not in str(error.value)
     assert not (tmp_path / "x.nir").exists()

@@ -11,7 +11,7 @@ LAYERS = {
     "errors": 0, "utils": 0,
     "surrogate": 1, "kernels": 1, "neurons": 1, "layers": 1, "config": 1, "train.checkpoint": 1,
     "models": 2,
-    "bridge": 3, "spikify": 3, "export": 3,
+    "bridge": 3, "spikify": 3, "export": 3, "nir_import": 3,
     "data": 4,
     "train": 5, "restore": 5, "conversion": 5,
     "analysis": 6,

@@ -16,6 +16,7 @@ from spikebridge.data.odg import (
     ESMNISTConfig,
     EventSample,
     cached_es_mnist,
+    edge_integral_image,
     es_mnist_frames,
     events_to_dense,
     image_intensity,
@@ -249,6 +250,21 @@ def test_edge_integral_from_frames_equals_from_events():
     frames = events_to_dense(s, canvas=258, crop=(0, 258), size=254)  # canvas coordinates
     from_frames = reconstruct_edge_integral(frames)
     np.testing.assert_array_equal(from_frames[:254, :254], reconstruct_edge_integral(s))
+
+
+def test_edge_integral_image_is_a_fixed_grey_scale_of_the_integral():
+    """8-bit, 128 at zero and 15 grey levels per unit: the whole range of 8 binary steps (-8..8)
+    fits unclipped, so the PNG the self-pretrain converter writes gives the integral back exactly."""
+    digits, _ = mnist_digits(1)
+    frames = events_to_dense(odg(np.kron(digits[0], np.ones((9, 9), dtype=np.uint8)), min_events=0))
+    image = edge_integral_image(frames)
+    integral = reconstruct_edge_integral(frames)
+    assert image.dtype == np.uint8 and image.shape == (224, 224)
+    np.testing.assert_array_equal((image.astype(np.int64) - 128) / 15, integral)
+    assert integral.min() < 0 < integral.max()
+    on, off = torch.zeros(8, 2, 4, 4), torch.zeros(8, 2, 4, 4)
+    on[:, 0], off[:, 1] = 1, 1  # ON (OFF) everywhere at every step: +8 (-8) at the top-left pixel
+    assert edge_integral_image(on)[0, 0] == 248 and edge_integral_image(off)[0, 0] == 8
 
 
 def test_es_mnist_frames_equal_per_digit_odg():

@@ -37,6 +37,10 @@ RECIPES = {
     "imagenet_pipes_resnet34.yaml": ("photos", None),
     "esimagenet_piped_resnet18_lif.yaml": ("photos", "es-imagenet"),
     "esimagenet_piped_resnet18_liaf.yaml": ("photos", "es-imagenet"),
+    "esimagenet_piped_resnet18_liaf_selfpretrain.yaml": ("photos", "es-imagenet"),  # photos stand for the edge images
+    "esimagenet_piped_resnet34_lif.yaml": ("photos", "es-imagenet"),
+    "esimagenet_piped_resnet34_liaf.yaml": ("photos", "es-imagenet"),
+    "esimagenet_2dcnn_resnet18.yaml": ("photos", "es-imagenet"),  # run as: benchmark --data ES --methods scratch
     "cifar10dvs_piped.yaml": ("photos", "dvs"),
     "esucf101_piped_crnn.yaml": ("clips", "es-ucf101"),
 }

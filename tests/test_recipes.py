@@ -12,7 +12,10 @@ import _layouts as layouts
 from spikebridge import cli
 from spikebridge.config import PipelineConfig, load_config
 from spikebridge.errors import ConfigError
+import spikebridge as sb
+from spikebridge.layers import TimeFolded, set_time_steps
 from spikebridge.pipelines import piped, pipes
+from spikebridge.pipelines.benchmark import benchmark
 from spikebridge.train.checkpoint import load_checkpoint
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -23,7 +26,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
-    return layouts.recipe_datasets(tmp_path_factory.mktemp("recipes"))
+    from spikebridge.data.convert import convert_es_to_edge_integral
+
+    root = tmp_path_factory.mktemp("recipes")
+    data = layouts.recipe_datasets(root)
+    # the self-pretrain recipe's ANN data: edge-integral images of the ES-ImageNet set itself
+    convert_es_to_edge_integral(data["es-imagenet"], root / "edge", progress=False)
+    return {**data, "edge": str(root / "edge")}
 
 
 def _one_step(section: str, batch: int) -> dict:
@@ -49,6 +58,21 @@ CASES = {
         "data.name": d["photos"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
         "events.image_size": 32,
         **_one_step("ann", 12), **_one_step("events.finetune", 6)}),
+    "esimagenet_piped_resnet18_liaf_selfpretrain.yaml": ("piped", lambda d: {
+        "data.name": d["edge"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
+        "events.image_size": 32,
+        **_one_step("ann", 6), **_one_step("events.finetune", 6)}),
+    "esimagenet_piped_resnet34_lif.yaml": ("piped", lambda d: {
+        "data.name": d["photos"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
+        "events.image_size": 32,
+        **_one_step("ann", 12), **_one_step("events.finetune", 6)}),
+    "esimagenet_piped_resnet34_liaf.yaml": ("piped", lambda d: {
+        "data.name": d["photos"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
+        "events.image_size": 32,
+        **_one_step("ann", 12), **_one_step("events.finetune", 6)}),
+    "esimagenet_2dcnn_resnet18.yaml": ("benchmark", lambda d: {
+        "data.name": d["es-imagenet"], "events.data": d["es-imagenet"], "model.name": "cnn", "events.image_size": 32,
+        **_one_step("events.scratch", 6)}),
     "cifar10dvs_piped.yaml": ("piped", lambda d: {
         "data.name": d["photos"], "data.image_size": 32, "events.data": d["dvs"], "model.name": "cnn",
         "events.image_size": 32,
@@ -71,6 +95,19 @@ def test_recipe_runs_a_step(recipe, tiny, tmp_path):
     for section in ("ann", "finetune", "neuron", "bridge"):  # the recipe's own choices survive
         keep = {k for k in vars(getattr(plain, section)) if k not in ("epochs", "batch_size", "calibration_batch_size")}
         assert {k: getattr(getattr(cfg, section), k) for k in keep} == {k: getattr(getattr(plain, section), k) for k in keep}
+    if kind == "benchmark":  # the 2D-CNN: one scratch run on the event frames summed into one step
+        summary = benchmark(cfg, "scratch")
+        (run,) = summary["runs"]
+        assert run["method"] == "scratch" and run["T"] == 1 and run["neuron"] == "liaf"
+        ckpt = load_checkpoint(tmp_path / "scratch" / "checkpoints" / "last.json")
+        assert ckpt.epoch == 1 and ckpt.meta["model"]["in_channels"] == 2
+        # a LIAF neuron at T = 1 is LeakyReLU(0.2): the net is a plain 2D-CNN
+        net = sb.create_model("cnn", num_classes=3, neuron=cfg.neuron, T=1, in_channels=2)
+        act = next(m for m in net.modules() if isinstance(m, TimeFolded))
+        set_time_steps([act], 1)
+        x = torch.randn(4, 5, 6, 6)
+        torch.testing.assert_close(act(x), torch.nn.functional.leaky_relu(x, 0.2))
+        return
     if kind == "pipes":
         summary = pipes(cfg, baseline=False)
         names = ["ann", "snn_pretrained"]

@@ -1,5 +1,5 @@
 """Export a trained SNN as a NIR graph (Neuromorphic Intermediate Representation, the ``nir``
-package) that neuromorphic toolchains load.
+package) that neuromorphic toolchains load (checked against snnTorch's ``import_from_nir``).
 
 What maps to what (one NIR graph = the network for *one time step*; the runtime feeds the input at
 every step and averages the output over the T steps, as spikebridge's readout does):
@@ -13,26 +13,41 @@ spikebridge                                 NIR
 ``AvgPool2d`` / divisible adaptive pool      ``nir.AvgPool2d``
 other ``AdaptiveAvgPool2d``                  ``nir.Flatten`` + ``nir.Linear`` (the exact pooling
                                              matrix)
-flatten / ``view(x.size(0), -1)``            ``nir.Flatten`` (over all per-sample dims)
+flatten / ``view(x.size(0), -1)``            ``nir.Flatten`` (over all per-sample dims:
+                                             ``start_dim=0``, the batch is not a NIR dim)
 residual ``a + b``                           two edges into the consumer (NIR sums its inputs)
 LIF neuron                                   ``nir.LIF`` (``nir.IF`` when decay = 1); each neuron's
                                              registry entry gives its mapping (``spec.nir``)
-spikify's threshold ``V``                    input gain in ``r`` and a ``nir.Scale`` (V) after
+spikify's threshold ``V``                    the LIF's ``v_threshold``, and ``V`` folded into the
+                                             weights of the layers the neuron feeds (no
+                                             ``nir.Scale`` left)
 ==========================================  ======================================================
 
 The discrete-time LIF -> NIR's continuous LIF (``tau dv/dt = (v_leak - v) + r I``, spike when
-``v > v_threshold``, then ``v = v_reset``), with one time step ``dt = 1`` (stored in the graph's
-metadata) and exact (exponential) integration over a step::
+``v > v_threshold``, then ``v = v_reset``) as NIR importers run it: one forward-Euler step of
+``dt`` per time step (``dt`` is stored in the graph's metadata; default ``1e-4``, the step
+snnTorch's importer and exporter assume; pass the same ``dt`` to importers that take one)::
 
-    v[t] = exp(-dt/tau) v[t-1] + (1 - exp(-dt/tau)) r I[t]
+    v[t] = v[t-1] + dt/tau (v_leak - v[t-1]) + dt r / tau I[t]
 
-Ours is ``u[t] = decay u[t-1] (1 - s[t-1]) + x[t]``, so ``decay = exp(-dt/tau)``:
-``tau = -dt / ln(decay)``, ``r = 1 / (1 - decay)`` (unit gain on the input), ``v_leak = 0``,
-``v_threshold = threshold``, ``v_reset = 0`` (hard reset). ``decay = 1`` (no leak) is ``nir.IF``
-with ``r = 1/dt = 1``; ``decay = 0`` gives ``tau = 0``, ``r = 1``. A spikified net's
-``ThresholdNeuron`` computes ``V * LIF(x * theta / V)``: ``r`` is multiplied by ``theta / V`` and a
-``nir.Scale`` of ``V`` follows. Max pooling (no NIR node), LIAF (analog output) and sharpened-ReLU
-input shifts are refused with a :class:`~spikebridge.errors.ConfigError` naming the layer.
+Ours is ``u[t] = decay u[t-1] (1 - s[t-1]) + x[t]``, ``s[t] = u[t] > threshold``, so
+``decay = 1 - dt/tau``: ``tau = dt / (1 - decay)``, ``r = tau / dt`` (unit gain on the input),
+``v_leak = 0``, ``v_threshold = threshold``, ``v_reset = 0`` (hard reset). ``decay = 1`` (no leak)
+is ``nir.IF`` (``dv/dt = r I``) with ``r = 1 / dt``. A spikified net's ``ThresholdNeuron``
+computes ``V * LIF(a x * theta / V)`` (``a``: the replaced activation's input scale, 1 for ReLU):
+its NIR LIF fires at ``v_threshold = V / a`` (the LIF is scale-equivariant: hard reset to 0, no
+leak potential; the registry mapping divides the threshold by the input gain) and ``V`` is
+folded into the next ``Conv2d`` / ``Affine`` / ``Linear`` (through average pooling and flatten)
+or, for a residual sum into a neuron, into that neuron's threshold and the other (convolution)
+branch.
+
+Not exportable (:class:`~spikebridge.errors.ConfigError` naming the layer): max pooling (NIR has
+no such node: the registry's ``resnet*_tv`` and ``vgg*`` use it; export ``resnet18`` /
+``resnet34`` / ``cnn``, which average-pool), LIAF neurons (analog output), sharpened-ReLU input
+shifts, and a spikified neuron's level ``V`` that reaches the output or a sum with another neuron
+of a different level (it has no layer to fold into). snnTorch 1.0's importer also needs one
+threshold per layer (not ``spikify(..., per_channel_thresholds=True)``) and cannot run ``nir.IF``
+(decay = 1); ``spikebridge.from_nir`` reads both.
 """
 from __future__ import annotations
 
@@ -48,7 +63,9 @@ from .errors import ConfigError
 from .layers import TimeFolded
 from .utils import atomic_path
 
-DT = 1.0  # one simulation step, in NIR's time unit
+DT = 1e-4  # one simulation step in NIR's time unit (seconds): snnTorch's fixed step
+MAX_POOL_HINT = ("NIR has no max-pooling node; export a network with average pooling (the registry's "
+                 "resnet18 / resnet34 / cnn, not resnet*_tv or vgg*)")
 
 
 def _require_nir():
@@ -63,10 +80,11 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().double().numpy().astype(np.float32)
 
 
-def neuron_parameters(module: nn.Module, shape: tuple[int, ...]) -> dict:
-    """NIR parameters of a spiking layer (see the module docstring): ``{"type": "LIF"|"IF",
-    "tau", "r", "v_leak", "v_threshold", "v_reset", "scale"}`` as arrays of ``shape``
-    (``scale``: the output amplitude, or None). The neuron's registry entry gives the mapping."""
+def neuron_parameters(module: nn.Module, shape: tuple[int, ...], dt: float = DT) -> dict:
+    """NIR parameters of a spiking layer for a step of ``dt`` (see the module docstring):
+    ``{"type": "LIF"|"IF", "tau", "r", "v_leak", "v_threshold", "v_reset", "scale"}`` as arrays of
+    ``shape`` (``scale``: the output amplitude, or None). The neuron's registry entry gives the
+    mapping."""
     from .neurons import get_neuron_spec, neuron_names, neuron_spec_of
 
     inner = module.neuron if isinstance(module, TimeFolded) else module
@@ -85,7 +103,7 @@ def neuron_parameters(module: nn.Module, shape: tuple[int, ...]) -> dict:
             level = level.reshape(-1, *([1] * (len(shape) - 1)))
         gain = module.input_scale * module.neuron_threshold / level
         scale = np.broadcast_to(level, shape).astype(np.float32)
-    params = spec.nir(inner, gain, DT)
+    params = spec.nir(inner, gain, dt)
     full = lambda v: np.broadcast_to(np.asarray(v, dtype=np.float64), shape).astype(np.float32)  # noqa: E731
     return {key: value if key == "type" else full(value) for key, value in params.items()} | {"scale": scale}
 
@@ -160,10 +178,12 @@ class _Shapes(fx.Interpreter):
 
 
 @torch.no_grad()
-def to_nir(model: nn.Module, input_shape: tuple[int, ...]):
+def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
     """The SNN ``model`` as a ``nir.NIRGraph`` for inputs of per-sample shape ``input_shape``
-    (e.g. ``(1, 28, 28)``); see the module docstring for the mapping."""
+    (e.g. ``(1, 28, 28)``), one time step = ``dt``; see the module docstring for the mapping."""
     nir = _require_nir()
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not 0 < dt < float("inf"):
+        raise ConfigError(f"NIR export: dt must be a positive number (seconds per step), got {str(dt)[:100]}")
     from .layers import set_time_steps
 
     model = getattr(model, "module", model)
@@ -231,7 +251,7 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...]):
                 sources[node.name] = builder.add(node.target, layer, inputs)
             elif isinstance(module, TimeFolded):
                 shape = per_sample(node)
-                params = neuron_parameters(module, shape)
+                params = neuron_parameters(module, shape, dt)
                 kind, scale = params.pop("type"), params.pop("scale")
                 cls = nir.IF if kind == "IF" else nir.LIF
                 names = builder.add(node.target, cls(**params), inputs)
@@ -250,7 +270,7 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...]):
             elif isinstance(module, (nn.Identity, nn.modules.dropout._DropoutNd)):
                 sources[node.name] = inputs
             elif isinstance(module, nn.modules.pooling._MaxPoolNd):
-                raise ConfigError(f"NIR export: {where}: NIR 1.0 has no max-pooling node (use average pooling)")
+                raise ConfigError(f"NIR export: {where}: {MAX_POOL_HINT}")
             else:
                 raise ConfigError(f"NIR export does not support {where}")
             continue
@@ -278,16 +298,88 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...]):
                 sources[node.name] = sources[tensor_args[0].name]
                 continue
             if target in (F.max_pool2d,):
-                raise ConfigError(f"NIR export: {where}: NIR 1.0 has no max-pooling node (use average pooling)")
+                raise ConfigError(f"NIR export: {where}: {MAX_POOL_HINT}")
             raise ConfigError(f"NIR export does not support {where}")
         if node.op == "get_attr":
             raise ConfigError(f"NIR export does not support tensors read in forward ({node.target})")
+    _fold_scales(nir, builder.nodes, builder.edges)
     graph_nir = nir.NIRGraph(nodes=builder.nodes, edges=builder.edges, metadata={
-        "dt": DT, "time_steps": int(getattr(model, "T", 1)),
+        "dt": float(dt), "time_steps": int(getattr(model, "T", 1)),
         "readout": "feed the input at every step; the prediction is the output averaged over the steps",
         "exported_by": "spikebridge",
     })
     return graph_nir
+
+
+def _fold_scales(nir, nodes: dict, edges: list) -> None:
+    """Remove every ``nir.Scale`` (a spikified neuron's output level ``V``) by folding it into the
+    layers it feeds (see the module docstring); ConfigError naming the layer where it cannot."""
+    for name in [n for n, node in nodes.items() if isinstance(node, nir.Scale)]:
+        (neuron,) = [s for s, d in edges if d == name]
+        scale = np.asarray(nodes.pop(name).scale, dtype=np.float64)
+        consumers = [d for s, d in edges if s == name]
+        edges[:] = [(s, d) for s, d in edges if name not in (s, d)] + [(neuron, d) for d in consumers]
+        for consumer in consumers:
+            _fold_scale(nir, nodes, edges, scale, consumer, neuron, neuron)
+
+
+def _fold_scale(nir, nodes: dict, edges: list, scale: np.ndarray, name: str, via: str, neuron: str) -> None:
+    """Fold ``scale`` (per-sample shape) on the input that node ``name`` gets from node ``via`` into
+    its parameters (``neuron``: the spikified neuron it comes from, for messages)."""
+    node = nodes[name]
+    inputs = [s for s, d in edges if d == name]
+
+    def refuse(why: str):
+        raise ConfigError(f"NIR export: the output level of neuron '{neuron}' (spikify) cannot be folded into "
+                          f"'{name}' ({type(node).__name__}): {why}")
+
+    def per_channel(values: np.ndarray) -> np.ndarray:  # [C, ...] constant over each channel -> [C]
+        flat = values.reshape(values.shape[0], -1) if values.ndim == 3 else None
+        if flat is None or not np.allclose(flat, flat[:, :1], rtol=1e-6, atol=0):
+            refuse("the level is not one value per channel")
+        return flat[:, 0]
+
+    def f32(values: np.ndarray) -> np.ndarray:
+        return values.astype(np.float32)
+
+    if isinstance(node, (nir.LIF, nir.IF)):  # a residual sum into a neuron: work in units of the level
+        others = [s for s in inputs if s != via]
+        for other in others:
+            layer = nodes[other]
+            if not isinstance(layer, (nir.Conv2d, nir.Affine, nir.Linear)) or [d for s, d in edges if s == other] != [name]:
+                refuse(f"its other input '{other}' is not a layer that only feeds it")
+        level = np.broadcast_to(scale, np.shape(node.v_threshold))
+        for other in others:  # that branch's output / level: rows of its weight (and bias)
+            layer = nodes[other]
+            rows = per_channel(level) if isinstance(layer, nir.Conv2d) else level.reshape(-1)
+            layer.weight = f32(layer.weight / rows.reshape(-1, *([1] * (layer.weight.ndim - 1))))
+            if getattr(layer, "bias", None) is not None:
+                layer.bias = f32(layer.bias / rows)
+        node.v_threshold = f32(node.v_threshold / level)  # v_leak = v_reset = 0: the state scales too
+        return
+    if len(inputs) != 1:
+        refuse("it also sums other inputs")
+    if isinstance(node, nir.Conv2d):
+        channels = per_channel(scale)
+        out_channels, per_group = node.weight.shape[:2]
+        groups = channels.size // per_group
+        factor = channels.reshape(groups, per_group)[np.arange(out_channels) // (out_channels // groups)]
+        node.weight = f32(node.weight * factor[:, :, None, None])
+    elif isinstance(node, (nir.Affine, nir.Linear)):
+        if scale.size != node.weight.shape[1]:
+            refuse("its input is not flat")
+        node.weight = f32(node.weight * scale.reshape(1, -1))
+    elif isinstance(node, (nir.AvgPool2d, nir.Flatten)):  # linear per channel: fold into what follows
+        if isinstance(node, nir.Flatten):
+            scale = np.broadcast_to(scale, tuple(node.input_type["input"])).reshape(-1)
+        else:
+            scale = per_channel(scale)[:, None, None]
+        for consumer in [d for s, d in edges if s == name]:
+            _fold_scale(nir, nodes, edges, scale, consumer, name, neuron)
+    elif isinstance(node, nir.Output):
+        refuse("the network's output would carry it; end the network with a Linear or Conv2d layer")
+    else:
+        refuse("only Conv2d / Linear layers, average pooling, flatten and neurons can take it")
 
 
 def _flatten(builder, nir, base, in_shape, out_shape, inputs):
@@ -314,10 +406,11 @@ def _avg_pool(builder, nir, base, module, in_shape, out_shape, inputs):
     return builder.add(base, nir.Linear(weight=_adaptive_pool_matrix(channels, (ih, iw), (oh, ow))), flat)
 
 
-def export_nir(model: nn.Module, input_shape: tuple[int, ...], path: str | Path):
-    """Write ``model`` as a NIR file (HDF5) at ``path`` (atomically); returns the graph."""
+def export_nir(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, dt: float = DT):
+    """Write ``model`` as a NIR file (HDF5) at ``path`` (atomically), one time step = ``dt``;
+    returns the graph."""
     nir = _require_nir()
-    graph = to_nir(model, tuple(int(v) for v in input_shape))
+    graph = to_nir(model, tuple(int(v) for v in input_shape), dt)
     with atomic_path(path) as tmp:
         nir.write(str(tmp), graph)
     return graph

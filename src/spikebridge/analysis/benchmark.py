@@ -67,8 +67,9 @@ def parse_method(text: str) -> BenchMethod:
         else:
             raise ConfigError(f"benchmark method {short_repr(name)}: unknown modifier {part!r} "
                               f"(wu, {', '.join(neuron_names(spiking=True))} or T<n>)")
-    if warmup and base == "scratch":
-        raise ConfigError(f"benchmark method {name!r}: warm-up (+wu) needs transferred layers to freeze")
+    if warmup and base in ("scratch", "decoder"):
+        raise ConfigError(f"benchmark method {name!r}: warm-up (+wu) freezes the transferred encoder; "
+                          f"{base} transfers none")
     return BenchMethod(name=name, base=base, warmup=warmup, neuron=neuron, T=steps)
 
 

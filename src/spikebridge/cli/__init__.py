@@ -22,7 +22,7 @@ from ..neurons import neuron_names
 
 #: The commands, each a module of this package with ``register(sub, add, common)``.
 COMMANDS: tuple[str, ...] = ("demo", "pretrain", "pipes", "piped", "finetune", "benchmark", "evaluate", "export",
-                             "convert")
+                             "convert", "inspect")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,4 +1,5 @@
-"""``spikebridge convert odg|video``: make event datasets from image folders and video clips.
+"""``spikebridge convert odg|video|edge-integral``: make event datasets from image folders and video
+clips, and the self-pretrain images from event data.
 
 * ``convert odg``: an ImageNet-layout folder (``INPUT/<class>/<image>``) -> the ES-ImageNet format
   (one compressed ``.npz`` of ON/OFF event rows per image + ``labels.txt``), with ODG
@@ -6,6 +7,10 @@
 * ``convert video``: a UCF101 ``jpegs_256``-style folder (``INPUT/<class>/<clip>/<frames>``) ->
   ES-UCF101 (uint8 ``[2, 30, H, W]`` per clip + ``labels.txt``)
   (:func:`spikebridge.data.convert.convert_video_folder`).
+* ``convert edge-integral``: an ES-ImageNet root (released or converted, train + val) -> grey
+  edge-integral PNGs in ``OUT/train/<label>/`` and ``OUT/val/<label>/``, an ImageNet-layout folder
+  for the self-pretrained ANN of arXiv:2203.01158
+  (:func:`spikebridge.data.convert.convert_es_to_edge_integral`).
 
 Both are resumable: rerun the same command after an interruption and finished files are kept. The
 command prints one paragraph: converted / already done / dropped for too few events / unreadable.
@@ -22,6 +27,7 @@ from ..errors import DataError
 
 ODG_EXAMPLE = "spikebridge convert odg --input /data/imagenet/train --out /data/es-imagenet/train --workers 8"
 VIDEO_EXAMPLE = "spikebridge convert video --input /data/ucf101/jpegs_256 --out /data/es-ucf101 --workers 8"
+EDGE_EXAMPLE = "spikebridge convert edge-integral --input /data/es-imagenet --out /data/es-imagenet-edge --workers 8"
 
 
 def _non_negative_int(text: str) -> int:
@@ -94,13 +100,33 @@ def cmd_convert_video(args: argparse.Namespace) -> int:
     return _finish(report, "clip")
 
 
+def cmd_convert_edge_integral(args: argparse.Namespace) -> int:
+    from ..data.convert import convert_es_to_edge_integral
+
+    source, out = _check_folders(args)
+    report = convert_es_to_edge_integral(source, out, workers=args.workers, progress=not args.no_progress,
+                                         overwrite=args.overwrite)
+    text = (f"Converted {report.converted} samples to edge-integral images, skipped {report.reused} already done, "
+            f"{len(report.failed)} unreadable ({report.total} samples in {len(report.classes)} classes, "
+            f"{report.elapsed_s:.1f} s). Image folders: {out / 'train'} and {out / 'val'}.")
+    if report.stale_temp_removed:
+        text += f" Removed {report.stale_temp_removed} partial files an interrupted conversion left."
+    if report.failed:
+        text += " Unreadable: " + _listing([(p, " ".join(str(m).split())[:120]) for p, m in report.failed]) + "."
+    print(text)
+    if report.written == 0:
+        raise DataError(f"no sample of {source} could be converted ({report.total} listed, "
+                        f"{len(report.failed)} unreadable)")
+    return 0
+
+
 def _leaf(kinds, name: str, func: Callable[[argparse.Namespace], int], help_text: str, example: str,
-          input_help: str) -> argparse.ArgumentParser:
+          input_help: str, out_help: str = "output folder (class folders of .npz + labels.txt)") -> argparse.ArgumentParser:
     p = kinds.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func)
     p.add_argument("--input", required=True, metavar="DIR", help=input_help)
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (class folders of .npz + labels.txt)")
+    p.add_argument("--out", required=True, metavar="DIR", help=out_help)
     p.add_argument("--workers", type=_non_negative_int, default=1, metavar="N",
                    help="worker processes, up to 256 (0 or 1: convert in this process; default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
@@ -112,11 +138,13 @@ def _leaf(kinds, name: str, func: Callable[[argparse.Namespace], int], help_text
 
 
 def register(sub, add, common) -> None:
-    """Add ``convert`` with its ``odg`` / ``video`` sub-commands (no training flags: see the module)."""
+    """Add ``convert`` with its ``odg`` / ``video`` / ``edge-integral`` sub-commands (no training flags: see the module)."""
     parser = sub.add_parser(
-        "convert", help="make event datasets: image folder -> ES-ImageNet (odg), clip folders -> ES-UCF101 (video)",
+        "convert", help="make event datasets: image folder -> ES-ImageNet (odg), clip folders -> ES-UCF101 (video), "
+                        "ES-ImageNet -> self-pretrain images (edge-integral)",
         description="Make event datasets. Resumable: rerun the same command after an interruption.",
-        epilog=f"examples:\n  {ODG_EXAMPLE}\n  {VIDEO_EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"examples:\n  {ODG_EXAMPLE}\n  {VIDEO_EXAMPLE}\n  {EDGE_EXAMPLE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     kinds = parser.add_subparsers(dest="convert_kind", metavar="KIND", parser_class=type(parser))
@@ -141,3 +169,8 @@ def register(sub, add, common) -> None:
                    help="seed of --mode random (each clip: seed + its path; default: %(default)s)")
     p.add_argument("--frames", type=int, default=31, metavar="N",
                    help="frames sampled evenly per clip, 2..1000; N-1 event steps (default: %(default)s)")
+
+    _leaf(kinds, "edge-integral", cmd_convert_edge_integral,
+          "ES-ImageNet events -> grey edge-integral images for a self-pretrained ANN (arXiv:2203.01158)",
+          EDGE_EXAMPLE, "ES-ImageNet root: trainlabel.txt + vallabel.txt (released) or train/labels.txt + val/labels.txt",
+          "output folder: train/<label>/*.png and val/<label>/*.png (an ImageNet-layout image folder)")

@@ -1,5 +1,5 @@
-"""``spikebridge export CKPT --format nir --out FILE.nir``: a trained SNN as a NIR graph
-(see :mod:`spikebridge.export` for the mapping).
+"""``spikebridge export CKPT --format nir --out FILE.nir [--dt 1e-4]``: a trained SNN as a NIR
+graph (see :mod:`spikebridge.export` for the mapping and what cannot be exported).
 
 ``--out`` names a file; an existing one is replaced only with ``--overwrite``, and never when it
 is one of the checkpoint's own files (its JSON or tensors)."""
@@ -17,6 +17,8 @@ def register(sub, add, common) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="an SNN checkpoint (.json)")
     p.add_argument("--format", default="nir", choices=["nir"], help="output format (default: nir)")
     p.add_argument("--input-shape", metavar="C,H,W", help="per-sample input shape (default: from --data or the checkpoint's dataset)")
+    p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
+                   help="NIR time step per SNN step, stored in the graph (default 1e-4: snnTorch's; give importers the same)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--ann", metavar="FILE.py:ClassName", help="the Python class of a checkpoint of your own network")
 
@@ -56,11 +58,13 @@ def check_out_file(out: str, overwrite: bool, protected: list[Path] = ()) -> Pat
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..export import export_nir
+    from ..export import DT, export_nir
     from ..restore import is_python_class_spec, model_from_checkpoint
 
     if not args.out:
         raise ConfigError("--out FILE.nir is required")
+    if args.dt is not None and not 0 < args.dt < float("inf"):
+        raise ConfigError(f"--dt must be a positive number of seconds per step, got {args.dt}")
     check_out_file(args.out, args.overwrite)  # before the (slow) load
     code = args.ann if args.ann and is_python_class_spec(args.ann) else None  # the class named on the command line
     model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=code, trust_code=args.trust_code)
@@ -79,10 +83,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         bundle = open_dataset(data_name)
         sample = bundle.test.images[0] if hasattr(bundle.test, "images") else bundle.test[0][0]
         shape = tuple(sample.shape[-3:])
-    graph = export_nir(model, shape, args.out)
+    dt = DT if args.dt is None else args.dt
+    graph = export_nir(model, shape, args.out, dt=dt)
     kinds: dict[str, int] = {}
     for node in graph.nodes.values():
         kinds[type(node).__name__] = kinds.get(type(node).__name__, 0) + 1
     print(f"wrote {args.out}: {len(graph.nodes)} nodes ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
-          f"{len(graph.edges)} edges; input {list(shape)}, T={getattr(model, 'T', 1)} steps, dt=1")
+          f"{len(graph.edges)} edges; input {list(shape)}, T={getattr(model, 'T', 1)} steps, dt={dt:g}")
     return 0

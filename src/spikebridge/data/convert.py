@@ -1,4 +1,6 @@
-"""Dataset conversion: image folders -> ES-ImageNet (ODG), clip folders -> ES-UCF101.
+"""Dataset conversion: image folders -> ES-ImageNet (ODG), clip folders -> ES-UCF101, and
+ES-ImageNet -> edge-integral image folders (:func:`convert_es_to_edge_integral`, the
+"self-pretrain" images of arXiv:2203.01158).
 
 Both converters share one machinery:
 
@@ -37,12 +39,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from ..errors import ConfigError, DataError, OutputError
-from ..utils import atomic_write_text, ensure_dir, output_error, remove_stale_temps
-from .events import read_es_sample, write_es_sample, write_label_file
+from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps
+from .events import read_es_sample, read_label_file, write_es_sample, write_label_file
 from .folders import open_image
-from .odg import odg, resized_shape
+from .odg import edge_integral_image, events_to_dense, odg, resized_shape
 from .video import (
     IMAGE_SUFFIXES,
     check_n_frames,
@@ -506,3 +509,130 @@ def convert_video_folder(
     return _convert(input_dir, out_dir, want_dirs=True, fn=_video_task, kwargs=kwargs,
                     params={"kind": "video", "video_kwargs": kwargs}, workers=workers, progress=progress,
                     overwrite=overwrite, unit="clip")
+
+
+# ------------------------------------------------------------------------------------------------
+# ES-ImageNet -> edge-integral image folders (self-pretrain)
+# ------------------------------------------------------------------------------------------------
+
+#: The validation folder names of a converted ES-ImageNet root (as the dataset reader accepts them).
+VAL_NAMES = ("val", "validation", "valid", "test")
+
+
+def es_imagenet_splits(root: Path) -> dict[str, tuple[Path, Path | None]]:
+    """``{"train": (label file, data dir), "val": ...}`` of an ES-ImageNet root: the released
+    layout (``trainlabel.txt`` + ``train/``, ``vallabel.txt`` + ``val/``) or ours
+    (``train/labels.txt`` + ``val/labels.txt``, what ``spikebridge convert odg`` writes per split)."""
+    if (root / "trainlabel.txt").is_file():
+        val = "val" if (root / "vallabel.txt").is_file() else "test"
+        if (root / f"{val}label.txt").is_file():
+            return {"train": (root / "trainlabel.txt", root / "train"), "val": (root / f"{val}label.txt", root / val)}
+    elif (root / "train" / "labels.txt").is_file():
+        val = next((root / n for n in VAL_NAMES if (root / n / "labels.txt").is_file()), None)
+        if val is not None:
+            return {"train": (root / "train" / "labels.txt", None), "val": (val / "labels.txt", None)}
+    raise DataError(f"{root}: not an ES-ImageNet root with a train and a val split (expected trainlabel.txt + "
+                    "vallabel.txt, or train/labels.txt + val/labels.txt)")
+
+
+@dataclass(frozen=True)
+class _EdgeTask:
+    index: int
+    src: str
+    dst: str
+    rel_src: str
+    label: int
+    height: int
+    width: int
+    reuse: bool
+
+
+def _write_png(dst: str, image: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(dst) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def _edge_task(task: _EdgeTask, _kwargs: Mapping[str, Any]) -> _Result:
+    from PIL import Image
+
+    if task.reuse and os.path.isfile(task.dst):
+        try:
+            with Image.open(task.dst) as im:
+                im.load()
+                if im.format == "PNG" and im.mode == "L":
+                    return task.index, "reused", im.height, im.width, -1, ""
+        except Exception:  # unreadable or foreign: convert again below (the rename replaces it)
+            pass
+    try:
+        sample = read_es_sample(task.src, height=task.height, width=task.width)
+        image = edge_integral_image(events_to_dense(sample, dtype=torch.float32))
+    except DataError as exc:
+        return task.index, "failed", 0, 0, 0, str(exc)
+    _write_or_fail(_write_png, task.dst, image)
+    return task.index, "converted", image.shape[0], image.shape[1], len(sample.pos) + len(sample.neg), ""
+
+
+def convert_es_to_edge_integral(
+    es_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> ConversionReport:
+    """ES-ImageNet -> grey edge-integral images, an ImageNet-layout folder for the self-pretrained ANN.
+
+    Every sample's dense frames (``[8, 2, 224, 224]``, what the SNN reads) become one 8-bit PNG
+    (:func:`~spikebridge.data.odg.edge_integral_image`, arXiv:2203.01158 step 6) at
+    ``out_dir/<split>/<label>/<sample stem>.png``, ``<split>`` ``train`` and ``val`` (see
+    :func:`es_imagenet_splits`), ``<label>`` the class index zero-padded, so the folder order is
+    the label order; both splits get a folder for every class. The same safety rules as
+    :func:`convert_image_folder_odg`: atomic files, resumable, only a new, empty or own
+    (``conversion.json``) output folder unless ``overwrite``, no nesting of input and output, and
+    unreadable samples reported, not fatal. No label file is written (the folder is an image
+    folder: ``spikebridge pretrain --data out_dir``).
+    """
+    started = time.monotonic()
+    es_root, out_dir = Path(es_root), Path(out_dir)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be an integer in 0..{MAX_WORKERS}, got {workers!r:.40}")
+    if not es_root.is_dir():
+        raise DataError(f"{es_root}: input folder not found")
+    splits = {name: read_label_file(label_file, data_dir=data_dir, check_files=False)
+              for name, (label_file, data_dir) in es_imagenet_splits(es_root).items()}
+    _check_folders(es_root, out_dir)
+    n_classes = 1 + max((e.label for entries in splits.values() for e in entries), default=-1)
+    if n_classes == 0:
+        raise DataError(f"{es_root}: its label files list no samples")
+    width = max(4, len(str(n_classes - 1)))
+    classes = [f"{label:0{width}d}" for label in range(n_classes)]
+    report = ConversionReport(out_dir=out_dir, label_file=out_dir / "train", classes=classes)
+    reuse = _check_params(out_dir, {"kind": "edge-integral", "grey": [128, 15]}, overwrite)
+    report.stale_temp_removed = remove_stale_temps(out_dir, (PARAMS_FILE,))
+    tasks: list[_EdgeTask] = []
+    for split, entries in splits.items():
+        taken: set[str] = set()
+        for cls in classes:
+            report.stale_temp_removed += remove_stale_temps(out_dir / split / cls, ("*.png",))
+            ensure_dir(out_dir / split / cls)
+        for e in entries:
+            name = f"{e.path.stem}.png"
+            rel = f"{split}/{classes[e.label]}/{name}"
+            if rel in taken:  # two samples of a class share a stem: the label-file line tells them apart
+                name = f"{e.path.stem}-line{e.line}.png"
+                rel = f"{split}/{classes[e.label]}/{name}"
+            taken.add(rel)
+            tasks.append(_EdgeTask(index=len(tasks), src=str(e.path), dst=str(out_dir / rel),
+                                   rel_src=f"{split}/{e.path.name}", label=e.label, height=e.height,
+                                   width=e.width, reuse=reuse))
+    report.total = len(tasks)
+    for index, status, _h, _w, _n, message in _run(tasks, _Call(_edge_task, {}), workers, progress, "sample"):
+        report.converted += status == "converted"
+        report.reused += status == "reused"
+        if status == "failed":
+            report.failed.append((tasks[index].rel_src, message))
+    report.failed.sort()
+    report.elapsed_s = time.monotonic() - started
+    return report

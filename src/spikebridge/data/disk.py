@@ -364,26 +364,10 @@ class EventFileDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        from .events import (AEDAT2_SENSORS, DVS_GESTURE_SENSOR, events_to_frames, read_aedat, read_aedat4,
-                             read_gesture_npy, read_nmnist_bin)
+        from .events import events_to_frames, read_event_file
 
         path, label = self.samples[index]
-        suffix = path.suffix.lower()
-        if suffix == ".bin":
-            events = read_nmnist_bin(path, sensor_size=None)
-            big = len(events) and (int(events["x"].max()) >= 34 or int(events["y"].max()) >= 34)
-            sensor = (240, 180) if big else (34, 34)
-        elif suffix == ".npy":
-            events, sensor = read_gesture_npy(path), DVS_GESTURE_SENSOR
-        elif suffix == ".aedat4":
-            events, sensor = read_aedat4(path)
-            if min(sensor) <= 0:  # no size in the stream description
-                sensor = AEDAT2_SENSORS["dvs128"]
-        else:
-            events = read_aedat(path, orientation=self.orientation)
-            sensor = AEDAT2_SENSORS["dvs128"]
-            if len(events) and (int(events["x"].max()) >= 128 or int(events["y"].max()) >= 128):
-                sensor = AEDAT2_SENSORS["davis240"]
+        _format, events, sensor = read_event_file(path, orientation=self.orientation)
         frames = events_to_frames(events, sensor_size=sensor, n_time_bins=self.time_steps, source=path)
         return frames, label
 

@@ -598,16 +598,19 @@ def _decode_dvs128(addr: np.ndarray, orientation: str) -> tuple[np.ndarray, ...]
 def read_aedat(
     path: str | os.PathLike,
     *,
-    camera: str = "dvs128",
+    camera: str = "auto",
     orientation: str = "jaer",
 ) -> np.ndarray:
     """Read polarity events from an AEDAT 2.0 or 3.1 file -> :data:`EVENT_DTYPE` events.
 
     **AEDAT 2.0** (``#!AER-DAT2.0`` header lines starting with ``#``, then big-endian pairs of
-    uint32 address and uint32 timestamp in µs). ``camera`` selects the address layout:
+    uint32 address and uint32 timestamp in µs). ``camera`` selects the address layout (``"auto"``,
+    the default: ``"davis240"`` when any address sets bits 16-30, which a DVS128 address never
+    does, else ``"dvs128"``):
 
     * ``"dvs128"`` (DVS128; CIFAR10-DVS, DVS128-era recordings), 128x128: bit 0 = polarity
-      (0 = ON, 1 = OFF, as jAER decodes it), bits 1-7 = x field, bits 8-14 = y field.
+      (0 = ON, 1 = OFF, as jAER decodes it), bits 1-7 = x field, bits 8-14 = y field; addresses
+      with bit 15 or bit 31 set are jAER's sync / special events and are dropped.
       ``orientation``: ``"raw"`` gives x = (addr >> 1) & 0x7F, y = (addr >> 8) & 0x7F;
       ``"jaer"`` (default) mirrors x as jAER does (x = 127 - field; y counts from the bottom);
       ``"cifar10dvs"`` gives SpikingJelly's CIFAR10-DVS reading, x = 127 - y field,
@@ -624,15 +627,39 @@ def read_aedat(
 
     Raises :class:`DataError` for a wrong magic, unsupported version, or truncated data.
     """
+    return _read_aedat(path, camera, orientation)[1]
+
+
+def _read_aedat(path: str | os.PathLike, camera: str, orientation: str) -> tuple[str, np.ndarray, tuple[int, int]]:
+    """(version, events, sensor (W, H)) of an AEDAT 2.0 / 3.x / 4.0 file (see :func:`read_aedat`)."""
     raw = _read_bytes(path)
     version, start = _split_header(raw, path)
     if version.startswith("4."):
-        return read_aedat4(path)[0]
+        events, sensor = read_aedat4(path)
+        return version, events, sensor if min(sensor) > 0 else AEDAT2_SENSORS["dvs128"]
     if version.startswith("2."):
-        return _read_aedat2_body(raw, start, path, camera, orientation)
+        events, camera = _read_aedat2_body(raw, start, path, camera, orientation)
+        return version, events, AEDAT2_SENSORS[camera]
     if version.startswith("3."):
-        return _read_aedat3_body(raw, start, path)
+        events = _read_aedat3_body(raw, start, path)
+        big = len(events) and (int(events["x"].max()) >= 128 or int(events["y"].max()) >= 128)
+        return version, events, AEDAT2_SENSORS["davis240" if big else "dvs128"]
     raise DataError(f"{path}: AEDAT version {version!r} is not supported (2.0, 3.x and 4.0 are)")
+
+
+def read_event_file(path: str | os.PathLike, *, orientation: str = "jaer") -> tuple[str, np.ndarray, tuple[int, int]]:
+    """(format name, events, sensor (W, H)) of a DVS recording by its suffix: ``.bin`` (N-MNIST;
+    ``n-mnist-bin``), ``.npy`` (DVS-Gesture; ``dvs-gesture-npy``), else AEDAT (``aedat-2.0``,
+    ``aedat-3.1``, ``aedat-4.0``; ``orientation`` applies to DVS128 files, see :func:`read_aedat`)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".bin":
+        events = read_nmnist_bin(path, sensor_size=None)
+        big = len(events) and (int(events["x"].max()) >= 34 or int(events["y"].max()) >= 34)
+        return "n-mnist-bin", events, (240, 180) if big else (34, 34)
+    if suffix == ".npy":
+        return "dvs-gesture-npy", read_gesture_npy(path), DVS_GESTURE_SENSOR
+    version, events, sensor = _read_aedat(path, "auto", orientation)
+    return f"aedat-{version}", events, sensor
 
 
 #: The one line said when an ``.aedat4`` file is read without the optional ``aedat`` package.
@@ -703,9 +730,10 @@ def read_gesture_npy(path: str | os.PathLike) -> np.ndarray:
 
 
 def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: str,
-                      orientation: str) -> np.ndarray:
-    if camera not in AEDAT2_SENSORS:
-        raise ConfigError(f"camera must be one of {sorted(AEDAT2_SENSORS)}, got {camera!r}")
+                      orientation: str) -> tuple[np.ndarray, str]:
+    """(events, the camera whose layout decoded them)."""
+    if camera not in (*AEDAT2_SENSORS, "auto"):
+        raise ConfigError(f"camera must be one of auto, {', '.join(sorted(AEDAT2_SENSORS))}, got {camera!r}")
     if orientation not in ("raw", "jaer", "cifar10dvs"):
         raise ConfigError(f"orientation must be 'raw', 'jaer' or 'cifar10dvs', got {orientation!r}")
     body = len(raw) - start
@@ -715,7 +743,11 @@ def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: s
     records = np.frombuffer(raw, dtype=np.dtype([("addr", ">u4"), ("t", ">u4")]), offset=start)
     addr = records["addr"].astype(np.int64)
     t = records["t"].astype(np.int64)
+    if camera == "auto":
+        camera = "davis240" if (addr & 0x7FFF0000).any() else "dvs128"
     if camera == "dvs128":
+        polarity = (addr & 0x80008000) == 0  # jAER: bit 15 / bit 31 mark sync and special events
+        addr, t = addr[polarity], t[polarity]
         x, y, on = _decode_dvs128(addr, orientation)
     else:
         dvs = (addr >> 31) == 0
@@ -726,7 +758,7 @@ def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: s
         if bad.any():
             raise DataError(f"{path}: {int(bad.sum())} DAVIS240 events lie outside the 240x180 sensor "
                             "(not a DAVIS240 file?)")
-    return make_events(x, y, t, on)
+    return make_events(x, y, t, on), camera
 
 
 _AEDAT3_HEADER = np.dtype([("type", "<i2"), ("source", "<i2"), ("size", "<i4"), ("ts_offset", "<i4"),

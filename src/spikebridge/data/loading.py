@@ -291,3 +291,50 @@ def with_time_bins(bundle: DataBundle, bins: int) -> DataBundle:
         return _MergedFrames(split, bins)
 
     return replace(bundle, train=merged(bundle.train), test=merged(bundle.test))
+
+
+class _AsFloatTensor(Dataset):
+    """``(float32 tensor, int)`` of a dataset that yields arrays (a Tonic dataset's ``ToFrame``
+    output is a numpy ``int16`` array) or tensors, and labels as ints or 0-d arrays."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index]
+        return torch.as_tensor(x).to(torch.float32), int(y)
+
+
+def dataset_bundle(train: Dataset, test: Dataset, *, num_classes: int | None = None,
+                   name: str = "user dataset") -> DataBundle:
+    """Any pair of torch ``Dataset``s as the data of a spikebridge run: samples ``[T, C, H, W]``
+    (event frames: a Tonic dataset with ``ToFrame(n_time_bins=T)``) or ``[C, H, W]`` (images),
+    arrays or tensors, with integer labels. The class count is ``num_classes``, else the
+    dataset's ``classes`` (Tonic and torchvision datasets have one). The samples are read as
+    given: augment with the dataset's own transforms. Pass the result to
+    :func:`spikebridge.pipelines.piped` (``events=``) or :func:`spikebridge.pipelines.pipes`
+    (``bundle=``)."""
+    for split, which in ((train, "train"), (test, "test")):
+        if not hasattr(split, "__getitem__") or not hasattr(split, "__len__"):
+            raise DataError(f"dataset_bundle: the {which} split is a {type(split).__name__}, not a map-style Dataset")
+        if len(split) == 0:
+            raise DataError(f"dataset_bundle: the {which} split is empty")
+    if num_classes is None:
+        classes = getattr(train, "classes", None)
+        if not classes:
+            raise DataError("dataset_bundle: give num_classes= (the train split has no 'classes' list)")
+        num_classes = len(classes)
+    train, test = _AsFloatTensor(train), _AsFloatTensor(test)
+    try:
+        sample, _label = train[0]
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"dataset_bundle: the first training sample is not (array, label): {exc}"[:200]) from None
+    if sample.dim() not in (3, 4):
+        raise DataError(f"dataset_bundle: samples must be [T, C, H, W] event frames or [C, H, W] images, "
+                        f"got shape {list(sample.shape)}")
+    kind = "events" if sample.dim() == 4 else "static"
+    return DataBundle(name=name, train=train, test=test, num_classes=int(num_classes),
+                      in_channels=int(sample.shape[-3]), kind=kind, image_size=int(sample.shape[-1]))

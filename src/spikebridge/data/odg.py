@@ -470,6 +470,20 @@ def reconstruct_edge_integral(
     return out
 
 
+#: :func:`edge_integral_image`: the grey level of a zero edge integral, and its step per unit of ON - OFF
+#: (the integral of 8 binary steps lies in -8..8, so 8..248: nothing is clipped).
+EDGE_GREY_ZERO, EDGE_GREY_STEP = 128, 15
+
+
+def edge_integral_image(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The edge integral of dense frames ``[T, 2, H, W]`` as an 8-bit grey image ``[H, W]``:
+    ``EDGE_GREY_ZERO + EDGE_GREY_STEP * reconstruct_edge_integral(frames)``, rounded and clipped to
+    0..255 (a fixed scale, so images stay comparable; what ``spikebridge convert edge-integral``
+    writes for the self-pretrained ANN of arXiv:2203.01158)."""
+    integral = reconstruct_edge_integral(frames)
+    return np.clip(np.rint(EDGE_GREY_ZERO + EDGE_GREY_STEP * integral), 0, 255).astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------------------------
 # ES-MNIST: the embedded event default
 # ----------------------------------------------------------------------------------------------

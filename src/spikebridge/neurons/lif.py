@@ -1,7 +1,6 @@
 """Leaky integrate-and-fire (LIF): the paper's SNN neuron, spikes out (arXiv:2203.01158)."""
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -18,15 +17,15 @@ class LIF(MultiStepNeuron):
 
 
 def lif_nir(neuron: LIF, gain: float, dt: float) -> dict:
-    """NIR's continuous LIF (``tau dv/dt = (v_leak - v) + r I``, exact integration over ``dt``)
-    for ours: ``decay = exp(-dt/tau)``, ``r = gain / (1 - decay)``, ``v_leak = 0``, hard reset to 0;
-    ``decay = 1`` (no leak) is ``nir.IF`` with ``r = gain / dt``; ``decay = 0`` gives ``tau = 0``."""
+    """NIR's LIF as importers step it (forward Euler over ``dt``: ``v += dt/tau (v_leak - v) + dt r/tau I``):
+    ``decay = 1 - dt/tau`` so ``tau = dt / (1 - decay)``, ``r = tau / dt`` (unit gain), ``v_leak = 0``, hard reset
+    to 0; the input gain divides the threshold. ``decay = 1`` (no leak): ``nir.IF`` (``dv/dt = r I``), ``r = 1/dt``."""
     decay = float(torch.as_tensor(neuron.decay).detach())
-    threshold = float(neuron.threshold)
+    threshold = float(neuron.threshold) / gain
     if decay >= 1.0:
-        return {"type": "IF", "r": gain / dt, "v_threshold": threshold, "v_reset": 0.0}
-    tau = 0.0 if decay <= 0.0 else -dt / math.log(decay)
-    return {"type": "LIF", "tau": tau, "r": gain / (1.0 - decay), "v_leak": 0.0, "v_threshold": threshold, "v_reset": 0.0}
+        return {"type": "IF", "r": 1.0 / dt, "v_threshold": threshold, "v_reset": 0.0}
+    tau = dt / (1.0 - decay)
+    return {"type": "LIF", "tau": tau, "r": tau / dt, "v_leak": 0.0, "v_threshold": threshold, "v_reset": 0.0}
 
 
 register_neuron(NeuronSpec(

@@ -14,9 +14,13 @@ Static data (``mnist5k``, an image folder): the SNNs learn the ANN's data (pipeS
 The SNN phases train with ``finetune`` / ``scratch`` on static data and ``events.finetune`` /
 ``events.scratch`` on events, as pipeS and pipeD do; without a recipe the command preset
 (:data:`spikebridge.pipelines.plan.BENCHMARK_PRESET`) sizes them so that the default benchmark on
-the embedded MNIST finishes in minutes on 2 CPU cores. Default methods: scratch, pretrained,
-pretrained+wu, encoder, pretrained+liaf (LIF vs LIAF), pretrained+T2 (add ``scratch+liaf`` or
-``decoder`` with ``--methods``).
+the embedded MNIST finishes in minutes on 2 CPU cores. Default methods: the paper's set
+(arXiv:2203.01158, Sec. 4): from scratch, full transfer, encoder only, decoder only, with and
+without the warm-up, each for LIF and LIAF where the paper compares them: ``scratch``,
+``scratch+liaf``, ``pretrained``, ``pretrained+wu``, ``pretrained+liaf``, ``encoder``,
+``encoder+wu``, ``decoder``. Both neurons start from the same ANN (``ann_neuron``, by default the
+sharpened ReLU, the LIF's ANN). ``decoder+wu`` is refused: warm-up freezes the transferred encoder,
+and the decoder method transfers none. ``T<n>`` compares time steps (``pretrained+T2``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from ..utils import seed_everything
 from .ann import LoadedAnn, RegistryFamily, build_model, model_meta, use_checkpoint_model
 from .runs import events_config, open_static, start_run
 
-DEFAULT_METHODS = "scratch,pretrained,pretrained+wu,encoder,pretrained+liaf,pretrained+T2"
+DEFAULT_METHODS = "scratch,scratch+liaf,pretrained,pretrained+wu,pretrained+liaf,encoder,encoder+wu,decoder"
 
 
 def _decoder_keys(model: nn.Module) -> set[str]:

@@ -27,7 +27,7 @@ from ..bridge import FIRST_LAYER_MODES
 from ..config import PipelineConfig, dump_yaml
 from ..data.datasets import open_data_config, open_dataset, resolve_model_name
 from ..data.loading import DataBundle, with_time_bins
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..train.distributed import current as current_rank
 from ..train.engine import RunResult, evaluate
 from ..utils import atomic_write_text, ensure_dir
@@ -134,11 +134,12 @@ def first_layer_comparison(T: int, curves: dict[str, list[list[float]]]) -> dict
 
 
 def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: LoadedAnn | None, *,
-              baseline: bool) -> tuple[list[RunResult], dict]:
-    """A static ANN -> SNN fine-tuned on ``cfg.events.data`` (+ the event SNN from scratch, + the
-    other first-layer adaptations for ``events.compare_epochs`` epochs): ``(runs, summary extras)``."""
+              baseline: bool, events: DataBundle | None = None) -> tuple[list[RunResult], dict]:
+    """A static ANN -> SNN fine-tuned on ``cfg.events.data`` (or the given ``events`` bundle) (+ the
+    event SNN from scratch, + the other first-layer adaptations for ``events.compare_epochs``
+    epochs): ``(runs, summary extras)``."""
     family = loaded.family if loaded is not None else RegistryFamily()
-    events = open_events(cfg)
+    events = open_events(cfg) if events is None else events  # a given bundle keeps its own T
     ecfg = events_config(cfg, events)
     mode = cfg.bridge.first_layer
     ctx.log(f"[pipeD] events {events.name}: T={ecfg.model.T}, {events.in_channels} polarities; "
@@ -167,7 +168,7 @@ def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: Load
         snn, meta = family.scratch(ctx, ecfg, events)
         runs.append(ctx.fit(snn, events, ecfg.scratch, name="snn_events_scratch", meta=meta))
     extra = {("events_transfer" if key == "transfer" else key): value for key, value in bridged.details.items()}
-    extra.update(events_data=cfg.events.data, events_transfer_acc=result.curve[0][2],
+    extra.update(events_data=events.name, events_transfer_acc=result.curve[0][2],
                  events_bridge_seconds=bridge_seconds, events_bridge_cpu_seconds=bridge_cpu_seconds,
                  first_layer_comparison=first_layer_comparison(ecfg.model.T, modes))
     return runs, extra
@@ -222,8 +223,14 @@ def finetune(cfg: PipelineConfig, ann: LoadedAnn) -> dict:
     return summary
 
 
-def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Module | None = None) -> dict:
-    """pipeD: an ANN pretrained on static images (trained here unless given) -> SNN on events."""
+def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Module | None = None,
+          events: DataBundle | None = None) -> dict:
+    """pipeD: an ANN pretrained on static images (trained here unless given) -> SNN on events:
+    ``cfg.events.data``, or ``events``, any torch datasets of ``[T, 2, H, W]`` frames made a bundle
+    by :func:`spikebridge.data.loading.dataset_bundle` (a Tonic dataset, say)."""
+    if events is not None and events.kind != "events":
+        raise ConfigError(f"piped(events=...): {events.name[:100]!r} holds {events.kind} samples, not [T, C, H, W] "
+                          "event frames")
     loaded = _loaded(ann)
     cfg = use_checkpoint_model(cfg, loaded)
     ctx = start_run(cfg)
@@ -240,13 +247,14 @@ def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Mod
         model, ann_result = family.pretrain(ctx, cfg, bundle)
         runs.append(ann_result)
         extra["ann_acc"] = ann_result.final_acc
-    event_runs, event_extra = run_piped(ctx, cfg, model, loaded, baseline=baseline)
+    event_runs, event_extra = run_piped(ctx, cfg, model, loaded, baseline=baseline, events=events)
     runs += event_runs
     extra.update(event_extra, transfer_acc=event_extra["events_transfer_acc"])
     T = event_extra["first_layer_comparison"]["T"]
-    summary = build_summary(cfg.events.data, T, [r.to_summary() for r in runs], comparisons=(PIPED,), extra=extra)
+    name = event_extra["events_data"]
+    summary = build_summary(name, T, [r.to_summary() for r in runs], comparisons=(PIPED,), extra=extra)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-    write_outputs(cfg, summary, runs, title=f"pipeD on {cfg.events.data}: event SNN from a static ANN vs from scratch")
+    write_outputs(cfg, summary, runs, title=f"pipeD on {name}: event SNN from a static ANN vs from scratch")
     return summary
 
 

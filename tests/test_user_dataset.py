@@ -1,0 +1,94 @@
+"""Training on any torch Dataset of event frames (a Tonic dataset, say): ``sb.dataset_bundle`` +
+``pipelines.piped(cfg, events=...)``. The test's dataset yields what Tonic's ``ToFrame`` yields:
+numpy ``int16`` arrays ``[T, 2, H, W]`` and integer labels, with a ``classes`` list."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import spikebridge as sb
+from spikebridge.config import PipelineConfig, load_config
+from spikebridge.data.datasets import open_dataset
+from spikebridge.errors import ConfigError, DataError
+from spikebridge.pipelines import piped, pipes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class TonicLike(torch.utils.data.Dataset):
+    """ES-MNIST event frames as numpy int16 arrays (Tonic's ToFrame output type)."""
+
+    classes = [str(d) for d in range(10)]
+
+    def __init__(self, split) -> None:
+        self.frames = split.images.numpy().astype(np.int16)
+        self.labels = split.labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.frames[index], self.labels[index]
+
+
+@pytest.fixture(scope="module")
+def es_mnist():
+    return open_dataset("es-mnist", limit_train=320, limit_test=160)
+
+
+def test_dataset_bundle_reads_frames_as_given(es_mnist):
+    train, test = TonicLike(es_mnist.train), TonicLike(es_mnist.test)
+    bundle = sb.dataset_bundle(train, test, name="tonic-like")
+    assert (bundle.kind, bundle.num_classes, bundle.in_channels, bundle.time_steps) == ("events", 10, 2, train.frames.shape[1])
+    x, y = bundle.train[3]
+    assert x.dtype == torch.float32 and torch.equal(x, torch.as_tensor(train.frames[3]).float()) and y == train.labels[3]
+
+
+def test_piped_trains_on_a_user_dataset(es_mnist, tmp_path):
+    cfg = load_config(PipelineConfig, None, {
+        "run.out": str(tmp_path / "run"), "run.device": "cpu", "run.progress": False, "data.limit_train": 320,
+        "data.limit_test": 160, "ann.epochs": 2, "events.finetune.epochs": 1, "events.compare_first_layer": False,
+        "bridge.calibration_batches": 1, "bridge.calibration_batch_size": 64})
+    events = sb.dataset_bundle(TonicLike(es_mnist.train), TonicLike(es_mnist.test), name="tonic-like")
+    summary = piped(cfg, events=events, baseline=False)
+    assert summary["dataset"] == "tonic-like" and summary["events_data"] == "tonic-like"
+    run = {r["name"]: r for r in summary["runs"]}["snn_events_pretrained"]
+    assert run["best_acc"] > 0.3  # chance: 0.1
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["T"] == es_mnist.time_steps
+
+
+def test_bad_user_datasets_are_one_line_errors(es_mnist):
+    frames = TonicLike(es_mnist.train)
+    with pytest.raises(DataError, match="give num_classes"):
+        sb.dataset_bundle([(np.zeros((4, 2, 8, 8)), 0)], [(np.zeros((4, 2, 8, 8)), 0)])
+    with pytest.raises(DataError, match=r"\[T, C, H, W\] event frames or \[C, H, W\] images, got shape \[8, 8\]"):
+        sb.dataset_bundle([(np.zeros((8, 8)), 0)], [(np.zeros((8, 8)), 0)], num_classes=2)
+    with pytest.raises(DataError, match="test split is empty"):
+        sb.dataset_bundle(frames, [], num_classes=10)
+    images = sb.dataset_bundle([(np.zeros((1, 8, 8)), 0)], [(np.zeros((1, 8, 8)), 0)], num_classes=2)
+    with pytest.raises(ConfigError, match="not \\[T, C, H, W\\] event frames"):
+        piped(load_config(PipelineConfig), events=images)
+
+
+def test_pipes_trains_on_user_images(tmp_path):
+    digits = open_dataset("mnist5k", limit_train=640, limit_test=160)
+
+    class Images(torch.utils.data.Dataset):  # [1, 28, 28] float images in [0, 1], as a user's transform gives
+        def __init__(self, split):
+            self.split = split
+
+        def __len__(self):
+            return len(self.split.labels)
+
+        def __getitem__(self, i):
+            return self.split.images[i].float() / 255, int(self.split.labels[i])
+
+    bundle = sb.dataset_bundle(Images(digits.train), Images(digits.test), num_classes=10, name="my-digits")
+    assert (bundle.kind, bundle.in_channels) == ("static", 1)
+    cfg = load_config(PipelineConfig, None, {
+        "run.out": str(tmp_path / "run"), "run.device": "cpu", "run.progress": False, "ann.epochs": 3,
+        "finetune.epochs": 1, "bridge.calibration_batches": 1, "bridge.calibration_batch_size": 64})
+    summary = pipes(cfg, bundle=bundle, baseline=False)
+    runs = {r["name"]: r for r in summary["runs"]}
+    assert summary["dataset"] == "my-digits" and runs["ann"]["best_acc"] > 0.3 and runs["snn_pretrained"]["best_acc"] > 0.3

@@ -41,7 +41,8 @@ def test_benchmark_command_on_the_embedded_digits(tmp_path, capsys):
     status = cli.main([
         "benchmark", "--data", "mnist5k", "--out", str(out), "--no-progress", "--methods", METHODS,
         "--set", "data.limit_train=128", "--set", "data.limit_test=64", "--set", "ann.epochs=2",
-        "--set", "finetune.epochs=1", "--set", "scratch.epochs=1", "--set", "bridge.match_rates=false",
+        "--set", "finetune.epochs=1", "--set", "scratch.epochs=1", "--set", "scratch.until_plateau=0",
+        "--set", "bridge.match_rates=false",
     ])
     printed = capsys.readouterr()
     assert status == 0, printed.err

@@ -12,7 +12,7 @@ import yaml
 import _layouts as layouts
 from spikebridge import cli
 from spikebridge.config import PipelineConfig
-from spikebridge.pipelines.plan import BENCHMARK_PRESET, FINETUNE_PRESET, PHASE_FIELDS
+from spikebridge.pipelines.plan import BENCHMARK_PRESET, FINETUNE_PRESET, PHASE_FIELDS, PRESETS
 from spikebridge.train.checkpoint import save_checkpoint
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -115,8 +115,10 @@ def test_presets_apply_without_a_recipe_only(data, tmp_path, capsys):
     bench = _plan(["benchmark", "--data", "mnist5k", "--out", str(tmp_path / "b"), "--plan"], capsys)
     assert bench["preset"] == BENCHMARK_PRESET
     phases = {p["name"]: p for p in bench["phases"]}
-    assert phases["ann"]["epochs"] == 6 and phases["scratch"]["epochs"] == 6 and phases["scratch"]["until_plateau"] == 0
-    assert phases["pretrained"]["epochs"] == 2 and phases["pretrained+wu"]["freeze_epochs"] == 1
+    # the demo's budget for every method: its sharpening, and the library's phases under it
+    assert bench["neuron"]["sharpen_epochs"] == 40 == PRESETS["demo"]["neuron.sharpen_epochs"]
+    assert phases["ann"]["epochs"] == 20 and phases["scratch"]["epochs"] == 10 and phases["scratch"]["until_plateau"] == 2
+    assert phases["pretrained"]["epochs"] == 3 and phases["pretrained+wu"]["freeze_epochs"] == 1
     ft = _plan(["finetune", "--data", "mnist5k", "--ann", data["ann"], "--out", str(tmp_path / "f"), "--plan",
                 "--set", "finetune.lr=0.01"], capsys)
     assert ft["preset"] == FINETUNE_PRESET

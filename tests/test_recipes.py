@@ -43,6 +43,12 @@ def _common(out: Path) -> dict:
     return {"run.out": str(out), "run.device": "cpu", "run.progress": False, "data.workers": 0}
 
 
+def _es_imagenet_piped(d: dict, ann_data: str, ann_batch: int = 12) -> dict:
+    """An ES-ImageNet pipeD recipe on the tiny folders: the ANN on ``d[ann_data]``, a cnn at 32 px."""
+    return {"data.name": d[ann_data], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
+            "events.image_size": 32, **_one_step("ann", ann_batch), **_one_step("events.finetune", 6)}
+
+
 # recipe -> (pipeline, overrides given the tiny data); sizes only
 CASES = {
     "imagenet_pipes_resnet18.yaml": ("pipes", lambda d: {
@@ -50,26 +56,11 @@ CASES = {
     "imagenet_pipes_resnet34.yaml": ("pipes", lambda d: {
         "data.name": d["photos"], "data.image_size": 32, "model.T": 2, **_one_step("ann", 12),
         **_one_step("finetune", 12)}),
-    "esimagenet_piped_resnet18_liaf.yaml": ("piped", lambda d: {
-        "data.name": d["photos"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
-        "events.image_size": 32,
-        **_one_step("ann", 12), **_one_step("events.finetune", 6)}),
-    "esimagenet_piped_resnet18_lif.yaml": ("piped", lambda d: {
-        "data.name": d["photos"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
-        "events.image_size": 32,
-        **_one_step("ann", 12), **_one_step("events.finetune", 6)}),
-    "esimagenet_piped_resnet18_liaf_selfpretrain.yaml": ("piped", lambda d: {
-        "data.name": d["edge"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
-        "events.image_size": 32,
-        **_one_step("ann", 6), **_one_step("events.finetune", 6)}),
-    "esimagenet_piped_resnet34_lif.yaml": ("piped", lambda d: {
-        "data.name": d["photos"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
-        "events.image_size": 32,
-        **_one_step("ann", 12), **_one_step("events.finetune", 6)}),
-    "esimagenet_piped_resnet34_liaf.yaml": ("piped", lambda d: {
-        "data.name": d["photos"], "data.image_size": 32, "events.data": d["es-imagenet"], "model.name": "cnn",
-        "events.image_size": 32,
-        **_one_step("ann", 12), **_one_step("events.finetune", 6)}),
+    "esimagenet_piped_resnet18_liaf.yaml": ("piped", lambda d: _es_imagenet_piped(d, "photos")),
+    "esimagenet_piped_resnet18_lif.yaml": ("piped", lambda d: _es_imagenet_piped(d, "photos")),
+    "esimagenet_piped_resnet18_liaf_selfpretrain.yaml": ("piped", lambda d: _es_imagenet_piped(d, "edge", 6)),
+    "esimagenet_piped_resnet34_lif.yaml": ("piped", lambda d: _es_imagenet_piped(d, "photos")),
+    "esimagenet_piped_resnet34_liaf.yaml": ("piped", lambda d: _es_imagenet_piped(d, "photos")),
     "esimagenet_2dcnn_resnet18.yaml": ("benchmark", lambda d: {
         "data.name": d["es-imagenet"], "events.data": d["es-imagenet"], "model.name": "cnn", "events.image_size": 32,
         **_one_step("events.scratch", 6)}),

@@ -90,7 +90,9 @@ def parse_methods(texts: list[str] | str) -> list[BenchMethod]:
 @dataclass
 class BenchRun:
     """One method's outcome. ``curve``: ``[[SNN training seconds, epoch, test accuracy], ...]``
-    (the point at 0 s is the accuracy right after the transfer for transferred methods)."""
+    (the point at 0 s is the accuracy right after the transfer for transferred methods);
+    ``cpu_curve`` the same in process CPU seconds. A transferred method's total time adds the ANN's
+    training and the bridge (its calibration) before the SNN's first second."""
 
     method: str
     base: str
@@ -105,14 +107,20 @@ class BenchRun:
     transfer_acc: float | None
     curve: list[list[float]] = field(default_factory=list)
     transferred: int = 0  # tensors taken from the ANN
+    bridge_seconds: float = 0.0
+    cpu_curve: list[list[float]] = field(default_factory=list)
+    ann_cpu_seconds: float = 0.0
+    bridge_cpu_seconds: float = 0.0
 
     @property
     def total_seconds(self) -> float:
-        return round(self.ann_seconds + self.snn_seconds, 3)
+        return round(self.ann_seconds + self.bridge_seconds + self.snn_seconds, 3)
 
-    def total_curve(self) -> list[list[float]]:
-        """The curve against all training seconds (the ANN's first)."""
-        return [[round(self.ann_seconds + s, 3), e, a] for s, e, a in self.curve]
+    def total_curve(self, cpu: bool = False) -> list[list[float]]:
+        """The curve against all training seconds (the ANN's and the bridge's first); ``cpu``: in
+        process CPU seconds."""
+        offset = self.ann_cpu_seconds + self.bridge_cpu_seconds if cpu else self.ann_seconds + self.bridge_seconds
+        return [[round(offset + s, 3), e, a] for s, e, a in (self.cpu_curve if cpu else self.curve)]
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "total_seconds": self.total_seconds}
@@ -130,9 +138,9 @@ def summarize(runs: list[BenchRun], *, dataset: str, ann: dict | None, target_me
         summary["target_acc"] = target
         reach = {}
         for run in runs:
-            snn = time_to_target(run.curve, target)
-            total = time_to_target(run.total_curve(), target)
-            reach[run.method] = {"snn_seconds": snn, "total_seconds": total}
+            reach[run.method] = {"snn_seconds": time_to_target(run.curve, target),
+                                 "total_seconds": time_to_target(run.total_curve(), target),
+                                 "total_cpu_seconds": time_to_target(run.total_curve(cpu=True), target)}
         summary["time_to_target"] = reach
     summary.update(extra or {})
     return summary
@@ -142,24 +150,23 @@ def markdown_table(summary: dict) -> str:
     """The results table (one row per method)."""
     reach = summary.get("time_to_target", {})
     target_name = summary.get("target_method")
-    base_total = (reach.get(target_name) or {}).get("total_seconds") if target_name else None
-    head = ("| method | neuron | T | epochs | SNN s | ANN s | total s | after transfer | best acc | "
-            "total s to target | x target method's time |")
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = reach.get(target_name) or {}
+    head = ("| method | neuron | T | epochs | SNN s | ANN s | bridge s | total s | after transfer | best acc | "
+            "total s to target | x target method's time | x in CPU time |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def ratio(got: float | None, key: str) -> str:
+        return f"{got / base[key]:.2f}" if got is not None and base.get(key) else "-"
+
     for run in summary["runs"]:
-        got = (reach.get(run["method"]) or {}).get("total_seconds")
-        if run["method"] not in reach:
-            reach_txt, ratio = "-", "-"
-        elif got is None:
-            reach_txt, ratio = "never", "-"
-        else:
-            reach_txt = f"{got:.1f}"
-            ratio = f"{got / base_total:.2f}" if base_total else "-"
+        got = reach.get(run["method"]) or {}
+        wall, cpu = got.get("total_seconds"), got.get("total_cpu_seconds")
+        reach_txt = "-" if not got else "never" if wall is None else f"{wall:.1f}"
         after = "-" if run["transfer_acc"] is None else f"{run['transfer_acc']:.4f}"
         lines.append(
             f"| {run['method']} | {run['neuron']} | {run['T']} | {run['epochs']} | {run['snn_seconds']:.1f} | "
-            f"{run['ann_seconds']:.1f} | {run['total_seconds']:.1f} | {after} | {run['best_acc']:.4f} | "
-            f"{reach_txt} | {ratio} |"
+            f"{run['ann_seconds']:.1f} | {run.get('bridge_seconds', 0.0):.1f} | {run['total_seconds']:.1f} | {after} | "
+            f"{run['best_acc']:.4f} | {reach_txt} | {ratio(wall, 'total_seconds')} | {ratio(cpu, 'total_cpu_seconds')} |"
         )
     return "\n".join(lines)
 
@@ -170,9 +177,10 @@ def render_markdown(summary: dict, title: str) -> str:
     if "target_acc" in summary:
         lines.append(
             f"Target: the best test accuracy of `{summary['target_method']}`, {summary['target_acc']:.4f}. "
-            "*total s to target*: training seconds until a method first reaches it, the ANN's seconds "
-            "included for methods that start from the ANN; the last column divides by the target "
-            "method's own time."
+            "*total s to target*: training seconds until a method first reaches it, the ANN's and the "
+            "bridge's seconds included for methods that start from the ANN; the last two columns divide by "
+            "the target method's own time, in wall and in process CPU seconds (the one to quote on a shared "
+            "machine)."
         )
     ann = summary.get("ann")
     if ann:
@@ -203,9 +211,10 @@ def write_report(summary: dict, out: str | Path, *, title: str) -> dict[str, Pat
         "epoch_figure": out / "accuracy_vs_epochs.png",
     }
     write_json(paths["json"], summary)
+    offsets = {r["method"]: r["ann_seconds"] + r.get("bridge_seconds", 0.0) for r in summary["runs"]}
     shifted = [
         {"name": r["method"], "best_acc": r["best_acc"],
-         "curve": [[round(r["ann_seconds"] + s, 3), e, a] for s, e, a in r["curve"]]}
+         "curve": [[round(offsets[r["method"]] + s, 3), e, a] for s, e, a in r["curve"]]}
         for r in summary["runs"]
     ]
     plot_accuracy_vs_time(shifted, paths["time_figure"], title=f"{title}: accuracy vs training time (ANN included)",

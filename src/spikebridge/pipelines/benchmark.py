@@ -76,7 +76,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
             ctx.log(f"[benchmark] ANN ({cfg.ann_neuron}, {ann_cfg.model.name}) on {ann_bundle.name}, {cfg.ann.epochs} epochs")
             model, result = family.pretrain(ctx, ann_cfg, ann_bundle)
             ann_info = {"name": "ann", "epochs": result.epochs, "seconds": result.seconds, "best_acc": result.best_acc,
-                        "curve": result.curve}
+                        "curve": result.curve, "cpu_seconds": result.cpu_curve[-1][0] if result.cpu_curve else 0.0}
             scfg = replace(scfg, model=replace(scfg.model, name=scfg.events.model or ann_cfg.model.name)) \
                 if not same_data else scfg
         model.to(ctx.device)
@@ -88,10 +88,11 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
         ctx.log(f"[benchmark] {method.name}: {neuron.kind}, T={mcfg.model.T}")
         transferred: set[str] = set()
         meta = model_meta(mcfg, data, neuron, mcfg.model.T)
+        bridge_started, bridge_cpu_started = time.perf_counter(), time.process_time()
         if method.base == "scratch":
             snn, meta = family.scratch(ctx, mcfg, data)
             result = ctx.fit(snn, data, mcfg.scratch, name=method.name, meta=meta)
-            warmup_epochs = 0
+            warmup_epochs, bridge = 0, (0.0, 0.0)
         else:
             if method.base == "decoder":  # a random SNN with the ANN's readout
                 seed_everything(cfg.run.seed)
@@ -113,6 +114,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
                     fresh = build_model(mcfg, data, neuron, mcfg.model.T).state_dict()
                     snn.load_state_dict({k: fresh[k] for k in readout}, strict=False)
                     transferred -= readout
+            bridge = (time.perf_counter() - bridge_started, time.process_time() - bridge_cpu_started)
             warmup_epochs = max(1, mcfg.finetune.freeze_epochs) if method.warmup else 0
             frozen = transferred - _decoder_keys(snn) if method.warmup else None
             phase = replace(mcfg.finetune, freeze_epochs=warmup_epochs)
@@ -123,7 +125,9 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
             ann_seconds=float(ann_info["seconds"]) if method.transfers and ann_info else 0.0,
             best_acc=result.best_acc, final_acc=result.final_acc,
             transfer_acc=result.curve[0][2] if method.transfers and result.curve else None,
-            curve=result.curve, transferred=len(transferred),
+            curve=result.curve, transferred=len(transferred), bridge_seconds=round(bridge[0], 3),
+            cpu_curve=result.cpu_curve, bridge_cpu_seconds=round(bridge[1], 3),
+            ann_cpu_seconds=float(ann_info.get("cpu_seconds", 0.0)) if method.transfers and ann_info else 0.0,
         ))
         ctx.log(f"[benchmark] {method.name}: best {result.best_acc:.4f} after {result.epochs} epochs, {result.seconds:.1f} s")
 

@@ -1,6 +1,9 @@
 """Options that trade memory, time or compile cost, each against the plain default, side by side.
 
-* ``compact_spikes`` (default on): spikes saved for the backward as bool instead of float32.
+* ``compact_spikes`` (default on): spikes saved for the backward as the LIF's uint8 code (or
+  bool) instead of float32, and the lean backward of the convolutions that read them.
+* ``step_in_backward`` (engine option, on by default in training runs; measured here both ways): each parameter is updated by the
+  optimizer as soon as its gradient is accumulated, and the gradient freed.
 * ``checkpoint_blocks``: activation checkpointing of every ResNet block / CNN conv-BN-LIF triple.
 * ``channels_last``: NHWC memory format for the whole network (CPU convolutions via oneDNN).
 * ``--compile``: ``torch.compile`` of the neuron op alone (fused and reference backends), timed
@@ -31,6 +34,8 @@ VARIANTS = {
     "float spikes": {"compact_spikes": False},
     "checkpoint_blocks": {"checkpoint_blocks": True},
     "channels_last": {"channels_last": True},
+    "step_in_backward": {"step_in_backward": True},
+    "step_in_backward + checkpoint_blocks": {"step_in_backward": True, "checkpoint_blocks": True},
 }
 
 

@@ -9,6 +9,9 @@ reports medians and the median of per-repetition ratios. ``--memory`` adds the p
 training step of each (a fresh process per measurement).
 
     python benchmarks/bench_overhead.py --models cnn resnet18 --T 4 6 8 --input static events --memory
+
+``--step-in-backward`` runs both the SNN and the ANN with the engine's ``step_in_backward`` option
+(each parameter updated and its gradient freed as soon as it is accumulated).
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory", action="store_true", help="also peak memory (child processes)")
     parser.add_argument("--memory-repeats", type=int, default=1)
+    parser.add_argument("--step-in-backward", action="store_true",
+                        help="both SNN and ANN: the optimizer step fused into the backward (engine option)")
     parser.add_argument("--name", default="overhead")
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -43,13 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         batch = args.batch or DEFAULT_BATCH.get(model, 8)
         for input_kind in args.input:
             for steps in args.T:
-                snn = Workload(impl="ours", model=model, T=steps, batch=batch, input=input_kind)
-                ann = Workload(impl="ann", model=model, T=steps, batch=batch)
+                fused = args.step_in_backward
+                snn = Workload(impl="ours", model=model, T=steps, batch=batch, input=input_kind, step_in_backward=fused)
+                ann = Workload(impl="ann", model=model, T=steps, batch=batch, step_in_backward=fused)
                 snn_train, snn_infer, _ = build(snn)
                 ann_train, ann_infer, _ = build(ann)
                 train = summarize(alternate({"snn": snn_train, "ann": ann_train}, args.reps), "ann")
                 infer = summarize(alternate({"snn": snn_infer, "ann": ann_infer}, args.reps), "ann")
-                record = {"model": model, "T": steps, "B": batch, "input": input_kind, "train": train, "infer": infer}
+                record = {"model": model, "T": steps, "B": batch, "input": input_kind, "step_in_backward": fused,
+                          "train": train, "infer": infer}
                 memory_cells = ["", "", "", ""]
                 if args.memory:
                     mem_snn = peak_memory_median(snn.to_json(), repeats=args.memory_repeats, threads=args.threads)

@@ -25,9 +25,10 @@ CONTENDERS = ("ours/rect", "sj/rect", "snntorch/rect", "ours/atan", "sj/atan", "
 DEFAULT_BATCH = {"cnn": 32, "resnet18": 8}
 
 
-def workload(label: str, model: str, steps: int, batch: int) -> Workload:
+def workload(label: str, model: str, steps: int, batch: int, step_in_backward: bool = False) -> Workload:
     impl, surrogate = label.split("/")
-    return Workload(impl=impl, model=model, T=steps, batch=batch, surrogate=surrogate)
+    return Workload(impl=impl, model=model, T=steps, batch=batch, surrogate=surrogate,
+                    step_in_backward=step_in_backward)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory-repeats", type=int, default=2)
+    parser.add_argument("--step-in-backward", action="store_true",
+                        help="every contender: the optimizer step fused into the backward (engine option)")
     parser.add_argument("--name", default="peers")
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, records = [], []
     for model in args.models:
         batch = args.batch or DEFAULT_BATCH.get(model, 8)
-        loads = {label: workload(label, model, args.T, batch) for label in args.contenders}
+        loads = {label: workload(label, model, args.T, batch, args.step_in_backward) for label in args.contenders}
         # same computation check: 3 training steps from the same weights and data
         losses = {}
         for label, w in loads.items():
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         del steps
         memory = {label: peak_memory_median(w.to_json(), repeats=args.memory_repeats, threads=args.threads)
                   for label, w in loads.items()}
-        record = {"model": model, "T": args.T, "B": batch, "losses_3_steps": losses, "time": times, "memory": memory}
+        record = {"model": model, "T": args.T, "B": batch, "step_in_backward": args.step_in_backward,
+                  "losses_3_steps": losses, "time": times, "memory": memory}
         for label in args.contenders:
             peak, kept = memory[label]["peak_bytes"], memory[label]["forward_kept_bytes"]
             rows.append([

@@ -14,6 +14,9 @@ Contenders (``Workload.impl``):
 * ``sj``        -- SpikingJelly 2.0 ``neuron.LIFNode(step_mode="m")`` in place of our neurons.
 * ``snntorch``  -- snnTorch ``Leaky`` stepped over T in a loop in place of our neurons.
 
+``step_in_backward`` applies to every contender alike: the engine's ``StepInBackward`` (each
+parameter updated and its gradient freed as soon as it is accumulated).
+
 Peer networks: the conv/BN skeleton is ours (``[T*B, ...]`` folded, which is exactly what
 SpikingJelly's ``layer.SeqToANNContainer`` does: flatten(0, 1) -> module -> unflatten); only the
 neuron modules are swapped, so the convolutions, BatchNorm (statistics over T and B) and readout
@@ -47,6 +50,7 @@ from torch import nn
 import spikebridge as sb
 from spikebridge.layers import TimeFolded
 from spikebridge.neurons import NeuronConfig
+from spikebridge.train.engine import StepInBackward
 
 IMPLS = ("ours", "ann", "sj", "snntorch")
 
@@ -68,6 +72,7 @@ class Workload:
     checkpoint_blocks: bool = False  # ours: activation checkpointing per block
     channels_last: bool = False
     compile_neurons: bool = False  # ours: torch.compile each neuron module
+    step_in_backward: bool = False  # every impl: optimizer step fused into the backward (engine option)
     device: str = "cpu"
     seed: int = 0
 
@@ -91,6 +96,8 @@ class Workload:
                 parts.append("ckpt")
             if self.compile_neurons:
                 parts.append("compiled")
+        if self.step_in_backward:
+            parts.append("step-in-bwd")
         if self.channels_last:
             parts.append("NHWC")
         return "/".join(parts)
@@ -223,6 +230,8 @@ def build_parts(w: Workload) -> Parts:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if w.step_in_backward:
+        StepInBackward(optimizer)  # the hooks live on the parameters; step() after backward is then a no-op
     return Parts(model, optimizer, x, y, _peer_reset(model, w))
 
 

@@ -63,7 +63,7 @@ def test_benchmark_command_on_the_embedded_digits(tmp_path, capsys):
         assert [p[1:] for p in run["cpu_curve"]] == [p[1:] for p in run["curve"]] and (run["ann_cpu_seconds"] > 0) == transfers
         reach = summary["time_to_target"][name]
         if reach["total_seconds"] is not None:
-            assert reach["total_cpu_seconds"] >= run["ann_cpu_seconds"] + run["bridge_cpu_seconds"]
+            assert reach["total_cpu_seconds"] >= run["ann_cpu_seconds"] + run["bridge_cpu_seconds"] - 1e-3
         assert [p[1] for p in run["curve"]] == ([0, 1] if transfers else [1])
     assert (runs["pretrained+liaf"]["neuron"], runs["scratch+T2"]["T"], runs["pretrained"]["T"]) == ("liaf", 2, 4)
     full = runs["pretrained"]["transferred"]

@@ -4,9 +4,15 @@ import torch
 from torch import nn
 
 import spikebridge as sb
+from spikebridge import layers
+from spikebridge.config import TrainConfig
+from spikebridge.data.loading import DataBundle
+from spikebridge.data.static import TensorSplit
 from spikebridge.layers import TimeFolded, compact_spike_storage, is_marked_binary, mark_binary, run_checkpointed
 from spikebridge.neurons import multistep_fused, multistep_reference, run_multistep, triton_supports_dtype
 from spikebridge.surrogate import get_surrogate
+from spikebridge.train.engine import StepInBackward, fit, step_in_backward_clash, steps_in_backward
+from spikebridge.train.distributed import Precision
 
 
 # -- the fused op ------------------------------------------------------------------------------
@@ -60,13 +66,19 @@ def test_fused_float64_and_dtype_dispatch():
 
 
 # -- compact spike storage -----------------------------------------------------------------------
+@pytest.fixture
+def lean_everywhere(monkeypatch):
+    """Every spike convolution takes the lean backward (by default only those of large inputs)."""
+    monkeypatch.setattr(layers, "LEAN_CONV_MIN_NUMEL", 0)
+
+
 def test_lif_output_is_marked_binary_liaf_is_not():
     x = torch.randn(3 * 2, 4) + 0.3
     assert is_marked_binary(TimeFolded(sb.LIF(), 3)(x))
     assert not is_marked_binary(TimeFolded(sb.LIAF(), 3)(x))
 
 
-def test_compact_storage_keeps_bool_copy_and_restores_floats():
+def test_compact_storage_keeps_spike_bits_and_restores_floats():
     conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
     neuron = TimeFolded(sb.LIF(), 2)
     x = (torch.randn(2 * 2, 2, 5, 5) + 0.5).requires_grad_()
@@ -120,10 +132,11 @@ def _train_once(name, *, compact, checkpoint, **kwargs):
         ("cnn", {"in_channels": 1}, True, False),
         ("cnn", {"in_channels": 1}, False, True),
         ("cnn", {"in_channels": 1}, True, True),
-        ("resnet18", {}, True, True),  # both at once: blocks with a downsample sharing the spikes
+        ("resnet18", {}, True, False),  # lean spike convolutions, a downsample sharing the spikes
+        ("resnet18", {}, True, True),  # both at once: checkpointed blocks run plain convolutions
     ],
 )
-def test_memory_options_give_identical_gradients_and_bn_stats(name, kwargs, compact, checkpoint):
+def test_memory_options_give_identical_gradients_and_bn_stats(name, kwargs, compact, checkpoint, lean_everywhere):
     grads0, buffers0 = _train_once(name, compact=False, checkpoint=False, **kwargs)
     grads, buffers = _train_once(name, compact=compact, checkpoint=checkpoint, **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(grads0, grads))
@@ -139,3 +152,127 @@ def test_checkpointed_block_recomputes_and_keeps_bn_stats():
     run_checkpointed(block, x).sum().backward()
     assert len(calls) == 2  # forward + recomputation in the backward
     assert int(block[1].num_batches_tracked) == 1
+
+
+def test_fused_lif_spikes_are_saved_as_its_code_others_as_bool():
+    """After a fused LIF, a layer saving the spikes keeps a view of the LIF's own uint8 code (no
+    copy); after the reference loop (no code) a bool copy."""
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    x = torch.randn(3 * 2, 2, 5, 5) + 0.5
+    for backend, from_code in (("fused", True), ("reference", False)):
+        neuron = TimeFolded(sb.LIF(backend=backend), 3)
+        with compact_spike_storage(True):
+            spikes = neuron(x.clone().requires_grad_())
+            conv(spikes)
+        packed = getattr(spikes, "_spikebridge_packed")
+        assert packed.from_code is from_code
+        if from_code:  # the very tensor the LIF saved for its own backward
+            node = spikes.grad_fn
+            while type(node).__name__ != "_MultiStepFnBackward":  # down the views to the LIF's node
+                node = node.next_functions[0][0]
+            lif_saved = node.saved_tensors[0]
+            assert packed.bits.dtype == lif_saved.dtype == torch.uint8
+            assert packed.bits.untyped_storage().data_ptr() == lif_saved.untyped_storage().data_ptr()
+        else:
+            assert packed.bits.dtype == torch.bool
+        assert torch.equal(packed.unpack(), spikes)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size,bias", [
+    (3, 2, 1, 9, False),  # odd size, stride 2: the transposed convolution needs an output padding
+    (1, 2, 0, 8, False),  # a downsample
+    (3, 1, 1, 7, True),
+    (5, 3, 2, 11, True),
+])
+def test_lean_spike_convolution_equals_plain(kernel, stride, padding, size, bias, lean_everywhere):
+    """Convolutions of spikes inside compact_spike_storage take the lean backward (weight gradient
+    first, input gradient by a transposed convolution); values and gradients are bit-identical."""
+    gen = torch.Generator().manual_seed(kernel * 10 + stride)
+    conv = nn.Conv2d(6, 5, kernel, stride=stride, padding=padding, bias=bias)
+    x = torch.randn(4 * 3, 6, size, size, generator=gen) + 0.4
+    results = []
+    for compact in (False, True):
+        conv.zero_grad(set_to_none=True)
+        inp = x.clone().requires_grad_()
+        with compact_spike_storage(compact):
+            spikes = TimeFolded(sb.LIF(), 4)(inp)
+            out = conv(spikes)
+        assert (type(out.grad_fn).__name__ == "_SpikeConv2dBackward") is compact
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(5)))
+        results.append([out.detach(), inp.grad, conv.weight.grad] + ([conv.bias.grad] if bias else []))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def _step_run(make_optimizer, in_backward, steps=3):
+    torch.manual_seed(0)
+    model = sb.create_model("cnn", neuron="lif", T=2, num_classes=4, in_channels=1)
+    optimizer = make_optimizer(model.parameters())
+    hooks = StepInBackward(optimizer) if in_backward else None
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.rand(3, 1, 16, 16, generator=gen), torch.randint(0, 4, (3,), generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        if in_backward:
+            assert all(p.grad is None for p in model.parameters())  # stepped and freed in the backward
+        optimizer.step()  # a no-op after the backward hooks: no gradient left
+    if hooks is not None:
+        hooks.remove()
+    state = [v for p in model.parameters() for v in optimizer.state[p].values() if isinstance(v, torch.Tensor)]
+    return [p.detach().clone() for p in model.parameters()], state
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    lambda ps: torch.optim.Adam(ps, lr=1e-3, weight_decay=1e-4),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-3),
+])
+def test_step_in_backward_equals_step_after_backward(make_optimizer):
+    params0, state0 = _step_run(make_optimizer, in_backward=False)
+    params1, state1 = _step_run(make_optimizer, in_backward=True)
+    assert all(torch.equal(a, b) for a, b in zip(params0, params1))
+    assert len(state0) == len(state1) and all(torch.equal(a, b) for a, b in zip(state0, state1))
+
+
+def _bundle(n=48, size=16):
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(n, 1, size, size, generator=gen) * 255).to(torch.uint8)
+    labels = torch.randint(0, 4, (n,), generator=gen)
+    half = n // 2
+    return DataBundle(name="tiny", train=TensorSplit(images[:half], labels[:half]),
+                      test=TensorSplit(images[half:], labels[half:]), num_classes=4, in_channels=1, image_size=size)
+
+
+def test_engine_step_in_backward_trains_identically_and_falls_back_where_it_cannot():
+    results = []
+    for in_backward in (False, True):
+        cfg = TrainConfig(epochs=1, optimizer="sgd", lr=0.05, batch_size=8, schedule="constant",
+                          step_in_backward=in_backward)
+        torch.manual_seed(0)
+        model = sb.create_model("cnn", neuron="lif", T=2, num_classes=4, in_channels=1)
+        result = fit(model, _bundle(), cfg, name="tiny", run_dir=None, progress=False)
+        results.append(([p.detach().clone() for p in model.parameters()], result.history[-1]["train_loss"]))
+        assert all(not p._post_accumulate_grad_hooks for p in model.parameters())  # hooks removed after the epoch
+    assert all(torch.equal(a, b) for a, b in zip(results[0][0], results[1][0]))
+    assert results[0][1] == results[1][1]
+    # what needs every gradient at once steps after the backward (the default is on)
+    cpu = Precision("off", torch.device("cpu"))
+    assert TrainConfig().step_in_backward and steps_in_backward(TrainConfig(), cpu, 1)
+    assert "grad_clip" in step_in_backward_clash(TrainConfig(grad_clip=1.0), cpu, 1)
+    assert not steps_in_backward(TrainConfig(grad_clip=1.0), cpu, 1)
+    assert "DDP" in step_in_backward_clash(TrainConfig(), cpu, 2) and not steps_in_backward(TrainConfig(), cpu, 2)
+    assert not steps_in_backward(TrainConfig(step_in_backward=False), cpu, 1)
+
+
+def test_spike_subclass_only_in_compact_training_forward(lean_everywhere):
+    """Inside compact_spike_storage (grad mode) a LIF's output is the conv-routing subclass; every
+    other op on it returns a plain tensor, and outside the context or under no_grad nothing changes."""
+    neuron = TimeFolded(sb.LIF(), 2)
+    x = torch.randn(2 * 3, 4, 6, 6, requires_grad=True)
+    with compact_spike_storage(True):
+        spikes = neuron(x)
+        assert type(spikes) is not torch.Tensor and isinstance(spikes, torch.Tensor)
+        assert type(spikes + spikes) is torch.Tensor and type(spikes.flatten(1)) is torch.Tensor
+        with torch.no_grad():
+            assert type(neuron(x)) is torch.Tensor
+    assert type(neuron(x)) is torch.Tensor

@@ -76,6 +76,10 @@ class TrainConfig:
     # (no augmentation; counted as training time). Spiking nets are sensitive to the noise that
     # the running averages of the last batches leave in their thresholds ("precise BN").
     precise_bn: int = 0
+    # update each parameter inside the backward as soon as its gradient is complete, and free that
+    # gradient (exact; a lower memory peak: the weight gradients never all exist at once). Phases
+    # with grad_clip, fp16 or DDP need every gradient at once and step after the backward.
+    step_in_backward: bool = True
 
     def validate(self, where: str) -> None:
         _positive_int(f"{where}.epochs", self.epochs, allow_zero=True, high=MAX_EPOCHS)

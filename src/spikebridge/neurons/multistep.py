@@ -69,6 +69,18 @@ _CODE_HIGH = 1
 
 #: What the fused forward keeps for the backward.
 _KEEP_NONE, _KEEP_CODE, _KEEP_MEMBRANE = "none", "code", "membrane"
+#: Attribute of a fused LIF's output holding its saved ``uint8`` code (see :func:`spike_code`).
+_CODE_ATTR = "_spikebridge_spike_code"
+
+
+def spike_code(output: torch.Tensor) -> torch.Tensor | None:
+    """The ``uint8`` code a fused LIF (spike output) saved for its backward, or None.
+
+    ``code >> 1`` equals the spikes, element for element (``_CODE_SPIKE``): a layer that saves the
+    spikes for its own backward can keep a view of this code instead of a copy of the spikes (the
+    code is kept until the LIF's backward anyway, which runs after the backward of every layer that
+    consumed the spikes). See ``layers.compact_spike_storage``."""
+    return getattr(output, _CODE_ATTR, None)
 
 
 def _fused_forward(x, decay, threshold, surrogate, analog_slope, keep: str):
@@ -187,6 +199,8 @@ class _MultiStepFn(torch.autograd.Function):
         ctx.save_for_backward(saved, decay if decay_is_tensor else None)
         ctx.keep, ctx.decay_value = keep, decay_value
         ctx.threshold, ctx.surrogate, ctx.analog_slope = threshold, surrogate, analog_slope
+        if keep == _KEEP_CODE and analog_slope is None:
+            setattr(output, _CODE_ATTR, saved)  # its spike bit is the output: see spike_code
         return output
 
     @staticmethod

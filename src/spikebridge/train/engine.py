@@ -10,6 +10,10 @@ it writes ``RUN_DIR/NAME/metrics.csv`` and a resumable checkpoint (model, optimi
 state, history); ``resume=True`` continues from the last complete epoch and gives the same result
 as an uninterrupted run. The same code runs under ``torchrun`` (DDP; rank 0 writes; metrics are
 summed over ranks).
+
+Memory: ``cfg.step_in_backward`` (on by default) runs the optimizer step inside the backward, one
+parameter at a time as its gradient is complete (:class:`StepInBackward`; exact); with gradient
+clipping, the fp16 scaler or DDP, which need every gradient at once, the usual step runs instead.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.loading import DataBundle, calibration_batches, iterate_batches
-from ..errors import CheckpointError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..errors import OutputError
 from ..utils import atomic_write_text, ensure_writable_dir, remove_stale_temps
 from . import distributed
@@ -65,6 +69,56 @@ class RunResult:
 
 def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
+
+
+class StepInBackward:
+    """The optimizer step fused into the backward (``TrainConfig.step_in_backward``): every
+    parameter is updated as soon as its gradient is accumulated, and that gradient is freed at once,
+    so a step never holds all the weight gradients together (a ResNet's peak is reached late in
+    the backward, when they all exist; see ``benchmarks/README.md``).
+
+    Exact for optimizers whose update of a parameter reads only that parameter's gradient and
+    state (SGD with momentum / weight decay, Adam, AdamW): the hook runs the optimizer's own
+    ``step()`` while only that parameter has a gradient (the others are ``None``: the engine zeroes
+    with ``set_to_none`` before the backward, and each hook frees what it stepped), so the update
+    is the same code on the same values as a step after the backward. The parameter's value is
+    changed only after autograd has run every node that used it (its gradient is complete then).
+    Not combinable with what needs all gradients at once (gradient clipping, the fp16 scaler's
+    overflow check) or their all-reduce (DDP): see :func:`step_in_backward_clash`.
+    Call :meth:`remove` to detach the hooks.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.handles = [
+            param.register_post_accumulate_grad_hook(self._step)
+            for group in optimizer.param_groups
+            for param in group["params"]
+            if param.requires_grad
+        ]
+
+    def _step(self, param: torch.Tensor) -> None:
+        self.optimizer.step()  # only `param` has a gradient now: the others are None
+        param.grad = None
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def step_in_backward_clash(cfg: TrainConfig, precision: distributed.Precision, world_size: int) -> str:
+    """Why the optimizer step cannot run inside the backward here ('' when it can): what needs every
+    gradient at once."""
+    return ("grad_clip > 0 (the clipping norm needs every gradient)" if cfg.grad_clip > 0
+            else "amp=fp16 (the gradient scaler checks every gradient for overflow)" if precision.scaler is not None
+            else f"DDP over {world_size} processes (gradients are all-reduced first)" if world_size > 1
+            else "")
+
+
+def steps_in_backward(cfg: TrainConfig, precision: distributed.Precision, world_size: int) -> bool:
+    """Whether this phase updates its parameters inside the backward (:class:`StepInBackward`)."""
+    return cfg.step_in_backward and not step_in_backward_clash(cfg, precision, world_size)
 
 
 @torch.no_grad()
@@ -177,6 +231,9 @@ def fit(
     precision = distributed.Precision(amp, device)
     if precision.note and progress and info.is_main:
         tqdm.write(f"{name}: {precision.note}")
+    clash = step_in_backward_clash(cfg, precision, info.world_size)
+    if cfg.step_in_backward and clash and progress and info.is_main:
+        tqdm.write(f"{name}: the optimizer steps after the backward (step_in_backward does not apply with {clash})")
     synced = info.enabled and sync_bn and distributed.convert_sync_batchnorm(module, device) > 0
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -188,8 +245,6 @@ def fit(
     if steps_per_epoch == 0 or n_train < cfg.batch_size:
         raise TrainingError(f"{name}: the training split has {n_train} samples, fewer than one batch of {cfg.batch_size}")
     if cfg.batch_size % info.world_size:
-        from ..errors import ConfigError
-
         raise ConfigError(f"{name}: batch_size {cfg.batch_size} is the global batch and must split evenly over "
                           f"the {info.world_size} processes (e.g. {cfg.batch_size - cfg.batch_size % info.world_size})")
 
@@ -443,6 +498,18 @@ def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, st
 def _train_one_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info, progress, desc,
                      precision: distributed.Precision | None = None) -> dict:
     precision = precision or distributed.Precision("off", device)
+    in_backward = steps_in_backward(cfg, precision, info.world_size)
+    hooks = StepInBackward(optimizer) if in_backward else None
+    try:
+        return _run_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info, progress, desc,
+                          precision, in_backward)
+    finally:
+        if hooks is not None:
+            hooks.remove()
+
+
+def _run_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info, progress, desc, precision,
+               in_backward: bool) -> dict:
     loss_sum, correct, count = 0.0, 0.0, 0.0
     steps = max(1, len(bundle.train) // cfg.batch_size)
     bar = tqdm(total=steps, desc=desc, disable=not (progress and info.is_main), leave=False, dynamic_ncols=True)
@@ -473,11 +540,12 @@ def _train_one_epoch(model, bundle, cfg, optimizer, schedule, generator, device,
                 "lower the learning rate or check the data"
             )
         optimizer.zero_grad(set_to_none=True)
-        precision.backward(loss)
-        if cfg.grad_clip > 0:
-            precision.unscale(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        precision.step(optimizer)
+        precision.backward(loss)  # with step_in_backward the parameters are updated in here
+        if not in_backward:
+            if cfg.grad_clip > 0:
+                precision.unscale(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            precision.step(optimizer)
         schedule.step()
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
@@ -499,5 +567,5 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-__all__ = ["RunResult", "evaluate", "fit", "load_optimizer_state", "optimizer_family", "optimizer_state_by_name",
-           "state_by_name", "unwrap"]
+__all__ = ["RunResult", "StepInBackward", "step_in_backward_clash", "steps_in_backward", "evaluate", "fit", "load_optimizer_state",
+           "optimizer_family", "optimizer_state_by_name", "state_by_name", "unwrap"]

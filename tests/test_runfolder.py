@@ -205,6 +205,15 @@ def test_differences_are_short():
     assert len(diff) == 1 and len(diff[0]) < 100 and diff[0].startswith("data.name: xxx")
 
 
+def test_memory_options_may_change_on_resume():
+    """step_in_backward changes memory, not results: a run saved before the key existed, or with it
+    off, resumes; a real setting beside it is still named."""
+    saved = {"ann": {"lr": 0.1}, "finetune": {"lr": 0.01, "step_in_backward": False}}
+    now = {"ann": {"lr": 0.1, "step_in_backward": True}, "finetune": {"lr": 0.01, "step_in_backward": True}}
+    assert config_differences(saved, now) == []
+    assert config_differences(saved, {**now, "ann": {"lr": 0.2, "step_in_backward": True}}) == ["ann.lr: 0.1 -> 0.2"]
+
+
 def test_a_tampered_manifest_cannot_reach_outside_the_folder(tmp_path):
     out, victim = tmp_path / "out", tmp_path / "victim.txt"
     finished_run(out)

@@ -42,6 +42,8 @@ STANDARD_OUTPUTS = frozenset({
 })
 #: settings a resume may change: where and how fast the run executes, not what it computes
 RUNTIME_KEYS = frozenset({"run.out", "run.resume", "run.progress", "run.threads", "run.device", "data.workers"})
+#: per-phase settings a resume may change too (they change memory, not results: exact)
+RUNTIME_SUFFIXES = (".step_in_backward",)
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -65,7 +67,8 @@ def config_differences(saved: dict, new: dict) -> list[str]:
     keys = [*now, *(k for k in old if k not in now)]
     absent = "(absent)"
     return [f"{k}: {_short(old.get(k, absent))} -> {_short(now.get(k, absent))}"
-            for k in keys if k not in RUNTIME_KEYS and old.get(k, absent) != now.get(k, absent)]
+            for k in keys if k not in RUNTIME_KEYS and not k.endswith(RUNTIME_SUFFIXES)
+            and old.get(k, absent) != now.get(k, absent)]
 
 
 def _process_start(pid: int) -> int | None:

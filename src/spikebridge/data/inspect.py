@@ -36,7 +36,6 @@ from ..errors import DataError, SpikebridgeError
 from .datasets import BUILTIN_DATASETS, open_dataset
 from .events import read_event_file
 from .loading import DataBundle
-from .static import TensorSplit
 
 #: Time bins of a recording's preview.
 PREVIEW_BINS = 5
@@ -187,7 +186,7 @@ def _dataset_info(layout: str, classes: list[str], train: int, test: int, shape)
 
 
 def _inspect_bundle(bundle: DataBundle, layout: str, classes: list[str], wanted: bool):
-    sample = bundle.train.images[0] if isinstance(bundle.train, TensorSplit) else bundle.train[0][0]
+    sample = bundle.first_sample()
     info = _dataset_info(layout, classes, len(bundle.train), len(bundle.test), sample.shape)
     if not wanted:
         return info, None

@@ -44,18 +44,21 @@ class DataBundle:
     #: ``update``; ``dataclasses.replace(bundle, progress=bar.update)``); never for training batches
     progress: Callable[[int], None] | None = None
 
+    def first_sample(self) -> torch.Tensor:
+        """The first training sample as the model reads it (in-memory images as stored, uint8)."""
+        return self.train.images[0] if isinstance(self.train, TensorSplit) else self.train[0][0]
+
     @property
     def time_steps(self) -> int | None:
         """T of event data (None for static images)."""
         if self.kind != "events":
             return None
-        sample = self.train.images[0] if isinstance(self.train, TensorSplit) else self.train[0][0]
-        return int(sample.shape[0])
+        return int(self.first_sample().shape[0])
 
     @property
     def frame_size(self) -> tuple[int, int]:
         """``(height, width)`` of the training samples' images / event frames (the first sample's)."""
-        sample = self.train.images[0] if isinstance(self.train, TensorSplit) else self.train[0][0]
+        sample = self.first_sample()
         return int(sample.shape[-2]), int(sample.shape[-1])
 
 

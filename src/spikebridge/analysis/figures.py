@@ -5,6 +5,7 @@
 * :func:`plot_firing_rates`: the firing rate of every neuron layer.
 * :func:`plot_spike_raster`: which of a few neurons spike at which step, for one sample.
 * :func:`plot_event_frames`: a sample's event frames, ON and OFF events per time step.
+* :func:`plot_images`: images side by side (a sample, or a clip's frames).
 * :func:`conversion_vs_bridge`: measures both accuracy-vs-T curves and writes their figure.
 
 (``plots.plot_accuracy_vs_time`` draws accuracy against training time.)
@@ -23,15 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ..utils import atomic_path  # noqa: E402
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
+from .plots import save_png  # noqa: E402
 
 
 def plot_accuracy_vs_T(
@@ -64,7 +57,7 @@ def plot_accuracy_vs_T(
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_firing_rates(rates: Sequence[tuple[str, float]], path: str | Path, *, title: str) -> Path:
@@ -81,7 +74,7 @@ def plot_firing_rates(rates: Sequence[tuple[str, float]], path: str | Path, *, t
     ax.grid(alpha=0.3, axis="y")
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=6)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_spike_raster(spikes: torch.Tensor, path: str | Path, *, title: str, neuron_labels: Sequence[str] | None = None) -> Path:
@@ -101,7 +94,7 @@ def plot_spike_raster(spikes: torch.Tensor, path: str | Path, *, title: str, neu
         ax.set_yticklabels(neuron_labels, fontsize=6)
     ax.set_title(title)
     ax.grid(alpha=0.2)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_event_frames(frames: torch.Tensor, path: str | Path, *, title: str) -> Path:
@@ -122,7 +115,18 @@ def plot_event_frames(frames: torch.Tensor, path: str | Path, *, title: str) -> 
         ax.set_title(f"t={t + 1}: {int((on > 0).sum())} ON / {int((off > 0).sum())} OFF", fontsize=6)
         ax.axis("off")
     fig.suptitle(f"{title} (red = ON, blue = OFF)", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
+
+
+def plot_images(images: torch.Tensor, path: str | Path, *, title: str) -> Path:
+    """``images`` ``[N, C, H, W]`` in [0, 1] side by side (grey when ``C`` is 1)."""
+    fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.4), squeeze=False)
+    for ax, image in zip(axes[0], images):
+        pixels = image.permute(1, 2, 0).numpy()
+        ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return save_png(fig, path)
 
 
 @torch.no_grad()

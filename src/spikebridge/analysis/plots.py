@@ -11,10 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..utils import atomic_path  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> None:
+def save_png(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG (atomically) and close it."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
+    return path
 
 
 def plot_accuracy_vs_time(
@@ -48,4 +51,4 @@ def plot_accuracy_vs_time(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    _save(fig, path)
+    save_png(fig, path)

@@ -39,28 +39,13 @@ def table(info: dict) -> str:
     return "\n".join(f"{key:<{width}}  {text(key, value)}" for key, value in info.items())
 
 
-def plot_images(images, path: Path, *, title: str) -> Path:
-    """``images`` ``[N, C, H, W]`` in [0, 1] side by side as a PNG (written atomically)."""
-    import matplotlib.pyplot as plt
-
-    from ..analysis.figures import _save
-
-    fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.4), squeeze=False)
-    for ax, image in zip(axes[0], images):
-        pixels = image.permute(1, 2, 0).numpy()
-        ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=1)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..data.inspect import inspect_path
 
     info, preview = inspect_path(args.path, preview=bool(args.out))
     picture = None
     if preview is not None:
-        from ..analysis.figures import plot_event_frames
+        from ..analysis.figures import plot_event_frames, plot_images
 
         picture = Path(args.out) / f"inspect_{Path(args.path).name.split('.')[0] or 'sample'}.png"
         draw = plot_event_frames if preview.kind == "events" else plot_images

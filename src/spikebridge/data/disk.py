@@ -381,7 +381,7 @@ def _list_event_files(class_root: Path, classes: list[str]) -> list[tuple[Path, 
     return samples
 
 
-def _dvs_splits(base: Path) -> tuple[Path | None, Path | None]:
+def dvs_splits(base: Path) -> tuple[Path | None, Path | None]:
     """(train, test) split folders of an event dataset, names matched case-insensitively."""
     train, test = find_split(base, DVS_TRAIN_NAMES), find_split(base, DVS_TEST_NAMES)
     return (Path(train) if train else None), (Path(test) if test else None)
@@ -391,7 +391,7 @@ def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: 
     """Class folders of DVS recordings (``train/`` + ``test/`` splits, any case, or one set split 90/10 per class)."""
     base = Path(root)
     steps = time_steps or DEFAULT_DVS_STEPS
-    train_dir, test_dir = _dvs_splits(base)
+    train_dir, test_dir = dvs_splits(base)
     if train_dir is not None and test_dir is not None:
         classes, _ = find_classes(train_dir)
         train_samples = _list_event_files(train_dir, classes)
@@ -433,7 +433,7 @@ def open_dvs_gesture(root: str, *, time_steps: int, image_size: int, workers: in
     ``test/``) of user folders (``user01_fluorescent/``) holding ``<label>.npy`` (x, y, p, t in ms)."""
     from .events import DVS_GESTURE_CLASSES
 
-    train_dir, test_dir = _dvs_splits(Path(root))
+    train_dir, test_dir = dvs_splits(Path(root))
     if train_dir is None or test_dir is None:
         raise DataError(f"{root}: DVS-Gesture needs ibmGestureTrain/ and ibmGestureTest/ (or train/ and test/)")
     train_samples, test_samples = _list_gesture_files(train_dir), _list_gesture_files(test_dir)
@@ -597,7 +597,7 @@ def _detect_layout(base: Path) -> str:
         return "es-ucf101"  # the authors' flat folder of v_<Class>_g.._c...npz clips
     if not classes:
         raise DataError(f"{base}: no class folders, CIFAR batches or label files found")
-    train_dir, _test_dir = _dvs_splits(base)
+    train_dir, _test_dir = dvs_splits(base)
     if train_dir is not None:
         inner = _class_dirs(train_dir)
         if inner and _holds(inner, DVS_EXTENSIONS):

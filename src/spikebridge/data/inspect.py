@@ -250,7 +250,7 @@ def _labelled_files(dataset) -> list[tuple[Path, int]]:
 def _class_names(layout: str, root: Path, bundle: DataBundle) -> list[str]:
     """Class names in label order: class folders, DVS-Gesture's gestures, else the folders (or
     UCF101 clip names) the label files' samples lie in; ``str(label)`` where none is known."""
-    from .disk import _dvs_splits
+    from .disk import dvs_splits
     from .events import DVS_GESTURE_CLASSES
     from .folders import find_classes
     from .video import UCF101_CLIP_NAME
@@ -260,7 +260,7 @@ def _class_names(layout: str, root: Path, bundle: DataBundle) -> list[str]:
     if layout == "video-clips":
         return find_classes(root)[0]
     if layout == "dvs":
-        train, test = _dvs_splits(root)
+        train, test = dvs_splits(root)
         return find_classes(train if train is not None and test is not None else root)[0]
     files = _labelled_files(bundle.train) + _labelled_files(bundle.test)
     names = [str(i) for i in range(bundle.num_classes)]

@@ -8,6 +8,7 @@ import os
 import random
 import re
 import secrets
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -169,3 +170,15 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+class Stopwatch:
+    """Wall and process-CPU seconds since it was made: a span of work counted in a time to target
+    (on a shared machine the CPU seconds are the ones to quote)."""
+
+    def __init__(self) -> None:
+        self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def seconds(self) -> tuple[float, float]:
+        """``(wall, cpu)`` seconds so far, rounded to the millisecond."""
+        return round(time.perf_counter() - self.wall_start, 3), round(time.process_time() - self.cpu_start, 3)

@@ -34,7 +34,7 @@ from torch import nn
 from ..analysis.benchmark import BenchRun, parse_methods, summarize, write_report
 from ..config import PipelineConfig
 from ..errors import ConfigError
-from ..utils import seed_everything
+from ..utils import Stopwatch, seed_everything
 from .ann import LoadedAnn, RegistryFamily, build_model, model_meta, use_checkpoint_model
 from .runs import events_config, open_static, start_run
 
@@ -88,7 +88,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
         ctx.log(f"[benchmark] {method.name}: {neuron.kind}, T={mcfg.model.T}")
         transferred: set[str] = set()
         meta = model_meta(mcfg, data, neuron, mcfg.model.T)
-        bridge_started, bridge_cpu_started = time.perf_counter(), time.process_time()
+        watch = Stopwatch()  # the bridge: from here to the SNN's first training step
         if method.base == "scratch":
             snn, meta = family.scratch(ctx, mcfg, data)
             result = ctx.fit(snn, data, mcfg.scratch, name=method.name, meta=meta)
@@ -114,7 +114,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
                     fresh = build_model(mcfg, data, neuron, mcfg.model.T).state_dict()
                     snn.load_state_dict({k: fresh[k] for k in readout}, strict=False)
                     transferred -= readout
-            bridge = (time.perf_counter() - bridge_started, time.process_time() - bridge_cpu_started)
+            bridge = watch.seconds()
             warmup_epochs = max(1, mcfg.finetune.freeze_epochs) if method.warmup else 0
             frozen = transferred - _decoder_keys(snn) if method.warmup else None
             phase = replace(mcfg.finetune, freeze_epochs=warmup_epochs)
@@ -125,8 +125,8 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
             ann_seconds=float(ann_info["seconds"]) if method.transfers and ann_info else 0.0,
             best_acc=result.best_acc, final_acc=result.final_acc,
             transfer_acc=result.curve[0][2] if method.transfers and result.curve else None,
-            curve=result.curve, transferred=len(transferred), bridge_seconds=round(bridge[0], 3),
-            cpu_curve=result.cpu_curve, bridge_cpu_seconds=round(bridge[1], 3),
+            curve=result.curve, transferred=len(transferred), bridge_seconds=bridge[0],
+            cpu_curve=result.cpu_curve, bridge_cpu_seconds=bridge[1],
             ann_cpu_seconds=float(ann_info.get("cpu_seconds", 0.0)) if method.transfers and ann_info else 0.0,
         ))
         ctx.log(f"[benchmark] {method.name}: best {result.best_acc:.4f} after {result.epochs} epochs, {result.seconds:.1f} s")

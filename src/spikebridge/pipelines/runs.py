@@ -30,7 +30,7 @@ from ..data.loading import DataBundle, with_time_bins
 from ..errors import CheckpointError, ConfigError
 from ..train.distributed import current as current_rank
 from ..train.engine import RunResult, evaluate
-from ..utils import atomic_write_text, ensure_dir
+from ..utils import Stopwatch, atomic_write_text, ensure_dir
 from .ann import LoadedAnn, RegistryFamily, use_checkpoint_model
 from .context import RunContext, log
 
@@ -106,10 +106,9 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
                     "fresh one (bridge.transfer_optimizer)")
     ctx.log(f"[pipeS] ANN test accuracy {extra['ann_acc']:.4f}; bridge: ANN -> SNN ({cfg.neuron.kind}, "
             f"T={cfg.model.T}), then fine-tune {cfg.finetune.epochs} epochs")
-    started, cpu_started = time.perf_counter(), time.process_time()
+    watch = Stopwatch()
     bridged = family.to_snn(ctx, cfg, ann, bundle, same_data=True)
-    extra["bridge_seconds"] = round(time.perf_counter() - started, 3)  # counted in the time to target
-    extra["bridge_cpu_seconds"] = round(time.process_time() - cpu_started, 3)
+    extra["bridge_seconds"], extra["bridge_cpu_seconds"] = watch.seconds()  # counted in the time to target
     result = ctx.fit(bridged.snn, bundle, cfg.finetune, name=name, meta=bridged.meta, evaluate_first=True,
                      optimizer_state=momentum)
     runs.append(result)
@@ -144,10 +143,9 @@ def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: Load
     mode = cfg.bridge.first_layer
     ctx.log(f"[pipeD] events {events.name}: T={ecfg.model.T}, {events.in_channels} polarities; "
             f"bridge the static ANN (first layer: {mode}), then fine-tune {ecfg.finetune.epochs} epochs")
-    started, cpu_started = time.perf_counter(), time.process_time()
+    watch = Stopwatch()
     bridged = family.to_snn(ctx, ecfg, ann, events, same_data=False)
-    bridge_seconds = round(time.perf_counter() - started, 3)  # counted in the time to target
-    bridge_cpu_seconds = round(time.process_time() - cpu_started, 3)
+    bridge_seconds, bridge_cpu_seconds = watch.seconds()  # counted in the time to target
     # warm-up ("+WU"): for finetune.freeze_epochs epochs only what was not transferred as-is trains
     frozen = bridged.transferred if ecfg.finetune.freeze_epochs > 0 else None
     result = ctx.fit(bridged.snn, events, ecfg.finetune, name="snn_events_pretrained", meta=bridged.meta,

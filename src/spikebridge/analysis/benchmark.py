@@ -23,7 +23,7 @@ first: the honest cost of starting from an ANN) and against epochs of SNN traini
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,11 @@ class BenchRun:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "total_seconds": self.total_seconds}
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> BenchRun:
+        """A run from its :meth:`to_dict` record (a ``benchmark.json`` entry)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
+
 
 def summarize(runs: list[BenchRun], *, dataset: str, ann: dict | None, target_method: str = "scratch",
               extra: dict | None = None) -> dict:
@@ -211,12 +216,8 @@ def write_report(summary: dict, out: str | Path, *, title: str) -> dict[str, Pat
         "epoch_figure": out / "accuracy_vs_epochs.png",
     }
     write_json(paths["json"], summary)
-    offsets = {r["method"]: r["ann_seconds"] + r.get("bridge_seconds", 0.0) for r in summary["runs"]}
-    shifted = [
-        {"name": r["method"], "best_acc": r["best_acc"],
-         "curve": [[round(offsets[r["method"]] + s, 3), e, a] for s, e, a in r["curve"]]}
-        for r in summary["runs"]
-    ]
+    shifted = [{"name": run.method, "best_acc": run.best_acc, "curve": run.total_curve()}
+               for run in map(BenchRun.from_dict, summary["runs"])]
     plot_accuracy_vs_time(shifted, paths["time_figure"], title=f"{title}: accuracy vs training time (ANN included)",
                           target=summary.get("target_acc"))
     plot_accuracy_vs_epochs(summary, paths["epoch_figure"], title=f"{title}: accuracy vs epochs")

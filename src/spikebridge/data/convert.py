@@ -43,7 +43,7 @@ import torch
 
 from ..errors import ConfigError, DataError, OutputError
 from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps
-from .events import read_es_sample, read_label_file, write_es_sample, write_label_file
+from .events import es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
 from .folders import open_image
 from .odg import edge_integral_image, events_to_dense, odg, resized_shape
 from .video import (
@@ -515,26 +515,6 @@ def convert_video_folder(
 # ES-ImageNet -> edge-integral image folders (self-pretrain)
 # ------------------------------------------------------------------------------------------------
 
-#: The validation folder names of a converted ES-ImageNet root (as the dataset reader accepts them).
-VAL_NAMES = ("val", "validation", "valid", "test")
-
-
-def es_imagenet_splits(root: Path) -> dict[str, tuple[Path, Path | None]]:
-    """``{"train": (label file, data dir), "val": ...}`` of an ES-ImageNet root: the released
-    layout (``trainlabel.txt`` + ``train/``, ``vallabel.txt`` + ``val/``) or ours
-    (``train/labels.txt`` + ``val/labels.txt``, what ``spikebridge convert odg`` writes per split)."""
-    if (root / "trainlabel.txt").is_file():
-        val = "val" if (root / "vallabel.txt").is_file() else "test"
-        if (root / f"{val}label.txt").is_file():
-            return {"train": (root / "trainlabel.txt", root / "train"), "val": (root / f"{val}label.txt", root / val)}
-    elif (root / "train" / "labels.txt").is_file():
-        val = next((root / n for n in VAL_NAMES if (root / n / "labels.txt").is_file()), None)
-        if val is not None:
-            return {"train": (root / "train" / "labels.txt", None), "val": (val / "labels.txt", None)}
-    raise DataError(f"{root}: not an ES-ImageNet root with a train and a val split (expected trainlabel.txt + "
-                    "vallabel.txt, or train/labels.txt + val/labels.txt)")
-
-
 @dataclass(frozen=True)
 class _EdgeTask:
     index: int
@@ -587,7 +567,7 @@ def convert_es_to_edge_integral(
     Every sample's dense frames (``[8, 2, 224, 224]``, what the SNN reads) become one 8-bit PNG
     (:func:`~spikebridge.data.odg.edge_integral_image`, arXiv:2203.01158 step 6) at
     ``out_dir/<split>/<label>/<sample stem>.png``, ``<split>`` ``train`` and ``val`` (see
-    :func:`es_imagenet_splits`), ``<label>`` the class index zero-padded, so the folder order is
+    :func:`~spikebridge.data.events.es_imagenet_splits`), ``<label>`` the class index zero-padded, so the folder order is
     the label order; both splits get a folder for every class. The same safety rules as
     :func:`convert_image_folder_odg`: atomic files, resumable, only a new, empty or own
     (``conversion.json``) output folder unless ``overwrite``, no nesting of input and output, and

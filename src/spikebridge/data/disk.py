@@ -296,17 +296,12 @@ def _event_bundle(name: str, train: Dataset, test: Dataset, num_classes: int, im
     )
 
 
-def open_es_imagenet(root: str, *, released: bool, image_size: int, workers: int) -> DataBundle:
+def open_es_imagenet(root: str, *, image_size: int, workers: int) -> DataBundle:
     """ES-ImageNet: released (``trainlabel.txt`` + ``train/``) or converted (``train/labels.txt``)."""
-    from .events import ESImageNetDataset
+    from .events import ESImageNetDataset, es_imagenet_splits
 
-    base = Path(root)
-    if released:
-        train = ESImageNetDataset(base, split="train")
-        test = ESImageNetDataset(base, split="val" if (base / "vallabel.txt").is_file() else "test")
-    else:
-        val = next(base / n for n in ("val", "validation", "valid", "test") if (base / n / "labels.txt").is_file())
-        train, test = ESImageNetDataset(base / "train"), ESImageNetDataset(val)
+    train, test = (ESImageNetDataset(label_file, data_dir=data_dir)
+                   for label_file, data_dir in es_imagenet_splits(Path(root)).values())
     classes = max(train.num_classes, test.num_classes)
     return _event_bundle(root, train, test, classes, image_size, workers, {"format": "es-imagenet", "path": root})
 
@@ -653,10 +648,8 @@ def _open_layout(root: str, layout: str, *, max_shift: int, split_seed: int, wor
                  time_steps: int) -> DataBundle:
     if layout == "cifar":
         return open_cifar(root, image_size=image_size, max_shift=max_shift)
-    if layout == "es-imagenet-released":
-        return open_es_imagenet(root, released=True, image_size=image_size, workers=workers)
-    if layout == "es-imagenet":
-        return open_es_imagenet(root, released=False, image_size=image_size, workers=workers)
+    if layout in ("es-imagenet-released", "es-imagenet"):
+        return open_es_imagenet(root, image_size=image_size, workers=workers)
     if layout == "es-imagenet-single":
         return open_es_imagenet_single(root, split_seed=split_seed, image_size=image_size, workers=workers)
     if layout == "es-ucf101":

@@ -425,6 +425,26 @@ def write_label_file(label_file: str | os.PathLike, entries: Sequence[tuple[str,
     atomic_write_text(label_file, "".join(lines))
 
 
+#: The validation folder names of a converted ES-ImageNet root.
+VAL_NAMES = ("val", "validation", "valid", "test")
+
+
+def es_imagenet_splits(root: Path) -> dict[str, tuple[Path, Path | None]]:
+    """``{"train": (label file, data dir), "val": ...}`` of an ES-ImageNet root: the released
+    layout (``trainlabel.txt`` + ``train/``, ``vallabel.txt`` + ``val/``) or ours
+    (``train/labels.txt`` + ``val/labels.txt``, what ``spikebridge convert odg`` writes per split)."""
+    if (root / "trainlabel.txt").is_file():
+        val = "val" if (root / "vallabel.txt").is_file() else "test"
+        if (root / f"{val}label.txt").is_file():
+            return {"train": (root / "trainlabel.txt", root / "train"), "val": (root / f"{val}label.txt", root / val)}
+    elif (root / "train" / "labels.txt").is_file():
+        val = next((root / n for n in VAL_NAMES if (root / n / "labels.txt").is_file()), None)
+        if val is not None:
+            return {"train": (root / "train" / "labels.txt", None), "val": (val / "labels.txt", None)}
+    raise DataError(f"{root}: not an ES-ImageNet root with a train and a val split (expected trainlabel.txt + "
+                    "vallabel.txt, or train/labels.txt + val/labels.txt)")
+
+
 class ESImageNetDataset(Dataset):
     """ES-ImageNet samples as ``(frames float32 [8, 2, 224, 224], label int)``.
 
@@ -436,6 +456,9 @@ class ESImageNetDataset(Dataset):
     * the released dataset's root, holding ``trainlabel.txt`` / ``vallabel.txt`` and the folders
       ``train/`` / ``val/`` (paths in the label file are relative to ``train/`` or ``val/``, their
       image suffix replaced by ``.npz``); ``split`` picks ``"train"`` or ``"val"``.
+
+    ``data_dir``: the folder a label file's paths are relative to, when not its own (a released
+    split: see :func:`es_imagenet_splits`).
 
     Frames follow arXiv:2203.01158 step 5 (:func:`~spikebridge.data.odg.events_to_dense`), time-major,
     channel 0 = ON. ``transform`` is applied to the frames. ``check_files`` checks at construction
@@ -450,10 +473,11 @@ class ESImageNetDataset(Dataset):
         transform: Callable[[torch.Tensor], Any] | None = None,
         check_files: bool = True,
         dense_kwargs: Mapping[str, Any] | None = None,
+        data_dir: str | os.PathLike | None = None,
     ) -> None:
         root = Path(root_or_label_file)
         if root.is_file():
-            label_file, data_dir = root, None
+            label_file, data_dir = root, (Path(data_dir) if data_dir is not None else None)
         elif (root / "labels.txt").is_file():
             label_file, data_dir = root / "labels.txt", None
         elif (root / f"{split}label.txt").is_file():

@@ -178,12 +178,18 @@ class _Shapes(fx.Interpreter):
 
 
 @torch.no_grad()
+def checked_dt(dt, name: str = "NIR export: dt") -> float:
+    """``dt`` as a float: a positive, finite number of seconds per step, else a ConfigError naming ``name``."""
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not 0 < dt < float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds per step, got {str(dt)[:100]}")
+    return float(dt)
+
+
 def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
     """The SNN ``model`` as a ``nir.NIRGraph`` for inputs of per-sample shape ``input_shape``
     (e.g. ``(1, 28, 28)``), one time step = ``dt``; see the module docstring for the mapping."""
     nir = _require_nir()
-    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not 0 < dt < float("inf"):
-        raise ConfigError(f"NIR export: dt must be a positive number (seconds per step), got {str(dt)[:100]}")
+    dt = checked_dt(dt)
     from .layers import set_time_steps
 
     model = getattr(model, "module", model)

@@ -58,13 +58,12 @@ def check_out_file(out: str, overwrite: bool, protected: list[Path] = ()) -> Pat
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..export import DT, export_nir
+    from ..export import DT, checked_dt, export_nir
     from ..restore import is_python_class_spec, model_from_checkpoint
 
     if not args.out:
         raise ConfigError("--out FILE.nir is required")
-    if args.dt is not None and not 0 < args.dt < float("inf"):
-        raise ConfigError(f"--dt must be a positive number of seconds per step, got {args.dt}")
+    dt = DT if args.dt is None else checked_dt(args.dt, "--dt")  # before the model loads
     check_out_file(args.out, args.overwrite)  # before the (slow) load
     code = args.ann if args.ann and is_python_class_spec(args.ann) else None  # the class named on the command line
     model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=code, trust_code=args.trust_code)
@@ -83,7 +82,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         bundle = open_dataset(data_name)
         sample = bundle.test.images[0] if hasattr(bundle.test, "images") else bundle.test[0][0]
         shape = tuple(sample.shape[-3:])
-    dt = DT if args.dt is None else args.dt
     graph = export_nir(model, shape, args.out, dt=dt)
     kinds: dict[str, int] = {}
     for node in graph.nodes.values():

@@ -413,13 +413,17 @@ def _run(tasks: list[_Task], call: _Call, workers: int, progress: bool, unit: st
         bar.close()
 
 
+def _check_workers(workers: Any) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be an integer in 0..{MAX_WORKERS}, got {workers!r:.40}")
+
+
 def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_dirs: bool,
              fn: Callable[[_Task, Mapping[str, Any]], _Result], kwargs: Mapping[str, Any], params: dict,
              workers: int, progress: bool, overwrite: bool, unit: str) -> ConversionReport:
     started = time.monotonic()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_WORKERS:
-        raise ConfigError(f"workers must be an integer in 0..{MAX_WORKERS}, got {workers!r:.40}")
+    _check_workers(workers)
     classes = list_classes(input_dir)
     _check_folders(input_dir, out_dir)
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / LABEL_FILE, classes=classes)
@@ -576,8 +580,7 @@ def convert_es_to_edge_integral(
     """
     started = time.monotonic()
     es_root, out_dir = Path(es_root), Path(out_dir)
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_WORKERS:
-        raise ConfigError(f"workers must be an integer in 0..{MAX_WORKERS}, got {workers!r:.40}")
+    _check_workers(workers)
     if not es_root.is_dir():
         raise DataError(f"{es_root}: input folder not found")
     splits = {name: read_label_file(label_file, data_dir=data_dir, check_files=False)

@@ -68,11 +68,12 @@ MAX_POOL_HINT = ("NIR has no max-pooling node; export a network with average poo
                  "resnet18 / resnet34 / cnn, not resnet*_tv or vgg*)")
 
 
-def _require_nir():
+def require_nir(what: str = "NIR export"):
+    """The ``nir`` package, or a ConfigError saying that ``what`` needs the extra."""
     try:
         import nir
     except ImportError:
-        raise ConfigError("NIR export needs the 'nir' package: pip install 'spikebridge[nir]'") from None
+        raise ConfigError(f"{what} needs the 'nir' package: pip install 'spikebridge[nir]'") from None
     return nir
 
 
@@ -188,7 +189,7 @@ def checked_dt(dt, name: str = "NIR export: dt") -> float:
 def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
     """The SNN ``model`` as a ``nir.NIRGraph`` for inputs of per-sample shape ``input_shape``
     (e.g. ``(1, 28, 28)``), one time step = ``dt``; see the module docstring for the mapping."""
-    nir = _require_nir()
+    nir = require_nir()
     dt = checked_dt(dt)
     from .layers import set_time_steps
 
@@ -415,7 +416,7 @@ def _avg_pool(builder, nir, base, module, in_shape, out_shape, inputs):
 def export_nir(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, dt: float = DT):
     """Write ``model`` as a NIR file (HDF5) at ``path`` (atomically), one time step = ``dt``;
     returns the graph."""
-    nir = _require_nir()
+    nir = require_nir()
     graph = to_nir(model, tuple(int(v) for v in input_shape), dt)
     with atomic_path(path) as tmp:
         nir.write(str(tmp), graph)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .export import DT, checked_dt, require_nir
 from .layers import TimeFolded, set_time_steps
 from .neurons import NeuronConfig
 
@@ -100,7 +101,7 @@ class NIRNet(nn.Module):
 def read_graph(source):
     """``source`` as a ``nir.NIRGraph``: the graph itself or a ``.nir`` file (CheckpointError when
     it is missing or unreadable)."""
-    import nir
+    nir = require_nir("from_nir")
 
     if isinstance(source, nir.NIRGraph):
         return source
@@ -150,9 +151,13 @@ def _neuron(nir, name: str, node, dt: float, template: NeuronConfig) -> nn.Modul
     return GainNeuron(config.build(), None if np.allclose(gain, 1.0, rtol=1e-6, atol=0) else gain)
 
 
+def _pair(value):
+    """A NIR size / stride / padding (a number or a pair; Conv2d padding may also be a string) as torch takes it."""
+    return value if isinstance(value, str) else tuple(int(i) for i in np.broadcast_to(np.asarray(value), (2,)))
+
+
 def _pool(node, divisor: int | None) -> nn.Module:
-    pair = lambda v: tuple(int(i) for i in np.broadcast_to(np.asarray(v), (2,)))  # noqa: E731
-    return nn.AvgPool2d(pair(node.kernel_size), pair(node.stride), pair(node.padding), divisor_override=divisor)
+    return nn.AvgPool2d(_pair(node.kernel_size), _pair(node.stride), _pair(node.padding), divisor_override=divisor)
 
 
 def _module(nir, name: str, node, dt: float, template: NeuronConfig) -> nn.Module | None:
@@ -168,9 +173,8 @@ def _module(nir, name: str, node, dt: float, template: NeuronConfig) -> nn.Modul
         return layer
     if isinstance(node, nir.Conv2d):
         weight = torch.as_tensor(_array(node, "weight"))
-        pair = lambda v: v if isinstance(v, str) else tuple(int(i) for i in np.broadcast_to(np.asarray(v), (2,)))  # noqa: E731
-        layer = nn.Conv2d(weight.shape[1] * int(node.groups), weight.shape[0], tuple(weight.shape[2:]), pair(node.stride),
-                          pair(node.padding), pair(node.dilation), int(node.groups))
+        layer = nn.Conv2d(weight.shape[1] * int(node.groups), weight.shape[0], tuple(weight.shape[2:]),
+                          _pair(node.stride), _pair(node.padding), _pair(node.dilation), int(node.groups))
         layer.weight.data.copy_(weight)
         layer.bias.data.copy_(torch.as_tensor(np.broadcast_to(_array(node, "bias"), (weight.shape[0],)).copy()))
         return layer
@@ -196,15 +200,10 @@ def from_nir(source, *, T: int | None = None, dt: float | None = None, neuron: N
     ``dt``: the time step the graph's neurons were written for (default: the graph's ``dt``
     metadata, else 1e-4, snnTorch's). ``neuron``: surrogate and backend of the neurons.
     """
-    try:
-        import nir
-    except ImportError:
-        raise ConfigError("from_nir needs the 'nir' package: pip install 'spikebridge[nir]'") from None
+    nir = require_nir("from_nir")
     graph = read_graph(source)
     metadata = graph.metadata or {}
-    dt = float(metadata.get("dt", 1e-4) if dt is None else dt)
-    if not 0 < dt < float("inf"):
-        raise ConfigError(f"from_nir: dt must be a positive number of seconds per step, got {dt}")
+    dt = checked_dt(float(metadata.get("dt", DT) if dt is None else dt), "from_nir: dt")
     T = int(metadata.get("time_steps", 4)) if T is None else T
     template = neuron if neuron is not None else NeuronConfig()
     kinds = {cls: [n for n, node in graph.nodes.items() if isinstance(node, cls)] for cls in (nir.Input, nir.Output)}

@@ -271,15 +271,24 @@ def _first_listed(label_file: Path, data_dir: Path | None = None) -> Path:
     return entries[0].path
 
 
-def _events_kind(label_file: Path, data_dir: Path | None = None) -> str:
+def npz_sample_kind(path: str | os.PathLike) -> tuple[str | None, list[str]]:
+    """(``"es-imagenet"`` (arrays ``pos``, ``neg``), ``"es-ucf101"`` (``events``, or the authors'
+    ``arr_0``) or None, the file's array names) of an event ``.npz``."""
     from .events import npz_array_names
+    from .video import VIDEO_EVENT_KEYS
 
-    keys = set(npz_array_names(_first_listed(label_file, data_dir)))
-    if {"pos", "neg"} <= keys:
-        return "es-imagenet"
-    if keys & {"events", "arr_0"}:  # ours / the authors' conversion script
-        return "es-ucf101"
-    raise DataError(f"{label_file}: its samples hold {sorted(keys)}; expected ES-ImageNet (pos, neg) or ES-UCF101 (events or arr_0)")
+    keys = sorted(npz_array_names(path))
+    if {"pos", "neg"} <= set(keys):
+        return "es-imagenet", keys
+    return ("es-ucf101" if set(keys) & set(VIDEO_EVENT_KEYS) else None), keys
+
+
+def _events_kind(label_file: Path, data_dir: Path | None = None) -> str:
+    kind, keys = npz_sample_kind(_first_listed(label_file, data_dir))
+    if kind is None:
+        raise DataError(f"{label_file}: its samples hold {keys}; expected ES-ImageNet (pos, neg) or ES-UCF101 "
+                        "(events or arr_0)")
+    return kind
 
 
 def _event_bundle(name: str, train: Dataset, test: Dataset, num_classes: int, image_size: int, workers: int,

@@ -111,12 +111,13 @@ def _event_preview(events: np.ndarray, sensor: tuple[int, int], path: Path, want
 
 
 def _inspect_npz(path: Path, wanted: bool) -> tuple[dict[str, Any], Preview | None]:
-    from .events import npz_array_names, read_es_sample
+    from .disk import npz_sample_kind
+    from .events import read_es_sample
     from .odg import events_to_dense
-    from .video import VIDEO_EVENT_KEYS, read_video_events
+    from .video import read_video_events
 
-    keys = set(npz_array_names(path))
-    if {"pos", "neg"} <= keys:
+    kind, keys = npz_sample_kind(path)
+    if kind == "es-imagenet":
         sample = read_es_sample(path)
         steps = np.concatenate([sample.pos[:, 2], sample.neg[:, 2]])
         frames = events_to_dense(sample, dtype=torch.float32)
@@ -124,7 +125,7 @@ def _inspect_npz(path: Path, wanted: bool) -> tuple[dict[str, Any], Preview | No
                 "on": len(sample.pos), "off": len(sample.neg),
                 "sensor_size": [int(frames.shape[-1]), int(frames.shape[-2])],
                 "t_range": [int(steps.min()), int(steps.max())] if len(steps) else None, "t_unit": "step"}
-    elif keys & set(VIDEO_EVENT_KEYS):
+    elif kind == "es-ucf101":
         clip = read_video_events(path)
         active = np.flatnonzero(clip.any(axis=(0, 2, 3)))
         on, off = int(clip[0].sum(dtype=np.int64)), int(clip[1].sum(dtype=np.int64))
@@ -133,7 +134,7 @@ def _inspect_npz(path: Path, wanted: bool) -> tuple[dict[str, Any], Preview | No
                 "t_range": [int(active[0]) + 1, int(active[-1]) + 1] if len(active) else None, "t_unit": "step"}
         frames = torch.from_numpy(np.ascontiguousarray(clip.transpose(1, 0, 2, 3))).float()
     else:
-        raise DataError(f"{path}: an .npz holding {sorted(keys)[:6]}; expected an ES-ImageNet sample (pos, neg) "
+        raise DataError(f"{path}: an .npz holding {keys[:6]}; expected an ES-ImageNet sample (pos, neg) "
                         "or an ES-UCF101 clip (events or arr_0)")
     preview = Preview("events", _fewer_bins(frames), f"{path.name}: {info['events']} events") if wanted else None
     return info, preview

@@ -45,7 +45,7 @@ from ..errors import ConfigError, DataError, OutputError
 from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps
 from .events import es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
 from .folders import open_image
-from .odg import edge_integral_image, events_to_dense, odg, resized_shape
+from .odg import EDGE_GREY_STEP, EDGE_GREY_ZERO, edge_integral_image, events_to_dense, odg, resized_shape
 from .video import (
     IMAGE_SUFFIXES,
     check_n_frames,
@@ -592,7 +592,7 @@ def convert_es_to_edge_integral(
     width = max(4, len(str(n_classes - 1)))
     classes = [f"{label:0{width}d}" for label in range(n_classes)]
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / "train", classes=classes)
-    reuse = _check_params(out_dir, {"kind": "edge-integral", "grey": [128, 15]}, overwrite)
+    reuse = _check_params(out_dir, {"kind": "edge-integral", "grey": [EDGE_GREY_ZERO, EDGE_GREY_STEP]}, overwrite)
     report.stale_temp_removed = remove_stale_temps(out_dir, (PARAMS_FILE,))
     tasks: list[_EdgeTask] = []
     for split, entries in splits.items():

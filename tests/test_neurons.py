@@ -164,6 +164,26 @@ def test_sharpened_relu_schedule_and_backward():
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
+
+@pytest.mark.parametrize("width", [1.0, 0.5, 0.3])
+def test_sharpened_relu_equals_the_plain_formula_forward_and_gradient(width):
+    """The autograd function (a bool window saved) against the formula written out with autograd:
+    clip((x - lo) / (hi - lo), 0, 1) forward, grad * 1[|x - threshold| < width/2] / width back."""
+    act = SharpenedReLU(threshold=0.5, sharpen_epochs=10, width=width)
+    act.set_epoch(4)
+    lo, hi = act.bounds()
+    x = torch.cat([torch.randn(2000, dtype=torch.float64),
+                   torch.tensor([0.5 - width / 2, 0.5 + width / 2, 0.5, lo, hi], dtype=torch.float64)])
+    grad_out = torch.randn_like(x)
+    x1 = x.clone().requires_grad_(True)
+    y1 = act(x1)
+    y1.backward(grad_out)
+    x2 = x.clone().requires_grad_(True)
+    y2 = torch.clamp((x2 - lo) / (hi - lo), 0, 1)
+    window = ((x2.detach() - 0.5).abs() < width / 2).to(x.dtype) / width
+    assert torch.equal(y1, y2.detach())
+    assert torch.equal(x1.grad, grad_out * window)
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(decay=1.5), dict(decay=-0.1), dict(threshold=0.0), dict(threshold=-1.0), dict(surrogate="nope"), dict(backend="cuda-magic")],

@@ -162,6 +162,23 @@ def test_a_resume_with_the_same_settings_continues(tmp_path):
     assert manifest["names"] == ["ann", "config.yaml", "snn_pretrained", "summary.json"] and manifest["foreign"] == []
 
 
+
+def test_a_resume_removes_what_a_killed_write_left_and_nothing_else(tmp_path):
+    """A run SIGKILLed while it wrote config.yaml (or summary.json) leaves that write's temporary
+    file; the resume that holds the folder removes it, but never another program's file."""
+    out = tmp_path / "out"
+    finished_run(out)
+    ours = [temp_name("config.yaml"), temp_name("summary.json"), temp_name(MANIFEST)]
+    for name in ours:
+        (out / name).write_text("half")
+    (out / "notes.txt.tmp").write_text("someone else's")
+    (out / temp_name("notes.txt")).write_text("a foreign target's name: not ours to judge")
+    with claim(out, resume=True):
+        pass
+    left = sorted(p.name for p in out.iterdir())
+    assert not set(ours) & set(left)
+    assert "notes.txt.tmp" in left and any(n.startswith(".spikebridge-tmp.notes.txt.") for n in left)
+
 def test_resume_into_a_new_folder_starts_a_new_run(tmp_path, capfd):
     out = tmp_path / "new" / "out"
     claim(out, resume=True).release()

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, OutputError
-from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps
+from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
 from .events import es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
 from .folders import open_image
 from .odg import EDGE_GREY_STEP, EDGE_GREY_ZERO, edge_integral_image, events_to_dense, odg, resized_shape
@@ -217,8 +217,8 @@ def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> 
                 )
             reuse = False
     else:
-        try:
-            foreign = sorted(os.listdir(out_dir)) if out_dir.is_dir() else []
+        try:  # our own leftover of a conversion killed while it claimed the folder is not foreign
+            foreign = sorted(n for n in os.listdir(out_dir) if temp_target(n) != PARAMS_FILE) if out_dir.is_dir() else []
         except OSError as exc:
             raise output_error(out_dir, exc, "cannot list output folder") from exc
         if foreign and not overwrite:

@@ -205,6 +205,7 @@ def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool)
         entries = _entries(out)
         where = _short(str(out), 100)
         names: set[str] = set()
+        written: set[str] = set()  # the earlier run's names whose killed writes may have left temporary files
         if saved is None and entries and not overwrite:
             raise OutputError(f"{where} is not empty and was not written by spikebridge {command}; "
                               f"use a new --out or --overwrite")
@@ -220,24 +221,25 @@ def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool)
                 more = f"; and {len(changed) - 8} more" if len(changed) > 8 else ""
                 raise ConfigError(f"--resume: the settings differ from the saved run ({'; '.join(changed[:8])}{more}); "
                                   f"rerun without those changes, or start a new --out")
-            names = _names(saved, "names")
+            names = written = _names(saved, "names")
         elif resume:
             print(f"note: --resume: {where} holds no earlier run; starting a new one", file=sys.stderr)
         if saved is not None and overwrite:
-            owned = (_names(saved, "names") | STANDARD_OUTPUTS) & entries
+            written = _names(saved, "names")
+            owned = (written | STANDARD_OUTPUTS) & entries
             for name in owned:
                 target = out / name
                 try:
                     shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
                 except OSError as exc:
                     raise output_error(target, exc, "--overwrite cannot remove") from exc
-            remove_stale_temps(out, sorted(owned | STANDARD_OUTPUTS))
             entries = _entries(out)
         # what was there before (or appeared since) and is not a spikebridge output: never ours to remove
         kept = _names(saved, "foreign") & entries if resume else set()
         foreign = kept | (entries - names - (STANDARD_OUTPUTS if saved is not None else set()))
         manifest = {"command": command, "config": config, "names": sorted(names), "foreign": sorted(foreign)}
-        remove_stale_temps(out, (MANIFEST,))  # of a run killed while it wrote its manifest
+        # leftovers of a run killed mid-write (its manifest, config.yaml, its outputs): we hold the lock
+        remove_stale_temps(out, sorted(written | STANDARD_OUTPUTS | {MANIFEST}))
         _save(out, manifest)
         return RunFolder(out, fd, manifest)
     except BaseException:

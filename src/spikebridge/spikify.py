@@ -77,8 +77,6 @@ PER_FRAME_MODULES: tuple[type[nn.Module], ...] = (
 # Per-frame only when they do not act along dim 0 (checked by their ``dim``)
 DIM_MODULES: tuple[type[nn.Module], ...] = (nn.Softmax, nn.LogSoftmax)
 
-STATIC_INPUT_NOTE = "static input [B, ...] is repeated over T; events [T, B, ...] are folded"
-
 
 # ------------------------------------------------------------------------------------------------
 # The spiking activation that replaces a ReLU

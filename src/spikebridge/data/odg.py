@@ -199,16 +199,9 @@ def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     return F.interpolate(ramp, size=(n_out, 1), mode="nearest").reshape(-1).numpy().astype(np.int64)
 
 
-def resize_intensity(intensity: np.ndarray, size: int = 254) -> np.ndarray:
-    """Resize float32 ``[H, W]`` so its longer side is ``size``, with ``F.interpolate`` (nearest)."""
-    h, w = resized_shape(*intensity.shape, size=size)
-    src = torch.from_numpy(np.ascontiguousarray(intensity, dtype=np.float32))[None, None]
-    return F.interpolate(src, size=(h, w), mode="nearest")[0, 0].numpy()
-
-
 def resized_intensity(image: Any, size: int = 254) -> np.ndarray:
-    """ODG step 1: float32 ``[h, w]`` intensity, longer side ``size``; equals
-    ``resize_intensity(image_intensity(image), size)`` but selects pixels before converting them."""
+    """ODG step 1: float32 ``[h, w]`` intensity, longer side ``size``: the nearest-neighbour resize
+    of ``image_intensity(image)`` (``F.interpolate``'s pixels), selecting pixels before converting them."""
     arr, what = _as_channels_last(image)
     h, w = resized_shape(arr.shape[0], arr.shape[1], size=size)
     rows = nearest_indices(arr.shape[0], h)

@@ -115,9 +115,15 @@ def test_presets_apply_without_a_recipe_only(data, tmp_path, capsys):
     bench = _plan(["benchmark", "--data", "mnist5k", "--out", str(tmp_path / "b"), "--plan"], capsys)
     assert bench["preset"] == BENCHMARK_PRESET
     phases = {p["name"]: p for p in bench["phases"]}
-    # the demo's budget for every method: its sharpening, and the library's phases under it
-    assert bench["neuron"]["sharpen_epochs"] == 40 == PRESETS["demo"]["neuron.sharpen_epochs"]
-    assert phases["ann"]["epochs"] == 20 and phases["scratch"]["epochs"] == 10 and phases["scratch"]["until_plateau"] == 2
+    # one budget for every method: its sharpening, and the library's phases under it
+    assert bench["neuron"]["sharpen_epochs"] == 40 and phases["ann"]["epochs"] == 20
+    assert phases["scratch"]["epochs"] == 10 and phases["scratch"]["until_plateau"] == 2
+    demo = _plan(["demo", "--out", str(tmp_path / "d"), "--plan"], capsys)
+    assert demo["preset"] == PRESETS["demo"]
+    ann = next(p for p in demo["phases"] if p["role"] == "ann")
+    assert (ann["epochs"], ann["lr"], demo["neuron"]["sharpen_epochs"]) == (8, 0.01, 16)  # the demo's short ANN
+    events = next(p for p in demo["phases"] if p["name"] == "snn_events_pretrained")
+    assert events["epochs"] == 8
     assert phases["pretrained"]["epochs"] == 3 and phases["pretrained+wu"]["freeze_epochs"] == 1
     ft = _plan(["finetune", "--data", "mnist5k", "--ann", data["ann"], "--out", str(tmp_path / "f"), "--plan",
                 "--set", "finetune.lr=0.01"], capsys)

@@ -223,7 +223,6 @@ def test_kill_and_resume_equals_uninterrupted(image_tree, reference_output, tmp_
     assert temp_files(out) == [out / "n02_photos" / ".notes.tmp"]  # only its own temporary files are removed
 
 
-
 def test_a_conversion_killed_while_claiming_its_folder_resumes(image_tree, reference_output, tmp_path):
     """Killed while writing conversion.json (the folder's claim), a conversion leaves only that
     file's temporary file: the next run treats the folder as its own, not as someone else's."""
@@ -239,6 +238,7 @@ def test_a_conversion_killed_while_claiming_its_folder_resumes(image_tree, refer
     (other / ".spikebridge-tmp.labels.txt.0123456789ab.tmp").write_text("x")  # not a claim: still refused
     with pytest.raises(DataError, match="not empty"):
         convert_image_folder_odg(image_tree, other, workers=0, progress=False)
+
 
 @pytest.fixture(scope="module")
 def video_tree(tmp_path_factory):

@@ -164,7 +164,6 @@ def test_sharpened_relu_schedule_and_backward():
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
-
 @pytest.mark.parametrize("width", [1.0, 0.5, 0.3])
 def test_sharpened_relu_equals_the_plain_formula_forward_and_gradient(width):
     """The autograd function (a bool window saved) against the formula written out with autograd:
@@ -183,6 +182,7 @@ def test_sharpened_relu_equals_the_plain_formula_forward_and_gradient(width):
     window = ((x2.detach() - 0.5).abs() < width / 2).to(x.dtype) / width
     assert torch.equal(y1, y2.detach())
     assert torch.equal(x1.grad, grad_out * window)
+
 
 @pytest.mark.parametrize(
     "kwargs",

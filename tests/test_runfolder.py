@@ -162,7 +162,6 @@ def test_a_resume_with_the_same_settings_continues(tmp_path):
     assert manifest["names"] == ["ann", "config.yaml", "snn_pretrained", "summary.json"] and manifest["foreign"] == []
 
 
-
 def test_a_resume_removes_what_a_killed_write_left_and_nothing_else(tmp_path):
     """A run SIGKILLed while it wrote config.yaml (or summary.json) leaves that write's temporary
     file; the resume that holds the folder removes it, but never another program's file."""
@@ -178,6 +177,7 @@ def test_a_resume_removes_what_a_killed_write_left_and_nothing_else(tmp_path):
     left = sorted(p.name for p in out.iterdir())
     assert not set(ours) & set(left)
     assert "notes.txt.tmp" in left and any(n.startswith(".spikebridge-tmp.notes.txt.") for n in left)
+
 
 def test_resume_into_a_new_folder_starts_a_new_run(tmp_path, capfd):
     out = tmp_path / "new" / "out"

@@ -218,7 +218,8 @@ def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> 
             reuse = False
     else:
         try:  # our own leftover of a conversion killed while it claimed the folder is not foreign
-            foreign = sorted(n for n in os.listdir(out_dir) if temp_target(n) != PARAMS_FILE) if out_dir.is_dir() else []
+            names = os.listdir(out_dir) if out_dir.is_dir() else []
+            foreign = sorted(n for n in names if temp_target(n) != PARAMS_FILE)
         except OSError as exc:
             raise output_error(out_dir, exc, "cannot list output folder") from exc
         if foreign and not overwrite:

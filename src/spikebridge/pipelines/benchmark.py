@@ -14,8 +14,8 @@ Static data (``mnist5k``, an image folder): the SNNs learn the ANN's data (pipeS
 The SNN phases train with ``finetune`` / ``scratch`` on static data and ``events.finetune`` /
 ``events.scratch`` on events, as pipeS and pipeD do; without a recipe the command preset
 (:data:`spikebridge.pipelines.plan.BENCHMARK_PRESET`: the library's phases with a half-way
-sharpening schedule) gives every method one budget (minutes on the embedded data on 2 CPU cores). Default methods: the paper's set
-(arXiv:2203.01158, Sec. 4): from scratch, full transfer, encoder only, decoder only, with and
+sharpening schedule) gives every method one budget (minutes on the embedded data on 2 CPU cores).
+Default methods: the paper's set (arXiv:2203.01158, Sec. 4): from scratch, full transfer, encoder only, decoder only, with and
 without the warm-up, each for LIF and LIAF where the paper compares them: ``scratch``,
 ``scratch+liaf``, ``pretrained``, ``pretrained+wu``, ``pretrained+liaf``, ``encoder``,
 ``encoder+wu``, ``decoder``. Both neurons start from the same ANN (``ann_neuron``, by default the

@@ -37,8 +37,8 @@ SPIKIFY_PRESET: dict[str, Any] = {"neuron.decay": 0.5}
 #: 20-epoch demo ANN did on its 40-epoch one: a half-sharpened ANN transferred better to the small
 #: CNN at T=4 than one that ends at the step). The event fine-tune runs 8 epochs (the library
 #: default: 5): the short ANN's event SNN needs them. Measured over seeds 0-3 (README, "The bridge
-#: end to end"): the ANN takes about 11 s instead of 26-30 s, and counting it the bridge reaches
-#: the scratch SNN's best in 0.30-0.45x of the scratch time on pipeS.
+#: end to end"): the ANN takes 10-13 s instead of 26-30 s, and counting it the bridge reaches the
+#: scratch SNN's best in 0.31-0.51x of the scratch time on pipeS and 0.38-0.93x on pipeD.
 DEMO_PRESET: dict[str, Any] = {"neuron.sharpen_epochs": 16, "ann.epochs": 8, "ann.lr": 1e-2,
                                "events.finetune.epochs": 8}
 #: The benchmark runs the library's phases under the sharpening the earlier 20-epoch demo used

@@ -205,7 +205,7 @@ def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool)
         entries = _entries(out)
         where = _short(str(out), 100)
         names: set[str] = set()
-        written: set[str] = set()  # the earlier run's names whose killed writes may have left temporary files
+        earlier = _names(saved, "names")  # what the earlier run wrote (its killed writes may have left temporary files)
         if saved is None and entries and not overwrite:
             raise OutputError(f"{where} is not empty and was not written by spikebridge {command}; "
                               f"use a new --out or --overwrite")
@@ -221,12 +221,11 @@ def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool)
                 more = f"; and {len(changed) - 8} more" if len(changed) > 8 else ""
                 raise ConfigError(f"--resume: the settings differ from the saved run ({'; '.join(changed[:8])}{more}); "
                                   f"rerun without those changes, or start a new --out")
-            names = written = _names(saved, "names")
+            names = earlier
         elif resume:
             print(f"note: --resume: {where} holds no earlier run; starting a new one", file=sys.stderr)
         if saved is not None and overwrite:
-            written = _names(saved, "names")
-            owned = (written | STANDARD_OUTPUTS) & entries
+            owned = (earlier | STANDARD_OUTPUTS) & entries
             for name in owned:
                 target = out / name
                 try:
@@ -239,7 +238,7 @@ def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool)
         foreign = kept | (entries - names - (STANDARD_OUTPUTS if saved is not None else set()))
         manifest = {"command": command, "config": config, "names": sorted(names), "foreign": sorted(foreign)}
         # leftovers of a run killed mid-write (its manifest, config.yaml, its outputs): we hold the lock
-        remove_stale_temps(out, sorted(written | STANDARD_OUTPUTS | {MANIFEST}))
+        remove_stale_temps(out, sorted(earlier | STANDARD_OUTPUTS | {MANIFEST}))
         _save(out, manifest)
         return RunFolder(out, fd, manifest)
     except BaseException:

@@ -5,14 +5,19 @@ can learn them in a step or two; every file is written in the format the real da
 """
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from spikebridge.data.events import make_events, write_aedat2, write_es_sample, write_label_file
+from spikebridge.data.events import (_AEDAT3_HEADER, _AEDAT3_POLARITY, AEDAT2_SENSORS, _fields, _on_flags, make_events,
+                                     write_es_sample, write_label_file)
+from spikebridge.errors import ConfigError, DataError
+from spikebridge.utils import atomic_write_bytes
 from spikebridge.data.odg import EventSample
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -231,3 +236,93 @@ def recipe_datasets(root: Path) -> dict[str, str]:
         "clips": str(clips),
         "es-ucf101": str(es_ucf101(clips, root / "es-ucf101")),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# N-MNIST .bin, AEDAT 2.0 and 3.1 writers: the inverses of the package's readers
+# ------------------------------------------------------------------------------------------------
+def write_nmnist_bin(path: str | os.PathLike, events: Any) -> None:
+    """Write events in the N-MNIST ``.bin`` format (atomically). Needs 0 <= x, y < 240 (240 is the
+    overflow marker), timestamps in 0 .. 2**23 - 1 µs."""
+    x, y, t, p = _fields(events, path)
+    on = _on_flags(p, path)
+    x, y, t = (np.asarray(v, dtype=np.int64) for v in (x, y, t))
+    if x.size and (x.min() < 0 or x.max() > 255 or y.min() < 0 or y.max() > 239):
+        raise DataError(f"{path}: N-MNIST stores 0 <= x <= 255 and 0 <= y <= 239")
+    if t.size and (t.min() < 0 or t.max() >= 2 ** 23):
+        raise DataError(f"{path}: N-MNIST timestamps must lie in 0 .. 2**23 - 1 µs")
+    out = np.empty((x.shape[0], 5), dtype=np.uint8)
+    out[:, 0] = x
+    out[:, 1] = y
+    out[:, 2] = (on.astype(np.int64) << 7) | ((t >> 16) & 0x7F)
+    out[:, 3] = (t >> 8) & 0xFF
+    out[:, 4] = t & 0xFF
+    atomic_write_bytes(path, out.tobytes())
+
+
+def write_aedat2(
+    path: str | os.PathLike,
+    events: Any,
+    *,
+    camera: str = "dvs128",
+    orientation: str = "jaer",
+) -> None:
+    """Write events as an AEDAT 2.0 file (atomically); the inverse of :func:`read_aedat`."""
+    x, y, t, p = _fields(events, path)
+    on = _on_flags(p, path)
+    x, y, t = (np.asarray(v, dtype=np.int64) for v in (x, y, t))
+    if t.size and (t.min() < 0 or t.max() >= 2 ** 32):
+        raise DataError(f"{path}: AEDAT 2.0 timestamps must fit uint32")
+    if camera == "dvs128":
+        if x.size and (min(x.min(), y.min()) < 0 or max(x.max(), y.max()) > 127):
+            raise DataError(f"{path}: DVS128 coordinates must lie in 0..127")
+        if orientation == "raw":
+            xf, yf = x, y
+        elif orientation == "jaer":
+            xf, yf = 127 - x, y
+        elif orientation == "cifar10dvs":
+            xf, yf = 127 - y, 127 - x
+        else:
+            raise ConfigError(f"orientation must be 'raw', 'jaer' or 'cifar10dvs', got {orientation!r}")
+        addr = (yf << 8) | (xf << 1) | (~on).astype(np.int64)
+    elif camera == "davis240":
+        if x.size and (min(x.min(), y.min()) < 0 or x.max() >= 240 or y.max() >= 180):
+            raise DataError(f"{path}: DAVIS240 coordinates must lie in 240x180")
+        addr = (y << 22) | (x << 12) | (on.astype(np.int64) << 11)
+    else:
+        raise ConfigError(f"camera must be one of {sorted(AEDAT2_SENSORS)}, got {camera!r}")
+    records = np.empty(x.shape[0], dtype=np.dtype([("addr", ">u4"), ("t", ">u4")]))
+    records["addr"], records["t"] = addr, t
+    header = b"#!AER-DAT2.0\r\n# This is a raw AE data file created by spikebridge\r\n"
+    atomic_write_bytes(path, header + records.tobytes())
+
+
+def write_aedat31(path: str | os.PathLike, events: Any, *, packet_size: int = 4096) -> None:
+    """Write polarity events as an AEDAT 3.1 file (atomically), ``packet_size`` events a packet.
+
+    Timestamps (µs, >= 0) above 2**31 - 1 are split into the packets' overflow counter.
+    """
+    x, y, t, p = _fields(events, path)
+    on = _on_flags(p, path)
+    x, y, t = (np.asarray(v, dtype=np.int64) for v in (x, y, t))
+    if t.size and t.min() < 0:
+        raise DataError(f"{path}: AEDAT 3.1 timestamps must be >= 0")
+    if x.size and (min(x.min(), y.min()) < 0 or max(x.max(), y.max()) > 0x7FFF):
+        raise DataError(f"{path}: AEDAT 3.1 coordinates must lie in 0..32767")
+    parts = [b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: spikebridge\r\n#!END-HEADER\r\n"]
+    overflow = t >> 31
+    i = 0
+    while i < x.shape[0]:
+        j = min(i + packet_size, x.shape[0])
+        changes = np.flatnonzero(overflow[i:j] != overflow[i])
+        if changes.size:  # one overflow counter per packet
+            j = i + int(changes[0])
+        head = np.zeros(1, dtype=_AEDAT3_HEADER)
+        head["type"], head["source"], head["size"], head["ts_offset"] = 1, 1, 8, 4
+        head["ts_overflow"], head["capacity"], head["number"], head["valid"] = overflow[i], j - i, j - i, j - i
+        ev = np.empty(j - i, dtype=_AEDAT3_POLARITY)
+        ev["data"] = (x[i:j] << 17) | (y[i:j] << 2) | (on[i:j].astype(np.int64) << 1) | 1
+        ev["t"] = t[i:j] & 0x7FFFFFFF
+        parts += [head.tobytes(), ev.tobytes()]
+        i = j
+    atomic_write_bytes(path, b"".join(parts))

@@ -12,18 +12,11 @@ import pytest
 import torch
 
 import _layouts as layouts
+from _layouts import write_nmnist_bin
 from spikebridge.data.datasets import open_dataset
 from spikebridge.data.disk import detect_layout
-from spikebridge.data.events import (
-    AEDAT4_EXTRA_HINT,
-    events_to_frames,
-    make_events,
-    read_aedat,
-    read_aedat4,
-    read_gesture_npy,
-    read_nmnist_bin,
-    write_nmnist_bin,
-)
+from spikebridge.data.events import (AEDAT4_EXTRA_HINT, events_to_frames, make_events, read_aedat, read_aedat4,
+                                     read_gesture_npy, read_nmnist_bin)
 from spikebridge.data.folders import split_layout
 from spikebridge.data.video import ESUCF101Dataset, read_video_events
 from spikebridge.errors import DataError

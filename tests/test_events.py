@@ -1,28 +1,16 @@
 """Event arrays -> frames, and the event file formats (byte-exact files written by hand)."""
 from __future__ import annotations
 
-import importlib.util
 import struct
 
 import numpy as np
 import pytest
 import torch
 
-from spikebridge.data.events import (
-    EVENT_DTYPE,
-    ESImageNetDataset,
-    events_to_frames,
-    make_events,
-    read_aedat,
-    read_es_sample,
-    read_label_file,
-    read_nmnist_bin,
-    write_aedat2,
-    write_aedat31,
-    write_es_sample,
-    write_label_file,
-    write_nmnist_bin,
-)
+from _layouts import write_aedat2, write_aedat31, write_nmnist_bin
+from spikebridge.data.events import (EVENT_DTYPE, ESImageNetDataset, events_to_frames, make_events, read_aedat,
+                                     read_es_sample, read_label_file, read_nmnist_bin, write_es_sample,
+                                     write_label_file)
 from spikebridge.data.odg import EventSample, events_to_dense, odg
 from spikebridge.errors import ConfigError, DataError
 

@@ -27,21 +27,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays, scalar_dtypes
 from safetensors.torch import save_file
 
+from _layouts import write_aedat2, write_aedat31, write_nmnist_bin
 from spikebridge.config import PipelineConfig, load_config
 from spikebridge.data.cifar import load_cifar_pickle
-from spikebridge.data.events import (
-    EVENT_DTYPE,
-    events_to_frames,
-    make_events,
-    read_aedat,
-    read_es_sample,
-    read_label_file,
-    read_nmnist_bin,
-    write_aedat2,
-    write_aedat31,
-    write_es_sample,
-    write_nmnist_bin,
-)
+from spikebridge.data.events import (EVENT_DTYPE, events_to_frames, make_events, read_aedat, read_es_sample,
+                                     read_label_file, read_nmnist_bin, write_es_sample)
 from spikebridge.data.odg import EventSample, events_to_dense
 from spikebridge.data.video import read_video_events, write_video_events
 from spikebridge.errors import SpikebridgeError

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import _layouts as layouts
+from _layouts import write_aedat2, write_aedat31, write_nmnist_bin
 from spikebridge.cli import main
-from spikebridge.data.events import (DVS_GESTURE_CLASSES, EventSample, make_events, write_aedat2, write_aedat31,
-                                     write_es_sample, write_nmnist_bin)
+from spikebridge.data.events import DVS_GESTURE_CLASSES, EventSample, make_events, write_es_sample
 from spikebridge.data.video import write_video_events
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _layouts import write_nmnist_bin
 from spikebridge.cli import main
 from spikebridge.data.convert import convert_image_folder_odg
 from spikebridge.data.datasets import open_dataset
 from spikebridge.data.disk import open_path_dataset
-from spikebridge.data.events import ESImageNetDataset, read_es_sample, read_label_file, write_nmnist_bin
-from spikebridge.data.folders import ImageFolderDataset, load_image, scan_image_folder
+from spikebridge.data.events import ESImageNetDataset, read_es_sample, read_label_file
+from spikebridge.data.folders import ImageFolderDataset, load_image
 from spikebridge.data.video import read_video_events
 from spikebridge.errors import ConfigError, DataError
 from spikebridge.utils import atomic_path, remove_stale_temps, temp_target

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from spikebridge.data.video_split import list_clips, split_clips
+from spikebridge.data.video_split import split_clips
 from spikebridge.errors import ConfigError, DataError
 
 UCF_LIKE = [f"{cls}/v_{cls}_g{g:02d}_c{c:02d}" for cls in ("ApplyEyeMakeup", "Archery", "Basketball")
@@ -39,16 +39,6 @@ def test_split_sorts_naturally_and_keeps_paths(tmp_path):
     assert test == [ordered[i] for i in perm[:6]] and train == [ordered[i] for i in perm[6:]]
 
 
-def test_list_clips_reads_a_clip_tree(tmp_path):
-    for rel in ["b/clip10", "b/clip2", "a/x", "a/.hidden"]:
-        (tmp_path / rel).mkdir(parents=True)
-    (tmp_path / "a" / "y.npz").write_bytes(b"")
-    (tmp_path / "a" / "notes.txt").write_text("not a clip")
-    assert list_clips(tmp_path) == ["a/x", "a/y.npz", "b/clip2", "b/clip10"]
-    train, test = split_clips(list_clips(tmp_path))
-    assert len(test) == 1 and len(train) == 3
-
-
 def test_split_errors(tmp_path):
     with pytest.raises(ConfigError, match="test_fraction"):
         split_clips(UCF_LIKE, test_fraction=1.0)
@@ -56,7 +46,3 @@ def test_split_errors(tmp_path):
         split_clips(["a/one"])
     with pytest.raises(DataError, match="duplicates"):
         split_clips(["a/one", "a/one", "a/two"])
-    with pytest.raises(DataError, match="no clips"):
-        list_clips(tmp_path)
-    with pytest.raises(DataError, match="not found"):
-        list_clips(tmp_path / "missing")

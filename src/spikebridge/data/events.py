@@ -1,15 +1,14 @@
-"""Event streams: arrays -> frames, and the file formats spikebridge reads and writes.
+"""Event streams: arrays -> frames, and the event file formats spikebridge reads.
 
 * :func:`events_to_frames` -- an event stream (x, y, t, p) -> float frames ``[T, 2, H, W]``
   (time-major; channel 0 = ON, channel 1 = OFF unless ``polarity_order="off_on"``), binned exactly
   as ``tonic.transforms.ToFrame`` bins (tested against Tonic when it is installed).
 * ES-ImageNet samples (:func:`write_es_sample`, :func:`read_es_sample`), label files
   (:func:`read_label_file`, :func:`write_label_file`) and :class:`ESImageNetDataset`.
-* N-MNIST / N-Caltech101 ``.bin`` files (:func:`read_nmnist_bin`, :func:`write_nmnist_bin`).
-* AEDAT 2.0 (DVS128, DAVIS240) and AEDAT 3.1 polarity events (:func:`read_aedat`,
-  :func:`write_aedat2`, :func:`write_aedat31`); AEDAT 4.0 (``.aedat4``, e.g. Tonic's CIFAR10-DVS)
-  through the MIT-licensed ``aedat`` package, the optional extra ``spikebridge[aedat4]``
-  (:func:`read_aedat4`).
+* N-MNIST / N-Caltech101 ``.bin`` files (:func:`read_nmnist_bin`).
+* AEDAT 2.0 (DVS128, DAVIS240) and AEDAT 3.1 polarity events (:func:`read_aedat`); AEDAT 4.0
+  (``.aedat4``, e.g. Tonic's CIFAR10-DVS) through the MIT-licensed ``aedat`` package, the
+  optional extra ``spikebridge[aedat4]`` (:func:`read_aedat4`).
 * DVS-Gesture as Tonic stores it: ``[N, 4]`` ``.npy`` arrays of x, y, p, t in ms
   (:func:`read_gesture_npy`).
 
@@ -32,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from ..utils import atomic_path, atomic_write_bytes, atomic_write_text
+from ..utils import atomic_path, atomic_write_text
 from .odg import EventSample, events_to_dense
 
 #: Tonic's event layout: pixel column ``x``, pixel row ``y``, timestamp ``t`` (µs), ``p`` True = ON.
@@ -560,25 +559,6 @@ def read_nmnist_bin(path: str | os.PathLike, *, sensor_size: Sequence[int] | Non
     return make_events(x, y, t, p)
 
 
-def write_nmnist_bin(path: str | os.PathLike, events: Any) -> None:
-    """Write events in the N-MNIST ``.bin`` format (atomically). Needs 0 <= x, y < 240 (240 is the
-    overflow marker), timestamps in 0 .. 2**23 - 1 µs."""
-    x, y, t, p = _fields(events, path)
-    on = _on_flags(p, path)
-    x, y, t = (np.asarray(v, dtype=np.int64) for v in (x, y, t))
-    if x.size and (x.min() < 0 or x.max() > 255 or y.min() < 0 or y.max() > 239):
-        raise DataError(f"{path}: N-MNIST stores 0 <= x <= 255 and 0 <= y <= 239")
-    if t.size and (t.min() < 0 or t.max() >= 2 ** 23):
-        raise DataError(f"{path}: N-MNIST timestamps must lie in 0 .. 2**23 - 1 µs")
-    out = np.empty((x.shape[0], 5), dtype=np.uint8)
-    out[:, 0] = x
-    out[:, 1] = y
-    out[:, 2] = (on.astype(np.int64) << 7) | ((t >> 16) & 0x7F)
-    out[:, 3] = (t >> 8) & 0xFF
-    out[:, 4] = t & 0xFF
-    atomic_write_bytes(path, out.tobytes())
-
-
 # ================================================================================================
 # AEDAT 2.0 and 3.1
 # ================================================================================================
@@ -818,71 +798,3 @@ def _read_aedat3_body(raw: bytes, start: int, path: str | os.PathLike) -> np.nda
     if not chunks:
         return np.empty(0, dtype=EVENT_DTYPE)
     return np.concatenate(chunks)
-
-
-def write_aedat2(
-    path: str | os.PathLike,
-    events: Any,
-    *,
-    camera: str = "dvs128",
-    orientation: str = "jaer",
-) -> None:
-    """Write events as an AEDAT 2.0 file (atomically); the inverse of :func:`read_aedat`."""
-    x, y, t, p = _fields(events, path)
-    on = _on_flags(p, path)
-    x, y, t = (np.asarray(v, dtype=np.int64) for v in (x, y, t))
-    if t.size and (t.min() < 0 or t.max() >= 2 ** 32):
-        raise DataError(f"{path}: AEDAT 2.0 timestamps must fit uint32")
-    if camera == "dvs128":
-        if x.size and (min(x.min(), y.min()) < 0 or max(x.max(), y.max()) > 127):
-            raise DataError(f"{path}: DVS128 coordinates must lie in 0..127")
-        if orientation == "raw":
-            xf, yf = x, y
-        elif orientation == "jaer":
-            xf, yf = 127 - x, y
-        elif orientation == "cifar10dvs":
-            xf, yf = 127 - y, 127 - x
-        else:
-            raise ConfigError(f"orientation must be 'raw', 'jaer' or 'cifar10dvs', got {orientation!r}")
-        addr = (yf << 8) | (xf << 1) | (~on).astype(np.int64)
-    elif camera == "davis240":
-        if x.size and (min(x.min(), y.min()) < 0 or x.max() >= 240 or y.max() >= 180):
-            raise DataError(f"{path}: DAVIS240 coordinates must lie in 240x180")
-        addr = (y << 22) | (x << 12) | (on.astype(np.int64) << 11)
-    else:
-        raise ConfigError(f"camera must be one of {sorted(AEDAT2_SENSORS)}, got {camera!r}")
-    records = np.empty(x.shape[0], dtype=np.dtype([("addr", ">u4"), ("t", ">u4")]))
-    records["addr"], records["t"] = addr, t
-    header = b"#!AER-DAT2.0\r\n# This is a raw AE data file created by spikebridge\r\n"
-    atomic_write_bytes(path, header + records.tobytes())
-
-
-def write_aedat31(path: str | os.PathLike, events: Any, *, packet_size: int = 4096) -> None:
-    """Write polarity events as an AEDAT 3.1 file (atomically), ``packet_size`` events a packet.
-
-    Timestamps (µs, >= 0) above 2**31 - 1 are split into the packets' overflow counter.
-    """
-    x, y, t, p = _fields(events, path)
-    on = _on_flags(p, path)
-    x, y, t = (np.asarray(v, dtype=np.int64) for v in (x, y, t))
-    if t.size and t.min() < 0:
-        raise DataError(f"{path}: AEDAT 3.1 timestamps must be >= 0")
-    if x.size and (min(x.min(), y.min()) < 0 or max(x.max(), y.max()) > 0x7FFF):
-        raise DataError(f"{path}: AEDAT 3.1 coordinates must lie in 0..32767")
-    parts = [b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: spikebridge\r\n#!END-HEADER\r\n"]
-    overflow = t >> 31
-    i = 0
-    while i < x.shape[0]:
-        j = min(i + packet_size, x.shape[0])
-        changes = np.flatnonzero(overflow[i:j] != overflow[i])
-        if changes.size:  # one overflow counter per packet
-            j = i + int(changes[0])
-        head = np.zeros(1, dtype=_AEDAT3_HEADER)
-        head["type"], head["source"], head["size"], head["ts_offset"] = 1, 1, 8, 4
-        head["ts_overflow"], head["capacity"], head["number"], head["valid"] = overflow[i], j - i, j - i, j - i
-        ev = np.empty(j - i, dtype=_AEDAT3_POLARITY)
-        ev["data"] = (x[i:j] << 17) | (y[i:j] << 2) | (on[i:j].astype(np.int64) << 1) | 1
-        ev["t"] = t[i:j] & 0x7FFFFFFF
-        parts += [head.tobytes(), ev.tobytes()]
-        i = j
-    atomic_write_bytes(path, b"".join(parts))

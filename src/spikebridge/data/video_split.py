@@ -12,7 +12,6 @@ split of a given set of clips is therefore the same on every machine and in any 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Sequence, TypeVar
 
@@ -53,23 +52,3 @@ def split_clips(
     train = [ordered[i] for i in order[n_test:]]
     return train, test
 
-
-def list_clips(root: str | os.PathLike) -> list[str]:
-    """Relative ``class/clip`` paths of a class-per-folder tree, sorted.
-
-    Entries are clip folders (UCF101 ``jpegs_256``) or ``.npz`` files (a converted ES-UCF101
-    folder); hidden entries are ignored.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: clip folder not found")
-    clips = []
-    for cls in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for item in cls.iterdir():
-            if item.name.startswith("."):
-                continue
-            if item.is_dir() or (item.is_file() and item.suffix == ".npz"):
-                clips.append(f"{cls.name}/{item.name}")
-    if not clips:
-        raise DataError(f"{root}: no clips (expected {root}/<class>/<clip folder or .npz>)")
-    return sorted(clips, key=_sort_key)

@@ -178,7 +178,6 @@ class _Shapes(fx.Interpreter):
         return result
 
 
-@torch.no_grad()
 def checked_dt(dt, name: str = "NIR export: dt") -> float:
     """``dt`` as a float: a positive, finite number of seconds per step, else a ConfigError naming ``name``."""
     if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not 0 < dt < float("inf"):
@@ -186,6 +185,7 @@ def checked_dt(dt, name: str = "NIR export: dt") -> float:
     return float(dt)
 
 
+@torch.no_grad()
 def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
     """The SNN ``model`` as a ``nir.NIRGraph`` for inputs of per-sample shape ``input_shape``
     (e.g. ``(1, 28, 28)``), one time step = ``dt``; see the module docstring for the mapping."""

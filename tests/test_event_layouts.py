@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import _layouts as layouts
-from _layouts import write_nmnist_bin
 from spikebridge.data.datasets import open_dataset
 from spikebridge.data.disk import detect_layout
 from spikebridge.data.events import (AEDAT4_EXTRA_HINT, events_to_frames, make_events, read_aedat, read_aedat4,
@@ -81,7 +80,7 @@ def _nmnist_tonic(root: Path, train="Train", test="Test", per_class=3) -> Path:
     for split, count in ((train, per_class), (test, 2)):
         for label in range(3):
             for i in range(count):
-                write_nmnist_bin(root / split / str(label) / f"{i:05d}.bin", _stream(rng, 400, 34, 34, label))
+                layouts.write_nmnist_bin(root / split / str(label) / f"{i:05d}.bin", _stream(rng, 400, 34, 34, label))
     return root
 
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import _layouts as layouts
-from _layouts import write_aedat2, write_aedat31, write_nmnist_bin
 from spikebridge.cli import main
 from spikebridge.data.events import DVS_GESTURE_CLASSES, EventSample, make_events, write_es_sample
 from spikebridge.data.video import write_video_events
@@ -54,9 +53,9 @@ def expected(fmt, events, sensor, t=None, unit="us"):
 def test_event_recordings(tmp_path, capsys):
     rng = np.random.default_rng(0)
     nmnist, dvs128, dv = stream(rng, 500, 34, 34), stream(rng, 400, 128, 128), stream(rng, 600, 346, 260)
-    write_nmnist_bin(tmp_path / "digit.bin", nmnist)
-    write_aedat2(tmp_path / "dvs128.aedat", dvs128)
-    write_aedat31(tmp_path / "v31.aedat", dvs128, packet_size=150)
+    layouts.write_nmnist_bin(tmp_path / "digit.bin", nmnist)
+    layouts.write_aedat2(tmp_path / "dvs128.aedat", dvs128)
+    layouts.write_aedat31(tmp_path / "v31.aedat", dvs128, packet_size=150)
     layouts.write_aedat4(tmp_path / "dv.aedat4", dv, sensor=(346, 260), lz4=True, packet_size=250)
     gesture = stream(rng, 200, 128, 128, t_max=6_000_000)
     np.save(tmp_path / "3.npy", np.stack([gesture["x"], gesture["y"], gesture["p"], gesture["t"] // 1000], 1)
@@ -113,7 +112,7 @@ def test_aedat31_special_and_invalid_events_are_not_events(tmp_path, capsys):
 def test_aedat2_dvs128_sync_and_special_events_are_not_events(tmp_path, capsys):
     """jAER's DVS128 addresses: bit 15 marks a sync (external input) event, bit 31 a special one."""
     events = stream(np.random.default_rng(1), 20, 128, 128)
-    write_aedat2(tmp_path / "sync.aedat", events)
+    layouts.write_aedat2(tmp_path / "sync.aedat", events)
     raw = (tmp_path / "sync.aedat").read_bytes()
     start = len(raw) - 8 * len(events)
     extra = struct.pack(">II", 0x8000, int(events["t"][3])) + struct.pack(">II", 0x80000000, int(events["t"][3]))
@@ -153,7 +152,7 @@ def _nmnist_tonic(root):
     for split, count in (("Train", 3), ("Test", 2)):
         for label in range(3):
             for i in range(count):
-                write_nmnist_bin(root / split / str(label) / f"{i:05d}.bin", stream(rng, 200, 34, 34))
+                layouts.write_nmnist_bin(root / split / str(label) / f"{i:05d}.bin", stream(rng, 200, 34, 34))
     return root
 
 
@@ -230,7 +229,7 @@ def test_builtin_datasets(capsys, name, shape):
 # ------------------------------------------------------------------------------------------------
 def test_table_through_the_real_command(tmp_path):
     events = stream(np.random.default_rng(7), 50, 34, 34)
-    write_nmnist_bin(tmp_path / "d.bin", events)
+    layouts.write_nmnist_bin(tmp_path / "d.bin", events)
     done = run_cli(tmp_path / "d.bin")
     assert done.returncode == 0 and done.stderr == "", done.stderr
     lines = done.stdout.splitlines()
@@ -247,7 +246,7 @@ def test_out_writes_a_picture(tmp_path, capsys, make):
     rng = np.random.default_rng(8)
     if make == "recording":
         path = tmp_path / "rec.aedat"
-        write_aedat31(path, stream(rng, 300, 128, 128))
+        layouts.write_aedat31(path, stream(rng, 300, 128, 128))
     elif make == "es-ucf101":
         path = _es_ucf101_flat(tmp_path / "es")
     elif make == "images":
@@ -268,7 +267,7 @@ def test_out_writes_a_picture(tmp_path, capsys, make):
 def _bad_inputs(tmp_path):
     good = layouts.write_aedat4(tmp_path / "good.aedat4", stream(np.random.default_rng(9), 300, 128, 128))
     (tmp_path / "cut.aedat4").write_bytes(good.read_bytes()[:-100])
-    write_nmnist_bin(tmp_path / "good.bin", stream(np.random.default_rng(9), 30, 34, 34))
+    layouts.write_nmnist_bin(tmp_path / "good.bin", stream(np.random.default_rng(9), 30, 34, 34))
     (tmp_path / "cut.bin").write_bytes((tmp_path / "good.bin").read_bytes()[:-2])
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not a zip")
@@ -289,7 +288,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
         out, err = capsys.readouterr()
         assert code == 2 and out == "", case
         assert err.startswith("spikebridge: error: ") and message in err and err.count("\n") == 1, (case, err)
-    write_nmnist_bin(tmp_path / "d.bin", stream(np.random.default_rng(9), 30, 34, 34))
+    layouts.write_nmnist_bin(tmp_path / "d.bin", stream(np.random.default_rng(9), 30, 34, 34))
     (tmp_path / "file").write_text("x")
     assert main(["inspect", str(tmp_path / "d.bin"), "--out", str(tmp_path / "file")]) == 2
     assert "spikebridge: error: cannot create folder" in capsys.readouterr().err

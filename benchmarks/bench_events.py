@@ -1,7 +1,7 @@
 """Event conversion speed, per core (one process, one torch thread).
 
 * ODG (image -> ES-ImageNet events): ``spikebridge.data.odg.odg`` against a straightforward
-  per-image port of the reference algorithm (``spikebridge.data.odg_reference``, the one the tests
+  per-image port of the reference algorithm (``tests/_data_reference.py``, the one the tests
   compare with: nine canvases, ``np.argwhere`` per move and a Python loop over candidate
   events for the strip and window tests). Both convert the same photo-like RGB images (ImageNet's
   typical 375x500, plus portrait and square ones); their outputs are checked equal before timing.
@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from common import environment, set_threads, table, write_results  # noqa: E402
 from spikebridge.data.odg import odg  # noqa: E402
-from spikebridge.data.odg_reference import odg_reference  # noqa: E402
+from _data_reference import odg_reference  # noqa: E402
 from spikebridge.data.video import clip_to_events, frames_to_events  # noqa: E402
 
 def photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the plain reference
 
 import spikebridge as sb  # noqa: E402
-from spikebridge.bridge import match_firing_rates, match_firing_rates_reference, recalibrate_batchnorm  # noqa: E402
+from _model_reference import match_firing_rates_reference  # noqa: E402
+from spikebridge.bridge import match_firing_rates, recalibrate_batchnorm  # noqa: E402
 from common import environment, publish_table, set_threads  # noqa: E402
 
 

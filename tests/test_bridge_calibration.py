@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import spikebridge as sb
+from _model_reference import match_firing_rates_reference
 from spikebridge.bridge import (
-    TransferReport, _find_chain, _pack, _Replay, _unpack, match_firing_rates, match_firing_rates_reference,
-    recalibrate_batchnorm,
+    TransferReport, _find_chain, _pack, _Replay, _unpack, match_firing_rates, recalibrate_batchnorm,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

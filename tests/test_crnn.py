@@ -34,14 +34,14 @@ def test_paper_layout_17920():
     assert [getattr(enc, f"conv{i}").out_channels for i in range(1, 5)] == [8, 16, 32, 64]
     assert [getattr(enc, f"conv{i}").kernel_size for i in range(1, 5)] == [(5, 5), (3, 3), (3, 3), (3, 3)]
     assert all(getattr(enc, f"conv{i}").stride == (2, 2) for i in range(1, 5))
-    assert enc.feature_shape == (64, 14, 20) and enc.flat_features == 17920
+    assert enc.feature_shape == (64, 14, 20)
     assert (enc.fc1.in_features, enc.fc1.out_features, enc.fc2.out_features) == (17920, 1024, 512)
     assert (ann.lstm.input_size, ann.lstm.hidden_size, ann.lstm.num_layers) == (512, 256, 1)
     with torch.no_grad():
         assert ann.eval()(torch.rand(2, 1, 3, 256, 342)).shape == (1, 101)
     # the FC input follows the frame size given at construction
-    assert tiny().encoder.flat_features == 8 * 1 * 2
-    assert sb.create_model("crnn", neuron="relu", input_size=(128, 171)).encoder.flat_features == 64 * 6 * 9
+    assert tiny().encoder.feature_shape == (8, 1, 2)
+    assert sb.create_model("crnn", neuron="relu", input_size=(128, 171)).encoder.feature_shape == (64, 6, 9)
 
 
 @pytest.mark.parametrize("neuron,channels", [("relu", 3), ("lif", 2), ("liaf", 2)])
@@ -281,7 +281,7 @@ def test_pipelines_build_the_crnn_for_the_datas_frame_size(tmp_path):
     bundle = DataBundle(name="clips", train=split, test=split, num_classes=2, in_channels=2, kind="events")
     cfg = load_config(PipelineConfig, None, {"model.name": "crnn"})
     snn = build_model(cfg, bundle, cfg.neuron, 3)
-    assert snn.input_size == (64, 86) and snn.encoder.flat_features == 64 * 2 * 4
+    assert snn.input_size == (64, 86) and snn.encoder.feature_shape == (64, 2, 4)
     meta = model_meta(cfg, bundle, cfg.neuron, 3)
     assert meta["model"]["options"] == {"input_size": [64, 86]}
     save_checkpoint(tmp_path, "last", snn, meta)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable
 
 import torch
@@ -209,16 +210,15 @@ def _activation_pairs(ann: nn.Module, snn: nn.Module) -> list[tuple[str, nn.Modu
 def _feeding_batchnorms(snn: nn.Module, pairs, example: torch.Tensor) -> dict[str, nn.Module]:
     """For each neuron, the BatchNorm that ran last before it in a forward pass (the one whose
     bias shifts the neuron's input current: ``bn2`` for a residual block's final neuron)."""
-    last_bn: list[nn.Module | None] = [None]
+    last_bn: list[nn.Module] = []  # the BatchNorms in the order they ran
     feeding: dict[str, nn.Module] = {}
-    hooks = []
-    for module in snn.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
-            hooks.append(module.register_forward_hook(lambda m, i, o: last_bn.__setitem__(0, m)))
-    def note_feeder(name: str) -> None:
-        if last_bn[0] is not None and name not in feeding:
-            feeding[name] = last_bn[0]
 
+    def note_feeder(name: str) -> None:  # (a pre-hook returning a value would replace the input)
+        if last_bn and name not in feeding:
+            feeding[name] = last_bn[-1]
+
+    hooks = [module.register_forward_hook(lambda m, i, o: last_bn.append(m)) for module in snn.modules()
+             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine]
     for name, _ann_act, neuron in pairs:
         hooks.append(neuron.register_forward_pre_hook(lambda m, i, name=name: note_feeder(name)))
     try:
@@ -423,14 +423,6 @@ class _Replay:
             del self._calls
 
 
-class _Cache:
-    """The input of one chain unit for every calibration batch, in train mode (for BatchNorm
-    statistics) and in eval mode (for firing rates), with each batch's time steps."""
-
-    def __init__(self, position: int, train: list, evals: list, steps: list, dtype: torch.dtype) -> None:
-        self.position, self.train, self.evals, self.steps, self.dtype = position, train, evals, steps, dtype
-
-
 @torch.no_grad()
 def match_firing_rates(
     ann: nn.Module,
@@ -462,8 +454,8 @@ def match_firing_rates(
     layer's BatchNorm is cached (train and eval mode) once the layers before are calibrated, and
     the BN re-estimation and every bisection step run only from that unit to the layer's neuron;
     then the cache moves on. A layer outside the chain (the first one, fed by the stem's BN before
-    the time expansion) runs the forward up to its neuron. The result equals
-    :func:`match_firing_rates_reference` (same operations on the same tensors, in the same order).
+    the time expansion) runs the forward up to its neuron. The result equals the plain form
+    (``tests/_model_reference.py``: same operations on the same tensors, in the same order).
     Memory: the two cached activations of all calibration batches (spikes stored as ``bool``).
     """
     pairs = _activation_pairs(ann, snn)
@@ -481,7 +473,9 @@ def match_firing_rates(
     feeding = _feeding_batchnorms(snn.eval(), pairs, example)
     units = _find_chain(snn, example)
     folded = [m for m in snn.modules() if isinstance(m, TimeFolded)]
-    cache: _Cache | None = None
+    # the input of chain unit ``position`` for every calibration batch, in train mode (for BatchNorm
+    # statistics) and in eval mode (for firing rates), with each batch's time steps and the dtype
+    cache: SimpleNamespace | None = None
 
     def full_passes(stop: nn.Module, keep, *, before: bool = False) -> list:
         """Per batch, ``keep`` of the whole model's forward up to ``stop`` (its input or output)."""
@@ -516,13 +510,14 @@ def match_firing_rates(
                 for module in modules:
                     module.eval()
 
-    def build_cache(position: int) -> _Cache:
+    def build_cache(position: int) -> SimpleNamespace:
         first = units[position]
         train = in_train_mode([snn], lambda: full_passes(first, _pack, before=True))
         steps = []
         evals = full_passes(first, lambda x: (steps.append([m.time_steps for m in folded]), x.dtype, _pack(x)),
                             before=True)
-        return _Cache(position, train, [x for _, _, x in evals], steps, evals[0][1])
+        return SimpleNamespace(position=position, train=train, evals=[x for _, _, x in evals], steps=steps,
+                               dtype=evals[0][1])
 
     def advance(to: int) -> None:
         while cache.position < to:
@@ -571,63 +566,6 @@ def match_firing_rates(
         errors[name] = float((rate_at((low + high) / 2) - goal).abs().mean())
     bar.close()
     cache = None
-    recalibrate_batchnorm(snn, batches, device)
-    ann.train(was_training[0])
-    snn.train(was_training[1])
-    return errors
-
-
-@torch.no_grad()
-def match_firing_rates_reference(
-    ann: nn.Module,
-    snn: nn.Module,
-    batches: list[torch.Tensor],
-    *,
-    iterations: int = 10,
-    max_shift: float = 1.0,
-    device: torch.device | str = "cpu",
-    ann_batches: list[torch.Tensor] | None = None,
-) -> dict[str, float]:
-    """The plain form of :func:`match_firing_rates` (same arguments, same result): before each
-    layer every BatchNorm is re-estimated and every bisection step is a full forward of the SNN.
-    Its cost grows with the square of the depth; kept as the reference the fast form is tested
-    against (``tests/test_bridge_calibration.py``) and timed against (``benchmarks/bridge_cost.py``)."""
-    pairs = _activation_pairs(ann, snn)
-    if not pairs or not batches:
-        return {}
-    was_training = (ann.training, snn.training)
-    batches = [b.to(device) for b in batches]
-    target = _ann_targets(ann, pairs, ann_batches or batches, device)
-    feeding = _feeding_batchnorms(snn.eval(), pairs, batches[0])
-    errors: dict[str, float] = {}
-    for name, _act, neuron in pairs:
-        norm = feeding.get(name)
-        if norm is None or norm.bias is None or target[name].numel() != norm.bias.numel():
-            continue
-        recalibrate_batchnorm(snn, batches, device)
-        snn.eval()
-        base = norm.bias.detach().clone()
-        low = torch.full_like(base, -max_shift)
-        high = torch.full_like(base, max_shift)
-        goal = target[name].to(base.device, base.dtype)
-
-        def rate_at(shift: torch.Tensor) -> torch.Tensor:
-            norm.bias.copy_(base + shift)
-            seen: list[torch.Tensor] = []
-            hook = neuron.register_forward_hook(lambda m, i, o: seen.append(_channel_mean(o)))
-            try:
-                for batch in batches:
-                    snn(batch)
-            finally:
-                hook.remove()
-            return torch.stack(seen).mean(0).to(base.dtype)
-
-        for _ in range(iterations):
-            middle = (low + high) / 2
-            too_high = rate_at(middle) > goal
-            high = torch.where(too_high, middle, high)
-            low = torch.where(too_high, low, middle)
-        errors[name] = float((rate_at((low + high) / 2) - goal).abs().mean())
     recalibrate_batchnorm(snn, batches, device)
     ann.train(was_training[0])
     snn.train(was_training[1])

@@ -6,7 +6,7 @@ key (``ConfigError: configs/x.yaml: finetune.lr: expected a number, got 'fast'``
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
 import os
 import re
@@ -73,17 +73,15 @@ class TrainConfig:
     freeze_epochs: int = 0  # "+WU": first N epochs train only layers not transferred
     until_plateau: int = 0  # >0: keep training past `epochs` while the best improved in the last N
     # >0: after every epoch re-estimate BatchNorm statistics over this many training samples
-    # (no augmentation; counted as training time). Spiking nets are sensitive to the noise that
-    # the running averages of the last batches leave in their thresholds ("precise BN").
+    # (no augmentation; counted as training time): "precise BN"
     precise_bn: int = 0
-    # update each parameter inside the backward as soon as its gradient is complete, and free that
-    # gradient (exact; a lower memory peak: the weight gradients never all exist at once). Phases
-    # with grad_clip, fp16 or DDP need every gradient at once and step after the backward.
+    # step each parameter inside the backward and free its gradient (exact; less memory); phases
+    # with grad_clip, fp16 or DDP step after the backward
     step_in_backward: bool = True
 
     def validate(self, where: str) -> None:
-        _positive_int(f"{where}.epochs", self.epochs, allow_zero=True, high=MAX_EPOCHS)
-        _positive_int(f"{where}.batch_size", self.batch_size, high=MAX_BATCH)
+        check_int(f"{where}.epochs", self.epochs, 0, MAX_EPOCHS)
+        check_int(f"{where}.batch_size", self.batch_size, 1, MAX_BATCH)
         _choice(f"{where}.optimizer", self.optimizer, OPTIMIZERS)
         _choice(f"{where}.schedule", self.schedule, SCHEDULES)
         _positive_float(f"{where}.lr", self.lr)
@@ -93,11 +91,11 @@ class TrainConfig:
         _range_float(f"{where}.warmup_pct", self.warmup_pct, 0.0, 1.0)
         _range_float(f"{where}.label_smoothing", self.label_smoothing, 0.0, 1.0)
         _range_float(f"{where}.grad_clip", self.grad_clip, 0.0, math.inf)
-        _positive_int(f"{where}.freeze_epochs", self.freeze_epochs, allow_zero=True, high=MAX_EPOCHS)
-        _positive_int(f"{where}.until_plateau", self.until_plateau, allow_zero=True, high=MAX_EPOCHS)
-        _positive_int(f"{where}.precise_bn", self.precise_bn, allow_zero=True, high=MAX_SAMPLES)
+        check_int(f"{where}.freeze_epochs", self.freeze_epochs, 0, MAX_EPOCHS)
+        check_int(f"{where}.until_plateau", self.until_plateau, 0, MAX_EPOCHS)
+        check_int(f"{where}.precise_bn", self.precise_bn, 0, MAX_SAMPLES)
         for i, milestone in enumerate(self.milestones):
-            _positive_int(f"{where}.milestones[{i}]", milestone, high=MAX_EPOCHS)
+            check_int(f"{where}.milestones[{i}]", milestone, 1, MAX_EPOCHS)
 
 
 @dataclass
@@ -113,11 +111,11 @@ class DataConfig:
     def validate(self, where: str = "data") -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"{where}.name must name a dataset (mnist5k, es-mnist or a folder), got {short_repr(self.name)}")
-        _positive_int(f"{where}.workers", self.workers, allow_zero=True, high=MAX_WORKERS)
-        _positive_int(f"{where}.max_shift", self.max_shift, allow_zero=True, high=MAX_SHIFT)
-        _positive_int(f"{where}.image_size", self.image_size, allow_zero=True, high=MAX_IMAGE_SIZE)
+        check_int(f"{where}.workers", self.workers, 0, MAX_WORKERS)
+        check_int(f"{where}.max_shift", self.max_shift, 0, MAX_SHIFT)
+        check_int(f"{where}.image_size", self.image_size, 0, MAX_IMAGE_SIZE)
         for key in ("limit_train", "limit_test"):  # subsets: they only ever shrink the data
-            _positive_int(f"{where}.{key}", getattr(self, key), allow_zero=True)
+            check_int(f"{where}.{key}", getattr(self, key), 0)
         _seed(f"{where}.split_seed", self.split_seed)
 
 
@@ -130,9 +128,9 @@ class ModelConfig:
     checkpoint_blocks: bool = False  # SNN training: recompute each block in the backward (less memory)
 
     def validate(self, where: str = "model") -> None:
-        _positive_int(f"{where}.T", self.T, high=MAX_T)
-        _positive_int(f"{where}.num_classes", self.num_classes, allow_zero=True, high=MAX_CLASSES)
-        _positive_int(f"{where}.in_channels", self.in_channels, allow_zero=True, high=MAX_CHANNELS)
+        check_int(f"{where}.T", self.T, 1, MAX_T)
+        check_int(f"{where}.num_classes", self.num_classes, 0, MAX_CLASSES)
+        check_int(f"{where}.in_channels", self.in_channels, 0, MAX_CHANNELS)
 
 
 @dataclass
@@ -150,9 +148,9 @@ class BridgeConfig:
 
     def validate(self, where: str = "bridge") -> None:
         _choice(f"{where}.first_layer", self.first_layer, ("signed_polarity", "mean", "skip"))
-        _positive_int(f"{where}.calibration_batches", self.calibration_batches, high=MAX_SAMPLES // MAX_BATCH)
-        _positive_int(f"{where}.calibration_batch_size", self.calibration_batch_size, high=MAX_BATCH)
-        _positive_int(f"{where}.calibration_iterations", self.calibration_iterations, high=MAX_CALIBRATION_ITERATIONS)
+        check_int(f"{where}.calibration_batches", self.calibration_batches, 1, MAX_SAMPLES // MAX_BATCH)
+        check_int(f"{where}.calibration_batch_size", self.calibration_batch_size, 1, MAX_BATCH)
+        check_int(f"{where}.calibration_iterations", self.calibration_iterations, 1, MAX_CALIBRATION_ITERATIONS)
         _range_float(f"{where}.min_match", self.min_match, 0.0, 1.0)
 
 
@@ -173,7 +171,7 @@ class RunConfig:
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"{where}.device must be auto, cpu, cuda, cuda:N or mps, got {short_repr(self.device)}")
         _seed(f"{where}.seed", self.seed)
-        _positive_int(f"{where}.threads", self.threads, allow_zero=True, high=max_threads())
+        check_int(f"{where}.threads", self.threads, 0, max_threads())
         _choice(f"{where}.amp", self.amp, ("off", "bf16", "fp16"))
 
 
@@ -194,9 +192,9 @@ class EventsConfig:
     compare_epochs: int = 1
 
     def validate(self, where: str = "events") -> None:
-        _positive_int(f"{where}.time_bins", self.time_bins, allow_zero=True, high=MAX_T)
-        _positive_int(f"{where}.image_size", self.image_size, allow_zero=True, high=MAX_IMAGE_SIZE)
-        _positive_int(f"{where}.compare_epochs", self.compare_epochs, high=MAX_EPOCHS)
+        check_int(f"{where}.time_bins", self.time_bins, 0, MAX_T)
+        check_int(f"{where}.image_size", self.image_size, 0, MAX_IMAGE_SIZE)
+        check_int(f"{where}.compare_epochs", self.compare_epochs, 1, MAX_EPOCHS)
         self.finetune.validate(f"{where}.finetune")
         self.scratch.validate(f"{where}.scratch")
 
@@ -229,16 +227,14 @@ class PipelineConfig:
         if not self.neuron.spiking:
             raise ConfigError(f"neuron.kind is the SNN's neuron and must spike ({', '.join(neuron_names(spiking=True))}), "
                               f"got {short_repr(self.neuron.kind)}; the ANN's activation is ann_neuron")
-        _choice("bridge.first_layer", self.bridge.first_layer, ("signed_polarity", "mean", "skip"))
-        self.data.validate()
         self.bridge.validate()
+        self.data.validate()
         self.run.validate()
-        _positive_int("demo_conversion_samples", self.demo_conversion_samples, allow_zero=True, high=MAX_SAMPLES)
+        check_int("demo_conversion_samples", self.demo_conversion_samples, 0, MAX_SAMPLES)
         if self.bridge.transfer_optimizer and self.ann.optimizer != self.finetune.optimizer:
-            raise ConfigError(
-                f"bridge.transfer_optimizer carries the ANN optimizer's state into the fine-tune, so ann.optimizer "
-                f"({self.ann.optimizer}) and finetune.optimizer ({self.finetune.optimizer}) must be the same"
-            )
+            raise ConfigError(f"bridge.transfer_optimizer carries the ANN optimizer's state into the fine-tune, so "
+                              f"ann.optimizer ({self.ann.optimizer}) and finetune.optimizer "
+                              f"({self.finetune.optimizer}) must be the same")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,10 +247,6 @@ def check_int(name: str, value: Any, low: int, high: int | None = None, error: t
     if high is not None and value > high:
         raise error(f"{name} must be an integer <= {high}, got {short_repr(value)}")
     return value
-
-
-def _positive_int(name: str, value: Any, allow_zero: bool = False, high: int | None = None) -> None:
-    check_int(name, value, 0 if allow_zero else 1, high)
 
 
 def _seed(name: str, value: Any) -> None:
@@ -288,16 +280,12 @@ def _describe(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
         for option in typing.get_args(tp):
-            if option is type(None) and value is None:
-                return None
-        for option in typing.get_args(tp):
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
+            if option is not type(None):
+                with contextlib.suppress(ConfigError):
+                    return _coerce(value, option, key)
         raise ConfigError(f"{key}: expected {tp}, got {short_repr(value)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -306,30 +294,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if is_dataclass(tp):
         return from_dict(tp, value, key)
-    if tp is Any:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is Any or (tp in (bool, str) and isinstance(value, tp)) or (tp is int and number and isinstance(value, int)):
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except OverflowError:  # an integer beyond the float range
-                digits = f"{len(str(value))} digits" if value.bit_length() < 13000 else "over 4000 digits"
-                raise ConfigError(f"{key}: the number {str(value)[:12] if value.bit_length() < 13000 else ''}... "
-                                  f"({digits}) is too large") from None
-        if isinstance(value, str):  # YAML reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+    if tp is float and number:
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range
+            digits = f"{len(str(value))} digits" if value.bit_length() < 13000 else "over 4000 digits"
+            raise ConfigError(f"{key}: the number {str(value)[:12] if value.bit_length() < 13000 else ''}... "
+                              f"({digits}) is too large") from None
+    if tp is float and isinstance(value, str):  # YAML reads 1e-3 as a string
+        with contextlib.suppress(ValueError):
+            return float(value)
     raise ConfigError(f"{key}: expected {_describe(tp)}, got {short_repr(value)}")
 
 
@@ -346,7 +323,10 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
             label = key if isinstance(key, str) else short_repr(key)
             where = f"{prefix}.{label}" if prefix else label
             raise ConfigError(f"unknown config key {short_repr(where)}; known keys here: {', '.join(sorted(known))}")
-    defaults = _default_instance(cls)
+    try:
+        defaults = cls()
+    except TypeError:  # a dataclass with required fields: no defaults to start from
+        defaults = None
     kwargs = {}
     for key, value in data.items():
         base = getattr(defaults, key, None)
@@ -361,33 +341,12 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix}: {exc}" if prefix else str(exc)) from None
 
 
-def _default_instance(cls: type) -> Any:
-    try:
-        return cls()
-    except TypeError:  # a dataclass with required fields: no defaults to start from
-        return None
-
-
 def _merged(base: dict, update: dict) -> dict:
     """``base`` with ``update`` laid over it, section by section."""
     out = dict(base)
     for key, value in update.items():
         out[key] = _merged(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
     return out
-
-
-def to_dict(obj: Any) -> dict:
-    return asdict(obj)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {short_repr(dotted)}: {short_repr(part)} is not a section")
-    node[parts[-1]] = value
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -453,19 +412,24 @@ def read_yaml(path: str | Path) -> dict:
     except (yaml.YAMLError, ValueError, OverflowError) as exc:  # ValueError: e.g. a date like 2024-13-45
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return data
+    return data or {}
 
 
 def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """Defaults <- YAML file <- dotted overrides; validated."""
     tree: dict = read_yaml(path) if path is not None else {}
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(tree, key, value)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *sections, key = dotted.split(".")
+        node = tree
+        for part in sections:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {short_repr(dotted)}: {short_repr(part)} is not a section")
+        node[key] = value
     try:
         config = from_dict(cls, tree)
         if hasattr(config, "validate"):
@@ -476,25 +440,11 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, 
 
 
 def dump_yaml(config: Any) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    return yaml.safe_dump(asdict(config), sort_keys=False)
 
 
 __all__ = [
-    "BridgeConfig",
-    "DataConfig",
-    "EventsConfig",
-    "ModelConfig",
-    "PipelineConfig",
-    "RunConfig",
-    "TrainConfig",
-    "dataclasses",
-    "dump_yaml",
-    "from_dict",
-    "load_config",
-    "check_int",
-    "max_threads",
-    "parse_override",
-    "read_yaml",
-    "safe_yaml",
-    "to_dict",
+    "BridgeConfig", "DataConfig", "EventsConfig", "ModelConfig", "PipelineConfig", "RunConfig",
+    "TrainConfig", "dump_yaml", "from_dict", "load_config", "check_int", "max_threads", "parse_override",
+    "read_yaml", "safe_yaml",
 ]

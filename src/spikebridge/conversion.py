@@ -29,9 +29,8 @@ from torch import nn
 
 from .data.loading import DataBundle, calibration_batches, iterate_batches
 from .errors import ConfigError
-from .layers import set_time_steps
 from .neurons import NeuronConfig
-from .spikify import SpikingNet, _ActivationRecorder, _subsample, spikify_with_graph
+from .spikify import SpikingNet, _activation_sites, _Recorder, _subsample, spikify_with_graph
 
 INPUT_CODINGS = ("direct", "rate")
 
@@ -87,20 +86,21 @@ def convert(
         raise ConfigError(f"percentile must be in (0, 100], got {percentile}")
     snn, ann_graph, batches = spikify_with_graph(
         ann, NeuronConfig(kind="lif"), T, calibration, calibrate=False, calibration_samples=calibration_samples,
-        neuron_builder=lambda: IFSoftReset(1.0, initial_membrane), neuron_threshold=1.0,
+        neuron_builder=lambda: IFSoftReset(1.0, initial_membrane),
     )
     if not batches:
         raise ConfigError("conversion needs calibration batches (threshold balancing)")
     ann_graph.eval().to(device)
-    recorder = _ActivationRecorder(ann_graph)
+    sites = _activation_sites(ann_graph)
+    recorder = _Recorder(ann_graph, names={n.name for n in sites})
     values: dict[str, list[torch.Tensor]] = {}
     for x in batches:
-        recorder.outputs = {}
+        recorder.values = {}
         recorder.run(x.to(device))
-        for name, value in recorder.outputs.items():
+        for name, value in recorder.values.items():
             positive = value[value > 0]
             values.setdefault(name, []).append(_subsample(positive.cpu()))
-    for node, neuron in zip(recorder.sites, snn.neurons):
+    for node, neuron in zip(sites, snn.neurons):
         positive = torch.cat(values.get(node.name, [torch.zeros(0)]))
         level = float(torch.quantile(_subsample(positive).double(), percentile / 100)) if positive.numel() else 1.0
         neuron.threshold.fill_(max(level, 1e-6))
@@ -145,19 +145,9 @@ def outputs_at_each_T(model: nn.Module, x: torch.Tensor, steps: int) -> torch.Te
             return _cumulative_mean(model.per_step_outputs(x))
         finally:
             model.T = old
-    if isinstance(model, BridgeNet):
-        if x.dim() == model.input_ndim + 1:
-            frames = x[:steps]
-            t, batch = frames.shape[:2]
-            hidden = model.forward_stem(frames.flatten(0, 1))
-        else:
-            t, batch = steps, x.shape[0]
-            hidden = model.forward_stem(x)
-            hidden = hidden.unsqueeze(0).expand(t, *hidden.shape).flatten(0, 1)
-        set_time_steps(model._folded, t)
-        features = model.forward_features(hidden).view(t, batch, -1)
-        # BridgeNet's readout is fc(mean of features over steps)
-        return model.fc(_cumulative_mean(features))
+    if isinstance(model, BridgeNet):  # its readout is fc(mean of features over steps)
+        frames = x[:steps] if x.dim() == model.input_ndim + 1 else x
+        return model.fc(_cumulative_mean(model.per_step_features(frames, steps)))
     outs = []
     old = getattr(model, "T", None)
     try:
@@ -254,23 +244,10 @@ def conversion_accuracy_curve(
                           input_coding=input_coding, seed=seed)
 
 
-def bridge_accuracy_curve(
-    snn: nn.Module,
-    bundle: DataBundle,
-    T_values: Sequence[int],
-    *,
-    device: torch.device | str = "cpu",
-    max_samples: int | None = None,
-) -> list[tuple[int, float]]:
-    """The same SNN weights evaluated at every T in ``T_values`` (direct input)."""
-    return accuracy_curve(snn, bundle, T_values, device=device, max_samples=max_samples)
-
-
 __all__ = [
     "INPUT_CODINGS",
     "IFSoftReset",
     "accuracy_curve",
-    "bridge_accuracy_curve",
     "conversion_accuracy_curve",
     "convert",
     "outputs_at_each_T",

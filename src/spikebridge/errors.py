@@ -35,7 +35,6 @@ class OutputError(SpikebridgeError, OSError):
     system, or a file standing where a folder is needed. Also an ``OSError`` (``errno`` is kept)."""
 
 
-
 def short_repr(value: object, limit: int = 100) -> str:
     """``repr(value)`` cut to ``limit`` characters, built in bounded time and memory: error messages
     quote user values with it, so a huge (or alias-bombed) value never becomes a huge message."""

@@ -60,7 +60,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import ConfigError
-from .layers import TimeFolded
+from .layers import TimeFolded, set_time_steps
+from .models import BridgeNet
+from .neurons import get_neuron_spec, neuron_names, neuron_spec_of
+from .spikify import LayerTracer, SpikingNet, _BridgeNetForward, _Recorder, _shape_of
 from .utils import atomic_path
 
 DT = 1e-4  # one simulation step in NIR's time unit (seconds): snnTorch's fixed step
@@ -86,8 +89,6 @@ def neuron_parameters(module: nn.Module, shape: tuple[int, ...], dt: float = DT)
     ``{"type": "LIF"|"IF", "tau", "r", "v_leak", "v_threshold", "v_reset", "scale"}`` as arrays of
     ``shape`` (``scale``: the output amplitude, or None). The neuron's registry entry gives the
     mapping."""
-    from .neurons import get_neuron_spec, neuron_names, neuron_spec_of
-
     inner = module.neuron if isinstance(module, TimeFolded) else module
     spec = neuron_spec_of(inner)
     if spec is None or spec.nir is None:
@@ -150,32 +151,12 @@ class _Builder:
 
 def _trace_snn(model: nn.Module) -> tuple[nn.Module, fx.Graph]:
     """(module whose attributes the graph reads, the fx graph of one time step)."""
-    from .models.base import BridgeNet
-    from .spikify import LayerTracer, SpikingNet, _BridgeNetForward
-
     if isinstance(model, SpikingNet):
         return model, model.graph
     if isinstance(model, BridgeNet):
         root = _BridgeNetForward(model)
         return root, LayerTracer((TimeFolded,)).trace(root)
     raise ConfigError(f"NIR export supports registry SNNs and spikified nets, not {type(model).__name__}")
-
-
-class _Shapes(fx.Interpreter):
-    """Per-node output shapes (with the batch) of one frame; neurons run as T=1 sequences."""
-
-    def __init__(self, root: nn.Module, graph: fx.Graph) -> None:
-        copied = fx.Graph()
-        output = copied.graph_copy(graph, {})
-        copied.output(output)
-        super().__init__(fx.GraphModule(root, copied))
-        self.shapes: dict[str, tuple] = {}
-
-    def run_node(self, n):
-        result = super().run_node(n)
-        if isinstance(result, torch.Tensor):
-            self.shapes[n.name] = tuple(result.shape)
-        return result
 
 
 def checked_dt(dt, name: str = "NIR export: dt") -> float:
@@ -191,8 +172,6 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
     (e.g. ``(1, 28, 28)``), one time step = ``dt``; see the module docstring for the mapping."""
     nir = require_nir()
     dt = checked_dt(dt)
-    from .layers import set_time_steps
-
     model = getattr(model, "module", model)
     if not getattr(model, "spiking", False):
         raise ConfigError("NIR export needs a spiking model (a fine-tuned SNN checkpoint), not an ANN")
@@ -201,7 +180,9 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
     root, graph = _trace_snn(model)
     neurons = [m for m in model.modules() if isinstance(m, TimeFolded)]
     set_time_steps(neurons, 1)
-    shapes = _Shapes(root, graph)
+    copied = fx.Graph()  # per-node output shapes (with the batch) of one frame
+    copied.output(copied.graph_copy(graph, {}))
+    shapes = _Recorder(fx.GraphModule(root, copied), _shape_of)
     try:
         shapes.run(torch.zeros((1, *input_shape)))
     finally:
@@ -214,7 +195,7 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
     flat_in_nir: set[str] = set()  # fx values that are already flat vectors in the NIR graph
 
     def per_sample(node) -> tuple[int, ...]:
-        return tuple(shapes.shapes[node.name][1:])
+        return tuple(shapes.values[node.name][1:])
 
     for node in graph.nodes:
         if node.op == "placeholder":
@@ -285,7 +266,7 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
             target = node.target
             name = getattr(target, "__name__", str(target))
             where = f"{name}() (node {node.name})"
-            if not tensor_args or node.name not in shapes.shapes:
+            if not tensor_args or shapes.values.get(node.name) is None:
                 continue  # sizes, shapes: not part of the NIR graph
             if target in (operator.add, torch.add, operator.iadd) or target in ("add", "add_", "__add__"):
                 if len(tensor_args) != 2 or any(not isinstance(a, fx.Node) for a in node.args[:2]) or node.kwargs.get("alpha", 1) != 1:
@@ -310,12 +291,11 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
         if node.op == "get_attr":
             raise ConfigError(f"NIR export does not support tensors read in forward ({node.target})")
     _fold_scales(nir, builder.nodes, builder.edges)
-    graph_nir = nir.NIRGraph(nodes=builder.nodes, edges=builder.edges, metadata={
+    return nir.NIRGraph(nodes=builder.nodes, edges=builder.edges, metadata={
         "dt": float(dt), "time_steps": int(getattr(model, "T", 1)),
         "readout": "feed the input at every step; the prediction is the output averaged over the steps",
         "exported_by": "spikebridge",
     })
-    return graph_nir
 
 
 def _fold_scales(nir, nodes: dict, edges: list) -> None:

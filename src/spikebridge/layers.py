@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from functools import partial
 from typing import Callable, Iterator
 
 import torch
@@ -68,6 +67,17 @@ class TimeFolded(nn.Module):
         return f"T={self.time_steps}"
 
 
+def fold_time(x: torch.Tensor, input_ndim: int, T: int, what: str) -> tuple[torch.Tensor, int, int]:
+    """Static ``[B, ...]`` (``input_ndim`` dims, repeated over ``T`` steps) or events ``[T, B, ...]``
+    -> (``[T*B, ...]``, T, B); ConfigError naming ``what`` for other shapes."""
+    if x.dim() == input_ndim + 1:
+        return x.flatten(0, 1), x.shape[0], x.shape[1]
+    if x.dim() == input_ndim:
+        return x.unsqueeze(0).expand(T, *x.shape).flatten(0, 1), T, x.shape[0]
+    raise ConfigError(f"{what} expects input with {input_ndim} dims [B, ...] or {input_ndim + 1} dims "
+                      f"[T, B, ...] (events), got shape {tuple(x.shape)}")
+
+
 def set_time_steps(modules: list[TimeFolded], steps: int) -> None:
     for module in modules:
         module.time_steps = steps
@@ -112,9 +122,7 @@ class _PackedSpikes:
         self.dtype = tensor.dtype
 
     def unpack(self) -> torch.Tensor:
-        if self.from_code:
-            return torch.bitwise_right_shift(self.bits, 1).to(self.dtype)
-        return self.bits.to(self.dtype)
+        return (torch.bitwise_right_shift(self.bits, 1) if self.from_code else self.bits).to(self.dtype)
 
 
 def _pack_saved(tensor: torch.Tensor):
@@ -129,9 +137,7 @@ def _pack_saved(tensor: torch.Tensor):
 
 
 def _unpack_saved(packed):
-    if isinstance(packed, _PackedSpikes):
-        return packed.unpack()
-    return packed
+    return packed.unpack() if isinstance(packed, _PackedSpikes) else packed
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,11 +148,6 @@ _plain_convolutions = threading.local()  # .on: inside a checkpointed block (rec
 #: next to the step's peak (reached at the largest activations), and on small maps oneDNN's
 #: transposed convolution is slower than its backward-data call (a few per cent of a step in all).
 LEAN_CONV_MIN_NUMEL = 1 << 20
-
-
-def _transpose_output_padding(size: int, out: int, stride: int, padding: int, kernel: int) -> int:
-    """The ``output_padding`` for which ``conv_transpose2d`` of an ``out``-sized map gives ``size``."""
-    return size - ((out - 1) * stride - 2 * padding + kernel)
 
 
 class _SpikeConv2d(torch.autograd.Function):
@@ -185,9 +186,9 @@ class _SpikeConv2d(torch.autograd.Function):
                 False, [0, 0], 1, [False, want_w, want_b])
         size = x.shape[-2:]
         del x  # the float spikes go before the input gradient is built
-        if want_x:
-            extra = [_transpose_output_padding(size[i], grad_output.shape[2 + i], stride[i], padding[i],
-                                               weight.shape[2 + i]) for i in range(2)]
+        if want_x:  # the output_padding for which the transposed convolution gives back x's size
+            extra = [size[i] - ((grad_output.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + weight.shape[2 + i])
+                     for i in range(2)]
             grad_x = F.conv_transpose2d(grad_output, weight, None, stride, padding, extra)
         return grad_x, grad_w, grad_b, None, None
 
@@ -274,17 +275,14 @@ def preserve_batchnorm_stats(module: nn.Module) -> Iterator[None]:
                 buffer.copy_(value)
 
 
-def _checkpoint_contexts(block: nn.Module):
-    return contextlib.nullcontext(), preserve_batchnorm_stats(block)
-
-
 def run_checkpointed(block: Callable[[torch.Tensor], torch.Tensor] | nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``block(x)`` under activation checkpointing: nothing inside the block is kept for the
     backward (only its input); the backward runs the block's forward again. Non-reentrant
     ``torch.utils.checkpoint``; BatchNorm running statistics are not updated by the recomputation.
     Gradients equal the plain path's (the recomputation is deterministic on CPU)."""
-    contexts = partial(_checkpoint_contexts, block) if isinstance(block, nn.Module) else None
-    kwargs = {"context_fn": contexts} if contexts is not None else {}
+    kwargs = {}
+    if isinstance(block, nn.Module):
+        kwargs["context_fn"] = lambda: (contextlib.nullcontext(), preserve_batchnorm_stats(block))
     previous = getattr(_plain_convolutions, "on", False)
     _plain_convolutions.on = True  # the recomputation runs outside compact_spike_storage: match it
     try:

@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError
 from .export import DT, checked_dt, require_nir
-from .layers import TimeFolded, set_time_steps
+from .layers import TimeFolded, fold_time, set_time_steps
 from .neurons import NeuronConfig
 
 SUPPORTED = "Input, Output, Conv2d, Affine, Linear, AvgPool2d, SumPool2d, Flatten, Scale, LIF, IF"
@@ -77,16 +77,9 @@ class NIRNet(nn.Module):
         self._neurons = [m for m in self.layers.values() if isinstance(m, TimeFolded)]
 
     def per_step_outputs(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == self.input_ndim:
-            steps, batch = self.T, x.shape[0]
-            x = x.unsqueeze(0).expand(steps, *x.shape)
-        elif x.dim() == self.input_ndim + 1:
-            steps, batch = x.shape[:2]
-        else:
-            raise ConfigError(f"this NIR network expects input with {self.input_ndim} dims [B, ...] or "
-                              f"{self.input_ndim + 1} dims [T, B, ...], got shape {tuple(x.shape)}")
+        folded, steps, batch = fold_time(x, self.input_ndim, self.T, "this NIR network")
         set_time_steps(self._neurons, steps)
-        values = {self.order[0][0]: x.flatten(0, 1)}
+        values = {self.order[0][0]: folded}
         for name, sources in self.order[1:]:
             h = values[sources[0]]
             for source in sources[1:]:

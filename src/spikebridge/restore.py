@@ -1,19 +1,11 @@
 """Rebuild models from what a user gives on the command line: a Python file + class name (their
-own ANN), or a spikebridge checkpoint (whose metadata says how to rebuild its model).
+own ANN, :func:`import_ann`), or a spikebridge checkpoint (whose metadata says how to rebuild its
+model, :func:`load_model` / :func:`model_from_checkpoint`).
 
-* :func:`import_ann` imports ``FILE.py:ClassName`` by path and instantiates it (``kwargs`` from
-  ``--ann-kwargs``), with one-line errors for a missing file, a missing class or constructor
-  arguments it needs.
-* :func:`load_ann_weights` loads a ``.pth`` / ``.safetensors`` / checkpoint state dict strictly.
-* :func:`load_model` / :func:`model_from_checkpoint` rebuild a checkpoint's model (registry
-  ANN/SNN, the user's ANN class, or a spikified user ANN) and load its weights.
-
-A checkpoint is data. Its fields are checked by type and range (:func:`check_model_meta`) and its
-tensors against the model (keys, shapes, float vs integer, finite values) before the model is
-built for real. A checkpoint of the user's own class needs that class's Python code: loading it
-imports nothing unless the caller names the code (``code="FILE.py:Class"``, the CLI's ``--ann``;
-the file's SHA-256 must equal the one recorded in ``ann_sha256``) or opts in to the recorded file
-(``trust_code=True``, ``--trust-code``; its hash is checked too).
+A checkpoint is data: its fields (:func:`check_model_meta`) and tensors (:func:`check_weights`) are
+checked before the model is built for real. A checkpoint of the user's own class imports nothing
+unless the caller names the code (``code=``, ``--ann``) or trusts the recorded file
+(``trust_code=True``, ``--trust-code``); the file's SHA-256 is checked against ``ann_sha256``.
 
 Checkpoint metadata of a spikified model (written by ``spikebridge finetune``, ``pipes`` and
 ``piped`` for ``--ann FILE.py:ClassName``; :func:`spikified_meta`)::
@@ -186,15 +178,10 @@ def check_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], 
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            k = mismatched[0]
-            parts.append(f"shape mismatch {k}: file {list(state[k].shape)} vs model {list(own[k].shape)}")
-        if missing:
-            parts.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}")
+    parts = [f"shape mismatch {k}: file {list(state[k].shape)} vs model {list(own[k].shape)}" for k in mismatched[:1]]
+    parts += [f"{label} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+              for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    if parts:
         raise CheckpointError(_clip(f"{source}: the weights do not fit {model_name} ({'; '.join(parts)})", 300))
     for key, value in own.items():
         tensor = state[key]
@@ -334,12 +321,6 @@ def check_model_meta(meta: Any, where: str = "the checkpoint") -> dict[str, Any]
 # ------------------------------------------------------------------------------------------------
 # rebuilding
 # ------------------------------------------------------------------------------------------------
-def _needs_code_error(where: str, info: dict) -> CheckpointError:
-    path, _sep, class_name = info["ann"].rpartition(":")
-    return CheckpointError(f"{where}: this checkpoint needs Python code ({class_name} from {_clip(path)}); name it with "
-                           "--ann FILE.py:Class or pass --trust-code to import the recorded file")
-
-
 def resolve_code(info: dict, *, code: str | None, trust_code: bool, where: str = "the checkpoint") -> str:
     """The ``FILE.py:Class`` a user-class checkpoint (``info`` = its checked ``meta["model"]``)
     may import, or ``CheckpointError`` - importing nothing. ``code`` (the user's ``--ann``) must
@@ -364,7 +345,9 @@ def resolve_code(info: dict, *, code: str | None, trust_code: bool, where: str =
                                   f"(SHA-256 {file_sha256(file)[:12]}..., recorded {digest[:12]}...)")
         return absolute_class_spec(code)
     if not trust_code:
-        raise _needs_code_error(where, info)
+        raise CheckpointError(f"{where}: this checkpoint needs Python code ({recorded_class} from "
+                              f"{_clip(recorded_path)}); name it with --ann FILE.py:Class or pass --trust-code to "
+                              "import the recorded file")
     file = Path(recorded_path)
     if not file.is_absolute():
         raise CheckpointError(f"{where}: the recorded code path {_clip(recorded_path)} is not absolute; "
@@ -392,11 +375,10 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
     if T is not None:
         check_int("--T", T, 1, MAX_T)
     info = check_model_meta(meta, where)
-    neuron_record = meta.get("neuron")
     steps = int(T or info.get("T", 1))
     if info["name"] == USER_ANN_MODEL_NAME:
         return import_ann(resolve_code(info, code=code, trust_code=trust_code, where=where), info.get("ann_kwargs") or {})
-    neuron = neuron_from_meta(neuron_record or {}, where)
+    neuron = neuron_from_meta(meta.get("neuron") or {}, where)
     if info["name"] == SPIKIFIED_MODEL_NAME:
         from .spikify import adapt_input_conv, spikify
 
@@ -411,9 +393,11 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
         return snn
     from .models import create_model
 
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in (info.get("options") or {}).items()}
+
     def build() -> nn.Module:
         return create_model(info["name"], num_classes=info["num_classes"], neuron=neuron, T=steps,
-                            in_channels=info["in_channels"], **stored_model_options(info))
+                            in_channels=info["in_channels"], **options)
 
     try:
         with torch.device("meta"):
@@ -426,11 +410,6 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
     elif sum(v.numel() for v in own.values()) > MAX_MODEL_ELEMENTS:
         raise CheckpointError(f"{_clip(where)}: the model the checkpoint describes has more than {MAX_MODEL_ELEMENTS} elements")
     return build()
-
-
-def stored_model_options(spec: dict) -> dict[str, Any]:
-    """A checkpoint's ``model.options`` (lists back to the tuples the constructors take)."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in (spec.get("options") or {}).items()}
 
 
 def model_from_checkpoint(path: str | Path | Any, *, T: int | None = None, code: str | None = None,
@@ -470,23 +449,8 @@ def load_model(path: str | Path, *, T: int | None = None, code: str | None = Non
 
 
 __all__ = [
-    "MAX_JSON_DEPTH",
-    "MAX_MODEL_ELEMENTS",
-    "SPIKIFIED_MODEL_NAME",
-    "USER_ANN_MODEL_NAME",
-    "absolute_class_spec",
-    "ann_class_meta",
-    "check_json_value",
-    "check_model_meta",
-    "check_weights",
-    "import_ann",
-    "is_python_class_spec",
-    "load_ann_weights",
-    "load_model",
-    "model_from_checkpoint",
-    "model_from_meta",
-    "neuron_from_meta",
-    "parse_ann_kwargs",
-    "resolve_code",
-    "spikified_meta",
+    "MAX_JSON_DEPTH", "MAX_MODEL_ELEMENTS", "SPIKIFIED_MODEL_NAME", "USER_ANN_MODEL_NAME",
+    "absolute_class_spec", "ann_class_meta", "check_json_value", "check_model_meta", "check_weights",
+    "import_ann", "is_python_class_spec", "load_ann_weights", "load_model", "model_from_checkpoint",
+    "model_from_meta", "neuron_from_meta", "parse_ann_kwargs", "resolve_code", "spikified_meta",
 ]

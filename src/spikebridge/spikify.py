@@ -35,9 +35,8 @@ neuron's input current, the ANN gives the activation it should reproduce, and ``
 candidate (percentiles of the ANN activation, then a golden-section refinement) that minimises the
 mean squared error between the ANN activation and the SNN's time-averaged output (one threshold per
 layer by default, one per channel with ``per_channel_thresholds=True``). Thresholds are
-``nn.Parameter`` s and keep training during fine-tuning. Measured on the embedded MNIST
-(``benchmarks/byo_ann_mnist.py``, a BN-free CNN, T=4): ANN 98.6% -> 97.7% right after spikify ->
-98.6% after one fine-tuning epoch.
+``nn.Parameter`` s and keep training during fine-tuning (``benchmarks/byo_ann_mnist.py`` measures
+the accuracy right after spikify and after fine-tuning).
 
 Layers with no per-frame or spiking meaning (LSTM/GRU, attention, GELU/SiLU/Tanh/Sigmoid, ops that
 move the batch axis) raise :class:`~spikebridge.errors.ConfigError` naming the layer.
@@ -52,8 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .bridge import FIRST_LAYER_MODES, _adapt_first_layer, _run_to
 from .errors import ConfigError
-from .layers import TimeFolded, set_time_steps
+from .layers import TimeFolded, fold_time, set_time_steps
+from .models import BridgeNet
+from .models.registry import as_neuron_config
 from .neurons import NeuronConfig, SharpenedReLU, neuron_names
 
 # ReLU-like activations that become spiking neurons
@@ -166,6 +168,14 @@ def _is_shape_like(node: fx.Node, known: set[fx.Node]) -> bool:
     return False
 
 
+def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
+    dependent: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder" or any(arg in dependent for arg in node.all_input_nodes):
+            dependent.add(node)
+    return dependent
+
+
 def static_input_graph(graph: fx.Graph, modules: dict[str, nn.Module]) -> fx.Graph | None:
     """A copy of the folded graph for static input ``[B, ...]``: the part before the first neurons
     runs once per image and :class:`TimeExpand` repeats its values over T where neurons (or
@@ -175,12 +185,10 @@ def static_input_graph(graph: fx.Graph, modules: dict[str, nn.Module]) -> fx.Gra
     value_map: dict[fx.Node, fx.Node] = {}
     output = new.graph_copy(graph, value_map)
     new.output(output)
-    input_dependent: set[fx.Node] = set()
+    input_dependent = _input_dependent(new)
     dynamic: set[fx.Node] = set()
     shape_like: set[fx.Node] = set()
     for node in new.nodes:
-        if node.op == "placeholder" or any(a in input_dependent for a in node.all_input_nodes):
-            input_dependent.add(node)
         if (node.op == "call_module" and isinstance(modules.get(node.target), ThresholdNeuron)) or any(
             a in dynamic for a in node.all_input_nodes
         ):
@@ -219,6 +227,8 @@ class SpikingNet(nn.Module):
 
     ``per_step_outputs(x)`` returns the ``[T, B, ...]`` outputs before the average.
     """
+
+    spiking = True
 
     def __init__(
         self,
@@ -262,10 +272,6 @@ class SpikingNet(nn.Module):
         self.T = T
 
     @property
-    def spiking(self) -> bool:
-        return True
-
-    @property
     def neurons(self) -> list[ThresholdNeuron]:
         return list(self._neurons)
 
@@ -274,30 +280,17 @@ class SpikingNet(nn.Module):
         """The traced forward's Python source (what runs on ``[T*B, ...]``)."""
         return self._code
 
-    def fold_input(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """``[B, ...]`` or ``[T, B, ...]`` -> (``[T*B, ...]``, T, B)."""
-        if x.dim() == self.input_ndim + 1:
-            steps, batch = x.shape[:2]
-            return x.flatten(0, 1), steps, batch
-        if x.dim() == self.input_ndim:
-            steps, batch = self.T, x.shape[0]
-            return x.unsqueeze(0).expand(steps, *x.shape).flatten(0, 1), steps, batch
-        raise ConfigError(
-            f"this spikified network expects input with {self.input_ndim} dims [B, ...] or "
-            f"{self.input_ndim + 1} dims [T, B, ...] (events), got shape {tuple(x.shape)}"
-        )
-
     def per_step_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """The network's output at every step, ``[T, B, ...]`` (the forward averages it over T)."""
         if x.dim() == self.input_ndim and self._static_forward is not None:
             steps, batch = self.T, x.shape[0]
-            set_time_steps(self._neurons, steps)
             getattr(self, TIME_EXPAND_NAME).steps = steps
-            out = self._static_forward(self, x)
+            forward = self._static_forward
         else:
-            folded, steps, batch = self.fold_input(x)
-            set_time_steps(self._neurons, steps)
-            out = self._graph_forward(self, folded)
+            x, steps, batch = fold_time(x, self.input_ndim, self.T, "this spikified network")
+            forward = self._graph_forward
+        set_time_steps(self._neurons, steps)
+        out = forward(self, x)
         if not isinstance(out, torch.Tensor):
             raise ConfigError(f"spikify supports networks that return one tensor, got {type(out).__name__}")
         return out.unflatten(0, (steps, batch))
@@ -315,12 +308,7 @@ class SpikingNet(nn.Module):
 # Tracing helpers
 # ------------------------------------------------------------------------------------------------
 def _as_neuron_config(neuron: str | NeuronConfig) -> NeuronConfig:
-    if isinstance(neuron, NeuronConfig):
-        config = neuron
-    elif isinstance(neuron, str):
-        config = NeuronConfig(kind=neuron)
-    else:
-        raise ConfigError(f"neuron must be a neuron name or a NeuronConfig, got {type(neuron).__name__}")
+    config = as_neuron_config(neuron)
     if not config.spiking:
         raise ConfigError(f"spikify needs a spiking neuron ({', '.join(neuron_names(spiking=True))}), got {config.kind!r}")
     return config
@@ -358,8 +346,6 @@ class _BridgeNetForward(nn.Module):
 
 
 def _traceable(ann: nn.Module) -> nn.Module:
-    from .models.base import BridgeNet
-
     if isinstance(ann, BridgeNet):
         if ann.spiking:
             raise ConfigError("spikify expects an ANN; this registry model is already spiking")
@@ -421,20 +407,15 @@ def _activation_affine(module: nn.Module | None) -> tuple[float, float]:
 def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules[node.target], ACTIVATION_MODULES)
-    if node.op == "call_function":
-        return node.target in ACTIVATION_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in ACTIVATION_METHODS
-    return False
+    return (node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS) or (
+        node.op == "call_method" and node.target in ACTIVATION_METHODS)
 
 
-_REFUSED_MODULES: tuple[tuple[type[nn.Module], str], ...] = (
+_REFUSED_MODULES = (
     (nn.RNNBase, "a recurrent layer carries its own state across a sequence; it cannot run per frame"),
     (nn.RNNCellBase, "a recurrent cell carries its own state; it cannot run per frame"),
-    (nn.MultiheadAttention, "attention has no spiking equivalent here"),
-    (nn.Transformer, "attention has no spiking equivalent here"),
-    (nn.TransformerEncoderLayer, "attention has no spiking equivalent here"),
-    (nn.TransformerDecoderLayer, "attention has no spiking equivalent here"),
+    ((nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer),
+     "attention has no spiking equivalent here"),
 )
 
 
@@ -476,24 +457,24 @@ def _check_call(node: fx.Node) -> None:
 # ------------------------------------------------------------------------------------------------
 # Batch-axis check: every tensor that carries the batch in the ANN must carry T*B when folded
 # ------------------------------------------------------------------------------------------------
-class _ShapeRecorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule) -> None:
+class _Recorder(fx.Interpreter):
+    """Runs a traced graph and keeps ``keep(value)`` of every node named in ``names`` (None: all)."""
+
+    def __init__(self, gm: fx.GraphModule, keep: Callable = lambda value: value,
+                 names: set[str] | None = None) -> None:
         super().__init__(gm)
-        self.shapes: dict[str, tuple | None] = {}
+        self.keep, self.names = keep, names
+        self.values: dict[str, object] = {}
 
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
-        self.shapes[n.name] = tuple(result.shape) if isinstance(result, torch.Tensor) else None
+        if self.names is None or n.name in self.names:
+            self.values[n.name] = self.keep(result)
         return result
 
 
-def _input_dependent(gm: fx.GraphModule) -> set[str]:
-    dependent: set[str] = set()
-    for node in gm.graph.nodes:
-        if node.op == "placeholder" or any(arg.name in dependent for arg in node.all_input_nodes):
-            dependent.add(node.name)
-    return dependent
-
+def _shape_of(value) -> tuple | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 @torch.no_grad()
 def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> None:
@@ -504,12 +485,12 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
     was_training = gm.training
     gm.eval()
     try:
-        plain, folded = _ShapeRecorder(gm), _ShapeRecorder(gm)
+        plain, folded = _Recorder(gm, _shape_of), _Recorder(gm, _shape_of)
         plain.run(example)
         try:
             folded.run(example.unsqueeze(0).expand(T, *example.shape).flatten(0, 1))
         except Exception as exc:
-            failing = next((n for n in gm.graph.nodes if n.name not in folded.shapes), None)
+            failing = next((n for n in gm.graph.nodes if n.name not in folded.values), None)
             where = f" at node {failing.name} ({failing.op} {getattr(failing.target, '__name__', failing.target)})" if failing else ""
             raise ConfigError(
                 f"the network fails on a time-folded batch{where}: {str(exc).splitlines()[0][:160]}; "
@@ -517,12 +498,12 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
             ) from None
     finally:
         gm.train(was_training)
-    dependent = _input_dependent(gm)
+    dependent = _input_dependent(gm.graph)
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
-        if node.name not in dependent or node.op in ("placeholder", "output"):
+        if node not in dependent or node.op in ("placeholder", "output"):
             continue
-        a, b = plain.shapes.get(node.name), folded.shapes.get(node.name)
+        a, b = plain.values.get(node.name), folded.values.get(node.name)
         if a is None or b is None:
             continue
         ok = len(a) >= 1 and a[0] == batch and b == (T * batch, *a[1:])
@@ -579,15 +560,13 @@ def spikify_with_graph(
     calibration_samples: int = 512,
     per_channel_thresholds: bool = False,
     neuron_builder: Callable[[], nn.Module] | None = None,
-    neuron_threshold: float | None = None,
 ) -> tuple[SpikingNet, fx.GraphModule, list[torch.Tensor]]:
     """:func:`spikify`, also returning the traced ANN (``fx.GraphModule``, its activation nodes
     in the same order as ``snn.neurons``) and the calibration batches it used.
 
     Args:
-        neuron_builder, neuron_threshold: build each site's time-major neuron with this factory
-            (threshold ``neuron_threshold``) instead of ``neuron`` (the conversion baseline's IF
-            neurons use it).
+        neuron_builder: build each site's time-major neuron (with a ``threshold`` attribute) with
+            this factory instead of ``neuron`` (the conversion baseline's IF neurons use it).
     """
     config = _as_neuron_config(neuron)
     if not (isinstance(T, int) and T >= 1):
@@ -640,7 +619,7 @@ def spikify_with_graph(
             what = getattr(node.target, "__name__", node.target)
             source = f"{what}() in forward" if node.op == "call_function" else f"x.{what}() in forward"
         inner = neuron_builder() if neuron_builder is not None else config.build()
-        inner_threshold = float(neuron_threshold if neuron_threshold is not None else config.threshold)
+        inner_threshold = float(inner.threshold if neuron_builder is not None else config.threshold)
         threshold_module = ThresholdNeuron(
             inner, inner_threshold, threshold=inner_threshold, input_scale=scale,
             input_shift=shift, analog=neuron_builder is None and config.spec.analog_output, source=source, time_steps=T,
@@ -678,25 +657,10 @@ def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
 # ------------------------------------------------------------------------------------------------
 # Threshold calibration
 # ------------------------------------------------------------------------------------------------
-class _StopForward(Exception):
-    pass
-
-
-class _ActivationRecorder(fx.Interpreter):
-    """Runs the traced ANN and keeps the outputs of the activation nodes, in graph order."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
-        modules = dict(gm.named_modules())
-        self.sites = [n for n in gm.graph.nodes if _is_activation(n, modules)]
-        self.site_set = {n.name for n in self.sites}
-        self.outputs: dict[str, torch.Tensor] = {}
-
-    def run_node(self, n: fx.Node):
-        result = super().run_node(n)
-        if n.name in self.site_set:
-            self.outputs[n.name] = result
-        return result
+def _activation_sites(gm: fx.GraphModule) -> list[fx.Node]:
+    """The traced ANN's activation nodes, in graph order."""
+    modules = dict(gm.named_modules())
+    return [n for n in gm.graph.nodes if _is_activation(n, modules)]
 
 
 def _subsample(values: torch.Tensor, limit: int = 1_000_000) -> torch.Tensor:
@@ -734,8 +698,7 @@ def calibrate_thresholds(
     was_training = snn.training
     snn.to(device).eval()
     ann_graph.eval().to(device)
-    recorder = _ActivationRecorder(ann_graph)
-    ann_sites = [n.name for n in recorder.sites]
+    ann_sites = [n.name for n in _activation_sites(ann_graph)]
     if len(ann_sites) != len(snn.neurons):
         raise ConfigError("internal: activation sites and neurons differ in number")
     ann_inputs = list(ann_batches) if ann_batches is not None else batches  # [B, ...] each
@@ -744,32 +707,18 @@ def calibrate_thresholds(
     chosen: dict[str, float] = {}
     names = {id(m): n for n, m in snn.named_modules()}
     for site_name, neuron in zip(ann_sites, snn.neurons):
-        captured: list[torch.Tensor] = []
-
-        def grab(_module, inputs, _output=None):
-            captured.append(inputs[0].detach())
-            raise _StopForward
-
-        handle = neuron.register_forward_pre_hook(lambda m, i: grab(m, i))
-        try:
-            for x in batches:
-                try:
-                    snn(x.to(device))
-                except _StopForward:
-                    pass
-        finally:
-            handle.remove()
-        currents = torch.cat([c.cpu() for c in captured], dim=0)  # [T*B, ...] per batch, concatenated
+        # the neuron's input [T*b, ...] for every batch
+        currents = [_run_to(neuron, lambda x=x: snn(x.to(device)), before=True).detach().cpu()
+                    for x in batches]
         # the ANN's activation [B, ...] at this site only (negative parts of a leaky ReLU cannot
         # spike: clamped); one site at a time keeps the memory to (T + 1) x one activation
-        recorder.site_set = {site_name}
+        recorder = _Recorder(ann_graph, names={site_name})
         target_parts = []
         for x in ann_inputs:
-            recorder.outputs = {}
             recorder.run(x.to(device))
-            target_parts.append(recorder.outputs[site_name].cpu())
+            target_parts.append(recorder.values[site_name].cpu())
         target = torch.cat(target_parts, dim=0).clamp(min=0)
-        level = _fit_threshold(neuron, currents, target, ann_inputs, refine_steps, per_channel)
+        level = _fit_threshold(neuron, currents, target, refine_steps, per_channel)
         chosen[names[id(neuron)]] = float(level.mean())
     snn.train(was_training)
     return chosen
@@ -782,35 +731,27 @@ def _channel_view(values: torch.Tensor, per_channel: bool) -> torch.Tensor:
     return values.reshape(1, -1)
 
 
-def _fit_threshold(neuron: ThresholdNeuron, currents: torch.Tensor, ann_value: torch.Tensor,
-                   batches: list[torch.Tensor], refine_steps: int, per_channel: bool = False) -> torch.Tensor:
+def _fit_threshold(neuron: ThresholdNeuron, currents: list[torch.Tensor], ann_value: torch.Tensor,
+                   refine_steps: int, per_channel: bool = False) -> torch.Tensor:
     """Set ``neuron.threshold`` (one level, or one per channel = dim 1) to what makes the
     time-averaged output best match ``ann_value`` (``[N, ...]``, mean squared error) given the
-    neuron's input ``currents`` (``[T*b, ...]`` per batch, concatenated; ``batches``: the ANN's
-    inputs ``[b, ...]``, for the batch sizes): a grid of percentiles of
-    the ANN's positive activations, then a golden-section refinement (log scale) per channel."""
-    steps = currents.shape[0] // ann_value.shape[0]
+    neuron's input ``currents`` (``[T*b, ...]`` for each batch of ``b`` samples): a grid of
+    percentiles of the ANN's positive activations, then a golden-section refinement (log scale) per
+    channel."""
+    steps = sum(len(c) for c in currents) // ann_value.shape[0]
     per_channel = per_channel and ann_value.dim() >= 2
     channels = ann_value.shape[1] if per_channel else 1
-    # the captured currents were recorded batch by batch: [T*b1, ...], [T*b2, ...]; rebuild per batch
-    chunks, start = [], 0
-    for x in batches:
-        size = len(x) * steps
-        chunks.append(currents[start : start + size])
-        start += size
+    targets = ann_value.split([len(c) // steps for c in currents])
     neuron.time_steps = steps
     shape = (channels,) if per_channel else ()
     neuron.threshold = nn.Parameter(torch.ones(shape, dtype=neuron.threshold.dtype, device=neuron.threshold.device))
 
     def error(level: torch.Tensor) -> torch.Tensor:  # [channels] -> [channels]
         neuron.threshold.copy_(level.reshape(shape))
-        total, offset = torch.zeros(channels, dtype=torch.float64), 0
-        for chunk in chunks:
-            b = chunk.shape[0] // steps
-            out = neuron(chunk).unflatten(0, (steps, b)).mean(0)
-            diff = (out - ann_value[offset : offset + b]).double().pow(2)
-            total += _channel_view(diff, per_channel).sum(1)
-            offset += b
+        total = torch.zeros(channels, dtype=torch.float64)
+        for chunk, target in zip(currents, targets):
+            out = neuron(chunk).unflatten(0, (steps, len(target))).mean(0)
+            total += _channel_view((out - target).double().pow(2), per_channel).sum(1)
         return total
 
     view = _channel_view(ann_value, per_channel)
@@ -887,8 +828,6 @@ def adapt_input_conv(model: nn.Module, in_channels: int, mode: str = "mean", *,
     (stride, padding, dilation, padding mode) are kept. Nothing changes when the conv already
     takes ``in_channels``.
     """
-    from .bridge import FIRST_LAYER_MODES, _adapt_first_layer
-
     if mode not in FIRST_LAYER_MODES:
         raise ConfigError(f"unknown first-layer mode {mode!r}; expected one of {', '.join(FIRST_LAYER_MODES)}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:

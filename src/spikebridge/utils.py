@@ -97,13 +97,10 @@ def temp_target(name: str) -> str | None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
-
-    The temporary file is :func:`temp_name` (``.spikebridge-tmp.<name>.<random hex>.tmp``) in the same folder, created with the
-    process's umask (like any new file, so the output is readable as usual). On any exception the
-    temporary file is removed and ``path`` is left untouched, so a reader never sees a half-written
-    file. Failures of the file system (disk full, permission denied, a file where a folder is
-    needed), here or while the body writes, are raised as :class:`~spikebridge.errors.OutputError`
+    """Yield a temporary path beside ``path`` (:func:`temp_name`, created with the process's umask);
+    on success it is fsynced and renamed onto ``path``. On any exception it is removed and ``path``
+    is left untouched, so a reader never sees a half-written file. File-system failures (disk full,
+    permission denied, a file where a folder is needed) raise :class:`~spikebridge.errors.OutputError`
     naming ``path``.
     """
     path = Path(path)
@@ -140,12 +137,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def remove_stale_temps(folder: str | os.PathLike, targets: Iterable[str] = ("*",)) -> int:
-    """Delete temporary files that killed writes left in ``folder`` (not recursive).
-
-    ``targets``: glob patterns of the target names (``"metrics.csv"``, ``"last-e*.safetensors"``;
-    names escaped with ``glob.escape`` work); only files named as :func:`temp_name` names them
-    (``.spikebridge-tmp.<target>.<12 hex>.tmp``) are removed, never another program's ``*.tmp``.
-    Only call this when no other process is writing these targets. Returns how many were removed.
+    """Delete temporary files that killed writes left in ``folder`` (not recursive): only files
+    :func:`temp_name` named for a target matching a glob of ``targets`` (``"last-e*.safetensors"``),
+    never another program's. Only call it when no other process writes these targets. Returns how
+    many were removed.
     """
     removed = 0
     try:

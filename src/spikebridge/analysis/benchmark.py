@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import ConfigError, short_repr
 from ..neurons import neuron_names
+from ..utils import atomic_write_text
 from .plots import plot_accuracy_vs_time
 from .summary import time_to_target, write_json
 
@@ -139,14 +140,10 @@ def summarize(runs: list[BenchRun], *, dataset: str, ann: dict | None, target_me
     by_name = {r.method: r for r in runs}
     if target_method in by_name:
         target = by_name[target_method].best_acc
-        summary["target_method"] = target_method
-        summary["target_acc"] = target
-        reach = {}
-        for run in runs:
-            reach[run.method] = {"snn_seconds": time_to_target(run.curve, target),
-                                 "total_seconds": time_to_target(run.total_curve(), target),
-                                 "total_cpu_seconds": time_to_target(run.total_curve(cpu=True), target)}
-        summary["time_to_target"] = reach
+        summary.update(target_method=target_method, target_acc=target, time_to_target={
+            run.method: {"snn_seconds": time_to_target(run.curve, target),
+                         "total_seconds": time_to_target(run.total_curve(), target),
+                         "total_cpu_seconds": time_to_target(run.total_curve(cpu=True), target)} for run in runs})
     summary.update(extra or {})
     return summary
 
@@ -199,43 +196,21 @@ def render_markdown(summary: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy_vs_epochs(summary: dict, path: str | Path, *, title: str) -> None:
-    """Test accuracy against epochs of SNN training, one line per method."""
-    plot_accuracy_vs_time(summary["runs"], path, title=title, target=summary.get("target_acc"),
-                          x="epochs", label_key="method")
-
-
-def write_report(summary: dict, out: str | Path, *, title: str) -> dict[str, Path]:
+def write_report(summary: dict, out: str | Path, *, title: str) -> None:
     """Write ``benchmark.json``, ``benchmark.md``, ``accuracy_vs_time.png`` (all training seconds)
-    and ``accuracy_vs_epochs.png`` into ``out``; returns their paths."""
+    and ``accuracy_vs_epochs.png`` (epochs of SNN training, one line per method) into ``out``."""
     out = Path(out)
-    paths = {
-        "json": out / "benchmark.json",
-        "markdown": out / "benchmark.md",
-        "time_figure": out / "accuracy_vs_time.png",
-        "epoch_figure": out / "accuracy_vs_epochs.png",
-    }
-    write_json(paths["json"], summary)
+    write_json(out / "benchmark.json", summary)
     shifted = [{"name": run.method, "best_acc": run.best_acc, "curve": run.total_curve()}
                for run in map(BenchRun.from_dict, summary["runs"])]
-    plot_accuracy_vs_time(shifted, paths["time_figure"], title=f"{title}: accuracy vs training time (ANN included)",
-                          target=summary.get("target_acc"))
-    plot_accuracy_vs_epochs(summary, paths["epoch_figure"], title=f"{title}: accuracy vs epochs")
-    from ..utils import atomic_write_text
-
-    atomic_write_text(paths["markdown"], render_markdown(summary, title))
-    return paths
+    plot_accuracy_vs_time(shifted, out / "accuracy_vs_time.png", target=summary.get("target_acc"),
+                          title=f"{title}: accuracy vs training time (ANN included)")
+    plot_accuracy_vs_time(summary["runs"], out / "accuracy_vs_epochs.png", title=f"{title}: accuracy vs epochs",
+                          target=summary.get("target_acc"), x="epochs", label_key="method")
+    atomic_write_text(out / "benchmark.md", render_markdown(summary, title))
 
 
 __all__ = [
-    "BASES",
-    "BenchMethod",
-    "BenchRun",
-    "markdown_table",
-    "parse_method",
-    "parse_methods",
-    "plot_accuracy_vs_epochs",
-    "render_markdown",
-    "summarize",
-    "write_report",
+    "BASES", "BenchMethod", "BenchRun", "markdown_table", "parse_method", "parse_methods",
+    "render_markdown", "summarize", "write_report",
 ]

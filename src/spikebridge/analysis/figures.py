@@ -1,14 +1,6 @@
-"""Figures for evaluation reports (PNG, readable without the code: titles, units, legends).
-
-* :func:`plot_accuracy_vs_T`: test accuracy against the number of time steps, one line per method
-  (the bridge's SNN vs classic conversion of the same ANN).
-* :func:`plot_firing_rates`: the firing rate of every neuron layer.
-* :func:`plot_spike_raster`: which of a few neurons spike at which step, for one sample.
-* :func:`plot_event_frames`: a sample's event frames, ON and OFF events per time step.
-* :func:`plot_images`: images side by side (a sample, or a clip's frames).
-* :func:`conversion_vs_bridge`: measures both accuracy-vs-T curves and writes their figure.
-
-(``plots.plot_accuracy_vs_time`` draws accuracy against training time.)
+"""Figures for evaluation reports (PNG, readable without the code: titles, units, legends):
+accuracy against T, firing rates, spike rasters, event frames, images, and
+:func:`conversion_vs_bridge` (``plots.plot_accuracy_vs_time``: accuracy against training time).
 """
 from __future__ import annotations
 
@@ -16,15 +8,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from .plots import save_png  # noqa: E402
+from .plots import plt, save_png
 
 
 def plot_accuracy_vs_T(
@@ -159,20 +147,10 @@ def record_spikes(model: nn.Module, x: torch.Tensor, *, layer: str | None = None
     return name, per_step[:, choice]
 
 
-def conversion_vs_bridge(
-    ann: nn.Module,
-    snn: nn.Module,
-    bundle,
-    T_values: Sequence[int],
-    out_dir: str | Path,
-    *,
-    max_samples: int | None = 1000,
-    calibration_batches: int = 2,
-    calibration_batch_size: int = 128,
-    percentile: float = 99.9,
-    device: torch.device | str = "cpu",
-    filename: str = "accuracy_vs_T.png",
-) -> dict:
+def conversion_vs_bridge(ann: nn.Module, snn: nn.Module, bundle, T_values: Sequence[int], out_dir: str | Path, *,
+                         max_samples: int | None = 1000, calibration_batches: int = 2,
+                         calibration_batch_size: int = 128, percentile: float = 99.9,
+                         device: torch.device | str = "cpu", filename: str = "accuracy_vs_T.png") -> dict:
     """Accuracy against T of the bridge's SNN and of classic conversion of ``ann`` (the same
     weights the SNN started from), on the test split; writes ``out_dir/filename``.
 
@@ -181,13 +159,13 @@ def conversion_vs_bridge(
     where ``conversion_T_to_match`` is the smallest T at which conversion reaches the bridge's
     accuracy at its trained T (None within the measured range).
     """
-    from ..conversion import bridge_accuracy_curve, conversion_accuracy_curve
+    from ..conversion import accuracy_curve, conversion_accuracy_curve
 
     started = time.perf_counter()
     T_values = sorted({int(t) for t in T_values})
     trained_T = int(getattr(getattr(snn, "module", snn), "T", T_values[0]))
     bridge_T = sorted(set(T_values) | {trained_T})
-    bridge = bridge_accuracy_curve(snn, bundle, bridge_T, device=device, max_samples=max_samples)
+    bridge = accuracy_curve(snn, bundle, bridge_T, device=device, max_samples=max_samples)
     conversion = conversion_accuracy_curve(
         ann, bundle, T_values, percentile=percentile, calibration_batches=calibration_batches,
         calibration_batch_size=calibration_batch_size, device=device, max_samples=max_samples,
@@ -214,10 +192,6 @@ def conversion_vs_bridge(
 
 
 __all__ = [
-    "conversion_vs_bridge",
-    "plot_accuracy_vs_T",
-    "plot_event_frames",
-    "plot_firing_rates",
-    "plot_spike_raster",
-    "record_spikes",
+    "conversion_vs_bridge", "plot_accuracy_vs_T", "plot_event_frames", "plot_firing_rates",
+    "plot_spike_raster", "record_spikes",
 ]

@@ -3,64 +3,43 @@ multiply-accumulates (MACs) and energy estimates.
 
 Definitions (exact, what :func:`measure_activity` counts)
 ---------------------------------------------------------
-* **Neuron layer**: every time-folded neuron module (registry models' ``TimeFolded``, spikified
-  nets' ``ThresholdNeuron``). Its **firing rate** = nonzero outputs / (neurons x T x samples).
-* **Synaptic layer**: every ``Conv1d/2d/3d`` and ``Linear``. For one input element ``e`` its
-  **fan-out** ``f(e)`` is the number of (output unit, weight) pairs that read it: for a conv, the
-  output positions whose receptive field covers ``e`` (padding, stride, dilation and borders
-  included) times the output channels of its group; for a linear layer, ``out_features``. It is
-  computed exactly as the gradient of ``sum(conv(x, ones))`` with respect to ``x`` (once per layer
-  and input shape). The dense cost of one frame is ``sum_e f(e)`` = the layer's MACs.
-* **SOPs** of a synaptic layer = ``sum over frames and elements of [x_e != 0] * f(e)``: every
-  nonzero input (a spike, or a sum/average of spikes) triggers one accumulate per synapse it feeds.
-  A layer's input is **analog** when no spiking layer ran before it in the forward pass (the first
-  conv on static images) or the last neuron layer before it emits analog values (LIAF): then it
-  costs dense MACs (``sum_e f(e)`` per frame), not SOPs.
-* **Frames** are what actually runs: a registry model's stem runs once per static image, a
-  spikified net's first conv runs T times (its input is repeated), every later layer T times.
-* **ANN MACs** = one dense frame through every synaptic layer (``sum_e f(e)`` per layer).
-* **Neuron updates** = neurons x T per sample (one membrane add each, and one multiply when the
-  leak ``decay`` is neither 0 nor 1).
+* **Neuron layer**: every time-folded neuron module; its **firing rate** = nonzero outputs /
+  (neurons x T x samples).
+* **Synaptic layer**: every ``Conv1d/2d/3d`` and ``Linear``. The **fan-out** ``f(e)`` of an input
+  element is the number of (output unit, weight) pairs that read it (padding, stride, dilation,
+  groups and borders included), computed exactly as the gradient of ``sum(conv(x, ones))``. The
+  dense cost of one frame, ``sum_e f(e)``, is the layer's MACs.
+* **SOPs** = ``sum over frames and elements of [x_e != 0] * f(e)``: every nonzero input triggers
+  one accumulate per synapse it feeds. A layer's input is **analog** (dense MACs, not SOPs) when
+  no spiking layer ran before it (the first conv on images) or the last one emits analog values
+  (LIAF). The model's own input counts as events when it is binary (event frames).
+* **Frames**: a registry model's stem runs once per static image, a spikified net's first conv
+  T times, every later layer T times. **ANN MACs** = one dense frame through every layer.
+* **Neuron updates** = neurons x T per sample (one add each, one multiply when the leak is
+  neither 0 nor 1).
 
-Energy (45 nm CMOS, Horowitz 2014; the figures SNN papers quote): an FP32 accumulate (AC) costs
-0.9 pJ, an FP32 multiply-accumulate (MAC) 4.6 pJ. ANN energy = MACs x 4.6 pJ; SNN synaptic energy
-= SOPs x 0.9 pJ + analog MACs x 4.6 pJ (the convention of SNN papers; neuron updates are listed
-apart). The paper's table format, FP32 operations per sample in G: the ANN does MACs adds and MACs
-multiplies; the SNN does SOPs + analog MACs + neuron updates adds and analog MACs + leak
-multiplies (``operation_table()``, the measured convention: it depends on the firing rates).
-
-The model's own input counts as events when it is binary (every value 0 or 1: event frames such as
-ES-ImageNet's), so the first conv on events costs SOPs, as the paper's LIF row assumes (few
-multiplies); any other input (images, summed event counts) is analog.
+Energy (45 nm CMOS, Horowitz 2014): an FP32 accumulate 0.9 pJ, an FP32 MAC 4.6 pJ. ANN energy =
+MACs x 4.6 pJ; SNN synaptic energy = SOPs x 0.9 pJ + analog MACs x 4.6 pJ (neuron updates apart).
+``operation_table()`` gives FP32 adds and multiplies per sample in G (measured: it depends on the
+firing rates).
 
 The paper's convention (``operation_table("paper")``)
 -----------------------------------------------------
-arXiv:2203.01158 (ES-ImageNet table; the counts come from the ES-ImageNet benchmark, Lin et al.
-2021) counts **dense** operations per time step, with no firing-rate factor: its LIF and LIAF rows
-have the same adds (12.668 G for ResNet-18). From shapes only, per sample, with ``M`` = the nominal
-MACs of one frame (``C_in/groups x prod(kernel) x outputs`` per conv, padding taps included;
-``in x out`` per linear layer), ``A`` = the adds inside each kernel window (``prod(kernel) - 1``
-per output and input channel, so 8/9 of a 3x3 conv's MACs and none for a 1x1; ``in - 1`` per
-output of a linear layer) and ``N`` = neurons per frame:
+arXiv:2203.01158 (ES-ImageNet table, from Lin et al. 2021) counts **dense** operations per time
+step, with no firing-rate factor. Per sample, with ``M`` = nominal MACs of one frame
+(``C_in/groups x prod(kernel) x outputs`` per conv, padding taps included; ``in x out`` per linear
+layer), ``A`` = adds inside each kernel window (``prod(kernel) - 1`` per output and input
+channel; ``in - 1`` per output of a linear layer) and ``N`` = neurons per frame:
 
-* ``2d_cnn`` (an ANN on one event frame): ``A`` adds, ``M`` multiplies;
-* ``lif``: ``T (A + 2N)`` adds, ``2 T N`` multiplies (the update ``u = decay u (1 - s) + x``: two
-  adds and two multiplies per neuron and step; the spikes make every synapse an add);
-* ``liaf``: the LIF's adds, ``T M`` multiplies (analog outputs make every synapse multiply, the
-  paper's LIAF mults are exactly ``T x`` its 2D-CNN mults).
+* ``2d_cnn``: ``A`` adds, ``M`` multiplies;
+* ``lif``: ``T (A + 2N)`` adds, ``2 T N`` multiplies (``u = decay u (1 - s) + x``);
+* ``liaf``: the LIF's adds, ``T M`` multiplies.
 
-The window-add rule is inferred from the table, not stated there: it reproduces the paper's ratio
-adds / mults = 0.89 in every row (ResNet-18 1.575 / 1.770, ResNet-34 3.211 / 3.611). On the paper's
-ResNet-18 (``create_model("resnet18", in_channels=2, num_classes=1000)``, 224x224, T = 8) this
-gives 1.568 G / 1.788 G (2D-CNN), 12.578 G adds (LIF, LIAF) and 14.301 G mults (LIAF), within 1.5 %
-of the table (tests/test_opcount.py). Two differences remain and are understood:
-
-* our ResNet-18 has no max-pool and a stride-2 first stage (the paper's pipeS variant), the
-  benchmark's had the max-pool (a 55x55 or 56x56 first stage): ``M`` is 1 % higher;
-* the paper's LIF mults (0.269 G; ResNet-34 0.288 G) exceed ``2 T N`` (0.037 G) by about 0.23 G,
-  the *same* for ResNet-18 and ResNet-34 (their difference, 0.019 G, is ``2 T`` times the extra
-  neurons of ResNet-34), so the excess is a fixed cost of the stem (7x7 conv on events, max-pool)
-  whose counting the paper does not state; we do not invent one.
+The window-add rule is inferred from the table (adds / mults = 0.89 in every row). On the paper's
+ResNet-18 (2 input channels, 1000 classes, 224x224, T = 8) this is within 1.5 % of the table
+(tests/test_opcount.py); our ResNet-18 has no max-pool (``M`` 1 % higher), and the paper's LIF
+mults exceed ``2 T N`` by a fixed ~0.23 G (the same for ResNet-34: an unstated stem cost we do
+not invent).
 """
 from __future__ import annotations
 
@@ -142,14 +121,9 @@ class ActivityReport:
         ann = self.ann_macs * ENERGY_PER_MAC_PJ * 1e-6
         snn = (self.sops * ENERGY_PER_AC_PJ + self.snn_macs * ENERGY_PER_MAC_PJ) * 1e-6
         updates = (self.neuron_updates * ENERGY_PER_AC_PJ + self.leak_multiplies * (ENERGY_PER_MAC_PJ - ENERGY_PER_AC_PJ)) * 1e-6
-        return {
-            "ann_uj": ann,
-            "snn_synaptic_uj": snn,
-            "snn_neuron_updates_uj": updates,
-            "snn_over_ann": snn / ann if ann else float("nan"),
-            "pj_per_ac": ENERGY_PER_AC_PJ,
-            "pj_per_mac": ENERGY_PER_MAC_PJ,
-        }
+        return {"ann_uj": ann, "snn_synaptic_uj": snn, "snn_neuron_updates_uj": updates,
+                "snn_over_ann": snn / ann if ann else float("nan"), "pj_per_ac": ENERGY_PER_AC_PJ,
+                "pj_per_mac": ENERGY_PER_MAC_PJ}
 
     def operation_table(self, convention: str = "measured") -> dict[str, dict[str, float]]:
         """The paper's format: FP32 additions and multiplications per sample, in G.
@@ -181,20 +155,13 @@ class ActivityReport:
         }
 
     def to_dict(self) -> dict:
-        return {
-            "samples": self.samples,
-            "T": self.time_steps,
-            "mean_firing_rate": self.mean_firing_rate,
-            "sops_per_sample": self.sops,
-            "snn_analog_macs_per_sample": self.snn_macs,
-            "ann_macs_per_sample": self.ann_macs,
-            "neuron_updates_per_sample": self.neuron_updates,
-            "energy": self.energy(),
-            "operations_G": self.operation_table(),
-            "operations_G_paper_convention": self.operation_table("paper"),
-            "neuron_layers": [asdict(n) for n in self.neuron_layers],
-            "synaptic_layers": [asdict(s) for s in self.synaptic_layers],
-        }
+        return {"samples": self.samples, "T": self.time_steps, "mean_firing_rate": self.mean_firing_rate,
+                "sops_per_sample": self.sops, "snn_analog_macs_per_sample": self.snn_macs,
+                "ann_macs_per_sample": self.ann_macs, "neuron_updates_per_sample": self.neuron_updates,
+                "energy": self.energy(), "operations_G": self.operation_table(),
+                "operations_G_paper_convention": self.operation_table("paper"),
+                "neuron_layers": [asdict(n) for n in self.neuron_layers],
+                "synaptic_layers": [asdict(s) for s in self.synaptic_layers]}
 
     def to_markdown(self) -> str:
         e, ops, paper = self.energy(), self.operation_table(), self.operation_table("paper")
@@ -288,13 +255,8 @@ def _neuron_leaks(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def measure_activity(
-    model: nn.Module,
-    batches: Iterable,
-    *,
-    device: torch.device | str = "cpu",
-    time_steps: int | None = None,
-) -> ActivityReport:
+def measure_activity(model: nn.Module, batches: Iterable, *, device: torch.device | str = "cpu",
+                     time_steps: int | None = None) -> ActivityReport:
     """Run ``model`` (eval mode) on ``batches`` (tensors or ``(x, y)`` pairs) and count firing
     rates, SOPs and MACs per sample (see the module docstring for the exact definitions).
 
@@ -389,12 +351,6 @@ def measure_activity(
 
 
 __all__ = [
-    "ENERGY_PER_AC_PJ",
-    "ENERGY_PER_MAC_PJ",
-    "ActivityReport",
-    "NeuronLayerStats",
-    "SynapticLayerStats",
-    "fanout_map",
-    "measure_activity",
-    "nominal_counts",
+    "ENERGY_PER_AC_PJ", "ENERGY_PER_MAC_PJ", "ActivityReport", "NeuronLayerStats", "SynapticLayerStats",
+    "fanout_map", "measure_activity", "nominal_counts",
 ]

@@ -20,15 +20,8 @@ def save_png(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_accuracy_vs_time(
-    runs: list[dict],
-    path: str | Path,
-    *,
-    title: str,
-    target: float | None = None,
-    x: str = "seconds",
-    label_key: str = "name",
-) -> None:
+def plot_accuracy_vs_time(runs: list[dict], path: str | Path, *, title: str, target: float | None = None,
+                          x: str = "seconds", label_key: str = "name") -> None:
     """Test accuracy against training seconds (``x="seconds"``) or epochs (``x="epochs"``), one
     line per run (``run[label_key]``), markers at each evaluation, the target as a dashed line."""
     column, xlabel = (0, "training time (s)") if x == "seconds" else (1, "epochs of training")

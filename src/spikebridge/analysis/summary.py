@@ -34,15 +34,8 @@ PIPED = Comparison("snn_events_scratch", "snn_events_pretrained", "events_target
 CLOCKS = (("curve", "seconds", "_seconds", ""), ("cpu_curve", "cpu_seconds", "_cpu_seconds", "_cpu"))
 
 
-def build_summary(
-    dataset: str,
-    T: int,
-    runs: list[dict],
-    *,
-    comparisons: tuple[Comparison, ...] = (PIPES,),
-    ann: str = "ann",
-    extra: dict[str, Any] | None = None,
-) -> dict:
+def build_summary(dataset: str, T: int, runs: list[dict], *, comparisons: tuple[Comparison, ...] = (PIPES,),
+                  ann: str = "ann", extra: dict[str, Any] | None = None) -> dict:
     """``summary.json``'s content: runs, each comparison's target (its baseline's best accuracy)
     and ``time_to_target`` for the baseline and the bridged run (its training seconds plus the
     bridge's, ``extra[bridge_key]``), plus ``<pretrained>_total`` which adds the ANN's training

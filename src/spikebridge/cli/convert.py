@@ -1,21 +1,8 @@
-"""``spikebridge convert odg|video|edge-integral``: make event datasets from image folders and video
-clips, and the self-pretrain images from event data.
-
-* ``convert odg``: an ImageNet-layout folder (``INPUT/<class>/<image>``) -> the ES-ImageNet format
-  (one compressed ``.npz`` of ON/OFF event rows per image + ``labels.txt``), with ODG
-  (:func:`spikebridge.data.convert.convert_image_folder_odg`).
-* ``convert video``: a UCF101 ``jpegs_256``-style folder (``INPUT/<class>/<clip>/<frames>``) ->
-  ES-UCF101 (uint8 ``[2, 30, H, W]`` per clip + ``labels.txt``)
-  (:func:`spikebridge.data.convert.convert_video_folder`).
-* ``convert edge-integral``: an ES-ImageNet root (released or converted, train + val) -> grey
-  edge-integral PNGs in ``OUT/train/<label>/`` and ``OUT/val/<label>/``, an ImageNet-layout folder
-  for the self-pretrained ANN of arXiv:2203.01158
-  (:func:`spikebridge.data.convert.convert_es_to_edge_integral`).
-
-Both are resumable: rerun the same command after an interruption and finished files are kept. The
-command prints one paragraph: converted / already done / dropped for too few events / unreadable.
-``--out`` must be new, empty or an earlier output of the same conversion; anything else needs
-``--overwrite``. Parameters are checked (ranges, finite numbers) before any work starts.
+"""``spikebridge convert odg|video|edge-integral``: image folders -> ES-ImageNet (ODG), video clip
+folders -> ES-UCF101, and ES-ImageNet -> the self-pretrain edge-integral images of arXiv:2203.01158
+(:mod:`spikebridge.data.convert`: resumable; ``--out`` must be new, empty or an earlier output of the
+same conversion unless ``--overwrite``). Prints one paragraph: converted / already done / dropped for
+too few events / unreadable.
 """
 from __future__ import annotations
 
@@ -61,6 +48,12 @@ def report_paragraph(report, unit: str) -> str:
         text += f", ignored {len(report.skipped)} entries that are not {unit}s"
     text += (f" ({report.total} {unit}s in {len(report.classes)} classes, {report.elapsed_s:.1f} s). "
              f"{report.written} samples are listed in {report.label_file}.")
+    return text + _problems(report)
+
+
+def _problems(report) -> str:
+    """The sentences on partial files removed, samples dropped and unreadable inputs, if any."""
+    text = ""
     if report.stale_temp_removed:
         text += f" Removed {report.stale_temp_removed} partial files an interrupted conversion left."
     if report.dropped:
@@ -109,11 +102,7 @@ def cmd_convert_edge_integral(args: argparse.Namespace) -> int:
     text = (f"Converted {report.converted} samples to edge-integral images, skipped {report.reused} already done, "
             f"{len(report.failed)} unreadable ({report.total} samples in {len(report.classes)} classes, "
             f"{report.elapsed_s:.1f} s). Image folders: {out / 'train'} and {out / 'val'}.")
-    if report.stale_temp_removed:
-        text += f" Removed {report.stale_temp_removed} partial files an interrupted conversion left."
-    if report.failed:
-        text += " Unreadable: " + _listing([(p, " ".join(str(m).split())[:120]) for p, m in report.failed]) + "."
-    print(text)
+    print(text + _problems(report))
     if report.written == 0:
         raise DataError(f"no sample of {source} could be converted ({report.total} listed, "
                         f"{len(report.failed)} unreadable)")

@@ -49,7 +49,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..errors import CheckpointError, ConfigError
     from ..pipelines.context import resolve_device
     from ..restore import is_python_class_spec, model_from_checkpoint
-    from ..utils import atomic_write_text
+    from ..utils import atomic_write_text, ensure_dir
 
     if args.t_max is not None and args.t_max < 1:
         raise ConfigError(f"--T-max must be >= 1, got {args.t_max}")
@@ -72,8 +72,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if int(info.get("in_channels", bundle.in_channels)) != bundle.in_channels:
         raise CheckpointError(f"{args.checkpoint}: the model takes {info.get('in_channels')} input channels, {bundle.name} has {bundle.in_channels}")
     out = Path(args.out) if args.out else Path(ckpt.path).parent / "evaluation"
-    from ..utils import ensure_dir
-
     ensure_dir(out)  # a file in the way / no permission: OutputError (exit 2)
     spiking = bool(getattr(model, "spiking", False))
     ann = load_ann(args) if args.ann and spiking else None

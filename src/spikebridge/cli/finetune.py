@@ -1,25 +1,12 @@
 """``spikebridge finetune``: your trained ANN -> an SNN, fine-tuned briefly with BPTT (pipeS without
 pretraining; :func:`spikebridge.pipelines.runs.finetune`).
 
-Three kinds of ``--ann``:
-
-* ``FILE.py:ClassName`` + ``--ann-weights W.pth|W.safetensors`` (+ ``--ann-kwargs JSON``): your own
-  ``nn.Module``, imported by path and turned into an SNN by :func:`spikebridge.spikify.spikify`
-  (per-layer thresholds calibrated on a few training batches);
-* a spikebridge ANN checkpoint (``spikebridge pretrain``'s ``last.json``): the registry SNN of the
-  same layout, the ANN transferred by the bridge (with ``bridge.transfer_optimizer`` its momentum
-  buffers too);
-* a registry model + ``--ann-weights W.pth|W.safetensors`` (e.g. ``--ann resnet18_tv`` with
-  torchvision's weights): its ReLU ANN, transferred by the bridge the same way.
-
-Writes ``OUT/summary.json`` (``ann_acc``, ``transfer_acc``, the run ``snn_finetuned``),
-``OUT/report.md``, ``OUT/config.yaml`` and ``OUT/snn_finetuned/checkpoints/last.json``.
-
-Without a recipe the command preset (:data:`spikebridge.pipelines.plan.FINETUNE_PRESET`) is one
-epoch of Adam at LR 3e-4 with a cosine decay, and for a spikified class a LIF leak of 0.5.
-Measured on the embedded MNIST with ``examples/byo_ann/mnist_cnn.py`` (ANN 98.6%, one epoch, T=4,
-seed 0): decay 0.5 / LR 3e-4: 97.7% after the transfer -> 98.6%; decay 0.5 / LR 1e-4: 97.7 -> 98.0;
-decay 0.25 / LR 3e-4: 96.8 -> 97.8; decay 1.0 (IF-like) / LR 1e-4: 97.9 -> 97.8.
+``--ann`` is ``FILE.py:ClassName`` + ``--ann-weights`` (+ ``--ann-kwargs``: your ``nn.Module``,
+turned into an SNN by :func:`spikebridge.spikify.spikify`), a spikebridge ANN checkpoint, or a
+registry model + ``--ann-weights`` (e.g. ``resnet18_tv`` with torchvision's weights); the last two
+are transferred by the bridge. Writes ``OUT/summary.json``, ``OUT/report.md``, ``OUT/config.yaml``
+and ``OUT/snn_finetuned/checkpoints/last.json``. Without a recipe the command preset is
+:data:`spikebridge.pipelines.plan.FINETUNE_PRESET` (and a LIF leak of 0.5 for a spikified class).
 """
 from __future__ import annotations
 

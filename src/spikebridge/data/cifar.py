@@ -17,6 +17,7 @@ tampered file cannot run code.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -42,28 +43,12 @@ _CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR10_TEST = "test_batch"
 
 
-def _numpy_reconstruct() -> Any:
+def _numpy_global(module: str, name: str) -> Any:
+    """numpy's private ``module.name``: under ``numpy._core`` (numpy >= 2), else ``numpy.core``."""
     try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    return _reconstruct
-
-
-def _numpy_frombuffer() -> Any:
-    try:
-        from numpy._core.numeric import _frombuffer  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
-    return _frombuffer
-
-
-def _numpy_scalar() -> Any:
-    try:
-        from numpy._core.multiarray import scalar  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    return scalar
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
 
 
 def _codecs_encode(obj: Any, encoding: str = "utf-8") -> bytes:
@@ -95,7 +80,7 @@ def _safe_reconstruct(subtype: Any, shape: Any, code: Any) -> np.ndarray:
     """numpy's ``_reconstruct`` for plain ``ndarray`` s only (protocol-2 array pickles)."""
     if subtype is not np.ndarray:
         raise pickle.UnpicklingError(f"refused _reconstruct of {subtype!r}")
-    return _numpy_reconstruct()(np.ndarray, (0,), b"b")
+    return _numpy_global("multiarray", "_reconstruct")(np.ndarray, (0,), b"b")
 
 
 def _checked_build_state(instance: Any, state: Any) -> None:
@@ -122,16 +107,14 @@ def _checked_build_state(instance: Any, state: Any) -> None:
 
 # (module, name) -> factory of the object; numpy names under both their 1.x and 2.x modules.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _safe_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _safe_reconstruct,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: _safe_dtype,
     ("_codecs", "encode"): lambda: _codecs_encode,
 }
+for _core in ("numpy.core", "numpy._core"):
+    _ALLOWED_GLOBALS[(f"{_core}.multiarray", "_reconstruct")] = lambda: _safe_reconstruct
+    _ALLOWED_GLOBALS[(f"{_core}.multiarray", "scalar")] = lambda: _numpy_global("multiarray", "scalar")
+    _ALLOWED_GLOBALS[(f"{_core}.numeric", "_frombuffer")] = lambda: _numpy_global("numeric", "_frombuffer")
 
 
 class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
@@ -314,32 +297,26 @@ class CifarDataset(Dataset):
         self.target_transform = target_transform
         self.coarse_targets: list[int] | None = None
         if self.variant == "cifar10":
-            self.num_classes = 10
+            self.num_classes, what, label_key = 10, "CIFAR-10 batch", b"labels"
             names = list(_CIFAR10_TRAIN) if self.train else [_CIFAR10_TEST]
-            images, labels = [], []
-            for name in names:
-                path = os.path.join(self.folder, name)
-                if not os.path.isfile(path):
-                    raise DataError(f"CIFAR-10 batch {path} is missing")
-                d = load_cifar_pickle(path)
-                imgs = _images(d, path)
-                images.append(imgs)
-                labels.append(_labels(d, b"labels", path, imgs.shape[0], 10))
-            self.data: np.ndarray = np.ascontiguousarray(np.concatenate(images))
-            self.targets: list[int] = np.concatenate(labels).tolist()
-            classes = _read_meta_names(os.path.join(self.folder, "batches.meta"), b"label_names")
+            meta = ("batches.meta", b"label_names")
         else:
-            self.num_classes = 100
-            path = os.path.join(self.folder, "train" if self.train else "test")
+            self.num_classes, what, label_key = 100, "CIFAR-100 file", b"fine_labels"
+            names = ["train" if self.train else "test"]
+            meta = ("meta", b"fine_label_names")
+        images, labels = [], []
+        for name in names:
+            path = os.path.join(self.folder, name)
             if not os.path.isfile(path):
-                raise DataError(f"CIFAR-100 file {path} is missing")
+                raise DataError(f"{what} {path} is missing")
             d = load_cifar_pickle(path)
-            imgs = _images(d, path)
-            self.data = np.ascontiguousarray(imgs)
-            self.targets = _labels(d, b"fine_labels", path, imgs.shape[0], 100).tolist()
-            if b"coarse_labels" in d:
-                self.coarse_targets = _labels(d, b"coarse_labels", path, imgs.shape[0], 20).tolist()
-            classes = _read_meta_names(os.path.join(self.folder, "meta"), b"fine_label_names")
+            images.append(_images(d, path))
+            labels.append(_labels(d, label_key, path, images[-1].shape[0], self.num_classes))
+            if self.variant == "cifar100" and b"coarse_labels" in d:
+                self.coarse_targets = _labels(d, b"coarse_labels", path, images[-1].shape[0], 20).tolist()
+        self.data: np.ndarray = np.ascontiguousarray(np.concatenate(images))
+        self.targets: list[int] = np.concatenate(labels).tolist()
+        classes = _read_meta_names(os.path.join(self.folder, meta[0]), meta[1])
         if classes is None or len(classes) != self.num_classes:
             classes = [str(i) for i in range(self.num_classes)]
         self.classes: list[str] = classes

@@ -1,31 +1,23 @@
 """Dataset conversion: image folders -> ES-ImageNet (ODG), clip folders -> ES-UCF101, and
-ES-ImageNet -> edge-integral image folders (:func:`convert_es_to_edge_integral`, the
-"self-pretrain" images of arXiv:2203.01158).
+ES-ImageNet -> edge-integral image folders (the "self-pretrain" images of arXiv:2203.01158).
 
-Both converters share one machinery:
-
-* The input is a class-per-folder tree (``input_dir/<class>/<item>``); the class index is the
-  position in the sorted list of class folder names; items are visited in natural name order.
-* The output mirrors the class folders under ``out_dir``: one ``.npz`` per item, plus
-  ``out_dir/labels.txt`` (``relative_path label height width`` lines, written atomically at the
-  end) and ``out_dir/conversion.json`` (the parameters, so a resume cannot mix parameters).
-* **Resumable and kill-safe**: every ``.npz`` is written to a hidden temporary name beside its
-  target (``.spikebridge-tmp.*.tmp``, :func:`spikebridge.utils.atomic_path`) and renamed when
-  complete, so a killed run never leaves a file a reader would accept half-written. A rerun
-  removes its own leftover temporary files (only those names, only in the folders it writes),
-  keeps every ``.npz`` that reads back valid, and converts only what is missing.
-* **Only its own folder**: ``out_dir`` must be new, empty, or an earlier output of the same
-  conversion (its ``conversion.json``); any other non-empty folder is refused unless
-  ``overwrite``, so a user's files are never replaced by accident. The input may not lie inside
-  the output, nor the output inside the input.
+* Input: ``input_dir/<class>/<item>``; class index = position in the sorted class folder names,
+  items in natural name order. Output: the same class folders under ``out_dir``, one ``.npz`` per
+  item, ``labels.txt`` (``relative_path label height width``, written atomically at the end) and
+  ``conversion.json`` (the parameters, so a resume cannot mix parameters).
+* Resumable and kill-safe: every file is written under a hidden temporary name beside its target
+  (:func:`spikebridge.utils.atomic_path`) and renamed when complete; a rerun removes its own
+  leftover temporary files, keeps every output that reads back valid and converts the rest.
+* ``out_dir`` must be new, empty, or an earlier output of the same conversion, unless
+  ``overwrite``; input and output may not lie inside each other.
 * Unreadable inputs and non-image files are reported and skipped, never fatal; samples with
   fewer than ``min_events`` events are reported as dropped.
-* ``workers`` > 1 uses that many spawned processes (each runs single-threaded torch); a worker
-  that dies is reported in one line, and workers whose parent was killed leave quietly;
-  ``workers`` 0 or 1 runs inline. A tqdm progress bar shows progress when ``progress``.
+* ``workers`` > 1: that many spawned single-threaded processes (a dead worker is reported in one
+  line; workers whose parent was killed leave quietly); 0 or 1 runs inline.
 """
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -83,12 +75,6 @@ class ConversionReport:
         """Samples listed in the label file (converted now or reused from an earlier run)."""
         return self.converted + self.reused
 
-    def summary(self) -> str:
-        return (f"{self.total} inputs in {len(self.classes)} classes: {self.converted} converted, "
-                f"{self.reused} already done, {len(self.dropped)} dropped (too few events), "
-                f"{len(self.failed)} unreadable, {len(self.skipped)} not images; "
-                f"{self.elapsed_s:.1f} s -> {self.label_file}")
-
 
 # ------------------------------------------------------------------------------------------------
 # enumeration
@@ -122,6 +108,8 @@ def _output_names(names: Sequence[str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _Task:
+    """One item to convert; ``height`` / ``width``: an ES-ImageNet sample's (edge-integral only)."""
+
     index: int
     src: str
     dst: str
@@ -129,6 +117,8 @@ class _Task:
     rel_dst: str
     label: int
     reuse: bool
+    height: int = 0
+    width: int = 0
 
 
 def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs: bool, reuse: bool,
@@ -172,15 +162,6 @@ def _write_or_fail(write: Callable[[str, Any], None], dst: str, payload: Any) ->
         raise
     except OSError as exc:
         raise output_error(dst, exc) from None
-
-
-def _remove_stale_temps(out_dir: Path, classes: Sequence[str]) -> int:
-    """Delete our own leftovers of killed writes (``.spikebridge-tmp.*.tmp`` of the files a
-    conversion writes), only in ``out_dir`` and its class folders."""
-    removed = remove_stale_temps(out_dir, (LABEL_FILE, PARAMS_FILE))
-    for cls in classes:
-        removed += remove_stale_temps(out_dir / cls, ("*.npz",))
-    return removed
 
 
 def _check_folders(input_dir: Path, out_dir: Path) -> None:
@@ -241,7 +222,7 @@ def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> 
 _Result = tuple[int, str, int, int, int, str]
 
 
-def _image_task(task: _Task, odg_kwargs: Mapping[str, Any]) -> _Result:
+def _image_task(odg_kwargs: Mapping[str, Any], task: _Task) -> _Result:
     size = int(odg_kwargs.get("size", 254))
     if task.reuse and os.path.exists(task.dst):
         try:
@@ -267,7 +248,7 @@ def _image_task(task: _Task, odg_kwargs: Mapping[str, Any]) -> _Result:
     return task.index, "converted", sample.height, sample.width, sample.n_events, ""
 
 
-def _video_task(task: _Task, video_kwargs: Mapping[str, Any]) -> _Result:
+def _video_task(video_kwargs: Mapping[str, Any], task: _Task) -> _Result:
     if task.reuse and os.path.exists(task.dst):
         try:
             events = read_video_events(task.dst)
@@ -286,14 +267,8 @@ def _video_task(task: _Task, video_kwargs: Mapping[str, Any]) -> _Result:
     return task.index, "converted", int(events.shape[2]), int(events.shape[3]), int(events.sum()), ""
 
 
-class _Call:
-    """A picklable ``fn(task, kwargs)`` closure for the pool."""
-
-    def __init__(self, fn: Callable[[_Task, Mapping[str, Any]], _Result], kwargs: Mapping[str, Any]) -> None:
-        self.fn, self.kwargs = fn, dict(kwargs)
-
-    def __call__(self, task: _Task) -> _Result:
-        return self.fn(task, self.kwargs)
+#: ``call(task)``: a module-level function or a ``functools.partial`` of one (picklable for spawned workers)
+_Call = Callable[[_Task], _Result]
 
 
 def _worker_main(call: _Call, tasks, results) -> None:
@@ -420,7 +395,7 @@ def _check_workers(workers: Any) -> None:
 
 
 def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_dirs: bool,
-             fn: Callable[[_Task, Mapping[str, Any]], _Result], kwargs: Mapping[str, Any], params: dict,
+             fn: Callable[[Mapping[str, Any], _Task], _Result], kwargs: Mapping[str, Any], params: dict,
              workers: int, progress: bool, overwrite: bool, unit: str) -> ConversionReport:
     started = time.monotonic()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
@@ -429,13 +404,15 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     _check_folders(input_dir, out_dir)
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / LABEL_FILE, classes=classes)
     reuse = _check_params(out_dir, params, overwrite)
-    report.stale_temp_removed = _remove_stale_temps(out_dir, classes)
+    # our own leftovers of killed writes, only of the files we write, in out_dir and its class folders
+    report.stale_temp_removed = remove_stale_temps(out_dir, (LABEL_FILE, PARAMS_FILE)) + sum(
+        remove_stale_temps(out_dir / cls, ("*.npz",)) for cls in classes)
     tasks = _collect_tasks(input_dir, out_dir, classes, want_dirs, reuse, report)
     for cls in classes:
         ensure_dir(out_dir / cls)
 
     results: dict[int, _Result] = {}
-    for result in _run(tasks, _Call(fn, kwargs), workers, progress, unit):
+    for result in _run(tasks, functools.partial(fn, dict(kwargs)), workers, progress, unit):
         results[result[0]] = result
     entries = []
     for task in tasks:
@@ -520,18 +497,6 @@ def convert_video_folder(
 # ES-ImageNet -> edge-integral image folders (self-pretrain)
 # ------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _EdgeTask:
-    index: int
-    src: str
-    dst: str
-    rel_src: str
-    label: int
-    height: int
-    width: int
-    reuse: bool
-
-
 def _write_png(dst: str, image: np.ndarray) -> None:
     from PIL import Image
 
@@ -539,7 +504,7 @@ def _write_png(dst: str, image: np.ndarray) -> None:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
-def _edge_task(task: _EdgeTask, _kwargs: Mapping[str, Any]) -> _Result:
+def _edge_task(task: _Task) -> _Result:
     from PIL import Image
 
     if task.reuse and os.path.isfile(task.dst):
@@ -595,24 +560,22 @@ def convert_es_to_edge_integral(
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / "train", classes=classes)
     reuse = _check_params(out_dir, {"kind": "edge-integral", "grey": [EDGE_GREY_ZERO, EDGE_GREY_STEP]}, overwrite)
     report.stale_temp_removed = remove_stale_temps(out_dir, (PARAMS_FILE,))
-    tasks: list[_EdgeTask] = []
+    tasks: list[_Task] = []
     for split, entries in splits.items():
         taken: set[str] = set()
         for cls in classes:
             report.stale_temp_removed += remove_stale_temps(out_dir / split / cls, ("*.png",))
             ensure_dir(out_dir / split / cls)
         for e in entries:
-            name = f"{e.path.stem}.png"
-            rel = f"{split}/{classes[e.label]}/{name}"
+            rel = f"{split}/{classes[e.label]}/{e.path.stem}.png"
             if rel in taken:  # two samples of a class share a stem: the label-file line tells them apart
-                name = f"{e.path.stem}-line{e.line}.png"
-                rel = f"{split}/{classes[e.label]}/{name}"
+                rel = f"{split}/{classes[e.label]}/{e.path.stem}-line{e.line}.png"
             taken.add(rel)
-            tasks.append(_EdgeTask(index=len(tasks), src=str(e.path), dst=str(out_dir / rel),
-                                   rel_src=f"{split}/{e.path.name}", label=e.label, height=e.height,
-                                   width=e.width, reuse=reuse))
+            tasks.append(_Task(index=len(tasks), src=str(e.path), dst=str(out_dir / rel),
+                               rel_src=f"{split}/{e.path.name}", rel_dst=rel, label=e.label, reuse=reuse,
+                               height=e.height, width=e.width))
     report.total = len(tasks)
-    for index, status, _h, _w, _n, message in _run(tasks, _Call(_edge_task, {}), workers, progress, "sample"):
+    for index, status, _h, _w, _n, message in _run(tasks, _edge_task, workers, progress, "sample"):
         report.converted += status == "converted"
         report.reused += status == "reused"
         if status == "failed":

@@ -37,14 +37,11 @@ def open_es_mnist(*, split_seed: int = 0, cache_dir: str | Path | None = None) -
     labels = torch.cat([train.labels, test.labels]).numpy()
     cache = Path(cache_dir or default_cache_dir()) / f"es_mnist_split{split_seed}.npz"
     frames, labels_t = cached_es_mnist(images, labels, cache)
-    frames = torch.as_tensor(frames)
-    labels_t = torch.as_tensor(labels_t)
     n = len(train)
-    config = ESMNISTConfig()
     return DataBundle(
         name="es-mnist", train=TensorSplit(frames[:n], labels_t[:n]), test=TensorSplit(frames[n:], labels_t[n:]),
         num_classes=10, in_channels=2, kind="events", image_size=int(frames.shape[-1]),
-        max_shift=0, info={"odg": repr(config)},
+        max_shift=0, info={"odg": repr(ESMNISTConfig())},
     )
 
 

@@ -1,46 +1,19 @@
 """Datasets on disk -> a :class:`~spikebridge.data.loading.DataBundle` (``--data PATH``).
 
-:func:`open_path_dataset` recognises the folder it is given:
+:func:`detect_layout` names the layout of a folder (the layouts and what each is opened as: README,
+"Data"; split folders match case-insensitively) and :func:`open_path_dataset` opens it.
 
-==========================================  =====================================================
-layout                                      opened as
-==========================================  =====================================================
-CIFAR-10/100 python batches                 in memory, uint8 ``[N, 3, 32, 32]``
-``train/`` + ``val/`` (or ``test/``)        images: ImageNet layout (:mod:`.folders`);
-  of class folders                          events / clips: see below
-``trainlabel.txt`` + ``train/``, ...        ES-ImageNet, released layout
-``train/labels.txt`` + ``val/labels.txt``   ES-ImageNet as ``spikebridge convert odg`` writes it
-``labels.txt`` (one split)                  ES-ImageNet or ES-UCF101 (by the ``.npz`` keys),
-                                            split seeded (ES-UCF101: the paper's 75/25, seed 42)
-class folders of ``.npz`` clips, or a       ES-UCF101 (75/25, seed 42); key ``events`` or the
-  flat folder of ``v_<Class>_g.._c...npz``  authors' ``arr_0``
-class folders of ``.aedat`` / ``.aedat4``   DVS recordings (CIFAR10-DVS, N-MNIST), binned into
-  / ``.bin``, alone or in ``train/`` +      ``time_steps`` frames; alone: 90/10 per class
-  ``test/`` (Tonic: ``Train/``, ``Test/``)
-``ibmGestureTrain/`` + ``ibmGestureTest/``  DVS-Gesture as Tonic extracts it: user folders of
-  (or ``train/`` + ``test/``)               ``<label>.npy`` (x, y, p, t in ms), 128x128
-class folders of clip folders of frames     RGB video (UCF101 ``jpegs_256``): ``[T, 3, H, W]``
-==========================================  =====================================================
-
-Split folders match case-insensitively: ``Train``/``train``, ``Test``/``test``/``val``.
-
-Static images follow the paper's recipe: photos (shorter side >= 100 px) stream from disk with
-RandomResizedCrop(224) and no flip for training, resize 256 + centre crop 224 for testing,
-ImageNet normalisation. Small images (<= 64 px: digits, CIFAR, Tiny-ImageNet) are decoded once
-into memory (resized + centre-cropped to a square) and augmented on the batch with a random shift
-of ``max_shift`` pixels (zero fill: the same as RandomCrop with that padding), normalised with the
-training split's own per-channel statistics: far faster on CPU than per-image decoding, and
-bit-reproducible under DDP and ``--resume``.
-
-:func:`suggest_model` picks a model for what was found (28-px digits and small event frames ->
-``cnn``, 32..64 px -> ``vgg11``, larger -> ``resnet18``, video -> ``crnn``).
+Photos (shorter side >= 100 px) stream from disk with the paper's transforms. Small images
+(<= 64 px: digits, CIFAR, Tiny-ImageNet) are decoded once into memory (resized + centre-cropped to
+a square), normalised with the training split's own per-channel statistics and augmented on the
+batch with a random shift of ``max_shift`` pixels (zero fill: RandomCrop with that padding): far
+faster on CPU than per-image decoding, and bit-reproducible under DDP and ``--resume``.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -59,8 +32,8 @@ from .folders import (
     scan_image_folder,
     walk_folder,
 )
-from .loading import DataBundle
-from .static import TensorSplit
+from .loading import DataBundle, MappedDataset
+from .static import TensorSplit, stratified_indices
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -70,6 +43,7 @@ from .transforms import (
     ToTensor,
     imagenet_eval_transform,
     imagenet_train_transform,
+    norm_stats,
 )
 
 #: Shorter image sides from this size up count as photographs (streamed, RandomResizedCrop 224).
@@ -113,39 +87,6 @@ def suggest_model(bundle: DataBundle) -> str:
     if size <= 64:
         return "vgg11"
     return "resnet18"
-
-
-# ------------------------------------------------------------------------------------------------
-# splits
-# ------------------------------------------------------------------------------------------------
-def stratified_indices(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Per class a seeded permutation; the first ``ceil(test_fraction * n_class)`` go to test."""
-    labels_np = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for cls in np.unique(labels_np):
-        members = np.flatnonzero(labels_np == cls)
-        members = members[rng.permutation(len(members))]
-        n_test = min(len(members) - 1, math.ceil(test_fraction * len(members))) if len(members) > 1 else 0
-        test += members[:n_test].tolist()
-        train += members[n_test:].tolist()
-    if not train or not test:
-        raise DataError(f"too few samples ({len(labels_np)}) to split off a test set")
-    return sorted(train), sorted(test)
-
-
-class _Mapped(Dataset):
-    """``(transform(x), y)`` of another dataset."""
-
-    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        x, y = self.dataset[index]
-        return self.transform(x), y
 
 
 class ResizeFrames:
@@ -225,19 +166,16 @@ def open_image_folders(root: str, train_dir: str, val_dir: str, *, image_size: i
         test = _decode_folder(scan_image_folder(val_dir, class_to_idx), size, mode, val_dir)
         return _in_memory_bundle(root, train, test, len(classes), size, max_shift, {**meta, "in_memory": True})
     channels = info.channels
-    if size >= PHOTO_MIN_SIDE:
-        train_tf = imagenet_train_transform(size, channels=channels)
-        test_tf = imagenet_eval_transform(size, channels=channels)
-    else:  # mid-size images too many to hold in memory: the same recipe, scaled down
-        train_tf = imagenet_train_transform(size, scale=(0.35, 1.0), channels=channels)
-        test_tf = imagenet_eval_transform(size, channels=channels)
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))
+    # mid-size images too many to hold in memory: the photos' recipe with a milder crop scale
+    scale = (0.08, 1.0) if size >= PHOTO_MIN_SIDE else (0.35, 1.0)
+    train_tf = imagenet_train_transform(size, scale=scale, channels=channels)
+    test_tf = imagenet_eval_transform(size, channels=channels)
     train_ds = ImageFolderDataset(train_dir, transform=train_tf, mode=mode)
     test_ds = ImageFolderDataset(val_dir, transform=test_tf, mode=mode)
+    mean, std = norm_stats(IMAGENET_MEAN, IMAGENET_STD, channels)
     return DataBundle(
         name=root, train=train_ds, test=test_ds, num_classes=len(classes), in_channels=channels, kind="static",
-        image_size=size, mean=tuple(mean), std=tuple(std), max_shift=0, workers=workers,
-        info={**meta, "in_memory": False},
+        image_size=size, mean=mean, std=std, max_shift=0, workers=workers, info={**meta, "in_memory": False},
     )
 
 
@@ -262,15 +200,6 @@ def open_cifar(root: str, *, image_size: int, max_shift: int) -> DataBundle:
 # ------------------------------------------------------------------------------------------------
 # events
 # ------------------------------------------------------------------------------------------------
-def _first_listed(label_file: Path, data_dir: Path | None = None) -> Path:
-    from .events import read_label_file
-
-    entries = read_label_file(label_file, data_dir=data_dir, check_files=False)
-    if not entries:
-        raise DataError(f"{label_file}: lists no samples")
-    return entries[0].path
-
-
 def npz_sample_kind(path: str | os.PathLike) -> tuple[str | None, list[str]]:
     """(``"es-imagenet"`` (arrays ``pos``, ``neg``), ``"es-ucf101"`` (``events``, or the authors'
     ``arr_0``) or None, the file's array names) of an event ``.npz``."""
@@ -283,8 +212,14 @@ def npz_sample_kind(path: str | os.PathLike) -> tuple[str | None, list[str]]:
     return ("es-ucf101" if set(keys) & set(VIDEO_EVENT_KEYS) else None), keys
 
 
-def _events_kind(label_file: Path, data_dir: Path | None = None) -> str:
-    kind, keys = npz_sample_kind(_first_listed(label_file, data_dir))
+def _events_kind(label_file: Path) -> str:
+    """The kind (:func:`npz_sample_kind`) of the first sample ``label_file`` lists."""
+    from .events import read_label_file
+
+    entries = read_label_file(label_file, check_files=False)
+    if not entries:
+        raise DataError(f"{label_file}: lists no samples")
+    kind, keys = npz_sample_kind(entries[0].path)
     if kind is None:
         raise DataError(f"{label_file}: its samples hold {keys}; expected ES-ImageNet (pos, neg) or ES-UCF101 "
                         "(events or arr_0)")
@@ -297,7 +232,7 @@ def _event_bundle(name: str, train: Dataset, test: Dataset, num_classes: int, im
     native = int(min(sample.shape[-2:]))
     if image_size and image_size != native and info.get("format") != "es-ucf101":
         resize = ResizeFrames(image_size)
-        train, test = _Mapped(train, resize), _Mapped(test, resize)
+        train, test = MappedDataset(train, resize), MappedDataset(test, resize)
         native = image_size
     return DataBundle(
         name=name, train=train, test=test, num_classes=num_classes, in_channels=int(sample.shape[-3]),
@@ -540,11 +475,7 @@ def _class_dirs(path: Path) -> list[Path]:
 
 
 def _holds(class_dirs: list[Path], suffixes: tuple[str, ...]) -> bool:
-    for class_dir in class_dirs[:3]:
-        for f in class_dir.iterdir():
-            if f.is_file() and f.suffix.lower() in suffixes:
-                return True
-    return False
+    return any(f.is_file() and f.suffix.lower() in suffixes for d in class_dirs[:3] for f in d.iterdir())
 
 
 #: Folders that are never datasets: the file system root and the kernel's virtual file systems
@@ -566,7 +497,7 @@ def _check_not_system(base: Path) -> None:
 
 
 def detect_layout(path: str | os.PathLike) -> str:
-    """Name the dataset layout of folder ``path`` (see the module docstring); raises DataError."""
+    """Name the dataset layout of folder ``path`` (README, "Data"); raises DataError."""
     base = Path(path)
     if not base.exists():
         raise DataError(f"dataset {str(path)[:100]!r} not found: use mnist5k, es-mnist or a dataset folder")
@@ -633,7 +564,7 @@ def open_path_dataset(
     image_size: int = 0,
     time_steps: int = 0,
 ) -> DataBundle:
-    """Open the dataset in folder ``path`` (layouts: module docstring).
+    """Open the dataset in folder ``path`` (layouts: README, "Data").
 
     Args:
         max_shift: random-shift augmentation of in-memory images in pixels; ``-1`` = ``size / 8``

@@ -1,16 +1,9 @@
-"""Event streams: arrays -> frames, and the event file formats spikebridge reads.
-
-* :func:`events_to_frames` -- an event stream (x, y, t, p) -> float frames ``[T, 2, H, W]``
-  (time-major; channel 0 = ON, channel 1 = OFF unless ``polarity_order="off_on"``), binned exactly
-  as ``tonic.transforms.ToFrame`` bins (tested against Tonic when it is installed).
-* ES-ImageNet samples (:func:`write_es_sample`, :func:`read_es_sample`), label files
-  (:func:`read_label_file`, :func:`write_label_file`) and :class:`ESImageNetDataset`.
-* N-MNIST / N-Caltech101 ``.bin`` files (:func:`read_nmnist_bin`).
-* AEDAT 2.0 (DVS128, DAVIS240) and AEDAT 3.1 polarity events (:func:`read_aedat`); AEDAT 4.0
-  (``.aedat4``, e.g. Tonic's CIFAR10-DVS) through the MIT-licensed ``aedat`` package, the
-  optional extra ``spikebridge[aedat4]`` (:func:`read_aedat4`).
-* DVS-Gesture as Tonic stores it: ``[N, 4]`` ``.npy`` arrays of x, y, p, t in ms
-  (:func:`read_gesture_npy`).
+"""Event streams: arrays -> frames (:func:`events_to_frames`, binned exactly as
+``tonic.transforms.ToFrame`` bins), and the event file formats spikebridge reads: ES-ImageNet
+samples and label files (:class:`ESImageNetDataset`), N-MNIST / N-Caltech101 ``.bin``, AEDAT 2.0
+(DVS128, DAVIS240) and 3.1 (:func:`read_aedat`), AEDAT 4.0 through the MIT-licensed ``aedat``
+package, the optional extra ``spikebridge[aedat4]`` (:func:`read_aedat4`), and DVS-Gesture as
+Tonic stores it (:func:`read_gesture_npy`).
 
 Event arrays use Tonic's structured dtype :data:`EVENT_DTYPE` (fields ``x``, ``y``, ``t``, ``p``;
 ``p`` True = ON). The readers are plain numpy (``np.frombuffer``): Tonic (GPL-3.0) is never needed.
@@ -88,11 +81,9 @@ def _on_flags(p: np.ndarray, source: str | os.PathLike | None) -> np.ndarray:
 
 
 def _integer_coords(v: np.ndarray, name: str, limit: int, source: str | os.PathLike | None) -> np.ndarray:
-    if v.dtype.kind not in "iub":
-        if v.dtype.kind == "f" and np.all(np.isfinite(v)) and np.all(v == np.round(v)):
-            v = v.astype(np.int64)
-        else:
-            raise DataError(f"{_where(source)}{name} coordinates must be integers, got dtype {v.dtype}")
+    if v.dtype.kind not in "iub" and not (
+            v.dtype.kind == "f" and np.all(np.isfinite(v)) and np.all(v == np.round(v))):
+        raise DataError(f"{_where(source)}{name} coordinates must be integers, got dtype {v.dtype}")
     v = v.astype(np.int64)
     bad = (v < 0) | (v >= limit)
     if bad.any():
@@ -447,17 +438,10 @@ def es_imagenet_splits(root: Path) -> dict[str, tuple[Path, Path | None]]:
 class ESImageNetDataset(Dataset):
     """ES-ImageNet samples as ``(frames float32 [8, 2, 224, 224], label int)``.
 
-    ``root_or_label_file`` may be:
-
-    * a label file (ours: ``relative_path label height width``, paths relative to its folder);
-    * a folder holding ``labels.txt`` (what :func:`~spikebridge.data.convert.convert_image_folder_odg`
-      writes);
-    * the released dataset's root, holding ``trainlabel.txt`` / ``vallabel.txt`` and the folders
-      ``train/`` / ``val/`` (paths in the label file are relative to ``train/`` or ``val/``, their
-      image suffix replaced by ``.npz``); ``split`` picks ``"train"`` or ``"val"``.
-
-    ``data_dir``: the folder a label file's paths are relative to, when not its own (a released
-    split: see :func:`es_imagenet_splits`).
+    ``root_or_label_file``: a label file (``relative_path label height width``; paths relative to
+    ``data_dir``, default its own folder), a folder holding ``labels.txt`` (what ``spikebridge
+    convert odg`` writes), or the released dataset's root (``<split>label.txt`` with paths relative
+    to ``<split>/``, image suffixes read as ``.npz``; ``split``: ``"train"`` or ``"val"``).
 
     Frames follow arXiv:2203.01158 step 5 (:func:`~spikebridge.data.odg.events_to_dense`), time-major,
     channel 0 = ON. ``transform`` is applied to the frames. ``check_files`` checks at construction

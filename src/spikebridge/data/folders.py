@@ -1,23 +1,10 @@
-"""Image folders in the ImageNet layout, decoded with PIL.
+"""Image folders in the ImageNet layout, ``root/<class name>/<any sub-folders>/<image>.<ext>``
+(torchvision's ``ImageFolder``: class index = position in the sorted class folder names, samples
+in torchvision's order), decoded with PIL.
 
-Layout (the same as torchvision's ``ImageFolder``)::
-
-    root/<class name>/<any sub-folders>/<image>.<ext>
-
-Class index = position of the class folder in the sorted folder names; ``samples`` is the list of
-``(path, class_index)`` in torchvision's order (classes sorted, then a walk with sorted folder
-and file names, following symlinks). Deliberate differences: hidden folders (names starting with
-``.``, e.g. ``.ipynb_checkpoints``) are not classes, and the walk (:func:`walk_folder`) enters
-each folder once (by device and inode) and never follows a symlink back to a folder it is inside
-(``link -> .``, ``link -> /``): such loops are skipped with a one-line warning, so a scan is
-finite and each image is counted once.
-
-Decoding is bounded (:func:`open_image`): an image above :data:`MAX_IMAGE_PIXELS` pixels is
-refused from its header before any pixel is decoded, and JPEGs are decoded at a reduced scale
-when the caller needs fewer pixels (``Image.draft``).
-
-A dataset root holding splits (``root/train`` and ``root/val``; ``test`` or ``validation`` count
-as the validation split) is recognised by :func:`split_layout`.
+Deliberate differences from torchvision: hidden folders (``.ipynb_checkpoints``) are not classes,
+the walk never loops through symlinks (:func:`walk_folder`), and decoding is bounded
+(:func:`open_image`). A root holding ``train/`` + ``val/`` splits: :func:`split_layout`.
 """
 
 from __future__ import annotations
@@ -33,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
+from spikebridge.data.transforms import GREY_MODES
 from spikebridge.errors import ConfigError, DataError
 
 __all__ = [
@@ -58,7 +46,6 @@ MAX_IMAGE_PIXELS = 50_000_000
 8660 x 5770 photograph; far beyond any training resolution. A 13000 x 13000 PNG of a few hundred
 KB would otherwise take 1.6 GB to decode."""
 
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # Exceptions PIL raises for missing, unreadable, unknown, truncated or corrupt files.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, Image.DecompressionBombError, MemoryError)
 
@@ -159,11 +146,7 @@ def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int
     classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     if not classes:
         loose = [e.name for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
-        hint = (
-            f" (it holds {len(loose)} loose images: put each class in its own sub-folder)"
-            if loose
-            else ""
-        )
+        hint = f" (it holds {len(loose)} loose images: put each class in its own sub-folder)" if loose else ""
         raise DataError(f"image folder {path} has no class sub-folders; expected root/<class>/<image>{hint}")
     layout = split_layout(path)
     if layout is not None:
@@ -247,14 +230,9 @@ def open_image(path: str | os.PathLike[str], *, need: int = 0,
 
 
 def load_image(path: str | os.PathLike[str], mode: str = "RGB", *, need: int = 0) -> Image.Image:
-    """Decode ``path`` with PIL (bounded: :func:`open_image`) and convert it to ``mode``
-    (``"RGB"`` or ``"L"``). ``need``: the shorter side the caller resizes to (JPEGs at least
-    twice as large decode at a reduced scale); 0 decodes at full size.
-
-    Raises:
-        DataError: the file is missing, unreadable, not an image, too large, truncated or corrupt
-            (one line naming the file; picklable, so it crosses DataLoader workers).
-    """
+    """Decode ``path`` with :func:`open_image` (bounded; ``need`` as there) and convert it to
+    ``mode`` (``"RGB"`` or ``"L"``). Raises :class:`DataError` (one line naming the file) for a
+    missing, unreadable, too large, truncated or corrupt file, or one that is not an image."""
     with open_image(path, need=need, mode=mode) as img:
         out = img.convert(mode)
         out.load()
@@ -308,10 +286,6 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, index: int) -> Image.Image:
-        """The decoded, mode-converted PIL image of sample ``index`` (no transform)."""
-        return load_image(self.samples[index][0], self.mode)
-
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         path, target = self.samples[index]
         img: Any = load_image(path, self.mode)
@@ -349,7 +323,7 @@ class ImageFolderInfo:
 
 
 def _is_grey(img: Image.Image) -> bool:
-    if img.mode in _GREY_MODES:
+    if img.mode in GREY_MODES:
         return True
     if img.mode == "P":
         pal = img.getpalette() or []

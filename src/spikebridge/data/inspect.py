@@ -1,24 +1,15 @@
 """What spikebridge reads from a recording or a dataset, before anyone trains on it
-(``spikebridge inspect PATH``).
+(``spikebridge inspect PATH``): :func:`inspect_path` returns a JSON-ready dict and, on request, a
+:class:`Preview` of one sample to draw.
 
-:func:`inspect_path` returns a plain dict (JSON-ready) and, on request, a :class:`Preview` of one
-sample to draw:
-
-* a recording -- N-MNIST ``.bin``, AEDAT 2.0 / 3.1 ``.aedat``, AEDAT 4.0 ``.aedat4``, a DVS-Gesture
-  ``.npy``: ``{"kind": "recording", "format", "events", "on", "off", "sensor_size": [W, H],
-  "t_range": [first, last], "t_unit": "us"}``. Only polarity events count: the readers drop
-  N-MNIST timer-overflow markers, AEDAT 3.1 special-event packets and invalid events, and DVS128
-  sync / special addresses (bits 15, 31). The sensor is the one the dataset reader bins on.
-* an ES-ImageNet sample / ES-UCF101 clip ``.npz``: the same keys with ``"t_unit": "step"`` (the
-  files hold time steps, 1-based); ES-ImageNet's ``sensor_size`` is the 224x224 frame
-  spikebridge makes of the sample.
-* a video clip (a folder of frame images): ``{"kind": "recording", "format": "video-clip",
-  "frames": N, "frame_size": [W, H]}`` (the first frame's size).
-* a dataset folder (any layout :func:`~spikebridge.data.disk.detect_layout` knows) or a built-in
-  name: ``{"kind": "dataset", "layout", "classes": [names], "splits": {"train": n, "test": n},
-  "sample_shape": [...]}`` -- the shape of one training sample as the trainer gets it. Read with
-  the dataset openers: files are listed and one sample is read, nothing more (image folders are
-  listed without decoding; CIFAR's batches are read).
+* a recording (N-MNIST ``.bin``, AEDAT ``.aedat`` / ``.aedat4``, DVS-Gesture ``.npy``, an
+  ES-ImageNet sample or ES-UCF101 clip ``.npz``): ``{"kind": "recording", "format", "events",
+  "on", "off", "sensor_size": [W, H], "t_range": [first, last], "t_unit"}`` (``"us"``, or
+  ``"step"`` for ``.npz``: 1-based time steps). Only polarity events count, and the sensor is the
+  one the dataset reader bins on (ES-ImageNet: the 224x224 frame made of the sample).
+* a video clip folder: ``{"kind": "recording", "format": "video-clip", "frames", "frame_size"}``.
+* a dataset folder or a built-in name: ``{"kind": "dataset", "layout", "classes", "splits":
+  {"train", "test"}, "sample_shape"}``, read with the dataset openers (one sample is read).
 
 Every bad input is a one-line :class:`~spikebridge.errors.DataError`.
 """
@@ -84,18 +75,18 @@ def _inspect(name: str, preview: bool) -> tuple[dict[str, Any], Preview | None]:
     if suffix == ".npz":
         return _inspect_npz(where, preview)
     fmt, events, sensor = read_event_file(where)
-    return _recording(fmt, events, sensor, "us"), _event_preview(events, sensor, where, preview)
+    on, t = int(events["p"].sum()), events["t"]
+    info = _recording(fmt, on, len(events) - on, sensor, [int(t[0]), int(t[-1])] if len(t) else None, "us")
+    return info, _event_preview(events, sensor, where, preview)
 
 
 # ------------------------------------------------------------------------------------------------
 # recordings
 # ------------------------------------------------------------------------------------------------
-def _recording(fmt: str, events: np.ndarray, sensor: tuple[int, int], unit: str) -> dict[str, Any]:
-    on = int(events["p"].sum())
-    t = events["t"]
-    return {"kind": "recording", "format": fmt, "events": len(events), "on": on, "off": len(events) - on,
-            "sensor_size": [int(sensor[0]), int(sensor[1])],
-            "t_range": [int(t[0]), int(t[-1])] if len(t) else None, "t_unit": unit}
+def _recording(fmt: str, on: int, off: int, sensor: tuple[int, int], t_range: list[int] | None,
+               unit: str) -> dict[str, Any]:
+    return {"kind": "recording", "format": fmt, "events": on + off, "on": on, "off": off,
+            "sensor_size": [int(sensor[0]), int(sensor[1])], "t_range": t_range, "t_unit": unit}
 
 
 def _event_preview(events: np.ndarray, sensor: tuple[int, int], path: Path, wanted: bool) -> Preview | None:
@@ -121,17 +112,14 @@ def _inspect_npz(path: Path, wanted: bool) -> tuple[dict[str, Any], Preview | No
         sample = read_es_sample(path)
         steps = np.concatenate([sample.pos[:, 2], sample.neg[:, 2]])
         frames = events_to_dense(sample, dtype=torch.float32)
-        info = {"kind": "recording", "format": "es-imagenet-npz", "events": sample.n_events,
-                "on": len(sample.pos), "off": len(sample.neg),
-                "sensor_size": [int(frames.shape[-1]), int(frames.shape[-2])],
-                "t_range": [int(steps.min()), int(steps.max())] if len(steps) else None, "t_unit": "step"}
+        info = _recording("es-imagenet-npz", len(sample.pos), len(sample.neg), frames.shape[:-3:-1],
+                          [int(steps.min()), int(steps.max())] if len(steps) else None, "step")
     elif kind == "es-ucf101":
         clip = read_video_events(path)
         active = np.flatnonzero(clip.any(axis=(0, 2, 3)))
         on, off = int(clip[0].sum(dtype=np.int64)), int(clip[1].sum(dtype=np.int64))
-        info = {"kind": "recording", "format": "es-ucf101-npz", "events": on + off, "on": on, "off": off,
-                "sensor_size": [int(clip.shape[3]), int(clip.shape[2])],
-                "t_range": [int(active[0]) + 1, int(active[-1]) + 1] if len(active) else None, "t_unit": "step"}
+        info = _recording("es-ucf101-npz", on, off, clip.shape[:1:-1],
+                          [int(active[0]) + 1, int(active[-1]) + 1] if len(active) else None, "step")
         frames = torch.from_numpy(np.ascontiguousarray(clip.transpose(1, 0, 2, 3))).float()
     else:
         raise DataError(f"{path}: an .npz holding {keys[:6]}; expected an ES-ImageNet sample (pos, neg) "
@@ -221,7 +209,7 @@ def _inspect_cifar(path: Path, wanted: bool):
 def _inspect_image_folders(path: Path, wanted: bool):
     """ImageNet layout, listed without decoding (the opener decodes small images into memory)."""
     from .disk import default_image_size
-    from .folders import ImageFolderDataset, inspect_image_folder, split_layout
+    from .folders import ImageFolderDataset, inspect_image_folder, load_image, split_layout
     from .transforms import ToTensor
 
     split = split_layout(path)
@@ -235,7 +223,7 @@ def _inspect_image_folders(path: Path, wanted: bool):
     info = _dataset_info("image-folders", train.classes, len(train), len(test), (found.channels, size, size))
     if not wanted:
         return info, None
-    image = ToTensor(channels=found.channels)(train.load(0))
+    image = ToTensor(channels=found.channels)(load_image(train.samples[0][0], train.mode))
     return info, Preview("images", image.unsqueeze(0), f"{path.name}: {Path(train.samples[0][0]).name} (as stored)")
 
 

@@ -14,6 +14,7 @@ permutation (the global batch is split across ranks).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
@@ -21,7 +22,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError, SpikebridgeError
+from ..errors import ConfigError, DataError, SpikebridgeError
 from .static import TensorSplit
 from .transforms import random_shift
 
@@ -51,9 +52,7 @@ class DataBundle:
     @property
     def time_steps(self) -> int | None:
         """T of event data (None for static images)."""
-        if self.kind != "events":
-            return None
-        return int(self.first_sample().shape[0])
+        return int(self.first_sample().shape[0]) if self.kind == "events" else None
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -65,7 +64,6 @@ class DataBundle:
 def limit_bundle(bundle: DataBundle, limit_train: int = 0, limit_test: int = 0, *, seed: int = 0) -> DataBundle:
     """The same bundle with at most ``limit_train`` / ``limit_test`` samples (0 = all): a seeded
     random subset of each split, kept in the split's order (quick runs and tests)."""
-    from dataclasses import replace
 
     def subset(split: TensorSplit | Dataset, limit: int, offset: int) -> TensorSplit | Dataset:
         if limit <= 0 or limit >= len(split):
@@ -108,14 +106,12 @@ def iterate_batches(
     """Yield ``(inputs, labels)``; training batches are shuffled with ``generator`` and drop the
     last incomplete global batch; evaluation covers every sample once across the ranks, one batch
     at a time (nothing holds the split), reporting each consumed test batch to ``bundle.progress``."""
-    batches = _iterate_batches(bundle, split, batch_size, train=train, generator=generator, rank=rank,
-                               world_size=world_size)
-    if train or bundle.progress is None or split is not bundle.test:
-        yield from batches
-        return
-    for x, y in batches:
+    report = None if train or split is not bundle.test else bundle.progress
+    for x, y in _iterate_batches(bundle, split, batch_size, train=train, generator=generator, rank=rank,
+                                 world_size=world_size):
         yield x, y
-        bundle.progress(len(y))
+        if report is not None:
+            report(len(y))
 
 
 def _iterate_batches(
@@ -138,22 +134,19 @@ def _iterate_batches(
     local_batch = batch_size // world_size if train else batch_size
     where = f"{bundle.name} {'train' if split is bundle.train else 'test'} split"
     if isinstance(split, TensorSplit):
+        # under DDP with augmentation, augment the whole global batch and keep this rank's share:
+        # the same random draws (and generator state) as one process training on the global batch
+        whole = world_size > 1 and train and bundle.max_shift > 0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            if world_size > 1 and train and bundle.max_shift > 0:
-                # augment the whole global batch and keep this rank's share: the same random draws
-                # (and generator state) as one process training on the global batch
-                images, labels = split.images[idx], split.labels[idx]
-                _check_batch(images, labels, idx, bundle.num_classes, where, split)
-                x = _prepare_tensor_batch(bundle, images, train, generator)[rank::world_size]
-                yield to_time_major(x, bundle.kind), labels[rank::world_size]
-                continue
-            idx = idx[rank::world_size] if world_size > 1 else idx
+            idx = idx if whole or world_size == 1 else idx[rank::world_size]
             if len(idx) == 0:
                 continue
             images, labels = split.images[idx], split.labels[idx]
             _check_batch(images, labels, idx, bundle.num_classes, where, split)
             x = _prepare_tensor_batch(bundle, images, train, generator)
+            if whole:
+                x, labels = x[rank::world_size], labels[rank::world_size]
             yield to_time_major(x, bundle.kind), labels
         return
     if world_size > 1:
@@ -261,54 +254,42 @@ def merge_frames(frames: torch.Tensor, bins: int, time_dim: int) -> torch.Tensor
     """Sum groups of consecutive event frames: ``T`` steps -> ``bins`` steps along ``time_dim``."""
     steps = frames.shape[time_dim]
     if bins <= 0 or steps % bins:
-        from ..errors import ConfigError
-
         raise ConfigError(f"events.time_bins={bins} must divide the stream's {steps} time steps")
     shape = list(frames.shape)
     shape[time_dim : time_dim + 1] = [bins, steps // bins]
     return frames.reshape(shape).sum(time_dim + 1).to(frames.dtype)
 
 
-class _MergedFrames(Dataset):
-    def __init__(self, dataset: Dataset, bins: int) -> None:
-        self.dataset, self.bins = dataset, bins
+class MappedDataset(Dataset):
+    """``(transform(x), label(y))`` of another dataset's samples (``label=None`` keeps ``y``)."""
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        frames, label = self.dataset[index]
-        return merge_frames(frames, self.bins, 0), label
-
-
-def with_time_bins(bundle: DataBundle, bins: int) -> DataBundle:
-    """The same event bundle with its frames merged into ``bins`` time steps (0 = unchanged)."""
-    from dataclasses import replace
-
-    if bins == 0 or bundle.kind != "events" or bundle.time_steps == bins:
-        return bundle
-
-    def merged(split):
-        if isinstance(split, TensorSplit):
-            return TensorSplit(merge_frames(split.images, bins, 1), split.labels)
-        return _MergedFrames(split, bins)
-
-    return replace(bundle, train=merged(bundle.train), test=merged(bundle.test))
-
-
-class _AsFloatTensor(Dataset):
-    """``(float32 tensor, int)`` of a dataset that yields arrays (a Tonic dataset's ``ToFrame``
-    output is a numpy ``int16`` array) or tensors, and labels as ints or 0-d arrays."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, transform: Callable, label: Callable | None = None) -> None:
+        self.dataset, self.transform, self.label = dataset, transform, label
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
         x, y = self.dataset[index]
-        return torch.as_tensor(x).to(torch.float32), int(y)
+        return self.transform(x), (y if self.label is None else self.label(y))
+
+
+def with_time_bins(bundle: DataBundle, bins: int) -> DataBundle:
+    """The same event bundle with its frames merged into ``bins`` time steps (0 = unchanged)."""
+    if bins == 0 or bundle.kind != "events" or bundle.time_steps == bins:
+        return bundle
+
+    def merged(split):
+        if isinstance(split, TensorSplit):
+            return TensorSplit(merge_frames(split.images, bins, 1), split.labels)
+        return MappedDataset(split, functools.partial(merge_frames, bins=bins, time_dim=0))
+
+    return replace(bundle, train=merged(bundle.train), test=merged(bundle.test))
+
+
+def _as_float32(x) -> torch.Tensor:
+    """An array (a Tonic dataset's ``ToFrame`` output is numpy ``int16``) or tensor as float32."""
+    return torch.as_tensor(x).to(torch.float32)
 
 
 def dataset_bundle(train: Dataset, test: Dataset, *, num_classes: int | None = None,
@@ -330,7 +311,7 @@ def dataset_bundle(train: Dataset, test: Dataset, *, num_classes: int | None = N
         if not classes:
             raise DataError("dataset_bundle: give num_classes= (the train split has no 'classes' list)")
         num_classes = len(classes)
-    train, test = _AsFloatTensor(train), _AsFloatTensor(test)
+    train, test = MappedDataset(train, _as_float32, int), MappedDataset(test, _as_float32, int)
     try:
         sample, _label = train[0]
     except (TypeError, ValueError) as exc:

@@ -157,22 +157,6 @@ def _intensity_of(arr: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(_scale(arr, what))
 
 
-def image_intensity(image: Any) -> np.ndarray:
-    """The intensity ``I`` of ODG step 1 at the image's own size: float32 ``[H, W]`` in [0, 1].
-
-    ``I`` is the maximum over the colour channels (HSV value). Accepted inputs:
-
-    * a PIL image of any mode: ``L``/``1``/``LA`` (grey, alpha dropped), ``RGB``, ``RGBA``/``P``/
-      ``CMYK``/... (converted to RGB, alpha dropped), ``I;16``/``I`` (16-bit, divided by 65535),
-      ``F`` (float, must lie in [0, 1]);
-    * a numpy array ``HxW`` or ``HxWxC`` (channels last, C in 1..4, alpha dropped): uint8 (/255),
-      uint16 (/65535), bool, or float in [0, 1];
-    * a torch tensor ``HxW`` or ``CxHxW`` (channels first, torchvision's convention), same dtypes.
-    """
-    arr, what = _as_channels_last(image)
-    return _intensity_of(arr, what)
-
-
 def resized_shape(height: int, width: int, size: int = 254) -> tuple[int, int]:
     """ODG step 1: the longer side becomes ``size``; the other is ``int(other*size/longer)``.
 
@@ -200,8 +184,14 @@ def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
 
 
 def resized_intensity(image: Any, size: int = 254) -> np.ndarray:
-    """ODG step 1: float32 ``[h, w]`` intensity, longer side ``size``: the nearest-neighbour resize
-    of ``image_intensity(image)`` (``F.interpolate``'s pixels), selecting pixels before converting them."""
+    """ODG step 1: the intensity ``I`` (maximum over the colour channels, HSV value), float32
+    ``[h, w]`` in [0, 1], resized nearest-neighbour (``F.interpolate``'s pixels) to longer side ``size``.
+
+    ``image``: a PIL image of any mode (``L``/``1``/``LA`` grey, ``RGB``, ``RGBA``/``P``/``CMYK``/...
+    converted to RGB, ``I;16``/``I`` 16-bit divided by 65535, ``F`` float in [0, 1]; alpha dropped);
+    a numpy array ``HxW`` or ``HxWxC`` (C in 1..4) or a torch tensor ``HxW`` or ``CxHxW``, uint8
+    (/255), uint16 (/65535), bool, or float in [0, 1].
+    """
     arr, what = _as_channels_last(image)
     h, w = resized_shape(arr.shape[0], arr.shape[1], size=size)
     rows = nearest_indices(arr.shape[0], h)
@@ -247,10 +237,12 @@ def _region_masks(
     offsets: Sequence[tuple[int, int]],
     size: int,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """The masks of :func:`odg_masks` restricted to the window region ``[lo:hi, lo:hi]``.
+    """ODG steps 2-3 on resized intensities ``img`` float32 ``[N, h, w]`` placed on a ``size x size``
+    canvas, restricted to the window region ``[lo:hi, lo:hi]``.
 
-    Returns ``(on, off, lo)`` with ``on``/``off`` bool ``[N, T, hi-lo, hi-lo]``; only rows/cols
-    strictly inside the window can hold a kept event, so nothing outside is computed.
+    Returns ``(on, off, lo)`` with ``on``/``off`` bool ``[N, T, hi-lo, hi-lo]`` (index ``[n, t-1, row -
+    lo, col - lo]`` is the event of move ``t`` at canvas ``(row, col)``; strips and window applied);
+    only rows/cols strictly inside the window can hold a kept event, so nothing outside is computed.
     """
     n, h, w = img.shape
     thr = np.float32(threshold)
@@ -285,41 +277,6 @@ def _region_masks(
     return on, off, lo
 
 
-def odg_masks(
-    intensity: np.ndarray,
-    *,
-    threshold: float = 0.18,
-    window: tuple[int, int] = (16, 240),
-    path: Sequence[tuple[int, int]] = ODG_PATH,
-    canvas_size: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """ODG steps 2-3 on already resized intensities: bool ``on``, ``off`` of ``[N, T, S, S]``.
-
-    ``intensity``: float32 ``[N, h, w]`` (or ``[h, w]``, then the ``N`` axis is dropped) in [0, 1];
-    ``S`` = ``canvas_size`` (default ``max(h, w) + 4``), ``T = len(path) - 1``. Index ``[n, t-1,
-    row, col]`` is the event of move ``t`` at canvas ``(row, col)``; strips and window applied.
-    """
-    squeeze = intensity.ndim == 2
-    img = np.asarray(intensity, dtype=np.float32)
-    if squeeze:
-        img = img[None]
-    if img.ndim != 3:
-        raise DataError(f"odg_masks expects intensities [N, h, w] or [h, w], got shape {tuple(img.shape)}")
-    n, h, w = img.shape
-    size = canvas_size if canvas_size is not None else max(h, w) + 4
-    offsets = [(int(r), int(c)) for r, c in path]
-    _check_params(max(h, w), offsets, window, threshold)
-    if any(r + h > size or c + w > size for r, c in offsets):
-        raise ConfigError(f"a {h}x{w} image at offsets {offsets} does not fit a {size}x{size} canvas")
-    on_r, off_r, lo = _region_masks(img, threshold, window, offsets, size)
-    k = on_r.shape[-1]
-    on = np.zeros((n, len(offsets) - 1, size, size), dtype=bool)
-    off = np.zeros_like(on)
-    on[:, :, lo:lo + k, lo:lo + k] = on_r
-    off[:, :, lo:lo + k, lo:lo + k] = off_r
-    return (on[0], off[0]) if squeeze else (on, off)
-
-
 def _mask_to_rows(mask: np.ndarray, lo: int = 0) -> np.ndarray:
     """bool ``[T, K, K]`` (region starting at canvas ``lo``) -> uint8 ``[N, 3]`` rows
     ``(row, col, t)`` in canvas coordinates, sorted by ``(t, row, col)``."""
@@ -344,7 +301,7 @@ def odg(
 ) -> EventSample | None:
     """Convert one static image into an ODG event sample (ES-ImageNet, arXiv:2203.01158 steps 1-3).
 
-    ``image``: see :func:`image_intensity` for the accepted types. ``size``: length in pixels of
+    ``image``: see :func:`resized_intensity` for the accepted types. ``size``: length in pixels of
     the resized longer side (the canvas is ``size + 4``). ``threshold``: on the [0, 1] intensity
     difference, compared in float32 with strict inequalities. ``window``: events need
     ``window[0] < row < window[1]`` and the same for col (canvas pixels). ``path``: the 9 (row, col)
@@ -505,18 +462,20 @@ def es_mnist_frames(
     if max(h, w) != cfg.size:
         raise DataError(f"es_mnist_frames: images are {h}x{w} but the config's size is {cfg.size}")
     c0, c1 = cfg.crop
-    dr, dc = (cfg.size - h) // 2, (cfg.size - w) // 2
-    n_steps = len(cfg.path) - 1
+    offsets = tuple((int(r), int(c)) for r, c in cfg.path)
+    n_steps = len(offsets) - 1
     out = torch.zeros((n, n_steps, 2, c1 - c0, c1 - c0), dtype=torch.uint8)
     for start in range(0, n, batch_size):
+        _check_params(cfg.size, offsets, cfg.window, cfg.threshold)
         chunk = arr[start:start + batch_size].astype(np.float32) / np.float32(255.0)
-        on, off = odg_masks(chunk, threshold=cfg.threshold, window=cfg.window, path=cfg.path,
-                            canvas_size=cfg.size + 4)
-        dense = np.zeros((len(chunk), n_steps, 2, cfg.canvas, cfg.canvas), dtype=np.uint8)
-        s = on.shape[-1]
-        r_hi, c_hi = min(s, cfg.canvas - dr), min(s, cfg.canvas - dc)
-        dense[:, :, 0, dr:dr + r_hi, dc:dc + c_hi] = on[:, :, :r_hi, :c_hi]
-        dense[:, :, 1, dr:dr + r_hi, dc:dc + c_hi] = off[:, :, :r_hi, :c_hi]
+        on, off, lo = _region_masks(chunk, cfg.threshold, cfg.window, offsets, cfg.size + 4)
+        # the window region, shifted by the centring offset, on a grid large enough to hold it
+        r0, q0, k = (cfg.size - h) // 2 + lo, (cfg.size - w) // 2 + lo, on.shape[-1]
+        grid = (max(cfg.canvas, r0 + k), max(cfg.canvas, q0 + k))
+        dense = np.zeros((len(chunk), n_steps, 2, *grid), dtype=np.uint8)
+        dense[:, :, 0, r0:r0 + k, q0:q0 + k] = on
+        dense[:, :, 1, r0:r0 + k, q0:q0 + k] = off
+        dense = dense[:, :, :, :cfg.canvas, :cfg.canvas]  # events outside the canvas are dropped
         out[start:start + len(chunk)] = torch.from_numpy(dense[:, :, :, c0:c1, c0:c1])
     return out
 

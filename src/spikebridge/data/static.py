@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -67,25 +69,26 @@ def _read_mnist5k_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
     return images, table[:, 784]
 
 
-def stratified_split(labels: np.ndarray, test_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, test): per class a seeded permutation, the first ``test_per_class`` to test."""
+def stratified_indices(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Per class a seeded permutation; the first ``ceil(test_fraction * n_class)`` go to test."""
+    labels_np = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    train_idx, test_idx = [], []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
+    train, test = [], []
+    for cls in np.unique(labels_np):
+        members = np.flatnonzero(labels_np == cls)
         members = members[rng.permutation(len(members))]
-        test_idx.append(members[:test_per_class])
-        train_idx.append(members[test_per_class:])
-    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+        n_test = min(len(members) - 1, math.ceil(test_fraction * len(members))) if len(members) > 1 else 0
+        test += members[:n_test].tolist()
+        train += members[n_test:].tolist()
+    if not train or not test:
+        raise DataError(f"too few samples ({len(labels_np)}) to split off a test set")
+    return sorted(train), sorted(test)
 
 
 def load_mnist5k(seed: int = 0) -> tuple[TensorSplit, TensorSplit]:
     """The fixed 4,000 / 1,000 stratified split of the embedded MNIST (images ``[N, 1, 28, 28]``)."""
     images, labels = load_mnist5k_arrays()
-    train_idx, test_idx = stratified_split(labels, test_per_class=100, seed=seed)
-    images_t = torch.from_numpy(images).unsqueeze(1)
-    labels_t = torch.from_numpy(labels)
-    return (
-        TensorSplit(images_t[train_idx], labels_t[train_idx]),
-        TensorSplit(images_t[test_idx], labels_t[test_idx]),
-    )
+    train_idx, test_idx = stratified_indices(labels, 0.2, seed)  # 100 of each class's 500 digits
+    images_t, labels_t = torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
+    train, test = (TensorSplit(images_t[i], labels_t[i]) for i in (train_idx, test_idx))
+    return train, test

@@ -1,25 +1,15 @@
 """Image transforms (PIL images and tensors) without torchvision, plus a fast batch shift.
 
-Every transform is a small callable object. Geometric transforms accept either a
-``PIL.Image.Image`` or a tensor whose last two dimensions are ``[H, W]`` (usually ``[C, H, W]``)
-and return the same kind. :class:`ToTensor` turns a PIL image (or a uint8 array) into a float
-tensor ``[C, H, W]`` in ``[0, 1]``; :class:`Normalize` works on such tensors.
+Geometric transforms accept a ``PIL.Image.Image`` or a tensor ``[..., H, W]`` and return the same
+kind; :class:`ToTensor` gives a float tensor ``[C, H, W]`` in ``[0, 1]``.
 
-Randomness: a random transform draws from, in order of precedence,
-
-1. the ``generator`` passed to the call (``t(img, generator=g)``; :class:`Compose` forwards it),
-2. the ``generator`` given to its constructor,
-3. PyTorch's global RNG (``torch.manual_seed``), which is what torchvision uses; DataLoader seeds
-   it differently in every worker process.
-
-A constructor generator is copied into every DataLoader worker with the same state, which would
-make all workers draw the same crops. So inside a worker the transform switches to a private
-generator seeded from ``(generator.initial_seed(), worker seed)``; the worker seed comes from the
-DataLoader (``base_seed + worker_id``), so a run seeded with ``torch.manual_seed`` (or a DataLoader
-``generator``) is reproducible and workers still differ.
-
-:class:`RandomResizedCrop` reproduces torchvision's sampling algorithm draw for draw (same RNG
-calls in the same order), so with the global RNG and the same seed it picks the same boxes.
+A random transform draws from the ``generator`` passed to the call (:class:`Compose` forwards it),
+else the one given to its constructor, else PyTorch's global RNG (as torchvision does). A
+constructor generator would be copied into every DataLoader worker with the same state, so inside
+a worker the transform draws from a private generator seeded from ``(generator.initial_seed(),
+worker seed)``: reproducible runs, and workers still differ. :class:`RandomResizedCrop` makes
+torchvision's RNG calls in the same order, so with the global RNG and the same seed it picks the
+same boxes.
 """
 
 from __future__ import annotations
@@ -38,10 +28,6 @@ from spikebridge.errors import ConfigError, DataError
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "CIFAR_MEAN",
-    "CIFAR_STD",
-    "MNIST_MEAN",
-    "MNIST_STD",
     "ImageLike",
     "RandomTransform",
     "Compose",
@@ -54,30 +40,20 @@ __all__ = [
     "RandomHorizontalFlip",
     "imagenet_train_transform",
     "imagenet_eval_transform",
-    "small_image_train_transform",
-    "small_image_eval_transform",
-    "cifar_train_transform",
-    "cifar_eval_transform",
-    "digits_train_transform",
-    "digits_eval_transform",
     "random_shift_offsets",
     "shift_batch",
     "random_shift",
 ]
 
-# Dataset statistics (per-channel mean / std of pixel values in [0, 1]); used only as defaults
-# in the preset signatures below.
+# ImageNet's per-channel mean / std of pixel values in [0, 1].
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-CIFAR_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-CIFAR_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-MNIST_MEAN: tuple[float] = (0.1307,)
-MNIST_STD: tuple[float] = (0.3081,)
 
 ImageLike = Union[Image.Image, torch.Tensor]
 """A PIL image, or a tensor whose last two dimensions are ``[H, W]``."""
 
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: PIL modes of grey images (one channel, alpha dropped).
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _PIL_RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -165,16 +141,10 @@ def _resize(img: ImageLike, height: int, width: int, interpolation: str) -> Imag
     x = img.reshape(1, -1, *img.shape[-2:])
     dtype = x.dtype
     xf = x if x.is_floating_point() else x.float()
-    if interpolation == "nearest":
-        y = F.interpolate(xf, size=(height, width), mode="nearest")
-    else:
-        y = F.interpolate(xf, size=(height, width), mode=interpolation, align_corners=False, antialias=True)
+    smooth = {} if interpolation == "nearest" else {"align_corners": False, "antialias": True}
+    y = F.interpolate(xf, size=(height, width), mode=interpolation, **smooth)
     if not dtype.is_floating_point:
-        if dtype == torch.uint8:
-            y = y.round().clamp(0, 255)
-        else:
-            y = y.round()
-        y = y.to(dtype)
+        y = (y.round().clamp(0, 255) if dtype == torch.uint8 else y.round()).to(dtype)
     return y.reshape(*lead, height, width)
 
 
@@ -269,25 +239,16 @@ class ToTensor:
         return self._fix_channels(x)
 
     def _from_pil(self, img: Image.Image) -> torch.Tensor:
-        mode = img.mode
-        if mode in _GREY_MODES:
-            if mode in ("1", "LA"):
+        if img.mode in GREY_MODES:
+            if img.mode in ("1", "LA"):
                 img = img.convert("L")
-                mode = "L"
-            arr = np.asarray(img)
-            if mode == "L":
-                scale = 255.0
-            elif mode == "F":
-                scale = 1.0
-            else:  # 16-bit / 32-bit integer grey
-                scale = 65535.0
-            x = torch.from_numpy(np.asarray(arr, dtype=np.float32) / np.float32(scale))
+            scale = {"L": 255.0, "F": 1.0}.get(img.mode, 65535.0)  # else 16-bit / 32-bit integer grey
+            x = torch.from_numpy(np.asarray(img, dtype=np.float32) / np.float32(scale))
             return x.unsqueeze(0).contiguous()
         if self.channels == 1:
-            img = img.convert("L")
-            arr = np.asarray(img)
-            return torch.from_numpy(arr.astype(np.float32) / np.float32(255.0)).unsqueeze(0)
-        if mode != "RGB":
+            x = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / np.float32(255.0))
+            return x.unsqueeze(0)
+        if img.mode != "RGB":
             img = img.convert("RGB")
         arr = np.array(img)  # writable copy (PIL's buffer view is read-only)
         return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0).contiguous()
@@ -358,12 +319,9 @@ class Resize:
     """
 
     def __init__(self, size: int | Sequence[int], interpolation: str = "bilinear") -> None:
-        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-            if size <= 0:
-                raise ConfigError(f"Resize size must be positive, got {size}")
-            self.size: int | tuple[int, int] = int(size)
-        else:
-            self.size = _pair(size, "Resize size")
+        pair = _pair(size, "Resize size")
+        square = isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+        self.size: int | tuple[int, int] = int(size) if square else pair
         self.interpolation = _check_interpolation(interpolation)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
@@ -397,11 +355,8 @@ class CenterCrop:
         ch, cw = self.size
         h, w = _image_hw(img)
         if ch > h or cw > w:
-            pl = (cw - w) // 2 if cw > w else 0
-            pt = (ch - h) // 2 if ch > h else 0
-            pr = (cw - w + 1) // 2 if cw > w else 0
-            pb = (ch - h + 1) // 2 if ch > h else 0
-            img = _pad(img, pl, pt, pr, pb)
+            dw, dh = max(cw - w, 0), max(ch - h, 0)
+            img = _pad(img, dw // 2, dh // 2, (dw + 1) // 2, (dh + 1) // 2)
             h, w = _image_hw(img)
             if (h, w) == (ch, cw):
                 return img
@@ -474,18 +429,12 @@ class RandomResizedCrop(RandomTransform):
                 return i, j, h, w
         # Fallback: central crop of the whole image, clamped to the ratio range.
         in_ratio = float(width) / float(height)
+        h, w = height, width
         if in_ratio < min(ratio):
-            w = width
             h = int(round(w / min(ratio)))
         elif in_ratio > max(ratio):
-            h = height
             w = int(round(h * max(ratio)))
-        else:
-            w = width
-            h = height
-        i = (height - h) // 2
-        j = (width - w) // 2
-        return i, j, h, w
+        return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, img: ImageLike, generator: torch.Generator | None = None) -> ImageLike:
         h, w = _image_hw(img)
@@ -587,7 +536,7 @@ class RandomHorizontalFlip(RandomTransform):
 # --------------------------------------------------------------------------- presets
 
 
-def _norm_stats(
+def norm_stats(
     mean: Sequence[float], std: Sequence[float], channels: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std for ``channels``: 3-channel statistics are averaged for grey input."""
@@ -614,7 +563,7 @@ def imagenet_train_transform(
     ts: list[Callable[..., Any]] = [RandomResizedCrop(size, scale=scale, generator=generator)]
     if flip:
         ts.append(RandomHorizontalFlip(generator=generator))
-    m, s = _norm_stats(mean, std, channels)
+    m, s = norm_stats(mean, std, channels)
     ts += [ToTensor(channels=channels), Normalize(m, s)]
     return Compose(ts)
 
@@ -634,95 +583,8 @@ def imagenet_eval_transform(
     """
     if resize is None:
         resize = int(round(size * 256 / 224))
-    m, s = _norm_stats(mean, std, channels)
+    m, s = norm_stats(mean, std, channels)
     return Compose([Resize(resize), CenterCrop(size), ToTensor(channels=channels), Normalize(m, s)])
-
-
-def small_image_train_transform(
-    size: int,
-    padding: int,
-    flip: bool,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    channels: int | None = None,
-    generator: torch.Generator | None = None,
-) -> Compose:
-    """Small-image training pipeline: ``Resize(size)`` + ``CenterCrop(size)`` (no-ops for images
-    already ``size x size``) -> ``RandomCrop(size, padding)`` -> optional flip -> ``ToTensor`` ->
-    optional ``Normalize`` (skipped when ``mean`` is ``None``)."""
-    ts: list[Callable[..., Any]] = [
-        Resize(size),
-        CenterCrop(size),
-        RandomCrop(size, padding=padding, generator=generator),
-    ]
-    if flip:
-        ts.append(RandomHorizontalFlip(generator=generator))
-    ts.append(ToTensor(channels=channels))
-    if mean is not None:
-        if std is None:
-            raise ConfigError("small_image_train_transform: std is required when mean is given")
-        ts.append(Normalize(mean, std))
-    return Compose(ts)
-
-
-def small_image_eval_transform(
-    size: int,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    channels: int | None = None,
-) -> Compose:
-    """Small-image test pipeline: ``Resize(size)`` + ``CenterCrop(size)`` -> ``ToTensor`` ->
-    optional ``Normalize``."""
-    ts: list[Callable[..., Any]] = [Resize(size), CenterCrop(size), ToTensor(channels=channels)]
-    if mean is not None:
-        if std is None:
-            raise ConfigError("small_image_eval_transform: std is required when mean is given")
-        ts.append(Normalize(mean, std))
-    return Compose(ts)
-
-
-def cifar_train_transform(
-    size: int = 32,
-    padding: int = 4,
-    flip: bool = True,
-    mean: Sequence[float] | None = CIFAR_MEAN,
-    std: Sequence[float] | None = CIFAR_STD,
-    generator: torch.Generator | None = None,
-) -> Compose:
-    """CIFAR training: ``RandomCrop(32, padding=4)`` + horizontal flip + ``ToTensor`` (3 channels)
-    + CIFAR normalisation. Output: float ``[3, size, size]``."""
-    return small_image_train_transform(size, padding, flip, mean, std, channels=3, generator=generator)
-
-
-def cifar_eval_transform(
-    size: int = 32,
-    mean: Sequence[float] | None = CIFAR_MEAN,
-    std: Sequence[float] | None = CIFAR_STD,
-) -> Compose:
-    """CIFAR test: ``ToTensor`` (3 channels) + CIFAR normalisation. Output ``[3, size, size]``."""
-    return small_image_eval_transform(size, mean, std, channels=3)
-
-
-def digits_train_transform(
-    size: int = 28,
-    padding: int = 2,
-    mean: Sequence[float] | None = MNIST_MEAN,
-    std: Sequence[float] | None = MNIST_STD,
-    generator: torch.Generator | None = None,
-) -> Compose:
-    """Handwritten-digit training: ``RandomCrop(28, padding=2)`` (no flip: digits are not
-    mirror-symmetric) + grey ``ToTensor`` + MNIST normalisation (``mean=None`` keeps [0, 1]).
-    Output: float ``[1, size, size]``."""
-    return small_image_train_transform(size, padding, False, mean, std, channels=1, generator=generator)
-
-
-def digits_eval_transform(
-    size: int = 28,
-    mean: Sequence[float] | None = MNIST_MEAN,
-    std: Sequence[float] | None = MNIST_STD,
-) -> Compose:
-    """Handwritten-digit test: grey ``ToTensor`` + MNIST normalisation. Output ``[1, size, size]``."""
-    return small_image_eval_transform(size, mean, std, channels=1)
 
 
 # --------------------------------------------------------------------------- batch shift

@@ -1,23 +1,20 @@
 """Video -> events (ES-UCF101, arXiv:2203.01158 "ES-UCF101: event streams from video").
 
-A clip is a folder of frame images (UCF101 ``jpegs_256`` layout, ``class/clip/frame000001.jpg``).
-Its frames are **sorted by name in natural order** (``frame9`` before ``frame10``; the reference
-code listed them unsorted), ``n_frames`` (31) of them are sampled evenly, converted to greyscale in
-[0, 1], and the ``n_frames - 1`` (30) differences of consecutive samples become events:
+A clip is a folder of frame images (UCF101 ``jpegs_256``: ``class/clip/frame000001.jpg``), sorted
+by name in natural order (``frame9`` before ``frame10``). ``n_frames`` (31) of them are sampled
+evenly, converted to greyscale in [0, 1], and the ``n_frames - 1`` (30) differences of consecutive
+samples become events:
 
 * ``mode="percentile"`` (default): per clip, ON where the difference is strictly above the
   clip's ``upper`` (92.5th) percentile of all differences, OFF where strictly below its ``lower``
   (7.5th) percentile -- an event ratio of about 0.15.
-* ``mode="random"``: per pixel (one threshold per ``(row, col)``, fixed over the clip) an ON
-  threshold drawn from ``N(upper percentile, noise_std)`` and an OFF threshold from
-  ``N(lower percentile, noise_std)`` (``noise_std`` = 0.03), clipped so that ON thresholds are
-  ``>= min_threshold`` and OFF thresholds ``<= -min_threshold`` (0.01), i.e. ``|threshold| >= 0.01``
-  with the natural sign. Draws come from the ``rng`` argument.
+* ``mode="random"``: per pixel (fixed over the clip) an ON threshold drawn from ``N(upper
+  percentile, noise_std)`` and an OFF one from ``N(lower percentile, noise_std)`` (``noise_std`` =
+  0.03), clipped to ``|threshold| >= min_threshold`` (0.01) with the natural sign; draws from ``rng``.
 
 Stored as uint8 ``[2, T, H, W]`` (channel 0 = ON, 1 = OFF; T = 30) in a compressed ``.npz``
-under the key ``events``. Files of the authors' conversion script (``np.savez_compressed(path,
-events)``: the one array under the key ``arr_0``, uint8 or bool) read the same, in class folders or
-in one flat folder of UCF101-named clips (``v_<Class>_g08_c01.npz``, class from the name).
+under the key ``events``; the authors' script's files (the one array ``arr_0``, uint8 or bool, in
+class folders or a flat folder of ``v_<Class>_g08_c01.npz``) read the same.
 :class:`ESUCF101Dataset` returns time-major float frames ``[T, 2, H, W]``.
 """
 from __future__ import annotations

@@ -46,21 +46,9 @@ _SURROGATE_IDS = {"rect": 0, "gaussian": 1, "sigmoid": 2, "atan": 3, "triangle":
 
 
 def _surrogate_params(surrogate: Surrogate, threshold: float) -> tuple[float, float, float]:
-    """The per-shape constants the backward kernel needs, precomputed on the host.
-
-    Divisions are done here (in float64, then rounded to fp32 by the launch) rather than in the
-    kernel, where fp32 division may be approximate.
-
-    ========  ==================  ========================  ==============================
-    shape     param_a             param_b                   param_c
-    ========  ==================  ========================  ==============================
-    rect      width / 2           1 / width                 (unused)
-    gaussian  1 / sigma           1 / (sqrt(2 pi) sigma)    shift (centre - threshold)
-    sigmoid   alpha               (unused)                  (unused)
-    atan      pi / 2 * alpha      alpha / 2                 (unused)
-    triangle  1 / width           (unused)                  (unused)
-    ========  ==================  ========================  ==============================
-    """
+    """``(param_a, param_b, param_c)``: the per-shape constants the backward kernel needs
+    (``_local_grad``), precomputed on the host: divisions are done here (in float64, then rounded to
+    fp32 by the launch) rather than in the kernel, where fp32 division may be approximate."""
     name = surrogate.name
     if name == "rect":
         return surrogate.width / 2, 1.0 / surrogate.width, 0.0
@@ -255,32 +243,18 @@ def _forward(x, decay, threshold, surrogate, analog_slope, keep: int):
     """Launch the forward kernel on contiguous ``x: [T, ...]``; returns ``(output, saved)``."""
     steps, n = x.shape[0], math.prod(x.shape[1:])
     output = torch.empty_like(x)
-    saved = None
-    if keep == _SAVE_CODE:
-        saved = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
-    elif keep == _SAVE_MEMBRANE:
-        saved = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    saved_dtype = {_SAVE_CODE: torch.uint8, _SAVE_MEMBRANE: torch.float32}.get(keep)
+    saved = None if saved_dtype is None else torch.empty(x.shape, dtype=saved_dtype, device=x.device)
     if steps == 0 or n == 0:
         return output, saved
     decay_tensor, decay_value = _decay_args(decay, x.device)
-    half_width = surrogate.width / 2
     slope = 0.0 if analog_slope is None else float(analog_slope)
-    grid = (triton.cdiv(n, BLOCK),)
-    _lif_forward_kernel[grid](
-        x,
-        output,
+    _lif_forward_kernel[(triton.cdiv(n, BLOCK),)](
+        x, output,
         saved if saved is not None else output,  # dummy pointer, never touched when SAVE == 0
         decay_tensor if decay_tensor is not None else x,  # dummy pointer when decay is a float
-        decay_value,
-        float(threshold),
-        half_width,
-        slope,
-        steps,
-        n,
-        DECAY_FROM_PTR=decay_tensor is not None,
-        ANALOG=analog_slope is not None,
-        SAVE=keep,
-        BLOCK=BLOCK,
+        decay_value, float(threshold), surrogate.width / 2, slope, steps, n,
+        DECAY_FROM_PTR=decay_tensor is not None, ANALOG=analog_slope is not None, SAVE=keep, BLOCK=BLOCK,
         num_warps=_NUM_WARPS,
         enable_fp_fusion=False,  # no FMA contraction: bit-identical to PyTorch's separate ops
     )
@@ -300,28 +274,15 @@ def _backward(grad_output, saved, decay, threshold, surrogate, analog_slope, fro
     decay_tensor, decay_value = _decay_args(decay, grad_output.device)
     param_a, param_b, param_c = _surrogate_params(surrogate, threshold)
     _lif_backward_kernel[(programs,)](
-        grad_output,
-        saved,
+        grad_output, saved,
         decay_tensor if decay_tensor is not None else grad_x,  # dummy pointer for a float decay
         grad_x,
         partials if partials is not None else grad_x,  # dummy pointer when GRAD_DECAY is off
-        (steps - 1) * n,
-        decay_value,
-        float(threshold),
-        0.0 if analog_slope is None else float(analog_slope),
-        param_a,
-        param_b,
-        param_c,
-        steps,
-        n,
-        DECAY_FROM_PTR=decay_tensor is not None,
-        ANALOG=analog_slope is not None,
-        FROM_CODE=from_code,
-        SURROGATE=_SURROGATE_IDS[surrogate.name],
-        GRAD_DECAY=grad_decay,
-        BLOCK=BLOCK,
-        num_warps=_NUM_WARPS,
-        enable_fp_fusion=False,
+        (steps - 1) * n, decay_value, float(threshold), 0.0 if analog_slope is None else float(analog_slope),
+        param_a, param_b, param_c, steps, n,
+        DECAY_FROM_PTR=decay_tensor is not None, ANALOG=analog_slope is not None, FROM_CODE=from_code,
+        SURROGATE=_SURROGATE_IDS[surrogate.name], GRAD_DECAY=grad_decay, BLOCK=BLOCK,
+        num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
     return grad_x, (partials.sum() if grad_decay else None)
 
@@ -337,41 +298,25 @@ class _TritonMultiStepFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, decay, threshold, surrogate, analog_slope):  # type: ignore[override]
+        # applied only when a gradient is needed (see multistep_triton). A 0/1 gradient window fits
+        # in one bit; a learnable decay or a smooth surrogate needs the membrane potential.
         decay_is_tensor = isinstance(decay, torch.Tensor)
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        learnable = decay_is_tensor and ctx.needs_input_grad[1]
-        # a 0/1 gradient window fits in one bit; otherwise keep the membrane potential
         window_grad = analog_slope is not None or surrogate.is_window
-        if not needs_grad:
-            keep = _SAVE_NONE
-        elif learnable or not window_grad:
-            keep = _SAVE_MEMBRANE
-        else:
-            keep = _SAVE_CODE
+        keep = _SAVE_MEMBRANE if ctx.needs_input_grad[1] or not window_grad else _SAVE_CODE
         decay_value = decay.detach() if decay_is_tensor else decay
         output, saved = _forward(x.contiguous(), decay_value, threshold, surrogate, analog_slope, keep)
-        if needs_grad:
-            ctx.save_for_backward(saved, decay_value if decay_is_tensor else None)
-            ctx.decay_float = None if decay_is_tensor else decay_value
-            ctx.from_code = keep == _SAVE_CODE
-            ctx.threshold, ctx.surrogate, ctx.analog_slope = threshold, surrogate, analog_slope
+        ctx.save_for_backward(saved, decay_value if decay_is_tensor else None)
+        ctx.decay_float = None if decay_is_tensor else decay_value
+        ctx.from_code = keep == _SAVE_CODE
+        ctx.threshold, ctx.surrogate, ctx.analog_slope = threshold, surrogate, analog_slope
         return output
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         saved, decay_tensor = ctx.saved_tensors
         decay = decay_tensor if decay_tensor is not None else ctx.decay_float
-        want_decay = ctx.needs_input_grad[1]
-        grad_x, grad_decay = _backward(
-            grad_output.contiguous(),
-            saved,
-            decay,
-            ctx.threshold,
-            ctx.surrogate,
-            ctx.analog_slope,
-            ctx.from_code,
-            want_decay,
-        )
+        grad_x, grad_decay = _backward(grad_output.contiguous(), saved, decay, ctx.threshold, ctx.surrogate,
+                                       ctx.analog_slope, ctx.from_code, ctx.needs_input_grad[1])
         if grad_decay is not None:
             grad_decay = grad_decay.to(device=decay_tensor.device, dtype=decay_tensor.dtype).reshape(decay_tensor.shape)
         return (grad_x if ctx.needs_input_grad[0] else None), grad_decay, None, None, None

@@ -68,12 +68,14 @@ class BridgeNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def per_step_features(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """The pooled features at every step, ``[T, B, F]``; T from events ``[T, B, C, H, W]``, else
+        ``steps`` (default ``self.T``) for static ``[B, C, H, W]``."""
         if x.dim() == self.input_ndim + 1:
             steps, batch = x.shape[:2]
             hidden = self.forward_stem(x.flatten(0, 1))
         elif x.dim() == self.input_ndim:
-            steps, batch = self.T, x.shape[0]
+            steps, batch = steps or self.T, x.shape[0]
             hidden = self.forward_stem(x)
             if steps > 1:
                 hidden = hidden.unsqueeze(0).expand(steps, *hidden.shape).flatten(0, 1)
@@ -86,8 +88,10 @@ class BridgeNet(nn.Module):
         compact = self.compact_spikes and self.spiking and self.training and torch.is_grad_enabled()
         with compact_spike_storage(compact):
             features = self.forward_features(hidden)
-        features = features.view(steps, batch, -1).mean(0)
-        return self.fc(features)
+        return features.view(steps, batch, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.per_step_features(x).mean(0))
 
     def run_sequential(self, sequence: nn.Sequential, x: torch.Tensor, group: int = 1) -> torch.Tensor:
         """``sequence(x)``; when ``checkpoint_blocks`` is set and a gradient is being recorded

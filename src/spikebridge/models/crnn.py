@@ -49,11 +49,6 @@ from .base import BridgeNet
 BN_MOMENTUM = 0.01
 
 
-def conv_output_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
-    """Output length of a convolution along one axis (``floor((size + 2p - k) / s) + 1``)."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 class FrameEncoder(nn.Module):
     """The per-frame CNN: ``[N, C, H, W]`` -> ``[N, fc_sizes[-1]]`` (N = T*B, folded time-major).
 
@@ -87,7 +82,7 @@ class FrameEncoder(nn.Module):
             setattr(self, f"conv{i}", nn.Conv2d(cin, cout, k, stride=s, bias=False))
             setattr(self, f"bn{i}", nn.BatchNorm2d(cout, momentum=BN_MOMENTUM))
             setattr(self, f"act{i}", activation())
-            height, width = conv_output_size(height, k, s), conv_output_size(width, k, s)
+            height, width = (height - k) // s + 1, (width - k) // s + 1  # no padding
             if height < 1 or width < 1:
                 raise ConfigError(f"input frames {tuple(input_size)} are too small for the CRNN encoder "
                                   f"(conv {i} would output {height}x{width})")
@@ -103,12 +98,6 @@ class FrameEncoder(nn.Module):
         self.n_fcs = len(fc_sizes)
         self.out_features = fin
         self.dropout = nn.Dropout(dropout)
-
-    @property
-    def flat_features(self) -> int:
-        """The first FC layer's input size (17920 for 256x342 frames)."""
-        c, h, w = self.feature_shape
-        return c * h * w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(1, self.n_convs + 1):
@@ -177,19 +166,13 @@ class CRNN(BridgeNet):
         return self.fc(sequence[-1])
 
 
-def filter_state_dict(
-    state: Mapping[str, torch.Tensor] | nn.Module,
-    parts: Sequence[str] = ("encoder", "decoder"),
-    *,
-    prefixes: Mapping[str, Sequence[str]] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Keep only the tensors of ``parts`` (``"encoder"``, ``"decoder"``) of a CRNN state dict.
-
-    ``state``: a state dict or a module (its ``state_dict()``); a DDP ``module.`` prefix is
-    understood. ``prefixes``: part name -> key prefixes (default :attr:`CRNN.PART_PREFIXES`).
-    The result goes to :func:`spikebridge.transfer` (``min_match`` lowered to fit the part).
+def filter_state_dict(state: Mapping[str, torch.Tensor] | nn.Module,
+                      parts: Sequence[str] = ("encoder", "decoder")) -> dict[str, torch.Tensor]:
+    """Keep only the tensors of ``parts`` (``"encoder"``, ``"decoder"``: :attr:`CRNN.PART_PREFIXES`)
+    of a CRNN state dict, or of a module's (a DDP ``module.`` prefix is understood). The result goes
+    to :func:`spikebridge.transfer` (``min_match`` lowered to fit the part).
     """
-    table = dict(prefixes or CRNN.PART_PREFIXES)
+    table = CRNN.PART_PREFIXES
     if isinstance(parts, str):
         parts = (parts,)
     unknown = [p for p in parts if p not in table]

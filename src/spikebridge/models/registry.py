@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Callable
 
 from torch import nn
@@ -67,19 +68,12 @@ def create_model(
     )
 
 
-def _resnet(block, layers, torchvision_layout):
-    def build(**kwargs):
-        return ResNet(block, layers, torchvision_layout=torchvision_layout, **kwargs)
-
-    return build
-
-
-register_model("resnet18")(_resnet(BasicBlock, [2, 2, 2, 2], False))
-register_model("resnet34")(_resnet(BasicBlock, [3, 4, 6, 3], False))
-register_model("resnet18_tv")(_resnet(BasicBlock, [2, 2, 2, 2], True))
-register_model("resnet34_tv")(_resnet(BasicBlock, [3, 4, 6, 3], True))
-register_model("resnet50_tv")(_resnet(Bottleneck, [3, 4, 6, 3], True))
-register_model("vgg11")(lambda **kw: VGG(VGG_STAGES["vgg11"], **kw))
-register_model("vgg16")(lambda **kw: VGG(VGG_STAGES["vgg16"], **kw))
-register_model("cnn")(lambda **kw: SmallCNN(**kw))
-register_model("crnn", sequence=True)(lambda **kw: CRNN(**kw))
+register_model("resnet18")(partial(ResNet, BasicBlock, [2, 2, 2, 2], torchvision_layout=False))
+register_model("resnet34")(partial(ResNet, BasicBlock, [3, 4, 6, 3], torchvision_layout=False))
+register_model("resnet18_tv")(partial(ResNet, BasicBlock, [2, 2, 2, 2], torchvision_layout=True))
+register_model("resnet34_tv")(partial(ResNet, BasicBlock, [3, 4, 6, 3], torchvision_layout=True))
+register_model("resnet50_tv")(partial(ResNet, Bottleneck, [3, 4, 6, 3], torchvision_layout=True))
+register_model("vgg11")(partial(VGG, VGG_STAGES["vgg11"]))
+register_model("vgg16")(partial(VGG, VGG_STAGES["vgg16"]))
+register_model("cnn")(SmallCNN)
+register_model("crnn", sequence=True)(CRNN)

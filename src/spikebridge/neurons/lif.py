@@ -1,7 +1,6 @@
 """Leaky integrate-and-fire (LIF): the paper's SNN neuron, spikes out (arXiv:2203.01158)."""
 from __future__ import annotations
 
-
 import torch
 
 from .multistep import MultiStepNeuron, multistep_kwargs
@@ -17,9 +16,8 @@ class LIF(MultiStepNeuron):
 
 
 def lif_nir(neuron: LIF, gain: float, dt: float) -> dict:
-    """NIR's LIF as importers step it (forward Euler over ``dt``: ``v += dt/tau (v_leak - v) + dt r/tau I``):
-    ``decay = 1 - dt/tau`` so ``tau = dt / (1 - decay)``, ``r = tau / dt`` (unit gain), ``v_leak = 0``, hard reset
-    to 0; the input gain divides the threshold. ``decay = 1`` (no leak): ``nir.IF`` (``dv/dt = r I``), ``r = 1/dt``."""
+    """NIR's LIF (``nir.IF`` when ``decay = 1``) as importers step it, one forward-Euler step of ``dt`` per
+    time step; the input gain divides the threshold (the derivation: :mod:`spikebridge.export`)."""
     decay = float(torch.as_tensor(neuron.decay).detach())
     threshold = float(neuron.threshold) / gain
     if decay >= 1.0:

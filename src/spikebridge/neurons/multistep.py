@@ -74,12 +74,9 @@ _CODE_ATTR = "_spikebridge_spike_code"
 
 
 def spike_code(output: torch.Tensor) -> torch.Tensor | None:
-    """The ``uint8`` code a fused LIF (spike output) saved for its backward, or None.
-
-    ``code >> 1`` equals the spikes, element for element (``_CODE_SPIKE``): a layer that saves the
-    spikes for its own backward can keep a view of this code instead of a copy of the spikes (the
-    code is kept until the LIF's backward anyway, which runs after the backward of every layer that
-    consumed the spikes). See ``layers.compact_spike_storage``."""
+    """The ``uint8`` code a fused LIF (spike output) saved for its backward, or None. ``code >> 1``
+    equals the spikes: a layer that saves the spikes can keep a view of this code, which the LIF keeps
+    until its own backward anyway (see ``layers.compact_spike_storage``)."""
     return getattr(output, _CODE_ATTR, None)
 
 
@@ -191,10 +188,10 @@ class _MultiStepFn(torch.autograd.Function):
     def forward(ctx, x, decay, threshold, surrogate, analog_slope):  # type: ignore[override]
         decay_is_tensor = isinstance(decay, torch.Tensor)
         decay_value = decay.detach() if decay_is_tensor else decay
-        learnable = decay_is_tensor and ctx.needs_input_grad[1]
-        # a 0/1 gradient window fits in one bit; otherwise keep the membrane potential
+        # a 0/1 gradient window fits in one bit; a learnable decay or a smooth surrogate needs the
+        # membrane potential
         window_grad = analog_slope is not None or surrogate.is_window
-        keep = _KEEP_MEMBRANE if (learnable or not window_grad) else _KEEP_CODE
+        keep = _KEEP_MEMBRANE if ctx.needs_input_grad[1] or not window_grad else _KEEP_CODE
         output, saved = _fused_forward(x, decay_value, threshold, surrogate, analog_slope, keep)
         ctx.save_for_backward(saved, decay if decay_is_tensor else None)
         ctx.keep, ctx.decay_value = keep, decay_value
@@ -206,16 +203,9 @@ class _MultiStepFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         saved, decay_tensor = ctx.saved_tensors
-        grad_x, grad_decay = _fused_backward(
-            grad_output,
-            saved,
-            ctx.decay_value,
-            ctx.threshold,
-            ctx.surrogate,
-            ctx.analog_slope,
-            from_code=ctx.keep == _KEEP_CODE,
-            want_decay_grad=ctx.needs_input_grad[1],
-        )
+        grad_x, grad_decay = _fused_backward(grad_output, saved, ctx.decay_value, ctx.threshold, ctx.surrogate,
+                                             ctx.analog_slope, from_code=ctx.keep == _KEEP_CODE,
+                                             want_decay_grad=ctx.needs_input_grad[1])
         if grad_decay is not None:
             grad_decay = grad_decay.to(decay_tensor.dtype).reshape(decay_tensor.shape)
         return grad_x, grad_decay, None, None, None
@@ -242,13 +232,9 @@ def multistep_fused(
     return _MultiStepFn.apply(x, decay, threshold, surrogate, analog_slope)
 
 
-#: Input dtypes the Triton kernels take (others, e.g. float64, run on the fused path).
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def triton_supports_dtype(dtype: torch.dtype) -> bool:
     """Whether the Triton kernels take inputs of ``dtype`` (float64 does not: it runs fused)."""
-    return dtype in _TRITON_DTYPES
+    return dtype in (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _triton_available(x: torch.Tensor) -> bool:

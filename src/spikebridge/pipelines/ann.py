@@ -1,28 +1,16 @@
 """The ANN of a run, whatever its source, and how it becomes an SNN.
 
 Sources (``--ann``): none (a registry model, trained in the run), a spikebridge ANN checkpoint, a
-registry model name with ``--ann-weights`` (e.g. ``resnet18_tv`` and torchvision's weights: its
-ReLU ANN, bridged like a registry ANN), or the user's ``FILE.py:ClassName`` (with
-``--ann-weights`` its trained weights; without, it is trained in the run with its own
-activations). :func:`ann_source_from_flags` checks them before any data is opened;
+registry model name with ``--ann-weights`` (e.g. ``resnet18_tv`` and torchvision's weights), or
+the user's ``FILE.py:ClassName`` (with ``--ann-weights`` its trained weights; without, it is
+trained in the run). :func:`ann_source_from_flags` checks them before any data is opened;
 :func:`load_ann` builds the ANN.
 
-Two families turn an ANN into an SNN, and pipeS / pipeD / finetune / benchmark call them alike
-(:class:`AnnFamily`: ``pretrain``, ``to_snn``, ``scratch``):
-
-* :class:`RegistryFamily`: a registry architecture. The SNN is the same model with spiking
-  neurons; the bridge loads the ANN's state dict (same keys), adapts the first layer to the
-  events' polarities, re-calibrates BN and (pipeS, sharpened ReLU, LIF) matches firing rates
-  (arXiv:2203.01158, Sec. 3).
-* :class:`ClassFamily`: the user's class. :func:`spikebridge.spikify.spikify` replaces its
-  activations by spiking neurons with per-layer thresholds calibrated on training batches; for
-  events the ``nn.Conv2d`` reading the input is adapted to the polarities
-  (:func:`spikebridge.spikify.adapt_input_conv`) and the thresholds calibrated on event batches
-  against the ANN applied to each sample's mean frame over T.
-
-The from-scratch baseline of either family is the same SNN from a seeded fresh initialisation
-(for a user class: spikified and calibrated the same way, a data-based initialisation that uses no
-trained weights).
+Two families (:class:`AnnFamily`: ``pretrain``, ``to_snn``, ``scratch``) turn an ANN into an SNN:
+:class:`RegistryFamily` (the same architecture with spiking neurons; the bridge of
+arXiv:2203.01158, Sec. 3) and :class:`ClassFamily` (the user's class,
+:func:`spikebridge.spikify.spikify`). The from-scratch baseline of either is the same SNN from a
+seeded fresh initialisation (a user class: spikified and calibrated the same way).
 """
 from __future__ import annotations
 
@@ -52,7 +40,7 @@ from ..restore import (
     parse_ann_kwargs,
     spikified_meta,
 )
-from ..spikify import SpikingNet, adapt_input_conv, calibrate_thresholds, check_batch_axis, spikify, spikify_with_graph
+from ..spikify import adapt_input_conv, calibrate_thresholds, check_batch_axis, spikify, spikify_with_graph
 from ..train.engine import RunResult, optimizer_family, state_by_name
 from ..utils import seed_everything
 from .context import RunContext
@@ -225,33 +213,22 @@ def use_checkpoint_model(cfg: PipelineConfig, loaded: LoadedAnn | None) -> Pipel
 # ------------------------------------------------------------------------------------------------
 # Registry models: one definition serves the ANN and the SNN, the bridge carries the parameters
 # ------------------------------------------------------------------------------------------------
-def model_options(name: str, bundle: DataBundle) -> dict[str, Any]:
-    """Constructor arguments a model takes from the data: a sequence model (the video CRNN, whose
-    encoder's first FC layer depends on the frame size) is built for the data's frame size."""
-    return {"input_size": list(bundle.frame_size)} if name in list_models(sequence=True) else {}
-
-
 def model_meta(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T: int) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its model."""
+    """What a checkpoint needs to rebuild its model. A sequence model (the video CRNN, whose
+    encoder's first FC layer depends on the frame size) is built for the data's frame size."""
     name = resolve_model_name(cfg.model.name, bundle)
     model = {"name": name, "num_classes": cfg.model.num_classes or bundle.num_classes,
              "in_channels": cfg.model.in_channels or bundle.in_channels, "T": T}
-    options = model_options(name, bundle)
-    if options:
-        model["options"] = options
+    if name in list_models(sequence=True):
+        model["options"] = {"input_size": list(bundle.frame_size)}
     return {"model": model, "neuron": asdict(neuron), "data": bundle.name}
 
 
 def build_model(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T: int) -> nn.Module:
-    name = resolve_model_name(cfg.model.name, bundle)
-    model = create_model(
-        name,
-        num_classes=cfg.model.num_classes or bundle.num_classes,
-        neuron=neuron,
-        T=T,
-        in_channels=cfg.model.in_channels or bundle.in_channels,
-        **model_options(name, bundle),
-    )
+    """A fresh model as :func:`model_meta` describes it."""
+    spec = model_meta(cfg, bundle, neuron, T)["model"]
+    model = create_model(spec["name"], num_classes=spec["num_classes"], neuron=neuron, T=T,
+                         in_channels=spec["in_channels"], **spec.get("options", {}))
     if cfg.model.checkpoint_blocks:
         model.checkpoint_blocks = True  # recompute blocks in the backward: less memory, more time
     return model
@@ -355,25 +332,51 @@ class ClassFamily:
 
     def to_snn(self, ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, *,
                same_data: bool, first_layer: str | None = None) -> Bridged:
+        """``spikify`` the ANN (``cfg.neuron``, ``cfg.model.T``), its thresholds calibrated on
+        ``bridge.calibration_batches`` x ``calibration_batch_size`` training samples. For events
+        (batches ``[T, B, C, H, W]``) the ``nn.Conv2d`` reading the input is first replaced by one
+        with ``bundle.in_channels`` channels (``first_layer``, default ``bridge.first_layer``:
+        mean | signed_polarity | skip, drawn from ``run.seed``) and each threshold is calibrated
+        against the adapted ANN on each sample's mean frame over T."""
         samples = cfg.bridge.calibration_batches * cfg.bridge.calibration_batch_size
-        size = cfg.bridge.calibration_batch_size
+        batches = calibration_inputs(bundle, samples, cfg.bridge.calibration_batch_size, cfg.run.seed)
+        meta = {"num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "T": cfg.model.T,
+                "data": bundle.name}
         if bundle.kind != "events":
-            snn, meta, thresholds = spikify_ann_class(cfg, ann, self.spec, self.kwargs, bundle, ctx.device,
-                                                      calibration_samples=samples, calibration_batch_size=size)
+            _check_classes(ann, bundle, self.spec, batches[0])
+            snn = spikify(ann, cfg.neuron, T=cfg.model.T, calibration=batches, device=ctx.device,
+                          calibration_samples=samples).to(ctx.device)
             ctx.log(f"spikified {self.spec}: {len(snn.neurons)} neuron layers, thresholds calibrated on {samples} samples")
-            return Bridged(snn, meta, set(ann.state_dict()), {"thresholds": thresholds})
+            return Bridged(snn, spikified_meta(self.spec, self.kwargs, cfg.neuron, input_ndim=snn.input_ndim, **meta),
+                           set(ann.state_dict()), {"thresholds": snn.thresholds()})
         mode = first_layer or cfg.bridge.first_layer
-        snn, meta, conv, thresholds = spikify_ann_class_for_events(
-            cfg, ann, self.spec, self.kwargs, bundle, ctx.device, first_layer=mode, calibration_samples=samples,
-            calibration_batch_size=size)
+        kept, seen = [], 0
+        for x in batches:  # [T, b, ...]: at most `samples` samples (dim 1)
+            kept.append(x[:, : samples - seen])
+            seen += kept[-1].shape[1]
+            if seen >= samples:
+                break
+        ann_views = [x.mean(0) for x in kept]  # [b, C, H, W]: the rate-coded view of each sample
+        input_ndim = kept[0].dim() - 1
+        snn, ann_graph, _ = spikify_with_graph(ann, cfg.neuron, T=cfg.model.T, input_ndim=input_ndim, calibrate=False)
+        seed_everything(cfg.run.seed)
+        conv = adapt_input_conv(snn, bundle.in_channels, mode)
+        adapt_input_conv(ann_graph, bundle.in_channels, "skip")
+        ann_graph.get_submodule(conv).load_state_dict(snn.get_submodule(conv).state_dict())
+        _check_classes(ann_graph, bundle, self.spec, ann_views[0])
+        check_batch_axis(ann_graph, ann_views[0][: min(3, len(ann_views[0]))])
+        calibrate_thresholds(snn, ann_graph, kept, ann_batches=ann_views, device=ctx.device)
+        snn.to(ctx.device)
         ctx.log(f"spikified {self.spec} for events: input conv {conv!r} adapted ({mode}), thresholds calibrated")
+        meta = spikified_meta(self.spec, self.kwargs, cfg.neuron, input_ndim=input_ndim, input_conv=conv, **meta)
         transferred = {k for k in ann.state_dict() if not k.startswith(conv + ".")}
-        return Bridged(snn, meta, transferred, {"thresholds": thresholds, "events_input_conv": {
+        return Bridged(snn, meta, transferred, {"thresholds": snn.thresholds(), "events_input_conv": {
             "name": conv, "in_channels": bundle.in_channels, "first_layer": mode}})
 
     def scratch(self, ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle) -> tuple[nn.Module, dict]:
         bridged = self.to_snn(ctx, cfg, self.fresh(cfg.run.seed), bundle, same_data=True, first_layer="skip")
         return bridged.snn, bridged.meta
+
 
 def calibration_inputs(bundle: DataBundle, samples: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     """Seeded training batches without augmentation, ``samples`` in all (static ``[b, ...]``,
@@ -403,70 +406,8 @@ def _check_classes(ann: nn.Module, bundle: DataBundle, label: str, example: torc
                           f"{bundle.num_classes} classes (pass them with --ann-kwargs)")
 
 
-def spikify_ann_class(
-    cfg: PipelineConfig, ann: nn.Module, ann_class: str, kwargs: dict[str, Any] | None, bundle: DataBundle,
-    device: torch.device, *, calibration_samples: int, calibration_batch_size: int = 250,
-) -> tuple[SpikingNet, dict, dict[str, float]]:
-    """The user's ANN as an SNN for static ``bundle`` (``cfg.neuron``, ``cfg.model.T``), its
-    thresholds calibrated on ``calibration_samples`` training images: ``(snn, checkpoint meta,
-    thresholds)``."""
-    batches = calibration_inputs(bundle, calibration_samples, calibration_batch_size, cfg.run.seed)
-    _check_classes(ann, bundle, ann_class, batches[0])
-    snn = spikify(ann, cfg.neuron, T=cfg.model.T, calibration=batches, device=device,
-                  calibration_samples=calibration_samples).to(device)
-    meta = spikified_meta(ann_class, kwargs, cfg.neuron, num_classes=bundle.num_classes,
-                          in_channels=bundle.in_channels, T=cfg.model.T, input_ndim=snn.input_ndim, data=bundle.name)
-    return snn, meta, snn.thresholds()
-
-
-def spikify_ann_class_for_events(
-    cfg: PipelineConfig, ann: nn.Module, ann_class: str, kwargs: dict[str, Any] | None, events: DataBundle,
-    device: torch.device, *, first_layer: str, calibration_samples: int, calibration_batch_size: int = 250,
-) -> tuple[SpikingNet, dict, str, dict[str, float]]:
-    """The user's (static) ANN as an SNN for ``events`` (batches ``[T, B, C, H, W]``).
-
-    Spikify; replace the ``nn.Conv2d`` reading the input by one with ``events.in_channels``
-    channels (``first_layer``: mean | signed_polarity | skip; ``skip`` draws the new conv from
-    the RNG seeded with ``run.seed``); calibrate each threshold on ``calibration_samples`` event
-    samples against the adapted ANN on each sample's mean frame over T. Returns ``(snn, checkpoint
-    meta, name of the adapted conv, thresholds)``. ``cfg.model.T``: the events' time steps.
-    """
-    batches = calibration_inputs(events, calibration_samples, calibration_batch_size, cfg.run.seed)
-    kept, seen = [], 0
-    for x in batches:  # [T, b, ...]: at most calibration_samples samples (dim 1)
-        kept.append(x[:, : calibration_samples - seen])
-        seen += kept[-1].shape[1]
-        if seen >= calibration_samples:
-            break
-    batches = kept
-    ann_views = [x.mean(0) for x in batches]  # [b, C, H, W]: the rate-coded view of each sample
-    input_ndim = batches[0].dim() - 1
-    snn, ann_graph, _ = spikify_with_graph(ann, cfg.neuron, T=cfg.model.T, input_ndim=input_ndim, calibrate=False)
-    seed_everything(cfg.run.seed)
-    conv = adapt_input_conv(snn, events.in_channels, first_layer)
-    adapt_input_conv(ann_graph, events.in_channels, "skip")
-    ann_graph.get_submodule(conv).load_state_dict(snn.get_submodule(conv).state_dict())
-    _check_classes(ann_graph, events, ann_class, ann_views[0])
-    check_batch_axis(ann_graph, ann_views[0][: min(3, len(ann_views[0]))])
-    calibrate_thresholds(snn, ann_graph, batches, ann_batches=ann_views, device=device)
-    snn.to(device)
-    meta = spikified_meta(ann_class, kwargs, cfg.neuron, num_classes=events.num_classes,
-                          in_channels=events.in_channels, T=cfg.model.T, input_ndim=input_ndim, data=events.name,
-                          input_conv=conv)
-    return snn, meta, conv, snn.thresholds()
-
-
 __all__ = [
-    "AnnFamily",
-    "AnnSource",
-    "Bridged",
-    "ClassFamily",
-    "LoadedAnn",
-    "RegistryFamily",
-    "ann_source_from_flags",
-    "bridge_to_snn",
-    "build_model",
-    "load_ann",
-    "model_meta",
+    "AnnFamily", "AnnSource", "Bridged", "ClassFamily", "LoadedAnn", "RegistryFamily",
+    "ann_source_from_flags", "bridge_to_snn", "build_model", "load_ann", "model_meta",
     "use_checkpoint_model",
 ]

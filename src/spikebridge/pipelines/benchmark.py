@@ -1,26 +1,14 @@
 """The paper's time-accuracy benchmark on one dataset.
 
 One ANN is trained (or read with ``--ann CKPT``); then every method of ``--methods`` (see
-:mod:`spikebridge.analysis.benchmark`: ``scratch``, ``pretrained``, ``encoder``, ``decoder`` with
-the modifiers ``wu``, ``lif``/``liaf``, ``T<n>``) trains an SNN, recording test accuracy against
-training seconds and epochs. Writes ``OUT/benchmark.json``, ``OUT/benchmark.md``,
-``OUT/accuracy_vs_time.png``, ``OUT/accuracy_vs_epochs.png``, ``OUT/config.yaml`` and each run's
-folder ``OUT/<method>/`` (metrics + checkpoints: ``--resume`` continues an interrupted benchmark).
+:mod:`spikebridge.analysis.benchmark`) trains an SNN, recording test accuracy against training
+seconds and epochs. Writes ``OUT/benchmark.json``, ``OUT/benchmark.md``, the two figures,
+``OUT/config.yaml`` and each run's folder ``OUT/<method>/`` (``--resume`` continues).
 
-Static data (``mnist5k``, an image folder): the SNNs learn the ANN's data (pipeS). Event data
-(``es-mnist``, an event folder): the ANN learns ``--ann-data`` (default ``mnist5k`` for
-``es-mnist``) and the SNNs the events (pipeD).
-
-The SNN phases train with ``finetune`` / ``scratch`` on static data and ``events.finetune`` /
-``events.scratch`` on events, as pipeS and pipeD do; without a recipe the command preset
-(:data:`spikebridge.pipelines.plan.BENCHMARK_PRESET`: the library's phases with a half-way
-sharpening schedule) gives every method one budget (minutes on the embedded data on 2 CPU cores).
-Default methods: the paper's set (arXiv:2203.01158, Sec. 4): from scratch, full transfer, encoder only, decoder only, with and
-without the warm-up, each for LIF and LIAF where the paper compares them: ``scratch``,
-``scratch+liaf``, ``pretrained``, ``pretrained+wu``, ``pretrained+liaf``, ``encoder``,
-``encoder+wu``, ``decoder``. Both neurons start from the same ANN (``ann_neuron``, by default the
-sharpened ReLU, the LIF's ANN). ``decoder+wu`` is refused: warm-up freezes the transferred encoder,
-and the decoder method transfers none. ``T<n>`` compares time steps (``pretrained+T2``).
+Static data: the SNNs learn the ANN's data with ``finetune`` / ``scratch`` (pipeS). Event data:
+the ANN learns ``--ann-data`` (default ``mnist5k`` for ``es-mnist``), the SNNs the events with
+``events.finetune`` / ``events.scratch`` (pipeD). :data:`DEFAULT_METHODS` is the paper's set
+(arXiv:2203.01158, Sec. 4).
 """
 
 from __future__ import annotations
@@ -56,7 +44,6 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
         raise ConfigError("benchmark --ann takes a checkpoint of a registry model")
     cfg = use_checkpoint_model(cfg, ann)
     ctx = start_run(cfg)
-    started = time.perf_counter()
     family = RegistryFamily()
     data = open_static(cfg)
     scfg, same_data, ann_cfg = cfg, True, cfg
@@ -134,7 +121,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
     summary = summarize(runs, dataset=data.name, ann=ann_info, extra={
         "model": model_meta(scfg, data, cfg.neuron, scfg.model.T)["model"], "methods": [m.name for m in methods],
     })
-    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    summary["wall_seconds"] = round(time.perf_counter() - ctx.started, 1)
     if ctx.is_main:
         write_report(summary, ctx.out, title=f"Time-accuracy benchmark on {Path(data.name).name or data.name}")
     return summary

@@ -2,7 +2,8 @@
 resume, mixed precision, SyncBN, the log), so that a phase is ``ctx.fit(model, data, phase)``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ def log(message: str) -> None:
 
 @dataclass
 class RunContext:
-    """Device, output folder (None: nothing is written), seed, progress bars, resume, AMP, SyncBN."""
+    """Device, output folder (None: nothing is written), seed, progress bars, resume, AMP, SyncBN,
+    and when the run started (``time.perf_counter()``: the summary's ``wall_seconds``)."""
 
     device: torch.device
     out: Path | None
@@ -50,6 +52,7 @@ class RunContext:
     resume: bool = False
     amp: str = "off"
     sync_bn: bool = False
+    started: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> RunContext:

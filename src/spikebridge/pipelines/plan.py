@@ -6,9 +6,8 @@ Defaults come in one stack, each layer over the one before (README, "The run pla
 
     library defaults (spikebridge.config) <- command preset <- recipe (--config) <- --set <- flags
 
-A command preset (:data:`PRESETS`: the demo's, the benchmark's and ``finetune``'s tuning) applies only when no
-recipe is given: a recipe from ``configs/`` runs with the library defaults under it, so the values
-it states are the values that run.
+A command preset (:data:`PRESETS`) applies only when no recipe is given: a recipe runs with the
+library defaults under it, so the values it states are the values that run.
 """
 from __future__ import annotations
 
@@ -16,10 +15,11 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ..config import PipelineConfig, TrainConfig, load_config, parse_override, to_dict
+from ..config import PipelineConfig, TrainConfig, load_config, parse_override
 from ..data.datasets import BUILTIN_DATASETS
 from ..errors import ConfigError, DataError
 from ..models import list_models
+from ..neurons import check_backend_on_device
 from .ann import AnnSource, check_checkpoint_optimizer
 from .context import resolve_device
 
@@ -32,21 +32,14 @@ FINETUNE_PRESET: dict[str, Any] = {  # one short epoch: the transferred SNN alre
 #: A spikified user class (``--ann FILE.py:Class``): a slower leak than the paper's 0.25 (the
 #: membrane integrates over about two steps, closer to the rate code a ReLU maps to at T = 4).
 SPIKIFY_PRESET: dict[str, Any] = {"neuron.decay": 0.5}
-#: The demo's ANN is short and fast: 8 epochs at one-cycle LR 1e-2 (the library default: 20 at
-#: 3e-3), sharpening on a 16-epoch schedule (it ends half-way, lo/hi 0.23/0.77, as the earlier
-#: 20-epoch demo ANN did on its 40-epoch one: a half-sharpened ANN transferred better to the small
-#: CNN at T=4 than one that ends at the step). The bridge calibrates on one batch of 256 (the
-#: library default: two), half the cost at the same transfer accuracy here, and the static
-#: fine-tune starts at LR 2e-3 (default 1e-3). The event fine-tune runs 8 epochs (the library
-#: default: 5): the short ANN's event SNN needs them. Measured over seeds 0-3: README, "The
-#: bridge end to end".
+#: The demo: a short ANN (8 epochs at LR 1e-2) whose sharpening ends half-way (a 16-epoch
+#: schedule: a half-sharpened ANN transfers better to the small CNN at T=4), one calibration batch,
+#: and longer event fine-tuning; measured over seeds 0-3 in README, "The bridge end to end".
 DEMO_PRESET: dict[str, Any] = {"neuron.sharpen_epochs": 16, "ann.epochs": 8, "ann.lr": 1e-2,
                                "bridge.calibration_batches": 1, "finetune.lr": 2e-3,
                                "events.finetune.epochs": 8}
-#: The benchmark runs the library's phases under the sharpening the earlier 20-epoch demo used
-#: (a 40-epoch schedule for its 20-epoch ANN: half-way to the step) for every method, so its table
-#: and figures compare the methods at one budget (about 9 minutes on the embedded data on 2 CPU
-#: cores; the README's benchmark table was measured with it).
+#: The benchmark: the library's phases with a sharpening schedule of twice the ANN's 20 epochs
+#: (half-way to the step), every method at one budget (the README's benchmark table).
 BENCHMARK_PRESET: dict[str, Any] = {"neuron.sharpen_epochs": 40}
 PRESETS: dict[str, dict[str, Any]] = {"benchmark": BENCHMARK_PRESET, "finetune": FINETUNE_PRESET, "demo": DEMO_PRESET}
 PHASE_FIELDS = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "schedule", "batch_size",
@@ -174,20 +167,6 @@ def _checkpoint(path: str):
     return ckpt, (model if isinstance(model, dict) else {})
 
 
-def _check_neuron(cfg: PipelineConfig) -> None:
-    """The neuron backend can run on the run's device (before any work)."""
-    device = resolve_device(cfg.run.device)
-    from .. import neurons
-
-    check = getattr(neurons, "check_backend_on_device", None)
-    if check is not None:
-        check(cfg.neuron, device)
-    elif cfg.neuron.backend not in neurons.BACKENDS:
-        raise ConfigError(f"neuron.backend must be one of {', '.join(neurons.BACKENDS)}, got {cfg.neuron.backend[:40]!r}")
-    elif cfg.neuron.backend == "triton" and device.type != "cuda":
-        raise ConfigError(f"neuron.backend: triton runs on CUDA tensors only, and run.device is {device}")
-
-
 def build_plan(request: Request) -> RunPlan:
     """Resolve and validate ``request`` whole; reads nothing but configs, flags and folder layouts."""
     command, options, source = request.command, dict(request.options), request.ann
@@ -198,7 +177,7 @@ def build_plan(request: Request) -> RunPlan:
         check_checkpoint_optimizer(cfg, ckpt, source.label)
     _check_model("model.name", cfg.model.name)
     _check_model("events.model", cfg.events.model)
-    _check_neuron(cfg)
+    check_backend_on_device(cfg.neuron, resolve_device(cfg.run.device))  # before any work
     ann_model = cfg.model.name
     if info:
         ann_model = str(info.get("ann") if user_class else info.get("name") or ann_model)
@@ -297,7 +276,7 @@ def execute(plan: RunPlan) -> dict:
 
     loaded = load_ann(plan.ann, checkpoint=plan.ann_checkpoint) if plan.ann is not None else None
     cfg, options = plan.config, plan.options
-    with claim_run_folder(cfg.run.out, command=plan.command, config=to_dict(cfg), resume=cfg.run.resume,
+    with claim_run_folder(cfg.run.out, command=plan.command, config=asdict(cfg), resume=cfg.run.resume,
                           overwrite=bool(options.get("overwrite"))) as folder:
         folder.own(*(phase.name for phase in plan.phases))  # each phase's run folder (benchmark methods too)
         for line in plan.describe():

@@ -1,21 +1,12 @@
-"""pipeS, pipeD, the demo, ``pretrain`` and ``finetune``: each flow written once, for every ANN
-source (:mod:`spikebridge.pipelines.ann`) and every command that drives it.
-
-* :func:`run_pipes`: ANN on static data (trained here unless given) -> SNN fine-tuned on the same
-  data (+ the SNN from scratch). ``pipes``, ``finetune`` and the demo's first half.
-* :func:`run_piped`: a static ANN -> SNN fine-tuned on the event version of the data (+ the event
-  SNN from scratch, + brief fine-tunes with the other first-layer adaptations). ``piped`` and the
-  demo's second half.
-
-Each public flow starts its run (:func:`start_run`: device, threads, the output folder and its
-``config.yaml``), and ends with :func:`write_outputs` (``summary.json``, ``metrics.csv``,
-``report.md``, the accuracy-vs-time figure).
+"""pipeS (:func:`run_pipes`), pipeD (:func:`run_piped`) and the commands' flows built on them (the
+demo, ``pretrain``, ``pipes``, ``piped``, ``finetune``), each written once for every ANN source
+(:mod:`spikebridge.pipelines.ann`). Each flow starts with :func:`start_run` and ends with
+:func:`write_outputs` (``summary.json``, ``metrics.csv``, ``report.md``, the figure).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +20,7 @@ from ..data.datasets import open_data_config, open_dataset, resolve_model_name
 from ..data.loading import DataBundle, with_time_bins
 from ..errors import CheckpointError, ConfigError
 from ..train.distributed import current as current_rank
-from ..train.engine import RunResult, evaluate
+from ..train.engine import METRICS_COLUMNS, RunResult, evaluate
 from ..utils import Stopwatch, atomic_write_text, ensure_dir
 from .ann import LoadedAnn, RegistryFamily, use_checkpoint_model
 from .context import RunContext, log
@@ -81,11 +72,9 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
               baseline: bool, name: str = "snn_pretrained") -> tuple[nn.Module, nn.Module, list[RunResult], dict]:
     """ANN on static data (trained here when ``loaded`` is None or has no model yet) -> SNN
     fine-tuned on the same data (+ the SNN from scratch): ``(ann, snn, runs, summary extras)``."""
-    family = loaded.family if loaded is not None else RegistryFamily()
-    label = loaded.label if loaded is not None else f"{cfg.ann_neuron} {cfg.model.name}"
+    loaded = loaded or LoadedAnn(None, f"{cfg.ann_neuron} {cfg.model.name}", RegistryFamily())
+    family, label, ann = loaded.family, loaded.label, loaded.model
     runs: list[RunResult] = []
-    momentum = None
-    ann = loaded.model if loaded is not None else None
     extra: dict[str, Any] = {}
     if ann is None:
         ctx.log(f"[pipeS] ANN {label} on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, "
@@ -118,18 +107,6 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
         snn, meta = family.scratch(ctx, cfg, bundle)
         runs.append(ctx.fit(snn, bundle, cfg.scratch, name="snn_scratch", meta=meta))
     return ann, bridged.snn, runs, extra
-
-
-def first_layer_comparison(T: int, curves: dict[str, list[list[float]]]) -> dict:
-    """``summary.json``'s ``first_layer_comparison``: per first-layer mode, the accuracy right
-    after the transfer and after each compared epoch (curves ``[[seconds, epoch, acc], ...]``)."""
-    return {
-        "T": T,
-        "modes": {
-            mode: {"transfer_acc": curve[0][2], "acc": [p[2] for p in curve[1:]], "seconds": [p[0] for p in curve[1:]]}
-            for mode, curve in curves.items()
-        },
-    }
 
 
 def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: LoadedAnn | None, *,
@@ -166,9 +143,12 @@ def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: Load
         snn, meta = family.scratch(ctx, ecfg, events)
         runs.append(ctx.fit(snn, events, ecfg.scratch, name="snn_events_scratch", meta=meta))
     extra = {("events_transfer" if key == "transfer" else key): value for key, value in bridged.details.items()}
+    # per first-layer mode: the accuracy right after the transfer and after each compared epoch
+    comparison = {mode: {"transfer_acc": curve[0][2], "acc": [p[2] for p in curve[1:]],
+                         "seconds": [p[0] for p in curve[1:]]} for mode, curve in modes.items()}
     extra.update(events_data=events.name, events_transfer_acc=result.curve[0][2],
                  events_bridge_seconds=bridge_seconds, events_bridge_cpu_seconds=bridge_cpu_seconds,
-                 first_layer_comparison=first_layer_comparison(ecfg.model.T, modes))
+                 first_layer_comparison={"T": ecfg.model.T, "modes": comparison})
     return runs, extra
 
 
@@ -178,15 +158,12 @@ def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: Load
 def pretrain(cfg: PipelineConfig, *, ann: LoadedAnn | None = None) -> dict:
     """Train the ANN (a registry model with ``ann_neuron``, or the user's class) on static data."""
     ctx = start_run(cfg)
-    started = time.perf_counter()
     bundle = open_static(cfg)
     family = ann.family if ann is not None else RegistryFamily()
     ctx.log(f"[pretrain] ANN on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, {cfg.ann.epochs} epochs")
     _model, result = family.pretrain(ctx, cfg, bundle)
     summary = build_summary(bundle.name, 1, [result.to_summary()], comparisons=())
-    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-    write_outputs(cfg, summary, [result], title=f"ANN pretraining on {bundle.name}")
-    return summary
+    return write_outputs(ctx, summary, [result], title=f"ANN pretraining on {bundle.name}")
 
 
 def pipes(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Module | None = None,
@@ -196,14 +173,12 @@ def pipes(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Mod
     loaded = _loaded(ann)
     cfg = use_checkpoint_model(cfg, loaded)
     ctx = start_run(cfg)
-    started = time.perf_counter()
     bundle = bundle or open_static(cfg)
     _ann, _snn, runs, extra = run_pipes(ctx, cfg, bundle, loaded, baseline=baseline)
     summary = build_summary(bundle.name, cfg.model.T, [r.to_summary() for r in runs], comparisons=(PIPES,),
                             extra=extra)
-    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-    write_outputs(cfg, summary, runs, title=f"pipeS on {bundle.name}: SNN (T={cfg.model.T}) from an ANN vs from scratch")
-    return summary
+    return write_outputs(ctx, summary, runs,
+                         title=f"pipeS on {bundle.name}: SNN (T={cfg.model.T}) from an ANN vs from scratch")
 
 
 def finetune(cfg: PipelineConfig, ann: LoadedAnn) -> dict:
@@ -211,14 +186,11 @@ def finetune(cfg: PipelineConfig, ann: LoadedAnn) -> dict:
     ``snn_finetuned``). Writes and returns ``summary.json``."""
     cfg = use_checkpoint_model(cfg, ann)
     ctx = start_run(cfg)
-    started = time.perf_counter()
     bundle = open_static(cfg)
     _ann, _snn, runs, extra = run_pipes(ctx, cfg, bundle, ann, baseline=False, name="snn_finetuned")
     summary = build_summary(bundle.name, cfg.model.T, [r.to_summary() for r in runs], comparisons=(),
                             extra={**extra, "finetune": asdict(cfg.finetune), "neuron": asdict(cfg.neuron)})
-    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-    write_outputs(cfg, summary, runs, title=f"Your ANN as an SNN: {ann.label} on {bundle.name}, T={cfg.model.T}")
-    return summary
+    return write_outputs(ctx, summary, runs, title=f"Your ANN as an SNN: {ann.label} on {bundle.name}, T={cfg.model.T}")
 
 
 def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Module | None = None,
@@ -232,7 +204,6 @@ def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Mod
     loaded = _loaded(ann)
     cfg = use_checkpoint_model(cfg, loaded)
     ctx = start_run(cfg)
-    started = time.perf_counter()
     runs: list[RunResult] = []
     extra: dict[str, Any] = {}
     model = loaded.model if loaded is not None else None
@@ -251,15 +222,12 @@ def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Mod
     T = event_extra["first_layer_comparison"]["T"]
     name = event_extra["events_data"]
     summary = build_summary(name, T, [r.to_summary() for r in runs], comparisons=(PIPED,), extra=extra)
-    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-    write_outputs(cfg, summary, runs, title=f"pipeD on {name}: event SNN from a static ANN vs from scratch")
-    return summary
+    return write_outputs(ctx, summary, runs, title=f"pipeD on {name}: event SNN from a static ANN vs from scratch")
 
 
 def demo(cfg: PipelineConfig, *, events: bool = True) -> dict:
     """The main job: pipeS on the embedded MNIST and pipeD on its ODG events (ES-MNIST), one report."""
     ctx = start_run(cfg)
-    started = time.perf_counter()
     bundle = open_static(cfg)
     ann, snn, runs, extra = run_pipes(ctx, cfg, bundle, None, baseline=True)
     if cfg.demo_conversion_samples:
@@ -277,27 +245,29 @@ def demo(cfg: PipelineConfig, *, events: bool = True) -> dict:
         extra.update(event_extra)
     summary = build_summary(bundle.name, cfg.model.T, [r.to_summary() for r in runs],
                             comparisons=tuple(comparisons), extra=extra)
-    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-    write_outputs(cfg, summary, runs, title=f"spikebridge demo on {bundle.name}: SNNs from an ANN vs from scratch")
-    return summary
+    return write_outputs(ctx, summary, runs,
+                         title=f"spikebridge demo on {bundle.name}: SNNs from an ANN vs from scratch")
 
 
-def write_outputs(cfg: PipelineConfig, summary: dict, runs: list[RunResult], *, title: str) -> None:
-    if not current_rank().is_main:  # under torchrun rank 0 alone writes
-        return
-    out = Path(cfg.run.out)
+def write_outputs(ctx: RunContext, summary: dict, runs: list[RunResult], *, title: str) -> dict:
+    """Set ``summary["wall_seconds"]`` (since ``ctx.started``) and write ``summary.json``,
+    ``metrics.csv``, ``report.md`` and the figure into ``ctx.out`` (rank 0 alone under torchrun);
+    returns ``summary``."""
+    summary["wall_seconds"] = round(time.perf_counter() - ctx.started, 1)
+    if not current_rank().is_main:
+        return summary
+    out = ctx.out
     write_json(out / "summary.json", summary)
-    columns = ("epoch", "seconds", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
-    rows = [",".join(("run", *columns))]
-    for run in runs:
-        for record in run.history:
-            rows.append(",".join([run.name, *("" if record.get(k) is None else str(record[k]) for k in columns)]))
+    rows = [",".join(("run", *METRICS_COLUMNS))]
+    rows += [",".join([run.name, *("" if record.get(k) is None else str(record[k]) for k in METRICS_COLUMNS)])
+             for run in runs for record in run.history]
     atomic_write_text(out / "metrics.csv", "\n".join(rows) + "\n")
     plot_accuracy_vs_time(summary["runs"], out / "accuracy_vs_time.png", title=title, target=summary.get("target_acc"))
     table = results_table(summary["runs"], summary.get("time_to_target"))
     atomic_write_text(out / "report.md", render_report(summary, table, title))
     log("\n" + table + "\n")
     log(f"wrote {out / 'summary.json'}, {out / 'report.md'}, {out / 'metrics.csv'}, {out / 'accuracy_vs_time.png'}")
+    return summary
 
 
 def render_report(summary: dict, table: str, title: str) -> str:
@@ -360,6 +330,6 @@ def render_report(summary: dict, table: str, title: str) -> str:
 
 
 __all__ = [
-    "demo", "events_config", "finetune", "first_layer_comparison", "open_events", "open_static", "piped", "pipes",
+    "demo", "events_config", "finetune", "open_events", "open_static", "piped", "pipes",
     "pretrain", "render_report", "run_piped", "run_pipes", "start_run", "write_outputs",
 ]

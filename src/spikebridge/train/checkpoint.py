@@ -44,9 +44,7 @@ def file_sha256(path: Path) -> str:
 
 def _jsonable(value: Any) -> Any:
     """Scalars, lists and dicts pass; tensors become lists; anything else is refused."""
-    if isinstance(value, (str, bool)) or value is None:
-        return value
-    if isinstance(value, int):
+    if isinstance(value, (str, int)) or value is None:  # bool is an int
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
@@ -84,17 +82,9 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(
-    folder: str | Path,
-    name: str,
-    model: torch.nn.Module,
-    meta: dict[str, Any],
-    *,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
-    rng: dict[str, torch.Tensor] | None = None,
-    epoch: int = 0,
-) -> Path:
+def save_checkpoint(folder: str | Path, name: str, model: torch.nn.Module, meta: dict[str, Any], *,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                    rng: dict[str, torch.Tensor] | None = None, epoch: int = 0) -> Path:
     """Write checkpoint ``folder/name`` atomically; returns the JSON path."""
     folder = ensure_dir(folder)
     module = getattr(model, "module", model)  # unwrap DDP
@@ -154,9 +144,7 @@ class Checkpoint:
     """A loaded checkpoint: ``model_state``, ``meta``, and what resuming needs."""
 
     def __init__(self, path: Path, record: dict, tensors: dict[str, torch.Tensor]) -> None:
-        self.path = path
-        self.record = record
-        self.tensors = tensors
+        self.path, self.record, self.tensors = path, record, tensors
 
     @property
     def meta(self) -> dict:

@@ -1,31 +1,26 @@
 """torchrun / DistributedDataParallel setup: gloo on CPU, nccl on GPU; rank 0 writes files.
 
-Also what one training step needs to scale out:
-
-* :func:`wrap_model`: the DDP wrapper (gradients averaged over ranks; every rank starts from rank 0's
-  weights);
-* :func:`convert_sync_batchnorm` / :func:`revert_sync_batchnorm`: BatchNorm statistics over the
-  global batch. On CUDA this is ``torch.nn.SyncBatchNorm``; PyTorch's refuses CPU tensors, so on CPU
-  (gloo) :class:`GlobalBatchNorm` computes the same statistics with two differentiable all-reduces;
-* :class:`Precision`: autocast (bf16 / fp16) and the fp16 gradient scaler, on CUDA.
+Also the DDP wrapper (:func:`wrap_model`), BatchNorm statistics over the global batch
+(:func:`convert_sync_batchnorm`: ``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm` on
+CPU, where PyTorch's refuses CPU tensors) and mixed precision (:class:`Precision`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -51,7 +46,7 @@ def setup_distributed(device: torch.device) -> DistInfo:
         else:
             backend = "gloo"
         dist.init_process_group(backend=backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return current()
 
 
 def teardown_distributed() -> None:
@@ -69,7 +64,7 @@ def local_device(device: torch.device) -> torch.device:
 
 def current() -> DistInfo:
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return DistInfo(dist.get_rank(), dist.get_world_size())
     return DistInfo()
 
 
@@ -127,23 +122,17 @@ class _SumOverRanks(torch.autograd.Function):
         dist.all_reduce(out)
         return out
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out)
-        return out
+    backward = forward  # the gradient: the same sum over ranks
 
 
 class GlobalBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics cover the batch of every rank (any device, any backend).
 
-    Same parameters, buffers and eval behaviour as ``nn.BatchNorm2d`` (instances are converted in
-    place, see :func:`convert_sync_batchnorm`). In training under a process group: the per-channel
-    sum and count are all-reduced, then the sum of squared deviations from the global mean (two
-    passes, as accurate as one process computing over the global batch); both all-reduces are
-    differentiable, so the backward pass is exact too. Input ``[N, C, ...]``; statistics are in
-    float32 (also under autocast); running statistics follow ``nn.BatchNorm2d`` (unbiased variance,
-    ``momentum=None`` = cumulative average).
+    Same parameters, buffers and eval behaviour as ``nn.BatchNorm2d`` (converted in place by
+    :func:`convert_sync_batchnorm`). In training under a process group the per-channel sum and
+    count, then the squared deviations from the global mean, are all-reduced (differentiably: the
+    backward is exact). Input ``[N, C, ...]``; statistics in float32; running statistics as
+    ``nn.BatchNorm2d``'s.
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -221,14 +210,11 @@ class Precision:
 
     def __init__(self, amp: str, device: torch.device) -> None:
         if amp not in ("off", "bf16", "fp16"):
-            from ..errors import ConfigError
-
             raise ConfigError(f"run.amp must be off, bf16 or fp16, got {amp!r}")
         self.note = ""
         if amp != "off" and device.type != "cuda":
             self.note = f"run.amp={amp} applies on CUDA only; training in float32 on {device.type}"
             amp = "off"
-        self.amp = amp
         self.device_type = device.type
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
@@ -237,13 +223,10 @@ class Precision:
     def enabled(self) -> bool:
         return self.dtype is not None
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
+    def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
-            yield
-            return
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            yield
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()

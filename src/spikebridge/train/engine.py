@@ -1,19 +1,12 @@
 """One training loop for ANNs and SNNs: ``fit`` and ``evaluate``.
 
-``fit`` trains for ``cfg.epochs`` epochs (and longer while the best accuracy still improves, when
-``cfg.until_plateau`` is set), evaluates after every epoch, and records a curve of
-``[training seconds, epoch, test accuracy]`` (evaluation time is not counted; with
-``cfg.precise_bn`` the BatchNorm statistics are re-estimated before each evaluation, and that time
-is counted as training), and the same curve in the process's CPU seconds (``cpu_curve``: on a
-shared machine the load changes between phases, the CPU time a phase used does not). After every epoch
-it writes ``RUN_DIR/NAME/metrics.csv`` and a resumable checkpoint (model, optimizer, schedule, RNG
-state, history); ``resume=True`` continues from the last complete epoch and gives the same result
-as an uninterrupted run. The same code runs under ``torchrun`` (DDP; rank 0 writes; metrics are
-summed over ranks).
-
-Memory: ``cfg.step_in_backward`` (on by default) runs the optimizer step inside the backward, one
-parameter at a time as its gradient is complete (:class:`StepInBackward`; exact); with gradient
-clipping, the fp16 scaler or DDP, which need every gradient at once, the usual step runs instead.
+``fit`` trains for ``cfg.epochs`` epochs (longer while the best accuracy still improves, with
+``cfg.until_plateau``), evaluates after every epoch and records a curve of
+``[training seconds, epoch, test accuracy]`` (evaluation not counted; ``cfg.precise_bn``'s
+re-estimation counted as training) and the same in process CPU seconds (``cpu_curve``). After
+every epoch it writes ``RUN_DIR/NAME/metrics.csv`` and a resumable checkpoint; ``resume=True``
+continues from the last complete epoch, exactly. Under ``torchrun`` (DDP) rank 0 writes and
+metrics are summed over ranks. ``cfg.step_in_backward``: see :class:`StepInBackward`.
 """
 from __future__ import annotations
 
@@ -31,12 +24,14 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.loading import DataBundle, calibration_batches, iterate_batches
-from ..errors import CheckpointError, ConfigError, TrainingError
-from ..errors import OutputError
+from ..errors import CheckpointError, ConfigError, OutputError, TrainingError
 from ..utils import atomic_write_text, ensure_writable_dir, remove_stale_temps
 from . import distributed
 from .checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
 from .recipes import StepSchedule, build_optimizer
+
+#: The columns of ``metrics.csv`` (one row per evaluation)
+METRICS_COLUMNS = ("epoch", "seconds", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
 
 @dataclass
@@ -55,16 +50,9 @@ class RunResult:
     optimizer_state: dict[str, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     def to_summary(self) -> dict:
-        return {
-            "name": self.name,
-            "epochs": self.epochs,
-            "seconds": round(self.seconds, 3),
-            "best_acc": self.best_acc,
-            "final_acc": self.final_acc,
-            "curve": self.curve,
-            "cpu_seconds": self.cpu_curve[-1][0] if self.cpu_curve else 0.0,
-            "cpu_curve": self.cpu_curve,
-        }
+        return {"name": self.name, "epochs": self.epochs, "seconds": round(self.seconds, 3),
+                "best_acc": self.best_acc, "final_acc": self.final_acc, "curve": self.curve,
+                "cpu_seconds": self.cpu_curve[-1][0] if self.cpu_curve else 0.0, "cpu_curve": self.cpu_curve}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -74,28 +62,18 @@ def unwrap(model: nn.Module) -> nn.Module:
 class StepInBackward:
     """The optimizer step fused into the backward (``TrainConfig.step_in_backward``): every
     parameter is updated as soon as its gradient is accumulated, and that gradient is freed at once,
-    so a step never holds all the weight gradients together (a ResNet's peak is reached late in
-    the backward, when they all exist; see ``benchmarks/README.md``).
+    so the weight gradients never all exist together (a lower memory peak).
 
     Exact for optimizers whose update of a parameter reads only that parameter's gradient and
-    state (SGD with momentum / weight decay, Adam, AdamW): the hook runs the optimizer's own
-    ``step()`` while only that parameter has a gradient (the others are ``None``: the engine zeroes
-    with ``set_to_none`` before the backward, and each hook frees what it stepped), so the update
-    is the same code on the same values as a step after the backward. The parameter's value is
-    changed only after autograd has run every node that used it (its gradient is complete then).
-    Not combinable with what needs all gradients at once (gradient clipping, the fp16 scaler's
-    overflow check) or their all-reduce (DDP): see :func:`step_in_backward_clash`.
-    Call :meth:`remove` to detach the hooks.
+    state (SGD, Adam, AdamW): the hook runs the optimizer's own ``step()`` while only that
+    parameter has a gradient (the others are ``None``). Not combinable with what needs all
+    gradients at once: see :func:`step_in_backward_clash`. :meth:`remove` detaches the hooks.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
-        self.handles = [
-            param.register_post_accumulate_grad_hook(self._step)
-            for group in optimizer.param_groups
-            for param in group["params"]
-            if param.requires_grad
-        ]
+        self.handles = [param.register_post_accumulate_grad_hook(self._step)
+                        for group in optimizer.param_groups for param in group["params"] if param.requires_grad]
 
     def _step(self, param: torch.Tensor) -> None:
         self.optimizer.step()  # only `param` has a gradient now: the others are None
@@ -122,15 +100,8 @@ def steps_in_backward(cfg: TrainConfig, precision: distributed.Precision, world_
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    bundle: DataBundle,
-    *,
-    batch_size: int = 250,
-    device: torch.device | str = "cpu",
-    split: str = "test",
-    topk: tuple[int, ...] = (1,),
-) -> dict[str, float]:
+def evaluate(model: nn.Module, bundle: DataBundle, *, batch_size: int = 250, device: torch.device | str = "cpu",
+             split: str = "test", topk: tuple[int, ...] = (1,)) -> dict[str, float]:
     """Top-k accuracy (fractions) and mean loss on a split, summed over DDP ranks."""
     info = distributed.current()
     was_training = model.training
@@ -146,8 +117,7 @@ def evaluate(
         for i, k in enumerate(topk):
             correct[i] += (ranked[:, :k] == y[:, None]).any(1).sum().item()
         count += len(y)
-    totals = distributed.all_reduce_sum([*correct, loss_sum, count], torch.device(device))
-    *correct, loss_sum, count = totals
+    *correct, loss_sum, count = distributed.all_reduce_sum([*correct, loss_sum, count], torch.device(device))
     model.train(was_training)
     result = {f"top{k}": c / max(count, 1) for k, c in zip(topk, correct)}
     result["acc"] = result[f"top{topk[0]}"]
@@ -155,9 +125,8 @@ def evaluate(
     return result
 
 
-def precise_batchnorm(
-    model: nn.Module, bundle: DataBundle, samples: int, *, seed: int, device: torch.device | str = "cpu"
-) -> float:
+def precise_batchnorm(model: nn.Module, bundle: DataBundle, samples: int, *, seed: int,
+                      device: torch.device | str = "cpu") -> float:
     """Re-estimate every BatchNorm's running statistics over ``samples`` seeded random training
     samples without augmentation (a cumulative average instead of the running average of the last
     batches); under DDP each rank takes its share and the statistics are averaged. Returns the
@@ -178,36 +147,17 @@ def precise_batchnorm(
     return time.perf_counter() - started
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"torch": torch.get_rng_state(), "batches": generator.get_state()}
-
-
 def _set_requires_grad(model: nn.Module, frozen: set[str], trainable: bool) -> None:
     for name, param in unwrap(model).named_parameters():
         if name in frozen:
             param.requires_grad_(trainable)
 
 
-def fit(
-    model: nn.Module,
-    bundle: DataBundle,
-    cfg: TrainConfig,
-    *,
-    name: str,
-    run_dir: str | Path | None,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    resume: bool = False,
-    frozen: set[str] | None = None,
-    evaluate_first: bool = False,
-    optimizer_state: dict | None = None,
-    meta: dict[str, Any] | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-    stop_after: int | None = None,
-    amp: str = "off",
-    sync_bn: bool = False,
-) -> RunResult:
+def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, run_dir: str | Path | None,
+        seed: int = 0, device: torch.device | str = "cpu", progress: bool = True, resume: bool = False,
+        frozen: set[str] | None = None, evaluate_first: bool = False, optimizer_state: dict | None = None,
+        meta: dict[str, Any] | None = None, on_epoch: Callable[[dict], None] | None = None,
+        stop_after: int | None = None, amp: str = "off", sync_bn: bool = False) -> RunResult:
     """Train ``model`` on ``bundle`` with ``cfg``; see the module docstring.
 
     Args:
@@ -241,8 +191,8 @@ def fit(
     if frozen and cfg.freeze_epochs > 0:
         _set_requires_grad(model, frozen, False)
     n_train = len(bundle.train)
-    steps_per_epoch = max(1, n_train // cfg.batch_size)
-    if steps_per_epoch == 0 or n_train < cfg.batch_size:
+    steps_per_epoch = n_train // cfg.batch_size
+    if n_train < cfg.batch_size:
         raise TrainingError(f"{name}: the training split has {n_train} samples, fewer than one batch of {cfg.batch_size}")
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"{name}: batch_size {cfg.batch_size} is the global batch and must split evenly over "
@@ -252,8 +202,8 @@ def fit(
     ckpt_dir = out / "checkpoints" if out else None
     history: list[dict] = []
     curve: list[list[float]] = []
-    start_epoch, seconds, cpu_seconds = 0, 0.0, 0.0
     cpu_curve: list[list[float]] = []
+    start_epoch, seconds, cpu_seconds = 0, 0.0, 0.0
 
     def make_optimizer() -> tuple[torch.optim.Optimizer, StepSchedule]:
         opt = build_optimizer(module.parameters(), cfg)
@@ -275,10 +225,7 @@ def fit(
         ckpt = load_checkpoint(ckpt_dir / "last.json")
         try:
             module.load_state_dict(ckpt.model_state)
-            if frozen and ckpt.epoch < cfg.freeze_epochs:
-                _set_requires_grad(model, frozen, False)
-            else:
-                _set_requires_grad(model, frozen, True)
+            _set_requires_grad(model, frozen, ckpt.epoch >= cfg.freeze_epochs)
             optimizer, schedule = make_optimizer()
             state = ckpt.optimizer_state()
             if state is not None:
@@ -289,25 +236,22 @@ def fit(
             rng = ckpt.rng_state()
             torch.set_rng_state(rng["torch"])
             generator.set_state(rng["batches"])
-            history = list(ckpt.meta.get("history", []))
-            curve = list(ckpt.meta.get("curve", []))
-            seconds = float(ckpt.meta.get("seconds", 0.0))
-            cpu_seconds = float(ckpt.meta.get("cpu_seconds", 0.0))
-            cpu_curve = list(ckpt.meta.get("cpu_curve", []))
+            history, curve, cpu_curve = (list(ckpt.meta.get(k, [])) for k in ("history", "curve", "cpu_curve"))
+            seconds, cpu_seconds = (float(ckpt.meta.get(k, 0.0)) for k in ("seconds", "cpu_seconds"))
             start_epoch = ckpt.epoch
             if start_epoch > 0 and hasattr(module, "set_epoch"):
                 module.set_epoch(start_epoch - 1)  # a sharpened ReLU resumes where its last epoch left it
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise CheckpointError(
-                f"{ckpt.path}: cannot resume from this checkpoint, it does not fit this model or "
-                f"configuration ({first}); use another --out, or drop --resume to start over"
-            ) from None
+            raise CheckpointError(f"{ckpt.path}: cannot resume from this checkpoint, it does not fit this model "
+                                  f"or configuration ({first}); use another --out, or drop --resume to start over"
+                                  ) from None
     elif evaluate_first:
         acc = evaluate(model, bundle, device=device)["acc"]
         curve.append([0.0, 0, acc])
         cpu_curve.append([0.0, 0, acc])
-        history.append({"epoch": 0, "seconds": 0.0, "test_acc": acc, "test_loss": None, "train_loss": None, "train_acc": None, "lr": None})
+        history.append({"epoch": 0, "seconds": 0.0, "test_acc": acc, "test_loss": None, "train_loss": None,
+                        "train_acc": None, "lr": None})
 
     train_model = distributed.wrap_model(model, device)  # after any resume: DDP sees what trains now
     max_epochs = cfg.epochs * 3 if cfg.until_plateau else cfg.epochs
@@ -331,74 +275,55 @@ def fit(
             module.set_epoch(epoch)
         train_model.train()
         cpu_started = time.process_time()
+        hooks = StepInBackward(optimizer) if steps_in_backward(cfg, precision, info.world_size) else None
         try:
-            stats = _train_one_epoch(
-                train_model, bundle, cfg, optimizer, schedule, generator, device, info, progress,
-                desc=f"{name} {epoch + 1}/{cfg.epochs}", precision=precision,
-            )
+            stats = _train_one_epoch(train_model, bundle, cfg, optimizer, schedule, generator, device, info, progress,
+                                     f"{name} {epoch + 1}/{cfg.epochs}", precision, in_backward=hooks is not None)
         except TrainingError as exc:
             raise TrainingError(f"{exc}; {_last_good(ckpt_dir, epoch)}") from None
+        finally:
+            if hooks is not None:
+                hooks.remove()
         seconds += stats["seconds"]
         if cfg.precise_bn:
             seconds += precise_batchnorm(module, bundle, cfg.precise_bn, seed=seed * 7919 + epoch, device=device)
         cpu_seconds += time.process_time() - cpu_started
         epoch += 1
         metrics = evaluate(model, bundle, device=device)
-        record = {
-            "epoch": epoch,
-            "seconds": round(seconds, 3),
-            "train_loss": stats["loss"],
-            "train_acc": stats["acc"],
-            "test_loss": metrics["loss"],
-            "test_acc": metrics["acc"],
-            "lr": schedule.lr,
-        }
+        record = {"epoch": epoch, "seconds": round(seconds, 3), "train_loss": stats["loss"], "train_acc": stats["acc"],
+                  "test_loss": metrics["loss"], "test_acc": metrics["acc"], "lr": schedule.lr}
         history.append(record)
         curve.append([round(seconds, 3), epoch, metrics["acc"]])
         cpu_curve.append([round(cpu_seconds, 3), epoch, metrics["acc"]])
         if info.is_main:  # one line per epoch, with or without progress bars
-            tqdm.write(
-                f"{name} epoch {epoch}: train loss {stats['loss']:.4f} acc {stats['acc']:.4f} | "
-                f"test acc {metrics['acc']:.4f} | {seconds:.1f}s"
-            )
+            tqdm.write(f"{name} epoch {epoch}: train loss {stats['loss']:.4f} acc {stats['acc']:.4f} | "
+                       f"test acc {metrics['acc']:.4f} | {seconds:.1f}s")
         if on_epoch is not None:
             on_epoch(record)
         bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
-            raise TrainingError(
-                f"{name}: after epoch {epoch} the weights hold NaN/Inf ({', '.join(bad[:3])}); nothing of this "
-                f"epoch is saved, {_last_good(ckpt_dir, epoch - 1)} (lower the learning rate)"
-            )
+            raise TrainingError(f"{name}: after epoch {epoch} the weights hold NaN/Inf ({', '.join(bad[:3])}); nothing "
+                                f"of this epoch is saved, {_last_good(ckpt_dir, epoch - 1)} (lower the learning rate)")
         if out is not None and info.is_main:
             try:
                 _write_metrics_csv(out / "metrics.csv", history)
-                save_checkpoint(
-                    ckpt_dir, "last", module,
-                    {**(meta or {}), "history": history, "curve": curve, "seconds": seconds, "name": name,
-                     "cpu_seconds": cpu_seconds, "cpu_curve": cpu_curve,
-                     "grad_scaler": precision.state_dict()},
-                    optimizer=optimizer, scheduler=schedule, rng=_rng_state(generator), epoch=epoch,
-                )
+                save_checkpoint(ckpt_dir, "last", module,
+                                {**(meta or {}), "history": history, "curve": curve, "seconds": seconds, "name": name,
+                                 "cpu_seconds": cpu_seconds, "cpu_curve": cpu_curve,
+                                 "grad_scaler": precision.state_dict()},
+                                optimizer=optimizer, scheduler=schedule, epoch=epoch,
+                                rng={"torch": torch.get_rng_state(), "batches": generator.get_state()})
             except OutputError as exc:
-                raise TrainingError(
-                    f"{name}: cannot save epoch {epoch}: {exc}; {_last_good(ckpt_dir, epoch - 1)}"
-                ) from exc
+                raise TrainingError(f"{name}: cannot save epoch {epoch}: {exc}; "
+                                    f"{_last_good(ckpt_dir, epoch - 1)}") from exc
         distributed.barrier()
 
     if synced:
         distributed.revert_sync_batchnorm(module)
     accs = [point[2] for point in curve]
-    return RunResult(
-        name=name,
-        epochs=epoch,
-        seconds=round(seconds, 3),
-        best_acc=max(accs) if accs else 0.0,
-        final_acc=accs[-1] if accs else 0.0,
-        curve=curve,
-        cpu_curve=cpu_curve,
-        history=history,
-        optimizer_state=optimizer_state_by_name(module, optimizer),
-    )
+    return RunResult(name=name, epochs=epoch, seconds=round(seconds, 3), best_acc=max(accs) if accs else 0.0,
+                     final_acc=accs[-1] if accs else 0.0, curve=curve, cpu_curve=cpu_curve, history=history,
+                     optimizer_state=optimizer_state_by_name(module, optimizer))
 
 
 def _last_good(ckpt_dir: Path | None, epoch: int) -> str:
@@ -437,10 +362,8 @@ def state_by_name(module: nn.Module, state: dict) -> dict[str, dict[str, Any]]:
     names = [n for n, _ in unwrap(module).named_parameters()]
     order = [i for group in state["param_groups"] for i in group["params"]]
     if len(order) != len(names):
-        raise CheckpointError(
-            f"the pretrained optimizer state covers {len(order)} parameters, this model has {len(names)}: "
-            "it belongs to another architecture"
-        )
+        raise CheckpointError(f"the pretrained optimizer state covers {len(order)} parameters, this model has "
+                              f"{len(names)}: it belongs to another architecture")
     return {names[pos]: state["state"][i] for pos, i in enumerate(order) if i in state["state"]}
 
 
@@ -478,56 +401,34 @@ def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, st
             continue
         missing = [k for k in needed if k not in entry]
         if missing:
-            raise CheckpointError(
-                f"the pretrained optimizer state of {name!r} holds {sorted(entry)}, not the {missing} "
-                f"{type(optimizer).__name__} needs: pretrain and fine-tune with the same optimizer, or set "
-                "bridge.transfer_optimizer: false"
-            )
+            raise CheckpointError(f"the pretrained optimizer state of {name!r} holds {sorted(entry)}, not the "
+                                  f"{missing} {type(optimizer).__name__} needs: pretrain and fine-tune with the same "
+                                  "optimizer, or set bridge.transfer_optimizer: false")
         tensors = [v for k, v in entry.items() if isinstance(v, torch.Tensor) and k != "step"]
         if any(tuple(v.shape) != tuple(param.shape) for v in tensors):
             continue
-        optimizer.state[param] = {
-            k: (v.to(param.device, param.dtype).clone() if isinstance(v, torch.Tensor) and k != "step"
-                else v.clone() if isinstance(v, torch.Tensor) else v)
-            for k, v in entry.items()
-        }
+        optimizer.state[param] = {k: v if not isinstance(v, torch.Tensor) else v.clone() if k == "step"
+                                  else v.to(param.device, param.dtype).clone() for k, v in entry.items()}
         loaded.append(name)
     return loaded
 
 
-def _train_one_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info, progress, desc,
-                     precision: distributed.Precision | None = None) -> dict:
-    precision = precision or distributed.Precision("off", device)
-    in_backward = steps_in_backward(cfg, precision, info.world_size)
-    hooks = StepInBackward(optimizer) if in_backward else None
-    try:
-        return _run_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info, progress, desc,
-                          precision, in_backward)
-    finally:
-        if hooks is not None:
-            hooks.remove()
-
-
-def _run_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info, progress, desc, precision,
-               in_backward: bool) -> dict:
+def _train_one_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info, progress, desc, precision,
+                     *, in_backward: bool) -> dict:
     loss_sum, correct, count = 0.0, 0.0, 0.0
     steps = max(1, len(bundle.train) // cfg.batch_size)
     bar = tqdm(total=steps, desc=desc, disable=not (progress and info.is_main), leave=False, dynamic_ncols=True)
     start = time.perf_counter()
-    batches = iterate_batches(
-        bundle, bundle.train, cfg.batch_size, train=True, generator=generator,
-        rank=info.rank, world_size=info.world_size,
-    )
+    batches = iterate_batches(bundle, bundle.train, cfg.batch_size, train=True, generator=generator,
+                              rank=info.rank, world_size=info.world_size)
     for step, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with precision.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         finite = bool(torch.isfinite(loss))
-        if info.enabled:  # every rank stops together (a rank that raised alone would leave the others waiting)
-            ranks_bad = distributed.all_reduce_sum([0.0 if finite else 1.0], device)[0]
-        else:
-            ranks_bad = 0.0 if finite else 1.0
+        # every rank stops together (a rank that raised alone would leave the others waiting)
+        ranks_bad = distributed.all_reduce_sum([0.0 if finite else 1.0], device)[0]
         if ranks_bad:
             if finite:
                 what = f"NaN/Inf on {int(ranks_bad)} of {info.world_size} ranks (this rank's inputs are fine)"
@@ -535,10 +436,8 @@ def _run_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info,
                 what = f"{loss.item()} (" + ("the inputs hold NaN/Inf" if not torch.isfinite(x).all() else (
                     f"the inputs are finite, largest |x| = {x.abs().max().item():.3g}")) + ")"
             run_name, _, epoch_text = desc.rpartition(" ")
-            raise TrainingError(
-                f"{run_name} epoch {epoch_text}, step {step + 1}: the loss became {what}; "
-                "lower the learning rate or check the data"
-            )
+            raise TrainingError(f"{run_name} epoch {epoch_text}, step {step + 1}: the loss became {what}; "
+                                "lower the learning rate or check the data")
         optimizer.zero_grad(set_to_none=True)
         precision.backward(loss)  # with step_in_backward the parameters are updated in here
         if not in_backward:
@@ -560,8 +459,7 @@ def _run_epoch(model, bundle, cfg, optimizer, schedule, generator, device, info,
 
 def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     buffer = io.StringIO()
-    columns = ["epoch", "seconds", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
     atomic_write_text(path, buffer.getvalue())

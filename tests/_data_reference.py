@@ -1,6 +1,6 @@
 """ODG as arXiv:2203.01158 words it, step by step, with per-event Python loops: the plain reference that
-the vectorised :func:`spikebridge.data.odg.odg` is tested against (event for event) and
-benchmarked against. Slow; not for converting datasets. Deliberately imports nothing from
+the vectorised :func:`spikebridge.data.odg.odg` is tested against (event for event) and benchmarked
+against (``benchmarks/bench_events.py``). Slow; test code only. Deliberately imports nothing from
 ``odg.py``: its path constant is copied from the paper's text, not from the implementation.
 """
 from __future__ import annotations

@@ -68,3 +68,17 @@ def odg_reference(rgb_uint8, size=254, threshold=0.18, window=(16, 240), min_eve
     pos = np.array(pos, dtype=np.uint8).reshape(-1, 3)
     neg = np.array(neg, dtype=np.uint8).reshape(-1, 3)
     return pos, neg, h, w
+
+
+def edge_integral_of_sample(sample, path=PAPER_PATH):
+    """arXiv:2203.01158 step 6 on an ODG sample's event rows (canvas coordinates): ``sum_t (ON_t -
+    OFF_t)`` with the events of move ``t`` shifted by ``-path[t]``, float32 ``[height, width]`` (the
+    resized image's frame; events shifted outside it are dropped)."""
+    out = np.zeros((sample.height, sample.width), dtype=np.float32)
+    for rows, sign in ((sample.pos, 1.0), (sample.neg, -1.0)):
+        ev = np.asarray(rows, dtype=np.int64)
+        shift = np.asarray(path[1:], dtype=np.int64)[ev[:, 2] - 1]
+        r, c = ev[:, 0] - shift[:, 0], ev[:, 1] - shift[:, 1]
+        inside = (r >= 0) & (r < sample.height) & (c >= 0) & (c < sample.width)
+        np.add.at(out, (r[inside], c[inside]), sign)
+    return out

@@ -26,7 +26,7 @@ from spikebridge.data.odg import (
 from spikebridge.data.datasets import open_es_mnist
 from spikebridge.errors import ConfigError, DataError
 
-from _data_reference import PAPER_PATH, odg_reference
+from _data_reference import PAPER_PATH, edge_integral_of_sample, odg_reference
 
 
 def mnist_digits(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,13 +226,13 @@ def test_edge_integral_on_real_digits():
     for digit in digits:
         # 28-px digits (ES-MNIST parameters): thin strokes, the integral follows the intensity.
         s = odg(digit, size=28, window=(0, 29), min_events=0)
-        rec = reconstruct_edge_integral(s)
+        rec = edge_integral_of_sample(s)
         assert rec.shape == (28, 28)
         small_corr.append(np.corrcoef(rec.ravel(), digit.ravel() / 255.0)[0, 1])
         # 254-px digits: the integral is an edge image, 8*I - sum_t I shifted by each move.
         big = np.kron(digit, np.ones((9, 9), dtype=np.uint8))
         s = odg(big, min_events=0)
-        rec = reconstruct_edge_integral(s)
+        rec = edge_integral_of_sample(s)
         intensity = resized_intensity(big)
         predicted = np.zeros_like(intensity)
         for t in range(1, 9):
@@ -251,7 +251,7 @@ def test_edge_integral_from_frames_equals_from_events():
     s = odg(big, min_events=0)
     frames = events_to_dense(s, canvas=258, crop=(0, 258), size=254)  # canvas coordinates
     from_frames = reconstruct_edge_integral(frames)
-    np.testing.assert_array_equal(from_frames[:254, :254], reconstruct_edge_integral(s))
+    np.testing.assert_array_equal(from_frames[:254, :254], edge_integral_of_sample(s))
 
 
 def test_edge_integral_image_is_a_fixed_grey_scale_of_the_integral():

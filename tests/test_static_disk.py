@@ -32,8 +32,6 @@ from spikebridge.data.transforms import (
     CenterCrop,
     Compose,
     Normalize,
-    RandomCrop,
-    RandomHorizontalFlip,
     RandomResizedCrop,
     Resize,
     ToTensor,
@@ -44,6 +42,8 @@ from spikebridge.data.transforms import (
     shift_batch,
 )
 from spikebridge.errors import ConfigError, DataError
+
+from _data_transforms import RandomCrop, RandomHorizontalFlip
 
 # --------------------------------------------------------------------------- fixtures
 

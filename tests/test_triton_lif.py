@@ -33,6 +33,7 @@ import triton  # noqa: F401  (part of the dev extra: a missing install must fail
 import spikebridge.kernels.triton_lif as triton_lif
 from spikebridge.errors import ConfigError
 from spikebridge.neurons import NeuronConfig, get_neuron_spec, multistep_reference, neuron_names, run_multistep
+from spikebridge.neurons.multistep import KEEP_NONE
 from spikebridge.surrogate import get_surrogate
 
 # True in the TRITON_INTERPRET=1 subprocess (the kernels were built by the interpreter)
@@ -227,7 +228,7 @@ def test_saves_nothing_without_grad(device, monkeypatch):
     with torch.no_grad():
         out = triton_lif.multistep_triton(x.requires_grad_(True), torch.sigmoid(logit), 0.5, SURROGATES["rect"], None)
     assert out.grad_fn is None
-    assert kept == [triton_lif._SAVE_NONE, triton_lif._SAVE_NONE]
+    assert kept == [KEEP_NONE, KEEP_NONE]
 
 
 def test_only_decay_requires_grad(device):

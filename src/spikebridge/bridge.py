@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError, TransferError
+from .errors import CheckpointError, TransferError, first_line
+from .layers import TimeFolded, is_marked_binary
 
 FIRST_LAYER_MODES = ("signed_polarity", "mean", "skip")
 
@@ -63,10 +64,9 @@ class TransferReport:
         ]
         for key, src, dst in self.mismatched:
             lines.append(f"  shape mismatch {key}: source {list(src)} vs SNN {list(dst)}")
-        if self.missing:
-            lines.append(f"  missing (kept as initialised): {', '.join(self.missing[:8])}{' ...' if len(self.missing) > 8 else ''}")
-        if self.unexpected:
-            lines.append(f"  unexpected (ignored): {', '.join(self.unexpected[:8])}{' ...' if len(self.unexpected) > 8 else ''}")
+        for label, keys in (("missing (kept as initialised)", self.missing), ("unexpected (ignored)", self.unexpected)):
+            if keys:
+                lines.append(f"  {label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
         if self.recalibrated_bn:
             lines.append(f"  re-calibrated {self.recalibrated_bn} BatchNorm layers on spiking activity")
         if self.rate_errors:
@@ -103,8 +103,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/pickled-object files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable state-dict file ({first[:200]})") from None
+        raise CheckpointError(f"{path}: not a loadable state-dict file ({first_line(exc)[:200]})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -128,15 +127,14 @@ def as_state_dict(source) -> dict[str, torch.Tensor]:
 
 
 def _adapt_first_layer(weight: torch.Tensor, in_channels: int, mode: str) -> torch.Tensor:
-    """Map a conv kernel ``[out, c_src, kh, kw]`` onto ``in_channels`` input channels."""
-    grey = weight.sum(dim=1, keepdim=True)  # response to a grey image (all colours equal)
+    """Map a conv kernel ``[out, c_src, kh, kw]`` onto ``in_channels`` input channels (``mode``:
+    ``mean`` or ``signed_polarity``; the callers check it)."""
     if mode == "mean":
         return weight.mean(dim=1, keepdim=True).expand(-1, in_channels, -1, -1).clone()
-    if mode == "signed_polarity":
-        if in_channels != 2:
-            raise TransferError(f"first_layer='signed_polarity' needs 2 input channels (ON/OFF), the SNN has {in_channels}")
-        return torch.cat([grey, -grey], dim=1)
-    raise TransferError(f"unknown first_layer mode {mode!r}; expected one of {', '.join(FIRST_LAYER_MODES)}")
+    if in_channels != 2:
+        raise TransferError(f"first_layer='signed_polarity' needs 2 input channels (ON/OFF), the SNN has {in_channels}")
+    grey = weight.sum(dim=1, keepdim=True)  # response to a grey image (all colours equal)
+    return torch.cat([grey, -grey], dim=1)
 
 
 def transfer(
@@ -197,8 +195,6 @@ def _channel_mean(x: torch.Tensor) -> torch.Tensor:
 
 def _activation_pairs(ann: nn.Module, snn: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
     """(name, ANN activation, SNN neuron) for every time-folded neuron whose name exists in the ANN."""
-    from .layers import TimeFolded
-
     ann_modules = dict(getattr(ann, "module", ann).named_modules())
     return [
         (name, ann_modules[name], module)
@@ -245,27 +241,20 @@ def _ann_targets(ann: nn.Module, pairs, ann_batches: list[torch.Tensor], device)
 
 
 class _Reached(Exception):
-    """Raised by a hook to end a forward early, carrying the tensor it was waiting for."""
-
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__()
-        self.value = value
+    """Raised by a hook to end a forward early, carrying (``args[0]``) the tensor it was waiting for."""
 
 
 def _run_to(module: nn.Module, run, *, before: bool) -> torch.Tensor:
     """Call ``run()`` and stop it where ``module`` is reached: return ``module``'s input (``before``)
     or its output. Nothing after that point is computed."""
-    def at_input(m, args):
-        raise _Reached(args[0])
+    def stop(m, args, *output):  # a pre-hook gets no output
+        raise _Reached(output[0] if output else args[0])
 
-    def at_output(m, args, out):
-        raise _Reached(out)
-
-    handle = module.register_forward_pre_hook(at_input) if before else module.register_forward_hook(at_output)
+    handle = (module.register_forward_pre_hook if before else module.register_forward_hook)(stop)
     try:
         run()
     except _Reached as reached:
-        return reached.value
+        return reached.args[0]
     finally:
         handle.remove()
     raise TransferError(f"calibration: {type(module).__name__} was not reached in the forward pass")
@@ -346,13 +335,7 @@ def _unit_index(units: list[nn.Module], module: nn.Module) -> int | None:
 def _pack(x: torch.Tensor) -> torch.Tensor:
     """A cached activation: spikes (floats a neuron marked 0/1, :func:`~spikebridge.layers.mark_binary`)
     are kept as ``bool`` (a quarter of the memory; exact)."""
-    from .layers import is_marked_binary
-
     return x.to(torch.bool) if x.is_floating_point() and is_marked_binary(x) else x
-
-
-def _drop(x: torch.Tensor) -> None:
-    return None
 
 
 def _unpack(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -461,8 +444,6 @@ def match_firing_rates(
     pairs = _activation_pairs(ann, snn)
     if not pairs or not batches:
         return {}
-    from .layers import TimeFolded
-
     was_training = (ann.training, snn.training)
     batches = [b.to(device) for b in batches]
     target = _ann_targets(ann, pairs, ann_batches or batches, device)
@@ -539,10 +520,10 @@ def match_firing_rates(
             if cache is None or cache.position > start:
                 cache = build_cache(start)
             advance(start)
-            in_train_mode(units[start:end + 1], lambda: span_passes(cache.train, start, neuron, _drop))
+            in_train_mode(units[start:end + 1], lambda: span_passes(cache.train, start, neuron, lambda x: None))
         else:
             cache = None  # this layer's bias shift changes what any cache holds
-            in_train_mode([snn], lambda: full_passes(neuron, _drop))
+            in_train_mode([snn], lambda: full_passes(neuron, lambda x: None))
         base = norm.bias.detach().clone()
         low = torch.full_like(base, -max_shift)
         high = torch.full_like(base, max_shift)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, short_repr
+from .errors import ConfigError, first_line, short_repr
 from .neurons import NeuronConfig, neuron_names
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -410,8 +410,7 @@ def read_yaml(path: str | Path) -> dict:
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     except (yaml.YAMLError, ValueError, OverflowError) as exc:  # ValueError: e.g. a date like 2024-13-45
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data or {}

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .data.loading import DataBundle, calibration_batches, iterate_batches
+from .data.loading import DataBundle, calibration_batches as draw_batches, iterate_batches
 from .errors import ConfigError
 from .neurons import NeuronConfig
 from .spikify import SpikingNet, _activation_sites, _Recorder, _subsample, spikify_with_graph
@@ -60,13 +60,6 @@ class IFSoftReset(nn.Module):
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, initial_membrane={self.initial_membrane}, reset=soft"
-
-
-def _batches_of(bundle: DataBundle, count: int, batch_size: int, seed: int = 0) -> list[torch.Tensor]:
-    out = list(calibration_batches(bundle, count, batch_size, seed))
-    if not out:
-        raise ConfigError(f"{bundle.name}: no training batch for calibration")
-    return out
 
 
 @torch.no_grad()
@@ -237,7 +230,9 @@ def conversion_accuracy_curve(
 ) -> list[tuple[int, float]]:
     """Convert ``ann`` (threshold balancing on ``calibration_batches`` training batches) and return
     ``[(T, accuracy), ...]`` on the test split."""
-    calibration = _batches_of(bundle, calibration_batches, calibration_batch_size, seed)
+    calibration = list(draw_batches(bundle, calibration_batches, calibration_batch_size, seed))
+    if not calibration:
+        raise ConfigError(f"{bundle.name}: no training batch for calibration")
     snn = convert(ann, calibration, T=max(T_values), percentile=percentile, initial_membrane=initial_membrane,
                   calibration_samples=calibration_batches * calibration_batch_size, device=device)
     return accuracy_curve(snn, bundle, T_values, device=device, max_samples=max_samples,

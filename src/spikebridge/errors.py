@@ -35,6 +35,11 @@ class OutputError(SpikebridgeError, OSError):
     system, or a file standing where a folder is needed. Also an ``OSError`` (``errno`` is kept)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name when it has none (for one-line errors)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def short_repr(value: object, limit: int = 100) -> str:
     """``repr(value)`` cut to ``limit`` characters, built in bounded time and memory: error messages
     quote user values with it, so a huge (or alias-bombed) value never becomes a huge message."""

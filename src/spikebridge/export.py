@@ -149,6 +149,20 @@ class _Builder:
         return [name]
 
 
+#: what a layer (by type) or a function / method call (by target) is to the export
+_MODULE_KINDS = (
+    (nn.Conv2d, "conv"), (nn.modules.batchnorm._BatchNorm, "batchnorm"), (nn.Linear, "linear"),
+    (TimeFolded, "neuron"), ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), "avgpool"), (nn.Flatten, "flatten"),
+    ((nn.Identity, nn.modules.dropout._DropoutNd), "same"), (nn.modules.pooling._MaxPoolNd, "maxpool"),
+)
+_CALL_KINDS = {
+    operator.add: "add", torch.add: "add", operator.iadd: "add", "add": "add", "add_": "add", "__add__": "add",
+    torch.flatten: "flatten", "flatten": "flatten", "view": "flatten", "reshape": "flatten", torch.reshape: "flatten",
+    F.dropout: "same", "contiguous": "same", "clone": "same", F.max_pool2d: "maxpool",
+    F.avg_pool2d: "functional_pool", F.adaptive_avg_pool2d: "functional_pool",
+}
+
+
 def _trace_snn(model: nn.Module) -> tuple[nn.Module, fx.Graph]:
     """(module whose attributes the graph reads, the fx graph of one time step)."""
     if isinstance(model, SpikingNet):
@@ -188,7 +202,6 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
     finally:
         model.train(was_training)
     modules = dict(root.named_modules())
-    users = {n.name: len(n.users) for n in graph.nodes}
     builder = _Builder(nir)
     sources: dict[str, list[str]] = {}  # fx node -> NIR nodes whose outputs sum to its value
     pending_conv: dict[str, tuple] = {}  # conv node -> (nir name, module) for BN folding
@@ -205,91 +218,71 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
             value = node.args[0]
             builder.add("output", nir.Output(output_type={"output": np.array(per_sample(value))}), sources[value.name])
             continue
-        tensor_args = [a for a in node.all_input_nodes if a.name in sources]
-        where = f"node {node.name}"
-        if node.op == "call_module":
-            module = modules[node.target]
-            where = f"layer '{node.target}' ({type(module).__name__})"
-            inputs = sources[node.args[0].name]
-            if isinstance(module, nn.Conv2d):
-                if module.padding_mode != "zeros":
-                    raise ConfigError(f"NIR export: {where} uses padding_mode={module.padding_mode!r}")
-                bias = module.bias if module.bias is not None else torch.zeros(module.out_channels)
-                conv = nir.Conv2d(
-                    input_shape=tuple(per_sample(node.args[0])[1:]), weight=_np(module.weight),
-                    stride=tuple(module.stride), padding=module.padding if isinstance(module.padding, str) else tuple(module.padding),
-                    dilation=tuple(module.dilation), groups=module.groups, bias=_np(bias),
-                )
-                sources[node.name] = builder.add(node.target, conv, inputs)
-                pending_conv[node.name] = (sources[node.name][0], module)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                producer = node.args[0].name
-                if producer not in pending_conv or users[producer] != 1:
-                    raise ConfigError(f"NIR export: {where} does not directly follow a convolution, so it cannot be folded")
-                nir_name, conv_module = pending_conv.pop(producer)
-                weight, bias = _fold_batchnorm(conv_module.weight, conv_module.bias, module)
-                builder.nodes[nir_name].weight = _np(weight)
-                builder.nodes[nir_name].bias = _np(bias)
-                sources[node.name] = sources[producer]
-            elif isinstance(module, nn.Linear):
-                if module.bias is not None:
-                    layer = nir.Affine(weight=_np(module.weight), bias=_np(module.bias))
-                else:
-                    layer = nir.Linear(weight=_np(module.weight))
-                sources[node.name] = builder.add(node.target, layer, inputs)
-            elif isinstance(module, TimeFolded):
-                shape = per_sample(node)
-                params = neuron_parameters(module, shape, dt)
-                kind, scale = params.pop("type"), params.pop("scale")
-                cls = nir.IF if kind == "IF" else nir.LIF
-                names = builder.add(node.target, cls(**params), inputs)
-                if scale is not None:
-                    names = builder.add(f"{node.target}.scale", nir.Scale(scale=scale), names)
-                sources[node.name] = names
-            elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-                sources[node.name] = _avg_pool(builder, nir, node.target, module, per_sample(node.args[0]), per_sample(node), inputs)
-                if builder.nodes[sources[node.name][0]].__class__.__name__ == "Linear":
-                    flat_in_nir.add(node.name)  # pooled by a matrix: already flat in the NIR graph
-            elif isinstance(module, (nn.Flatten,)):
-                if node.args[0].name in flat_in_nir:
-                    sources[node.name] = inputs
-                else:
-                    sources[node.name] = _flatten(builder, nir, node.target, per_sample(node.args[0]), per_sample(node), inputs)
-            elif isinstance(module, (nn.Identity, nn.modules.dropout._DropoutNd)):
-                sources[node.name] = inputs
-            elif isinstance(module, nn.modules.pooling._MaxPoolNd):
-                raise ConfigError(f"NIR export: {where}: {MAX_POOL_HINT}")
-            else:
-                raise ConfigError(f"NIR export does not support {where}")
-            continue
-        if node.op in ("call_function", "call_method"):
-            target = node.target
-            name = getattr(target, "__name__", str(target))
-            where = f"{name}() (node {node.name})"
-            if not tensor_args or shapes.values.get(node.name) is None:
-                continue  # sizes, shapes: not part of the NIR graph
-            if target in (operator.add, torch.add, operator.iadd) or target in ("add", "add_", "__add__"):
-                if len(tensor_args) != 2 or any(not isinstance(a, fx.Node) for a in node.args[:2]) or node.kwargs.get("alpha", 1) != 1:
-                    raise ConfigError(f"NIR export supports residual sums of two tensors, not {where}")
-                sources[node.name] = sources[node.args[0].name] + sources[node.args[1].name]
-                continue
-            if target in (torch.flatten, "flatten", "view", "reshape", torch.reshape):
-                if tensor_args[0].name in flat_in_nir and len(per_sample(node)) == 1:
-                    sources[node.name] = sources[tensor_args[0].name]
-                    continue
-                sources[node.name] = _flatten(builder, nir, node.name, per_sample(tensor_args[0]), per_sample(node),
-                                              sources[tensor_args[0].name])
-                continue
-            if target in (F.avg_pool2d, F.adaptive_avg_pool2d):
-                raise ConfigError(f"NIR export: use nn.AvgPool2d modules instead of {where}")
-            if target in (F.dropout, "contiguous", "clone"):
-                sources[node.name] = sources[tensor_args[0].name]
-                continue
-            if target in (F.max_pool2d,):
-                raise ConfigError(f"NIR export: {where}: {MAX_POOL_HINT}")
-            raise ConfigError(f"NIR export does not support {where}")
         if node.op == "get_attr":
             raise ConfigError(f"NIR export does not support tensors read in forward ({node.target})")
+        tensor_args = [a for a in node.all_input_nodes if a.name in sources]
+        module = modules[node.target] if node.op == "call_module" else None
+        if module is not None:
+            where, base = f"layer '{node.target}' ({type(module).__name__})", node.target
+            kind = next((kind for types, kind in _MODULE_KINDS if isinstance(module, types)), None)
+        elif not tensor_args or shapes.values.get(node.name) is None:
+            continue  # sizes, shapes: not part of the NIR graph
+        else:
+            where, base = f"{getattr(node.target, '__name__', str(node.target))}() (node {node.name})", node.name
+            kind = _CALL_KINDS.get(node.target)
+        source = node.args[0] if module is not None else tensor_args[0]
+        inputs = sources[source.name]
+        if kind == "same":
+            sources[node.name] = inputs
+        elif kind == "conv":
+            if module.padding_mode != "zeros":
+                raise ConfigError(f"NIR export: {where} uses padding_mode={module.padding_mode!r}")
+            bias = module.bias if module.bias is not None else torch.zeros(module.out_channels)
+            conv = nir.Conv2d(
+                input_shape=tuple(per_sample(source)[1:]), weight=_np(module.weight),
+                stride=tuple(module.stride), padding=module.padding if isinstance(module.padding, str) else tuple(module.padding),
+                dilation=tuple(module.dilation), groups=module.groups, bias=_np(bias),
+            )
+            sources[node.name] = builder.add(base, conv, inputs)
+            pending_conv[node.name] = (sources[node.name][0], module)
+        elif kind == "batchnorm":
+            if source.name not in pending_conv or len(source.users) != 1:
+                raise ConfigError(f"NIR export: {where} does not directly follow a convolution, so it cannot be folded")
+            nir_name, conv_module = pending_conv.pop(source.name)
+            weight, bias = _fold_batchnorm(conv_module.weight, conv_module.bias, module)
+            builder.nodes[nir_name].weight = _np(weight)
+            builder.nodes[nir_name].bias = _np(bias)
+            sources[node.name] = inputs
+        elif kind == "linear":
+            weight = _np(module.weight)
+            layer = nir.Linear(weight=weight) if module.bias is None else nir.Affine(weight=weight, bias=_np(module.bias))
+            sources[node.name] = builder.add(base, layer, inputs)
+        elif kind == "neuron":
+            params = neuron_parameters(module, per_sample(node), dt)
+            cls, scale = nir.IF if params.pop("type") == "IF" else nir.LIF, params.pop("scale")
+            names = builder.add(base, cls(**params), inputs)
+            if scale is not None:
+                names = builder.add(f"{base}.scale", nir.Scale(scale=scale), names)
+            sources[node.name] = names
+        elif kind == "avgpool":
+            sources[node.name] = _avg_pool(builder, nir, base, module, per_sample(source), per_sample(node), inputs)
+            if isinstance(builder.nodes[sources[node.name][0]], nir.Linear):
+                flat_in_nir.add(node.name)  # pooled by a matrix: already flat in the NIR graph
+        elif kind == "flatten":
+            if source.name in flat_in_nir and len(per_sample(node)) == 1:
+                sources[node.name] = inputs
+            else:
+                sources[node.name] = _flatten(builder, nir, base, per_sample(source), per_sample(node), inputs)
+        elif kind == "add":
+            if len(tensor_args) != 2 or any(not isinstance(a, fx.Node) for a in node.args[:2]) or node.kwargs.get("alpha", 1) != 1:
+                raise ConfigError(f"NIR export supports residual sums of two tensors, not {where}")
+            sources[node.name] = sources[node.args[0].name] + sources[node.args[1].name]
+        elif kind == "maxpool":
+            raise ConfigError(f"NIR export: {where}: {MAX_POOL_HINT}")
+        elif kind == "functional_pool":
+            raise ConfigError(f"NIR export: use nn.AvgPool2d modules instead of {where}")
+        else:
+            raise ConfigError(f"NIR export does not support {where}")
     _fold_scales(nir, builder.nodes, builder.edges)
     return nir.NIRGraph(nodes=builder.nodes, edges=builder.edges, metadata={
         "dt": float(dt), "time_steps": int(getattr(model, "T", 1)),

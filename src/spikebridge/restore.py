@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .config import MAX_CHANNELS, MAX_CLASSES, MAX_T, check_int, from_dict
-from .errors import CheckpointError, ConfigError, short_repr
+from .errors import CheckpointError, ConfigError, first_line, short_repr
 from .neurons import NeuronConfig
 from .train.checkpoint import file_sha256
 
@@ -72,8 +72,7 @@ def _clip(text: str, limit: int = 100) -> str:
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
+    text = first_line(exc)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -117,8 +116,9 @@ def parse_ann_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
-def import_ann(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Import ``FILE.py:ClassName`` by path and build ``ClassName(**kwargs)``.
+def import_ann(spec: str, kwargs: dict[str, Any] | None = None, weights: str | Path | None = None) -> nn.Module:
+    """Import ``FILE.py:ClassName`` by path and build ``ClassName(**kwargs)``; with ``weights``, load
+    them (:func:`load_ann_weights`).
 
     This runs the file's code: call it only for code the user named (``--ann``) or trusted."""
     path_text, sep, class_name = str(spec).rpartition(":")
@@ -164,7 +164,10 @@ def import_ann(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
         ) from None
     except ValueError:
         pass  # no signature available (builtins): just try
-    return cls(**kwargs)
+    model = cls(**kwargs)
+    if weights:
+        load_ann_weights(model, weights)
+    return model
 
 
 def check_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: Any, model_name: str) -> None:
@@ -208,33 +211,29 @@ def absolute_class_spec(spec: str) -> str:
     return f"{Path(path).expanduser().resolve()}:{class_name}"
 
 
-def _class_record(spec: str, kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """``ann`` (absolute spec), ``ann_sha256`` (of its file: loading checks it), ``ann_kwargs``."""
+def _class_meta(name: str, spec: str, kwargs: dict[str, Any] | None, neuron: NeuronConfig | None, *,
+                num_classes: int, in_channels: int, T: int, data: str, **more: Any) -> dict:
+    """Checkpoint metadata of a user class: ``ann`` (absolute spec), ``ann_sha256`` (of its file:
+    loading checks it), ``ann_kwargs``, the sizes and ``more`` (left out when empty)."""
     spec = absolute_class_spec(spec)
-    return {"ann": spec, "ann_sha256": file_sha256(Path(spec.rpartition(":")[0])), "ann_kwargs": dict(kwargs or {})}
+    model = {"name": name, "ann": spec, "ann_sha256": file_sha256(Path(spec.rpartition(":")[0])),
+             "ann_kwargs": dict(kwargs or {}), "num_classes": int(num_classes), "in_channels": int(in_channels),
+             "T": int(T), **{k: v for k, v in more.items() if v}}
+    return {"model": model, "neuron": asdict(neuron) if neuron is not None else None, "data": data}
 
 
 def ann_class_meta(spec: str, kwargs: dict[str, Any] | None, *, num_classes: int, in_channels: int,
                    data: str) -> dict:
     """Checkpoint metadata of the user's ANN class ``spec`` (trained by pipes / piped)."""
-    return {
-        "model": {"name": USER_ANN_MODEL_NAME, **_class_record(spec, kwargs),
-                  "num_classes": int(num_classes), "in_channels": int(in_channels), "T": 1},
-        "neuron": None,
-        "data": data,
-    }
+    return _class_meta(USER_ANN_MODEL_NAME, spec, kwargs, None, num_classes=num_classes, in_channels=in_channels,
+                       T=1, data=data)
 
 
 def spikified_meta(spec: str, kwargs: dict[str, Any] | None, neuron: NeuronConfig, *, num_classes: int,
                    in_channels: int, T: int, input_ndim: int, data: str, input_conv: str | None = None) -> dict:
     """Checkpoint metadata of ``spikify(ClassName(**kwargs))`` (see the module docstring)."""
-    model = {
-        "name": SPIKIFIED_MODEL_NAME, **_class_record(spec, kwargs),
-        "num_classes": int(num_classes), "in_channels": int(in_channels), "T": int(T), "input_ndim": int(input_ndim),
-    }
-    if input_conv:
-        model["input_conv"] = input_conv
-    return {"model": model, "neuron": asdict(neuron), "data": data}
+    return _class_meta(SPIKIFIED_MODEL_NAME, spec, kwargs, neuron, num_classes=num_classes, in_channels=in_channels,
+                       T=T, data=data, input_ndim=int(input_ndim), input_conv=input_conv)
 
 
 def neuron_from_meta(data: Any, where: str = "the checkpoint") -> NeuronConfig:
@@ -349,15 +348,12 @@ def resolve_code(info: dict, *, code: str | None, trust_code: bool, where: str =
                               f"{_clip(recorded_path)}); name it with --ann FILE.py:Class or pass --trust-code to "
                               "import the recorded file")
     file = Path(recorded_path)
-    if not file.is_absolute():
-        raise CheckpointError(f"{where}: the recorded code path {_clip(recorded_path)} is not absolute; "
-                              "name the file with --ann FILE.py:Class")
-    if digest is None:
-        raise CheckpointError(f"{where}: the checkpoint records no SHA-256 of its code {_clip(recorded_path)}; "
-                              "name the file with --ann FILE.py:Class")
-    if not file.is_file():
-        raise CheckpointError(f"{where}: the recorded code file {_clip(recorded_path)} does not exist; "
-                              "name the file with --ann FILE.py:Class")
+    for refused, problem in ((not file.is_absolute(), "the recorded code path {} is not absolute"),
+                             (digest is None, "the checkpoint records no SHA-256 of its code {}"),
+                             (not file.is_file(), "the recorded code file {} does not exist")):
+        if refused:
+            raise CheckpointError(f"{where}: {problem.format(_clip(recorded_path))}; "
+                                  "name the file with --ann FILE.py:Class")
     if file_sha256(file) != digest:
         raise CheckpointError(f"{where}: the recorded code file {_clip(recorded_path)} changed since the checkpoint "
                               "was written (SHA-256 differs); not importing it")
@@ -375,16 +371,16 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
     if T is not None:
         check_int("--T", T, 1, MAX_T)
     info = check_model_meta(meta, where)
-    steps = int(T or info.get("T", 1))
-    if info["name"] == USER_ANN_MODEL_NAME:
-        return import_ann(resolve_code(info, code=code, trust_code=trust_code, where=where), info.get("ann_kwargs") or {})
-    neuron = neuron_from_meta(meta.get("neuron") or {}, where)
-    if info["name"] == SPIKIFIED_MODEL_NAME:
+    steps, name = int(T or info.get("T", 1)), info["name"]
+    neuron = neuron_from_meta(meta.get("neuron") or {}, where) if name != USER_ANN_MODEL_NAME else None
+    if name in (USER_ANN_MODEL_NAME, SPIKIFIED_MODEL_NAME):
         from .spikify import adapt_input_conv, spikify
 
         spec = resolve_code(info, code=code, trust_code=trust_code, where=where)
-        snn = spikify(import_ann(spec, info.get("ann_kwargs") or {}), neuron, T=steps,
-                      input_ndim=int(info.get("input_ndim", 4)))
+        ann = import_ann(spec, info.get("ann_kwargs") or {})
+        if name == USER_ANN_MODEL_NAME:
+            return ann
+        snn = spikify(ann, neuron, T=steps, input_ndim=int(info.get("input_ndim", 4)))
         if info.get("input_conv"):
             swapped = adapt_input_conv(snn, int(info["in_channels"]), "skip")  # its weights load next
             if swapped != info["input_conv"]:
@@ -396,7 +392,7 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in (info.get("options") or {}).items()}
 
     def build() -> nn.Module:
-        return create_model(info["name"], num_classes=info["num_classes"], neuron=neuron, T=steps,
+        return create_model(name, num_classes=info["num_classes"], neuron=neuron, T=steps,
                             in_channels=info["in_channels"], **options)
 
     try:
@@ -406,7 +402,7 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
         raise CheckpointError(f"{_clip(where)}: cannot rebuild the checkpoint's model: {_one_line(exc)}") from None
     own = probe.state_dict()
     if state is not None:
-        check_weights(own, state, where, info["name"])
+        check_weights(own, state, where, name)
     elif sum(v.numel() for v in own.values()) > MAX_MODEL_ELEMENTS:
         raise CheckpointError(f"{_clip(where)}: the model the checkpoint describes has more than {MAX_MODEL_ELEMENTS} elements")
     return build()

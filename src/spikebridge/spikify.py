@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .bridge import FIRST_LAYER_MODES, _adapt_first_layer, _run_to
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .layers import TimeFolded, fold_time, set_time_steps
 from .models import BridgeNet
 from .models.registry import as_neuron_config
@@ -182,21 +182,18 @@ def static_input_graph(graph: fx.Graph, modules: dict[str, nn.Module]) -> fx.Gra
     anything after them) read them, exactly as registry models compute their stem once. None when
     a size taken in that prefix is used after it (it would be B, not T*B)."""
     new = fx.Graph()
-    value_map: dict[fx.Node, fx.Node] = {}
-    output = new.graph_copy(graph, value_map)
-    new.output(output)
+    new.output(new.graph_copy(graph, {}))
     input_dependent = _input_dependent(new)
-    dynamic: set[fx.Node] = set()
+    dynamic: set[fx.Node] = set()  # neurons and what they feed
     shape_like: set[fx.Node] = set()
-    for node in new.nodes:
+    expanded: dict[fx.Node, fx.Node] = {}
+    for node in list(new.nodes):
         if (node.op == "call_module" and isinstance(modules.get(node.target), ThresholdNeuron)) or any(
             a in dynamic for a in node.all_input_nodes
         ):
             dynamic.add(node)
         elif node in input_dependent and _is_shape_like(node, shape_like):
             shape_like.add(node)
-    expanded: dict[fx.Node, fx.Node] = {}
-    for node in list(new.nodes):
         if node not in dynamic and node.op != "output":
             continue
         for arg in list(node.all_input_nodes):
@@ -210,6 +207,16 @@ def static_input_graph(graph: fx.Graph, modules: dict[str, nn.Module]) -> fx.Gra
             node.replace_input_with(arg, expanded[arg])
     new.lint()
     return new
+
+
+def _adopt(module: nn.Module, source: nn.Module) -> None:
+    """Register ``source``'s children, and its own parameters and buffers, on ``module`` by name."""
+    for name, child in source.named_children():
+        module.add_module(name, child)
+    for name, param in source.named_parameters(recurse=False):
+        module.register_parameter(name, param)
+    for name, buffer in source.named_buffers(recurse=False):
+        module.register_buffer(name, buffer)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,12 +247,7 @@ class SpikingNet(nn.Module):
         input_ndim: int,
     ) -> None:
         super().__init__()
-        for name, child in graph_module.named_children():
-            self.add_module(name, child)
-        for name, param in graph_module.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        for name, buffer in graph_module.named_buffers(recurse=False):
-            self.register_buffer(name, buffer)
+        _adopt(self, graph_module)
         # constants that fx keeps on the root (e.g. _tensor_constant0) and plain attributes
         for node in graph_module.graph.nodes:
             if node.op == "get_attr":
@@ -321,10 +323,7 @@ class _BridgeNetForward(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         vars(self)["_model_type"] = type(model)
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        for name, param in model.named_parameters(recurse=False):
-            self.register_parameter(name, param)
+        _adopt(self, model)
         for name, value in vars(model).items():  # plain attributes (T, neuron_config, ...)
             if not name.startswith("_") and name not in vars(self):
                 vars(self)[name] = value
@@ -379,9 +378,8 @@ def _trace(ann: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(ann)
     except Exception as exc:  # fx raises TraceError, TypeError, ... for dynamic control flow
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"spikify could not trace {type(ann).__name__}.forward with torch.fx ({first[:200]}); "
+            f"spikify could not trace {type(ann).__name__}.forward with torch.fx ({first_line(exc)[:200]}); "
             "forward must not branch on tensor values or shapes (move such logic out of forward, "
             "or build the model with spikebridge's registry)"
         ) from None
@@ -417,9 +415,24 @@ _REFUSED_MODULES = (
     ((nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer),
      "attention has no spiking equivalent here"),
 )
+_REFUSED_FUNCTIONS = {
+    F.gelu: "GELU", F.silu: "SiLU", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
+    F.tanh: "tanh", F.elu: "ELU", F.selu: "SELU", F.mish: "Mish", F.softplus: "softplus",
+    F.hardswish: "hardswish", F.scaled_dot_product_attention: "attention",
+}
+_REFUSED_METHODS = ("sigmoid", "tanh")
 
 
-def _check_module(node: fx.Node, module: nn.Module) -> None:
+def _check_node(node: fx.Node, modules: dict[str, nn.Module]) -> None:
+    """ConfigError naming a layer or call of the traced ANN that cannot run per frame or spike."""
+    if node.op != "call_module":
+        refused = {"call_function": _REFUSED_FUNCTIONS, "call_method": _REFUSED_METHODS}.get(node.op, ())
+        if node.target in refused:
+            what = f"the {refused[node.target]} call" if node.op == "call_function" else f"x.{node.target}()"
+            raise ConfigError(f"spikify cannot convert {what} in forward (node {node.name}): "
+                              "only ReLU-like activations become spiking neurons")
+        return
+    module = modules[node.target]
     name = f"layer '{node.target}' ({type(module).__name__})"
     for kind, why in _REFUSED_MODULES:
         if isinstance(module, kind):
@@ -435,23 +448,6 @@ def _check_module(node: fx.Node, module: nn.Module) -> None:
         "per-frame layers (conv, linear, norm, pooling, flatten, dropout) run time-folded"
     )
 
-
-_REFUSED_FUNCTIONS = {
-    F.gelu: "GELU", F.silu: "SiLU", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
-    F.tanh: "tanh", F.elu: "ELU", F.selu: "SELU", F.mish: "Mish", F.softplus: "softplus",
-    F.hardswish: "hardswish", F.scaled_dot_product_attention: "attention",
-}
-_REFUSED_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
-
-
-def _check_call(node: fx.Node) -> None:
-    if node.op == "call_function" and node.target in _REFUSED_FUNCTIONS:
-        what = _REFUSED_FUNCTIONS[node.target]
-        raise ConfigError(f"spikify cannot convert the {what} call in forward (node {node.name}): "
-                          "only ReLU-like activations become spiking neurons")
-    if node.op == "call_method" and node.target in _REFUSED_METHODS:
-        raise ConfigError(f"spikify cannot convert x.{node.target}() in forward (node {node.name}): "
-                          "only ReLU-like activations become spiking neurons")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -594,10 +590,7 @@ def spikify_with_graph(
 
     # 1. refuse what cannot run per frame or spike
     for node in gm.graph.nodes:
-        if node.op == "call_module":
-            _check_module(node, modules[node.target])
-        else:
-            _check_call(node)
+        _check_node(node, modules)
     if example is not None:
         check_batch_axis(gm, example[: min(3, len(example))].cpu(), T=2)
     ann_graph = copy.deepcopy(gm)  # the ANN as traced: calibration targets come from it
@@ -605,23 +598,20 @@ def spikify_with_graph(
     # 2. replace every activation call site with a ThresholdNeuron
     neurons: list[ThresholdNeuron] = []
     used_targets: dict[str, int] = {}
-    sites = [(node, modules.get(node.target) if node.op == "call_module" else None)
-             for node in gm.graph.nodes if _is_activation(node, modules)]
-    for node, module in sites:
+    for node in _activation_sites(gm):
+        module = modules[node.target] if node.op == "call_module" else None
         scale, shift = _activation_affine(module)
         if node.op == "call_module":
-            count = used_targets.get(node.target, 0) + 1
-            used_targets[node.target] = count
+            used_targets[node.target] = count = used_targets.get(node.target, 0) + 1
             target = node.target if count == 1 else f"{node.target}_{count}"
             source = f"{node.target} ({type(module).__name__})"
         else:
             target = f"spike_{node.name}"
             what = getattr(node.target, "__name__", node.target)
             source = f"{what}() in forward" if node.op == "call_function" else f"x.{what}() in forward"
-        inner = neuron_builder() if neuron_builder is not None else config.build()
-        inner_threshold = float(inner.threshold if neuron_builder is not None else config.threshold)
+        inner = (neuron_builder or config.build)()
         threshold_module = ThresholdNeuron(
-            inner, inner_threshold, threshold=inner_threshold, input_scale=scale,
+            inner, float(inner.threshold), threshold=float(inner.threshold), input_scale=scale,
             input_shift=shift, analog=neuron_builder is None and config.spec.analog_output, source=source, time_steps=T,
         )
         if target in modules and node.op != "call_module":
@@ -664,10 +654,10 @@ def _activation_sites(gm: fx.GraphModule) -> list[fx.Node]:
 
 
 def _subsample(values: torch.Tensor, limit: int = 1_000_000) -> torch.Tensor:
-    values = values.flatten()
-    if values.numel() > limit:
-        index = torch.randint(values.numel(), (limit,), generator=torch.Generator().manual_seed(0))
-        values = values[index]
+    """At most ``limit`` entries of the last dim of ``values`` (drawn with a fixed seed)."""
+    if values.shape[-1] > limit:
+        index = torch.randint(values.shape[-1], (limit,), generator=torch.Generator().manual_seed(0))
+        values = values[..., index]
     return values
 
 
@@ -704,8 +694,6 @@ def calibrate_thresholds(
     ann_inputs = list(ann_batches) if ann_batches is not None else batches  # [B, ...] each
     if len(ann_inputs) != len(batches):
         raise ConfigError(f"calibration: {len(batches)} SNN batches but {len(ann_inputs)} ANN batches")
-    chosen: dict[str, float] = {}
-    names = {id(m): n for n, m in snn.named_modules()}
     for site_name, neuron in zip(ann_sites, snn.neurons):
         # the neuron's input [T*b, ...] for every batch
         currents = [_run_to(neuron, lambda x=x: snn(x.to(device)), before=True).detach().cpu()
@@ -718,10 +706,9 @@ def calibrate_thresholds(
             recorder.run(x.to(device))
             target_parts.append(recorder.values[site_name].cpu())
         target = torch.cat(target_parts, dim=0).clamp(min=0)
-        level = _fit_threshold(neuron, currents, target, refine_steps, per_channel)
-        chosen[names[id(neuron)]] = float(level.mean())
+        _fit_threshold(neuron, currents, target, refine_steps, per_channel)
     snn.train(was_training)
-    return chosen
+    return snn.thresholds()
 
 
 def _channel_view(values: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -732,7 +719,7 @@ def _channel_view(values: torch.Tensor, per_channel: bool) -> torch.Tensor:
 
 
 def _fit_threshold(neuron: ThresholdNeuron, currents: list[torch.Tensor], ann_value: torch.Tensor,
-                   refine_steps: int, per_channel: bool = False) -> torch.Tensor:
+                   refine_steps: int, per_channel: bool = False) -> None:
     """Set ``neuron.threshold`` (one level, or one per channel = dim 1) to what makes the
     time-averaged output best match ``ann_value`` (``[N, ...]``, mean squared error) given the
     neuron's input ``currents`` (``[T*b, ...]`` for each batch of ``b`` samples): a grid of
@@ -754,10 +741,7 @@ def _fit_threshold(neuron: ThresholdNeuron, currents: list[torch.Tensor], ann_va
             total += _channel_view((out - target).double().pow(2), per_channel).sum(1)
         return total
 
-    view = _channel_view(ann_value, per_channel)
-    if view.shape[1] > 200_000:  # subsample the columns for the percentiles
-        index = torch.randint(view.shape[1], (200_000,), generator=torch.Generator().manual_seed(0))
-        view = view[:, index]
+    view = _subsample(_channel_view(ann_value, per_channel), 200_000)  # columns for the percentiles
     positive = torch.where(view > 0, view, torch.full_like(view, float("nan"))).double()
     quantiles = torch.tensor([0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0], dtype=torch.float64)
     grid = torch.nanquantile(positive, quantiles, dim=1).T  # [channels, q]
@@ -787,7 +771,6 @@ def _fit_threshold(neuron: ThresholdNeuron, currents: list[torch.Tensor], ann_va
     candidate_scores = torch.stack([best_score, fc, fd], 1)
     level = candidates[rows, candidate_scores.argmin(1)].to(neuron.threshold.dtype)
     neuron.threshold.copy_(level.reshape(shape))
-    return neuron.threshold.detach().clone()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -797,20 +780,18 @@ def input_conv_name(graph: fx.Graph, modules: dict[str, nn.Module]) -> str:
     """The ``nn.Conv2d`` that reads the network's input: the first one in graph order fed by the
     input through parameter-free operations only (pads, reshapes, arithmetic). ConfigError if a
     layer with parameters (e.g. a BatchNorm on the raw input) or none comes first."""
-    from_input: set[fx.Node] = {n for n in graph.nodes if n.op == "placeholder"}
+    from_input = _input_dependent(graph)
     for node in graph.nodes:
-        if node.op == "placeholder" or not any(a in from_input for a in node.all_input_nodes):
+        if node.op != "call_module" or node not in from_input:
             continue
-        if node.op == "call_module":
-            module = modules[node.target]
-            if isinstance(module, nn.Conv2d):
-                return str(node.target)
-            if any(True for _ in module.parameters()):
-                raise ConfigError(
-                    f"the network's input first goes through {_describe_node(node, modules)}, not an nn.Conv2d: "
-                    "cannot adapt its input channels (give the ANN a first Conv2d that reads the input)"
-                )
-        from_input.add(node)
+        module = modules[node.target]
+        if isinstance(module, nn.Conv2d):
+            return str(node.target)
+        if any(True for _ in module.parameters()):
+            raise ConfigError(
+                f"the network's input first goes through {_describe_node(node, modules)}, not an nn.Conv2d: "
+                "cannot adapt its input channels (give the ANN a first Conv2d that reads the input)"
+            )
     raise ConfigError("no nn.Conv2d module reads the network's input (functional convs are not adapted)")
 
 

@@ -36,13 +36,9 @@ def plot_accuracy_vs_T(
     ticks = sorted({int(p[0]) for curve in curves.values() for p in curve})
     if len(ticks) > 12:
         ticks = [t for t in ticks if t & (t - 1) == 0]  # powers of two
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("time steps T (log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100.5)
-    ax.set_title(title)
+    ax.set(xlabel="time steps T (log scale)", ylabel="test accuracy (%)", ylim=(0, 100.5), title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     return save_png(fig, path)
@@ -54,33 +50,23 @@ def plot_firing_rates(rates: Sequence[tuple[str, float]], path: str | Path, *, t
     values = [100 * r for _, r in rates]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(names) + 2), 3.8))
     ax.bar(range(len(values)), values, color="#4477aa")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("firing rate (% of neurons per step)")
-    ax.set_xlabel("neuron layer (input -> output)")
-    ax.set_title(title)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set(ylabel="firing rate (% of neurons per step)", xlabel="neuron layer (input -> output)", title=title)
     ax.grid(alpha=0.3, axis="y")
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=6)
     return save_png(fig, path)
 
 
-def plot_spike_raster(spikes: torch.Tensor, path: str | Path, *, title: str, neuron_labels: Sequence[str] | None = None) -> Path:
+def plot_spike_raster(spikes: torch.Tensor, path: str | Path, *, title: str) -> Path:
     """``spikes``: ``[T, N]`` (nonzero = spike) for N neurons of one sample."""
     data = (spikes != 0).cpu().numpy()
     steps, count = data.shape
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * steps + 2), max(2.5, 0.18 * count + 1)))
     t_idx, n_idx = np.nonzero(data)
     ax.scatter(t_idx + 1, n_idx, marker="s", s=30, color="black")
-    ax.set_xlim(0.5, steps + 0.5)
-    ax.set_ylim(-0.5, count - 0.5)
-    ax.set_xticks(range(1, steps + 1))
-    ax.set_xlabel(f"time step (black square = spike; {int(data.sum())} spikes)")
-    ax.set_ylabel("neuron")
-    if neuron_labels is not None:
-        ax.set_yticks(range(count))
-        ax.set_yticklabels(neuron_labels, fontsize=6)
-    ax.set_title(title)
+    ax.set(xlim=(0.5, steps + 0.5), ylim=(-0.5, count - 0.5), xticks=range(1, steps + 1), title=title,
+           xlabel=f"time step (black square = spike; {int(data.sum())} spikes)", ylabel="neuron")
     ax.grid(alpha=0.2)
     return save_png(fig, path)
 

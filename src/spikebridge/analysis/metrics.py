@@ -164,38 +164,35 @@ class ActivityReport:
                 "synaptic_layers": [asdict(s) for s in self.synaptic_layers]}
 
     def to_markdown(self) -> str:
-        e, ops, paper = self.energy(), self.operation_table(), self.operation_table("paper")
+        e = self.energy()
+
+        def ops_table(table: dict[str, dict[str, float]]) -> list[str]:
+            return ["| FP32 ops per sample (G) | add | mult |", "|---|---:|---:|",
+                    *(f"| {row} | {v['add_G']:.6f} | {v['mult_G']:.6f} |" for row, v in table.items())]
+
         lines = [
             f"Measured on {self.samples} samples, T={self.time_steps}.",
             "",
             "| neuron layer | neurons | spikes / sample | firing rate |",
             "|---|---:|---:|---:|",
-        ]
-        for n in self.neuron_layers:
-            lines.append(f"| {n.name} | {n.neurons} | {n.spikes_per_sample:.1f} | {n.firing_rate:.4f} |")
-        lines.append(f"| **all** | {sum(n.neurons for n in self.neuron_layers)} | "
-                     f"{sum(n.spikes_per_sample for n in self.neuron_layers):.1f} | {self.mean_firing_rate:.4f} |")
-        lines += ["", "| synaptic layer | type | input | frames | SOPs / sample | MACs / sample | ANN MACs |",
-                  "|---|---|---|---:|---:|---:|---:|"]
-        for s in self.synaptic_layers:
-            lines.append(
-                f"| {s.name} | {s.type} | {'analog' if s.analog_input else 'events'} | {s.frames_per_sample:g} | "
-                f"{s.sops_per_sample:,.0f} | {s.macs_per_sample:,.0f} | {s.macs_per_frame:,} |"
-            )
-        lines += [
+            *(f"| {n.name} | {n.neurons} | {n.spikes_per_sample:.1f} | {n.firing_rate:.4f} |"
+              for n in self.neuron_layers),
+            f"| **all** | {sum(n.neurons for n in self.neuron_layers)} | "
+            f"{sum(n.spikes_per_sample for n in self.neuron_layers):.1f} | {self.mean_firing_rate:.4f} |",
+            "",
+            "| synaptic layer | type | input | frames | SOPs / sample | MACs / sample | ANN MACs |",
+            "|---|---|---|---:|---:|---:|---:|",
+            *(f"| {s.name} | {s.type} | {'analog' if s.analog_input else 'events'} | {s.frames_per_sample:g} | "
+              f"{s.sops_per_sample:,.0f} | {s.macs_per_sample:,.0f} | {s.macs_per_frame:,} |"
+              for s in self.synaptic_layers),
             "",
             f"SOPs per sample: {self.sops:,.0f}; analog MACs: {self.snn_macs:,.0f}; ANN MACs: {self.ann_macs:,.0f}.",
             "",
-            "| FP32 ops per sample (G) | add | mult |",
-            "|---|---:|---:|",
-            f"| ANN | {ops['ann']['add_G']:.6f} | {ops['ann']['mult_G']:.6f} |",
-            f"| SNN | {ops['snn']['add_G']:.6f} | {ops['snn']['mult_G']:.6f} |",
+            *ops_table({row.upper(): v for row, v in self.operation_table().items()}),
             "",
             "The paper's convention (dense per step, no firing rates; arXiv:2203.01158, ES-ImageNet table):",
             "",
-            "| FP32 ops per sample (G) | add | mult |",
-            "|---|---:|---:|",
-            *(f"| {row} | {v['add_G']:.6f} | {v['mult_G']:.6f} |" for row, v in paper.items()),
+            *ops_table(self.operation_table("paper")),
             "",
             f"Energy per sample (45 nm, {ENERGY_PER_AC_PJ} pJ/AC, {ENERGY_PER_MAC_PJ} pJ/MAC): ANN {e['ann_uj']:.4f} uJ, "
             f"SNN synaptic {e['snn_synaptic_uj']:.4f} uJ ({e['snn_over_ann']:.2f}x the ANN), "
@@ -282,7 +279,7 @@ def measure_activity(model: nn.Module, batches: Iterable, *, device: torch.devic
         entry[1] += float((output != 0).sum())
         state["source"] = "analog" if _neuron_is_analog(module) else "spikes"
 
-    def on_synapse(module, inputs):
+    def on_synapse(module, inputs, output):
         x = inputs[0]
         frame_shape = tuple(x.shape[1:])
         key = (id(module), frame_shape)
@@ -301,15 +298,11 @@ def measure_activity(model: nn.Module, batches: Iterable, *, device: torch.devic
             entry["analog"] = True
             entry["events"] += float((x != 0).sum())
             entry["macs"] += float(fan.sum()) * frames
-
-    def on_synapse_done(module, inputs, output):
-        outputs_per_frame = output[0].numel() if output.dim() > 1 else 1
-        synapse_counts[id(module)]["nominal"] = nominal_counts(module, int(outputs_per_frame))
+        entry["nominal"] = nominal_counts(module, int(output[0].numel() if output.dim() > 1 else 1))
 
     handles.append(model.register_forward_pre_hook(on_model_start))
     handles += [m.register_forward_hook(on_neuron) for m in neurons]
-    handles += [m.register_forward_pre_hook(on_synapse) for m in synapses]
-    handles += [m.register_forward_hook(on_synapse_done) for m in synapses]
+    handles += [m.register_forward_hook(on_synapse) for m in synapses]
     was_training = model.training
     model.eval()
     samples, steps_seen = 0, None
@@ -326,28 +319,20 @@ def measure_activity(model: nn.Module, batches: Iterable, *, device: torch.devic
             handle.remove()
         model.train(was_training)
     steps = int(time_steps or steps_seen or getattr(model, "T", 1))
-    report = ActivityReport(samples=samples, time_steps=steps)
-    for m in neurons:
-        count, spikes = neuron_counts[id(m)]
-        if count == 0:
-            continue  # not used in this forward
-        report.neuron_layers.append(NeuronLayerStats(
-            name=names[id(m)], neurons=count, spikes_per_sample=spikes / max(samples, 1),
-            firing_rate=spikes / max(count * steps * samples, 1), analog=_neuron_is_analog(m),
-            leak_multiply=_neuron_leaks(m),
-        ))
-    for m in synapses:
-        entry = synapse_counts[id(m)]
-        if entry["frames"] == 0:
-            continue
-        report.synaptic_layers.append(SynapticLayerStats(
-            name=names[id(m)], type=type(m).__name__, macs_per_frame=entry["per_frame"],
-            frames_per_sample=entry["frames"] / max(samples, 1), analog_input=bool(entry["analog"]),
-            input_events_per_sample=entry["events"] / max(samples, 1),
-            sops_per_sample=entry["sops"] / max(samples, 1), macs_per_sample=entry["macs"] / max(samples, 1),
-            nominal_macs_per_frame=entry["nominal"][0], window_adds_per_frame=entry["nominal"][1],
-        ))
-    return report
+    n = max(samples, 1)  # per sample
+    neuron_layers = [
+        NeuronLayerStats(name=names[id(m)], neurons=count, spikes_per_sample=spikes / n,
+                         firing_rate=spikes / max(count * steps * samples, 1), analog=_neuron_is_analog(m),
+                         leak_multiply=_neuron_leaks(m))
+        for m in neurons for count, spikes in [neuron_counts[id(m)]] if count]  # count 0: not used in this forward
+    synaptic_layers = [
+        SynapticLayerStats(name=names[id(m)], type=type(m).__name__, macs_per_frame=e["per_frame"],
+                           frames_per_sample=e["frames"] / n, analog_input=bool(e["analog"]),
+                           input_events_per_sample=e["events"] / n, sops_per_sample=e["sops"] / n,
+                           macs_per_sample=e["macs"] / n, nominal_macs_per_frame=e["nominal"][0],
+                           window_adds_per_frame=e["nominal"][1])
+        for m in synapses for e in [synapse_counts[id(m)]] if e["frames"]]
+    return ActivityReport(samples, steps, neuron_layers, synaptic_layers)
 
 
 __all__ = [

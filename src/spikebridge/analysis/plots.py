@@ -39,9 +39,7 @@ def plot_accuracy_vs_time(runs: list[dict], path: str | Path, *, title: str, tar
     if accs_all:
         top = max(accs_all)
         ax.set_ylim(max(0.0, min(top - 15, sorted(accs_all)[len(accs_all) // 4] - 2)), min(100.5, top + 1.5))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
+    ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     save_png(fig, path)

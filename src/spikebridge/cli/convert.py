@@ -40,35 +40,31 @@ def _listing(items: list[tuple[str, object]], limit: int = 3) -> str:
     return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def report_paragraph(report, unit: str) -> str:
-    """One paragraph describing a :class:`~spikebridge.data.convert.ConversionReport`."""
-    text = (f"Converted {report.converted} {unit}s, skipped {report.reused} already done, dropped "
-            f"{len(report.dropped)} with too few events, {len(report.failed)} unreadable")
-    if report.skipped:
-        text += f", ignored {len(report.skipped)} entries that are not {unit}s"
-    text += (f" ({report.total} {unit}s in {len(report.classes)} classes, {report.elapsed_s:.1f} s). "
-             f"{report.written} samples are listed in {report.label_file}.")
-    return text + _problems(report)
-
-
-def _problems(report) -> str:
-    """The sentences on partial files removed, samples dropped and unreadable inputs, if any."""
-    text = ""
+def _finish(report, text: str, nothing_written: str) -> int:
+    """Print ``text`` and the sentences on partial files removed, samples dropped and unreadable
+    inputs, if any; :class:`DataError` ``nothing_written`` when no sample was written."""
     if report.stale_temp_removed:
         text += f" Removed {report.stale_temp_removed} partial files an interrupted conversion left."
     if report.dropped:
         text += " Dropped: " + _listing([(p, f"{n} events") for p, n in report.dropped]) + "."
     if report.failed:
         text += " Unreadable: " + _listing([(p, " ".join(str(m).split())[:120]) for p, m in report.failed]) + "."
-    return text
-
-
-def _finish(report, unit: str) -> int:
-    print(report_paragraph(report, unit))
+    print(text)
     if report.written == 0:
-        raise DataError(f"no {unit} of {report.out_dir} could be converted "
-                        f"({report.total} found, {len(report.dropped)} dropped, {len(report.failed)} unreadable)")
+        raise DataError(nothing_written)
     return 0
+
+
+def _finish_dataset(report, unit: str) -> int:
+    """:func:`_finish` of a converted dataset (``odg``, ``video``: class folders and ``labels.txt``)."""
+    text = (f"Converted {report.converted} {unit}s, skipped {report.reused} already done, dropped "
+            f"{len(report.dropped)} with too few events, {len(report.failed)} unreadable")
+    if report.skipped:
+        text += f", ignored {len(report.skipped)} entries that are not {unit}s"
+    text += (f" ({report.total} {unit}s in {len(report.classes)} classes, {report.elapsed_s:.1f} s). "
+             f"{report.written} samples are listed in {report.label_file}.")
+    return _finish(report, text, f"no {unit} of {report.out_dir} could be converted ({report.total} found, "
+                                 f"{len(report.dropped)} dropped, {len(report.failed)} unreadable)")
 
 
 def cmd_convert_odg(args: argparse.Namespace) -> int:
@@ -80,7 +76,7 @@ def cmd_convert_odg(args: argparse.Namespace) -> int:
         odg_kwargs["window"] = tuple(args.window)
     report = convert_image_folder_odg(source, out, workers=args.workers, odg_kwargs=odg_kwargs,
                                       progress=not args.no_progress, overwrite=args.overwrite)
-    return _finish(report, "image")
+    return _finish_dataset(report, "image")
 
 
 def cmd_convert_video(args: argparse.Namespace) -> int:
@@ -90,7 +86,7 @@ def cmd_convert_video(args: argparse.Namespace) -> int:
     video_kwargs = {"mode": args.mode, "n_frames": args.frames, "seed": args.seed}
     report = convert_video_folder(source, out, workers=args.workers, video_kwargs=video_kwargs,
                                   progress=not args.no_progress, overwrite=args.overwrite)
-    return _finish(report, "clip")
+    return _finish_dataset(report, "clip")
 
 
 def cmd_convert_edge_integral(args: argparse.Namespace) -> int:
@@ -102,11 +98,8 @@ def cmd_convert_edge_integral(args: argparse.Namespace) -> int:
     text = (f"Converted {report.converted} samples to edge-integral images, skipped {report.reused} already done, "
             f"{len(report.failed)} unreadable ({report.total} samples in {len(report.classes)} classes, "
             f"{report.elapsed_s:.1f} s). Image folders: {out / 'train'} and {out / 'val'}.")
-    print(text + _problems(report))
-    if report.written == 0:
-        raise DataError(f"no sample of {source} could be converted ({report.total} listed, "
-                        f"{len(report.failed)} unreadable)")
-    return 0
+    return _finish(report, text, f"no sample of {source} could be converted ({report.total} listed, "
+                                 f"{len(report.failed)} unreadable)")
 
 
 def _leaf(kinds, name: str, func: Callable[[argparse.Namespace], int], help_text: str, example: str,

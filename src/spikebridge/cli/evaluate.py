@@ -165,14 +165,12 @@ def _bar(desc: str, total: int, enabled: bool):
 def load_ann(args: argparse.Namespace):
     """``--ann``: a spikebridge checkpoint, or ``FILE.py:ClassName`` + ``--ann-weights``."""
     from ..errors import ConfigError
-    from ..restore import import_ann, is_python_class_spec, load_ann_weights, model_from_checkpoint, parse_ann_kwargs
+    from ..restore import import_ann, is_python_class_spec, model_from_checkpoint, parse_ann_kwargs
 
     if is_python_class_spec(args.ann):
         if not args.ann_weights:
             raise ConfigError("--ann FILE.py:ClassName needs --ann-weights W.pth|W.safetensors")
-        ann = import_ann(args.ann, parse_ann_kwargs(args.ann_kwargs))
-        load_ann_weights(ann, args.ann_weights)
-        return ann
+        return import_ann(args.ann, parse_ann_kwargs(args.ann_kwargs), args.ann_weights)
     return model_from_checkpoint(args.ann, trust_code=args.trust_code)[0]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import Counter
 from pathlib import Path
 
 
@@ -83,9 +84,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         sample = bundle.test.images[0] if hasattr(bundle.test, "images") else bundle.test[0][0]
         shape = tuple(sample.shape[-3:])
     graph = export_nir(model, shape, args.out, dt=dt)
-    kinds: dict[str, int] = {}
-    for node in graph.nodes.values():
-        kinds[type(node).__name__] = kinds.get(type(node).__name__, 0) + 1
+    kinds = Counter(type(node).__name__ for node in graph.nodes.values())
     print(f"wrote {args.out}: {len(graph.nodes)} nodes ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
           f"{len(graph.edges)} edges; input {list(shape)}, T={getattr(model, 'T', 1)} steps, dt={dt:g}")
     return 0

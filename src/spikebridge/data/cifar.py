@@ -248,6 +248,14 @@ def locate_cifar(root: str | os.PathLike[str], variant: str = "auto") -> CifarLo
     return found[0]
 
 
+#: variant -> (classes, a batch file's name, label key, train files, test files, (meta file, names key))
+_VARIANTS = {
+    "cifar10": (10, "CIFAR-10 batch", b"labels", _CIFAR10_TRAIN, (_CIFAR10_TEST,),
+                ("batches.meta", b"label_names")),
+    "cifar100": (100, "CIFAR-100 file", b"fine_labels", ("train",), ("test",), ("meta", b"fine_label_names")),
+}
+
+
 def _read_meta_names(path: str, key: bytes) -> list[str] | None:
     if not os.path.isfile(path):
         return None
@@ -266,7 +274,6 @@ class CifarDataset(Dataset):
         train: the 50,000-image training set (``True``) or the 10,000-image test set.
         transform: applied to a PIL RGB image of 32x32 pixels; ``None`` returns a float tensor
             ``[3, 32, 32]`` in ``[0, 1]``.
-        target_transform: applied to the int label.
         variant: ``"auto"``, ``"cifar10"`` or ``"cifar100"`` (see :func:`locate_cifar`).
 
     Attributes:
@@ -286,7 +293,6 @@ class CifarDataset(Dataset):
         root: str | os.PathLike[str],
         train: bool = True,
         transform: Callable[[Image.Image], Any] | None = None,
-        target_transform: Callable[[int], Any] | None = None,
         variant: str = "auto",
     ) -> None:
         loc = locate_cifar(root, variant)
@@ -294,16 +300,9 @@ class CifarDataset(Dataset):
         self.variant = loc.variant
         self.train = bool(train)
         self.transform = transform
-        self.target_transform = target_transform
         self.coarse_targets: list[int] | None = None
-        if self.variant == "cifar10":
-            self.num_classes, what, label_key = 10, "CIFAR-10 batch", b"labels"
-            names = list(_CIFAR10_TRAIN) if self.train else [_CIFAR10_TEST]
-            meta = ("batches.meta", b"label_names")
-        else:
-            self.num_classes, what, label_key = 100, "CIFAR-100 file", b"fine_labels"
-            names = ["train" if self.train else "test"]
-            meta = ("meta", b"fine_label_names")
+        self.num_classes, what, label_key, train_names, test_names, meta = _VARIANTS[self.variant]
+        names = train_names if self.train else test_names
         images, labels = [], []
         for name in names:
             path = os.path.join(self.folder, name)
@@ -325,17 +324,11 @@ class CifarDataset(Dataset):
     def __len__(self) -> int:
         return int(self.data.shape[0])
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
+    def __getitem__(self, index: int) -> tuple[Any, int]:
         arr = self.data[index]
-        img: Any
         if self.transform is None:
-            img = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
-        else:
-            img = self.transform(Image.fromarray(arr))  # uint8 [32, 32, 3] -> RGB image
-        target: Any = self.targets[index]
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
+            return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0), self.targets[index]
+        return self.transform(Image.fromarray(arr)), self.targets[index]  # uint8 [32, 32, 3] -> RGB image
 
     def __repr__(self) -> str:
         split = "train" if self.train else "test"

@@ -147,7 +147,6 @@ def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs
         for name, out_name in _output_names(items).items():
             tasks.append(_Task(index=len(tasks), src=str(input_dir / cls / name), dst=str(out_dir / cls / out_name),
                                rel_src=f"{cls}/{name}", rel_dst=f"{cls}/{out_name}", label=label, reuse=reuse))
-    report.total = len(tasks)
     return tasks
 
 
@@ -411,23 +410,29 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     for cls in classes:
         ensure_dir(out_dir / cls)
 
-    results: dict[int, _Result] = {}
-    for result in _run(tasks, functools.partial(fn, dict(kwargs)), workers, progress, unit):
-        results[result[0]] = result
+    write_label_file(report.label_file, _tally(report, tasks, functools.partial(fn, dict(kwargs)), workers,
+                                               progress, unit))
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _tally(report: ConversionReport, tasks: list[_Task], call: _Call, workers: int, progress: bool,
+           unit: str) -> list[tuple[str, int, int, int]]:
+    """Run ``tasks``, counting them and their results in ``report``; the label entries of those written."""
+    report.total = len(tasks)
+    results = {result[0]: result for result in _run(tasks, call, workers, progress, unit)}
     entries = []
     for task in tasks:
         _, status, h, w, n_events, message = results[task.index]
+        report.converted += status == "converted"
+        report.reused += status == "reused"
         if status in ("converted", "reused"):
             entries.append((task.rel_dst, task.label, h, w))
-            report.converted += status == "converted"
-            report.reused += status == "reused"
         elif status == "dropped":
             report.dropped.append((task.rel_src, n_events))
         else:
             report.failed.append((task.rel_src, message))
-    write_label_file(report.label_file, entries)
-    report.elapsed_s = time.monotonic() - started
-    return report
+    return entries
 
 
 # ------------------------------------------------------------------------------------------------
@@ -574,12 +579,7 @@ def convert_es_to_edge_integral(
             tasks.append(_Task(index=len(tasks), src=str(e.path), dst=str(out_dir / rel),
                                rel_src=f"{split}/{e.path.name}", rel_dst=rel, label=e.label, reuse=reuse,
                                height=e.height, width=e.width))
-    report.total = len(tasks)
-    for index, status, _h, _w, _n, message in _run(tasks, _edge_task, workers, progress, "sample"):
-        report.converted += status == "converted"
-        report.reused += status == "reused"
-        if status == "failed":
-            report.failed.append((tasks[index].rel_src, message))
+    _tally(report, tasks, _edge_task, workers, progress, "sample")
     report.failed.sort()
     report.elapsed_s = time.monotonic() - started
     return report

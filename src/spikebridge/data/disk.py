@@ -30,6 +30,7 @@ from .folders import (
     inspect_image_folder,
     load_image,
     scan_image_folder,
+    split_layout,
     walk_folder,
 )
 from .loading import DataBundle, MappedDataset
@@ -57,7 +58,6 @@ DVS_TRAIN_NAMES = TRAIN_SPLIT_NAMES + ("ibmgesturetrain",)
 DVS_TEST_NAMES = ("test", "val", "validation", "valid", "ibmgesturetest")
 DEFAULT_DVS_STEPS = 8  # the paper's CIFAR10-DVS T
 DEFAULT_VIDEO_STEPS = 15  # the paper's ES-UCF101: frames 1..15
-VIDEO_SAMPLED_FRAMES = 31  # frames sampled per clip (as the event conversion does)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -144,9 +144,12 @@ def _in_memory_bundle(name: str, train: TensorSplit, test: TensorSplit, num_clas
     )
 
 
-def open_image_folders(root: str, train_dir: str, val_dir: str, *, image_size: int, max_shift: int,
-                       workers: int) -> DataBundle:
-    """ImageNet layout: ``train_dir/<class>/...`` and ``val_dir/<class>/...``."""
+def open_image_folders(root: str, *, image_size: int, max_shift: int, workers: int, **_) -> DataBundle:
+    """ImageNet layout: ``train/<class>/...`` and ``val/<class>/...``."""
+    layout = split_layout(root)
+    if layout is None or layout.val is None:
+        raise DataError(f"{root}: expected train/ and val/ folders of class folders (ImageNet layout)")
+    train_dir, val_dir = layout.train, layout.val
     info = inspect_image_folder(train_dir)
     size = image_size or default_image_size(info.typical_height, info.typical_width)
     mode = "L" if info.channels == 1 else "RGB"
@@ -179,7 +182,7 @@ def open_image_folders(root: str, train_dir: str, val_dir: str, *, image_size: i
     )
 
 
-def open_cifar(root: str, *, image_size: int, max_shift: int) -> DataBundle:
+def open_cifar(root: str, *, image_size: int, max_shift: int, **_) -> DataBundle:
     """CIFAR-10/100 python batches, in memory (``image_size`` other than 32 resizes them)."""
     from .cifar import CifarDataset
 
@@ -240,7 +243,7 @@ def _event_bundle(name: str, train: Dataset, test: Dataset, num_classes: int, im
     )
 
 
-def open_es_imagenet(root: str, *, image_size: int, workers: int) -> DataBundle:
+def open_es_imagenet(root: str, *, image_size: int, workers: int, **_) -> DataBundle:
     """ES-ImageNet: released (``trainlabel.txt`` + ``train/``) or converted (``train/labels.txt``)."""
     from .events import ESImageNetDataset, es_imagenet_splits
 
@@ -250,7 +253,7 @@ def open_es_imagenet(root: str, *, image_size: int, workers: int) -> DataBundle:
     return _event_bundle(root, train, test, classes, image_size, workers, {"format": "es-imagenet", "path": root})
 
 
-def open_es_imagenet_single(root: str, *, split_seed: int, image_size: int, workers: int) -> DataBundle:
+def open_es_imagenet_single(root: str, *, split_seed: int, image_size: int, workers: int, **_) -> DataBundle:
     """One ES-ImageNet folder (``labels.txt``): a seeded, stratified 80/20 split."""
     from .events import ESImageNetDataset
 
@@ -275,7 +278,7 @@ def _video_split(names: list[str], split_seed: int) -> tuple[list[int], list[int
     return [position[n] for n in train_names], [position[n] for n in test_names]
 
 
-def open_es_ucf101(root: str, *, split_seed: int, time_steps: int, workers: int) -> DataBundle:
+def open_es_ucf101(root: str, *, split_seed: int, time_steps: int, workers: int, **_) -> DataBundle:
     """ES-UCF101 (``labels.txt`` or class folders of ``.npz``): the first ``time_steps`` steps."""
     from .video import ESUCF101Dataset
 
@@ -326,7 +329,8 @@ def dvs_splits(base: Path) -> tuple[Path | None, Path | None]:
     return (Path(train) if train else None), (Path(test) if test else None)
 
 
-def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: int, workers: int) -> DataBundle:
+def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: int, workers: int,
+                    **_) -> DataBundle:
     """Class folders of DVS recordings (``train/`` + ``test/`` splits, any case, or one set split 90/10 per class)."""
     base = Path(root)
     steps = time_steps or DEFAULT_DVS_STEPS
@@ -367,7 +371,7 @@ def _list_gesture_files(split_dir: Path) -> list[tuple[Path, int]]:
     return samples
 
 
-def open_dvs_gesture(root: str, *, time_steps: int, image_size: int, workers: int) -> DataBundle:
+def open_dvs_gesture(root: str, *, time_steps: int, image_size: int, workers: int, **_) -> DataBundle:
     """DVS-Gesture as Tonic extracts it: ``ibmGestureTrain/`` + ``ibmGestureTest/`` (or ``train/`` +
     ``test/``) of user folders (``user01_fluorescent/``) holding ``<label>.npy`` (x, y, p, t in ms)."""
     from .events import DVS_GESTURE_CLASSES
@@ -389,16 +393,12 @@ def open_dvs_gesture(root: str, *, time_steps: int, image_size: int, workers: in
 # RGB video clips
 # ------------------------------------------------------------------------------------------------
 class VideoClipDataset(Dataset):
-    """Clips stored as folders of frame images -> normalised float frames ``[T, 3, H, W]``.
+    """Clips stored as folders of frame images -> normalised float frames ``[T, 3, H, W]``: per clip
+    the raw frames 1..T (the authors' code, :func:`spikebridge.data.video.rgb_frame_indices`), at
+    their own size (the CRNN is built for 256 x 342)."""
 
-    Per clip the raw frames 1..T (``sampling="first"``, the authors' code); ``sampling="even"``:
-    the first T of ``VIDEO_SAMPLED_FRAMES`` (31) frames sampled evenly over the clip, the frames
-    the event frames 1..T are made from (:func:`spikebridge.data.video.rgb_frame_indices`).
-    Frames keep their size (the CRNN is built for 256 x 342).
-    """
-
-    def __init__(self, clips: list[tuple[Path, int]], *, time_steps: int, sampling: str = "first") -> None:
-        self.clips, self.time_steps, self.sampling = clips, int(time_steps), sampling
+    def __init__(self, clips: list[tuple[Path, int]], *, time_steps: int) -> None:
+        self.clips, self.time_steps = clips, int(time_steps)
         self.to_tensor = ToTensor(channels=3)
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
@@ -406,13 +406,11 @@ class VideoClipDataset(Dataset):
         return len(self.clips)
 
     def __getitem__(self, index: int):
-        from .video import list_frames, rgb_frame_indices
+        from .video import rgb_frame_indices
 
         clip, label = self.clips[index]
-        frames = list_frames(clip)
-        if not frames:
-            raise DataError(f"{clip}: no frame images in the clip folder")
-        picks = rgb_frame_indices(len(frames), self.time_steps, self.sampling, n_sampled=VIDEO_SAMPLED_FRAMES)
+        frames = _clip_frames(clip)
+        picks = rgb_frame_indices(len(frames), self.time_steps)
         tensors = [self.normalize(self.to_tensor(load_image(frames[int(i)], "RGB"))) for i in picks]
         if any(t.shape != tensors[0].shape for t in tensors):
             raise DataError(f"{clip}: its frames differ in size")
@@ -430,7 +428,7 @@ def _looks_like_clips(class_dir: Path) -> bool:
     return any(f.suffix.lower() in IMG_EXTENSIONS for f in subdirs[0].iterdir())
 
 
-def open_video_clips(root: str, *, split_seed: int, time_steps: int, workers: int) -> DataBundle:
+def open_video_clips(root: str, *, split_seed: int, time_steps: int, workers: int, **_) -> DataBundle:
     """``root/<class>/<clip>/<frames>`` (UCF101 ``jpegs_256``): 75/25 split as ES-UCF101's."""
     base = Path(root)
     classes, _ = find_classes(base)
@@ -451,15 +449,20 @@ def open_video_clips(root: str, *, split_seed: int, time_steps: int, workers: in
     )
 
 
-def _frame_size(clip: Path) -> tuple[int, int]:
-    """(height, width) of a clip's first frame, from its header."""
-    from PIL import Image
-
+def _clip_frames(clip: Path) -> list[Path]:
     from .video import list_frames
 
     frames = list_frames(clip)
     if not frames:
         raise DataError(f"{clip}: no frame images in the clip folder")
+    return frames
+
+
+def _frame_size(clip: Path) -> tuple[int, int]:
+    """(height, width) of a clip's first frame, from its header."""
+    from PIL import Image
+
+    frames = _clip_frames(clip)
     try:
         with Image.open(frames[0]) as img:
             return int(img.height), int(img.width)
@@ -575,44 +578,27 @@ def open_path_dataset(
         time_steps: frames per sample for DVS recordings (0 = 8) and video (0 = 15).
     """
     layout = detect_layout(path)
+    if layout in _UNSUPPORTED:
+        raise DataError(f"{path}: " + _UNSUPPORTED[layout].format(root=path))
     try:
-        return _open_layout(str(path), layout, max_shift=max_shift, split_seed=split_seed, workers=workers,
-                            image_size=image_size, time_steps=time_steps)
+        return _OPENERS[layout](str(path), max_shift=max_shift, split_seed=split_seed, workers=workers,
+                                image_size=image_size, time_steps=time_steps)
     except SpikebridgeError:
         raise
     except OSError as exc:
         raise _unreadable(path, exc) from None
 
 
-def _open_layout(root: str, layout: str, *, max_shift: int, split_seed: int, workers: int, image_size: int,
-                 time_steps: int) -> DataBundle:
-    if layout == "cifar":
-        return open_cifar(root, image_size=image_size, max_shift=max_shift)
-    if layout in ("es-imagenet-released", "es-imagenet"):
-        return open_es_imagenet(root, image_size=image_size, workers=workers)
-    if layout == "es-imagenet-single":
-        return open_es_imagenet_single(root, split_seed=split_seed, image_size=image_size, workers=workers)
-    if layout == "es-ucf101":
-        return open_es_ucf101(root, split_seed=split_seed, time_steps=time_steps, workers=workers)
-    if layout == "es-ucf101-split":
-        raise DataError(f"{root}: ES-UCF101 in train/ and val/ folders is not supported; give the folder holding "
-                        "labels.txt (the paper's 75/25 split is made from it)")
-    if layout == "dvs":
-        return open_dvs_folder(root, split_seed=split_seed, time_steps=time_steps, image_size=image_size, workers=workers)
-    if layout == "dvs-gesture":
-        return open_dvs_gesture(root, time_steps=time_steps, image_size=image_size, workers=workers)
-    if layout == "video-clips":
-        return open_video_clips(root, split_seed=split_seed, time_steps=time_steps, workers=workers)
-    if layout == "image-folder-single":
-        raise DataError(f"{root}: class folders without train/ and val/ splits; put them in {root}/train and add "
-                        f"{root}/val with the same class folders")
-    from .folders import split_layout
-
-    layout_info = split_layout(root)
-    if layout_info is None or layout_info.val is None:
-        raise DataError(f"{root}: expected train/ and val/ folders of class folders (ImageNet layout)")
-    return open_image_folders(root, layout_info.train, layout_info.val, image_size=image_size,
-                              max_shift=max_shift, workers=workers)
+#: layout (:func:`detect_layout`) -> opener; each takes the options of :func:`open_path_dataset`
+_OPENERS = {"cifar": open_cifar, "es-imagenet-released": open_es_imagenet, "es-imagenet": open_es_imagenet,
+            "es-imagenet-single": open_es_imagenet_single, "es-ucf101": open_es_ucf101, "dvs": open_dvs_folder,
+            "dvs-gesture": open_dvs_gesture, "video-clips": open_video_clips, "image-folders": open_image_folders}
+_UNSUPPORTED = {
+    "es-ucf101-split": "ES-UCF101 in train/ and val/ folders is not supported; give the folder holding "
+                       "labels.txt (the paper's 75/25 split is made from it)",
+    "image-folder-single": "class folders without train/ and val/ splits; put them in {root}/train and add "
+                           "{root}/val with the same class folders",
+}
 
 
 __all__ = [

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from ..utils import atomic_path, atomic_write_text
+from .folders import VAL_SPLIT_NAMES
 from .odg import EventSample, events_to_dense
 
 #: Tonic's event layout: pixel column ``x``, pixel row ``y``, timestamp ``t`` (µs), ``p`` True = ON.
@@ -263,7 +264,12 @@ def npz_array_names(path: str | os.PathLike) -> list[str]:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {' '.join(str(exc).split())[:150]})") from None
+        raise _unreadable(path, ".npz", exc) from None
+
+
+def _unreadable(path: str | os.PathLike, what: str, exc: BaseException, limit: int = 150) -> DataError:
+    text = " ".join(str(exc).split())[:limit]
+    return DataError(f"{path}: not a readable {what} ({type(exc).__name__}: {text})")
 
 
 def load_npz_arrays(path: str | os.PathLike, names: Sequence[str], *,
@@ -287,7 +293,7 @@ def load_npz_arrays(path: str | os.PathLike, names: Sequence[str], *,
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
             RuntimeError, OverflowError, MemoryError, struct.error, SyntaxError) as exc:  # zipfile: unsupported version, encrypted
-        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+        raise _unreadable(path, ".npz", exc, 200) from None
 
 
 def read_es_sample(
@@ -415,10 +421,6 @@ def write_label_file(label_file: str | os.PathLike, entries: Sequence[tuple[str,
     atomic_write_text(label_file, "".join(lines))
 
 
-#: The validation folder names of a converted ES-ImageNet root.
-VAL_NAMES = ("val", "validation", "valid", "test")
-
-
 def es_imagenet_splits(root: Path) -> dict[str, tuple[Path, Path | None]]:
     """``{"train": (label file, data dir), "val": ...}`` of an ES-ImageNet root: the released
     layout (``trainlabel.txt`` + ``train/``, ``vallabel.txt`` + ``val/``) or ours
@@ -428,7 +430,7 @@ def es_imagenet_splits(root: Path) -> dict[str, tuple[Path, Path | None]]:
         if (root / f"{val}label.txt").is_file():
             return {"train": (root / "trainlabel.txt", root / "train"), "val": (root / f"{val}label.txt", root / val)}
     elif (root / "train" / "labels.txt").is_file():
-        val = next((root / n for n in VAL_NAMES if (root / n / "labels.txt").is_file()), None)
+        val = next((root / n for n in VAL_SPLIT_NAMES if (root / n / "labels.txt").is_file()), None)
         if val is not None:
             return {"train": (root / "train" / "labels.txt", None), "val": (val / "labels.txt", None)}
     raise DataError(f"{root}: not an ES-ImageNet root with a train and a val split (expected trainlabel.txt + "
@@ -455,7 +457,6 @@ class ESImageNetDataset(Dataset):
         split: str = "train",
         transform: Callable[[torch.Tensor], Any] | None = None,
         check_files: bool = True,
-        dense_kwargs: Mapping[str, Any] | None = None,
         data_dir: str | os.PathLike | None = None,
     ) -> None:
         root = Path(root_or_label_file)
@@ -472,7 +473,6 @@ class ESImageNetDataset(Dataset):
         self.entries = read_label_file(label_file, data_dir=data_dir, check_files=check_files)
         check_label_folders(self.entries, label_file)
         self.transform = transform
-        self.dense_kwargs = dict(dense_kwargs or {})
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -491,7 +491,7 @@ class ESImageNetDataset(Dataset):
             sample = read_es_sample(entry.path, height=entry.height, width=entry.width)
         except DataError as exc:
             raise DataError(f"{exc} (listed at {self.label_file}:{entry.line})") from None
-        frames = events_to_dense(sample, dtype=torch.float32, **self.dense_kwargs)
+        frames = events_to_dense(sample, dtype=torch.float32)
         if self.transform is not None:
             frames = self.transform(frames)
         return frames, entry.label
@@ -571,16 +571,10 @@ def _split_header(raw: bytes, path: str | os.PathLike) -> tuple[str, int]:
     return version, pos
 
 
-def _decode_dvs128(addr: np.ndarray, orientation: str) -> tuple[np.ndarray, ...]:
-    x_field = (addr >> 1) & 0x7F
-    y_field = (addr >> 8) & 0x7F
-    on = (addr & 1) == 0  # jAER: polarity bit 0 = ON, 1 = OFF
-    if orientation == "raw":
-        return x_field, y_field, on
-    if orientation == "jaer":
-        return 127 - x_field, y_field, on
-    # "cifar10dvs": SpikingJelly's reading of CIFAR10-DVS (transposed and mirrored)
-    return 127 - y_field, 127 - x_field, on
+#: DVS128 (x field, y field) -> (x, y) per ``orientation`` of :func:`read_aedat` ("cifar10dvs":
+#: SpikingJelly's reading of CIFAR10-DVS, transposed and mirrored).
+_DVS128_ORIENTATIONS: Mapping[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
+    "raw": lambda x, y: (x, y), "jaer": lambda x, y: (127 - x, y), "cifar10dvs": lambda x, y: (127 - y, 127 - x)}
 
 
 def read_aedat(
@@ -679,8 +673,7 @@ def read_aedat4(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int]]:
     except DataError:
         raise
     except Exception as exc:  # the decoder's own errors (corrupt header, bad packet, truncated file)
-        raise DataError(f"{path}: not a readable AEDAT 4 file ({type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:150]})") from None
+        raise _unreadable(path, "AEDAT 4 file", exc) from None
     width, height = int(streams[stream].get("width", 0)), int(streams[stream].get("height", 0))
     if not chunks:
         return np.empty(0, dtype=EVENT_DTYPE), (width, height)
@@ -707,7 +700,7 @@ def read_gesture_npy(path: str | os.PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npy ({type(exc).__name__}: {' '.join(str(exc).split())[:150]})") from None
+        raise _unreadable(path, ".npy", exc) from None
     if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != 4 or arr.dtype.kind not in "iuf":
         raise DataError(f"{path}: a DVS-Gesture sample is a numeric [N, 4] array (x, y, p, t in ms), got "
                         f"{getattr(arr, 'dtype', '?')} {getattr(arr, 'shape', '?')}")
@@ -722,7 +715,7 @@ def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: s
     """(events, the camera whose layout decoded them)."""
     if camera not in (*AEDAT2_SENSORS, "auto"):
         raise ConfigError(f"camera must be one of auto, {', '.join(sorted(AEDAT2_SENSORS))}, got {camera!r}")
-    if orientation not in ("raw", "jaer", "cifar10dvs"):
+    if orientation not in _DVS128_ORIENTATIONS:
         raise ConfigError(f"orientation must be 'raw', 'jaer' or 'cifar10dvs', got {orientation!r}")
     body = len(raw) - start
     if body % 8:
@@ -736,7 +729,8 @@ def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: s
     if camera == "dvs128":
         polarity = (addr & 0x80008000) == 0  # jAER: bit 15 / bit 31 mark sync and special events
         addr, t = addr[polarity], t[polarity]
-        x, y, on = _decode_dvs128(addr, orientation)
+        x, y = _DVS128_ORIENTATIONS[orientation]((addr >> 1) & 0x7F, (addr >> 8) & 0x7F)
+        on = (addr & 1) == 0  # jAER: polarity bit 0 = ON, 1 = OFF
     else:
         dvs = (addr >> 31) == 0
         addr, t = addr[dvs], t[dvs]

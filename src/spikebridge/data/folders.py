@@ -246,7 +246,6 @@ class ImageFolderDataset(Dataset):
         root: the folder holding one sub-folder per class.
         transform: applied to the decoded PIL image; ``None`` returns the PIL image itself
             (as torchvision does), e.g. to pick transforms later.
-        target_transform: applied to the class index.
         extensions: file extensions read as images (case-insensitive); other files are ignored.
         mode: PIL mode images are converted to: ``"RGB"`` (default) or ``"L"`` (grey).
         allow_empty: accept class folders without images instead of raising.
@@ -264,7 +263,6 @@ class ImageFolderDataset(Dataset):
         self,
         root: str | os.PathLike[str],
         transform: Callable[[Image.Image], Any] | None = None,
-        target_transform: Callable[[int], Any] | None = None,
         extensions: Sequence[str] | str = IMG_EXTENSIONS,
         mode: str = "RGB",
         allow_empty: bool = False,
@@ -273,7 +271,6 @@ class ImageFolderDataset(Dataset):
             raise ConfigError(f"ImageFolderDataset mode must be 'RGB' or 'L', got {mode!r}")
         self.root = os.fspath(root)
         self.transform = transform
-        self.target_transform = target_transform
         self.extensions = _normalise_extensions(extensions)
         self.mode = mode
         self.classes, self.class_to_idx = find_classes(self.root)
@@ -286,13 +283,10 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
+    def __getitem__(self, index: int) -> tuple[Any, int]:
         path, target = self.samples[index]
         img: Any = load_image(path, self.mode)
-        if self.transform is not None:
-            img = self.transform(img)
-        out_target: Any = self.target_transform(target) if self.target_transform is not None else target
-        return img, out_target
+        return (img if self.transform is None else self.transform(img)), target
 
     def __repr__(self) -> str:
         return (

@@ -106,24 +106,7 @@ def iterate_batches(
     """Yield ``(inputs, labels)``; training batches are shuffled with ``generator`` and drop the
     last incomplete global batch; evaluation covers every sample once across the ranks, one batch
     at a time (nothing holds the split), reporting each consumed test batch to ``bundle.progress``."""
-    report = None if train or split is not bundle.test else bundle.progress
-    for x, y in _iterate_batches(bundle, split, batch_size, train=train, generator=generator, rank=rank,
-                                 world_size=world_size):
-        yield x, y
-        if report is not None:
-            report(len(y))
-
-
-def _iterate_batches(
-    bundle: DataBundle,
-    split: TensorSplit | Dataset,
-    batch_size: int,
-    *,
-    train: bool,
-    generator: torch.Generator | None,
-    rank: int,
-    world_size: int,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    report = (bundle.progress if not train and split is bundle.test else None) or (lambda _n: None)
     n = len(split)
     if train:
         order = torch.randperm(n, generator=generator)
@@ -148,6 +131,7 @@ def _iterate_batches(
             if whole:
                 x, labels = x[rank::world_size], labels[rank::world_size]
             yield to_time_major(x, bundle.kind), labels
+            report(len(labels))
         return
     if world_size > 1:
         order = order.view(-1, batch_size)[:, rank::world_size].reshape(-1) if train else order[rank::world_size]
@@ -164,6 +148,7 @@ def _iterate_batches(
             _check_batch(None, y, order[start : start + len(y)], bundle.num_classes, where, split)
             start += len(y)
             yield to_time_major(x.float(), bundle.kind), y
+            report(len(y))
     finally:
         del loader
 

@@ -224,12 +224,6 @@ def _check_params(size: int, path: Sequence[tuple[int, int]], window: tuple[int,
         raise ConfigError(f"ODG window must satisfy window[0] < window[1], got {window}")
 
 
-def _max_stored_coordinate(size: int, path: Sequence[tuple[int, int]], window: tuple[int, int]) -> int:
-    """The largest row/col an event can have: inside the window and where the image can be."""
-    reach = max(max(r for r, _ in path), max(c for _, c in path)) + size - 1
-    return min(window[1] - 1, reach)
-
-
 def _region_masks(
     img: np.ndarray,
     threshold: float,
@@ -308,12 +302,13 @@ def odg(
     offsets. Returns ``None`` when the sample has fewer than ``min_events`` events.
 
     Coordinates are stored as uint8: a ``size``/``window``/``path`` combination that could give a
-    coordinate above 255 raises :class:`ConfigError` (the defaults give at most 239).
+    coordinate above 255 (the largest row/col inside the window and where the image can be) raises
+    :class:`ConfigError` (the defaults give at most 239).
     """
     path = tuple((int(r), int(c)) for r, c in path)
     window = (int(window[0]), int(window[1]))
     _check_params(size, path, window, threshold)
-    if _max_stored_coordinate(size, path, window) > 255:
+    if min(window[1] - 1, max(max(r for r, _ in path), max(c for _, c in path)) + size - 1) > 255:
         raise ConfigError(
             f"ODG size={size}, window={window} can produce event coordinates above 255, which the "
             "uint8 ES-ImageNet format cannot store; narrow the window to window[1] <= 256"
@@ -370,39 +365,17 @@ def events_to_dense(
     return dense[:, :, crop[0]:crop[1], crop[0]:crop[1]].contiguous()
 
 
-def reconstruct_edge_integral(
-    sample_or_frames: EventSample | torch.Tensor | np.ndarray,
-    *,
-    path: Sequence[tuple[int, int]] = ODG_PATH,
-    canvas: int | None = None,
-) -> np.ndarray:
-    """arXiv:2203.01158 step 6, the "edge integral": ``sum_t (ON_t - OFF_t)`` shifted back along the path.
+def reconstruct_edge_integral(frames: torch.Tensor | np.ndarray, *,
+                              path: Sequence[tuple[int, int]] = ODG_PATH) -> np.ndarray:
+    """arXiv:2203.01158 step 6, the "edge integral" of dense frames ``[T, 2, H, W]``: float32
+    ``[H, W]``, ``sum_t (ON_t - OFF_t)`` shifted back by ``-path[t]`` (the image's offset after
+    move ``t``; pixels shifted in from outside count as 0).
 
-    The events of move ``t`` are shifted by ``-path[t]`` (the image's offset after the move), which
-    brings them into the image's own coordinates: an ON event lands on the pixel the image just
-    moved onto (inside a bright region's border), an OFF event just outside it. The result is an
-    edge-enhanced grey image, float32, positive on the bright side of edges.
-
-    ``sample_or_frames``: an :class:`EventSample` (canvas coordinates; the result is
-    ``[height, width]``, the resized image's frame) or dense frames ``[T, 2, H, W]`` in any
-    consistent frame of reference (the result is ``[H, W]`` in that frame, content shifted by
-    ``-path[t]``; pixels shifted in from outside count as 0).
+    The shift brings the events into the image's own coordinates: an ON event lands on the pixel
+    the image just moved onto (inside a bright region's border), an OFF event just outside it. The
+    result is an edge-enhanced grey image, positive on the bright side of edges.
     """
     offsets = [(int(r), int(c)) for r, c in path]
-    if isinstance(sample_or_frames, EventSample):
-        s = sample_or_frames
-        n_steps = len(offsets) - 1
-        h, w = s.height, s.width
-        out = np.zeros((h, w), dtype=np.float32)
-        for rows, sign in ((s.pos, 1.0), (s.neg, -1.0)):
-            ev = _check_rows(rows, "events", n_steps)
-            shift = np.asarray(offsets[1:], dtype=np.int64)[ev[:, 2] - 1]
-            r = ev[:, 0] - shift[:, 0]
-            c = ev[:, 1] - shift[:, 1]
-            inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
-            np.add.at(out, (r[inside], c[inside]), sign)
-        return out
-    frames = sample_or_frames
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
     frames = np.asarray(frames, dtype=np.float32)
@@ -414,9 +387,7 @@ def reconstruct_edge_integral(
     out = np.zeros((h, w), dtype=np.float32)
     for t in range(frames.shape[0]):
         r, c = offsets[t + 1]
-        signed = frames[t, 0] - frames[t, 1]
-        # out[y, x] += signed[y + r, x + c]
-        out[: h - r, : w - c] += signed[r:, c:]
+        out[: h - r, : w - c] += frames[t, 0, r:, c:] - frames[t, 1, r:, c:]  # out[y, x] += signed[y + r, x + c]
     return out
 
 

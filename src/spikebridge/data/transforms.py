@@ -36,8 +36,6 @@ __all__ = [
     "Resize",
     "CenterCrop",
     "RandomResizedCrop",
-    "RandomCrop",
-    "RandomHorizontalFlip",
     "imagenet_train_transform",
     "imagenet_eval_transform",
     "random_shift_offsets",
@@ -105,25 +103,24 @@ def _crop(img: ImageLike, top: int, left: int, height: int, width: int) -> Image
     return img[..., top : top + height, left : left + width]
 
 
-def _pad(img: ImageLike, left: int, top: int, right: int, bottom: int, fill: float = 0) -> ImageLike:
-    """Constant padding (``fill``) on each side, in pixels."""
+def _pad(img: ImageLike, left: int, top: int, right: int, bottom: int) -> ImageLike:
+    """Zero padding on each side, in pixels."""
     if left == top == right == bottom == 0:
         return img
     if isinstance(img, Image.Image):
         w, h = img.size
         if img.mode == "P":
-            out = Image.new("P", (w + left + right, h + top + bottom), int(fill))
+            out = Image.new("P", (w + left + right, h + top + bottom), 0)
             palette = img.getpalette()
             if palette is not None:
                 out.putpalette(palette)
         else:
             bands = len(img.getbands())
-            value: Any = fill if bands == 1 else tuple([int(fill)] * bands)
-            out = Image.new(img.mode, (w + left + right, h + top + bottom), value)
+            out = Image.new(img.mode, (w + left + right, h + top + bottom), 0 if bands == 1 else (0,) * bands)
         out.paste(img, (left, top))
         return out
     h, w = img.shape[-2:]
-    out_t = img.new_full((*img.shape[:-2], h + top + bottom, w + left + right), fill)
+    out_t = img.new_zeros((*img.shape[:-2], h + top + bottom, w + left + right))
     out_t[..., top : top + h, left : left + w] = img
     return out_t
 
@@ -324,18 +321,13 @@ class Resize:
         self.size: int | tuple[int, int] = int(size) if square else pair
         self.interpolation = _check_interpolation(interpolation)
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """Output ``(height, width)`` for an input of ``height x width`` pixels."""
-        if isinstance(self.size, tuple):
-            return self.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.size, int(self.size * long / short)
-        return (new_long, new_short) if width <= height else (new_short, new_long)
-
     def __call__(self, img: ImageLike) -> ImageLike:
         h, w = _image_hw(img)
-        oh, ow = self.output_size(h, w)
-        return _resize(img, oh, ow, self.interpolation)
+        if isinstance(self.size, tuple):
+            return _resize(img, *self.size, self.interpolation)
+        if w <= h:
+            return _resize(img, int(self.size * h / w), self.size, self.interpolation)
+        return _resize(img, self.size, int(self.size * w / h), self.interpolation)
 
     def __repr__(self) -> str:
         return f"Resize(size={self.size}, interpolation={self.interpolation!r})"
@@ -448,91 +440,6 @@ class RandomResizedCrop(RandomTransform):
         )
 
 
-class RandomCrop(RandomTransform):
-    """Zero-pad by ``padding`` then crop a random ``size`` box (torchvision's draws).
-
-    Args:
-        size: output ``(height, width)`` or an int for a square, in pixels.
-        padding: pixels added on each side: an int, ``(left/right, top/bottom)`` or
-            ``(left, top, right, bottom)``.
-        pad_if_needed: pad an image smaller than ``size`` up to it instead of raising.
-        fill: value of the padded pixels.
-        generator: optional ``torch.Generator`` (see module docstring).
-    """
-
-    def __init__(
-        self,
-        size: int | Sequence[int],
-        padding: int | Sequence[int] = 0,
-        pad_if_needed: bool = False,
-        fill: float = 0,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(generator)
-        self.size = _pair(size, "RandomCrop size")
-        if isinstance(padding, (int, np.integer)):
-            pad = (int(padding),) * 4
-        elif len(padding) == 2:
-            pad = (int(padding[0]), int(padding[1]), int(padding[0]), int(padding[1]))
-        elif len(padding) == 4:
-            pad = tuple(int(p) for p in padding)  # type: ignore[assignment]
-        else:
-            raise ConfigError(f"RandomCrop padding must be an int, 2 or 4 values, got {padding!r}")
-        if min(pad) < 0:
-            raise ConfigError(f"RandomCrop padding must be >= 0, got {padding!r}")
-        self.padding: tuple[int, int, int, int] = pad  # left, top, right, bottom
-        self.pad_if_needed = bool(pad_if_needed)
-        self.fill = fill
-
-    @staticmethod
-    def get_params(
-        height: int, width: int, size: tuple[int, int], generator: torch.Generator | None = None
-    ) -> tuple[int, int, int, int]:
-        """Sample ``(top, left, crop_height, crop_width)`` for a ``height x width`` image."""
-        th, tw = size
-        if height < th or width < tw:
-            raise DataError(f"RandomCrop size {(th, tw)} is larger than the (padded) image {(height, width)}")
-        if width == tw and height == th:
-            return 0, 0, height, width
-        i = int(torch.randint(0, height - th + 1, size=(1,), generator=generator).item())
-        j = int(torch.randint(0, width - tw + 1, size=(1,), generator=generator).item())
-        return i, j, th, tw
-
-    def __call__(self, img: ImageLike, generator: torch.Generator | None = None) -> ImageLike:
-        img = _pad(img, *self.padding, fill=self.fill)
-        h, w = _image_hw(img)
-        th, tw = self.size
-        if self.pad_if_needed and (h < th or w < tw):
-            dw, dh = max(tw - w, 0), max(th - h, 0)
-            img = _pad(img, dw, dh, dw, dh, fill=self.fill)
-            h, w = _image_hw(img)
-        i, j, ch, cw = self.get_params(h, w, self.size, self._rng(generator))
-        return _crop(img, i, j, ch, cw)
-
-    def __repr__(self) -> str:
-        return f"RandomCrop(size={self.size}, padding={self.padding})"
-
-
-class RandomHorizontalFlip(RandomTransform):
-    """Mirror left-right with probability ``p`` (one ``torch.rand(1)`` draw per call)."""
-
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
-        super().__init__(generator)
-        if not 0.0 <= p <= 1.0:
-            raise ConfigError(f"RandomHorizontalFlip p must be in [0, 1], got {p}")
-        self.p = float(p)
-
-    def __call__(self, img: ImageLike, generator: torch.Generator | None = None) -> ImageLike:
-        if torch.rand(1, generator=self._rng(generator)).item() < self.p:
-            if isinstance(img, Image.Image):
-                return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            return img.flip(-1)
-        return img
-
-    def __repr__(self) -> str:
-        return f"RandomHorizontalFlip(p={self.p})"
-
-
 # --------------------------------------------------------------------------- presets
 
 
@@ -546,45 +453,24 @@ def norm_stats(
     return mean_t, std_t
 
 
-def imagenet_train_transform(
-    size: int = 224,
-    scale: tuple[float, float] = (0.08, 1.0),
-    flip: bool = False,
-    channels: int = 3,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    generator: torch.Generator | None = None,
-) -> Compose:
-    """The paper's ImageNet training pipeline: ``RandomResizedCrop(size)`` (no flip by default)
-    -> ``ToTensor`` -> ImageNet normalisation. Output: float ``[channels, size, size]``.
+def imagenet_train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
+                             channels: int = 3) -> Compose:
+    """The paper's ImageNet training pipeline: ``RandomResizedCrop(size)`` (no flip) -> ``ToTensor``
+    -> ImageNet normalisation. Output: float ``[channels, size, size]``.
 
     ``channels=1`` gives grey tensors normalised with the channel-averaged statistics.
     """
-    ts: list[Callable[..., Any]] = [RandomResizedCrop(size, scale=scale, generator=generator)]
-    if flip:
-        ts.append(RandomHorizontalFlip(generator=generator))
-    m, s = norm_stats(mean, std, channels)
-    ts += [ToTensor(channels=channels), Normalize(m, s)]
-    return Compose(ts)
+    m, s = norm_stats(IMAGENET_MEAN, IMAGENET_STD, channels)
+    return Compose([RandomResizedCrop(size, scale=scale), ToTensor(channels=channels), Normalize(m, s)])
 
 
-def imagenet_eval_transform(
-    size: int = 224,
-    resize: int | None = None,
-    channels: int = 3,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> Compose:
-    """The paper's ImageNet test pipeline: ``Resize(resize)`` (shorter side) ->
-    ``CenterCrop(size)`` -> ``ToTensor`` -> ImageNet normalisation.
-
-    ``resize=None`` keeps the standard 256/224 ratio: ``round(size * 256 / 224)``
-    (256 for 224, 73 for 64). Output: float ``[channels, size, size]``.
-    """
-    if resize is None:
-        resize = int(round(size * 256 / 224))
-    m, s = norm_stats(mean, std, channels)
-    return Compose([Resize(resize), CenterCrop(size), ToTensor(channels=channels), Normalize(m, s)])
+def imagenet_eval_transform(size: int = 224, channels: int = 3) -> Compose:
+    """The paper's ImageNet test pipeline: ``Resize`` (shorter side) to ``round(size * 256 / 224)``
+    (256 for 224, 73 for 64) -> ``CenterCrop(size)`` -> ``ToTensor`` -> ImageNet normalisation.
+    Output: float ``[channels, size, size]``."""
+    m, s = norm_stats(IMAGENET_MEAN, IMAGENET_STD, channels)
+    resize = Resize(int(round(size * 256 / 224)))
+    return Compose([resize, CenterCrop(size), ToTensor(channels=channels), Normalize(m, s)])
 
 
 # --------------------------------------------------------------------------- batch shift

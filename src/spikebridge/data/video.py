@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -48,13 +48,13 @@ def natural_key(name: str) -> tuple:
     return tuple((0, int(p), p) if p.isdigit() else (1, 0, p.lower()) for p in parts) + (name,)
 
 
-def list_frames(clip_dir: str | os.PathLike, *, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+def list_frames(clip_dir: str | os.PathLike) -> list[Path]:
     """The clip's frame files (visible files with an image suffix), in natural name order."""
     clip_dir = Path(clip_dir)
     if not clip_dir.is_dir():
         raise DataError(f"{clip_dir}: clip folder not found")
     files = [p for p in clip_dir.iterdir()
-             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes]
+             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -72,12 +72,12 @@ def sample_indices(n_available: int, n_frames: int = 31) -> np.ndarray:
 RGB_SAMPLINGS = ("first", "even")
 
 
-def rgb_frame_indices(n_available: int, steps: int, sampling: str = "first", *, n_sampled: int = 31) -> np.ndarray:
+def rgb_frame_indices(n_available: int, steps: int, sampling: str = "first") -> np.ndarray:
     """Indices (into the sorted frames) of the ``steps`` RGB frames an ANN reads from a clip.
 
     * ``"first"`` (default, the authors' code, arXiv:2203.01158 ES-UCF101): the raw frames
       ``1..steps`` (indices ``0..steps-1``); a shorter clip repeats its last frame.
-    * ``"even"``: the first ``steps`` of the ``n_sampled`` (31) frames spread evenly over the clip
+    * ``"even"``: the first ``steps`` of the 31 frames spread evenly over the clip
       (:func:`sample_indices`), i.e. the frames the event frames ``1..steps`` are made from: the
       ANN then sees the same span of the clip as the event SNN, which the reference does not do.
     """
@@ -86,7 +86,7 @@ def rgb_frame_indices(n_available: int, steps: int, sampling: str = "first", *, 
     if sampling == "first":
         return np.minimum(np.arange(steps, dtype=np.int64), n_available - 1)
     if sampling == "even":
-        return sample_indices(n_available, n_sampled)[:steps]
+        return sample_indices(n_available)[:steps]
     raise ConfigError(f"RGB frame sampling must be one of {', '.join(RGB_SAMPLINGS)}, got {str(sampling)[:40]!r}")
 
 

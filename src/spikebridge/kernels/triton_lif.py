@@ -32,14 +32,11 @@ import triton
 import triton.language as tl
 
 from ..errors import ConfigError
-from ..neurons.multistep import triton_supports_dtype
+from ..neurons.multistep import KEEP_CODE, KEEP_MEMBRANE, apply_multistep, triton_supports_dtype
 from ..surrogate import Surrogate
 
 BLOCK = 1024  # neurons per program (launched with _NUM_WARPS warps)
 _NUM_WARPS = 4
-
-# What the forward saves for the backward (a constexpr of the forward kernel).
-_SAVE_NONE, _SAVE_CODE, _SAVE_MEMBRANE = 0, 1, 2
 
 # Surrogate shapes (a constexpr of the backward kernel); see surrogate.py for the formulas.
 _SURROGATE_IDS = {"rect": 0, "gaussian": 1, "sigmoid": 2, "atan": 3, "triangle": 4}
@@ -80,7 +77,7 @@ def _lif_forward_kernel(
     N,
     DECAY_FROM_PTR: tl.constexpr,
     ANALOG: tl.constexpr,  # LIAF (output leaky_relu(u)) instead of LIF (output spikes)
-    SAVE: tl.constexpr,  # 0 nothing, 1 uint8 code, 2 fp32 membrane
+    SAVE: tl.constexpr,  # KEEP_NONE, KEEP_CODE (uint8 code) or KEEP_MEMBRANE (fp32 membrane)
     BLOCK: tl.constexpr,
 ):
     """``u[t] = decay * u[t-1] * (1 - s[t-1]) + x[t]``, ``s[t] = u[t] > threshold`` over one block."""
@@ -230,7 +227,7 @@ def _lif_backward_kernel(
 
 
 # --------------------------------------------------------------------------------------------
-# Launchers and the autograd Function
+# Launchers (the autograd Function is multistep._MultiStepFn)
 # --------------------------------------------------------------------------------------------
 def _decay_args(decay: float | torch.Tensor, device: torch.device) -> tuple[torch.Tensor | None, float]:
     """``(decay_tensor_or_None, decay_float)``: a tensor decay is read on the device (no sync)."""
@@ -240,10 +237,11 @@ def _decay_args(decay: float | torch.Tensor, device: torch.device) -> tuple[torc
 
 
 def _forward(x, decay, threshold, surrogate, analog_slope, keep: int):
-    """Launch the forward kernel on contiguous ``x: [T, ...]``; returns ``(output, saved)``."""
+    """Launch the forward kernel on ``x: [T, ...]`` (made contiguous); returns ``(output, saved)``."""
+    x = x.contiguous()
     steps, n = x.shape[0], math.prod(x.shape[1:])
     output = torch.empty_like(x)
-    saved_dtype = {_SAVE_CODE: torch.uint8, _SAVE_MEMBRANE: torch.float32}.get(keep)
+    saved_dtype = {KEEP_CODE: torch.uint8, KEEP_MEMBRANE: torch.float32}.get(keep)
     saved = None if saved_dtype is None else torch.empty(x.shape, dtype=saved_dtype, device=x.device)
     if steps == 0 or n == 0:
         return output, saved
@@ -263,6 +261,7 @@ def _forward(x, decay, threshold, surrogate, analog_slope, keep: int):
 
 def _backward(grad_output, saved, decay, threshold, surrogate, analog_slope, from_code: bool, grad_decay: bool):
     """Launch the backward kernel; returns ``(grad_x, grad_decay_or_None)`` (decay grad in fp32)."""
+    grad_output = grad_output.contiguous()
     steps, n = grad_output.shape[0], math.prod(grad_output.shape[1:])
     grad_x = torch.empty_like(grad_output)
     programs = triton.cdiv(n, BLOCK)
@@ -293,35 +292,6 @@ def uses_interpreter() -> bool:
     return not isinstance(_lif_forward_kernel, triton.runtime.jit.JITFunction)
 
 
-class _TritonMultiStepFn(torch.autograd.Function):
-    """The multi-step LIF/LIAF op with Triton forward and backward kernels."""
-
-    @staticmethod
-    def forward(ctx, x, decay, threshold, surrogate, analog_slope):  # type: ignore[override]
-        # applied only when a gradient is needed (see multistep_triton). A 0/1 gradient window fits
-        # in one bit; a learnable decay or a smooth surrogate needs the membrane potential.
-        decay_is_tensor = isinstance(decay, torch.Tensor)
-        window_grad = analog_slope is not None or surrogate.is_window
-        keep = _SAVE_MEMBRANE if ctx.needs_input_grad[1] or not window_grad else _SAVE_CODE
-        decay_value = decay.detach() if decay_is_tensor else decay
-        output, saved = _forward(x.contiguous(), decay_value, threshold, surrogate, analog_slope, keep)
-        ctx.save_for_backward(saved, decay_value if decay_is_tensor else None)
-        ctx.decay_float = None if decay_is_tensor else decay_value
-        ctx.from_code = keep == _SAVE_CODE
-        ctx.threshold, ctx.surrogate, ctx.analog_slope = threshold, surrogate, analog_slope
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
-        saved, decay_tensor = ctx.saved_tensors
-        decay = decay_tensor if decay_tensor is not None else ctx.decay_float
-        grad_x, grad_decay = _backward(grad_output.contiguous(), saved, decay, ctx.threshold, ctx.surrogate,
-                                       ctx.analog_slope, ctx.from_code, ctx.needs_input_grad[1])
-        if grad_decay is not None:
-            grad_decay = grad_decay.to(device=decay_tensor.device, dtype=decay_tensor.dtype).reshape(decay_tensor.shape)
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_decay, None, None, None
-
-
 def multistep_triton(
     x: torch.Tensor,
     decay: float | torch.Tensor,
@@ -347,10 +317,4 @@ def multistep_triton(
         raise ConfigError("the triton neuron backend needs CUDA tensors; use backend='fused' (or 'auto') on CPU")
     if isinstance(decay, torch.Tensor) and decay.numel() != 1:
         raise ConfigError(f"decay must be a scalar tensor, got shape {tuple(decay.shape)}")
-    decay_grad = isinstance(decay, torch.Tensor) and decay.requires_grad
-    if not torch.is_grad_enabled() or not (x.requires_grad or decay_grad):
-        # inference (also under no_grad, where autograd.Function would still report
-        # needs_input_grad and make the forward save state): one launch, nothing saved
-        decay_value = decay.detach() if isinstance(decay, torch.Tensor) else decay
-        return _forward(x.contiguous(), decay_value, threshold, surrogate, analog_slope, _SAVE_NONE)[0]
-    return _TritonMultiStepFn.apply(x, decay, threshold, surrogate, analog_slope)
+    return apply_multistep((_forward, _backward), x, decay, threshold, surrogate, analog_slope)

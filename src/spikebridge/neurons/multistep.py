@@ -67,8 +67,8 @@ def multistep_reference(
 _CODE_SPIKE = 2
 _CODE_HIGH = 1
 
-#: What the fused forward keeps for the backward.
-_KEEP_NONE, _KEEP_CODE, _KEEP_MEMBRANE = "none", "code", "membrane"
+#: What a forward keeps for the backward (the fused op's and the Triton kernels' ``keep``).
+KEEP_NONE, KEEP_CODE, KEEP_MEMBRANE = 0, 1, 2
 #: Attribute of a fused LIF's output holding its saved ``uint8`` code (see :func:`spike_code`).
 _CODE_ATTR = "_spikebridge_spike_code"
 
@@ -80,11 +80,11 @@ def spike_code(output: torch.Tensor) -> torch.Tensor | None:
     return getattr(output, _CODE_ATTR, None)
 
 
-def _fused_forward(x, decay, threshold, surrogate, analog_slope, keep: str):
+def _fused_forward(x, decay, threshold, surrogate, analog_slope, keep: int):
     """Forward of the fused op over ``x: [T, ...]``; returns ``(output, saved)``.
 
-    ``keep``: ``"none"`` (inference: nothing saved), ``"code"`` (``uint8 [T, ...]``, see
-    ``_CODE_SPIKE`` / ``_CODE_HIGH``) or ``"membrane"`` (``u: [T, ...]`` in x's dtype).
+    ``keep``: ``KEEP_NONE`` (inference: nothing saved), ``KEEP_CODE`` (``uint8 [T, ...]``, see
+    ``_CODE_SPIKE`` / ``_CODE_HIGH``) or ``KEEP_MEMBRANE`` (``u: [T, ...]`` in x's dtype).
 
     Per step ``t > 0``: ``u = (decay * u) * (1 - s[t-1]) + x[t]``, rounded op by op in the
     reference's order (so spikes and LIAF outputs are bit-identical to the reference's); the
@@ -93,16 +93,16 @@ def _fused_forward(x, decay, threshold, surrogate, analog_slope, keep: str):
     """
     output = torch.empty_like(x)
     saved = None
-    if keep == _KEEP_CODE:
+    if keep == KEEP_CODE:
         saved = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
-    elif keep == _KEEP_MEMBRANE:
+    elif keep == KEEP_MEMBRANE:
         saved = torch.empty_like(x)
     if x.shape[0] == 0:
         return output, saved
     u = x[0].clone()  # u[0] = x[0] exactly
     not_spiked = torch.empty_like(u)
-    scratch = torch.empty_like(u) if keep == _KEEP_CODE else None
-    spike_liaf = torch.empty_like(u) if (keep == _KEEP_CODE and analog_slope is not None) else None
+    scratch = torch.empty_like(u) if keep == KEEP_CODE else None
+    spike_liaf = torch.empty_like(u) if (keep == KEEP_CODE and analog_slope is not None) else None
     half_width = surrogate.width / 2
     for t in range(x.shape[0]):
         if t > 0:
@@ -116,9 +116,9 @@ def _fused_forward(x, decay, threshold, surrogate, analog_slope, keep: str):
             output[t].copy_(u)
             F.leaky_relu_(output[t], analog_slope)
             spike = torch.gt(u, threshold, out=spike_liaf) if spike_liaf is not None else None
-        if keep == _KEEP_MEMBRANE:
+        if keep == KEEP_MEMBRANE:
             saved[t].copy_(u)
-        elif keep == _KEEP_CODE:
+        elif keep == KEEP_CODE:
             if analog_slope is None:  # high: |u - threshold| < width / 2, rounded as rect's grad
                 torch.sub(u, threshold, out=scratch)
                 scratch.abs_()
@@ -184,31 +184,44 @@ def _fused_backward(grad_output, saved, decay, threshold, surrogate, analog_slop
 
 
 class _MultiStepFn(torch.autograd.Function):
+    """The multi-step op with a hand-written backward. ``ops``: ``(forward, backward)``, the fused
+    op's (``_fused_forward``, ``_fused_backward``) or the Triton kernels' (same arguments)."""
+
     @staticmethod
-    def forward(ctx, x, decay, threshold, surrogate, analog_slope):  # type: ignore[override]
+    def forward(ctx, x, decay, threshold, surrogate, analog_slope, ops):  # type: ignore[override]
         decay_is_tensor = isinstance(decay, torch.Tensor)
-        decay_value = decay.detach() if decay_is_tensor else decay
+        ctx.decay_value = decay.detach() if decay_is_tensor else decay
         # a 0/1 gradient window fits in one bit; a learnable decay or a smooth surrogate needs the
         # membrane potential
         window_grad = analog_slope is not None or surrogate.is_window
-        keep = _KEEP_MEMBRANE if ctx.needs_input_grad[1] or not window_grad else _KEEP_CODE
-        output, saved = _fused_forward(x, decay_value, threshold, surrogate, analog_slope, keep)
+        keep = KEEP_MEMBRANE if ctx.needs_input_grad[1] or not window_grad else KEEP_CODE
+        output, saved = ops[0](x, ctx.decay_value, threshold, surrogate, analog_slope, keep)
         ctx.save_for_backward(saved, decay if decay_is_tensor else None)
-        ctx.keep, ctx.decay_value = keep, decay_value
+        ctx.backward_op, ctx.from_code = ops[1], keep == KEEP_CODE
         ctx.threshold, ctx.surrogate, ctx.analog_slope = threshold, surrogate, analog_slope
-        if keep == _KEEP_CODE and analog_slope is None:
+        if ctx.from_code and analog_slope is None and ops[0] is _fused_forward:
             setattr(output, _CODE_ATTR, saved)  # its spike bit is the output: see spike_code
         return output
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        saved, decay_tensor = ctx.saved_tensors
-        grad_x, grad_decay = _fused_backward(grad_output, saved, ctx.decay_value, ctx.threshold, ctx.surrogate,
-                                             ctx.analog_slope, from_code=ctx.keep == _KEEP_CODE,
-                                             want_decay_grad=ctx.needs_input_grad[1])
+        saved, decay = ctx.saved_tensors
+        grad_x, grad_decay = ctx.backward_op(grad_output, saved, ctx.decay_value, ctx.threshold, ctx.surrogate,
+                                             ctx.analog_slope, ctx.from_code, ctx.needs_input_grad[1])
         if grad_decay is not None:
-            grad_decay = grad_decay.to(decay_tensor.dtype).reshape(decay_tensor.shape)
-        return grad_x, grad_decay, None, None, None
+            grad_decay = grad_decay.to(device=decay.device, dtype=decay.dtype).reshape(decay.shape)
+        return grad_x, grad_decay, None, None, None, None
+
+
+def apply_multistep(ops, x, decay, threshold, surrogate, analog_slope) -> torch.Tensor:
+    """The op ``ops`` (see :class:`_MultiStepFn`) over ``x: [T, ...]``. When no gradient is needed
+    (``torch.no_grad()`` / ``torch.inference_mode()``, or neither ``x`` nor ``decay`` requires grad)
+    one forward that saves nothing, and no autograd node."""
+    decay_grad = isinstance(decay, torch.Tensor) and decay.requires_grad
+    if torch.is_grad_enabled() and (x.requires_grad or decay_grad):
+        return _MultiStepFn.apply(x, decay, threshold, surrogate, analog_slope, ops)
+    decay_value = decay.detach() if isinstance(decay, torch.Tensor) else decay
+    return ops[0](x, decay_value, threshold, surrogate, analog_slope, KEEP_NONE)[0]
 
 
 def multistep_fused(
@@ -218,18 +231,10 @@ def multistep_fused(
     surrogate: Surrogate,
     analog_slope: float | None = None,
 ) -> torch.Tensor:
-    """Same values as :func:`multistep_reference`, with a hand-written, memory-light backward.
-
-    Saves one ``uint8`` per element for the backward (membrane potentials only for smooth
-    surrogates or a learnable decay) and nothing at all when no gradient is needed: under
-    ``torch.no_grad()`` / ``torch.inference_mode()`` or when neither ``x`` nor ``decay`` requires
-    grad, no autograd node is created.
-    """
-    decay_grad = isinstance(decay, torch.Tensor) and decay.requires_grad
-    if not torch.is_grad_enabled() or not (x.requires_grad or decay_grad):
-        decay_value = decay.detach() if isinstance(decay, torch.Tensor) else decay
-        return _fused_forward(x, decay_value, threshold, surrogate, analog_slope, _KEEP_NONE)[0]
-    return _MultiStepFn.apply(x, decay, threshold, surrogate, analog_slope)
+    """Same values as :func:`multistep_reference`, with a hand-written, memory-light backward:
+    one ``uint8`` per element saved (membrane potentials only for smooth surrogates or a learnable
+    decay), nothing when no gradient is needed (:func:`apply_multistep`)."""
+    return apply_multistep((_fused_forward, _fused_backward), x, decay, threshold, surrogate, analog_slope)
 
 
 def triton_supports_dtype(dtype: torch.dtype) -> bool:

@@ -26,7 +26,7 @@ from ..bridge import as_state_dict, match_firing_rates, recalibrate_batchnorm, t
 from ..config import PipelineConfig
 from ..data.datasets import resolve_model_name
 from ..data.loading import DataBundle, calibration_batches
-from ..errors import CheckpointError, ConfigError, short_repr
+from ..errors import CheckpointError, ConfigError, first_line, short_repr
 from ..models import create_model, list_models
 from ..neurons import NeuronConfig, SharpenedReLU
 from ..restore import (
@@ -35,7 +35,6 @@ from ..restore import (
     check_weights,
     import_ann,
     is_python_class_spec,
-    load_ann_weights,
     model_from_checkpoint,
     parse_ann_kwargs,
     spikified_meta,
@@ -98,7 +97,9 @@ def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str
     if path_part.endswith(".py"):
         raise ConfigError(f"--ann {short_repr(ann)}: expected FILE.py:ClassName (a Python file and the nn.Module class in it) "
                           "or a spikebridge checkpoint .json")
-    if Path(ann).suffix.lower() in WEIGHT_SUFFIXES and not _beside_checkpoint(Path(ann).expanduser()):
+    suffix, path = Path(ann).suffix.lower(), Path(ann).expanduser()
+    checkpoint_tensors = suffix == ".safetensors" and path.with_suffix(".json").is_file()  # its JSON lies beside it
+    if suffix in (".pth", ".pt", ".bin", ".safetensors") and not checkpoint_tensors:  # bare weights
         raise ConfigError(f"--ann {short_repr(ann)} is a weights file without its model: give --ann MODEL "
                           f"--ann-weights {short_repr(ann)} (MODEL: a registry model such as resnet18_tv) or --ann "
                           "FILE.py:ClassName --ann-weights ...")
@@ -106,15 +107,6 @@ def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str
         raise ConfigError("--ann-weights / --ann-kwargs go with --ann MODEL or --ann FILE.py:ClassName; a checkpoint "
                           "has its own")
     return AnnSource(checkpoint=ann, trust_code=trust_code)
-
-
-#: Suffixes of bare weight files (a ``.safetensors`` may also be a spikebridge checkpoint's tensors)
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-
-
-def _beside_checkpoint(path: Path) -> bool:
-    """A ``.safetensors`` file whose checkpoint JSON (same stem) lies beside it."""
-    return path.suffix.lower() == ".safetensors" and path.with_suffix(".json").is_file()
 
 
 @dataclass
@@ -138,12 +130,8 @@ def load_ann(source: AnnSource, *, checkpoint: Any = None) -> LoadedAnn:
     if source.model:
         return _registry_ann(source)
     if source.class_spec:
-        family = ClassFamily(source.class_spec, source.kwargs)
-        model = None
-        if source.weights:
-            model = import_ann(source.class_spec, source.kwargs)
-            load_ann_weights(model, source.weights)
-        return LoadedAnn(model, source.label, family)
+        model = import_ann(source.class_spec, source.kwargs, source.weights) if source.weights else None
+        return LoadedAnn(model, source.label, ClassFamily(source.class_spec, source.kwargs))
     model, meta, ckpt = model_from_checkpoint(source.checkpoint if checkpoint is None else checkpoint,
                                           trust_code=source.trust_code)
     if getattr(model, "spiking", False):
@@ -396,8 +384,8 @@ def _check_classes(ann: nn.Module, bundle: DataBundle, label: str, example: torc
         with torch.no_grad():
             out = ann(example[:2].to(next(ann.parameters()).device))
     except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"--ann {label}: fails on {bundle.name} input of shape {list(example.shape[1:])} ({first})") from None
+        raise ConfigError(f"--ann {label}: fails on {bundle.name} input of shape {list(example.shape[1:])} "
+                          f"({first_line(exc)[:200]})") from None
     finally:
         ann.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != bundle.num_classes:

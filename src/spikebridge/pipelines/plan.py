@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from ..config import PipelineConfig, TrainConfig, load_config, parse_override
@@ -20,6 +21,7 @@ from ..data.datasets import BUILTIN_DATASETS
 from ..errors import ConfigError, DataError
 from ..models import list_models
 from ..neurons import check_backend_on_device
+from ..train.checkpoint import load_checkpoint
 from .ann import AnnSource, check_checkpoint_optimizer
 from .context import resolve_device
 
@@ -157,20 +159,13 @@ def _check_model(key: str, name: str) -> None:
         raise ConfigError(f"{key}: unknown model {name[:60]!r}; registered: {', '.join(list_models())}")
 
 
-def _checkpoint(path: str):
-    """The checkpoint ``--ann`` names, and its ``meta.model`` (a bare weights file: empty); a
-    damaged one fails here."""
-    from ..train.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    model = ckpt.meta.get("model")
-    return ckpt, (model if isinstance(model, dict) else {})
-
-
 def build_plan(request: Request) -> RunPlan:
     """Resolve and validate ``request`` whole; reads nothing but configs, flags and folder layouts."""
     command, options, source = request.command, dict(request.options), request.ann
-    ckpt, info = _checkpoint(source.checkpoint) if source is not None and source.checkpoint else (None, {})
+    # the checkpoint --ann names (a damaged one fails here) and its meta.model (a bare weights file has none)
+    ckpt = load_checkpoint(source.checkpoint) if source is not None and source.checkpoint else None
+    info = ckpt.meta.get("model") if ckpt is not None else None
+    info = info if isinstance(info, dict) else {}
     user_class = info.get("name") == "ann_class" or (source is not None and bool(source.class_spec))
     cfg, preset = resolve_config(request, user_class=user_class)
     if ckpt is not None and command in ("pipes", "finetune"):  # the flows that fine-tune from the ANN's momentum
@@ -194,9 +189,9 @@ def build_plan(request: Request) -> RunPlan:
     static_kind = None if command == "piped" and ann_trained else data_kind(cfg.data.name)
     ann_neuron = cfg.ann_neuron if source is None else "(its own)"
 
-    def phase(name: str, role: str, train: TrainConfig, *, data: str, T: int | None = None, neuron: str | None = None,
-              model: str | None = None) -> Phase:
-        return Phase(name, role, model or snn_model, neuron or cfg.neuron.kind, T or cfg.model.T, data, train)
+    def phase(name: str, role: str, train: TrainConfig, *, data: str = cfg.data.name, T: int = cfg.model.T,
+              model: str = snn_model) -> Phase:
+        return Phase(name, role, model, cfg.neuron.kind, T, data, train)
 
     phases: list[Phase] = []
     ann_phase = Phase("ann", "ann", ann_model, ann_neuron, 1, cfg.data.name, cfg.ann)
@@ -206,28 +201,24 @@ def build_plan(request: Request) -> RunPlan:
         raise DataError(f"data.name {cfg.data.name[:100]!r} holds events; {command} trains on static images "
                         "(pipeD: spikebridge piped --events ...)")
     if command == "finetune":
-        phases.append(phase("snn_finetuned", "finetune", cfg.finetune, data=cfg.data.name))
+        phases.append(phase("snn_finetuned", "finetune", cfg.finetune))
     if command in ("pipes", "demo"):
-        phases.append(phase("snn_pretrained", "finetune", cfg.finetune, data=cfg.data.name))
+        phases.append(phase("snn_pretrained", "finetune", cfg.finetune))
         if options.get("baseline", True):
-            phases.append(phase("snn_scratch", "scratch", cfg.scratch, data=cfg.data.name))
+            phases.append(phase("snn_scratch", "scratch", cfg.scratch))
     if command == "piped" or (command == "demo" and options.get("events", True)):
         if data_kind(cfg.events.data) != "events":
             raise DataError(f"events.data {cfg.events.data[:100]!r} holds no events (es-mnist, ES-ImageNet, ES-UCF101 "
                             "or DVS recordings)")
-        T = cfg.events.time_bins or cfg.model.T
-        model = cfg.events.model or snn_model
-        phases.append(phase("snn_events_pretrained", "finetune", cfg.events.finetune, data=cfg.events.data, T=T,
-                            model=model))
+        event_phase = partial(phase, data=cfg.events.data, T=cfg.events.time_bins or cfg.model.T,
+                              model=cfg.events.model or snn_model)
+        phases.append(event_phase("snn_events_pretrained", "finetune", cfg.events.finetune))
         if cfg.events.compare_first_layer:
-            for mode in ("signed_polarity", "mean", "skip"):
-                if mode != cfg.bridge.first_layer:
-                    compare = replace(cfg.events.finetune, epochs=cfg.events.compare_epochs)
-                    phases.append(phase(f"snn_events_{mode}", "finetune", compare, data=cfg.events.data, T=T,
-                                        model=model))
+            compare = replace(cfg.events.finetune, epochs=cfg.events.compare_epochs)
+            phases += [event_phase(f"snn_events_{mode}", "finetune", compare)
+                       for mode in ("signed_polarity", "mean", "skip") if mode != cfg.bridge.first_layer]
         if options.get("baseline", True):
-            phases.append(phase("snn_events_scratch", "scratch", cfg.events.scratch, data=cfg.events.data, T=T,
-                                model=model))
+            phases.append(event_phase("snn_events_scratch", "scratch", cfg.events.scratch))
     if command == "benchmark":
         phases += _benchmark_phases(cfg, options, source, ann_phase, static_kind)
     return RunPlan(command, cfg, phases, source, options, preset, ckpt)
@@ -289,19 +280,19 @@ def _run_flow(plan: RunPlan, loaded) -> dict:
     from .runs import demo, finetune, piped, pipes, pretrain
 
     cfg, options = plan.config, plan.options
-    if plan.command == "demo":
-        return demo(cfg, events=options.get("events", True))
-    if plan.command == "pretrain":
-        return pretrain(cfg)
-    if plan.command == "finetune":
-        return finetune(cfg, loaded)
-    if plan.command == "pipes":
-        return pipes(cfg, baseline=options.get("baseline", True), ann=loaded)
-    if plan.command == "piped":
-        return piped(cfg, baseline=options.get("baseline", True), ann=loaded)
-    if plan.command == "benchmark":
-        return benchmark(cfg, options.get("methods") or "", ann=loaded, ann_data=options.get("ann_data"))
-    raise ConfigError(f"no run plan for the command {plan.command!r}")
+    baseline = options.get("baseline", True)
+    flows = {
+        "demo": lambda: demo(cfg, events=options.get("events", True)),
+        "pretrain": lambda: pretrain(cfg),
+        "finetune": lambda: finetune(cfg, loaded),
+        "pipes": lambda: pipes(cfg, baseline=baseline, ann=loaded),
+        "piped": lambda: piped(cfg, baseline=baseline, ann=loaded),
+        "benchmark": lambda: benchmark(cfg, options.get("methods") or "", ann=loaded,
+                                       ann_data=options.get("ann_data")),
+    }
+    if plan.command not in flows:
+        raise ConfigError(f"no run plan for the command {plan.command!r}")
+    return flows[plan.command]()
 
 
 __all__ = ["PRESETS", "Phase", "Request", "RunPlan", "build_plan", "data_kind", "execute", "resolve_config"]

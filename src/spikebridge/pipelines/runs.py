@@ -162,8 +162,8 @@ def pretrain(cfg: PipelineConfig, *, ann: LoadedAnn | None = None) -> dict:
     family = ann.family if ann is not None else RegistryFamily()
     ctx.log(f"[pretrain] ANN on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, {cfg.ann.epochs} epochs")
     _model, result = family.pretrain(ctx, cfg, bundle)
-    summary = build_summary(bundle.name, 1, [result.to_summary()], comparisons=())
-    return write_outputs(ctx, summary, [result], title=f"ANN pretraining on {bundle.name}")
+    return write_outputs(ctx, [result], dataset=bundle.name, T=1, comparisons=(),
+                         title=f"ANN pretraining on {bundle.name}")
 
 
 def pipes(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Module | None = None,
@@ -175,9 +175,7 @@ def pipes(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Mod
     ctx = start_run(cfg)
     bundle = bundle or open_static(cfg)
     _ann, _snn, runs, extra = run_pipes(ctx, cfg, bundle, loaded, baseline=baseline)
-    summary = build_summary(bundle.name, cfg.model.T, [r.to_summary() for r in runs], comparisons=(PIPES,),
-                            extra=extra)
-    return write_outputs(ctx, summary, runs,
+    return write_outputs(ctx, runs, dataset=bundle.name, T=cfg.model.T, comparisons=(PIPES,), extra=extra,
                          title=f"pipeS on {bundle.name}: SNN (T={cfg.model.T}) from an ANN vs from scratch")
 
 
@@ -188,9 +186,9 @@ def finetune(cfg: PipelineConfig, ann: LoadedAnn) -> dict:
     ctx = start_run(cfg)
     bundle = open_static(cfg)
     _ann, _snn, runs, extra = run_pipes(ctx, cfg, bundle, ann, baseline=False, name="snn_finetuned")
-    summary = build_summary(bundle.name, cfg.model.T, [r.to_summary() for r in runs], comparisons=(),
-                            extra={**extra, "finetune": asdict(cfg.finetune), "neuron": asdict(cfg.neuron)})
-    return write_outputs(ctx, summary, runs, title=f"Your ANN as an SNN: {ann.label} on {bundle.name}, T={cfg.model.T}")
+    return write_outputs(ctx, runs, dataset=bundle.name, T=cfg.model.T, comparisons=(),
+                         extra={**extra, "finetune": asdict(cfg.finetune), "neuron": asdict(cfg.neuron)},
+                         title=f"Your ANN as an SNN: {ann.label} on {bundle.name}, T={cfg.model.T}")
 
 
 def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Module | None = None,
@@ -205,10 +203,8 @@ def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Mod
     cfg = use_checkpoint_model(cfg, loaded)
     ctx = start_run(cfg)
     runs: list[RunResult] = []
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"ann": loaded.label} if loaded is not None else {}
     model = loaded.model if loaded is not None else None
-    if loaded is not None:
-        extra["ann"] = loaded.label
     if model is None:
         bundle = open_static(cfg)
         family = loaded.family if loaded is not None else RegistryFamily()
@@ -217,12 +213,11 @@ def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Mod
         runs.append(ann_result)
         extra["ann_acc"] = ann_result.final_acc
     event_runs, event_extra = run_piped(ctx, cfg, model, loaded, baseline=baseline, events=events)
-    runs += event_runs
     extra.update(event_extra, transfer_acc=event_extra["events_transfer_acc"])
-    T = event_extra["first_layer_comparison"]["T"]
     name = event_extra["events_data"]
-    summary = build_summary(name, T, [r.to_summary() for r in runs], comparisons=(PIPED,), extra=extra)
-    return write_outputs(ctx, summary, runs, title=f"pipeD on {name}: event SNN from a static ANN vs from scratch")
+    return write_outputs(ctx, runs + event_runs, dataset=name, T=event_extra["first_layer_comparison"]["T"],
+                         comparisons=(PIPED,), extra=extra,
+                         title=f"pipeD on {name}: event SNN from a static ANN vs from scratch")
 
 
 def demo(cfg: PipelineConfig, *, events: bool = True) -> dict:
@@ -237,22 +232,21 @@ def demo(cfg: PipelineConfig, *, events: bool = True) -> dict:
         extra["conversion_vs_bridge"] = conversion_vs_bridge(
             ann, snn, bundle, [1, 2, 4, 8, 16, 32], cfg.run.out, max_samples=cfg.demo_conversion_samples,
             device=ctx.device)
-    comparisons = [PIPES]
     if events:
         event_runs, event_extra = run_piped(ctx, cfg, ann, None, baseline=True)
         runs += event_runs
-        comparisons.append(PIPED)
         extra.update(event_extra)
-    summary = build_summary(bundle.name, cfg.model.T, [r.to_summary() for r in runs],
-                            comparisons=tuple(comparisons), extra=extra)
-    return write_outputs(ctx, summary, runs,
+    return write_outputs(ctx, runs, dataset=bundle.name, T=cfg.model.T, extra=extra,
+                         comparisons=(PIPES, PIPED) if events else (PIPES,),
                          title=f"spikebridge demo on {bundle.name}: SNNs from an ANN vs from scratch")
 
 
-def write_outputs(ctx: RunContext, summary: dict, runs: list[RunResult], *, title: str) -> dict:
-    """Set ``summary["wall_seconds"]`` (since ``ctx.started``) and write ``summary.json``,
-    ``metrics.csv``, ``report.md`` and the figure into ``ctx.out`` (rank 0 alone under torchrun);
-    returns ``summary``."""
+def write_outputs(ctx: RunContext, runs: list[RunResult], *, dataset: str, T: int, comparisons: tuple,
+                  extra: dict[str, Any] | None = None, title: str) -> dict:
+    """The run's summary (:func:`~spikebridge.analysis.summary.build_summary` of ``runs``) with its
+    ``wall_seconds`` (since ``ctx.started``), written as ``summary.json`` with ``metrics.csv``,
+    ``report.md`` and the figure into ``ctx.out`` (rank 0 alone under torchrun); returns it."""
+    summary = build_summary(dataset, T, [r.to_summary() for r in runs], comparisons=comparisons, extra=extra)
     summary["wall_seconds"] = round(time.perf_counter() - ctx.started, 1)
     if not current_rank().is_main:
         return summary

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ..errors import CheckpointError, short_repr
+from ..errors import CheckpointError, first_line, short_repr
 from ..utils import atomic_path, atomic_write_text, ensure_dir, remove_stale_temps
 
 FORMAT = "spikebridge-checkpoint-1"
@@ -263,8 +263,7 @@ def _read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
     sections = ("model.", "optim.", "rng.")  # what save_checkpoint writes into its tensors files
     if prefix and not (any(k.startswith(prefix) for k in tensors) and all(k.startswith(sections) for k in tensors)):
         tensors = {prefix + k: v for k, v in tensors.items()}  # a plain state dict (keys as they are)

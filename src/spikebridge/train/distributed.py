@@ -42,10 +42,8 @@ def setup_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            backend = "cpu:gloo,cuda:nccl"  # nccl for the training tensors, gloo for any CPU scalars
-        else:
-            backend = "gloo"
-        dist.init_process_group(backend=backend)
+        # on CUDA: nccl for the training tensors, gloo for any CPU scalars
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return current()
 
 
@@ -140,8 +138,7 @@ class GlobalBatchNorm(nn.BatchNorm2d):
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        distributed = self.training and current().enabled
-        if not distributed:
+        if not (self.training and current().enabled):
             return super().forward(input)
         all_reduce = _SumOverRanks.apply
         x = input.float() if input.dtype != torch.float64 else input

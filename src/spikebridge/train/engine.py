@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.loading import DataBundle, calibration_batches, iterate_batches
-from ..errors import CheckpointError, ConfigError, OutputError, TrainingError
+from ..errors import CheckpointError, ConfigError, OutputError, TrainingError, first_line
 from ..utils import atomic_write_text, ensure_writable_dir, remove_stale_temps
 from . import distributed
 from .checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
@@ -242,10 +242,9 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
             if start_epoch > 0 and hasattr(module, "set_epoch"):
                 module.set_epoch(start_epoch - 1)  # a sharpened ReLU resumes where its last epoch left it
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise CheckpointError(f"{ckpt.path}: cannot resume from this checkpoint, it does not fit this model "
-                                  f"or configuration ({first}); use another --out, or drop --resume to start over"
-                                  ) from None
+            raise CheckpointError(f"{ckpt.path}: cannot resume from this checkpoint, it does not fit this model or "
+                                  f"configuration ({first_line(exc)[:200]}); use another --out, or drop --resume to "
+                                  "start over") from None
     elif evaluate_first:
         acc = evaluate(model, bundle, device=device)["acc"]
         curve.append([0.0, 0, acc])

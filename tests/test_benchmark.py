@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from spikebridge import cli
 from spikebridge.analysis.benchmark import parse_method, parse_methods
@@ -90,6 +91,18 @@ def test_benchmark_command_on_the_embedded_digits(tmp_path, capsys):
     reused = json.loads((again / "benchmark.json").read_text())
     assert not (again / "ann").exists() and reused["ann"]["seconds"] == pytest.approx(summary["ann"]["seconds"], abs=1e-3)
     assert reused["runs"][0]["transfer_acc"] == runs["pretrained"]["transfer_acc"]  # the same ANN, the same bridge
+
+    # --ann MODEL --ann-weights FILE: plain weights carry no training record, so no ANN time is counted
+    weights = tmp_path / "ann.safetensors"
+    save_file({k: v.contiguous() for k, v in load_checkpoint(ckpt).model_state.items()}, str(weights))
+    plain = tmp_path / "plain"
+    assert cli.main(["benchmark", "--data", "mnist5k", "--out", str(plain), "--no-progress", "--ann", "cnn",
+                     "--ann-weights", str(weights), "--methods", "pretrained", "--set", "data.limit_train=128",
+                     "--set", "data.limit_test=64", "--set", "finetune.epochs=1",
+                     "--set", "bridge.match_rates=false"]) == 0
+    loaded = json.loads((plain / "benchmark.json").read_text())
+    assert loaded["runs"][0]["ann_seconds"] == 0.0 and loaded["runs"][0]["ann_cpu_seconds"] == 0.0
+    assert "without a training record" in (plain / "benchmark.md").read_text()
 
 
 def test_bad_method_is_a_one_line_error(tmp_path, capsys):

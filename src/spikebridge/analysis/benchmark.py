@@ -187,8 +187,10 @@ def render_markdown(summary: dict, title: str) -> str:
     ann = summary.get("ann")
     if ann:
         best = "unknown" if ann.get("best_acc") is None else f"{ann['best_acc']:.4f}"
-        lines.append(f"The ANN ({ann['name']}): {ann['epochs']} epochs, {ann['seconds']:.1f} s, best test accuracy "
-                     f"{best}; every transferred method starts from this one ANN.")
+        trained = (f"{ann['epochs']} epochs, {ann['seconds']:.1f} s" if "seconds" in ann
+                   else "loaded weights without a training record (no ANN time counted)")
+        lines.append(f"The ANN ({ann['name']}): {trained}, best test accuracy {best}; every transferred method "
+                     "starts from this one ANN.")
     lines += ["", "![accuracy vs training time](accuracy_vs_time.png)", "",
               "![accuracy vs epochs](accuracy_vs_epochs.png)", ""]
     if summary.get("wall_seconds") is not None:

@@ -109,7 +109,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
         runs.append(BenchRun(
             method=method.name, base=method.base, neuron=neuron.kind, T=mcfg.model.T, warmup_epochs=warmup_epochs,
             epochs=result.epochs, snn_seconds=result.seconds,
-            ann_seconds=float(ann_info["seconds"]) if method.transfers and ann_info else 0.0,
+            ann_seconds=float(ann_info.get("seconds", 0.0)) if method.transfers and ann_info else 0.0,
             best_acc=result.best_acc, final_acc=result.final_acc,
             transfer_acc=result.curve[0][2] if method.transfers and result.curve else None,
             curve=result.curve, transferred=len(transferred), bridge_seconds=bridge[0],

@@ -20,7 +20,7 @@ from ..data.datasets import open_data_config, open_dataset, resolve_model_name
 from ..data.loading import DataBundle, with_time_bins
 from ..errors import CheckpointError, ConfigError
 from ..train.distributed import current as current_rank
-from ..train.engine import METRICS_COLUMNS, RunResult, evaluate
+from ..train.engine import METRICS_COLUMNS, RunResult, evaluate, write_metrics_csv
 from ..utils import Stopwatch, atomic_write_text, ensure_dir
 from .ann import LoadedAnn, RegistryFamily, use_checkpoint_model
 from .context import RunContext, log
@@ -252,10 +252,8 @@ def write_outputs(ctx: RunContext, runs: list[RunResult], *, dataset: str, T: in
         return summary
     out = ctx.out
     write_json(out / "summary.json", summary)
-    rows = [",".join(("run", *METRICS_COLUMNS))]
-    rows += [",".join([run.name, *("" if record.get(k) is None else str(record[k]) for k in METRICS_COLUMNS)])
-             for run in runs for record in run.history]
-    atomic_write_text(out / "metrics.csv", "\n".join(rows) + "\n")
+    write_metrics_csv(out / "metrics.csv", [{"run": run.name, **record} for run in runs for record in run.history],
+                      ("run", *METRICS_COLUMNS))
     plot_accuracy_vs_time(summary["runs"], out / "accuracy_vs_time.png", title=title, target=summary.get("target_acc"))
     table = results_table(summary["runs"], summary.get("time_to_target"))
     atomic_write_text(out / "report.md", render_report(summary, table, title))

@@ -305,7 +305,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
                                 f"of this epoch is saved, {_last_good(ckpt_dir, epoch - 1)} (lower the learning rate)")
         if out is not None and info.is_main:
             try:
-                _write_metrics_csv(out / "metrics.csv", history)
+                write_metrics_csv(out / "metrics.csv", history)
                 save_checkpoint(ckpt_dir, "last", module,
                                 {**(meta or {}), "history": history, "curve": curve, "seconds": seconds, "name": name,
                                  "cpu_seconds": cpu_seconds, "cpu_curve": cpu_curve,
@@ -456,13 +456,14 @@ def _train_one_epoch(model, bundle, cfg, optimizer, schedule, generator, device,
     return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "seconds": elapsed}
 
 
-def _write_metrics_csv(path: Path, history: list[dict]) -> None:
+def write_metrics_csv(path: Path, rows: list[dict], columns: tuple[str, ...] = METRICS_COLUMNS) -> None:
+    """``rows`` (per-epoch records) as a CSV of ``columns``; a missing or None value is empty."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(history)
+    writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
 
 
 __all__ = ["RunResult", "StepInBackward", "step_in_backward_clash", "steps_in_backward", "evaluate", "fit", "load_optimizer_state",
-           "optimizer_family", "optimizer_state_by_name", "state_by_name", "unwrap"]
+           "optimizer_family", "optimizer_state_by_name", "state_by_name", "unwrap", "write_metrics_csv"]

@@ -103,3 +103,21 @@ def test_finetune_runs_from_registry_weights(weights, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ann"] == "cnn" and [r["name"] for r in summary["runs"]] == ["snn_finetuned"]
     assert summary["transfer"]["matched"] and (out / "snn_finetuned" / "checkpoints" / "last.json").is_file()
+
+
+def test_finetune_from_weights_of_another_class_count_starts_a_new_classifier(tmp_path, capsys):
+    """ImageNet weights on a 10-class dataset: every layer but the classifier transfers (as pipeD does)."""
+    torch.manual_seed(0)
+    torch.save(sb.create_model("cnn", num_classes=7, neuron="relu", in_channels=1).state_dict(), tmp_path / "w7.pth")
+    out = tmp_path / "ft"
+    code = cli.main(["finetune", "--ann", "cnn", "--ann-weights", str(tmp_path / "w7.pth"), "--data", "mnist5k",
+                     "--out", str(out), "--no-progress", "--device", "cpu", "--T", "2", "--epochs", "1",
+                     "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "finetune.batch_size=32",
+                     "--calibration-samples", "32"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ann_acc"] is None and "has 7 classes, mnist5k 10" in printed and "ANN - |" in printed
+    transfer = summary["transfer"]
+    assert sorted(transfer["mismatched"]) == [["fc.bias", [7], [10]], ["fc.weight", [7, 1024], [10, 1024]]]
+    assert transfer["matched"] == len(sb.create_model("cnn", num_classes=10).state_dict()) - 2

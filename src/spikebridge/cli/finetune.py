@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     summary = run_request(args, request(args, "finetune", flags=flags, weights_required=True))
     if summary is not None:
         result = summary["runs"][-1]
-        log(f"ANN {summary['ann_acc']:.4f} | SNN (T={summary['T']}) after transfer {summary['transfer_acc']:.4f} | "
+        ann_acc = "-" if summary["ann_acc"] is None else f"{summary['ann_acc']:.4f}"
+        log(f"ANN {ann_acc} | SNN (T={summary['T']}) after transfer {summary['transfer_acc']:.4f} | "
             f"after {result['epochs']} epoch(s) {result['final_acc']:.4f} (best {result['best_acc']:.4f}); "
             f"wrote {args.out}/summary.json")
     return 0

@@ -18,7 +18,7 @@ from ..bridge import FIRST_LAYER_MODES
 from ..config import PipelineConfig, dump_yaml
 from ..data.datasets import open_data_config, open_dataset, resolve_model_name
 from ..data.loading import DataBundle, with_time_bins
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..train.distributed import current as current_rank
 from ..train.engine import METRICS_COLUMNS, RunResult, evaluate, write_metrics_csv
 from ..utils import Stopwatch, atomic_write_text, ensure_dir
@@ -85,15 +85,19 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
         extra["ann_acc"] = ann_result.final_acc
     else:
         expected = loaded.checkpoint_model.get("num_classes")
-        if expected is not None and int(expected) != bundle.num_classes:
-            raise CheckpointError(f"{loaded.label}: the ANN has {expected} classes, {bundle.name} has {bundle.num_classes}")
         extra["ann"] = loaded.label
-        extra["ann_acc"] = evaluate(ann.to(ctx.device), bundle, device=ctx.device)["acc"]
+        if expected is not None and int(expected) != bundle.num_classes:  # e.g. ImageNet weights, 10 classes
+            ctx.log(f"[pipeS] {loaded.label} has {expected} classes, {bundle.name} {bundle.num_classes}: the SNN's "
+                    "classifier starts new (not transferred), and the ANN is not evaluated on this data")
+            extra["ann_acc"] = None
+        else:
+            extra["ann_acc"] = evaluate(ann.to(ctx.device), bundle, device=ctx.device)["acc"]
         momentum = loaded.optimizer_state if cfg.bridge.transfer_optimizer else None  # a checkpoint's momentum
         if cfg.bridge.transfer_optimizer and not momentum:
             ctx.log(f"[pipeS] {loaded.label} holds no optimizer state of this model: the fine-tune starts with a "
                     "fresh one (bridge.transfer_optimizer)")
-    ctx.log(f"[pipeS] ANN test accuracy {extra['ann_acc']:.4f}; bridge: ANN -> SNN ({cfg.neuron.kind}, "
+    ann_acc = "-" if extra["ann_acc"] is None else f"{extra['ann_acc']:.4f}"
+    ctx.log(f"[pipeS] ANN test accuracy {ann_acc}; bridge: ANN -> SNN ({cfg.neuron.kind}, "
             f"T={cfg.model.T}), then fine-tune {cfg.finetune.epochs} epochs")
     watch = Stopwatch()
     bridged = family.to_snn(ctx, cfg, ann, bundle, same_data=True)

@@ -121,3 +121,14 @@ def test_finetune_from_weights_of_another_class_count_starts_a_new_classifier(tm
     transfer = summary["transfer"]
     assert sorted(transfer["mismatched"]) == [["fc.bias", [7], [10]], ["fc.weight", [7, 1024], [10, 1024]]]
     assert transfer["matched"] == len(sb.create_model("cnn", num_classes=10).state_dict()) - 2
+
+
+def test_benchmark_refuses_a_decoder_transfer_across_class_counts_before_training(tmp_path, capsys):
+    torch.save(sb.create_model("cnn", num_classes=7, neuron="relu", in_channels=1).state_dict(), tmp_path / "w7.pth")
+    out = tmp_path / "bench"
+    code = cli.main(["benchmark", "--ann", "cnn", "--ann-weights", str(tmp_path / "w7.pth"), "--data", "mnist5k",
+                     "--methods", "pretrained,decoder", "--out", str(out), "--no-progress",
+                     "--set", "data.limit_train=64", "--set", "data.limit_test=32"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "7 classes, mnist5k 10" in err
+    assert not (out / "pretrained").exists()  # refused before the first method trained

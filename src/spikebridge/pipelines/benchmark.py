@@ -47,6 +47,10 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
     family = RegistryFamily()
     data = open_static(cfg)
     scfg, same_data, ann_cfg = cfg, True, cfg
+    classes = ann.checkpoint_model.get("num_classes") if ann is not None else None
+    if classes is not None and int(classes) != data.num_classes and any(m.base == "decoder" for m in methods):
+        raise ConfigError(f"decoder: the ANN's readout has {classes} classes, {data.name} {data.num_classes}: "
+                          "nothing to transfer (leave out the decoder methods)")
     if data.kind == "events":  # pipeD: the ANN learns static images, the SNNs the events
         from ..data.loading import with_time_bins
 

@@ -65,6 +65,23 @@ def test_fused_float64_and_dtype_dispatch():
     assert all(triton_supports_dtype(d) for d in (torch.float32, torch.float16, torch.bfloat16))
 
 
+@pytest.mark.parametrize("slope", [None, 0.2])
+def test_fused_lif_output_carries_its_saved_code(slope):
+    """A fused LIF's spikes carry the uint8 code its backward keeps (spike bit = the output), so
+    compact storage can keep a view of it; LIAF's analog output and a no-grad forward carry none."""
+    from spikebridge.neurons.multistep import spike_code
+
+    x = torch.randn(4, 3, 8, requires_grad=True)
+    out = multistep_fused(x, 0.25, 0.5, get_surrogate("rect"), slope)
+    code = spike_code(out)
+    if slope is None:
+        assert code is not None and code.dtype == torch.uint8 and torch.equal((code >> 1).float(), out.detach())
+    else:
+        assert code is None
+    with torch.no_grad():
+        assert spike_code(multistep_fused(x, 0.25, 0.5, get_surrogate("rect"), slope)) is None
+
+
 # -- compact spike storage -----------------------------------------------------------------------
 @pytest.fixture
 def lean_everywhere(monkeypatch):

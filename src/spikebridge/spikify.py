@@ -472,6 +472,7 @@ class _Recorder(fx.Interpreter):
 def _shape_of(value) -> tuple | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
+
 @torch.no_grad()
 def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> None:
     """Run the traced ANN on ``[B, ...]`` and on the folded ``[T*B, ...]``; refuse any operation

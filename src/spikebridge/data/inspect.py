@@ -112,13 +112,14 @@ def _inspect_npz(path: Path, wanted: bool) -> tuple[dict[str, Any], Preview | No
         sample = read_es_sample(path)
         steps = np.concatenate([sample.pos[:, 2], sample.neg[:, 2]])
         frames = events_to_dense(sample, dtype=torch.float32)
-        info = _recording("es-imagenet-npz", len(sample.pos), len(sample.neg), frames.shape[:-3:-1],
+        sensor = (frames.shape[-1], frames.shape[-2])  # [W, H] of the 224x224 frame made of the sample
+        info = _recording("es-imagenet-npz", len(sample.pos), len(sample.neg), sensor,
                           [int(steps.min()), int(steps.max())] if len(steps) else None, "step")
     elif kind == "es-ucf101":
         clip = read_video_events(path)
         active = np.flatnonzero(clip.any(axis=(0, 2, 3)))
         on, off = int(clip[0].sum(dtype=np.int64)), int(clip[1].sum(dtype=np.int64))
-        info = _recording("es-ucf101-npz", on, off, clip.shape[:1:-1],
+        info = _recording("es-ucf101-npz", on, off, (clip.shape[3], clip.shape[2]),
                           [int(active[0]) + 1, int(active[-1]) + 1] if len(active) else None, "step")
         frames = torch.from_numpy(np.ascontiguousarray(clip.transpose(1, 0, 2, 3))).float()
     else:

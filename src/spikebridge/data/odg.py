@@ -435,9 +435,9 @@ def es_mnist_frames(
     c0, c1 = cfg.crop
     offsets = tuple((int(r), int(c)) for r, c in cfg.path)
     n_steps = len(offsets) - 1
+    _check_params(cfg.size, offsets, cfg.window, cfg.threshold)
     out = torch.zeros((n, n_steps, 2, c1 - c0, c1 - c0), dtype=torch.uint8)
     for start in range(0, n, batch_size):
-        _check_params(cfg.size, offsets, cfg.window, cfg.threshold)
         chunk = arr[start:start + batch_size].astype(np.float32) / np.float32(255.0)
         on, off, lo = _region_masks(chunk, cfg.threshold, cfg.window, offsets, cfg.size + 4)
         # the window region, shifted by the centring offset, on a grid large enough to hold it

@@ -127,6 +127,8 @@ def _fused_forward(x, decay, threshold, surrogate, analog_slope, keep: int):
                 torch.gt(u, 0, out=scratch)
             scratch.add_(spike, alpha=_CODE_SPIKE)
             saved[t].copy_(scratch)  # 0..3 as uint8
+    if keep == KEEP_CODE and analog_slope is None:
+        setattr(output, _CODE_ATTR, saved)  # its spike bit is the output: see spike_code
     return output, saved
 
 
@@ -199,8 +201,6 @@ class _MultiStepFn(torch.autograd.Function):
         ctx.save_for_backward(saved, decay if decay_is_tensor else None)
         ctx.backward_op, ctx.from_code = ops[1], keep == KEEP_CODE
         ctx.threshold, ctx.surrogate, ctx.analog_slope = threshold, surrogate, analog_slope
-        if ctx.from_code and analog_slope is None and ops[0] is _fused_forward:
-            setattr(output, _CODE_ATTR, saved)  # its spike bit is the output: see spike_code
         return output
 
     @staticmethod

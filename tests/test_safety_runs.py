@@ -4,6 +4,7 @@ does not silently replace an earlier one, ``--resume`` is exact or refused (chan
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spikebridge import cli
@@ -75,3 +76,41 @@ def test_debug_before_the_command_shows_the_traceback(tmp_path, monkeypatch, cap
                  ["pretrain", "--debug", "--out", str(tmp_path / "c"), *TINY]):
         with pytest.raises(KeyError, match="planted"):
             cli.main(argv)
+
+
+def write_digits(root: Path, classes: int = 3, per_class: int = 8) -> None:
+    """A tiny ImageNet-layout folder of 28x28 grey PNGs (train/ and val/)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", per_class // 2)):
+        for c in range(classes):
+            folder = root / split / f"n{c:05d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), "L").save(folder / f"{i}.png")
+
+
+def test_a_run_that_fails_when_its_data_opens_leaves_nothing_behind(tmp_path, capsys):
+    """Bad data found when the run opens it (an empty class folder: the plan cannot see inside the
+    images) fails with one line and leaves no file, so the corrected command reruns into the same
+    --out without --overwrite; foreign files in an --overwrite folder stay."""
+    data, out = tmp_path / "digits", tmp_path / "runs" / "r1"
+    write_digits(data)
+    for png in (data / "train" / "n00001").iterdir():
+        png.unlink()
+    argv = ["pretrain", "--out", str(out), "--data", str(data), "--no-progress", "--device", "cpu", "--epochs", "1",
+            "--set", "ann.batch_size=4", "--set", "run.threads=1"]
+    assert cli.main(argv) == 2
+    assert "n00001 holds no images" in one_line_error(capsys)
+    assert not out.exists() and (tmp_path / "runs").exists()  # the claim made r1 alone
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert cli.main([*argv[:1], "--out", str(mine), *argv[3:], "--overwrite"]) == 2
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    write_digits(data)  # fixed: the same command now runs
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert (out / "ann" / "checkpoints" / "last.json").is_file() and (out / "config.yaml").is_file()
+    assert cli.main([*argv, "--set", "ann.lr=0.5"]) == 2  # a real earlier run is still protected
+    assert "--resume" in one_line_error(capsys)

@@ -260,7 +260,8 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
 def execute(plan: RunPlan) -> dict:
     """Run a validated plan: load the ANN it names (a bad one fails before anything is written),
     claim the output folder (one run at a time; ``--resume`` exact or refused), print the plan in
-    short, run the command's flow; returns its summary."""
+    short, run the command's flow; returns its summary. A new run that fails before it writes any
+    result leaves no file behind."""
     from ..train.runfolder import claim_run_folder
     from .ann import load_ann
     from .context import log
@@ -272,7 +273,11 @@ def execute(plan: RunPlan) -> dict:
         folder.own(*(phase.name for phase in plan.phases))  # each phase's run folder (benchmark methods too)
         for line in plan.describe():
             log(line)
-        return _run_flow(plan, loaded)
+        try:
+            return _run_flow(plan, loaded)
+        except BaseException:
+            folder.discard_if_empty()  # failed before any result (e.g. bad data): nothing left behind
+            raise
 
 
 def _run_flow(plan: RunPlan, loaded) -> dict:

@@ -163,8 +163,9 @@ def _lock(out: Path, command: str) -> int:
 class RunFolder:
     """A claimed OUT; :meth:`release` (or leaving the ``with`` block) records its names, unlocks."""
 
-    def __init__(self, out: Path, fd: int | None, manifest: dict) -> None:
+    def __init__(self, out: Path, fd: int | None, manifest: dict, *, created: bool = False) -> None:
         self.out, self._fd, self.manifest = out, fd, manifest
+        self._new_run, self._created = not manifest["names"], created  # not a resume; the claim made OUT
 
     def _ours(self) -> list[str]:
         return sorted((_entries(self.out) - set(self.manifest["foreign"])) | set(self.manifest["names"]))
@@ -176,6 +177,25 @@ class RunFolder:
             self.manifest["names"] = sorted(set(self.manifest["names"]) | set(names))
             self.manifest["foreign"] = sorted(set(self.manifest["foreign"]) - set(names))
             _save(self.out, self.manifest)
+
+    def discard_if_empty(self) -> None:
+        """After a new run failed before it wrote any result (bad data found when it opened, Ctrl-C):
+        remove what it wrote (``config.yaml``, the manifest, the lock; OUT too when the claim made it
+        and it is empty), so that the corrected command runs into the same OUT as it is. A resumed
+        run, or one that wrote anything else, keeps its folder."""
+        if self._fd is None or not self._new_run:
+            return
+        written = {name for name in self._ours() if os.path.lexists(self.out / name)}
+        if not written <= {"config.yaml"}:
+            return
+        for name in (*written, MANIFEST, LOCK):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.out / name)
+        os.close(self._fd)
+        self._fd = None
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
 
     def release(self) -> None:
         if self._fd is None:
@@ -198,6 +218,7 @@ class RunFolder:
 
 
 def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool) -> RunFolder:
+    created = not os.path.lexists(out)
     ensure_dir(out)
     fd = _lock(out, command)
     try:
@@ -240,7 +261,7 @@ def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool)
         # leftovers of a run killed mid-write (its manifest, config.yaml, its outputs): we hold the lock
         remove_stale_temps(out, sorted(earlier | STANDARD_OUTPUTS | {MANIFEST}))
         _save(out, manifest)
-        return RunFolder(out, fd, manifest)
+        return RunFolder(out, fd, manifest, created=created)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(out / LOCK)

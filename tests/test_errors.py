@@ -44,7 +44,7 @@ from spikebridge.data.events import (
     write_es_sample,
 )
 from spikebridge.data.folders import ImageFolderDataset, find_classes, load_image
-from spikebridge.data.loading import DataBundle, iterate_batches
+from spikebridge.data.loading import DataBundle, iterate_batches, with_time_bins
 from spikebridge.data.odg import EventSample
 from spikebridge.data.static import TensorSplit
 from spikebridge.errors import (
@@ -251,6 +251,16 @@ def test_corrupt_and_truncated_npz(tmp_path):
     np.savez(tmp_path / "dtype.npz", pos=sample.pos.astype(np.int32), neg=sample.neg)
     raises(DataError, r"dtype\.npz: pos must be uint8, got int32", read_es_sample, tmp_path / "dtype.npz")
     raises(DataError, r"nothere\.npz: file not found", read_es_sample, tmp_path / "nothere.npz")
+
+
+def test_time_bins_that_do_not_divide_the_stream():
+    frames = torch.zeros(4, 15, 2, 8, 8)
+    bundle = sb.dataset_bundle(torch.utils.data.TensorDataset(frames, torch.tensor([0, 1, 0, 1])),
+                               torch.utils.data.TensorDataset(frames[:2], torch.tensor([0, 1])), num_classes=2,
+                               name="clips")
+    raises(ConfigError, r"^events.time_bins=4 must divide the 15 time steps of clips: --set events.time_bins=0 keeps "
+           r"all 15, or give one of 1, 3, 5, 15$", with_time_bins, bundle, 4)
+    assert with_time_bins(bundle, 5).time_steps == 5 and with_time_bins(bundle, 0) is bundle
 
 
 def test_event_streams(tmp_path):

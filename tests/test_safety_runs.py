@@ -114,3 +114,21 @@ def test_a_run_that_fails_when_its_data_opens_leaves_nothing_behind(tmp_path, ca
     assert (out / "ann" / "checkpoints" / "last.json").is_file() and (out / "config.yaml").is_file()
     assert cli.main([*argv, "--set", "ann.lr=0.5"]) == 2  # a real earlier run is still protected
     assert "--resume" in one_line_error(capsys)
+
+
+def test_time_bins_that_do_not_divide_the_event_stream_fail_before_the_ann_trains(tmp_path, capsys):
+    """ES-UCF101 clips have 15 steps; the default events.time_bins (4) cannot merge them. The run
+    says so, with the fix, when the event data opens: before the ANN's epochs, leaving no file."""
+    import _layouts as layouts
+
+    clips = layouts.video_clips(tmp_path / "clips", size=(48, 64), clips_per_class=4)
+    events = layouts.es_ucf101(clips, tmp_path / "es")
+    out = tmp_path / "run"
+    argv = ["piped", "--data", str(clips), "--events", str(events), "--out", str(out), "--no-progress", "--device",
+            "cpu", "--set", "ann.epochs=1", "--set", "ann.batch_size=2", "--set", "run.threads=1"]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "events.time_bins=4 must divide the 15 time steps" in err and "--set events.time_bins=0" in err, err
+    assert "ann epoch" not in captured.out and not out.exists()

@@ -263,6 +263,11 @@ def with_time_bins(bundle: DataBundle, bins: int) -> DataBundle:
     """The same event bundle with its frames merged into ``bins`` time steps (0 = unchanged)."""
     if bins == 0 or bundle.kind != "events" or bundle.time_steps == bins:
         return bundle
+    steps = bundle.time_steps
+    if steps % bins:  # checked here, when the data opens, not at the first batch
+        divisors = ", ".join(str(d) for d in range(1, steps + 1) if steps % d == 0)
+        raise ConfigError(f"events.time_bins={bins} must divide the {steps} time steps of {bundle.name[:100]}: "
+                          f"--set events.time_bins=0 keeps all {steps}, or give one of {divisors}")
 
     def merged(split):
         if isinstance(split, TensorSplit):

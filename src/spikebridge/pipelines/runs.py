@@ -209,6 +209,7 @@ def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Mod
     runs: list[RunResult] = []
     extra: dict[str, Any] = {"ann": loaded.label} if loaded is not None else {}
     model = loaded.model if loaded is not None else None
+    events = open_events(cfg) if events is None else events  # bad event data fails before the ANN trains
     if model is None:
         bundle = open_static(cfg)
         family = loaded.family if loaded is not None else RegistryFamily()

@@ -145,6 +145,37 @@ def test_demo_plan_lists_every_phase(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
+def test_event_phases_carry_the_stream_steps(data, tmp_path, capsys):
+    """The plan knows each event layout's time steps: an event phase's T is events.time_bins, or
+    the stream's own steps when it is 0; time bins that cannot merge the stream are refused there.
+    A DVS-Gesture folder as Tonic extracts it is event data."""
+    import numpy as np
+
+    gesture = tmp_path / "DVSGesture"
+    for split in ("ibmGestureTrain", "ibmGestureTest"):
+        (gesture / split / "user01_led").mkdir(parents=True)
+        np.save(gesture / split / "user01_led" / "3.npy", np.array([[1, 2, 1, 10], [3, 4, 0, 20]], np.int32))
+    out = tmp_path / "out"
+
+    def event_T(events: str, *sets: str) -> set[int]:
+        argv = ["piped", "--data", data["photos"], "--events", events, "--out", str(out), "--plan"]
+        plan = _plan([*argv, *(x for key in sets for x in ("--set", key))], capsys)
+        return {p["T"] for p in plan["phases"] if p["name"].startswith("snn_events")}
+
+    assert event_T(str(gesture)) == {4} and event_T(str(gesture), "events.time_bins=0") == {8}
+    assert event_T(data["dvs"], "events.time_bins=0") == {8} and event_T(data["es-imagenet"], "events.time_bins=2") == {2}
+    assert event_T(data["es-ucf101"], "events.time_bins=0") == {15} and event_T("es-mnist", "events.time_bins=0") == {8}
+    bench = _plan(["benchmark", "--data", data["es-ucf101"], "--ann-data", data["clips"], "--out", str(out), "--plan",
+                   "--set", "events.time_bins=5"], capsys)
+    assert {p["T"] for p in bench["phases"] if p["role"] != "ann"} == {5}
+    for argv in (["piped", "--data", data["clips"], "--events", data["es-ucf101"]],
+                 ["benchmark", "--data", data["es-ucf101"], "--ann-data", data["clips"]]):
+        assert cli.main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "events.time_bins=4 must divide the 15 time steps" in err, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("argv, words", [
     (["pipes", "--set", "neuron.backend=cupy"], "backend 'cupy'"),
     (["pipes", "--data", "/nonexistent/imagenet"], "not found"),

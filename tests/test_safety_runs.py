@@ -118,7 +118,7 @@ def test_a_run_that_fails_when_its_data_opens_leaves_nothing_behind(tmp_path, ca
 
 def test_time_bins_that_do_not_divide_the_event_stream_fail_before_the_ann_trains(tmp_path, capsys):
     """ES-UCF101 clips have 15 steps; the default events.time_bins (4) cannot merge them. The run
-    says so, with the fix, when the event data opens: before the ANN's epochs, leaving no file."""
+    says so, with the fix, before the ANN's epochs (the plan knows the layout's steps), leaving no file."""
     import _layouts as layouts
 
     clips = layouts.video_clips(tmp_path / "clips", size=(48, 64), clips_per_class=4)

@@ -34,6 +34,7 @@ from .folders import (
     walk_folder,
 )
 from .loading import DataBundle, MappedDataset
+from .odg import ODG_PATH
 from .static import TensorSplit, stratified_indices
 from .transforms import (
     IMAGENET_MEAN,
@@ -58,6 +59,11 @@ DVS_TRAIN_NAMES = TRAIN_SPLIT_NAMES + ("ibmgesturetrain",)
 DVS_TEST_NAMES = ("test", "val", "validation", "valid", "ibmgesturetest")
 DEFAULT_DVS_STEPS = 8  # the paper's CIFAR10-DVS T
 DEFAULT_VIDEO_STEPS = 15  # the paper's ES-UCF101: frames 1..15
+ODG_STEPS = len(ODG_PATH) - 1  # ES-ImageNet's (and ES-MNIST's) 8 frames: one per move of the path
+#: the event layouts :func:`detect_layout` names, with the time steps of the frames each yields
+EVENT_LAYOUT_STEPS = {"es-imagenet": ODG_STEPS, "es-imagenet-released": ODG_STEPS, "es-imagenet-single": ODG_STEPS,
+                      "es-ucf101": DEFAULT_VIDEO_STEPS, "es-ucf101-split": DEFAULT_VIDEO_STEPS,
+                      "dvs": DEFAULT_DVS_STEPS, "dvs-gesture": DEFAULT_DVS_STEPS}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 

@@ -259,15 +259,19 @@ class MappedDataset(Dataset):
         return self.transform(x), (y if self.label is None else self.label(y))
 
 
+def check_time_bins(bins: int, steps: int, name: str) -> None:
+    """ConfigError unless ``events.time_bins`` (0 = keep) can merge ``steps`` event frames."""
+    if bins and steps % bins:
+        divisors = ", ".join(str(d) for d in range(1, steps + 1) if steps % d == 0)
+        raise ConfigError(f"events.time_bins={bins} must divide the {steps} time steps of {name[:100]}: "
+                          f"--set events.time_bins=0 keeps all {steps}, or give one of {divisors}")
+
+
 def with_time_bins(bundle: DataBundle, bins: int) -> DataBundle:
     """The same event bundle with its frames merged into ``bins`` time steps (0 = unchanged)."""
     if bins == 0 or bundle.kind != "events" or bundle.time_steps == bins:
         return bundle
-    steps = bundle.time_steps
-    if steps % bins:  # checked here, when the data opens, not at the first batch
-        divisors = ", ".join(str(d) for d in range(1, steps + 1) if steps % d == 0)
-        raise ConfigError(f"events.time_bins={bins} must divide the {steps} time steps of {bundle.name[:100]}: "
-                          f"--set events.time_bins=0 keeps all {steps}, or give one of {divisors}")
+    check_time_bins(bins, bundle.time_steps, bundle.name)  # when the data opens, not at the first batch
 
     def merged(split):
         if isinstance(split, TensorSplit):

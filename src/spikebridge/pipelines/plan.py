@@ -18,14 +18,13 @@ from typing import Any
 
 from ..config import PipelineConfig, TrainConfig, load_config, parse_override
 from ..data.datasets import BUILTIN_DATASETS
+from ..data.loading import check_time_bins
 from ..errors import ConfigError, DataError
 from ..models import list_models
 from ..neurons import check_backend_on_device
 from ..train.checkpoint import load_checkpoint
 from .ann import AnnSource, check_checkpoint_optimizer
 from .context import resolve_device
-
-EVENT_LAYOUTS = ("es-imagenet", "es-imagenet-released", "es-imagenet-single", "es-ucf101", "es-ucf101-split", "dvs")
 
 #: The command presets (dotted keys), below a recipe: used only when no ``--config`` is given.
 FINETUNE_PRESET: dict[str, Any] = {  # one short epoch: the transferred SNN already sits near a solution
@@ -140,18 +139,22 @@ def resolve_config(request: Request, *, user_class: bool = False) -> tuple[Pipel
     return load_config(PipelineConfig, request.recipe, values), preset
 
 
-def data_kind(name: str) -> str:
-    """``static`` or ``events`` for a dataset name or folder; a missing or unrecognised folder
-    raises DataError (nothing is read but the folder's layout)."""
-    if name in BUILTIN_DATASETS:
-        return "events" if name == "es-mnist" else "static"
-    from ..data.disk import detect_layout
+def event_steps(name: str) -> int | None:
+    """The time steps of the event frames a dataset name or folder yields; None for static images.
+    A missing or unrecognised folder raises DataError (nothing is read but the folder's layout)."""
+    from ..data.disk import EVENT_LAYOUT_STEPS, ODG_STEPS, detect_layout
 
+    if name in BUILTIN_DATASETS:
+        return ODG_STEPS if name == "es-mnist" else None
     try:
-        layout = detect_layout(name)
+        return EVENT_LAYOUT_STEPS.get(detect_layout(name))
     except OSError as exc:
         raise DataError(f"dataset {str(name)[:100]!r}: cannot read it ({exc.strerror or exc})") from None
-    return "events" if layout in EVENT_LAYOUTS else "static"
+
+
+def data_kind(name: str) -> str:
+    """``static`` or ``events`` for a dataset name or folder (see :func:`event_steps`)."""
+    return "static" if event_steps(name) is None else "events"
 
 
 def _check_model(key: str, name: str) -> None:
@@ -207,10 +210,12 @@ def build_plan(request: Request) -> RunPlan:
         if options.get("baseline", True):
             phases.append(phase("snn_scratch", "scratch", cfg.scratch))
     if command == "piped" or (command == "demo" and options.get("events", True)):
-        if data_kind(cfg.events.data) != "events":
+        steps = event_steps(cfg.events.data)
+        if steps is None:
             raise DataError(f"events.data {cfg.events.data[:100]!r} holds no events (es-mnist, ES-ImageNet, ES-UCF101 "
                             "or DVS recordings)")
-        event_phase = partial(phase, data=cfg.events.data, T=cfg.events.time_bins or cfg.model.T,
+        check_time_bins(cfg.events.time_bins, steps, cfg.events.data)
+        event_phase = partial(phase, data=cfg.events.data, T=cfg.events.time_bins or steps,
                               model=cfg.events.model or snn_model)
         phases.append(event_phase("snn_events_pretrained", "finetune", cfg.events.finetune))
         if cfg.events.compare_first_layer:
@@ -246,7 +251,11 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
         ann_phase.data = options.get("ann_data") or cfg.data.name
         phases.append(ann_phase)
     finetune, scratch = (cfg.events.finetune, cfg.events.scratch) if events else (cfg.finetune, cfg.scratch)
-    T = (cfg.events.time_bins or cfg.model.T) if events else cfg.model.T
+    T = cfg.model.T
+    if events:
+        steps = event_steps(cfg.data.name)
+        check_time_bins(cfg.events.time_bins, steps, cfg.data.name)
+        T = cfg.events.time_bins or steps
     for method in methods:
         train = scratch
         if method.transfers:  # the warm-up ("+wu") freezes the transferred encoder for at least one epoch

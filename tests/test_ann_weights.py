@@ -132,3 +132,18 @@ def test_benchmark_refuses_a_decoder_transfer_across_class_counts_before_trainin
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "7 classes, mnist5k 10" in err
     assert not (out / "pretrained").exists()  # refused before the first method trained
+
+
+def test_benchmark_refuses_a_decoder_across_class_counts_before_the_ann_trains(tmp_path, capsys):
+    """The same when the run trains the ANN itself on --ann-data (10 digits) for 3-class events."""
+    import _layouts as layouts
+
+    events = layouts.dvs_folder(tmp_path / "dvs", per_class=3)
+    out = tmp_path / "bench"
+    code = cli.main(["benchmark", "--data", str(events), "--ann-data", "mnist5k", "--methods", "scratch,decoder",
+                     "--out", str(out), "--no-progress", "--set", "data.limit_train=64", "--set", "data.limit_test=32",
+                     "--set", "ann.epochs=1", "--set", "events.scratch.epochs=1", "--set", "events.scratch.until_plateau=0",
+                     "--set", "events.scratch.batch_size=2", "--set", "events.finetune.batch_size=2"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.count("\n") == 1 and "10 classes" in captured.err, captured.err
+    assert "ann epoch" not in captured.out and not out.exists()  # before the ANN trained; nothing left behind

@@ -35,6 +35,12 @@ def _decoder_keys(model: nn.Module) -> set[str]:
     return {k for k in model.state_dict() if k.startswith(prefixes)}
 
 
+def _refuse_decoder_across_classes(classes: int | None, data, methods: list) -> None:
+    if classes is not None and int(classes) != data.num_classes and any(m.base == "decoder" for m in methods):
+        raise ConfigError(f"decoder: the ANN's readout has {classes} classes, {data.name} {data.num_classes}: "
+                          "nothing to transfer (leave out the decoder methods)")
+
+
 def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None = None,
               ann_data: str | None = None) -> dict:
     """Train the ANN once (unless ``ann``), then one SNN per method; write and return the summary
@@ -47,10 +53,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
     family = RegistryFamily()
     data = open_static(cfg)
     scfg, same_data, ann_cfg = cfg, True, cfg
-    classes = ann.checkpoint_model.get("num_classes") if ann is not None else None
-    if classes is not None and int(classes) != data.num_classes and any(m.base == "decoder" for m in methods):
-        raise ConfigError(f"decoder: the ANN's readout has {classes} classes, {data.name} {data.num_classes}: "
-                          "nothing to transfer (leave out the decoder methods)")
+    _refuse_decoder_across_classes(ann.checkpoint_model.get("num_classes") if ann is not None else None, data, methods)
     if data.kind == "events":  # pipeD: the ANN learns static images, the SNNs the events
         from ..data.loading import with_time_bins
 
@@ -64,6 +67,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
             ann_info = {"name": ann.label, **ann.training}
         else:
             ann_bundle = open_static(ann_cfg) if not same_data else data
+            _refuse_decoder_across_classes(ann_bundle.num_classes, data, methods)  # before the ANN trains
             ctx.log(f"[benchmark] ANN ({cfg.ann_neuron}, {ann_cfg.model.name}) on {ann_bundle.name}, {cfg.ann.epochs} epochs")
             model, result = family.pretrain(ctx, ann_cfg, ann_bundle)
             ann_info = {"name": "ann", "epochs": result.epochs, "seconds": result.seconds, "best_acc": result.best_acc,

@@ -176,11 +176,16 @@ def test_resume_during_pipes_finetune_with_the_anns_optimizer_state(tmp_path):
     argv = ["pipes", "--data", "mnist5k", "--model", "cnn", *COMMON, *set_flags(values)]
     phase = Path("snn_pretrained", "checkpoints", "last.json")
     kill_during_second_epoch([*argv, "--out", str(tmp_path / "killed")], tmp_path / "killed" / phase)
+    first_bridge = load_checkpoint(tmp_path / "killed" / phase).meta["bridge_seconds"]
     assert main([*argv, "--out", str(tmp_path / "killed"), "--resume"]) == 0
     assert main([*argv, "--out", str(tmp_path / "alone")]) == 0
     for name in ("ann", "snn_pretrained"):
         assert_same_run(tmp_path / "killed" / name / "checkpoints" / "last.json",
                         tmp_path / "alone" / name / "checkpoints" / "last.json")
+    # the resumed run reports the first run's bridge, which it did not time again
+    resumed = summary(tmp_path / "killed")
+    assert [resumed["bridge_seconds"], resumed["bridge_cpu_seconds"]] == pytest.approx(first_bridge, abs=1e-3)
+    assert load_checkpoint(tmp_path / "killed" / phase).meta["bridge_seconds"] == first_bridge
 
 
 class Interrupted(Exception):

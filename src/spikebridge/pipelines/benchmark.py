@@ -109,11 +109,12 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
                     fresh = build_model(mcfg, data, neuron, mcfg.model.T).state_dict()
                     snn.load_state_dict({k: fresh[k] for k in readout}, strict=False)
                     transferred -= readout
-            bridge = watch.seconds()
+            bridge = ctx.bridge_seconds(method.name, watch.seconds())
             warmup_epochs = max(1, mcfg.finetune.freeze_epochs) if method.warmup else 0
             frozen = transferred - _decoder_keys(snn) if method.warmup else None
             phase = replace(mcfg.finetune, freeze_epochs=warmup_epochs)
-            result = ctx.fit(snn, data, phase, name=method.name, meta=meta, evaluate_first=True, frozen=frozen)
+            result = ctx.fit(snn, data, phase, name=method.name, meta={**meta, "bridge_seconds": bridge},
+                             evaluate_first=True, frozen=frozen)
         runs.append(BenchRun(
             method=method.name, base=method.base, neuron=neuron.kind, T=mcfg.model.T, warmup_epochs=warmup_epochs,
             epochs=result.epochs, snn_seconds=result.seconds,

@@ -2,6 +2,8 @@
 resume, mixed precision, SyncBN, the log), so that a phase is ``ctx.fit(model, data, phase)``."""
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,17 @@ class RunContext:
 
     def log(self, message: str) -> None:
         log(message)
+
+    def bridge_seconds(self, name: str, measured: tuple[float, float]) -> tuple[float, float]:
+        """The bridge's (wall, CPU) seconds before phase ``name``: ``measured``, or on ``--resume``
+        the first run's, which the phase's checkpoints keep (``meta.bridge_seconds``), so that a
+        resumed run reports the times of an uninterrupted one."""
+        if self.resume and self.out is not None:
+            path = self.out / name / "checkpoints" / "last.json"
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                wall, cpu = json.loads(path.read_text(encoding="utf-8"))["meta"]["bridge_seconds"]
+                return float(wall), float(cpu)
+        return measured
 
     def fit(self, model: nn.Module, bundle: DataBundle, phase: TrainConfig, *, name: str, saved: bool = True,
             **options: Any) -> RunResult:

@@ -101,9 +101,10 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
             f"T={cfg.model.T}), then fine-tune {cfg.finetune.epochs} epochs")
     watch = Stopwatch()
     bridged = family.to_snn(ctx, cfg, ann, bundle, same_data=True)
-    extra["bridge_seconds"], extra["bridge_cpu_seconds"] = watch.seconds()  # counted in the time to target
-    result = ctx.fit(bridged.snn, bundle, cfg.finetune, name=name, meta=bridged.meta, evaluate_first=True,
-                     optimizer_state=momentum)
+    bridge = ctx.bridge_seconds(name, watch.seconds())  # counted in the time to target
+    extra["bridge_seconds"], extra["bridge_cpu_seconds"] = bridge
+    result = ctx.fit(bridged.snn, bundle, cfg.finetune, name=name, meta={**bridged.meta, "bridge_seconds": bridge},
+                     evaluate_first=True, optimizer_state=momentum)
     runs.append(result)
     extra.update(bridged.details, transfer_acc=result.curve[0][2] if result.curve else None)
     if baseline:
@@ -126,11 +127,11 @@ def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: Load
             f"bridge the static ANN (first layer: {mode}), then fine-tune {ecfg.finetune.epochs} epochs")
     watch = Stopwatch()
     bridged = family.to_snn(ctx, ecfg, ann, events, same_data=False)
-    bridge_seconds, bridge_cpu_seconds = watch.seconds()  # counted in the time to target
+    bridge_seconds, bridge_cpu_seconds = ctx.bridge_seconds("snn_events_pretrained", watch.seconds())
     # warm-up ("+WU"): for finetune.freeze_epochs epochs only what was not transferred as-is trains
     frozen = bridged.transferred if ecfg.finetune.freeze_epochs > 0 else None
-    result = ctx.fit(bridged.snn, events, ecfg.finetune, name="snn_events_pretrained", meta=bridged.meta,
-                     evaluate_first=True, frozen=frozen)
+    result = ctx.fit(bridged.snn, events, ecfg.finetune, name="snn_events_pretrained", evaluate_first=True,
+                     meta={**bridged.meta, "bridge_seconds": (bridge_seconds, bridge_cpu_seconds)}, frozen=frozen)
     runs = [result]
     modes = {mode: result.curve[: cfg.events.compare_epochs + 1]}
     if cfg.events.compare_first_layer:

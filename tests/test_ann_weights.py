@@ -30,6 +30,8 @@ def weights(tmp_path_factory) -> dict:
     save_file({k: v.contiguous() for k, v in state.items()}, str(paths["safetensors"]))
     (root / "notes.pth").write_text("not weights\n")
     paths["text"] = root / "notes.pth"
+    paths["pickled"] = root / "whole_model.pth"  # torch.save(model): loading it would run code
+    torch.save(sb.create_model("cnn", num_classes=10, neuron="relu", in_channels=1), paths["pickled"])
     return {"state": state, **{k: str(v) for k, v in paths.items()}}
 
 
@@ -83,10 +85,14 @@ def test_bare_weights_file_as_ann_says_what_to_give(weights, suffix, tmp_path, c
     (["--ann", "cnn"], "needs --ann-weights"),
     (["--ann", "cnn", "--ann-weights", "missing.pth"], "file not found"),
     (["--ann", "cnn", "--ann-weights", "TEXT"], "not a loadable state-dict file"),
+    (["--ann", "cnn", "--ann-weights", "PICKLED"], "holds a pickled Python object (spikebridge.models.cnn.SmallCNN), "
+     "not only tensors, and spikebridge never runs code from a weights file; save the weights with "
+     "torch.save(model.state_dict(), PATH)"),
     (["--ann", "resnet18_tv", "--ann-weights", "PLAIN"], "resnet18_tv"),  # another architecture's weights
 ])
 def test_bad_weights_get_one_line(weights, case, expected, tmp_path, capsys):
-    argv = [a.replace("TEXT", weights["text"]).replace("PLAIN", weights["plain"]) for a in case]
+    argv = [a.replace("TEXT", weights["text"]).replace("PLAIN", weights["plain"]).replace("PICKLED", weights["pickled"])
+            for a in case]
     code = cli.main(["finetune", *argv, "--data", "mnist5k", "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and expected in err, err

@@ -19,6 +19,7 @@ Sources accepted: an ``nn.Module``, a state dict, a spikebridge checkpoint (``.j
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -103,6 +104,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/pickled-object files
+        pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if pickled:  # torch.save(model) or other Python objects: loading them would run their code
+            raise CheckpointError(f"{path}: holds a pickled Python object ({pickled.group(1)[:100]}), not only "
+                                  "tensors, and spikebridge never runs code from a weights file; save the weights "
+                                  "with torch.save(model.state_dict(), PATH)") from None
         raise CheckpointError(f"{path}: not a loadable state-dict file ({first_line(exc)[:200]})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):

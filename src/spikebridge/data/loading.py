@@ -259,19 +259,23 @@ class MappedDataset(Dataset):
         return self.transform(x), (y if self.label is None else self.label(y))
 
 
-def check_time_bins(bins: int, steps: int, name: str) -> None:
-    """ConfigError unless ``events.time_bins`` (0 = keep) can merge ``steps`` event frames."""
+def merged_time_steps(bins: int, steps: int, name: str) -> int:
+    """The time steps of ``steps`` event frames merged into ``events.time_bins`` = ``bins`` (0 =
+    keep them all); ConfigError, naming the choices, when ``bins`` does not divide ``steps``."""
     if bins and steps % bins:
         divisors = ", ".join(str(d) for d in range(1, steps + 1) if steps % d == 0)
         raise ConfigError(f"events.time_bins={bins} must divide the {steps} time steps of {name[:100]}: "
                           f"--set events.time_bins=0 keeps all {steps}, or give one of {divisors}")
+    return bins or steps
 
 
 def with_time_bins(bundle: DataBundle, bins: int) -> DataBundle:
     """The same event bundle with its frames merged into ``bins`` time steps (0 = unchanged)."""
-    if bins == 0 or bundle.kind != "events" or bundle.time_steps == bins:
+    if bins == 0 or bundle.kind != "events":
         return bundle
-    check_time_bins(bins, bundle.time_steps, bundle.name)  # when the data opens, not at the first batch
+    steps = bundle.time_steps  # reads the first sample: once
+    if merged_time_steps(bins, steps, bundle.name) == steps:  # checked when the data opens, not at the first batch
+        return bundle
 
     def merged(split):
         if isinstance(split, TensorSplit):

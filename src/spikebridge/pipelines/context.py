@@ -18,7 +18,7 @@ from ..data.loading import DataBundle
 from ..errors import ConfigError
 from ..train.distributed import current as current_rank
 from ..train.distributed import local_device
-from ..train.engine import RunResult, fit
+from ..train.engine import RunResult, checkpoint_path, fit
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,9 +73,9 @@ class RunContext:
         the first run's, which the phase's checkpoints keep (``meta.bridge_seconds``), so that a
         resumed run reports the times of an uninterrupted one."""
         if self.resume and self.out is not None:
-            path = self.out / name / "checkpoints" / "last.json"
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                wall, cpu = json.loads(path.read_text(encoding="utf-8"))["meta"]["bridge_seconds"]
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # the JSON alone, not the tensors
+                record = json.loads(checkpoint_path(self.out, name).read_text(encoding="utf-8"))
+                wall, cpu = record["meta"]["bridge_seconds"]
                 return float(wall), float(cpu)
         return measured
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..config import PipelineConfig, TrainConfig, load_config, parse_override
 from ..data.datasets import BUILTIN_DATASETS
-from ..data.loading import check_time_bins
+from ..data.loading import merged_time_steps
 from ..errors import ConfigError, DataError
 from ..models import list_models
 from ..neurons import check_backend_on_device
@@ -152,11 +152,6 @@ def event_steps(name: str) -> int | None:
         raise DataError(f"dataset {str(name)[:100]!r}: cannot read it ({exc.strerror or exc})") from None
 
 
-def data_kind(name: str) -> str:
-    """``static`` or ``events`` for a dataset name or folder (see :func:`event_steps`)."""
-    return "static" if event_steps(name) is None else "events"
-
-
 def _check_model(key: str, name: str) -> None:
     if name not in ("", "auto") and name not in list_models():
         raise ConfigError(f"{key}: unknown model {name[:60]!r}; registered: {', '.join(list_models())}")
@@ -189,7 +184,7 @@ def build_plan(request: Request) -> RunPlan:
         ann_model = source.class_spec
     ann_trained = source is not None and (source.checkpoint is not None or source.weights is not None)
     snn_model = ann_model if user_class else cfg.model.name
-    static_kind = None if command == "piped" and ann_trained else data_kind(cfg.data.name)
+    data_steps = None if command == "piped" and ann_trained else event_steps(cfg.data.name)  # None: static
     ann_neuron = cfg.ann_neuron if source is None else "(its own)"
 
     def phase(name: str, role: str, train: TrainConfig, *, data: str = cfg.data.name, T: int = cfg.model.T,
@@ -200,7 +195,7 @@ def build_plan(request: Request) -> RunPlan:
     ann_phase = Phase("ann", "ann", ann_model, ann_neuron, 1, cfg.data.name, cfg.ann)
     if command in ("pretrain", "pipes", "piped", "demo") and not ann_trained:
         phases.append(ann_phase)
-    if command in ("pretrain", "pipes", "demo", "finetune", "piped") and static_kind == "events":
+    if command in ("pretrain", "pipes", "demo", "finetune", "piped") and data_steps is not None:
         raise DataError(f"data.name {cfg.data.name[:100]!r} holds events; {command} trains on static images "
                         "(pipeD: spikebridge piped --events ...)")
     if command == "finetune":
@@ -214,9 +209,8 @@ def build_plan(request: Request) -> RunPlan:
         if steps is None:
             raise DataError(f"events.data {cfg.events.data[:100]!r} holds no events (es-mnist, ES-ImageNet, ES-UCF101 "
                             "or DVS recordings)")
-        check_time_bins(cfg.events.time_bins, steps, cfg.events.data)
-        event_phase = partial(phase, data=cfg.events.data, T=cfg.events.time_bins or steps,
-                              model=cfg.events.model or snn_model)
+        T = merged_time_steps(cfg.events.time_bins, steps, cfg.events.data)
+        event_phase = partial(phase, data=cfg.events.data, T=T, model=cfg.events.model or snn_model)
         phases.append(event_phase("snn_events_pretrained", "finetune", cfg.events.finetune))
         if cfg.events.compare_first_layer:
             compare = replace(cfg.events.finetune, epochs=cfg.events.compare_epochs)
@@ -225,12 +219,12 @@ def build_plan(request: Request) -> RunPlan:
         if options.get("baseline", True):
             phases.append(event_phase("snn_events_scratch", "scratch", cfg.events.scratch))
     if command == "benchmark":
-        phases += _benchmark_phases(cfg, options, source, ann_phase, static_kind)
+        phases += _benchmark_phases(cfg, options, source, ann_phase, data_steps)
     return RunPlan(command, cfg, phases, source, options, preset, ckpt)
 
 
 def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | None, ann_phase: Phase,
-                      kind: str) -> list[Phase]:
+                      data_steps: int | None) -> list[Phase]:
     from ..analysis.benchmark import parse_methods
 
     methods = parse_methods(options.get("methods") or "")
@@ -238,24 +232,20 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
         raise ConfigError("benchmark --ann takes a spikebridge checkpoint of a registry model (its methods split "
                           "encoder and decoder by the registry's layer names)")
     phases: list[Phase] = []
-    events = kind == "events"
+    events = data_steps is not None
     if events and source is None and not options.get("ann_data"):
         options["ann_data"] = "mnist5k" if cfg.data.name == "es-mnist" else None
         if options["ann_data"] is None:
             raise ConfigError(f"{cfg.data.name[:100]}: holds events; give the ANN's static images with --ann-data "
                               "(or --ann CKPT)")
     if options.get("ann_data"):
-        if data_kind(options["ann_data"]) != "static":
+        if event_steps(options["ann_data"]) is not None:
             raise DataError(f"--ann-data {options['ann_data'][:100]!r} holds events; the ANN learns static images")
     if any(m.transfers for m in methods) and source is None:
         ann_phase.data = options.get("ann_data") or cfg.data.name
         phases.append(ann_phase)
     finetune, scratch = (cfg.events.finetune, cfg.events.scratch) if events else (cfg.finetune, cfg.scratch)
-    T = cfg.model.T
-    if events:
-        steps = event_steps(cfg.data.name)
-        check_time_bins(cfg.events.time_bins, steps, cfg.data.name)
-        T = cfg.events.time_bins or steps
+    T = merged_time_steps(cfg.events.time_bins, data_steps, cfg.data.name) if events else cfg.model.T
     for method in methods:
         train = scratch
         if method.transfers:  # the warm-up ("+wu") freezes the transferred encoder for at least one epoch
@@ -309,4 +299,4 @@ def _run_flow(plan: RunPlan, loaded) -> dict:
     return flows[plan.command]()
 
 
-__all__ = ["PRESETS", "Phase", "Request", "RunPlan", "build_plan", "data_kind", "execute", "resolve_config"]
+__all__ = ["PRESETS", "Phase", "Request", "RunPlan", "build_plan", "event_steps", "execute", "resolve_config"]

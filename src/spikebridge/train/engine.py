@@ -153,6 +153,11 @@ def _set_requires_grad(model: nn.Module, frozen: set[str], trainable: bool) -> N
             param.requires_grad_(trainable)
 
 
+def checkpoint_path(run_dir: str | Path, name: str) -> Path:
+    """The last checkpoint :func:`fit` keeps of phase ``name`` in ``run_dir``."""
+    return Path(run_dir) / name / "checkpoints" / "last.json"
+
+
 def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, run_dir: str | Path | None,
         seed: int = 0, device: torch.device | str = "cpu", progress: bool = True, resume: bool = False,
         frozen: set[str] | None = None, evaluate_first: bool = False, optimizer_state: dict | None = None,
@@ -199,7 +204,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
                           f"the {info.world_size} processes (e.g. {cfg.batch_size - cfg.batch_size % info.world_size})")
 
     out = Path(run_dir) / name if run_dir is not None else None
-    ckpt_dir = out / "checkpoints" if out else None
+    ckpt_dir = checkpoint_path(run_dir, name).parent if out else None
     history: list[dict] = []
     curve: list[list[float]] = []
     cpu_curve: list[list[float]] = []
@@ -465,5 +470,6 @@ def write_metrics_csv(path: Path, rows: list[dict], columns: tuple[str, ...] = M
     atomic_write_text(path, buffer.getvalue())
 
 
-__all__ = ["RunResult", "StepInBackward", "step_in_backward_clash", "steps_in_backward", "evaluate", "fit", "load_optimizer_state",
-           "optimizer_family", "optimizer_state_by_name", "state_by_name", "unwrap", "write_metrics_csv"]
+__all__ = ["RunResult", "StepInBackward", "checkpoint_path", "step_in_backward_clash", "steps_in_backward", "evaluate",
+           "fit", "load_optimizer_state", "optimizer_family", "optimizer_state_by_name", "state_by_name", "unwrap",
+           "write_metrics_csv"]

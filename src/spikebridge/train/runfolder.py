@@ -160,6 +160,13 @@ def _lock(out: Path, command: str) -> int:
     return fd
 
 
+def _unlock(out: Path, fd: int) -> None:
+    """Give up OUT's lock taken by :func:`_lock`."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(out / LOCK)
+    os.close(fd)
+
+
 class RunFolder:
     """A claimed OUT; :meth:`release` (or leaving the ``with`` block) records its names, unlocks."""
 
@@ -188,10 +195,10 @@ class RunFolder:
         written = {name for name in self._ours() if os.path.lexists(self.out / name)}
         if not written <= {"config.yaml"}:
             return
-        for name in (*written, MANIFEST, LOCK):
+        for name in (*written, MANIFEST):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.out / name)
-        os.close(self._fd)
+        _unlock(self.out, self._fd)
         self._fd = None
         if self._created:
             with contextlib.suppress(OSError):
@@ -205,9 +212,7 @@ class RunFolder:
                 self.manifest["names"] = self._ours()
                 _save(self.out, self.manifest)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.out / LOCK)
-            os.close(self._fd)
+            _unlock(self.out, self._fd)
             self._fd = None
 
     def __enter__(self) -> RunFolder:
@@ -263,9 +268,7 @@ def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool)
         _save(out, manifest)
         return RunFolder(out, fd, manifest, created=created)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(out / LOCK)
-        os.close(fd)
+        _unlock(out, fd)
         raise
 
 

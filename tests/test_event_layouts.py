@@ -134,9 +134,10 @@ def _gesture_npy(path: Path, events: np.ndarray, dtype) -> None:
     np.save(path, arr)
 
 
-def test_dvs_gesture_tonic_layout(tmp_path):
+def _gesture_tonic(root: Path) -> dict[Path, np.ndarray]:
+    """DVS-Gesture as Tonic extracts it (3 gestures a user, 2 training users, 1 test user); the
+    events of each file written."""
     rng = np.random.default_rng(6)
-    root = tmp_path / "DVSGesture"
     written = {}
     for split, users in (("ibmGestureTrain", ("user01_fluorescent", "user02_led")), ("ibmGestureTest", ("user24_natural",))):
         for user in users:
@@ -145,6 +146,12 @@ def test_dvs_gesture_tonic_layout(tmp_path):
                 path = root / split / user / f"{label}.npy"
                 _gesture_npy(path, events, np.float64 if label % 2 else np.int32)
                 written[path] = events
+    return written
+
+
+def test_dvs_gesture_tonic_layout(tmp_path):
+    root = tmp_path / "DVSGesture"
+    written = _gesture_tonic(root)
     assert detect_layout(root) == "dvs-gesture"
     bundle = open_dataset(str(root), time_steps=6)
     assert (bundle.num_classes, bundle.in_channels, bundle.image_size) == (11, 2, 128)
@@ -162,6 +169,63 @@ def test_dvs_gesture_tonic_layout(tmp_path):
     _gesture_npy(root / "ibmGestureTrain" / "user01_fluorescent" / "11.npy", written[path], np.int32)
     with pytest.raises(DataError, match=r"11\.npy: a DVS-Gesture sample is named by its label, 0\.\.10\.npy"):
         open_dataset(str(root))
+
+
+# ------------------------------------------------------------------------------------------------
+# Tonic's save_to folder: the folder given holds the dataset (./data/NMNIST/, ./data/DVSGesture/)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, make, layout", [("NMNIST", _nmnist_tonic, "dvs"),
+                                                ("DVSGesture", _gesture_tonic, "dvs-gesture")])
+def test_tonic_save_to_folder_opens_the_dataset_in_it(tmp_path, name, make, layout):
+    """``tonic.datasets.NMNIST(save_to="data")`` extracts to ``data/NMNIST/``: ``--data data`` opens
+    that folder, as ``--data data/NMNIST`` does; files (archives), hidden folders and folders that
+    are no dataset (torchvision's ``MNIST/raw``) beside it are passed over."""
+    save_to = tmp_path / "data"
+    make(save_to / name)
+    (save_to / f"{name}.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    (save_to / ".cache" / "Train" / "0").mkdir(parents=True)
+    (save_to / "MNIST" / "raw").mkdir(parents=True)
+    (save_to / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b")
+    assert detect_layout(save_to) == layout
+    direct, via_parent = open_dataset(str(save_to / name), time_steps=3), open_dataset(str(save_to), time_steps=3)
+    assert (len(via_parent.train), len(via_parent.test)) == (len(direct.train), len(direct.test))
+    assert via_parent.num_classes == direct.num_classes and via_parent.info["format"] == layout
+    assert via_parent.info["path"] == via_parent.name == str(save_to / name)
+    assert torch.equal(via_parent.test[1][0], direct.test[1][0])
+    from spikebridge.data.inspect import inspect_path
+
+    info, _ = inspect_path(save_to)
+    assert info["layout"] == layout and info["splits"] == {"train": len(direct.train), "test": len(direct.test)}
+
+
+def test_save_to_folder_with_several_datasets_names_them(tmp_path):
+    save_to = tmp_path / "data"
+    _nmnist_tonic(save_to / "NMNIST", per_class=1)
+    _gesture_tonic(save_to / "DVSGesture")
+    for call in (detect_layout, open_dataset):
+        with pytest.raises(DataError) as info:
+            call(str(save_to))
+        message = str(info.value)
+        assert "\n" not in message and "holds 2 datasets (DVSGesture, NMNIST)" in message, message
+        assert "pass the one to use" in message
+    assert detect_layout(save_to / "NMNIST") == "dvs"  # each one, passed itself, opens
+
+
+def test_plan_with_the_save_to_folder_shows_the_dataset_used(tmp_path, capsys):
+    import json
+
+    from spikebridge import cli
+
+    save_to = tmp_path / "data"
+    _nmnist_tonic(save_to / "NMNIST", per_class=1)
+    out = tmp_path / "out"
+    status = cli.main(["piped", "--data", "mnist5k", "--events", str(save_to), "--out", str(out), "--plan",
+                       "--set", "events.time_bins=0"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    events = [p for p in json.loads(captured.out)["phases"] if p["name"].startswith("snn_events")]
+    assert events and {p["data"] for p in events} == {str(save_to / "NMNIST")} and {p["T"] for p in events} == {8}
+    assert not out.exists()
 
 
 def test_gesture_npy_bad_files(tmp_path):

@@ -1,7 +1,8 @@
 """Datasets on disk -> a :class:`~spikebridge.data.loading.DataBundle` (``--data PATH``).
 
 :func:`detect_layout` names the layout of a folder (the layouts and what each is opened as: README,
-"Data"; split folders match case-insensitively) and :func:`open_path_dataset` opens it.
+"Data"; split folders match case-insensitively) and :func:`open_path_dataset` opens it; a folder
+that is no dataset but holds one (a download folder) stands for it (:func:`locate_dataset`).
 
 Photos (shorter side >= 100 px) stream from disk with the paper's transforms. Small images
 (<= 64 px: digits, CIFAR, Tiny-ImageNet) are decoded once into memory (resized + centre-cropped to
@@ -506,7 +507,16 @@ def _check_not_system(base: Path) -> None:
 
 
 def detect_layout(path: str | os.PathLike) -> str:
-    """Name the dataset layout of folder ``path`` (README, "Data"); raises DataError."""
+    """Name the dataset layout of folder ``path``, or of the one dataset in it
+    (:func:`locate_dataset`; README, "Data"); raises DataError."""
+    return locate_dataset(path)[1]
+
+
+def locate_dataset(path: str | os.PathLike) -> tuple[str, str]:
+    """(the dataset folder, its layout) for folder ``path``: ``path`` itself when it is a dataset,
+    else its one sub-folder that is (a download folder holding the dataset: Tonic's ``save_to``
+    ``./data`` holding ``NMNIST/``; one level only, hidden entries and files skipped). Raises
+    DataError, naming them, when several sub-folders are datasets."""
     base = Path(path)
     if not base.exists():
         raise DataError(f"dataset {str(path)[:100]!r} not found: use mnist5k, es-mnist or a dataset folder")
@@ -514,14 +524,36 @@ def detect_layout(path: str | os.PathLike) -> str:
         raise DataError(f"dataset {str(path)[:100]!r} is a file; give the dataset's folder")
     _check_not_system(base)
     try:
-        return _detect_layout(base)
+        layout = _detect_layout(base)
+        if layout is not None:
+            return str(path), layout
+        found = [(sub, kind) for sub in _class_dirs(base) if (kind := _sub_layout(sub)) is not None]
     except SpikebridgeError:
         raise
     except OSError as exc:  # permission denied, a vanished file...: a problem of the folder given
         raise _unreadable(path, exc) from None
+    if len(found) == 1:
+        return os.path.join(str(path), found[0][0].name), found[0][1]
+    if found:
+        names = ", ".join(sub.name for sub, _ in found[:6]) + (", ..." if len(found) > 6 else "")
+        raise DataError(f"{str(path)[:100]} holds {len(found)} datasets ({names}); pass the one to use, "
+                        f"e.g. {os.path.join(str(path)[:100], found[0][0].name)}")
+    raise DataError(f"{base}: not a dataset spikebridge recognises (ImageNet layout train/ + val/, CIFAR batches, "
+                    "ES-ImageNet, ES-UCF101, DVS class folders, DVS-Gesture, or video clip folders)")
 
 
-def _detect_layout(base: Path) -> str:
+def _sub_layout(sub: Path) -> str | None:
+    """The layout of sub-folder ``sub`` of a folder that is no dataset itself, or None when it is none."""
+    try:
+        _check_not_system(sub)  # a link to /proc
+        return _detect_layout(sub)
+    except (DataError, OSError):
+        return None
+
+
+def _detect_layout(base: Path) -> str | None:
+    """The layout of ``base``; None when it is no dataset spikebridge recognises (DataError for a
+    dataset it cannot open: no class folders, a bad label file, clips in train/ + val/)."""
     from .cifar import locate_cifar
 
     try:
@@ -560,8 +592,7 @@ def _detect_layout(base: Path) -> str:
         return "video-clips"
     if _holds(classes, IMG_EXTENSIONS):
         return "image-folder-single"
-    raise DataError(f"{base}: not a dataset spikebridge recognises (ImageNet layout train/ + val/, CIFAR batches, "
-                    "ES-ImageNet, ES-UCF101, DVS class folders, DVS-Gesture, or video clip folders)")
+    return None
 
 
 def open_path_dataset(
@@ -573,7 +604,8 @@ def open_path_dataset(
     image_size: int = 0,
     time_steps: int = 0,
 ) -> DataBundle:
-    """Open the dataset in folder ``path`` (layouts: README, "Data").
+    """Open the dataset in folder ``path``, or the one dataset in it (:func:`locate_dataset`;
+    layouts: README, "Data").
 
     Args:
         max_shift: random-shift augmentation of in-memory images in pixels; ``-1`` = ``size / 8``
@@ -583,16 +615,16 @@ def open_path_dataset(
         image_size: the square training resolution (0 = chosen from the data: 224 for photos).
         time_steps: frames per sample for DVS recordings (0 = 8) and video (0 = 15).
     """
-    layout = detect_layout(path)
+    root, layout = locate_dataset(path)
     if layout in _UNSUPPORTED:
-        raise DataError(f"{path}: " + _UNSUPPORTED[layout].format(root=path))
+        raise DataError(f"{root}: " + _UNSUPPORTED[layout].format(root=root))
     try:
-        return _OPENERS[layout](str(path), max_shift=max_shift, split_seed=split_seed, workers=workers,
+        return _OPENERS[layout](root, max_shift=max_shift, split_seed=split_seed, workers=workers,
                                 image_size=image_size, time_steps=time_steps)
     except SpikebridgeError:
         raise
     except OSError as exc:
-        raise _unreadable(path, exc) from None
+        raise _unreadable(root, exc) from None
 
 
 #: layout (:func:`detect_layout`) -> opener; each takes the options of :func:`open_path_dataset`
@@ -613,6 +645,7 @@ __all__ = [
     "VideoClipDataset",
     "default_image_size",
     "detect_layout",
+    "locate_dataset",
     "open_path_dataset",
     "stratified_indices",
     "suggest_model",

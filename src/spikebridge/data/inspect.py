@@ -159,9 +159,10 @@ def _inspect_clip(path: Path, wanted: bool) -> tuple[dict[str, Any], Preview | N
 # datasets
 # ------------------------------------------------------------------------------------------------
 def _inspect_dataset(path: Path, wanted: bool) -> tuple[dict[str, Any], Preview | None]:
-    from .disk import detect_layout, open_path_dataset
+    from .disk import locate_dataset, open_path_dataset
 
-    layout = detect_layout(path)
+    root, layout = locate_dataset(path)  # a download folder holding one dataset stands for it
+    path = Path(root)
     if layout == "cifar":
         return _inspect_cifar(path, wanted)
     if layout == "image-folders":

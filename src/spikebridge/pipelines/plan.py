@@ -12,6 +12,7 @@ library defaults under it, so the values it states are the values that run.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -152,6 +153,20 @@ def event_steps(name: str) -> int | None:
         raise DataError(f"dataset {str(name)[:100]!r}: cannot read it ({exc.strerror or exc})") from None
 
 
+def dataset_folder(name: str) -> str:
+    """``name``, or the dataset folder a folder that holds one leads to (a download folder such as
+    Tonic's ``save_to``: :func:`~spikebridge.data.disk.locate_dataset`), so that the plan shows and
+    the run opens the folder used; a name that is no dataset is left to the checks that use it."""
+    from ..data.disk import locate_dataset
+
+    if not name or name in BUILTIN_DATASETS or not os.path.isdir(name):
+        return name
+    try:
+        return locate_dataset(name)[0]
+    except (DataError, OSError):
+        return name
+
+
 def _check_model(key: str, name: str) -> None:
     if name not in ("", "auto") and name not in list_models():
         raise ConfigError(f"{key}: unknown model {name[:60]!r}; registered: {', '.join(list_models())}")
@@ -166,6 +181,9 @@ def build_plan(request: Request) -> RunPlan:
     info = info if isinstance(info, dict) else {}
     user_class = info.get("name") == "ann_class" or (source is not None and bool(source.class_spec))
     cfg, preset = resolve_config(request, user_class=user_class)
+    cfg.data.name, cfg.events.data = dataset_folder(cfg.data.name), dataset_folder(cfg.events.data)
+    if options.get("ann_data"):
+        options["ann_data"] = dataset_folder(options["ann_data"])
     if ckpt is not None and command in ("pipes", "finetune"):  # the flows that fine-tune from the ANN's momentum
         check_checkpoint_optimizer(cfg, ckpt, source.label)
     _check_model("model.name", cfg.model.name)
@@ -299,4 +317,5 @@ def _run_flow(plan: RunPlan, loaded) -> dict:
     return flows[plan.command]()
 
 
-__all__ = ["PRESETS", "Phase", "Request", "RunPlan", "build_plan", "event_steps", "execute", "resolve_config"]
+__all__ = ["PRESETS", "Phase", "Request", "RunPlan", "build_plan", "dataset_folder", "event_steps", "execute",
+           "resolve_config"]

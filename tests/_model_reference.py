@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikebridge.bridge import _activation_pairs, _ann_targets, _channel_mean, _feeding_batchnorms, recalibrate_batchnorm
+from spikebridge.bridge import _activation_pairs, _ann_targets, _channel_mean, _feeding_layers, recalibrate_batchnorm
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def match_firing_rates_reference(
     was_training = (ann.training, snn.training)
     batches = [b.to(device) for b in batches]
     target = _ann_targets(ann, pairs, ann_batches or batches, device)
-    feeding = _feeding_batchnorms(snn.eval(), pairs, batches[0])
+    feeding = _feeding_layers(snn.eval(), pairs, batches[0])
     errors: dict[str, float] = {}
     for name, _act, neuron in pairs:
         norm = feeding.get(name)

@@ -47,6 +47,7 @@ def _assert_same(ann, snn, batches, ann_batches=None, iterations=4, recalibrate_
     moved = [k for k in reference if k.endswith(".bias") and not torch.equal(reference[k], before[k])]
     assert len(moved) >= 3  # the calibration did change biases (the test can fail)
     assert snn.training == plain.training
+    return fast_errors
 
 
 @pytest.mark.parametrize("recalibrate_first", [True, False])
@@ -71,6 +72,18 @@ def test_fast_calibration_equals_reference_vgg11(recalibrate_first):
                  recalibrate_first=recalibrate_first)
 
 
+@pytest.mark.slow
+def test_fast_calibration_equals_reference_torchvision_vgg11():
+    """torchvision's VGG: the classifier's neurons are fed by linear layers (no BatchNorm), whose
+    biases the calibration shifts."""
+    ann, snn = _pair("vgg11_bn_tv", T=2, num_classes=3)
+    with torch.no_grad():
+        for layer in (ann.classifier[0], ann.classifier[3]):
+            layer.bias.uniform_(-0.3, 0.3)
+    errors = _assert_same(ann, snn, [torch.randn(3, 3, 32, 32) for _ in range(2)], iterations=3)
+    assert {"classifier.1", "classifier.4"} <= set(errors)
+
+
 def test_fast_calibration_equals_reference_resnet18():
     ann, snn = _pair("resnet18", T=3)
     _assert_same(ann, snn, [torch.randn(2, 3, 32, 32) for _ in range(2)], iterations=3)
@@ -81,7 +94,10 @@ def test_chain_covers_the_layers_after_the_stem():
     stem activation, pooling and blocks (the residual sum stays inside a block)."""
     _, vgg = _pair("vgg11", T=2)
     chain = _find_chain(vgg.eval(), torch.randn(2, 3, 16, 16))
-    assert chain[0] is vgg.features[2] and chain[-2] is vgg.features[-1] and chain[-1] is vgg.avgpool
+    assert chain[0] is vgg.features[2] and chain[-3] is vgg.features[-1] and chain[-2:] == [vgg.avgpool, vgg.flatten]
+    _, tv = _pair("vgg11_bn_tv", T=2, num_classes=3)  # torchvision's: the chain runs on through the classifier
+    chain = _find_chain(tv.eval(), torch.randn(2, 3, 32, 32))
+    assert chain[0] is tv.features[2] and chain[-8:] == [tv.avgpool, tv.flatten, *tv.classifier[:6]]
     _, resnet = _pair("resnet18", T=2)
     chain = _find_chain(resnet.eval(), torch.randn(2, 3, 32, 32))
     blocks = [b for layer in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4) for b in layer]

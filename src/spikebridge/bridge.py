@@ -209,10 +209,11 @@ def _activation_pairs(ann: nn.Module, snn: nn.Module) -> list[tuple[str, nn.Modu
     ]
 
 
-def _feeding_batchnorms(snn: nn.Module, pairs, example: torch.Tensor) -> dict[str, nn.Module]:
-    """For each neuron, the BatchNorm that ran last before it in a forward pass (the one whose
-    bias shifts the neuron's input current: ``bn2`` for a residual block's final neuron)."""
-    last_bn: list[nn.Module] = []  # the BatchNorms in the order they ran
+def _feeding_layers(snn: nn.Module, pairs, example: torch.Tensor) -> dict[str, nn.Module]:
+    """For each neuron, the layer with a bias (an affine BatchNorm, else a linear or convolution
+    layer) that ran last before it in a forward pass: the one whose bias shifts the neuron's input
+    current (``bn2`` for a residual block's final neuron, ``classifier.3`` in torchvision's VGG)."""
+    last_bn: list[nn.Module] = []  # the layers in the order they ran
     feeding: dict[str, nn.Module] = {}
 
     def note_feeder(name: str) -> None:  # (a pre-hook returning a value would replace the input)
@@ -220,7 +221,8 @@ def _feeding_batchnorms(snn: nn.Module, pairs, example: torch.Tensor) -> dict[st
             feeding[name] = last_bn[-1]
 
     hooks = [module.register_forward_hook(lambda m, i, o: last_bn.append(m)) for module in snn.modules()
-             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine]
+             if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine)
+             or (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and module.bias is not None)]
     for name, _ann_act, neuron in pairs:
         hooks.append(neuron.register_forward_pre_hook(lambda m, i, name=name: note_feeder(name)))
     try:
@@ -425,7 +427,7 @@ def match_firing_rates(
     progress: bool = True,
 ) -> dict[str, float]:
     """Threshold-aware calibration: layer by layer (in forward order), shift the bias of the
-    BatchNorm feeding each spiking neuron so that every channel's firing rate (mean over time,
+    BatchNorm (or, where none follows it, the linear layer) feeding each spiking neuron so that every channel's firing rate (mean over time,
     batch and positions) equals the mean output of the ANN's activation at the same place.
 
     Meant for ANNs whose activation is spike-like and bounded in [0, 1] (the sharpened ReLU): the
@@ -457,7 +459,7 @@ def match_firing_rates(
     ndim = getattr(snn, "input_ndim", None)
     if ndim is not None and example.dim() in (ndim, ndim + 1):  # two samples are enough to trace
         example = example.narrow(example.dim() - ndim, 0, min(2, example.shape[example.dim() - ndim]))
-    feeding = _feeding_batchnorms(snn.eval(), pairs, example)
+    feeding = _feeding_layers(snn.eval(), pairs, example)
     units = _find_chain(snn, example)
     folded = [m for m in snn.modules() if isinstance(m, TimeFolded)]
     # the input of chain unit ``position`` for every calibration batch, in train mode (for BatchNorm

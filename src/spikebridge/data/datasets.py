@@ -61,6 +61,8 @@ def open_dataset(name: str, *, max_shift: int = 2, split_seed: int = 0, workers:
         full = open_dataset(name, max_shift=max_shift, split_seed=split_seed, workers=workers, image_size=image_size,
                             time_steps=time_steps)
         return limit_bundle(full, limit_train, limit_test, seed=split_seed)
+    if name in BUILTIN_DATASETS and image_size not in (0, 28):
+        raise DataError(f"{name} is 28 x 28: image_size={image_size} applies only to dataset folders")
     if name == "mnist5k":
         return open_mnist5k(max_shift=max_shift, split_seed=split_seed)
     if name == "es-mnist":

@@ -112,3 +112,8 @@ class BridgeNet(nn.Module):
     @property
     def spiking(self) -> bool:
         return self.neuron_config.spiking
+
+    @property
+    def readout_name(self) -> str:
+        """The state-dict prefix of the readout ``fc`` (``classifier.6`` in torchvision's VGG)."""
+        return next(name for name, module in self.named_modules() if module is self.fc)

@@ -75,5 +75,7 @@ register_model("resnet34_tv")(partial(ResNet, BasicBlock, [3, 4, 6, 3], torchvis
 register_model("resnet50_tv")(partial(ResNet, Bottleneck, [3, 4, 6, 3], torchvision_layout=True))
 register_model("vgg11")(partial(VGG, VGG_STAGES["vgg11"]))
 register_model("vgg16")(partial(VGG, VGG_STAGES["vgg16"]))
+register_model("vgg11_bn_tv")(partial(VGG, VGG_STAGES["vgg11"], torchvision_layout=True))
+register_model("vgg16_bn_tv")(partial(VGG, VGG_STAGES["vgg16"], torchvision_layout=True))
 register_model("cnn")(SmallCNN)
 register_model("crnn", sequence=True)(CRNN)

@@ -1,8 +1,16 @@
-"""VGG-11/16 with BatchNorm (conv-BN-activation, max-pool between stages), global average pool
-and one linear readout (the CIFAR-style VGG common in SNN papers)."""
+"""VGG-11/16 with BatchNorm (conv-BN-activation, max-pool between stages).
+
+* ``vgg11`` / ``vgg16``: global average pool and one linear readout (the CIFAR-style VGG common in
+  SNN papers).
+* ``vgg11_bn_tv`` / ``vgg16_bn_tv``: torchvision's ``vgg11_bn`` / ``vgg16_bn`` with its parameter
+  names (convolutions with bias, 7x7 adaptive pool, the 4096-4096 classifier with dropout), so
+  torchvision state-dict files load with zero missing/unexpected keys. The classifier's hidden
+  layers get the model's activation (spiking neurons in the SNN); its readout is ``classifier.6``.
+"""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..neurons import NeuronConfig
@@ -14,26 +22,56 @@ VGG_STAGES = {
 }
 
 
+class TimeSharedDropout(nn.Dropout):
+    """Dropout of a folded ``[T*B, ...]`` tensor with one mask per sample, shared by its T steps
+    (SpikingJelly's multi-step dropout); plain dropout when T = 1 (the ANN)."""
+
+    time_steps = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        mask = F.dropout(x.new_ones(1, x.shape[0] // self.time_steps, *x.shape[1:]), self.p, training=True)
+        return (x.unflatten(0, (self.time_steps, -1)) * mask).flatten(0, 1)
+
+
 class VGG(BridgeNet):
-    def __init__(self, stages: list, *, num_classes: int, in_channels: int, neuron: NeuronConfig, T: int) -> None:
+    def __init__(self, stages: list, *, num_classes: int, in_channels: int, neuron: NeuronConfig, T: int,
+                 torchvision_layout: bool = False) -> None:
         super().__init__(neuron, T)
         layers: list[nn.Module] = []
         channels = in_channels
         for item in stages:
             if item == "M":
-                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=not torchvision_layout))
             else:
-                layers += [nn.Conv2d(channels, item, 3, padding=1, bias=False), nn.BatchNorm2d(item), self.activation()]
+                layers += [nn.Conv2d(channels, item, 3, padding=1, bias=torchvision_layout), nn.BatchNorm2d(item),
+                           self.activation()]
                 channels = item
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
+        if torchvision_layout:
+            self.avgpool = nn.AdaptiveAvgPool2d(7)
+            dropouts = [TimeSharedDropout(0.5), TimeSharedDropout(0.5)]
+            self._folded += dropouts  # their masks follow the time steps, as the neurons do
+            self.classifier = nn.Sequential(nn.Linear(channels * 49, 4096), self.activation(), dropouts[0],
+                                            nn.Linear(4096, 4096), self.activation(), dropouts[1],
+                                            nn.Linear(4096, num_classes))
+        else:
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(channels, num_classes)
+        self.flatten = nn.Flatten()  # a module, so the bridge's calibration chain runs on through it
         self.finish_init()
+
+    def __getattr__(self, name: str):
+        if name == "fc" and "classifier" in self._modules:  # torchvision's readout
+            return self._modules["classifier"][6]
+        return super().__getattr__(name)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.features[1](self.features[0](x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.features[2:]:
+        hidden = self.classifier[:6] if "classifier" in self._modules else []
+        for layer in [*self.features[2:], self.avgpool, self.flatten, *hidden]:
             x = layer(x)
-        return torch.flatten(self.avgpool(x), 1)
+        return x

@@ -153,16 +153,18 @@ def load_ann(source: AnnSource, *, checkpoint: Any = None) -> LoadedAnn:
 def _registry_ann(source: AnnSource) -> LoadedAnn:
     """A registry model's ReLU ANN with ``source.weights`` (a plain state dict, or one held under
     ``state_dict`` / ``model``; ``.pth`` read with ``weights_only``). Its classes and input channels
-    are read from the weights (``fc.weight``, the first conv)."""
+    are read from the weights (the readout's weight, the first conv)."""
     name = str(source.model)
     if name in list_models(sequence=True):
         raise ConfigError(f"--ann {short_repr(name)}: a sequence model's frame size is not in its weights; "
                           "give a spikebridge checkpoint (--ann CKPT.json)")
     state = as_state_dict(Path(source.weights).expanduser())
-    fc = state.get("fc.weight")
+    with torch.device("meta"):  # where the readout's weight is, at no cost (VGG-16's is 4096 x 25088)
+        readout = create_model(name, neuron="relu", num_classes=1).readout_name + ".weight"
+    fc = state.get(readout)
     if not isinstance(fc, torch.Tensor) or fc.dim() != 2:
-        raise CheckpointError(f"{short_repr(source.weights)}: no 'fc.weight' [classes, features] tensor; not weights of "
-                              f"the registry model {name}")
+        raise CheckpointError(f"{short_repr(source.weights)}: no {readout!r} [classes, features] tensor; not weights "
+                              f"of the registry model {name}")
     sizes = {"num_classes": int(fc.shape[0]), "in_channels": 3, "T": 1}
     model = create_model(name, neuron="relu", **sizes)
     first_conv = next((k for k, v in model.state_dict().items() if v.dim() == 4), None)
@@ -220,6 +222,23 @@ def build_model(cfg: PipelineConfig, bundle: DataBundle, neuron: NeuronConfig, T
     if cfg.model.checkpoint_blocks:
         model.checkpoint_blocks = True  # recompute blocks in the backward: less memory, more time
     return model
+
+
+def check_model_fits(cfg: PipelineConfig, bundle: DataBundle) -> None:
+    """ConfigError, before any training, when the registry model cannot read the data's samples
+    (``vgg16_bn_tv``'s five 2x2 max-pools need 32 x 32 frames): one forward on the meta device."""
+    if resolve_model_name(cfg.model.name, bundle) not in list_models():
+        return  # the user's own class: its own business
+    sample = bundle.first_sample()
+    sample = sample.unsqueeze(1) if bundle.kind == "events" else sample.unsqueeze(0)  # a batch of one
+    try:
+        with torch.device("meta"):
+            build_model(cfg, bundle, NeuronConfig("relu"), 1).eval()(torch.empty(sample.shape))
+    except RuntimeError as exc:
+        key = "events.image_size" if bundle.kind == "events" else "data.image_size"
+        larger = f"larger ones (--set {key}=...) or " if Path(bundle.name).is_dir() else ""
+        raise ConfigError(f"model {cfg.model.name} cannot read the {'x'.join(map(str, sample.shape[-2:]))} frames of "
+                          f"{short_repr(bundle.name)} ({first_line(exc)[:120]}); give {larger}another model") from None
 
 
 def ann_neuron(cfg: PipelineConfig) -> NeuronConfig:

@@ -30,8 +30,8 @@ DEFAULT_METHODS = "scratch,scratch+liaf,pretrained,pretrained+wu,pretrained+liaf
 
 
 def _decoder_keys(model: nn.Module) -> set[str]:
-    """State-dict keys of the readout: the model's ``PART_PREFIXES["decoder"]`` (CRNN: LSTM + fc), else ``fc.``."""
-    prefixes = tuple(getattr(type(model), "PART_PREFIXES", {}).get("decoder", ("fc.",)))
+    """State-dict keys of the readout: the model's ``PART_PREFIXES["decoder"]`` (CRNN: LSTM + fc), else its ``fc``."""
+    prefixes = tuple(getattr(type(model), "PART_PREFIXES", {}).get("decoder", (model.readout_name + ".",)))
     return {k for k in model.state_dict() if k.startswith(prefixes)}
 
 

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..train.distributed import current as current_rank
 from ..train.engine import METRICS_COLUMNS, RunResult, evaluate, write_metrics_csv
 from ..utils import Stopwatch, atomic_write_text, ensure_dir
-from .ann import LoadedAnn, RegistryFamily, use_checkpoint_model
+from .ann import LoadedAnn, RegistryFamily, check_model_fits, use_checkpoint_model
 from .context import RunContext, log
 
 
@@ -41,6 +41,7 @@ def open_static(cfg: PipelineConfig) -> DataBundle:
     """Open ``cfg.data``; a ``model.name`` of ``auto`` becomes the model suggested for it (in ``cfg``)."""
     bundle = open_data_config(cfg.data)
     cfg.model.name = resolve_model_name(cfg.model.name, bundle)
+    check_model_fits(cfg, bundle)
     return bundle
 
 
@@ -211,8 +212,9 @@ def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Mod
     extra: dict[str, Any] = {"ann": loaded.label} if loaded is not None else {}
     model = loaded.model if loaded is not None else None
     events = open_events(cfg) if events is None else events  # bad event data fails before the ANN trains
+    bundle = open_static(cfg) if model is None else None
+    check_model_fits(events_config(cfg, events), events)
     if model is None:
-        bundle = open_static(cfg)
         family = loaded.family if loaded is not None else RegistryFamily()
         ctx.log(f"[pipeD] ANN on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, {cfg.ann.epochs} epochs")
         model, ann_result = family.pretrain(ctx, cfg, bundle)

@@ -88,11 +88,15 @@ def test_bare_weights_file_as_ann_says_what_to_give(weights, suffix, tmp_path, c
     (["--ann", "cnn", "--ann-weights", "PICKLED"], "holds a pickled Python object (spikebridge.models.cnn.SmallCNN), "
      "not only tensors, and spikebridge never runs code from a weights file; save the weights with "
      "torch.save(model.state_dict(), PATH)"),
-    (["--ann", "resnet18_tv", "--ann-weights", "PLAIN"], "resnet18_tv"),  # another architecture's weights
+    (["--ann", "resnet18_tv", "--ann-weights", "PLAIN"],  # another registry model's weights: named
+     "these weights fit the registry model cnn, not resnet18_tv: give --ann cnn --ann-weights ..."),
+    (["--ann", "resnet18_tv", "--ann-weights", "NOISE"], "the weights do not fit resnet18_tv"),  # no model's
 ])
 def test_bad_weights_get_one_line(weights, case, expected, tmp_path, capsys):
+    noise = tmp_path / "noise.pth"
+    torch.save({"fc.weight": torch.zeros(10, 512), "conv1.weight": torch.zeros(8, 3, 3, 3)}, noise)
     argv = [a.replace("TEXT", weights["text"]).replace("PLAIN", weights["plain"]).replace("PICKLED", weights["pickled"])
-            for a in case]
+            .replace("NOISE", str(noise)) for a in case]
     code = cli.main(["finetune", *argv, "--data", "mnist5k", "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and expected in err, err

@@ -13,6 +13,7 @@ from torch import nn
 import spikebridge as sb
 from _layouts import image_folders
 from spikebridge import cli
+from spikebridge.errors import CheckpointError
 from spikebridge.models.vgg import TimeSharedDropout
 from spikebridge.pipelines.ann import AnnSource, load_ann
 
@@ -62,6 +63,9 @@ def test_torchvision_weight_file_loads_and_computes_the_same(tmp_path):
     torch.save(theirs.state_dict(), tmp_path / "vgg11_bn.pth")
     loaded = load_ann(AnnSource(model="vgg11_bn_tv", weights=str(tmp_path / "vgg11_bn.pth")))
     assert loaded.checkpoint_model["num_classes"] == 7 and loaded.checkpoint_model["in_channels"] == 3
+    with pytest.raises(CheckpointError, match="these weights fit the registry model vgg11_bn_tv, not vgg11: give "
+                       r"--ann vgg11_bn_tv --ann-weights \.\.\. \(\*_tv: torchvision's layout\)"):
+        load_ann(AnnSource(model="vgg11", weights=str(tmp_path / "vgg11_bn.pth")))  # the CIFAR-style VGG
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(loaded.model.eval()(x), theirs.eval()(x), atol=1e-5, rtol=1e-4)

@@ -153,28 +153,52 @@ def load_ann(source: AnnSource, *, checkpoint: Any = None) -> LoadedAnn:
 def _registry_ann(source: AnnSource) -> LoadedAnn:
     """A registry model's ReLU ANN with ``source.weights`` (a plain state dict, or one held under
     ``state_dict`` / ``model``; ``.pth`` read with ``weights_only``). Its classes and input channels
-    are read from the weights (the readout's weight, the first conv)."""
+    are read from the weights (the readout's weight, the first conv). Weights of another registry
+    model are refused with that model's name."""
     name = str(source.model)
     if name in list_models(sequence=True):
         raise ConfigError(f"--ann {short_repr(name)}: a sequence model's frame size is not in its weights; "
                           "give a spikebridge checkpoint (--ann CKPT.json)")
     state = as_state_dict(Path(source.weights).expanduser())
-    with torch.device("meta"):  # where the readout's weight is, at no cost (VGG-16's is 4096 x 25088)
-        readout = create_model(name, neuron="relu", num_classes=1).readout_name + ".weight"
-    fc = state.get(readout)
-    if not isinstance(fc, torch.Tensor) or fc.dim() != 2:
-        raise CheckpointError(f"{short_repr(source.weights)}: no {readout!r} [classes, features] tensor; not weights "
-                              f"of the registry model {name}")
-    sizes = {"num_classes": int(fc.shape[0]), "in_channels": 3, "T": 1}
+    try:
+        sizes = _sizes_fitting(name, state, source.weights)
+    except CheckpointError:
+        others = [m for m in list_models(sequence=False) if m != name and _fits(m, state)]
+        if not others:
+            raise
+        raise CheckpointError(f"{short_repr(source.weights)}: these weights fit the registry model {' and '.join(others)}, "
+                              f"not {name}: give --ann {others[-1]} --ann-weights ... (*_tv: torchvision's layout)") from None
     model = create_model(name, neuron="relu", **sizes)
-    first_conv = next((k for k, v in model.state_dict().items() if v.dim() == 4), None)
-    conv = state.get(first_conv) if first_conv else None
-    if isinstance(conv, torch.Tensor) and conv.dim() == 4 and conv.shape[1] != sizes["in_channels"]:
-        sizes["in_channels"] = int(conv.shape[1])
-        model = create_model(name, neuron="relu", **sizes)
-    check_weights(model.state_dict(), state, source.weights, name)
     model.load_state_dict(state, strict=True)
     return LoadedAnn(model, source.label, RegistryFamily(), {"name": name, **sizes})
+
+
+def _sizes_fitting(name: str, state: dict[str, torch.Tensor], source: Any) -> dict[str, int]:
+    """The sizes of registry model ``name`` that ``state`` holds (classes from the readout's weight,
+    input channels from the first convolution); CheckpointError when ``state`` does not fit it
+    (:func:`check_weights`). Models are built on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        probe = create_model(name, neuron="relu", num_classes=1)
+    readout = probe.readout_name + ".weight"
+    fc = state.get(readout)
+    if not isinstance(fc, torch.Tensor) or fc.dim() != 2:
+        raise CheckpointError(f"{short_repr(source)}: no {readout!r} [classes, features] tensor; not weights of the "
+                              f"registry model {name}")
+    first_conv = next((k for k, v in probe.state_dict().items() if v.dim() == 4), None)
+    conv = state.get(first_conv) if first_conv else None
+    channels = int(conv.shape[1]) if isinstance(conv, torch.Tensor) and conv.dim() == 4 else 3
+    sizes = {"num_classes": int(fc.shape[0]), "in_channels": channels, "T": 1}
+    with torch.device("meta"):
+        check_weights(create_model(name, neuron="relu", **sizes).state_dict(), state, source, name)
+    return sizes
+
+
+def _fits(name: str, state: dict[str, torch.Tensor]) -> bool:
+    try:
+        _sizes_fitting(name, state, "")
+        return True
+    except (CheckpointError, ConfigError):
+        return False
 
 
 def check_checkpoint_optimizer(cfg: PipelineConfig, ckpt: Any, label: str) -> None:

@@ -14,6 +14,7 @@ import spikebridge as sb
 from _layouts import image_folders
 from spikebridge import cli
 from spikebridge.errors import CheckpointError
+from spikebridge.export import export_nir
 from spikebridge.models.vgg import TimeSharedDropout
 from spikebridge.pipelines.ann import AnnSource, load_ann
 
@@ -116,3 +117,14 @@ def test_torchvision_weights_and_a_vgg_trained_here_bridge_on_an_image_folder(tm
                      "--set", "ann.epochs=1", "--set", "ann.batch_size=4"]) == 0
     errors = json.loads((tmp_path / "ps" / "summary.json").read_text())["transfer"]["rate_errors"]
     assert {"classifier.1", "classifier.4"} <= set(errors) and len(errors) == 10
+
+
+def test_spikify_and_nir_export_read_the_torchvision_readout(tmp_path):
+    """spikify traces the model through its readout (``classifier.6``); NIR export says why it
+    cannot export it (max pooling), in one line."""
+    torch.manual_seed(0)
+    ann = sb.create_model("vgg11_bn_tv", num_classes=3, neuron="relu").eval()
+    snn = sb.spikify(ann, "lif", 2, [torch.randn(4, 3, 32, 32)]).eval()
+    assert snn(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    with pytest.raises(sb.SpikebridgeError, match="layer 'features.3' \\(MaxPool2d\\): NIR has no max-pooling node"):
+        export_nir(sb.create_model("vgg11_bn_tv", num_classes=3, neuron="lif", T=2), (3, 32, 32), tmp_path / "x.nir")

@@ -337,7 +337,7 @@ class _BridgeNetForward(nn.Module):
             if model_type is None:
                 raise
             attr = getattr(model_type, name)
-            return attr.__get__(self) if callable(attr) and hasattr(attr, "__get__") else attr
+            return attr.__get__(self, type(self)) if hasattr(attr, "__get__") else attr  # methods, properties
 
     def forward(self, x):
         stem = self._model_type.forward_stem(self, x)

@@ -62,10 +62,10 @@ class VGG(BridgeNet):
         self.flatten = nn.Flatten()  # a module, so the bridge's calibration chain runs on through it
         self.finish_init()
 
-    def __getattr__(self, name: str):
-        if name == "fc" and "classifier" in self._modules:  # torchvision's readout
-            return self._modules["classifier"][6]
-        return super().__getattr__(name)
+    @property
+    def fc(self) -> nn.Module:
+        """The readout: ``fc``, or torchvision's ``classifier.6``."""
+        return self._modules["classifier"][6] if "classifier" in self._modules else self._modules["fc"]
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.features[1](self.features[0](x))

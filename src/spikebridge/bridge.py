@@ -213,14 +213,14 @@ def _feeding_layers(snn: nn.Module, pairs, example: torch.Tensor) -> dict[str, n
     """For each neuron, the layer with a bias (an affine BatchNorm, else a linear or convolution
     layer) that ran last before it in a forward pass: the one whose bias shifts the neuron's input
     current (``bn2`` for a residual block's final neuron, ``classifier.3`` in torchvision's VGG)."""
-    last_bn: list[nn.Module] = []  # the layers in the order they ran
+    ran: list[nn.Module] = []  # the layers with a bias, in the order they ran
     feeding: dict[str, nn.Module] = {}
 
     def note_feeder(name: str) -> None:  # (a pre-hook returning a value would replace the input)
-        if last_bn and name not in feeding:
-            feeding[name] = last_bn[-1]
+        if ran and name not in feeding:
+            feeding[name] = ran[-1]
 
-    hooks = [module.register_forward_hook(lambda m, i, o: last_bn.append(m)) for module in snn.modules()
+    hooks = [module.register_forward_hook(lambda m, i, o: ran.append(m)) for module in snn.modules()
              if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine)
              or (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and module.bias is not None)]
     for name, _ann_act, neuron in pairs:
@@ -427,8 +427,9 @@ def match_firing_rates(
     progress: bool = True,
 ) -> dict[str, float]:
     """Threshold-aware calibration: layer by layer (in forward order), shift the bias of the
-    BatchNorm (or, where none follows it, the linear layer) feeding each spiking neuron so that every channel's firing rate (mean over time,
-    batch and positions) equals the mean output of the ANN's activation at the same place.
+    BatchNorm (or, where none follows it, the linear or convolution layer) feeding each spiking
+    neuron (:func:`_feeding_layers`) so that every channel's firing rate (mean over time, batch and
+    positions) equals the mean output of the ANN's activation at the same place.
 
     Meant for ANNs whose activation is spike-like and bounded in [0, 1] (the sharpened ReLU): the
     LIF's leak makes inputs a little below threshold fire on later steps, which a step-like ANN

@@ -78,7 +78,7 @@ def fold_time(x: torch.Tensor, input_ndim: int, T: int, what: str) -> tuple[torc
                       f"[T, B, ...] (events), got shape {tuple(x.shape)}")
 
 
-def set_time_steps(modules: list[TimeFolded], steps: int) -> None:
+def set_time_steps(modules: list[nn.Module], steps: int) -> None:
     for module in modules:
         module.time_steps = steps
 

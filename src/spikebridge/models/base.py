@@ -43,7 +43,7 @@ class BridgeNet(nn.Module):
             raise ConfigError(f"T (time steps) must be a positive integer, got {T!r}")
         self.neuron_config = neuron
         self.T = T if neuron.spiking else 1
-        self._folded: list[TimeFolded] = []
+        self._folded: list[nn.Module] = []  # what follows the input's T: its neurons (and VGG-tv's dropouts)
 
     # -- building ---------------------------------------------------------------------------
     def activation(self) -> nn.Module:

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 import spikebridge as sb
 from spikebridge import cli
 from spikebridge.pipelines.ann import AnnSource, RegistryFamily, load_ann
+from spikebridge.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,15 +92,25 @@ def test_bare_weights_file_as_ann_says_what_to_give(weights, suffix, tmp_path, c
     (["--ann", "resnet18_tv", "--ann-weights", "PLAIN"],  # another registry model's weights: named
      "these weights fit the registry model cnn, not resnet18_tv: give --ann cnn --ann-weights ..."),
     (["--ann", "resnet18_tv", "--ann-weights", "NOISE"], "the weights do not fit resnet18_tv"),  # no model's
+    (["--ann", "nowhere.py:Net"], "file not found"),  # the user's class: checked when the plan is made
+    (["--ann", "CLASSES:Missing"], "has no class 'Missing'; nn.Module classes there: Net"),
+    (["--ann", "CLASSES:Net", "--ann-weights", "PLAIN"], "do not fit"),
 ])
-def test_bad_weights_get_one_line(weights, case, expected, tmp_path, capsys):
+@pytest.mark.parametrize("plan_only", [False, True])
+def test_bad_weights_get_one_line(weights, case, expected, plan_only, tmp_path, capsys):
     noise = tmp_path / "noise.pth"
     torch.save({"fc.weight": torch.zeros(10, 512), "conv1.weight": torch.zeros(8, 3, 3, 3)}, noise)
+    classes = tmp_path / "net.py"
+    classes.write_text("import torch.nn as nn\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                       "        self.fc = nn.Linear(784, 10)\n\n    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
     argv = [a.replace("TEXT", weights["text"]).replace("PLAIN", weights["plain"]).replace("PICKLED", weights["pickled"])
-            .replace("NOISE", str(noise)) for a in case]
-    code = cli.main(["finetune", *argv, "--data", "mnist5k", "--out", str(tmp_path / "o"), "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and expected in err, err
+            .replace("NOISE", str(noise)).replace("CLASSES", str(classes)) for a in case]
+    command = "pipes" if ".py:" in argv[1] else "finetune"  # pipes trains a class given without weights
+    code = cli.main([command, *argv, "--data", "mnist5k", "--out", str(tmp_path / "o"), "--no-progress",
+                     *(["--plan"] if plan_only else [])])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+    assert expected in captured.err and captured.out == "", captured.err
     assert not (tmp_path / "o").exists()
 
 
@@ -131,6 +142,27 @@ def test_finetune_from_weights_of_another_class_count_starts_a_new_classifier(tm
     transfer = summary["transfer"]
     assert sorted(transfer["mismatched"]) == [["fc.bias", [7], [10]], ["fc.weight", [7, 1024], [10, 1024]]]
     assert transfer["matched"] == len(sb.create_model("cnn", num_classes=10).state_dict()) - 2
+
+
+def test_finetune_from_colour_weights_on_grey_images_adapts_the_first_layer(tmp_path, capsys):
+    """RGB weights (a 3-channel first convolution) on the 1-channel digits: the SNN's first
+    convolution is the colour kernels' mean (bridge.first_layer), every other tensor transfers."""
+    torch.manual_seed(0)
+    rgb = sb.create_model("cnn", num_classes=10, neuron="relu", in_channels=3).state_dict()
+    torch.save(rgb, tmp_path / "rgb.pth")
+    out = tmp_path / "ft"
+    code = cli.main(["finetune", "--ann", "cnn", "--ann-weights", str(tmp_path / "rgb.pth"), "--data", "mnist5k",
+                     "--out", str(out), "--no-progress", "--device", "cpu", "--T", "2", "--epochs", "1",
+                     "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "finetune.batch_size=32",
+                     "--calibration-samples", "32"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ann_acc"] is None and "reads 3-channel images, mnist5k has 1" in printed
+    first = next(k for k, v in rgb.items() if v.dim() == 4)
+    assert summary["transfer"]["adapted"] == [first] and summary["transfer"]["matched"] == len(rgb) - 1
+    snn = load_checkpoint(out / "snn_finetuned" / "checkpoints" / "last.json").model_state
+    assert snn[first].shape == (rgb[first].shape[0], 1, *rgb[first].shape[2:])
 
 
 def test_benchmark_refuses_a_decoder_transfer_across_class_counts_before_training(tmp_path, capsys):

@@ -110,3 +110,20 @@ def test_bad_method_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "xyz" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_scratch_methods_on_events_need_no_ann_data(tmp_path, capsys):
+    """The README's event benchmark (``--methods scratch`` on an event folder): no ANN trains, so no
+    static images are asked for; the SNN trains on the recordings."""
+    import _layouts as layouts
+
+    events = layouts.dvs_folder(tmp_path / "dvs", per_class=4, n_events=200)
+    out = tmp_path / "bench"
+    status = cli.main(["benchmark", "--data", str(events), "--methods", "scratch", "--out", str(out), "--no-progress",
+                       "--model", "cnn", "--set", "data.image_size=32", "--set", "events.scratch.epochs=1",
+                       "--set", "events.scratch.until_plateau=0", "--set", "events.scratch.batch_size=4"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    summary = json.loads((out / "benchmark.json").read_text())
+    assert [r["method"] for r in summary["runs"]] == ["scratch"] and summary["ann"] is None
+    assert summary["runs"][0]["epochs"] == 1 and not (out / "ann").exists()

@@ -57,7 +57,8 @@ def _commands(recipe: str, d: dict) -> list[list[str]]:
             ["benchmark", *common, "--methods", "scratch,pretrained+wu,encoder"]]
     if events:
         runs += [["piped", *common, "--events", d[events], "--baseline"], ["demo", *common, "--set", f"events.data={d[events]}"],
-                 ["benchmark", "--data", d[events], "--ann-data", d[static], "--methods", "scratch,pretrained+wu"]]
+                 ["benchmark", "--data", d[events], "--ann-data", d[static], "--methods", "scratch,pretrained+wu"],
+                 ["benchmark", "--data", d[events], "--methods", "scratch"]]  # the README's form: no ANN, no --ann-data
     else:
         runs.append(["demo", *common, "--no-events"])
     return runs

@@ -132,3 +132,30 @@ def test_time_bins_that_do_not_divide_the_event_stream_fail_before_the_ann_train
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "events.time_bins=4 must divide the 15 time steps" in err and "--set events.time_bins=0" in err, err
     assert "ann epoch" not in captured.out and not out.exists()
+
+
+def test_a_run_whose_first_epoch_fails_leaves_nothing_behind(tmp_path, capsys):
+    """NaN weights in epoch 1 (an LR far too high): the ANN's checkpoint folder made at the start
+    holds no checkpoint yet, so nothing is kept and the corrected command runs into the same --out."""
+    out = tmp_path / "r"
+    argv = ["pretrain", "--out", str(out), *TINY, "--set", "data.limit_train=256", "--set", "ann.optimizer=sgd"]
+    assert cli.main([*argv, "--set", "ann.lr=1e30"]) == 2
+    assert "NaN/Inf" in one_line_error(capsys)
+    assert not out.exists()
+    assert cli.main(argv) == 0
+    assert (out / "ann" / "checkpoints" / "last.json").is_file()
+
+
+def test_a_resume_keeps_the_command_options(tmp_path, capsys):
+    """``--baseline`` is part of what a run computes: resuming without it is refused, changing no
+    file (it would rewrite summary.json without the baseline); with it the resume runs."""
+    out = tmp_path / "p"
+    argv = ["pipes", "--out", str(out), *TINY[:5], *TINY[7:], "--set", "ann.epochs=1", "--set", "finetune.epochs=1", "--set", "scratch.epochs=1",
+            "--set", "scratch.until_plateau=0", "--set", "bridge.calibration_batches=1"]
+    assert cli.main([*argv, "--baseline"]) == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    assert cli.main([*argv, "--resume"]) == 2
+    assert "options.baseline: true -> false" in one_line_error(capsys)
+    assert snapshot(out) == before
+    assert cli.main([*argv, "--baseline", "--resume"]) == 0

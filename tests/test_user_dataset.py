@@ -89,6 +89,7 @@ def test_pipes_trains_on_user_images(tmp_path):
     cfg = load_config(PipelineConfig, None, {
         "run.out": str(tmp_path / "run"), "run.device": "cpu", "run.progress": False, "ann.epochs": 3,
         "finetune.epochs": 1, "bridge.calibration_batches": 1, "bridge.calibration_batch_size": 64})
-    summary = pipes(cfg, bundle=bundle, baseline=False)
+    summary = pipes(cfg, bundle=bundle)  # no baseline unless asked for, as the CLI's --baseline
     runs = {r["name"]: r for r in summary["runs"]}
+    assert list(runs) == ["ann", "snn_pretrained"]
     assert summary["dataset"] == "my-digits" and runs["ann"]["best_acc"] > 0.3 and runs["snn_pretrained"]["best_acc"] > 0.3

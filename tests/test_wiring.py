@@ -185,6 +185,7 @@ def test_resume_during_pipes_finetune_with_the_anns_optimizer_state(tmp_path):
     # the resumed run reports the first run's bridge, which it did not time again
     resumed = summary(tmp_path / "killed")
     assert [resumed["bridge_seconds"], resumed["bridge_cpu_seconds"]] == pytest.approx(first_bridge, abs=1e-3)
+    assert resumed["transfer"]["bridge_seconds"] == resumed["bridge_seconds"]
     assert load_checkpoint(tmp_path / "killed" / phase).meta["bridge_seconds"] == first_bridge
 
 

@@ -71,10 +71,10 @@ def trust_code_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def ann_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    trained_here = "with --ann-weights" if required else "trained here on --data unless --ann-weights is given"
     parser.add_argument("--ann", required=required, metavar="CKPT.json|MODEL|FILE.py:ClassName",
                         help="the ANN: a spikebridge ANN checkpoint, a registry model with --ann-weights (e.g. "
-                             "resnet18_tv and torchvision weights), or your nn.Module class (trained here on --data "
-                             "unless --ann-weights is given)")
+                             f"resnet18_tv and torchvision weights), or your nn.Module class ({trained_here})")
     parser.add_argument("--ann-weights", metavar="W.pth|W.safetensors",
                         help="trained weights for --ann MODEL or --ann FILE.py:ClassName (a state dict, or a dict "
                              "holding one under 'state_dict' or 'model')")
@@ -167,11 +167,13 @@ def _distributed(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:  # a bad flag (one line, exit 2), --help or --version (exit 0)
         return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print("spikebridge: interrupted", file=sys.stderr)
+        return 130
     try:
         with _distributed(args):
             return int(args.func(args) or 0)

@@ -129,9 +129,9 @@ def load_ann(source: AnnSource, *, checkpoint: Any = None) -> LoadedAnn:
     (``checkpoint``: ``source.checkpoint`` already read, e.g. by the run plan)."""
     if source.model:
         return _registry_ann(source)
-    if source.class_spec:
-        model = import_ann(source.class_spec, source.kwargs, source.weights) if source.weights else None
-        return LoadedAnn(model, source.label, ClassFamily(source.class_spec, source.kwargs))
+    if source.class_spec:  # without weights it is built once here all the same: a bad file or class fails now
+        model = import_ann(source.class_spec, source.kwargs, source.weights)
+        return LoadedAnn(model if source.weights else None, source.label, ClassFamily(source.class_spec, source.kwargs))
     model, meta, ckpt = model_from_checkpoint(source.checkpoint if checkpoint is None else checkpoint,
                                           trust_code=source.trust_code)
     if getattr(model, "spiking", False):

@@ -24,7 +24,7 @@ from ..errors import ConfigError, DataError
 from ..models import list_models
 from ..neurons import check_backend_on_device
 from ..train.checkpoint import load_checkpoint
-from .ann import AnnSource, check_checkpoint_optimizer
+from .ann import AnnSource, check_checkpoint_optimizer, load_ann
 from .context import resolve_device
 
 #: The command presets (dotted keys), below a recipe: used only when no ``--config`` is given.
@@ -88,7 +88,7 @@ class RunPlan:
     ann: AnnSource | None = None
     options: dict[str, Any] = field(default_factory=dict)
     preset: dict[str, Any] = field(default_factory=dict)
-    ann_checkpoint: Any = None  # the ANN checkpoint, read once when it was validated (execute reuses it)
+    loaded_ann: Any = None  # the ANN, loaded once when the plan was validated (execute runs it)
 
     def to_dict(self) -> dict[str, Any]:
         cfg = self.config
@@ -173,7 +173,8 @@ def _check_model(key: str, name: str) -> None:
 
 
 def build_plan(request: Request) -> RunPlan:
-    """Resolve and validate ``request`` whole; reads nothing but configs, flags and folder layouts."""
+    """Resolve and validate ``request`` whole; reads nothing but configs, flags, folder layouts and
+    the ANN ``--ann`` names (its weights loaded, its class imported: a bad one fails here)."""
     command, options, source = request.command, dict(request.options), request.ann
     # the checkpoint --ann names (a damaged one fails here) and its meta.model (a bare weights file has none)
     ckpt = load_checkpoint(source.checkpoint) if source is not None and source.checkpoint else None
@@ -220,7 +221,7 @@ def build_plan(request: Request) -> RunPlan:
         phases.append(phase("snn_finetuned", "finetune", cfg.finetune))
     if command in ("pipes", "demo"):
         phases.append(phase("snn_pretrained", "finetune", cfg.finetune))
-        if options.get("baseline", True):
+        if options.get("baseline", command == "demo"):  # the CLI's --baseline; the demo always
             phases.append(phase("snn_scratch", "scratch", cfg.scratch))
     if command == "piped" or (command == "demo" and options.get("events", True)):
         steps = event_steps(cfg.events.data)
@@ -234,11 +235,12 @@ def build_plan(request: Request) -> RunPlan:
             compare = replace(cfg.events.finetune, epochs=cfg.events.compare_epochs)
             phases += [event_phase(f"snn_events_{mode}", "finetune", compare)
                        for mode in ("signed_polarity", "mean", "skip") if mode != cfg.bridge.first_layer]
-        if options.get("baseline", True):
+        if options.get("baseline", command == "demo"):  # the CLI's --baseline; the demo always
             phases.append(event_phase("snn_events_scratch", "scratch", cfg.events.scratch))
     if command == "benchmark":
         phases += _benchmark_phases(cfg, options, source, ann_phase, data_steps)
-    return RunPlan(command, cfg, phases, source, options, preset, ckpt)
+    loaded = load_ann(source, checkpoint=ckpt) if source is not None else None
+    return RunPlan(command, cfg, phases, source, options, preset, loaded)
 
 
 def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | None, ann_phase: Phase,
@@ -251,7 +253,8 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
                           "encoder and decoder by the registry's layer names)")
     phases: list[Phase] = []
     events = data_steps is not None
-    if events and source is None and not options.get("ann_data"):
+    transfers = any(m.transfers for m in methods)
+    if events and transfers and source is None and not options.get("ann_data"):
         options["ann_data"] = "mnist5k" if cfg.data.name == "es-mnist" else None
         if options["ann_data"] is None:
             raise ConfigError(f"{cfg.data.name[:100]}: holds events; give the ANN's static images with --ann-data "
@@ -259,7 +262,7 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
     if options.get("ann_data"):
         if event_steps(options["ann_data"]) is not None:
             raise DataError(f"--ann-data {options['ann_data'][:100]!r} holds events; the ANN learns static images")
-    if any(m.transfers for m in methods) and source is None:
+    if transfers and source is None:
         ann_phase.data = options.get("ann_data") or cfg.data.name
         phases.append(ann_phase)
     finetune, scratch = (cfg.events.finetune, cfg.events.scratch) if events else (cfg.finetune, cfg.scratch)
@@ -275,23 +278,24 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
 
 
 def execute(plan: RunPlan) -> dict:
-    """Run a validated plan: load the ANN it names (a bad one fails before anything is written),
-    claim the output folder (one run at a time; ``--resume`` exact or refused), print the plan in
+    """Run a validated plan: claim the output folder (one run at a time; ``--resume`` exact or refused), print the plan in
     short, run the command's flow; returns its summary. A new run that fails before it writes any
     result leaves no file behind."""
     from ..train.runfolder import claim_run_folder
-    from .ann import load_ann
     from .context import log
 
-    loaded = load_ann(plan.ann, checkpoint=plan.ann_checkpoint) if plan.ann is not None else None
     cfg, options = plan.config, plan.options
-    with claim_run_folder(cfg.run.out, command=plan.command, config=asdict(cfg), resume=cfg.run.resume,
+    # what the run computes: the config, the command's options (--baseline, --no-events, --methods,
+    # --ann-data) and the ANN it starts from; a --resume must give the same
+    settings = {**asdict(cfg), "options": {k: v for k, v in options.items() if k != "overwrite"},
+                "ann_source": plan.ann.label if plan.ann else None}
+    with claim_run_folder(cfg.run.out, command=plan.command, config=settings, resume=cfg.run.resume,
                           overwrite=bool(options.get("overwrite"))) as folder:
         folder.own(*(phase.name for phase in plan.phases))  # each phase's run folder (benchmark methods too)
         for line in plan.describe():
             log(line)
         try:
-            return _run_flow(plan, loaded)
+            return _run_flow(plan, plan.loaded_ann)
         except BaseException:
             folder.discard_if_empty()  # failed before any result (e.g. bad data): nothing left behind
             raise
@@ -302,7 +306,7 @@ def _run_flow(plan: RunPlan, loaded) -> dict:
     from .runs import demo, finetune, piped, pipes, pretrain
 
     cfg, options = plan.config, plan.options
-    baseline = options.get("baseline", True)
+    baseline = bool(options.get("baseline"))
     flows = {
         "demo": lambda: demo(cfg, events=options.get("events", True)),
         "pretrain": lambda: pretrain(cfg),

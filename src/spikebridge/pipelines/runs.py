@@ -66,6 +66,14 @@ def _loaded(ann: LoadedAnn | nn.Module | None) -> LoadedAnn | None:
     return LoadedAnn(ann, type(ann).__name__, RegistryFamily())
 
 
+def _reported(details: dict[str, Any], bridge_seconds: float) -> dict[str, Any]:
+    """A bridge's ``details`` for ``summary.json``: the transfer report's seconds are the phase's
+    ``bridge_seconds`` (after ``--resume``, the first run's: one figure, not two)."""
+    if isinstance(details.get("transfer"), dict):
+        return {**details, "transfer": {**details["transfer"], "bridge_seconds": bridge_seconds}}
+    return details
+
+
 # ------------------------------------------------------------------------------------------------
 # the two flows
 # ------------------------------------------------------------------------------------------------
@@ -85,11 +93,16 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
         momentum = ann_result.optimizer_state if cfg.bridge.transfer_optimizer else None
         extra["ann_acc"] = ann_result.final_acc
     else:
-        expected = loaded.checkpoint_model.get("num_classes")
+        classes, channels = (loaded.checkpoint_model.get(k) for k in ("num_classes", "in_channels"))
         extra["ann"] = loaded.label
-        if expected is not None and int(expected) != bundle.num_classes:  # e.g. ImageNet weights, 10 classes
-            ctx.log(f"[pipeS] {loaded.label} has {expected} classes, {bundle.name} {bundle.num_classes}: the SNN's "
+        if classes is not None and int(classes) != bundle.num_classes:  # e.g. ImageNet weights, 10 classes
+            ctx.log(f"[pipeS] {loaded.label} has {classes} classes, {bundle.name} {bundle.num_classes}: the SNN's "
                     "classifier starts new (not transferred), and the ANN is not evaluated on this data")
+            extra["ann_acc"] = None
+        elif channels is not None and int(channels) != bundle.in_channels:  # e.g. RGB weights, grey images
+            ctx.log(f"[pipeS] {loaded.label} reads {channels}-channel images, {bundle.name} has {bundle.in_channels}: "
+                    f"the SNN's first layer is adapted (bridge.first_layer: {cfg.bridge.first_layer}), and the ANN is "
+                    "not evaluated on this data")
             extra["ann_acc"] = None
         else:
             extra["ann_acc"] = evaluate(ann.to(ctx.device), bundle, device=ctx.device)["acc"]
@@ -107,7 +120,7 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
     result = ctx.fit(bridged.snn, bundle, cfg.finetune, name=name, meta={**bridged.meta, "bridge_seconds": bridge},
                      evaluate_first=True, optimizer_state=momentum)
     runs.append(result)
-    extra.update(bridged.details, transfer_acc=result.curve[0][2] if result.curve else None)
+    extra.update(_reported(bridged.details, bridge[0]), transfer_acc=result.curve[0][2] if result.curve else None)
     if baseline:
         ctx.log(f"[pipeS] baseline: the same SNN from scratch ({cfg.scratch.epochs} epochs)")
         snn, meta = family.scratch(ctx, cfg, bundle)
@@ -148,7 +161,8 @@ def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: Load
         ctx.log(f"[pipeD] baseline: the event SNN from scratch ({ecfg.scratch.epochs} epochs)")
         snn, meta = family.scratch(ctx, ecfg, events)
         runs.append(ctx.fit(snn, events, ecfg.scratch, name="snn_events_scratch", meta=meta))
-    extra = {("events_transfer" if key == "transfer" else key): value for key, value in bridged.details.items()}
+    extra = {("events_transfer" if key == "transfer" else key): value
+             for key, value in _reported(bridged.details, bridge_seconds).items()}
     # per first-layer mode: the accuracy right after the transfer and after each compared epoch
     comparison = {mode: {"transfer_acc": curve[0][2], "acc": [p[2] for p in curve[1:]],
                          "seconds": [p[0] for p in curve[1:]]} for mode, curve in modes.items()}
@@ -172,10 +186,11 @@ def pretrain(cfg: PipelineConfig, *, ann: LoadedAnn | None = None) -> dict:
                          title=f"ANN pretraining on {bundle.name}")
 
 
-def pipes(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Module | None = None,
+def pipes(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Module | None = None,
           bundle: DataBundle | None = None) -> dict:
     """pipeS: ANN on static data (trained here unless given) -> SNN fine-tuned on the same data
-    (+ the scratch SNN baseline). Writes and returns ``summary.json``."""
+    (+ the scratch SNN baseline with ``baseline``, as the CLI's ``--baseline``). Writes and returns
+    ``summary.json``."""
     loaded = _loaded(ann)
     cfg = use_checkpoint_model(cfg, loaded)
     ctx = start_run(cfg)
@@ -197,7 +212,7 @@ def finetune(cfg: PipelineConfig, ann: LoadedAnn) -> dict:
                          title=f"Your ANN as an SNN: {ann.label} on {bundle.name}, T={cfg.model.T}")
 
 
-def piped(cfg: PipelineConfig, *, baseline: bool = True, ann: LoadedAnn | nn.Module | None = None,
+def piped(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Module | None = None,
           events: DataBundle | None = None) -> dict:
     """pipeD: an ANN pretrained on static images (trained here unless given) -> SNN on events:
     ``cfg.events.data``, or ``events``, any torch datasets of ``[T, 2, H, W]`` frames made a bundle

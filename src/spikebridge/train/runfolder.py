@@ -115,6 +115,14 @@ def _names(saved: dict | None, key: str) -> set[str]:
     return {n for n in value if isinstance(n, str)} if isinstance(value, list) else set()
 
 
+def _holds_files(path: Path) -> bool:
+    """Whether ``path`` is anything but a tree of empty folders (e.g. a phase's checkpoint folder
+    made before its first epoch ended)."""
+    if path.is_symlink() or not path.is_dir():
+        return True
+    return any(_holds_files(path / name) for name in os.listdir(path))
+
+
 def _entries(out: Path) -> set[str]:
     """OUT's names, less the lock, the manifest and spikebridge's temporary files."""
     return {n for n in os.listdir(out) if n not in (LOCK, MANIFEST) and temp_target(n) is None}
@@ -187,17 +195,18 @@ class RunFolder:
 
     def discard_if_empty(self) -> None:
         """After a new run failed before it wrote any result (bad data found when it opened, Ctrl-C):
-        remove what it wrote (``config.yaml``, the manifest, the lock; OUT too when the claim made it
-        and it is empty), so that the corrected command runs into the same OUT as it is. A resumed
+        remove what it wrote (``config.yaml``, empty phase folders, the manifest, the lock; OUT too
+        when the claim made it and it is empty), so that the corrected command runs into the same OUT as it is. A resumed
         run, or one that wrote anything else, keeps its folder."""
         if self._fd is None or not self._new_run:
             return
         written = {name for name in self._ours() if os.path.lexists(self.out / name)}
-        if not written <= {"config.yaml"}:
+        if any(_holds_files(self.out / name) for name in written - {"config.yaml"}):
             return
         for name in (*written, MANIFEST):
+            target = self.out / name
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.out / name)
+                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
         _unlock(self.out, self._fd)
         self._fd = None
         if self._created:

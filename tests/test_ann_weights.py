@@ -93,8 +93,10 @@ def test_bare_weights_file_as_ann_says_what_to_give(weights, suffix, tmp_path, c
      "these weights fit the registry model cnn, not resnet18_tv: give --ann cnn --ann-weights ..."),
     (["--ann", "resnet18_tv", "--ann-weights", "NOISE"], "the weights do not fit resnet18_tv"),  # no model's
     (["--ann", "nowhere.py:Net"], "file not found"),  # the user's class: checked when the plan is made
-    (["--ann", "CLASSES:Missing"], "has no class 'Missing'; nn.Module classes there: Net"),
+    (["--ann", "CLASSES:Missing"], "has no class 'Missing'; nn.Module classes there: Broken, Net"),
     (["--ann", "CLASSES:Net", "--ann-weights", "PLAIN"], "do not fit"),
+    (["--ann", "RAISES:Net"], "failed: RuntimeError: 'no GPU here'"),  # the file's own code fails as it loads
+    (["--ann", "CLASSES:Broken"], "Broken(**{}) raised ValueError: 'bad width'"),  # its __init__ fails
 ])
 @pytest.mark.parametrize("plan_only", [False, True])
 def test_bad_weights_get_one_line(weights, case, expected, plan_only, tmp_path, capsys):
@@ -102,9 +104,12 @@ def test_bad_weights_get_one_line(weights, case, expected, plan_only, tmp_path, 
     torch.save({"fc.weight": torch.zeros(10, 512), "conv1.weight": torch.zeros(8, 3, 3, 3)}, noise)
     classes = tmp_path / "net.py"
     classes.write_text("import torch.nn as nn\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-                       "        self.fc = nn.Linear(784, 10)\n\n    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
+                       "        self.fc = nn.Linear(784, 10)\n\n    def forward(self, x):\n        return self.fc(x.flatten(1))\n"
+                       "\n\nclass Broken(nn.Module):\n    def __init__(self):\n        raise ValueError('bad width')\n")
+    raises = tmp_path / "raises.py"
+    raises.write_text("raise RuntimeError('no GPU here')\n")
     argv = [a.replace("TEXT", weights["text"]).replace("PLAIN", weights["plain"]).replace("PICKLED", weights["pickled"])
-            .replace("NOISE", str(noise)).replace("CLASSES", str(classes)) for a in case]
+            .replace("NOISE", str(noise)).replace("CLASSES", str(classes)).replace("RAISES", str(raises)) for a in case]
     command = "pipes" if ".py:" in argv[1] else "finetune"  # pipes trains a class given without weights
     code = cli.main([command, *argv, "--data", "mnist5k", "--out", str(tmp_path / "o"), "--no-progress",
                      *(["--plan"] if plan_only else [])])

@@ -22,6 +22,19 @@ def test_transfer_loads_everything_and_reports():
     assert "transferred" in report.summary()
 
 
+def test_transfer_report_counts_a_skipped_first_layer():
+    """first_layer='skip' leaves the first conv as initialised: 19 of the SNN's 20 tensors, not "100%"."""
+    ann = sb.create_model("cnn", neuron="relu", in_channels=1)
+    snn = sb.create_model("cnn", neuron="lif", T=2, in_channels=2)
+    report = sb.transfer(ann, snn, first_layer="skip")
+    assert report.reinitialised == ["conv1.weight"] and report.total == 20 and report.match_fraction == 0.95
+    assert report.summary().startswith("transferred 19 of the SNN's 20 tensors (95%), adapted 0, re-initialised 1,")
+    # rounded down: 100% only when every tensor transferred
+    almost = sb.TransferReport(matched=[f"t{i}" for i in range(199)], missing=["t199"])
+    assert almost.match_percent == "99%" and "100%" not in almost.summary()
+    assert sb.TransferReport(matched=["a", "b"]).match_percent == "100%"
+
+
 def test_transfer_refuses_other_architecture():
     ann = sb.create_model("vgg11", neuron="relu")
     snn = sb.create_model("resnet18", neuron="lif", T=2)

@@ -70,3 +70,17 @@ def test_a_plain_safetensors_state_dict_keeps_every_key(tmp_path):
 
     save_file({"": torch.zeros(1), "model.": torch.ones(1)}, str(tmp_path / "w.safetensors"))
     assert sorted(load_checkpoint(tmp_path / "w.safetensors").model_state) == ["", "model."]
+
+
+def test_resume_state_defaults_and_refuses_a_bad_curve(tmp_path):
+    model, opt = _model_and_optimizer()
+    path = save_checkpoint(tmp_path, "last", model, {}, optimizer=opt, epoch=1)
+    assert load_checkpoint(path).resume_state() == {"history": [], "curve": [], "cpu_curve": [], "seconds": 0.0,
+                                                    "cpu_seconds": 0.0, "grad_scaler": {}}
+    record = json.loads(path.read_text())
+    record["meta"]["curve"] = [[1.5, 1, "0.9"]]
+    path.write_text(json.dumps(record))
+    ckpt = load_checkpoint(path)  # loading for weights alone does not look at the training record
+    with pytest.raises(CheckpointError, match=r"last\.json: checkpoint field 'meta\.curve' must be a list of "
+                                              r"\[seconds, epoch, accuracy\] rows .*, got \[\[1\.5, 1, '0\.9'\]\]$"):
+        ckpt.resume_state()

@@ -215,10 +215,11 @@ def test_convert_edge_integral_writes_an_image_folder_then_resumes(es_root, tmp_
     assert "\n" not in report
     assert report.startswith("Converted 18 samples to edge-integral images, skipped 0 already done, 0 unreadable "
                              "(18 samples in 3 classes")
-    for split in ("train", "val"):
-        assert sorted(p.name for p in (out / split).iterdir()) == ["0000", "0001", "0002"]
+    for split in ("train", "val"):  # the source's class names (its class folders), in label order
+        assert sorted(p.name for p in (out / split).iterdir()) == ["digit_3", "digit_5", "digit_7"]
         for entry in read_label_file(es_root / split / "labels.txt"):
-            png = out / split / f"{entry.label:04d}" / f"{entry.path.stem}.png"
+            assert entry.path.parent.name == ["digit_3", "digit_5", "digit_7"][entry.label]
+            png = out / split / entry.path.parent.name / f"{entry.path.stem}.png"
             with Image.open(png) as im:
                 assert im.format == "PNG" and im.mode == "L" and im.size == (224, 224)
                 stored = np.asarray(im)
@@ -232,13 +233,40 @@ def test_convert_edge_integral_writes_an_image_folder_then_resumes(es_root, tmp_
     assert labels == sorted(e.label for e in read_label_file(es_root / "train" / "labels.txt"))
 
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    stale = out / "val" / "0001" / ".spikebridge-tmp.x.png.0123456789ab.tmp"
+    stale = out / "val" / "digit_5" / ".spikebridge-tmp.x.png.0123456789ab.tmp"
     stale.write_bytes(b"half")
     assert main(["convert", "edge-integral", "--input", str(es_root), "--out", str(out), "--no-progress"]) == 0
     again = capsys.readouterr().out
     assert again.startswith("Converted 0 samples to edge-integral images, skipped 18 already done")
     assert "Removed 1 partial files" in again and not stale.exists()
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
+
+
+def test_convert_edge_integral_numbers_classes_without_usable_names(es_root, tmp_path, capsys):
+    """Class folders that do not follow the labels (here: the folders' sorted order is not the
+    label order; then flat samples) give zero-padded class indices, so the image folder's class
+    index stays the events' label."""
+    import shutil
+
+    root = tmp_path / "es"
+    shutil.copytree(es_root, root)
+    for split in ("train", "val"):
+        labels = root / split / "labels.txt"
+        labels.write_text(labels.read_text().replace(" 0 ", " 9 ").replace(" 2 ", " 0 ").replace(" 9 ", " 2 "))
+    out = tmp_path / "swapped"
+    assert main(["convert", "edge-integral", "--input", str(root), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["0000", "0001", "0002"]
+    assert {p.stem for p in (out / "train" / "0000").iterdir()} == {
+        e.path.stem for e in read_label_file(root / "train" / "labels.txt") if e.path.parent.name == "digit_7"}
+    for split in ("train", "val"):  # every sample in the split's own folder: no class folders at all
+        labels = root / split / "labels.txt"
+        for entry in read_label_file(labels):
+            entry.path.rename(root / split / f"{entry.path.parent.name}-{entry.path.name}")
+        labels.write_text("".join(f"{line.replace('/', '-', 1)}\n" for line in labels.read_text().splitlines()))
+    flat = tmp_path / "flat"
+    assert main(["convert", "edge-integral", "--input", str(root), "--out", str(flat), "--no-progress"]) == 0
+    assert sorted(p.name for p in (flat / "val").iterdir()) == ["0000", "0001", "0002"]
+    capsys.readouterr()
 
 
 def test_convert_edge_integral_replaces_a_planted_link_not_its_target(es_root, tmp_path, capsys):
@@ -249,7 +277,7 @@ def test_convert_edge_integral_replaces_a_planted_link_not_its_target(es_root, t
     capsys.readouterr()
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
-    target = next((out / "train" / "0001").glob("*.png"))
+    target = next((out / "train" / "digit_5").glob("*.png"))
     target.unlink()
     target.symlink_to(victim)
     assert main(["convert", "edge-integral", "--input", str(es_root), "--out", str(out), "--no-progress"]) == 0

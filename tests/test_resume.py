@@ -2,15 +2,18 @@
 weights and metrics of the same run left alone (CPU, same seed)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from spikebridge import cli
+from spikebridge.errors import CheckpointError
 from spikebridge.train.checkpoint import load_checkpoint
 
 SRC = Path(__file__).parent.parent / "src"
@@ -76,3 +79,70 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert history_a[-1]["test_acc"] > 0.3  # it learned (chance: 0.1)
     csv_rows = (killed / "ann" / "metrics.csv").read_text().strip().splitlines()
     assert len(csv_rows) == 3 and csv_rows[1].startswith("1,")  # epoch 1 once, no duplicate after resume
+
+
+# --- a hand-edited checkpoint JSON: one line naming the file and the key, never an internal error ---
+
+def _tiny_fit(run_dir: Path, epochs: int, resume: bool = False):
+    from spikebridge import create_model
+    from spikebridge.config import TrainConfig
+    from spikebridge.data.loading import DataBundle
+    from spikebridge.data.static import TensorSplit
+    from spikebridge.train.engine import fit
+
+    g = torch.Generator().manual_seed(0)
+    split = TensorSplit(torch.rand(24, 1, 8, 8, generator=g), torch.randint(0, 3, (24,), generator=g))
+    bundle = DataBundle(name="toy", train=split, test=split, num_classes=3, in_channels=1, kind="events")
+    torch.manual_seed(0)
+    model = create_model("cnn", num_classes=3, neuron="relu", in_channels=1)
+    return fit(model, bundle, TrainConfig(epochs=epochs, batch_size=8), name="ann", run_dir=run_dir, progress=False,
+               resume=resume)
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("one_epoch")
+    _tiny_fit(run, 1)
+    return run
+
+
+@pytest.mark.parametrize("field, value", [
+    ("meta.history", 5), ("meta.history", [5]), ("meta.history", [{"epoch": 1}]),
+    ("meta.history", [{"test_acc": "x", "train_loss": 1.0}]),
+    ("meta.curve", [["a"]]), ("meta.curve", [[1.0, 1]]), ("meta.curve", [[1.0, 1, "x"]]), ("meta.curve", "abc"),
+    ("meta.curve", [[1.0, 1, True]]), ("meta.cpu_curve", {"x": 1}), ("meta.cpu_curve", [[1.0, 1, 0.5, 7]]),
+    ("meta.seconds", "abc"), ("meta.cpu_seconds", None), ("meta.cpu_seconds", -1.0), ("meta.grad_scaler", 5),
+    ("meta.grad_scaler", {"scale": "x"}), ("scheduler", {"step": "x"}), ("scheduler", {}),
+    ("scheduler", {"step_count": -9, "base_lrs": [0.1]}), ("scheduler", {"step_count": 2, "base_lrs": []}),
+    ("optimizer.param_groups[0].eps", "x"), ("optimizer.param_groups[0].betas", "x"),
+    ("optimizer.param_groups[0].params", ["a"]), ("optimizer.param_groups[0].params", None),
+])
+def test_resume_refuses_a_hand_edited_checkpoint_naming_the_key(one_epoch_run, tmp_path, field, value):
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    last = _last(run)
+    record = json.loads(last.read_text())
+    if field.startswith("optimizer."):
+        group = record["optimizer"]["param_groups"][0]
+        if value is None:
+            del group[field.rsplit(".", 1)[1]]
+        else:
+            group[field.rsplit(".", 1)[1]] = value
+    else:
+        *parents, key = field.split(".")
+        (record["meta"] if parents else record)[key] = value
+    last.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError) as info:
+        _tiny_fit(run, 2, resume=True)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{last}: checkpoint field {field!r} must be "), message
+
+
+def test_resume_state_of_an_untouched_checkpoint(one_epoch_run, tmp_path):
+    state = load_checkpoint(_last(one_epoch_run)).resume_state()
+    assert [row[1:] for row in state["curve"]] == [row[1:] for row in state["cpu_curve"]] == [[1, state["history"][0]["test_acc"]]]
+    assert state["seconds"] > 0 and state["grad_scaler"] == {}
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    assert _tiny_fit(run, 2, resume=True).epochs == 2  # the checks pass what fit itself wrote

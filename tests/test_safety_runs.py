@@ -159,3 +159,30 @@ def test_a_resume_keeps_the_command_options(tmp_path, capsys):
     assert "options.baseline: true -> false" in one_line_error(capsys)
     assert snapshot(out) == before
     assert cli.main([*argv, "--baseline", "--resume"]) == 0
+
+
+def test_an_ann_checkpoint_with_a_hand_edited_curve_is_one_line(run, tmp_path, capsys):
+    """``--ann CKPT`` reads the checkpoint's training record (its curve and seconds go into the
+    summary): a damaged one is named when the plan is made, not an internal error later."""
+    import json
+    import shutil
+
+    folder = tmp_path / "ann"
+    shutil.copytree(run / "ann" / "checkpoints", folder)
+    record = json.loads((folder / "last.json").read_text())
+    record["meta"]["curve"] = [["a"]]
+    (folder / "last.json").write_text(json.dumps(record))
+    assert cli.main(["pipes", "--ann", str(folder / "last.json"), "--out", str(tmp_path / "o"), *TINY[:5], "--plan"]) == 2
+    assert "checkpoint field 'meta.curve' must be" in one_line_error(capsys)
+
+
+def test_ann_may_be_a_run_folder_or_the_checkpoints_tensors_file(run, tmp_path, capsys):
+    """``--ann RUN`` (a pretrain run), its phase folder and its checkpoint's ``.safetensors`` all
+    name the ANN checkpoint ``RUN/ann/checkpoints/last.json``."""
+    import json
+
+    tensors = next((run / "ann" / "checkpoints").glob("last-e*.safetensors"))
+    for ann in (run, run / "ann", tensors):
+        assert cli.main(["pipes", "--ann", str(ann), "--out", str(tmp_path / "o"), *TINY[:5], "--plan"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert [p["name"] for p in plan["phases"]] == ["snn_pretrained"], ann

@@ -48,9 +48,18 @@ class TransferReport:
     seconds: float = 0.0  # wall time of the whole bridge (transfer + calibration), set by its caller
 
     @property
+    def total(self) -> int:
+        """How many tensors the SNN has that must be filled (its state dict's keys)."""
+        return len(self.matched) + len(self.adapted) + len(self.reinitialised) + len(self.missing) + len(self.mismatched)
+
+    @property
     def match_fraction(self) -> float:
-        total = len(self.matched) + len(self.missing) + len(self.mismatched) + len(self.adapted)
-        return (len(self.matched) + len(self.adapted)) / max(total, 1)
+        return (len(self.matched) + len(self.adapted)) / max(self.total, 1)
+
+    @property
+    def match_percent(self) -> str:
+        """``match_fraction`` rounded down: ``100%`` only when every tensor transferred."""
+        return f"{100 * (len(self.matched) + len(self.adapted)) // max(self.total, 1)}%"
 
     @property
     def transferred(self) -> set[str]:
@@ -59,8 +68,8 @@ class TransferReport:
 
     def summary(self) -> str:
         lines = [
-            f"transferred {len(self.matched) + len(self.adapted)} tensors "
-            f"({self.match_fraction:.0%} of the SNN's), adapted {len(self.adapted)}, "
+            f"transferred {len(self.matched) + len(self.adapted)} of the SNN's {self.total} tensors "
+            f"({self.match_percent}), adapted {len(self.adapted)}, re-initialised {len(self.reinitialised)}, "
             f"missing {len(self.missing)}, unexpected {len(self.unexpected)}, shape-mismatched {len(self.mismatched)}"
         ]
         for key, src, dst in self.mismatched:
@@ -86,6 +95,7 @@ class TransferReport:
             "unexpected": self.unexpected,
             "mismatched": [[k, list(a), list(b)] for k, a, b in self.mismatched],
             "match_fraction": self.match_fraction,
+            "match_percent": self.match_percent,
             "recalibrated_bn": self.recalibrated_bn,
             "rate_errors": self.rate_errors,
             "bridge_seconds": self.seconds,
@@ -187,7 +197,7 @@ def transfer(
         example = report.mismatched[0] if report.mismatched else None
         hint = f" (e.g. {example[0]}: {list(example[1])} vs {list(example[2])})" if example else ""
         raise TransferError(
-            f"only {report.match_fraction:.0%} of the SNN's tensors match the source (need {min_match:.0%}): "
+            f"only {report.match_percent} of the SNN's tensors match the source (need {min_match:.0%}): "
             f"is it a checkpoint of another architecture or class count?{hint}"
         )
     target.load_state_dict(new_state, strict=False)

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .layers import TimeFolded, set_time_steps
 from .models import BridgeNet
 from .neurons import get_neuron_spec, neuron_names, neuron_spec_of
@@ -173,6 +173,21 @@ def _trace_snn(model: nn.Module) -> tuple[nn.Module, fx.Graph]:
     raise ConfigError(f"NIR export supports registry SNNs and spikified nets, not {type(model).__name__}")
 
 
+def _dims(shape) -> str:
+    return ",".join(str(v) for v in shape)
+
+
+def _check_input_shape(root: nn.Module, graph: fx.Graph, input_shape: tuple[int, ...]) -> None:
+    """Refuse (ConfigError naming both) an ``input_shape`` other than the ``C,H,W`` that the
+    ``nn.Conv2d`` reading the traced ``graph``'s input takes (``C`` = its in_channels)."""
+    x = next((n for n in graph.nodes if n.op == "placeholder"), None)
+    name = next((n.target for n in (x.users if x is not None else ()) if n.op == "call_module"), None)
+    first = root.get_submodule(name) if name is not None else None
+    if isinstance(first, nn.Conv2d) and (len(input_shape) != 3 or input_shape[0] != first.in_channels):
+        raise ConfigError(f"NIR export: input shape {_dims(input_shape)} does not fit the model, which takes "
+                          f"{first.in_channels},H,W (its first layer '{name}' reads {first.in_channels} channel(s))")
+
+
 def checked_dt(dt, name: str = "NIR export: dt") -> float:
     """``dt`` as a float: a positive, finite number of seconds per step, else a ConfigError naming ``name``."""
     if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not 0 < dt < float("inf"):
@@ -198,7 +213,13 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
     copied.output(copied.graph_copy(graph, {}))
     shapes = _Recorder(fx.GraphModule(root, copied), _shape_of)
     try:
+        _check_input_shape(root, graph, input_shape)
         shapes.run(torch.zeros((1, *input_shape)))
+    except ConfigError:
+        raise
+    except (RuntimeError, ValueError, IndexError) as exc:  # the shape does not fit a layer
+        raise ConfigError(f"NIR export: input shape {_dims(input_shape)} does not fit the model "
+                          f"({first_line(exc)[:200]})") from None
     finally:
         model.train(was_training)
     modules = dict(root.named_modules())

@@ -46,7 +46,7 @@ from torch import nn
 
 from .config import MAX_CHANNELS, MAX_CLASSES, MAX_T, check_int, from_dict
 from .errors import CheckpointError, ConfigError, first_line, short_repr
-from .neurons import NeuronConfig
+from .neurons import NeuronConfig, neuron_names
 from .train.checkpoint import file_sha256
 
 SPIKIFIED_MODEL_NAME = "spikify"
@@ -65,10 +65,12 @@ def is_python_class_spec(spec: str) -> bool:
     return bool(sep) and path.endswith(".py") and name.isidentifier()
 
 
-def _clip(text: str, limit: int = 100) -> str:
-    """A path or spec for a message: its last ``limit`` characters (the file name end matters)."""
+def _clip(text: str, limit: int = 200) -> str:
+    """A path or spec for a message, at most ``limit`` characters: a long one keeps its start (where
+    it is) and its end (the file name), with ``...`` between."""
     text = str(text)
-    return text if len(text) <= limit else "..." + text[-(limit - 3):]
+    head = limit // 3
+    return text if len(text) <= limit else text[:head] + "..." + text[-(limit - head - 3):]
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:
@@ -140,8 +142,9 @@ def import_ann(spec: str, kwargs: dict[str, Any] | None = None, weights: str | P
         source_spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise ConfigError(f"--ann: {_clip(path_text)} line {exc.lineno}: syntax error ({exc.msg})") from None
-    except ImportError as exc:
-        raise ConfigError(f"--ann: importing {_clip(path_text)} failed: {short_repr(str(exc))}") from None
+    except Exception as exc:  # ImportError, or whatever the file's own code raised while it loaded
+        raise ConfigError(f"--ann: importing {_clip(path_text)} failed: {type(exc).__name__}: "
+                          f"{short_repr(first_line(exc), 200)}") from None
     finally:
         if sys.path and sys.path[0] == str(path.parent):
             sys.path.pop(0)
@@ -164,7 +167,11 @@ def import_ann(spec: str, kwargs: dict[str, Any] | None = None, weights: str | P
         ) from None
     except ValueError:
         pass  # no signature available (builtins): just try
-    model = cls(**kwargs)
+    try:
+        model = cls(**kwargs)
+    except Exception as exc:  # the class's own __init__ failed
+        raise ConfigError(f"--ann: {class_name}(**{short_repr(kwargs)}) raised {type(exc).__name__}: "
+                          f"{short_repr(first_line(exc), 200)}") from None
     if weights:
         load_ann_weights(model, weights)
     return model
@@ -320,32 +327,34 @@ def check_model_meta(meta: Any, where: str = "the checkpoint") -> dict[str, Any]
 # ------------------------------------------------------------------------------------------------
 # rebuilding
 # ------------------------------------------------------------------------------------------------
-def resolve_code(info: dict, *, code: str | None, trust_code: bool, where: str = "the checkpoint") -> str:
+def resolve_code(info: dict, *, code: str | None, trust_code: bool, where: str = "the checkpoint",
+                 flag: str = "--ann") -> str:
     """The ``FILE.py:Class`` a user-class checkpoint (``info`` = its checked ``meta["model"]``)
     may import, or ``CheckpointError`` - importing nothing. ``code`` (the user's ``--ann``) must
     name the recorded class and have the recorded SHA-256 (a checkpoint of an older spikebridge,
     without ``ann_sha256``, takes the named class as it is); ``trust_code`` imports the recorded
-    absolute path if its file still has the recorded SHA-256."""
+    absolute path if its file still has the recorded SHA-256. ``flag``: the command's flag naming
+    the code, for the messages."""
     where = _clip(where)
     recorded_path, _sep, recorded_class = info["ann"].rpartition(":")
     digest = info.get("ann_sha256")
     if code:
         if not is_python_class_spec(code):
-            raise ConfigError(f"--ann {short_repr(code)}: expected FILE.py:ClassName")
+            raise ConfigError(f"{flag} {short_repr(code)}: expected FILE.py:ClassName")
         code_path, _sep, code_class = code.rpartition(":")
         if code_class != recorded_class:
-            raise CheckpointError(f"{where}: --ann names class {code_class}, but this checkpoint needs {recorded_class} "
+            raise CheckpointError(f"{where}: {flag} names class {code_class}, but this checkpoint needs {recorded_class} "
                                   f"(from {_clip(recorded_path)})")
         file = Path(code_path).expanduser()
         if not file.is_file():
-            raise ConfigError(f"--ann: file not found: {_clip(code_path)}")
+            raise ConfigError(f"{flag}: file not found: {_clip(code_path)}")
         if digest is not None and file_sha256(file) != digest:
-            raise CheckpointError(f"{where}: --ann {_clip(code_path)} is not the code this checkpoint was written with "
+            raise CheckpointError(f"{where}: {flag} {_clip(code_path)} is not the code this checkpoint was written with "
                                   f"(SHA-256 {file_sha256(file)[:12]}..., recorded {digest[:12]}...)")
         return absolute_class_spec(code)
     if not trust_code:
         raise CheckpointError(f"{where}: this checkpoint needs Python code ({recorded_class} from "
-                              f"{_clip(recorded_path)}); name it with --ann FILE.py:Class or pass --trust-code to "
+                              f"{_clip(recorded_path)}); name it with {flag} FILE.py:Class or pass --trust-code to "
                               "import the recorded file")
     file = Path(recorded_path)
     for refused, problem in ((not file.is_absolute(), "the recorded code path {} is not absolute"),
@@ -353,7 +362,7 @@ def resolve_code(info: dict, *, code: str | None, trust_code: bool, where: str =
                              (not file.is_file(), "the recorded code file {} does not exist")):
         if refused:
             raise CheckpointError(f"{where}: {problem.format(_clip(recorded_path))}; "
-                                  "name the file with --ann FILE.py:Class")
+                                  f"name the file with {flag} FILE.py:Class")
     if file_sha256(file) != digest:
         raise CheckpointError(f"{where}: the recorded code file {_clip(recorded_path)} changed since the checkpoint "
                               "was written (SHA-256 differs); not importing it")
@@ -361,11 +370,13 @@ def resolve_code(info: dict, *, code: str | None, trust_code: bool, where: str =
 
 
 def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None, trust_code: bool = False,
-                    where: str = "the checkpoint", state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+                    where: str = "the checkpoint", state: dict[str, torch.Tensor] | None = None,
+                    code_flag: str = "--ann") -> nn.Module:
     """A fresh (untrained) model as the checkpoint metadata describes it; ``T`` overrides its T.
 
     Every field is checked first (:func:`check_model_meta`, :func:`neuron_from_meta`). A user
-    class is imported only as :func:`resolve_code` allows (``code`` / ``trust_code``). A registry
+    class is imported only as :func:`resolve_code` allows (``code`` / ``trust_code``; ``code_flag``
+    names the flag giving ``code`` in its messages). A registry
     model is first built on the meta device (no memory): with ``state`` its weights must fit it
     (:func:`check_weights`), without it it must stay under ``MAX_MODEL_ELEMENTS`` elements."""
     if T is not None:
@@ -376,7 +387,7 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
     if name in (USER_ANN_MODEL_NAME, SPIKIFIED_MODEL_NAME):
         from .spikify import adapt_input_conv, spikify
 
-        spec = resolve_code(info, code=code, trust_code=trust_code, where=where)
+        spec = resolve_code(info, code=code, trust_code=trust_code, where=where, flag=code_flag)
         ann = import_ann(spec, info.get("ann_kwargs") or {})
         if name == USER_ANN_MODEL_NAME:
             return ann
@@ -408,23 +419,71 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
     return build()
 
 
+def locate_checkpoint(path: str | Path, *, snn: bool = True) -> str | Path:
+    """The checkpoint a user's CKPT names: for a checkpoint's tensors file its ``NAME.json``; for a
+    run's phase folder (``RUN/PHASE``) the checkpoint the phase keeps; for a run folder that of its
+    one phase, or of its one SNN phase (``snn=False``: its one ANN phase, as ``--ann RUN`` wants;
+    several: ``CheckpointError`` listing them). Anything else as it is
+    (:func:`~spikebridge.train.checkpoint.load_checkpoint` takes it or says why not)."""
+    from .train.checkpoint import checkpoint_of_weights, checkpoint_record
+    from .train.engine import checkpoint_path
+
+    if not str(path).strip():
+        return path  # load_checkpoint: "checkpoint path is empty"
+    folder = Path(path)
+    if not folder.is_dir():
+        return checkpoint_of_weights(folder) or path
+    if any(checkpoint_record(p) is not None for p in folder.glob("*.json")):
+        return folder  # a folder of checkpoints: load_checkpoint takes its one .json
+    if checkpoint_record(own := checkpoint_path(folder.parent, folder.name)) is not None:
+        return own  # a phase folder
+    try:
+        phases = {d.name: record for d in sorted(folder.iterdir()) if d.is_dir()
+                  and (record := checkpoint_record(checkpoint_path(folder, d.name))) is not None}
+    except OSError:
+        phases = {}
+    wanted = [name for name, record in phases.items() if _spiking_record(record) == snn]
+    if len(phases) == 1 or len(wanted) == 1:
+        return checkpoint_path(folder, (wanted or list(phases))[0])
+    if not phases:
+        raise CheckpointError(f"{folder}: expected one checkpoint .json in the folder, found none; give a checkpoint "
+                              ".json, a run's phase folder (RUN/snn_finetuned) or its run folder")
+    names = list(phases)
+    kind = "an SNN" if snn else "an ANN"
+    raise CheckpointError(f"{folder} holds the checkpoints of {len(names)} phases ({', '.join(names[:8])}"
+                          f"{' ...' if len(names) > 8 else ''}{'' if wanted else f'; none {kind}'}): give one of them, "
+                          f"e.g. {folder / (wanted or names)[0]}")
+
+
+def _spiking_record(record: dict) -> bool:
+    """Whether a checkpoint's JSON record (unchecked) is an SNN's: its neuron is a spiking one."""
+    meta = record.get("meta")
+    neuron = meta.get("neuron") if isinstance(meta, dict) else None
+    return isinstance(neuron, dict) and neuron.get("kind") in neuron_names(spiking=True)
+
+
 def model_from_checkpoint(path: str | Path | Any, *, T: int | None = None, code: str | None = None,
-                          trust_code: bool = False) -> tuple[nn.Module, dict, Any]:
+                          trust_code: bool = False, code_flag: str = "--ann") -> tuple[nn.Module, dict, Any]:
     """Load checkpoint ``path`` (or take a :class:`~spikebridge.train.checkpoint.Checkpoint` already
     loaded) and rebuild its model with the weights: ``(model, meta, ckpt)``.
 
-    ``code`` / ``trust_code``: see :func:`resolve_code` (without them a checkpoint of the user's
-    class is refused, importing nothing). In the returned ``meta`` (a copy), ``model.ann`` is the
-    spec actually imported (``code`` when given)."""
+    ``code`` / ``trust_code`` / ``code_flag``: see :func:`model_from_meta` (without them a checkpoint
+    of the user's class is refused, importing nothing). In the returned ``meta`` (a copy),
+    ``model.ann`` is the spec actually imported (``code`` when given). ``path`` may also name a run,
+    a phase or a tensors file (:func:`locate_checkpoint`); a tensors file without its checkpoint JSON
+    (weights only: nothing says which model they are) is refused."""
     from .train.checkpoint import Checkpoint, load_checkpoint
 
-    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(locate_checkpoint(path))
     where = str(ckpt.path)
+    if Path(ckpt.path).suffix == ".safetensors":
+        raise CheckpointError(f"{_clip(where)}: a tensors file without its checkpoint .json, which records the model; "
+                              "give the checkpoint's NAME.json (or its folder)")
     meta = copy.deepcopy(ckpt.meta)
     state = ckpt.model_state
-    model = model_from_meta(meta, T=T, code=code, trust_code=trust_code, where=where, state=state)
+    model = model_from_meta(meta, T=T, code=code, trust_code=trust_code, where=where, state=state, code_flag=code_flag)
     if meta["model"]["name"] in (USER_ANN_MODEL_NAME, SPIKIFIED_MODEL_NAME):
-        meta["model"]["ann"] = resolve_code(meta["model"], code=code, trust_code=trust_code, where=where)
+        meta["model"]["ann"] = resolve_code(meta["model"], code=code, trust_code=trust_code, where=where, flag=code_flag)
         check_weights(model.state_dict(), state, where, type(model).__name__)
     model.load_state_dict(state, strict=True)
     if hasattr(model, "set_epoch") and not getattr(model, "spiking", True):
@@ -447,6 +506,6 @@ def load_model(path: str | Path, *, T: int | None = None, code: str | None = Non
 __all__ = [
     "MAX_JSON_DEPTH", "MAX_MODEL_ELEMENTS", "SPIKIFIED_MODEL_NAME", "USER_ANN_MODEL_NAME",
     "absolute_class_spec", "ann_class_meta", "check_json_value", "check_model_meta", "check_weights",
-    "import_ann", "is_python_class_spec", "load_ann_weights", "load_model", "model_from_checkpoint",
+    "import_ann", "is_python_class_spec", "load_ann_weights", "load_model", "locate_checkpoint", "model_from_checkpoint",
     "model_from_meta", "neuron_from_meta", "parse_ann_kwargs", "resolve_code", "spikified_meta",
 ]

@@ -32,16 +32,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message[:300]} (see --help)\n")
 
 
-def common(parser: argparse.ArgumentParser, *, flags: str = "run", default_out: str | None = None) -> None:
+def common(parser: argparse.ArgumentParser, *, flags: str = "run", default_out: str | None = None,
+           out_help: str | None = None, out_metavar: str | None = None) -> None:
     """The flags a command shares: ``run`` (the training commands: recipe, --set, data, model,
     device, run folder, --plan, and the SNN's T / neuron / checkpointing), ``ann`` (the same
-    without the SNN's), or ``model`` (evaluate / export: a checkpoint read with data)."""
-    parser.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
+    without the SNN's), or ``model`` (evaluate / export: a checkpoint read with data, and
+    ``--code`` naming its Python class). ``out_help``: what ``--out`` is, where not a run folder."""
+    parser.add_argument("--out", default=default_out, metavar=out_metavar,
+                        help=out_help or "output folder (default: %(default)s)")
     parser.add_argument("--data", help="mnist5k | es-mnist | a dataset folder")
     if flags != "ann":
         parser.add_argument("--T", type=int, help="SNN time steps")
     if flags == "model":
-        trust_code_flag(parser)
+        parser.add_argument("--code", metavar="FILE.py:ClassName",
+                            help="the Python class of a checkpoint of your own network (its file is checked against "
+                                 "the SHA-256 the checkpoint records)")
+        trust_code_flag(parser, code_flag="--code")
         return
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--config", metavar="FILE.yaml", help="a YAML recipe (see configs/)")
@@ -63,11 +69,11 @@ def common(parser: argparse.ArgumentParser, *, flags: str = "run", default_out: 
                         help="print the run plan as JSON and exit: nothing is trained or written")
 
 
-def trust_code_flag(parser: argparse.ArgumentParser) -> None:
+def trust_code_flag(parser: argparse.ArgumentParser, *, code_flag: str = "--ann") -> None:
     parser.add_argument("--trust-code", action="store_true",
                         help="a checkpoint of your own ANN class may import the class file it records (checked against "
-                             "the SHA-256 the checkpoint stores); without it such a checkpoint loads only with --ann "
-                             "FILE.py:ClassName")
+                             f"the SHA-256 the checkpoint stores); without it such a checkpoint loads only with "
+                             f"{code_flag} FILE.py:ClassName")
 
 
 def ann_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -127,13 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     examples = []
 
     def add(name: str, func: Callable, help_text: str, *, example: str | None = None, flags: str = "run",
-            default_out: str | None = None) -> argparse.ArgumentParser:
+            default_out: str | None = None, out_help: str | None = None,
+            out_metavar: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text,
                            epilog=f"example:\n  {example}" if example else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
         if flags:
-            common(p, flags=flags, default_out=default_out)
+            common(p, flags=flags, default_out=default_out, out_help=out_help, out_metavar=out_metavar)
         # --debug after the command too; SUPPRESS keeps `spikebridge --debug CMD` working
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if example:

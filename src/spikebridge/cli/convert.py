@@ -155,4 +155,5 @@ def register(sub, add, common) -> None:
     _leaf(kinds, "edge-integral", cmd_convert_edge_integral,
           "ES-ImageNet events -> grey edge-integral images for a self-pretrained ANN (arXiv:2203.01158)",
           EDGE_EXAMPLE, "ES-ImageNet root: trainlabel.txt + vallabel.txt (released) or train/labels.txt + val/labels.txt",
-          "output folder: train/<label>/*.png and val/<label>/*.png (an ImageNet-layout image folder)")
+          "output folder: train/<class>/*.png and val/<class>/*.png (an ImageNet-layout image folder; <class>: the "
+          "source's class folder names, or the zero-padded label where it has none in label order)")

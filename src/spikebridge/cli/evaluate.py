@@ -15,6 +15,8 @@ bar on stderr (``--no-progress`` turns them off).
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,19 +26,24 @@ DEFAULT_SAMPLES = 10000
 
 
 def register(sub, add, common) -> None:
+    from .export import CHECKPOINT_HELP
+
     p = add("evaluate", cmd_evaluate, "accuracy at every T, firing rates, SOPs vs MACs and energy of a checkpoint",
-            example="spikebridge evaluate runs/ft/snn_finetuned/checkpoints/last.json --data mnist5k", flags="model")
+            example="spikebridge evaluate runs/ft/snn_finetuned/checkpoints/last.json --data mnist5k", flags="model",
+            out_metavar="DIR", out_help="folder for evaluation.json, evaluation.md and the figures (default: an 'evaluation' folder "
+            "beside the checkpoint's .json, e.g. RUN/snn_finetuned/checkpoints/evaluation)")
     p.add_argument("--model", help="refuse a checkpoint of another registry model")
     p.add_argument("--seed", type=int, help="seed of the --samples subset")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("checkpoint", metavar="CKPT", help="a spikebridge checkpoint (.json)")
+    p.add_argument("checkpoint", metavar="CKPT", help=CHECKPOINT_HELP.format(what="a spikebridge checkpoint"))
     p.add_argument("--T-max", dest="t_max", type=int, help="evaluate T = 1..T_MAX (default: 2x the model's T, at least 8)")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                    help="test samples (a seeded subset) for the activity and accuracy-vs-T passes; 0 = the whole test split; "
                         "top-1/top-5 always use the whole split (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--ann", metavar="CKPT|FILE.py:ClassName",
-                   help="the ANN (a checkpoint, or your class with --ann-weights): add classic conversion of it to the accuracy-vs-T plot")
+                   help="the ANN (a checkpoint, or your class with --ann-weights; the class also serves as --code): "
+                        "add classic conversion of it to the accuracy-vs-T plot")
     p.add_argument("--ann-weights", metavar="W.pth|W.safetensors", help="weights for --ann FILE.py:ClassName")
     p.add_argument("--ann-kwargs", metavar="JSON", help="constructor arguments for --ann FILE.py:ClassName")
 
@@ -58,8 +65,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or "auto")
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    code = args.ann if args.ann and is_python_class_spec(args.ann) else None
-    model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=code, trust_code=args.trust_code)
+    ann_class = not args.code and args.ann and is_python_class_spec(args.ann)  # --ann's class is the code too
+    model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=args.ann if ann_class else args.code,
+                                              trust_code=args.trust_code, code_flag="--ann" if ann_class else "--code")
     info = meta.get("model", {})
     if args.model and args.model != info.get("name"):
         raise CheckpointError(f"{args.checkpoint}: a checkpoint of {info.get('name')!r}, not of --model {args.model!r}")
@@ -71,17 +79,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.checkpoint}: the model has {info.get('num_classes')} classes, {bundle.name} has {bundle.num_classes}")
     if int(info.get("in_channels", bundle.in_channels)) != bundle.in_channels:
         raise CheckpointError(f"{args.checkpoint}: the model takes {info.get('in_channels')} input channels, {bundle.name} has {bundle.in_channels}")
-    out = Path(args.out) if args.out else Path(ckpt.path).parent / "evaluation"
-    ensure_dir(out)  # a file in the way / no permission: OutputError (exit 2)
     spiking = bool(getattr(model, "spiking", False))
     ann = load_ann(args) if args.ann and spiking else None
     if ann is not None and getattr(ann, "spiking", False):
         raise CheckpointError(f"--ann {args.ann}: an SNN checkpoint; give the ANN's")
-    result, activity = evaluate_model(model, bundle, out, samples=args.samples, seed=args.seed or 0, t_max=args.t_max,
-                                      device=device, progress=not args.no_progress, ann=ann)
-    result = {"checkpoint": str(ckpt.path), "model": info, "neuron": meta.get("neuron"), **result}
-    write_json(out / "evaluation.json", result)
-    atomic_write_text(out / "evaluation.md", render_evaluation(result, activity.to_markdown()))
+    out = Path(args.out) if args.out else Path(ckpt.path).parent / "evaluation"
+    created = next((p for p in reversed([out, *out.parents]) if not os.path.lexists(p)), None)  # the top folder made here
+    try:
+        ensure_dir(out)  # a file in the way / no permission: OutputError (exit 2)
+        result, activity = evaluate_model(model, bundle, out, samples=args.samples, seed=args.seed or 0,
+                                          t_max=args.t_max, device=device, progress=not args.no_progress, ann=ann)
+        result = {"checkpoint": str(ckpt.path), "model": info, "neuron": meta.get("neuron"), **result}
+        write_json(out / "evaluation.json", result)
+        atomic_write_text(out / "evaluation.md", render_evaluation(result, activity.to_markdown()))
+    except BaseException:
+        if created is not None:  # no folder of half an evaluation left behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     print(f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if result.get("top5") is not None else "")
           + (f"; mean firing rate {activity.mean_firing_rate:.4f}; SOPs/sample {activity.sops:,.0f} vs ANN MACs {activity.ann_macs:,.0f}" if spiking else "")
           + f"; wrote {out / 'evaluation.md'}")
@@ -169,7 +183,8 @@ def load_ann(args: argparse.Namespace):
 
     if is_python_class_spec(args.ann):
         if not args.ann_weights:
-            raise ConfigError("--ann FILE.py:ClassName needs --ann-weights W.pth|W.safetensors")
+            raise ConfigError("--ann FILE.py:ClassName needs --ann-weights W.pth|W.safetensors (the trained ANN to "
+                              "convert); to name only the checkpoint's class, use --code FILE.py:ClassName")
         return import_ann(args.ann, parse_ann_kwargs(args.ann_kwargs), args.ann_weights)
     return model_from_checkpoint(args.ann, trust_code=args.trust_code)[0]
 

@@ -14,14 +14,20 @@ from pathlib import Path
 def register(sub, add, common) -> None:
     p = add("export", cmd_export, "write a trained SNN checkpoint as a NIR graph for neuromorphic toolchains",
             example="spikebridge export runs/ft/snn_finetuned/checkpoints/last.json --format nir --out runs/ft/snn.nir",
-            flags="model")
-    p.add_argument("checkpoint", metavar="CKPT", help="an SNN checkpoint (.json)")
+            flags="model", out_metavar="FILE.nir", out_help="the NIR file to write (required); an existing file is "
+            "replaced only with --overwrite")
+    p.add_argument("checkpoint", metavar="CKPT", help=CHECKPOINT_HELP.format(what="an SNN checkpoint"))
     p.add_argument("--format", default="nir", choices=["nir"], help="output format (default: nir)")
+    p.add_argument("--ann", dest="code", help=argparse.SUPPRESS)  # --code's name before 0.1.1: still taken
     p.add_argument("--input-shape", metavar="C,H,W", help="per-sample input shape (default: from --data or the checkpoint's dataset)")
     p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
                    help="NIR time step per SNN step, stored in the graph (default 1e-4: snnTorch's; give importers the same)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--ann", metavar="FILE.py:ClassName", help="the Python class of a checkpoint of your own network")
+
+
+#: the CKPT argument of evaluate and export (what :func:`spikebridge.restore.locate_checkpoint` takes)
+CHECKPOINT_HELP = ("{what}: its .json, its .safetensors tensors file, a run's phase folder (RUN/snn_finetuned) "
+                   "or a run folder with one SNN phase")
 
 
 def _checkpoint_files(ckpt) -> list[Path]:
@@ -60,20 +66,22 @@ def check_out_file(out: str, overwrite: bool, protected: list[Path] = ()) -> Pat
 def cmd_export(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..export import DT, checked_dt, export_nir
-    from ..restore import is_python_class_spec, model_from_checkpoint
+    from ..restore import model_from_checkpoint
 
     if not args.out:
         raise ConfigError("--out FILE.nir is required")
     dt = DT if args.dt is None else checked_dt(args.dt, "--dt")  # before the model loads
     check_out_file(args.out, args.overwrite)  # before the (slow) load
-    code = args.ann if args.ann and is_python_class_spec(args.ann) else None  # the class named on the command line
-    model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=code, trust_code=args.trust_code)
+    model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=args.code, trust_code=args.trust_code,
+                                              code_flag="--code")
     check_out_file(args.out, args.overwrite, _checkpoint_files(ckpt))
     if args.input_shape:
         try:
             shape = tuple(int(v) for v in args.input_shape.split(","))
+            if min(shape) < 1:
+                raise ValueError
         except ValueError:
-            raise ConfigError(f"--input-shape must look like 1,28,28, got {args.input_shape[:100]!r}") from None
+            raise ConfigError(f"--input-shape must be positive integers like 1,28,28, got {args.input_shape[:100]!r}") from None
     else:
         from ..data.datasets import open_dataset
 

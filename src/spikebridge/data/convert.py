@@ -529,6 +529,23 @@ def _edge_task(task: _Task) -> _Result:
     return task.index, "converted", image.shape[0], image.shape[1], len(sample.pos) + len(sample.neg), ""
 
 
+def _source_classes(splits: Mapping[str, list], bases: Mapping[str, Path], n_classes: int) -> list[str] | None:
+    """The class names of an ES-ImageNet source whose samples lie in one folder per label
+    (``<class>/<sample>.npz`` below the split's folder, as :func:`convert_image_folder_odg` writes
+    them, labels from :func:`list_classes`): the folder names, when they sort in label order (an
+    image folder's class index is the position in its sorted class names). Else None."""
+    names: dict[int, set[str]] = {label: set() for label in range(n_classes)}
+    for split, entries in splits.items():
+        for e in entries:
+            parts = e.path.relative_to(bases[split]).parts
+            names[e.label].add(parts[0] if len(parts) == 2 else "")  # "": not in a class folder
+    if any(len(found) != 1 for found in names.values()):
+        return None  # a label without samples, or in two folders
+    classes = [found.pop() for found in names.values()]
+    ok = classes == sorted(set(classes)) and all(c and not c.startswith(".") and _storable(c) for c in classes)
+    return classes if ok else None  # else: two labels in one folder, another order, or no class folders
+
+
 def convert_es_to_edge_integral(
     es_root: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -541,9 +558,11 @@ def convert_es_to_edge_integral(
 
     Every sample's dense frames (``[8, 2, 224, 224]``, what the SNN reads) become one 8-bit PNG
     (:func:`~spikebridge.data.odg.edge_integral_image`, arXiv:2203.01158 step 6) at
-    ``out_dir/<split>/<label>/<sample stem>.png``, ``<split>`` ``train`` and ``val`` (see
-    :func:`~spikebridge.data.events.es_imagenet_splits`), ``<label>`` the class index zero-padded, so the folder order is
-    the label order; both splits get a folder for every class. The same safety rules as
+    ``out_dir/<split>/<class>/<sample stem>.png``, ``<split>`` ``train`` and ``val`` (see
+    :func:`~spikebridge.data.events.es_imagenet_splits`), ``<class>`` the source's class folder name
+    where its samples lie in one folder per label named in label order (e.g. the output of
+    :func:`convert_image_folder_odg`), else the class index zero-padded: either way the folder order
+    is the label order; both splits get a folder for every class. The same safety rules as
     :func:`convert_image_folder_odg`: atomic files, resumable, only a new, empty or own
     (``conversion.json``) output folder unless ``overwrite``, no nesting of input and output, and
     unreadable samples reported, not fatal. No label file is written (the folder is an image
@@ -554,16 +573,19 @@ def convert_es_to_edge_integral(
     _check_workers(workers)
     if not es_root.is_dir():
         raise DataError(f"{es_root}: input folder not found")
+    layout = es_imagenet_splits(es_root)
     splits = {name: read_label_file(label_file, data_dir=data_dir, check_files=False)
-              for name, (label_file, data_dir) in es_imagenet_splits(es_root).items()}
+              for name, (label_file, data_dir) in layout.items()}
     _check_folders(es_root, out_dir)
     n_classes = 1 + max((e.label for entries in splits.values() for e in entries), default=-1)
     if n_classes == 0:
         raise DataError(f"{es_root}: its label files list no samples")
     width = max(4, len(str(n_classes - 1)))
-    classes = [f"{label:0{width}d}" for label in range(n_classes)]
+    classes = _source_classes(splits, {name: data_dir or label_file.parent for name, (label_file, data_dir)
+                                       in layout.items()}, n_classes) or [f"{label:0{width}d}" for label in range(n_classes)]
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / "train", classes=classes)
-    reuse = _check_params(out_dir, {"kind": "edge-integral", "grey": [EDGE_GREY_ZERO, EDGE_GREY_STEP]}, overwrite)
+    reuse = _check_params(out_dir, {"kind": "edge-integral", "grey": [EDGE_GREY_ZERO, EDGE_GREY_STEP],
+                                    "classes": classes}, overwrite)
     report.stale_temp_removed = remove_stale_temps(out_dir, (PARAMS_FILE,))
     tasks: list[_Task] = []
     for split, entries in splits.items():

@@ -40,6 +40,7 @@ from ..restore import (
     spikified_meta,
 )
 from ..spikify import adapt_input_conv, calibrate_thresholds, check_batch_axis, spikify, spikify_with_graph
+from ..train.checkpoint import checkpoint_of_weights
 from ..train.engine import RunResult, optimizer_family, state_by_name
 from ..utils import seed_everything
 from .context import RunContext
@@ -98,7 +99,8 @@ def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str
         raise ConfigError(f"--ann {short_repr(ann)}: expected FILE.py:ClassName (a Python file and the nn.Module class in it) "
                           "or a spikebridge checkpoint .json")
     suffix, path = Path(ann).suffix.lower(), Path(ann).expanduser()
-    checkpoint_tensors = suffix == ".safetensors" and path.with_suffix(".json").is_file()  # its JSON lies beside it
+    checkpoint_tensors = suffix == ".safetensors" and (  # its JSON lies beside it
+        path.with_suffix(".json").is_file() or checkpoint_of_weights(path) is not None)
     if suffix in (".pth", ".pt", ".bin", ".safetensors") and not checkpoint_tensors:  # bare weights
         raise ConfigError(f"--ann {short_repr(ann)} is a weights file without its model: give --ann MODEL "
                           f"--ann-weights {short_repr(ann)} (MODEL: a registry model such as resnet18_tv) or --ann "
@@ -137,8 +139,9 @@ def load_ann(source: AnnSource, *, checkpoint: Any = None) -> LoadedAnn:
     if getattr(model, "spiking", False):
         raise CheckpointError(f"{source.checkpoint}: this checkpoint is already an SNN; give the ANN's checkpoint")
     info = meta["model"]
-    curve = list(meta.get("curve") or [])
-    training = {"epochs": ckpt.epoch, "seconds": float(meta.get("seconds") or 0.0), "curve": curve,
+    recorded = ckpt.resume_state()  # its training record, checked (a hand-edited JSON: one line)
+    curve = list(recorded["curve"])
+    training = {"epochs": ckpt.epoch, "seconds": recorded["seconds"], "curve": curve,
                 "best_acc": max((point[2] for point in curve), default=None)}
     family = ClassFamily(info["ann"], dict(info.get("ann_kwargs") or {})) if info["name"] == USER_ANN_MODEL_NAME \
         else RegistryFamily()

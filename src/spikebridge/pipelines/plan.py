@@ -23,6 +23,7 @@ from ..data.loading import merged_time_steps
 from ..errors import ConfigError, DataError
 from ..models import list_models
 from ..neurons import check_backend_on_device
+from ..restore import locate_checkpoint
 from ..train.checkpoint import load_checkpoint
 from .ann import AnnSource, check_checkpoint_optimizer, load_ann
 from .context import resolve_device
@@ -177,7 +178,8 @@ def build_plan(request: Request) -> RunPlan:
     the ANN ``--ann`` names (its weights loaded, its class imported: a bad one fails here)."""
     command, options, source = request.command, dict(request.options), request.ann
     # the checkpoint --ann names (a damaged one fails here) and its meta.model (a bare weights file has none)
-    ckpt = load_checkpoint(source.checkpoint) if source is not None and source.checkpoint else None
+    ckpt = load_checkpoint(locate_checkpoint(source.checkpoint, snn=False)) \
+        if source is not None and source.checkpoint else None  # a run or phase folder names its ANN's
     info = ckpt.meta.get("model") if ckpt is not None else None
     info = info if isinstance(info, dict) else {}
     user_class = info.get("name") == "ann_class" or (source is not None and bool(source.class_spec))

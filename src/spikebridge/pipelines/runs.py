@@ -336,7 +336,7 @@ def render_report(summary: dict, table: str, title: str) -> str:
         if summary.get(key):
             t = summary[key]
             lines.append(
-                f"Transfer ({label}): {t['matched']} tensors matched ({t['match_fraction']:.0%}), adapted "
+                f"Transfer ({label}): {t['matched']} tensors matched ({t.get('match_percent', '?')} transferred), adapted "
                 f"{len(t['adapted'])}, re-initialised {len(t['reinitialised'])}, missing {len(t['missing'])}, "
                 f"unexpected {len(t['unexpected'])}; BN layers re-calibrated: {t['recalibrated_bn']}."
             )

@@ -173,6 +173,64 @@ class Checkpoint:
     def rng_state(self) -> dict[str, torch.Tensor]:
         return {k[len("rng."):]: v for k, v in self.tensors.items() if k.startswith("rng.")}
 
+    def resume_state(self) -> dict:
+        """The training record a resume continues from, each field checked (``CheckpointError``
+        naming the file and the field for a hand-edited or damaged JSON): ``history`` (the per-epoch
+        records), ``curve`` / ``cpu_curve`` (``[seconds, epoch, accuracy]`` rows), ``seconds`` /
+        ``cpu_seconds``, ``grad_scaler``; absent ones default to empty / 0. The scheduler and the
+        optimizer's parameter groups are checked too. Loading for the weights alone never calls it."""
+        meta = self.meta
+
+        def bad(field: str, expected: str, value: Any) -> CheckpointError:
+            return CheckpointError(f"{self.path}: checkpoint field {field!r} must be {expected}, got {short_repr(value)}")
+
+        history = meta.get("history", [])
+        if not (isinstance(history, list) and all(
+                isinstance(r, dict) and _number(r.get("epoch"), 0, int) and _number(r.get("test_acc"), 0)
+                and all(v is None or _number(v) for v in r.values()) for r in history)):
+            raise bad("meta.history", "a list of per-epoch records (epoch, test_acc, ...: numbers)", history)
+        state: dict[str, Any] = {"history": history}
+        for key in ("curve", "cpu_curve"):
+            rows = meta.get(key, [])
+            if not (isinstance(rows, list) and all(isinstance(r, list) and len(r) == 3 and _number(r[0], 0)
+                                                   and _number(r[1], 0, int) and _number(r[2], 0) for r in rows)):
+                raise bad(f"meta.{key}", "a list of [seconds, epoch, accuracy] rows (numbers >= 0, an integer epoch)", rows)
+            state[key] = rows
+        for key in ("seconds", "cpu_seconds"):
+            value = meta.get(key, 0.0)
+            if not _number(value, 0):
+                raise bad(f"meta.{key}", "a number >= 0", value)
+            state[key] = float(value)
+        scaler = meta.get("grad_scaler") or {}
+        if not (isinstance(scaler, dict) and all(_number(v) for v in scaler.values())):
+            raise bad("meta.grad_scaler", "a mapping of numbers", scaler)
+        state["grad_scaler"] = scaler
+        groups = (self.record.get("optimizer") or {}).get("param_groups", [])
+        for i, group in enumerate(groups):
+            params = group.get("params")
+            if not (isinstance(params, list) and all(_number(v, 0, int) for v in params)):
+                raise bad(f"optimizer.param_groups[{i}].params", "a list of parameter indices", params)
+            for key, value in group.items():
+                flat = value if isinstance(value, list) else [value]
+                if key != "params" and not all(v is None or isinstance(v, bool) or _number(v) for v in flat):
+                    raise bad(f"optimizer.param_groups[{i}].{key}", "a number, a flag or a list of numbers", value)
+        scheduler = self.record.get("scheduler")
+        if scheduler is not None and not (
+            isinstance(scheduler, dict) and _number(scheduler.get("step_count"), 0, int)
+            and isinstance(scheduler.get("base_lrs"), list) and all(_number(v, 0) for v in scheduler["base_lrs"])
+            and len(scheduler["base_lrs"]) == (len(groups) if groups else max(1, len(scheduler["base_lrs"])))
+        ):
+            raise bad("scheduler", "a mapping with step_count (an integer >= 0) and base_lrs (one number per "
+                      "parameter group)", scheduler)
+        return state
+
+
+def _number(value: Any, minimum: float | None = None, kind: type = float) -> bool:
+    """Whether ``value`` is a finite number (an int for ``kind=int``; never a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        return False
+    return math.isfinite(value) and (minimum is None or value >= minimum)
+
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
     """Accept ``NAME.json``, the tensors file, or a folder holding exactly one ``*.json`` checkpoint."""
@@ -180,7 +238,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
         raise CheckpointError("checkpoint path is empty: give NAME.json, a .safetensors file or a run folder")
     path = Path(path)
     if path.is_dir():
-        candidates = sorted(p for p in path.glob("*.json") if _looks_like_checkpoint(p))
+        candidates = sorted(p for p in path.glob("*.json") if checkpoint_record(p) is not None)
         if len(candidates) != 1:
             found = ", ".join(p.name for p in candidates) or "none"
             raise CheckpointError(f"{path}: expected one checkpoint .json in the folder, found {found}")
@@ -190,13 +248,26 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def _looks_like_checkpoint(path: Path) -> bool:
+def checkpoint_record(path: str | Path) -> dict | None:
+    """The JSON record of checkpoint ``path`` (unchecked); None when it is not one (unreadable, too
+    large, no format marker)."""
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            return False
-        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False
+        if Path(path).stat().st_size > MAX_JSON_BYTES:
+            return None
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) and record.get("format") == FORMAT else None
+
+
+def checkpoint_of_weights(path: str | Path) -> Path | None:
+    """The checkpoint whose tensors file ``path`` is: ``NAME.json`` beside ``NAME-eEPOCH.safetensors``
+    when it points at that file; else None."""
+    path = Path(path)
+    match = re.fullmatch(r"(.+)-e\d+\.safetensors", path.name)
+    owner = path.with_name(f"{match[1]}.json") if match else None
+    record = checkpoint_record(owner) if owner is not None else None
+    return owner if record is not None and record.get("weights") == path.name else None
 
 
 def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:

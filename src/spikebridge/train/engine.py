@@ -228,6 +228,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
         remove_leftovers(ckpt_dir, "last")
     if resume and ckpt_dir is not None and (ckpt_dir / "last.json").exists():
         ckpt = load_checkpoint(ckpt_dir / "last.json")
+        resumed = ckpt.resume_state()  # a hand-edited history, curve, ... fails here, naming its key
         try:
             module.load_state_dict(ckpt.model_state)
             _set_requires_grad(model, frozen, ckpt.epoch >= cfg.freeze_epochs)
@@ -237,12 +238,12 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
                 optimizer.load_state_dict(state)
             if ckpt.scheduler_state:
                 schedule.load_state_dict(ckpt.scheduler_state)
-            precision.load_state_dict(ckpt.meta.get("grad_scaler") or {})
+            precision.load_state_dict(resumed["grad_scaler"])
             rng = ckpt.rng_state()
             torch.set_rng_state(rng["torch"])
             generator.set_state(rng["batches"])
-            history, curve, cpu_curve = (list(ckpt.meta.get(k, [])) for k in ("history", "curve", "cpu_curve"))
-            seconds, cpu_seconds = (float(ckpt.meta.get(k, 0.0)) for k in ("seconds", "cpu_seconds"))
+            history, curve, cpu_curve = (resumed[k] for k in ("history", "curve", "cpu_curve"))
+            seconds, cpu_seconds = resumed["seconds"], resumed["cpu_seconds"]
             start_epoch = ckpt.epoch
             if start_epoch > 0 and hasattr(module, "set_epoch"):
                 module.set_epoch(start_epoch - 1)  # a sharpened ReLU resumes where its last epoch left it

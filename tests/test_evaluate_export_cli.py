@@ -1,0 +1,177 @@
+"""``evaluate`` / ``export`` as a new user meets them: a wrong ``--input-shape``, a checkpoint of a
+spikified user class (the advice names evaluate's own flag; a refusal leaves no folder), a run or
+phase folder or a tensors file as CKPT, and what ``--help`` says about the outputs."""
+import json
+import re
+import shutil
+
+import nir
+import pytest
+import torch
+
+import spikebridge as sb
+from test_byo_cli import NET_SOURCE
+from spikebridge.cli import main
+from spikebridge.errors import CheckpointError, ConfigError, DataError
+from spikebridge.export import export_nir
+from spikebridge.restore import import_ann, locate_checkpoint, model_from_checkpoint, spikified_meta
+from spikebridge.train.checkpoint import load_checkpoint, save_checkpoint
+from spikebridge.train.engine import checkpoint_path
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUICK = ["--data", "mnist5k", "--samples", "16", "--T-max", "1", "--no-progress", "--device", "cpu"]
+
+
+def _registry(neuron: str, T: int):
+    torch.manual_seed(0)
+    model = sb.create_model("cnn", num_classes=10, neuron=neuron, T=T, in_channels=1)
+    meta = {"model": {"name": "cnn", "num_classes": 10, "in_channels": 1, "T": T}, "neuron": {"kind": neuron},
+            "data": "mnist5k"}
+    return model, meta
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run folder as pipes --baseline leaves it: ``ann``, ``snn_pretrained``, ``snn_scratch``."""
+    folder = tmp_path_factory.mktemp("run")
+    for phase, neuron, T in (("ann", "relu", 1), ("snn_pretrained", "lif", 2), ("snn_scratch", "lif", 2)):
+        save_checkpoint(checkpoint_path(folder, phase).parent, "last", *_registry(neuron, T), epoch=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def user_snn(tmp_path_factory):
+    """A checkpoint of ``spikify(TinyNet())`` (as finetune --ann net.py:TinyNet writes it)."""
+    folder = tmp_path_factory.mktemp("user")
+    source = folder / "net.py"
+    source.write_text(NET_SOURCE)
+    spec = f"{source}:TinyNet"
+    snn = sb.spikify(import_ann(spec), sb.NeuronConfig(), T=2, input_ndim=4)
+    meta = spikified_meta(spec, {}, sb.NeuronConfig(), num_classes=10, in_channels=1, T=2, input_ndim=4, data="mnist5k")
+    return save_checkpoint(folder / "snn", "last", snn, meta), spec
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("spikebridge: error: "), err
+    return err
+
+
+# 1. export --input-shape that does not fit: one line naming the shape given and the one expected
+@pytest.mark.parametrize("shape", ["3,28,28", "28,28", "1,28,28,1"])
+def test_export_refuses_an_input_shape_of_other_channels_or_dims(run, tmp_path, capsys, shape):
+    target = tmp_path / "net.nir"
+    assert main(["export", str(checkpoint_path(run, "snn_pretrained")), "--input-shape", shape, "--out", str(target)]) == 2
+    err = _one_line_error(capsys)
+    assert f"input shape {shape} does not fit the model, which takes 1,H,W (its first layer 'conv1' reads 1" in err
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_export_input_shapes_a_layer_cannot_take_and_non_positive_ones(user_snn, tmp_path, capsys):
+    path, spec = user_snn
+    export = ["export", str(path), "--code", spec, "--out", str(tmp_path / "net.nir"), "--input-shape"]
+    assert main([*export, "1,20,20"]) == 2  # TinyNet's fc1 needs 28x28
+    assert "input shape 1,20,20 does not fit the model (mat1 and mat2 shapes cannot be multiplied" in _one_line_error(capsys)
+    assert main([*export, "1,0,28"]) == 2
+    assert "--input-shape must be positive integers like 1,28,28, got '1,0,28'" in _one_line_error(capsys)
+    snn = model_from_checkpoint(path, code=spec)[0]
+    with pytest.raises(ConfigError, match=r"input shape 3,28,28 does not fit the model, which takes 1,H,W"):
+        export_nir(snn, (3, 28, 28), tmp_path / "lib.nir")
+    assert list(tmp_path.iterdir()) == []
+    assert main([*export, "1,28,28"]) == 0  # the right shape exports
+    assert tuple(nir.read(tmp_path / "net.nir").nodes["input"].input_type["input"]) == (1, 28, 28)
+
+
+# 2. a spikified user class: evaluate's advice names a flag evaluate has, and a refusal leaves no folder
+def test_evaluate_advice_for_a_user_class_names_a_flag_that_works(user_snn, tmp_path, capsys):
+    path, spec = user_snn
+    out = tmp_path / "new" / "evaluation"
+    assert main(["evaluate", str(path), *QUICK, "--out", str(out)]) == 2
+    err = _one_line_error(capsys)
+    assert "needs Python code (TinyNet from" in err and "name it with --code FILE.py:Class or pass --trust-code" in err
+    # --ann FILE.py:Class means the ANN to convert in evaluate: without its weights it is refused, pointing at --code
+    assert main(["evaluate", str(path), *QUICK, "--out", str(out), "--ann", spec]) == 2
+    assert "needs --ann-weights" in _one_line_error(capsys)
+    assert not (tmp_path / "new").exists()  # neither refusal left a folder
+    assert main(["evaluate", str(path), *QUICK, "--out", str(out), "--code", spec.replace("TinyNet", "Other")]) == 2
+    assert "--code names class Other, but this checkpoint needs TinyNet" in _one_line_error(capsys)
+    assert main(["evaluate", str(path), *QUICK, "--out", str(out), "--code", spec]) == 0  # the advice works
+    assert json.loads((out / "evaluation.json").read_text())["checkpoint"] == str(path)
+
+
+def test_a_failed_evaluation_removes_only_a_folder_it_made(run, tmp_path, monkeypatch, capsys):
+    import spikebridge.cli.evaluate as evaluate
+
+    def fail(model, bundle, out, **kwargs):
+        (out / "accuracy_vs_T.png").write_bytes(b"half")  # a figure written before the failure
+        raise DataError("sample 3 is damaged")
+
+    monkeypatch.setattr(evaluate, "evaluate_model", fail)
+    ckpt = str(checkpoint_path(run, "snn_pretrained"))
+    assert main(["evaluate", ckpt, *QUICK, "--out", str(tmp_path / "a" / "b")]) == 2
+    assert "sample 3 is damaged" in _one_line_error(capsys) and list(tmp_path.iterdir()) == []
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("keep")
+    assert main(["evaluate", ckpt, *QUICK, "--out", str(kept)]) == 2
+    assert sorted(p.name for p in kept.iterdir()) == ["accuracy_vs_T.png", "notes.txt"]  # not ours to remove
+
+
+# 3. CKPT: a phase folder, a run folder, a tensors file
+def test_run_and_phase_folders_and_tensors_files_resolve_to_their_checkpoint(run, tmp_path):
+    pretrained, scratch = checkpoint_path(run, "snn_pretrained"), checkpoint_path(run, "snn_scratch")
+    assert locate_checkpoint(run / "snn_scratch") == scratch  # a phase folder: the checkpoint it keeps
+    assert load_checkpoint(locate_checkpoint(scratch.parent)).path == scratch  # its checkpoints folder, as before
+    with pytest.raises(CheckpointError, match=re.escape(f"{run} holds the checkpoints of 3 phases (ann, snn_pretrained, "
+                                                        f"snn_scratch): give one of them, e.g. {run / 'snn_pretrained'}")):
+        locate_checkpoint(run)
+    single = tmp_path / "pipes"  # ann + one SNN phase: the SNN's
+    for phase in ("ann", "snn_pretrained"):
+        shutil.copytree(run / phase, single / phase)
+    assert locate_checkpoint(single) == checkpoint_path(single, "snn_pretrained")
+    shutil.copytree(run / "ann", tmp_path / "pretrain" / "ann")  # one phase (an ANN): that one
+    assert locate_checkpoint(tmp_path / "pretrain") == checkpoint_path(tmp_path / "pretrain", "ann")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty: expected one checkpoint \.json in the folder, found none; "
+                                              r"give a checkpoint \.json, a run's phase folder"):
+        locate_checkpoint(tmp_path / "empty")
+    weights = pretrained.parent / "last-e0001.safetensors"  # a tensors file: its checkpoint's model
+    model, meta, ckpt = model_from_checkpoint(weights)
+    assert ckpt.path == pretrained and meta["model"]["T"] == 2 and model.spiking
+    assert load_checkpoint(weights).meta == {}  # loaded as weights alone (--ann-weights), as before
+    bare = tmp_path / "last-e0001.safetensors"  # the tensors without their JSON
+    shutil.copy(weights, bare)
+    with pytest.raises(CheckpointError, match=r"a tensors file without its checkpoint \.json, which records the model; "
+                                              r"give the checkpoint's NAME\.json"):
+        model_from_checkpoint(bare)
+
+
+def test_evaluate_and_export_take_a_run_folder_and_a_tensors_file(run, tmp_path, capsys):
+    single = tmp_path / "pipes"
+    for phase in ("ann", "snn_pretrained"):
+        shutil.copytree(run / phase, single / phase)
+    assert main(["evaluate", str(single), *QUICK, "--out", str(tmp_path / "e1")]) == 0
+    result = json.loads((tmp_path / "e1" / "evaluation.json").read_text())
+    assert result["checkpoint"] == str(checkpoint_path(single, "snn_pretrained")) and result["spiking"]
+    weights = single / "snn_pretrained" / "checkpoints" / "last-e0001.safetensors"
+    assert main(["evaluate", str(weights), *QUICK]) == 0  # default --out: beside the checkpoint's .json
+    assert (weights.parent / "evaluation" / "evaluation.json").is_file()
+    assert main(["evaluate", str(run), *QUICK, "--out", str(tmp_path / "e2")]) == 2
+    assert "holds the checkpoints of 3 phases (ann, snn_pretrained, snn_scratch)" in _one_line_error(capsys)
+    assert not (tmp_path / "e2").exists()
+    assert main(["export", str(single), "--input-shape", "1,28,28", "--out", str(tmp_path / "net.nir")]) == 0
+    assert (tmp_path / "net.nir").is_file()
+
+
+# 4. --help says what is written, and where by default
+def test_help_says_what_is_written_and_where(capsys):
+    def help_of(command: str) -> str:
+        assert main([command, "--help"]) == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    text = help_of("export")
+    assert "--out FILE.nir the NIR file to write (required)" in text and "output folder" not in text
+    text = help_of("evaluate")
+    assert ("--out DIR folder for evaluation.json, evaluation.md and the figures (default: an 'evaluation' folder "
+            "beside the checkpoint's .json") in text and "default: None" not in text
+    assert "--code FILE.py:ClassName" in text and "loads only with --code FILE.py:ClassName" in text

@@ -119,12 +119,16 @@ def test_bad_weights_get_one_line(weights, case, expected, plan_only, tmp_path, 
     assert not (tmp_path / "o").exists()
 
 
+def finetune_from(weights_file: str, out) -> int:
+    """``finetune --ann cnn --ann-weights WEIGHTS_FILE``, one short epoch on a few digits."""
+    return cli.main(["finetune", "--ann", "cnn", "--ann-weights", weights_file, "--data", "mnist5k", "--out", str(out),
+                     "--no-progress", "--device", "cpu", "--T", "2", "--epochs", "1", "--set", "data.limit_train=64",
+                     "--set", "data.limit_test=32", "--set", "finetune.batch_size=32", "--calibration-samples", "32"])
+
+
 def test_finetune_runs_from_registry_weights(weights, tmp_path):
     out = tmp_path / "ft"
-    code = cli.main(["finetune", "--ann", "cnn", "--ann-weights", weights["state_dict"], "--data", "mnist5k",
-                     "--out", str(out), "--no-progress", "--device", "cpu", "--T", "2", "--epochs", "1",
-                     "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "finetune.batch_size=32",
-                     "--calibration-samples", "32"])
+    code = finetune_from(weights["state_dict"], out)
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ann"] == "cnn" and [r["name"] for r in summary["runs"]] == ["snn_finetuned"]
@@ -136,10 +140,7 @@ def test_finetune_from_weights_of_another_class_count_starts_a_new_classifier(tm
     torch.manual_seed(0)
     torch.save(sb.create_model("cnn", num_classes=7, neuron="relu", in_channels=1).state_dict(), tmp_path / "w7.pth")
     out = tmp_path / "ft"
-    code = cli.main(["finetune", "--ann", "cnn", "--ann-weights", str(tmp_path / "w7.pth"), "--data", "mnist5k",
-                     "--out", str(out), "--no-progress", "--device", "cpu", "--T", "2", "--epochs", "1",
-                     "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "finetune.batch_size=32",
-                     "--calibration-samples", "32"])
+    code = finetune_from(str(tmp_path / "w7.pth"), out)
     printed = capsys.readouterr().out
     assert code == 0, printed
     summary = json.loads((out / "summary.json").read_text())
@@ -156,10 +157,7 @@ def test_finetune_from_colour_weights_on_grey_images_adapts_the_first_layer(tmp_
     rgb = sb.create_model("cnn", num_classes=10, neuron="relu", in_channels=3).state_dict()
     torch.save(rgb, tmp_path / "rgb.pth")
     out = tmp_path / "ft"
-    code = cli.main(["finetune", "--ann", "cnn", "--ann-weights", str(tmp_path / "rgb.pth"), "--data", "mnist5k",
-                     "--out", str(out), "--no-progress", "--device", "cpu", "--T", "2", "--epochs", "1",
-                     "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "finetune.batch_size=32",
-                     "--calibration-samples", "32"])
+    code = finetune_from(str(tmp_path / "rgb.pth"), out)
     printed = capsys.readouterr().out
     assert code == 0, printed
     summary = json.loads((out / "summary.json").read_text())

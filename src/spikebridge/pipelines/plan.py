@@ -280,9 +280,9 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
 
 
 def execute(plan: RunPlan) -> dict:
-    """Run a validated plan: claim the output folder (one run at a time; ``--resume`` exact or refused), print the plan in
-    short, run the command's flow; returns its summary. A new run that fails before it writes any
-    result leaves no file behind."""
+    """Run a validated plan: claim the output folder (one run at a time; ``--resume`` exact or
+    refused), print the plan in short, run the command's flow; returns its summary. A new run that
+    fails before it writes any result leaves no file behind."""
     from ..train.runfolder import claim_run_folder
     from .context import log
 

@@ -146,6 +146,21 @@ def test_a_run_whose_first_epoch_fails_leaves_nothing_behind(tmp_path, capsys):
     assert (out / "ann" / "checkpoints" / "last.json").is_file()
 
 
+@pytest.mark.parametrize("command, key, phase", [("pipes", "scratch", "snn_scratch"),
+                                                 ("piped", "events.finetune", "snn_events_pretrained")])
+def test_a_later_phases_batch_larger_than_the_split_fails_before_the_ann_trains(tmp_path, capsys, command, key,
+                                                                              phase):
+    """Every phase's batch is checked against its training split when the data opens, not when
+    that phase starts (after the ANN's epochs)."""
+    out = tmp_path / "r"
+    tiny = [arg for arg in TINY if arg not in ("--epochs", "1")]
+    assert cli.main([command, "--out", str(out), *tiny, "--baseline", "--set", f"{key}.batch_size=128"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1, captured.err
+    assert f"{phase}: the training split has 64 samples, fewer than one batch of 128" in captured.err
+    assert "ann epoch" not in captured.out and not out.exists()
+
+
 def test_a_resume_keeps_the_command_options(tmp_path, capsys):
     """``--baseline`` is part of what a run computes: resuming without it is refused, changing no
     file (it would rewrite summary.json without the baseline); with it the resume runs."""

@@ -20,7 +20,7 @@ from ..data.datasets import open_data_config, open_dataset, resolve_model_name
 from ..data.loading import DataBundle, with_time_bins
 from ..errors import ConfigError
 from ..train.distributed import current as current_rank
-from ..train.engine import METRICS_COLUMNS, RunResult, evaluate, write_metrics_csv
+from ..train.engine import METRICS_COLUMNS, RunResult, check_batches, evaluate, write_metrics_csv
 from ..utils import Stopwatch, atomic_write_text, ensure_dir
 from .ann import LoadedAnn, RegistryFamily, check_model_fits, use_checkpoint_model
 from .context import RunContext, log
@@ -85,6 +85,8 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
     family, label, ann = loaded.family, loaded.label, loaded.model
     runs: list[RunResult] = []
     extra: dict[str, Any] = {}
+    check_batches(bundle, {**({"ann": cfg.ann} if ann is None else {}), name: cfg.finetune,
+                           **({"snn_scratch": cfg.scratch} if baseline else {})})
     if ann is None:
         ctx.log(f"[pipeS] ANN {label} on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, "
                 f"{cfg.ann.epochs} epochs")
@@ -228,8 +230,12 @@ def piped(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Mo
     model = loaded.model if loaded is not None else None
     events = open_events(cfg) if events is None else events  # bad event data fails before the ANN trains
     bundle = open_static(cfg) if model is None else None
-    check_model_fits(events_config(cfg, events), events)
+    ecfg = events_config(cfg, events)
+    check_model_fits(ecfg, events)
+    check_batches(events, {"snn_events_pretrained": ecfg.finetune, **({"snn_events_scratch": ecfg.scratch}
+                                                                     if baseline else {})})
     if model is None:
+        check_batches(bundle, {"ann": cfg.ann})
         family = loaded.family if loaded is not None else RegistryFamily()
         ctx.log(f"[pipeD] ANN on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, {cfg.ann.epochs} epochs")
         model, ann_result = family.pretrain(ctx, cfg, bundle)

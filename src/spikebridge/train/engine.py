@@ -85,6 +85,19 @@ class StepInBackward:
         self.handles = []
 
 
+def check_batches(bundle: DataBundle, phases: dict[str, TrainConfig]) -> None:
+    """TrainingError / ConfigError when a phase's global batch is larger than the training split or
+    does not split over the DDP processes: run for every phase of a flow before its first one trains."""
+    n_train, world_size = len(bundle.train), distributed.current().world_size
+    for name, cfg in phases.items():
+        if n_train < cfg.batch_size:
+            raise TrainingError(f"{name}: the training split has {n_train} samples, fewer than one batch of "
+                                f"{cfg.batch_size}")
+        if cfg.batch_size % world_size:
+            raise ConfigError(f"{name}: batch_size {cfg.batch_size} is the global batch and must split evenly over "
+                              f"the {world_size} processes (e.g. {cfg.batch_size - cfg.batch_size % world_size})")
+
+
 def step_in_backward_clash(cfg: TrainConfig, precision: distributed.Precision, world_size: int) -> str:
     """Why the optimizer step cannot run inside the backward here ('' when it can): what needs every
     gradient at once."""
@@ -195,13 +208,8 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
     frozen = frozen or set()
     if frozen and cfg.freeze_epochs > 0:
         _set_requires_grad(model, frozen, False)
-    n_train = len(bundle.train)
-    steps_per_epoch = n_train // cfg.batch_size
-    if n_train < cfg.batch_size:
-        raise TrainingError(f"{name}: the training split has {n_train} samples, fewer than one batch of {cfg.batch_size}")
-    if cfg.batch_size % info.world_size:
-        raise ConfigError(f"{name}: batch_size {cfg.batch_size} is the global batch and must split evenly over "
-                          f"the {info.world_size} processes (e.g. {cfg.batch_size - cfg.batch_size % info.world_size})")
+    check_batches(bundle, {name: cfg})
+    steps_per_epoch = len(bundle.train) // cfg.batch_size
 
     out = Path(run_dir) / name if run_dir is not None else None
     ckpt_dir = checkpoint_path(run_dir, name).parent if out else None

@@ -629,3 +629,12 @@ def test_unwritable_outputs_are_output_errors(tmp_path):
     (tmp_path / "folder.json").mkdir()
     raises(OutputError, r"cannot write .*folder\.json: Is a directory", atomic_write_text, tmp_path / "folder.json", "{}")
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_a_long_path_in_a_message_keeps_its_start_and_its_file_name(tmp_path):
+    """Messages name long paths by their start and end (the file name), never by a front cut."""
+    deep = tmp_path.joinpath(*["a_rather_long_folder_name"] * 12) / "my_network.nir"
+    with pytest.raises(CheckpointError) as caught:
+        sb.from_nir(deep, T=4)
+    message = str(caught.value)
+    assert len(message) < 260 and str(tmp_path)[:40] in message and "folder_name/my_network.nir does not" in message

@@ -35,6 +35,14 @@ class OutputError(SpikebridgeError, OSError):
     system, or a file standing where a folder is needed. Also an ``OSError`` (``errno`` is kept)."""
 
 
+def clip(text: str, limit: int = 200) -> str:
+    """A path or spec for a message, at most ``limit`` characters: a long one keeps its start (where
+    it is) and its end (the file name), with ``...`` between."""
+    text = str(text)
+    head = limit // 3
+    return text if len(text) <= limit else text[:head] + "..." + text[-(limit - head - 3):]
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message, or its type's name when it has none (for one-line errors)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, clip
 from .export import DT, checked_dt, require_nir
 from .layers import TimeFolded, fold_time, set_time_steps
 from .neurons import NeuronConfig
@@ -101,14 +101,14 @@ def read_graph(source):
     if not isinstance(source, (str, Path)):
         raise ConfigError(f"from_nir takes a nir.NIRGraph or a .nir file path, not {type(source).__name__}")
     if not Path(source).is_file():
-        raise CheckpointError(f"NIR file {str(source)[:100]} does not exist")
+        raise CheckpointError(f"NIR file {clip(source)} does not exist")
     try:
         graph = nir.read(str(source))
     except Exception as error:  # h5py / nir raise many kinds on a corrupt file
         reason = (str(error).splitlines() or [""])[0][:100]
-        raise CheckpointError(f"cannot read NIR file {str(source)[:100]}: {type(error).__name__}: {reason}") from None
+        raise CheckpointError(f"cannot read NIR file {clip(source)}: {type(error).__name__}: {reason}") from None
     if not isinstance(graph, nir.NIRGraph):
-        raise CheckpointError(f"NIR file {str(source)[:100]} holds a single {type(graph).__name__} node, not a graph")
+        raise CheckpointError(f"NIR file {clip(source)} holds a single {type(graph).__name__} node, not a graph")
     return graph
 
 

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .config import MAX_CHANNELS, MAX_CLASSES, MAX_T, check_int, from_dict
-from .errors import CheckpointError, ConfigError, first_line, short_repr
+from .errors import CheckpointError, ConfigError, clip, first_line, short_repr
 from .neurons import NeuronConfig, neuron_names
 from .train.checkpoint import file_sha256
 
@@ -63,14 +63,6 @@ def is_python_class_spec(spec: str) -> bool:
     """``path/to/file.py:ClassName``?"""
     path, sep, name = str(spec).rpartition(":")
     return bool(sep) and path.endswith(".py") and name.isidentifier()
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    """A path or spec for a message, at most ``limit`` characters: a long one keeps its start (where
-    it is) and its end (the file name), with ``...`` between."""
-    text = str(text)
-    head = limit // 3
-    return text if len(text) <= limit else text[:head] + "..." + text[-(limit - head - 3):]
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:
@@ -128,12 +120,12 @@ def import_ann(spec: str, kwargs: dict[str, Any] | None = None, weights: str | P
         raise ConfigError(f"--ann {short_repr(spec)}: expected FILE.py:ClassName or a checkpoint .json")
     path = Path(path_text).expanduser().resolve()
     if not path.is_file():
-        raise ConfigError(f"--ann: file not found: {_clip(path_text)}")
+        raise ConfigError(f"--ann: file not found: {clip(path_text)}")
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
     module_name = f"spikebridge_user_ann_{digest}"
     source_spec = importlib.util.spec_from_file_location(module_name, path)
     if source_spec is None or source_spec.loader is None:
-        raise ConfigError(f"--ann: cannot import {_clip(path_text)}")
+        raise ConfigError(f"--ann: cannot import {clip(path_text)}")
     module = importlib.util.module_from_spec(source_spec)
     sys.modules[module_name] = module
     # the user's file may import siblings: make its folder importable while it loads
@@ -141,9 +133,9 @@ def import_ann(spec: str, kwargs: dict[str, Any] | None = None, weights: str | P
     try:
         source_spec.loader.exec_module(module)
     except SyntaxError as exc:
-        raise ConfigError(f"--ann: {_clip(path_text)} line {exc.lineno}: syntax error ({exc.msg})") from None
+        raise ConfigError(f"--ann: {clip(path_text)} line {exc.lineno}: syntax error ({exc.msg})") from None
     except Exception as exc:  # ImportError, or whatever the file's own code raised while it loaded
-        raise ConfigError(f"--ann: importing {_clip(path_text)} failed: {type(exc).__name__}: "
+        raise ConfigError(f"--ann: importing {clip(path_text)} failed: {type(exc).__name__}: "
                           f"{short_repr(first_line(exc), 200)}") from None
     finally:
         if sys.path and sys.path[0] == str(path.parent):
@@ -151,9 +143,9 @@ def import_ann(spec: str, kwargs: dict[str, Any] | None = None, weights: str | P
     cls = getattr(module, class_name, None)
     if cls is None:
         available = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, nn.Module) and v.__module__ == module_name)
-        raise ConfigError(f"--ann: {_clip(path_text)} has no class {class_name!r}; nn.Module classes there: {', '.join(available) or 'none'}")
+        raise ConfigError(f"--ann: {clip(path_text)} has no class {class_name!r}; nn.Module classes there: {', '.join(available) or 'none'}")
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"--ann: {_clip(path_text)}:{class_name} is not an nn.Module class")
+        raise ConfigError(f"--ann: {clip(path_text)}:{class_name} is not an nn.Module class")
     kwargs = dict(kwargs or {})
     try:
         signature = inspect.signature(cls)
@@ -184,7 +176,7 @@ def check_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], 
     integers. ``own`` may live on the meta device (nothing allocated)."""
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise CheckpointError(f"{_clip(source)}: {short_repr(not_tensors[0])} is not a tensor (not a state dict)")
+        raise CheckpointError(f"{clip(source)}: {short_repr(not_tensors[0])} is not a tensor (not a state dict)")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
@@ -192,14 +184,14 @@ def check_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], 
     parts += [f"{label} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
               for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
     if parts:
-        raise CheckpointError(_clip(f"{source}: the weights do not fit {model_name} ({'; '.join(parts)})", 300))
+        raise CheckpointError(clip(f"{source}: the weights do not fit {model_name} ({'; '.join(parts)})", 300))
     for key, value in own.items():
         tensor = state[key]
         if value.is_floating_point() != tensor.is_floating_point():
-            raise CheckpointError(f"{_clip(source)}: {key} is {str(tensor.dtype).removeprefix('torch.')} where "
+            raise CheckpointError(f"{clip(source)}: {key} is {str(tensor.dtype).removeprefix('torch.')} where "
                                   f"{model_name} has {str(value.dtype).removeprefix('torch.')} (not weights of this model)")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{_clip(source)}: {key} holds NaN or Inf values (the weights are damaged)")
+            raise CheckpointError(f"{clip(source)}: {key} holds NaN or Inf values (the weights are damaged)")
 
 
 def load_ann_weights(model: nn.Module, path: str | Path) -> None:
@@ -249,7 +241,7 @@ def neuron_from_meta(data: Any, where: str = "the checkpoint") -> NeuronConfig:
     try:
         return from_dict(NeuronConfig, data, "neuron")
     except (ConfigError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{_clip(where)}: checkpoint neuron settings are invalid: {_one_line(exc)}") from None
+        raise CheckpointError(f"{clip(where)}: checkpoint neuron settings are invalid: {_one_line(exc)}") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,7 +270,7 @@ def check_model_meta(meta: Any, where: str = "the checkpoint") -> dict[str, Any]
     ``ann_kwargs`` (JSON object), ``input_ndim``, ``input_conv``."""
     from .models import list_models
 
-    where = _clip(where)
+    where = clip(where)
     info = meta.get("model") if isinstance(meta, dict) else None
     if not isinstance(info, dict) or not isinstance(info.get("name"), str):
         raise CheckpointError(f"{where}: the checkpoint has no model description (meta.model.name); "
@@ -335,7 +327,7 @@ def resolve_code(info: dict, *, code: str | None, trust_code: bool, where: str =
     without ``ann_sha256``, takes the named class as it is); ``trust_code`` imports the recorded
     absolute path if its file still has the recorded SHA-256. ``flag``: the command's flag naming
     the code, for the messages."""
-    where = _clip(where)
+    where = clip(where)
     recorded_path, _sep, recorded_class = info["ann"].rpartition(":")
     digest = info.get("ann_sha256")
     if code:
@@ -344,27 +336,27 @@ def resolve_code(info: dict, *, code: str | None, trust_code: bool, where: str =
         code_path, _sep, code_class = code.rpartition(":")
         if code_class != recorded_class:
             raise CheckpointError(f"{where}: {flag} names class {code_class}, but this checkpoint needs {recorded_class} "
-                                  f"(from {_clip(recorded_path)})")
+                                  f"(from {clip(recorded_path)})")
         file = Path(code_path).expanduser()
         if not file.is_file():
-            raise ConfigError(f"{flag}: file not found: {_clip(code_path)}")
+            raise ConfigError(f"{flag}: file not found: {clip(code_path)}")
         if digest is not None and file_sha256(file) != digest:
-            raise CheckpointError(f"{where}: {flag} {_clip(code_path)} is not the code this checkpoint was written with "
+            raise CheckpointError(f"{where}: {flag} {clip(code_path)} is not the code this checkpoint was written with "
                                   f"(SHA-256 {file_sha256(file)[:12]}..., recorded {digest[:12]}...)")
         return absolute_class_spec(code)
     if not trust_code:
         raise CheckpointError(f"{where}: this checkpoint needs Python code ({recorded_class} from "
-                              f"{_clip(recorded_path)}); name it with {flag} FILE.py:Class or pass --trust-code to "
+                              f"{clip(recorded_path)}); name it with {flag} FILE.py:Class or pass --trust-code to "
                               "import the recorded file")
     file = Path(recorded_path)
     for refused, problem in ((not file.is_absolute(), "the recorded code path {} is not absolute"),
                              (digest is None, "the checkpoint records no SHA-256 of its code {}"),
                              (not file.is_file(), "the recorded code file {} does not exist")):
         if refused:
-            raise CheckpointError(f"{where}: {problem.format(_clip(recorded_path))}; "
+            raise CheckpointError(f"{where}: {problem.format(clip(recorded_path))}; "
                                   f"name the file with {flag} FILE.py:Class")
     if file_sha256(file) != digest:
-        raise CheckpointError(f"{where}: the recorded code file {_clip(recorded_path)} changed since the checkpoint "
+        raise CheckpointError(f"{where}: the recorded code file {clip(recorded_path)} changed since the checkpoint "
                               "was written (SHA-256 differs); not importing it")
     return info["ann"]
 
@@ -395,8 +387,8 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
         if info.get("input_conv"):
             swapped = adapt_input_conv(snn, int(info["in_channels"]), "skip")  # its weights load next
             if swapped != info["input_conv"]:
-                raise CheckpointError(f"{_clip(where)}: the checkpoint adapted the input conv {info['input_conv']!r}, "
-                                      f"but {_clip(spec)} now reads its input with {swapped!r}")
+                raise CheckpointError(f"{clip(where)}: the checkpoint adapted the input conv {info['input_conv']!r}, "
+                                      f"but {clip(spec)} now reads its input with {swapped!r}")
         return snn
     from .models import create_model
 
@@ -410,12 +402,12 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
         with torch.device("meta"):
             probe = build()
     except (ConfigError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{_clip(where)}: cannot rebuild the checkpoint's model: {_one_line(exc)}") from None
+        raise CheckpointError(f"{clip(where)}: cannot rebuild the checkpoint's model: {_one_line(exc)}") from None
     own = probe.state_dict()
     if state is not None:
         check_weights(own, state, where, name)
     elif sum(v.numel() for v in own.values()) > MAX_MODEL_ELEMENTS:
-        raise CheckpointError(f"{_clip(where)}: the model the checkpoint describes has more than {MAX_MODEL_ELEMENTS} elements")
+        raise CheckpointError(f"{clip(where)}: the model the checkpoint describes has more than {MAX_MODEL_ELEMENTS} elements")
     return build()
 
 
@@ -477,7 +469,7 @@ def model_from_checkpoint(path: str | Path | Any, *, T: int | None = None, code:
     ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(locate_checkpoint(path))
     where = str(ckpt.path)
     if Path(ckpt.path).suffix == ".safetensors":
-        raise CheckpointError(f"{_clip(where)}: a tensors file without its checkpoint .json, which records the model; "
+        raise CheckpointError(f"{clip(where)}: a tensors file without its checkpoint .json, which records the model; "
                               "give the checkpoint's NAME.json (or its folder)")
     meta = copy.deepcopy(ckpt.meta)
     state = ckpt.model_state

@@ -20,7 +20,7 @@ from typing import Any
 from ..config import PipelineConfig, TrainConfig, load_config, parse_override
 from ..data.datasets import BUILTIN_DATASETS
 from ..data.loading import merged_time_steps
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, clip
 from ..models import list_models
 from ..neurons import check_backend_on_device
 from ..restore import locate_checkpoint
@@ -151,7 +151,7 @@ def event_steps(name: str) -> int | None:
     try:
         return EVENT_LAYOUT_STEPS.get(detect_layout(name))
     except OSError as exc:
-        raise DataError(f"dataset {str(name)[:100]!r}: cannot read it ({exc.strerror or exc})") from None
+        raise DataError(f"dataset {clip(name)!r}: cannot read it ({exc.strerror or exc})") from None
 
 
 def dataset_folder(name: str) -> str:
@@ -217,7 +217,7 @@ def build_plan(request: Request) -> RunPlan:
     if command in ("pretrain", "pipes", "piped", "demo") and not ann_trained:
         phases.append(ann_phase)
     if command in ("pretrain", "pipes", "demo", "finetune", "piped") and data_steps is not None:
-        raise DataError(f"data.name {cfg.data.name[:100]!r} holds events; {command} trains on static images "
+        raise DataError(f"data.name {clip(cfg.data.name)!r} holds events; {command} trains on static images "
                         "(pipeD: spikebridge piped --events ...)")
     if command == "finetune":
         phases.append(phase("snn_finetuned", "finetune", cfg.finetune))
@@ -228,7 +228,7 @@ def build_plan(request: Request) -> RunPlan:
     if command == "piped" or (command == "demo" and options.get("events", True)):
         steps = event_steps(cfg.events.data)
         if steps is None:
-            raise DataError(f"events.data {cfg.events.data[:100]!r} holds no events (es-mnist, ES-ImageNet, ES-UCF101 "
+            raise DataError(f"events.data {clip(cfg.events.data)!r} holds no events (es-mnist, ES-ImageNet, ES-UCF101 "
                             "or DVS recordings)")
         T = merged_time_steps(cfg.events.time_bins, steps, cfg.events.data)
         event_phase = partial(phase, data=cfg.events.data, T=T, model=cfg.events.model or snn_model)
@@ -259,11 +259,11 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
     if events and transfers and source is None and not options.get("ann_data"):
         options["ann_data"] = "mnist5k" if cfg.data.name == "es-mnist" else None
         if options["ann_data"] is None:
-            raise ConfigError(f"{cfg.data.name[:100]}: holds events; give the ANN's static images with --ann-data "
+            raise ConfigError(f"{clip(cfg.data.name)}: holds events; give the ANN's static images with --ann-data "
                               "(or --ann CKPT)")
     if options.get("ann_data"):
         if event_steps(options["ann_data"]) is not None:
-            raise DataError(f"--ann-data {options['ann_data'][:100]!r} holds events; the ANN learns static images")
+            raise DataError(f"--ann-data {clip(options['ann_data'])!r} holds events; the ANN learns static images")
     if transfers and source is None:
         ann_phase.data = options.get("ann_data") or cfg.data.name
         phases.append(ann_phase)

@@ -18,7 +18,7 @@ from ..bridge import FIRST_LAYER_MODES
 from ..config import PipelineConfig, dump_yaml
 from ..data.datasets import open_data_config, open_dataset, resolve_model_name
 from ..data.loading import DataBundle, with_time_bins
-from ..errors import ConfigError
+from ..errors import ConfigError, clip
 from ..train.distributed import current as current_rank
 from ..train.engine import METRICS_COLUMNS, RunResult, check_batches, evaluate, write_metrics_csv
 from ..utils import Stopwatch, atomic_write_text, ensure_dir
@@ -220,7 +220,7 @@ def piped(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Mo
     ``cfg.events.data``, or ``events``, any torch datasets of ``[T, 2, H, W]`` frames made a bundle
     by :func:`spikebridge.data.loading.dataset_bundle` (a Tonic dataset, say)."""
     if events is not None and events.kind != "events":
-        raise ConfigError(f"piped(events=...): {events.name[:100]!r} holds {events.kind} samples, not [T, C, H, W] "
+        raise ConfigError(f"piped(events=...): {clip(events.name)!r} holds {events.kind} samples, not [T, C, H, W] "
                           "event frames")
     loaded = _loaded(ann)
     cfg = use_checkpoint_model(cfg, loaded)

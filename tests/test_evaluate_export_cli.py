@@ -175,3 +175,36 @@ def test_help_says_what_is_written_and_where(capsys):
     assert ("--out DIR folder for evaluation.json, evaluation.md and the figures (default: an 'evaluation' folder "
             "beside the checkpoint's .json") in text and "default: None" not in text
     assert "--code FILE.py:ClassName" in text and "loads only with --code FILE.py:ClassName" in text
+
+
+# 6. evaluate / export read what the run trained on: a folder at its --set data.image_size, found
+#    by its absolute path from any working directory (before: 224 px, or "dataset not found")
+def test_evaluate_and_export_use_the_image_size_and_folder_the_checkpoint_was_trained_on(tmp_path, monkeypatch, capsys):
+    from _layouts import image_folders
+
+    image_folders(tmp_path / "photos", size=(120, 120), classes=2, train_per_class=8, val_per_class=4)
+    monkeypatch.chdir(tmp_path)
+    assert main(["pipes", "--data", "photos", "--model", "cnn", "--set", "data.image_size=32", "--T", "2",
+                 "--out", "run", "--device", "cpu", "--no-progress", "--set", "run.threads=1",
+                 "--set", "ann.batch_size=8", "--set", "finetune.batch_size=8", "--set", "ann.epochs=1",
+                 "--set", "finetune.epochs=1", "--set", "bridge.calibration_batch_size=8"]) == 0
+    meta = load_checkpoint(tmp_path / "run/snn_pretrained/checkpoints/last.json").meta
+    assert (meta["data_path"], meta["image_size"], meta["input_shape"]) == (str(tmp_path / "photos"), 32, [3, 32, 32])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["export", "../run", "--out", "snn.nir"]) == 0
+    assert "input [3, 32, 32]" in capsys.readouterr().out
+    assert main(["evaluate", "../run", "--out", "ev", "--samples", "4", "--T-max", "1", "--no-progress"]) == 0
+    result = json.loads((elsewhere / "ev/evaluation.json").read_text())
+    assert result["data"] == str(tmp_path / "photos") and result["test_samples"] == 8
+    from spikebridge.analysis.metrics import measure_activity
+
+    at_32 = measure_activity(sb.load_model(tmp_path / "run/snn_pretrained/checkpoints/last.json"), [torch.zeros(1, 3, 32, 32)])
+    assert result["activity"]["ann_macs_per_sample"] == at_32.ann_macs  # counted at 32 px, not 224
+    shutil.rmtree(tmp_path / "photos")  # gone: the checkpoint's dataset is named in one line
+    assert main(["export", "../run", "--out", "snn2.nir"]) == 0  # its stored shape suffices
+    assert main(["evaluate", "../run", "--out", "ev2"]) == 2
+    err = _one_line_error(capsys)
+    assert f"the checkpoint's dataset {tmp_path / 'photos'} is not there; give --data DIR" in err

@@ -52,11 +52,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from ..analysis.summary import write_json
-    from ..data.datasets import open_dataset
     from ..errors import CheckpointError, ConfigError
     from ..pipelines.context import resolve_device
     from ..restore import is_python_class_spec, model_from_checkpoint
     from ..utils import atomic_write_text, ensure_dir
+    from .export import open_checkpoint_data
 
     if args.t_max is not None and args.t_max < 1:
         raise ConfigError(f"--T-max must be >= 1, got {args.t_max}")
@@ -71,10 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     info = meta.get("model", {})
     if args.model and args.model != info.get("name"):
         raise CheckpointError(f"{args.checkpoint}: a checkpoint of {info.get('name')!r}, not of --model {args.model!r}")
-    data_name = args.data or meta.get("data")
-    if not data_name:
-        raise ConfigError("--data is required (the checkpoint does not name its dataset)")
-    bundle = open_dataset(data_name)
+    bundle = open_checkpoint_data(args.data, meta, args.checkpoint)
     if int(info.get("num_classes", bundle.num_classes)) != bundle.num_classes:
         raise CheckpointError(f"{args.checkpoint}: the model has {info.get('num_classes')} classes, {bundle.name} has {bundle.num_classes}")
     if int(info.get("in_channels", bundle.in_channels)) != bundle.in_channels:

@@ -19,7 +19,7 @@ def register(sub, add, common) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help=CHECKPOINT_HELP.format(what="an SNN checkpoint"))
     p.add_argument("--format", default="nir", choices=["nir"], help="output format (default: nir)")
     p.add_argument("--ann", dest="code", help=argparse.SUPPRESS)  # --code's name before 0.1.1: still taken
-    p.add_argument("--input-shape", metavar="C,H,W", help="per-sample input shape (default: from --data or the checkpoint's dataset)")
+    p.add_argument("--input-shape", metavar="C,H,W", help="per-sample input shape (default: the shape the checkpoint was trained on, or --data's)")
     p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
                    help="NIR time step per SNN step, stored in the graph (default 1e-4: snnTorch's; give importers the same)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -63,6 +63,43 @@ def check_out_file(out: str, overwrite: bool, protected: list[Path] = ()) -> Pat
     return path
 
 
+def checkpoint_input(meta: dict, where: str) -> tuple[str | None, int, list[int] | None]:
+    """The data a checkpoint was trained on (:meth:`~spikebridge.data.loading.DataBundle.input_meta`):
+    its dataset (a folder's absolute path), image size (0: unknown) and frame shape ``[C, H, W]``
+    (None: unknown, a checkpoint from before 0.1.2), each checked."""
+    from ..config import MAX_IMAGE_SIZE, check_int
+    from ..errors import CheckpointError, short_repr
+
+    name = meta.get("data_path") or meta.get("data")
+    if name is not None and not isinstance(name, str):
+        raise CheckpointError(f"{where}: checkpoint field meta.data_path must be a path, got {short_repr(name)}")
+    size = check_int(f"{where}: checkpoint field meta.image_size", meta.get("image_size", 0), 0, MAX_IMAGE_SIZE,
+                     error=CheckpointError)
+    shape = meta.get("input_shape")
+    if shape is not None:
+        if not (isinstance(shape, list) and len(shape) == 3):
+            raise CheckpointError(f"{where}: checkpoint field meta.input_shape must be [C, H, W], got {short_repr(shape)}")
+        for value in shape:
+            check_int(f"{where}: checkpoint field meta.input_shape", value, 1, MAX_IMAGE_SIZE, error=CheckpointError)
+    return name, size, shape
+
+
+def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alternative: str = ""):
+    """``--data``, else the dataset the checkpoint was trained on; a folder opens at the
+    checkpoint's image size, so the model reads what it was trained on."""
+    from ..data.datasets import BUILTIN_DATASETS, open_dataset
+    from ..errors import ConfigError, DataError, clip
+
+    name, size, _shape = checkpoint_input(meta, where)
+    if not data_flag:
+        if not name:
+            raise ConfigError(f"give --data{alternative} (the checkpoint does not name its dataset)")
+        if name not in BUILTIN_DATASETS and not os.path.exists(name):
+            raise DataError(f"the checkpoint's dataset {clip(name)} is not there; give --data DIR{alternative}")
+    data = data_flag or name
+    return open_dataset(data, image_size=0 if data in BUILTIN_DATASETS else size)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..export import DT, checked_dt, export_nir
@@ -82,15 +119,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise ValueError
         except ValueError:
             raise ConfigError(f"--input-shape must be positive integers like 1,28,28, got {args.input_shape[:100]!r}") from None
+    elif not args.data and checkpoint_input(meta, args.checkpoint)[2]:
+        shape = tuple(checkpoint_input(meta, args.checkpoint)[2])
     else:
-        from ..data.datasets import open_dataset
-
-        data_name = args.data or meta.get("data")
-        if not data_name:
-            raise ConfigError("give --input-shape C,H,W or --data (the checkpoint does not name its dataset)")
-        bundle = open_dataset(data_name)
-        sample = bundle.test.images[0] if hasattr(bundle.test, "images") else bundle.test[0][0]
-        shape = tuple(sample.shape[-3:])
+        shape = tuple(open_checkpoint_data(args.data, meta, args.checkpoint, alternative=" or --input-shape C,H,W")
+                      .first_sample().shape[-3:])
     graph = export_nir(model, shape, args.out, dt=dt)
     kinds = Counter(type(node).__name__ for node in graph.nodes.values())
     print(f"wrote {args.out}: {len(graph.nodes)} nodes ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "

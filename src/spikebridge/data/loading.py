@@ -54,6 +54,15 @@ class DataBundle:
         """T of event data (None for static images)."""
         return int(self.first_sample().shape[0]) if self.kind == "events" else None
 
+    def input_meta(self) -> dict:
+        """What a checkpoint records of the data it was trained on, so that ``evaluate`` and
+        ``export`` read the same inputs: ``data_path`` (a folder's absolute path, None for the
+        built-in datasets), ``image_size`` and ``input_shape`` (one frame's ``[C, H, W]``)."""
+        import os
+
+        path = os.path.abspath(self.name) if os.path.exists(self.name) else None
+        return {"data_path": path, "image_size": int(self.image_size), "input_shape": list(self.first_sample().shape[-3:])}
+
     @property
     def frame_size(self) -> tuple[int, int]:
         """``(height, width)`` of the training samples' images / event frames (the first sample's)."""

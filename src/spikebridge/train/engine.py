@@ -209,6 +209,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
     if frozen and cfg.freeze_epochs > 0:
         _set_requires_grad(model, frozen, False)
     check_batches(bundle, {name: cfg})
+    meta = {**bundle.input_meta(), **(meta or {})}
     steps_per_epoch = len(bundle.train) // cfg.batch_size
 
     out = Path(run_dir) / name if run_dir is not None else None
@@ -321,7 +322,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
             try:
                 write_metrics_csv(out / "metrics.csv", history)
                 save_checkpoint(ckpt_dir, "last", module,
-                                {**(meta or {}), "history": history, "curve": curve, "seconds": seconds, "name": name,
+                                {**meta, "history": history, "curve": curve, "seconds": seconds, "name": name,
                                  "cpu_seconds": cpu_seconds, "cpu_curve": cpu_curve,
                                  "grad_scaler": precision.state_dict()},
                                 optimizer=optimizer, scheduler=schedule, epoch=epoch,

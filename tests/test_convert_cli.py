@@ -124,6 +124,29 @@ def test_convert_odg_parameters_and_errors(digit_folder, tmp_path, capsys):
     assert "--workers" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["odg", "video"])
+def test_convert_refuses_a_folder_of_splits_or_of_empty_classes_before_writing(digit_folder, tmp_path, kind, capsys):
+    """``--input`` of an ImageNet root (train/ and val/, not classes), or class folders holding
+    nothing to convert: one line saying so, and no ``--out`` folder."""
+    src, _ = digit_folder
+    imagenet = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        (imagenet / split).mkdir(parents=True)
+        os.symlink(src / "digit_3", imagenet / split / "digit_3")
+    out = tmp_path / "events"
+    assert main(["convert", kind, "--input", str(imagenet), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds dataset splits (train, val), not class folders" in err, err
+    assert f"--input {imagenet / 'train'} --out {out / 'train'}" in err and not out.exists()
+    empty = tmp_path / "empty_classes"
+    (empty / "cat").mkdir(parents=True)
+    (empty / "cat" / "notes.txt").write_text("no images here")
+    assert main(["convert", kind, "--input", str(empty), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "class folders hold no " + ("clip folders" if kind == "video" else "images") in err
+    assert not out.exists()
+
+
 def test_convert_bad_input_is_one_line_in_a_real_process(tmp_path):
     done = run_cli("convert", "video", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert done.returncode == 2

@@ -26,17 +26,17 @@ import signal
 import time
 import zlib
 from multiprocessing.connection import wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError, OutputError
+from ..errors import ConfigError, DataError, OutputError, clip
 from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
 from .events import es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
-from .folders import open_image
+from .folders import TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, open_image
 from .odg import EDGE_GREY_STEP, EDGE_GREY_ZERO, edge_integral_image, events_to_dense, odg, resized_shape
 from .video import (
     IMAGE_SUFFIXES,
@@ -116,12 +116,12 @@ class _Task:
     rel_src: str
     rel_dst: str
     label: int
-    reuse: bool
+    reuse: bool = False  # an earlier output of the same parameters is kept
     height: int = 0
     width: int = 0
 
 
-def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs: bool, reuse: bool,
+def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs: bool,
                    report: ConversionReport) -> list[_Task]:
     tasks: list[_Task] = []
     for label, cls in enumerate(classes):
@@ -146,7 +146,7 @@ def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs
                 report.skipped.append((rel, "not an image file (by suffix)" if e.is_file() else "a folder"))
         for name, out_name in _output_names(items).items():
             tasks.append(_Task(index=len(tasks), src=str(input_dir / cls / name), dst=str(out_dir / cls / out_name),
-                               rel_src=f"{cls}/{name}", rel_dst=f"{cls}/{out_name}", label=label, reuse=reuse))
+                               rel_src=f"{cls}/{name}", rel_dst=f"{cls}/{out_name}", label=label))
     return tasks
 
 
@@ -400,13 +400,22 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     _check_workers(workers)
     classes = list_classes(input_dir)
+    if all(c.lower() in TRAIN_SPLIT_NAMES + VAL_SPLIT_NAMES for c in classes):
+        raise DataError(f"{clip(str(input_dir))} holds dataset splits ({', '.join(classes)}), not class folders: "
+                        f"convert each split, e.g. --input {clip(str(input_dir / classes[0]))} --out "
+                        f"{clip(str(out_dir / classes[0]))}")
     _check_folders(input_dir, out_dir)
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / LABEL_FILE, classes=classes)
-    reuse = _check_params(out_dir, params, overwrite)
+    tasks = _collect_tasks(input_dir, out_dir, classes, want_dirs, report)
+    if not tasks:  # refused before anything is written
+        raise DataError(f"{clip(str(input_dir))}: its class folders hold no "
+                        + ("clip folders (expected <class>/<clip>/<frame images>)" if want_dirs else
+                           f"images ({' '.join(sorted(IMAGE_SUFFIXES))})"))
+    if _check_params(out_dir, params, overwrite):  # earlier outputs of these parameters are kept
+        tasks = [replace(task, reuse=True) for task in tasks]
     # our own leftovers of killed writes, only of the files we write, in out_dir and its class folders
     report.stale_temp_removed = remove_stale_temps(out_dir, (LABEL_FILE, PARAMS_FILE)) + sum(
         remove_stale_temps(out_dir / cls, ("*.npz",)) for cls in classes)
-    tasks = _collect_tasks(input_dir, out_dir, classes, want_dirs, reuse, report)
     for cls in classes:
         ensure_dir(out_dir / cls)
 

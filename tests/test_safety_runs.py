@@ -147,14 +147,16 @@ def test_a_run_whose_first_epoch_fails_leaves_nothing_behind(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command, key, phase", [("pipes", "scratch", "snn_scratch"),
-                                                 ("piped", "events.finetune", "snn_events_pretrained")])
+                                                 ("piped", "events.finetune", "snn_events_pretrained"),
+                                                 ("benchmark", "scratch", "scratch")])
 def test_a_later_phases_batch_larger_than_the_split_fails_before_the_ann_trains(tmp_path, capsys, command, key,
                                                                               phase):
     """Every phase's batch is checked against its training split when the data opens, not when
     that phase starts (after the ANN's epochs)."""
     out = tmp_path / "r"
     tiny = [arg for arg in TINY if arg not in ("--epochs", "1")]
-    assert cli.main([command, "--out", str(out), *tiny, "--baseline", "--set", f"{key}.batch_size=128"]) == 2
+    extra = ["--methods", "pretrained,scratch"] if command == "benchmark" else ["--baseline"]
+    assert cli.main([command, "--out", str(out), *tiny, *extra, "--set", f"{key}.batch_size=128"]) == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1, captured.err
     assert f"{phase}: the training split has 64 samples, fewer than one batch of 128" in captured.err

@@ -22,6 +22,7 @@ from torch import nn
 from ..analysis.benchmark import BenchRun, parse_methods, summarize, write_report
 from ..config import PipelineConfig
 from ..errors import ConfigError
+from ..train.engine import check_batches
 from ..utils import Stopwatch, seed_everything
 from .ann import LoadedAnn, RegistryFamily, build_model, model_meta, use_checkpoint_model
 from .runs import events_config, open_static, start_run
@@ -60,6 +61,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
         data = with_time_bins(data, cfg.events.time_bins)
         scfg, same_data = events_config(cfg, data), False
         ann_cfg = replace(cfg, data=replace(cfg.data, name=ann_data or cfg.data.name))
+    check_batches(data, {m.name: scfg.scratch if m.base == "scratch" else scfg.finetune for m in methods})
     ann_info, model = None, None
     if any(m.transfers for m in methods):
         if ann is not None:
@@ -68,6 +70,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
         else:
             ann_bundle = open_static(ann_cfg) if not same_data else data
             _refuse_decoder_across_classes(ann_bundle.num_classes, data, methods)  # before the ANN trains
+            check_batches(ann_bundle, {"ann": ann_cfg.ann})
             ctx.log(f"[benchmark] ANN ({cfg.ann_neuron}, {ann_cfg.model.name}) on {ann_bundle.name}, {cfg.ann.epochs} epochs")
             model, result = family.pretrain(ctx, ann_cfg, ann_bundle)
             ann_info = {"name": "ann", "epochs": result.epochs, "seconds": result.seconds, "best_acc": result.best_acc,

@@ -201,6 +201,34 @@ def test_bad_input_is_caught_by_the_plan(argv, words, plan_only, tmp_path, capsy
     assert not out.exists()
 
 
+def test_the_plan_refuses_what_the_run_would_refuse_writing_nothing(data, tmp_path, capsys):
+    """``--plan`` exits 2 where the run would: a class folder without images, an ``--out`` with a
+    file in the way, an ``--out`` holding another run or foreign files; and it writes nothing."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(data["photos"], photos)
+    (photos / "train" / "n_empty").mkdir()
+    (photos / "val" / "n_empty").mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for argv, words in [
+        (["--data", str(photos), "--out", str(tmp_path / "out")], "class folder " + str(photos / "train" / "n_empty")),
+        (["--data", data["photos"], "--out", str(a_file)], "Not a directory"),
+        (["--data", data["photos"], "--out", str(a_file / "run")], "Not a directory"),
+        (["--data", data["photos"], "--out", str(foreign)], "not empty and was not written by spikebridge pipes"),
+        (["--data", data["photos"], "--out", str(foreign), "--resume", "--overwrite"], "give only one"),
+    ]:
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        assert cli.main(["pipes", *argv, "--plan"]) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and words in captured.err, captured.err
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
 def test_no_progress_run_prints_plan_epochs_and_results(tmp_path, capsys):
     out = tmp_path / "run"
     status = cli.main(["pretrain", "--data", "mnist5k", "--out", str(out), "--no-progress", "--epochs", "1",

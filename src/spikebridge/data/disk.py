@@ -151,16 +151,15 @@ def _in_memory_bundle(name: str, train: TensorSplit, test: TensorSplit, num_clas
     )
 
 
-def open_image_folders(root: str, *, image_size: int, max_shift: int, workers: int, **_) -> DataBundle:
-    """ImageNet layout: ``train/<class>/...`` and ``val/<class>/...``."""
+def image_folder_splits(root: str) -> tuple[str, str, list[str]]:
+    """An ImageNet-layout folder's ``train`` and ``val`` folders and its classes, checked without
+    reading an image (the plan's check, and the first step of opening it): both splits there, the
+    same class folders in each, none without an image file."""
     layout = split_layout(root)
     if layout is None or layout.val is None:
         raise DataError(f"{root}: expected train/ and val/ folders of class folders (ImageNet layout)")
     train_dir, val_dir = layout.train, layout.val
-    info = inspect_image_folder(train_dir)
-    size = image_size or default_image_size(info.typical_height, info.typical_width)
-    mode = "L" if info.channels == 1 else "RGB"
-    classes, class_to_idx = find_classes(train_dir)
+    classes, _ = find_classes(train_dir)
     val_classes, _ = find_classes(val_dir)
     if val_classes != classes:
         extra = sorted(set(val_classes) - set(classes))
@@ -169,6 +168,22 @@ def open_image_folders(root: str, *, image_size: int, max_shift: int, workers: i
             f"{val_dir}: its class folders differ from {train_dir}'s "
             f"(only in val: {extra[:5] or 'none'}; only in train: {missing[:5] or 'none'})"
         )
+    for split in (train_dir, val_dir):
+        for cls in classes:
+            folder = os.path.join(split, cls)
+            if not any(f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")
+                       for _dir, files in walk_folder(folder) for f in files):
+                raise DataError(f"class folder {folder} holds no images with extensions {' '.join(IMG_EXTENSIONS)}")
+    return train_dir, val_dir, classes
+
+
+def open_image_folders(root: str, *, image_size: int, max_shift: int, workers: int, **_) -> DataBundle:
+    """ImageNet layout: ``train/<class>/...`` and ``val/<class>/...``."""
+    train_dir, val_dir, classes = image_folder_splits(root)
+    class_to_idx = {name: i for i, name in enumerate(classes)}
+    info = inspect_image_folder(train_dir)
+    size = image_size or default_image_size(info.typical_height, info.typical_width)
+    mode = "L" if info.channels == 1 else "RGB"
     meta = {"format": "imagefolder", "path": root, "classes": len(classes), "typical_size": [info.typical_height, info.typical_width]}
     in_memory = size <= IN_MEMORY_MAX_SIDE and info.num_images * info.channels * size * size <= IN_MEMORY_MAX_BYTES
     if in_memory:
@@ -615,9 +630,7 @@ def open_path_dataset(
         image_size: the square training resolution (0 = chosen from the data: 224 for photos).
         time_steps: frames per sample for DVS recordings (0 = 8) and video (0 = 15).
     """
-    root, layout = locate_dataset(path)
-    if layout in _UNSUPPORTED:
-        raise DataError(f"{root}: " + _UNSUPPORTED[layout].format(root=root))
+    root, layout = _supported_layout(path)
     try:
         return _OPENERS[layout](root, max_shift=max_shift, split_seed=split_seed, workers=workers,
                                 image_size=image_size, time_steps=time_steps)
@@ -625,6 +638,22 @@ def open_path_dataset(
         raise
     except OSError as exc:
         raise _unreadable(root, exc) from None
+
+
+def _supported_layout(path: str | os.PathLike) -> tuple[str, str]:
+    root, layout = locate_dataset(path)
+    if layout in _UNSUPPORTED:
+        raise DataError(f"{root}: " + _UNSUPPORTED[layout].format(root=root))
+    return root, layout
+
+
+def check_dataset(path: str | os.PathLike) -> None:
+    """What the run plan checks of a dataset folder before any work, reading no sample: a
+    supported layout and, for image folders, their splits and class folders
+    (:func:`image_folder_splits`); DataError otherwise."""
+    root, layout = _supported_layout(path)
+    if layout == "image-folders":
+        image_folder_splits(root)
 
 
 #: layout (:func:`detect_layout`) -> opener; each takes the options of :func:`open_path_dataset`

@@ -25,6 +25,7 @@ from ..models import list_models
 from ..neurons import check_backend_on_device
 from ..restore import locate_checkpoint
 from ..train.checkpoint import load_checkpoint
+from ..train.runfolder import check_run_folder
 from .ann import AnnSource, check_checkpoint_optimizer, load_ann
 from .context import resolve_device
 
@@ -105,6 +106,12 @@ class RunPlan:
             "options": self.options,
             "phases": [phase.to_dict() for phase in self.phases],
         }
+
+    def settings(self) -> dict[str, Any]:
+        """What the run computes: the config, the command's options (--baseline, --no-events,
+        --methods, --ann-data) and the ANN it starts from; a ``--resume`` must give the same."""
+        return {**asdict(self.config), "options": {k: v for k, v in self.options.items() if k != "overwrite"},
+                "ann_source": self.ann.label if self.ann else None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -241,8 +248,23 @@ def build_plan(request: Request) -> RunPlan:
             phases.append(event_phase("snn_events_scratch", "scratch", cfg.events.scratch))
     if command == "benchmark":
         phases += _benchmark_phases(cfg, options, source, ann_phase, data_steps)
+    for name in dict.fromkeys(p.data for p in phases):  # each dataset once, in phase order
+        _check_dataset(name)
     loaded = load_ann(source, checkpoint=ckpt) if source is not None else None
-    return RunPlan(command, cfg, phases, source, options, preset, loaded)
+    plan = RunPlan(command, cfg, phases, source, options, preset, loaded)
+    check_run_folder(cfg.run.out, command=command, config=plan.settings(), resume=cfg.run.resume,
+                     overwrite=bool(options.get("overwrite")))
+    return plan
+
+
+def _check_dataset(name: str) -> None:
+    from ..data.disk import check_dataset
+
+    if name not in BUILTIN_DATASETS:
+        try:
+            check_dataset(name)
+        except OSError as exc:
+            raise DataError(f"dataset {clip(name)!r}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | None, ann_phase: Phase,
@@ -287,11 +309,7 @@ def execute(plan: RunPlan) -> dict:
     from .context import log
 
     cfg, options = plan.config, plan.options
-    # what the run computes: the config, the command's options (--baseline, --no-events, --methods,
-    # --ann-data) and the ANN it starts from; a --resume must give the same
-    settings = {**asdict(cfg), "options": {k: v for k, v in options.items() if k != "overwrite"},
-                "ann_source": plan.ann.label if plan.ann else None}
-    with claim_run_folder(cfg.run.out, command=plan.command, config=settings, resume=cfg.run.resume,
+    with claim_run_folder(cfg.run.out, command=plan.command, config=plan.settings(), resume=cfg.run.resume,
                           overwrite=bool(options.get("overwrite"))) as folder:
         folder.own(*(phase.name for phase in plan.phases))  # each phase's run folder (benchmark methods too)
         for line in plan.describe():

@@ -19,6 +19,7 @@ Under torchrun rank 0 alone locks and writes; every rank gets rank 0's verdict.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -231,6 +232,44 @@ class RunFolder:
         self.release()
 
 
+def _refuse(where: str, saved: dict | None, entries: set[str], command: str, config: dict, resume: bool,
+            overwrite: bool) -> None:
+    """OutputError / ConfigError when OUT (its manifest ``saved``, its ``entries``) is not this run's to take."""
+    if saved is None and entries and not overwrite:
+        raise OutputError(f"{where} is not empty and was not written by spikebridge {command}; "
+                          f"use a new --out or --overwrite")
+    if saved is not None and saved.get("command") != command and not overwrite:
+        raise OutputError(f"{where} holds an earlier spikebridge {_short(saved.get('command'))} run, not {command}; "
+                          f"use a new --out or --overwrite")
+    if saved is not None and not (resume or overwrite):
+        raise OutputError(f"{where} holds an earlier {command} run; --resume continues it, --overwrite replaces it")
+    if saved is not None and resume:
+        old = saved.get("config")
+        changed = config_differences(old if isinstance(old, dict) else {}, config)
+        if changed:
+            more = f"; and {len(changed) - 8} more" if len(changed) > 8 else ""
+            raise ConfigError(f"--resume: the settings differ from the saved run ({'; '.join(changed[:8])}{more}); "
+                              f"rerun without those changes, or start a new --out")
+
+
+def check_run_folder(out: str | os.PathLike, *, command: str, config: dict, resume: bool, overwrite: bool) -> None:
+    """What :func:`claim_run_folder` would refuse, found without writing anything (the run plan's
+    check, so that ``--plan`` fails as the run would)."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: give only one")
+    out = Path(out)
+    existing = next((p for p in (out, *out.parents) if os.path.lexists(p)), None)
+    if existing is not None and not existing.is_dir():  # a file in the way
+        raise output_error(out, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)), "cannot create folder")
+    if existing != out:
+        return
+    try:
+        entries = _entries(out)
+    except OSError as exc:
+        raise output_error(out, exc, "cannot use") from exc
+    _refuse(_short(str(out), 100), _read_json(out / MANIFEST), entries, command, config, resume, overwrite)
+
+
 def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool) -> RunFolder:
     created = not os.path.lexists(out)
     ensure_dir(out)
@@ -241,21 +280,8 @@ def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool)
         where = _short(str(out), 100)
         names: set[str] = set()
         earlier = _names(saved, "names")  # what the earlier run wrote (its killed writes may have left temporary files)
-        if saved is None and entries and not overwrite:
-            raise OutputError(f"{where} is not empty and was not written by spikebridge {command}; "
-                              f"use a new --out or --overwrite")
-        if saved is not None and saved.get("command") != command and not overwrite:
-            raise OutputError(f"{where} holds an earlier spikebridge {_short(saved.get('command'))} run, not {command}; "
-                              f"use a new --out or --overwrite")
-        if saved is not None and not (resume or overwrite):
-            raise OutputError(f"{where} holds an earlier {command} run; --resume continues it, --overwrite replaces it")
+        _refuse(where, saved, entries, command, config, resume, overwrite)
         if saved is not None and resume:
-            old = saved.get("config")
-            changed = config_differences(old if isinstance(old, dict) else {}, config)
-            if changed:
-                more = f"; and {len(changed) - 8} more" if len(changed) > 8 else ""
-                raise ConfigError(f"--resume: the settings differ from the saved run ({'; '.join(changed[:8])}{more}); "
-                                  f"rerun without those changes, or start a new --out")
             names = earlier
         elif resume:
             print(f"note: --resume: {where} holds no earlier run; starting a new one", file=sys.stderr)

@@ -300,3 +300,24 @@ def test_corrupt_aedat4_through_the_real_command(tmp_path):
     assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"spikebridge: error: {path}: not a readable AEDAT 4 file (")
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["images", "cifar10-dvs-aedat", "es-imagenet-released", "video-clips"])
+def test_a_corrupt_first_sample_is_passed_over_and_named(tmp_path, capsys, name):
+    writer, layout, classes, (train, test), shape = DATASETS[name]
+    root = writer(tmp_path / name)
+    first = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".aedat", ".npz"))
+    first[0].write_bytes(b"junk")  # the first file in sorted order: the opener's first training sample
+    out = tmp_path / "figs"
+    code = main(["inspect", "--json", str(root), "--out", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    info = json.loads(stdout)
+    assert info["layout"] == layout and info["sample_shape"] == shape and info["splits"] == {"train": train, "test": test}
+    assert "skipped an unreadable sample: " in stderr and str(first[0]) in stderr
+    assert (out / f"inspect_{name}.png").read_bytes()[:4] == b"\x89PNG"
+    for path in first:  # none readable: the first one's error, in one line
+        path.write_bytes(b"junk")
+    code = main(["inspect", str(root), "--out", str(out)])
+    stderr = capsys.readouterr().err
+    assert code == 2 and stderr.count("\n") == 1 and str(first[0]) in stderr, stderr

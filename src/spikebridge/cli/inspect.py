@@ -48,6 +48,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from ..analysis.figures import plot_event_frames, plot_images
 
         picture = Path(args.out) / f"inspect_{Path(args.path).name.split('.')[0] or 'sample'}.png"
+        for skipped in preview.skipped:
+            print(f"skipped an unreadable sample: {skipped}", file=sys.stderr)
         draw = plot_event_frames if preview.kind == "events" else plot_images
         draw(preview.data, picture, title=preview.title)
     print(json.dumps(info) if args.json else table(info))

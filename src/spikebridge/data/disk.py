@@ -253,7 +253,9 @@ def _events_kind(label_file: Path) -> str:
 
 def _event_bundle(name: str, train: Dataset, test: Dataset, num_classes: int, image_size: int, workers: int,
                   info: dict) -> DataBundle:
-    sample = train[0][0]
+    from .loading import first_readable
+
+    sample = first_readable(len(train), lambda i: train[i][0])[1]
     native = int(min(sample.shape[-2:]))
     if image_size and image_size != native and info.get("format") != "es-ucf101":
         resize = ResizeFrames(image_size)
@@ -462,7 +464,7 @@ def open_video_clips(root: str, *, split_seed: int, time_steps: int, workers: in
     train_idx, test_idx = _video_split(names, split_seed)
     full = VideoClipDataset(clips, time_steps=time_steps or DEFAULT_VIDEO_STEPS)
     train, test = Subset(full, train_idx), Subset(full, test_idx)
-    height, width = _frame_size(clips[0][0])
+    height, width = _frame_size([clip for clip, _ in clips])
     return DataBundle(
         name=root, train=train, test=test, num_classes=len(classes), in_channels=3, kind="events",
         image_size=min(height, width), max_shift=0, workers=workers,
@@ -480,16 +482,21 @@ def _clip_frames(clip: Path) -> list[Path]:
     return frames
 
 
-def _frame_size(clip: Path) -> tuple[int, int]:
-    """(height, width) of a clip's first frame, from its header."""
+def _frame_size(clips: list[Path]) -> tuple[int, int]:
+    """(height, width) of the first readable clip's first frame, from its header."""
     from PIL import Image
 
-    frames = _clip_frames(clip)
-    try:
-        with Image.open(frames[0]) as img:
-            return int(img.height), int(img.width)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{frames[0]}: cannot read the frame ({type(exc).__name__}: {exc})") from None
+    from .loading import first_readable
+
+    def first_frame_size(index: int) -> tuple[int, int]:
+        frame = _clip_frames(clips[index])[0]
+        try:
+            with Image.open(frame) as img:
+                return int(img.height), int(img.width)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{frame}: cannot read the frame ({type(exc).__name__}: {exc})") from None
+
+    return first_readable(len(clips), first_frame_size)[1]
 
 
 # ------------------------------------------------------------------------------------------------

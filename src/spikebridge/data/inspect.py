@@ -16,7 +16,7 @@ Every bad input is a one-line :class:`~spikebridge.errors.DataError`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class Preview:
     kind: str
     data: torch.Tensor
     title: str
+    #: ``"<sample>: <why>"`` of the unreadable samples passed over before this one.
+    skipped: list[str] = field(default_factory=list)
 
 
 def inspect_path(path: str | os.PathLike, *, preview: bool = False) -> tuple[dict[str, Any], Preview | None]:
@@ -177,15 +179,20 @@ def _dataset_info(layout: str, classes: list[str], train: int, test: int, shape)
 
 
 def _inspect_bundle(bundle: DataBundle, layout: str, classes: list[str], wanted: bool):
-    sample = bundle.first_sample()
+    from .loading import TensorSplit, first_readable
+
+    if isinstance(bundle.train, TensorSplit):
+        index, sample, skipped = 0, bundle.first_sample(), []
+    else:
+        index, sample, skipped = first_readable(len(bundle.train), lambda i: bundle.train[i][0])
     info = _dataset_info(layout, classes, len(bundle.train), len(bundle.test), sample.shape)
     if not wanted:
         return info, None
-    title = f"{Path(bundle.name).name or bundle.name}: training sample 0"
+    title = f"{Path(bundle.name).name or bundle.name}: training sample {index}"
     if sample.dim() == 4 and sample.shape[1] == 2:  # event frames [T, 2, H, W]
         frames = _fewer_bins(sample.float())
         steps = -(-len(sample) // len(frames))
-        return info, Preview("events", frames, title + (f", {steps} steps a panel" if steps > 1 else ""))
+        return info, Preview("events", frames, title + (f", {steps} steps a panel" if steps > 1 else ""), skipped)
     images = sample.float() if sample.dim() == 4 else sample.float().unsqueeze(0)  # video [T, 3, H, W] or an image
     if sample.dtype == torch.uint8:
         images = images / 255.0
@@ -196,7 +203,7 @@ def _inspect_bundle(bundle: DataBundle, layout: str, classes: list[str], wanted:
                   + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).clamp(0, 1)
     if len(images) > PREVIEW_BINS:
         images = images[np.unique(np.linspace(0, len(images) - 1, PREVIEW_BINS).round().astype(int))]
-    return info, Preview("images", images, title)
+    return info, Preview("images", images, title, skipped)
 
 
 def _inspect_cifar(path: Path, wanted: bool):
@@ -212,6 +219,7 @@ def _inspect_image_folders(path: Path, wanted: bool):
     """ImageNet layout, listed without decoding (the opener decodes small images into memory)."""
     from .disk import default_image_size
     from .folders import ImageFolderDataset, inspect_image_folder, load_image, split_layout
+    from .loading import first_readable
     from .transforms import ToTensor
 
     split = split_layout(path)
@@ -225,8 +233,10 @@ def _inspect_image_folders(path: Path, wanted: bool):
     info = _dataset_info("image-folders", train.classes, len(train), len(test), (found.channels, size, size))
     if not wanted:
         return info, None
-    image = ToTensor(channels=found.channels)(load_image(train.samples[0][0], train.mode))
-    return info, Preview("images", image.unsqueeze(0), f"{path.name}: {Path(train.samples[0][0]).name} (as stored)")
+    index, image, skipped = first_readable(len(train), lambda i: load_image(train.samples[i][0], train.mode))
+    image = ToTensor(channels=found.channels)(image)
+    name = Path(train.samples[index][0]).name
+    return info, Preview("images", image.unsqueeze(0), f"{path.name}: {name} (as stored)", skipped)
 
 
 def _labelled_files(dataset) -> list[tuple[Path, int]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -46,8 +46,9 @@ class DataBundle:
     progress: Callable[[int], None] | None = None
 
     def first_sample(self) -> torch.Tensor:
-        """The first training sample as the model reads it (in-memory images as stored, uint8)."""
-        return self.train.images[0] if isinstance(self.train, TensorSplit) else self.train[0][0]
+        """The first readable training sample as the model reads it (in-memory images as stored,
+        uint8; see :func:`first_readable`)."""
+        return self.train.images[0] if isinstance(self.train, TensorSplit) else first_readable(len(self.train), lambda i: self.train[i][0])[1]
 
     @property
     def time_steps(self) -> int | None:
@@ -68,6 +69,26 @@ class DataBundle:
         """``(height, width)`` of the training samples' images / event frames (the first sample's)."""
         sample = self.first_sample()
         return int(sample.shape[-2]), int(sample.shape[-1])
+
+
+#: How many training samples :func:`first_readable` tries, in order, for one it can read.
+SAMPLE_TRIES = 20
+
+
+def first_readable(count: int, read: Callable[[int], Any], tries: int = SAMPLE_TRIES) -> tuple[int, Any, list[str]]:
+    """``(index, read(index), skipped)`` for the first of the first ``tries`` of ``count`` samples
+    that ``read`` can read, and why each one before it could not (its one-line
+    :class:`DataError`). One corrupt file does not decide what a dataset's samples look like; the
+    first error is raised only when none of them can be read."""
+    skipped: list[str] = []
+    for index in range(min(count, tries)):
+        try:
+            return index, read(index), skipped
+        except DataError as exc:
+            skipped.append(str(exc))
+    if not skipped:
+        raise DataError("the training split holds no samples")
+    raise DataError(skipped[0] + (f" (and the next {len(skipped) - 1} samples)" if len(skipped) > 1 else ""))
 
 
 def limit_bundle(bundle: DataBundle, limit_train: int = 0, limit_test: int = 0, *, seed: int = 0) -> DataBundle:

@@ -85,7 +85,9 @@ def test_bare_weights_file_as_ann_says_what_to_give(weights, suffix, tmp_path, c
 @pytest.mark.parametrize("case,expected", [
     (["--ann", "cnn"], "needs --ann-weights"),
     (["--ann", "cnn", "--ann-weights", "missing.pth"], "file not found"),
-    (["--ann", "cnn", "--ann-weights", "TEXT"], "not a loadable state-dict file"),
+    (["--ann", "cnn", "--ann-weights", "TEXT"], "not a weights file of torch.save, .safetensors or a spikebridge "
+     "checkpoint (it starts with b'"),
+    (["--ann", "lenet5"], "--ann 'lenet5': no such checkpoint, nor a registry model (cnn, crnn, resnet18"),
     (["--ann", "cnn", "--ann-weights", "PICKLED"], "holds a pickled Python object (spikebridge.models.cnn.SmallCNN), "
      "not only tensors, and spikebridge never runs code from a weights file; save the weights with "
      "torch.save(model.state_dict(), PATH)"),

@@ -90,6 +90,10 @@ def test_state_dict_files(tmp_path):
         report = sb.transfer(tmp_path / name, snn)
         assert report.match_fraction == 1.0
         assert torch.equal(snn.fc.weight, ann.fc.weight)
+    # a spikebridge checkpoint's tensors read as they are: the model's under "model.", beside the optimizer's
+    raw = {**{f"model.{k}": v for k, v in ann.state_dict().items()}, "optim.state.0.exp_avg": torch.zeros(3)}
+    snn = sb.create_model("resnet18_tv", num_classes=10, neuron="lif", T=2)
+    assert sb.transfer(raw, snn).match_fraction == 1.0 and torch.equal(snn.fc.weight, ann.fc.weight)
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="bad.pth"):
         sb.transfer(tmp_path / "bad.pth", sb.create_model("cnn"))

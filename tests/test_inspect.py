@@ -272,6 +272,7 @@ def _bad_inputs(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not a zip")
     (tmp_path / "empty").mkdir()
+    layouts.image_folders(tmp_path / "imnet", size=(8, 8), classes=2, train_per_class=1, val_per_class=1)
     return {
         "missing": (tmp_path / "nope", "no such file or folder"),
         "unknown format": (tmp_path / "notes.txt", "unknown recording format '.txt'"),
@@ -279,6 +280,8 @@ def _bad_inputs(tmp_path):
         "truncated .bin": (tmp_path / "cut.bin", "not a whole number of 5-byte N-MNIST events"),
         "corrupt .npz": (tmp_path / "junk.npz", "junk.npz: not a readable .npz"),
         "not a dataset": (tmp_path / "empty", "no class folders"),
+        "one split of a dataset": (tmp_path / "imnet" / "train", f"train: one split of the dataset "
+                                   f"{(tmp_path / 'imnet').resolve()}; give that folder"),
     }
 
 

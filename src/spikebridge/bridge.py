@@ -119,7 +119,13 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: holds a pickled Python object ({pickled.group(1)[:100]}), not only "
                                   "tensors, and spikebridge never runs code from a weights file; save the weights "
                                   "with torch.save(model.state_dict(), PATH)") from None
-        raise CheckpointError(f"{path}: not a loadable state-dict file ({first_line(exc)[:200]})") from None
+        with open(path, "rb") as f:
+            head = f.read(12)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch.save's zip nor a legacy pickle
+            raise CheckpointError(f"{path}: not a weights file of torch.save, .safetensors or a spikebridge "
+                                  f"checkpoint (it starts with {head!r})") from None
+        raise CheckpointError(f"{path}: not a loadable state-dict file ({type(exc).__name__}: "
+                              f"{first_line(exc)[:200]})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -140,6 +146,21 @@ def as_state_dict(source) -> dict[str, torch.Tensor]:
     if source and all(k.startswith("module.") for k in source):
         source = {k[len("module."):]: v for k, v in source.items()}
     return source
+
+
+def _names_as_in(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``source`` itself, or when none of its names is the target's, the tensors under the
+    one-level prefix whose names are (``model.`` of a spikebridge checkpoint's tensors read with
+    safetensors, ``backbone.``, ``net.`` ...), the prefix dropped."""
+    if any(k in target for k in source):
+        return source
+    best, best_hits = source, 0
+    for prefix in {k.split(".", 1)[0] + "." for k in source if "." in k}:
+        under = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
+        hits = sum(k in target for k in under)
+        if hits > best_hits:
+            best, best_hits = under, hits
+    return best
 
 
 def _adapt_first_layer(weight: torch.Tensor, in_channels: int, mode: str) -> torch.Tensor:
@@ -168,9 +189,9 @@ def transfer(
     """
     if first_layer not in FIRST_LAYER_MODES:
         raise TransferError(f"unknown first_layer mode {first_layer!r}; expected one of {', '.join(FIRST_LAYER_MODES)}")
-    source_state = as_state_dict(source)
     target = getattr(snn_model, "module", snn_model)
     target_state = target.state_dict()
+    source_state = _names_as_in(as_state_dict(source), target_state)
     report = TransferReport()
     new_state: dict[str, torch.Tensor] = {}
     first_conv = next((k for k, v in target_state.items() if v.dim() == 4), None)

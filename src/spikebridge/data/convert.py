@@ -193,7 +193,7 @@ def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> 
             if not overwrite:
                 raise DataError(
                     f"{out_dir} holds a conversion made with other parameters ({path}); "
-                    "use another output folder or --overwrite (overwrite=True) to convert everything again"
+                    "use another output folder or --overwrite to convert everything again"
                 )
             reuse = False
     else:
@@ -205,7 +205,7 @@ def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> 
         if foreign and not overwrite:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise DataError(f"output folder {out_dir} is not empty ({shown}) and holds no earlier conversion; "
-                            "choose a new or empty folder, or add --overwrite (overwrite=True) to write into it "
+                            "choose a new or empty folder, or add --overwrite to write into it "
                             "(files with the same names are replaced)")
         reuse = not overwrite
     ensure_dir(out_dir)

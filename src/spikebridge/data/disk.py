@@ -649,6 +649,11 @@ def open_path_dataset(
 
 def _supported_layout(path: str | os.PathLike) -> tuple[str, str]:
     root, layout = locate_dataset(path)
+    if layout == "image-folder-single":
+        parent = split_layout(Path(root).resolve().parent)
+        if parent is not None and parent.val is not None and Path(root).resolve() in (Path(parent.train), Path(parent.val)):
+            raise DataError(f"{root}: one split of the dataset {parent.root}; give that folder (its train/ and "
+                            f"{Path(parent.val).name}/ are read together)")
     if layout in _UNSUPPORTED:
         raise DataError(f"{root}: " + _UNSUPPORTED[layout].format(root=root))
     return root, layout

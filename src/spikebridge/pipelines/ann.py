@@ -105,6 +105,9 @@ def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str
         raise ConfigError(f"--ann {short_repr(ann)} is a weights file without its model: give --ann MODEL "
                           f"--ann-weights {short_repr(ann)} (MODEL: a registry model such as resnet18_tv) or --ann "
                           "FILE.py:ClassName --ann-weights ...")
+    if not path.exists():
+        raise ConfigError(f"--ann {short_repr(ann)}: no such checkpoint, nor a registry model "
+                          f"({', '.join(list_models())}) or FILE.py:ClassName")
     if weights or kwargs_text:
         raise ConfigError("--ann-weights / --ann-kwargs go with --ann MODEL or --ann FILE.py:ClassName; a checkpoint "
                           "has its own")

@@ -7,6 +7,8 @@ first-layer comparison ran all three modes, the conversion curve was computed, a
 / ``report.md`` / the figures carry all of it.
 """
 import csv
+import contextlib
+import io
 import json
 import math
 
@@ -38,8 +40,15 @@ def set_flags(values: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--out", str(out), "--no-progress", "--device", "cpu", "--seed", "0", *set_flags(TINY)])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--out", str(out), "--no-progress", "--device", "cpu", "--seed", "0", *set_flags(TINY)])
     assert code == 0, "spikebridge demo failed (see the captured stderr)"
+    last = printed.getvalue().splitlines()[-1]  # the run names everything it wrote, read from the folder
+    shown = [p for p in out.iterdir() if not p.name.startswith(".")]  # not the run folder's own marker
+    assert last == f"wrote {out}: " + ", ".join(
+        sorted(p.name for p in shown if p.is_file()) + sorted(p.name + "/" for p in shown if p.is_dir()))
+    assert "accuracy_vs_T.png" in last and "config.yaml" in last, last
     return out, json.loads((out / "summary.json").read_text())
 
 

@@ -170,7 +170,8 @@ def test_help_says_what_is_written_and_where(capsys):
         return " ".join(capsys.readouterr().out.split())
 
     text = help_of("export")
-    assert "--out FILE.nir the NIR file to write (required)" in text and "output folder" not in text
+    assert "--out FILE.nir the NIR file to write;" in text and "output folder" not in text
+    assert "usage: spikebridge export [-h] --out FILE.nir" in text  # shown as required
     text = help_of("evaluate")
     assert ("--out DIR folder for evaluation.json, evaluation.md and the figures (default: an 'evaluation' folder "
             "beside the checkpoint's .json") in text and "default: None" not in text

@@ -396,6 +396,10 @@ def read_yaml(path: str | Path) -> dict:
     if not str(path).strip():
         raise ConfigError("the config file path is empty")
     path = Path(path)
+    if path.is_dir():
+        yamls = sorted(p.name for p in path.glob("*.y*ml"))[:3]
+        raise ConfigError(f"config {path} is a folder; give one YAML recipe in it"
+                          + (f" (e.g. {', '.join(yamls)})" if yamls else ""))
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

@@ -29,12 +29,11 @@ def register(sub, add, common) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.benchmark import markdown_table
-    from ..pipelines.context import log
+    from ..pipelines.context import log, log_written
 
     options = {"methods": args.methods, "ann_data": args.ann_data}
     summary = run_request(args, request(args, "benchmark", options=options))
     if summary is not None:
         log(markdown_table(summary))
-        log(f"wrote {Path(args.out) / 'benchmark.md'}, benchmark.json, accuracy_vs_time.png, accuracy_vs_epochs.png "
-              f"({summary['wall_seconds']} s)")
+        log_written(Path(args.out), f"{summary['wall_seconds']} s")
     return 0

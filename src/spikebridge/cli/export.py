@@ -14,8 +14,8 @@ from pathlib import Path
 def register(sub, add, common) -> None:
     p = add("export", cmd_export, "write a trained SNN checkpoint as a NIR graph for neuromorphic toolchains",
             example="spikebridge export runs/ft/snn_finetuned/checkpoints/last.json --format nir --out runs/ft/snn.nir",
-            flags="model", out_metavar="FILE.nir", out_help="the NIR file to write (required); an existing file is "
-            "replaced only with --overwrite")
+            flags="model", out_metavar="FILE.nir", out_help="the NIR file to write; an existing file is replaced only "
+            "with --overwrite", out_required=True)
     p.add_argument("checkpoint", metavar="CKPT", help=CHECKPOINT_HELP.format(what="an SNN checkpoint"))
     p.add_argument("--format", default="nir", choices=["nir"], help="output format (default: nir)")
     p.add_argument("--ann", dest="code", help=argparse.SUPPRESS)  # --code's name before 0.1.1: still taken
@@ -105,8 +105,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..export import DT, checked_dt, export_nir
     from ..restore import model_from_checkpoint
 
-    if not args.out:
-        raise ConfigError("--out FILE.nir is required")
+    if not args.out:  # --out ""
+        raise ConfigError("--out FILE.nir names no file")
     dt = DT if args.dt is None else checked_dt(args.dt, "--dt")  # before the model loads
     check_out_file(args.out, args.overwrite)  # before the (slow) load
     model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=args.code, trust_code=args.trust_code,

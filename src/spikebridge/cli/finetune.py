@@ -42,6 +42,5 @@ def run(args: argparse.Namespace) -> int:
         result = summary["runs"][-1]
         ann_acc = "-" if summary["ann_acc"] is None else f"{summary['ann_acc']:.4f}"
         log(f"ANN {ann_acc} | SNN (T={summary['T']}) after transfer {summary['transfer_acc']:.4f} | "
-            f"after {result['epochs']} epoch(s) {result['final_acc']:.4f} (best {result['best_acc']:.4f}); "
-            f"wrote {args.out}/summary.json")
+            f"after {result['epochs']} epoch(s) {result['final_acc']:.4f} (best {result['best_acc']:.4f})")
     return 0

@@ -42,6 +42,14 @@ def log(message: str) -> None:
         tqdm.write(message)
 
 
+def log_written(out: Path, note: str = "") -> None:
+    """``wrote OUT: <its files>, <its folders>/`` (hidden entries left out; rank 0 alone logs):
+    what a finished run left, read from the folder, so that no output goes unnamed."""
+    entries = [p for p in Path(out).iterdir() if not p.name.startswith(".")]
+    names = [p.name + "/" if p.is_dir() else p.name for p in sorted(entries, key=lambda p: (p.is_dir(), p.name))]
+    log(f"wrote {out}: {', '.join(names)}" + (f" ({note})" if note else ""))
+
+
 @dataclass
 class RunContext:
     """Device, output folder (None: nothing is written), seed, progress bars, resume, AMP, SyncBN,

@@ -23,7 +23,7 @@ from ..train.distributed import current as current_rank
 from ..train.engine import METRICS_COLUMNS, RunResult, check_batches, evaluate, write_metrics_csv
 from ..utils import Stopwatch, atomic_write_text, ensure_dir
 from .ann import LoadedAnn, RegistryFamily, check_model_fits, use_checkpoint_model
-from .context import RunContext, log
+from .context import RunContext, log, log_written
 
 
 def start_run(cfg: PipelineConfig) -> RunContext:
@@ -287,7 +287,7 @@ def write_outputs(ctx: RunContext, runs: list[RunResult], *, dataset: str, T: in
     table = results_table(summary["runs"], summary.get("time_to_target"))
     atomic_write_text(out / "report.md", render_report(summary, table, title))
     log("\n" + table + "\n")
-    log(f"wrote {out / 'summary.json'}, {out / 'report.md'}, {out / 'metrics.csv'}, {out / 'accuracy_vs_time.png'}")
+    log_written(out)
     return summary
 
 

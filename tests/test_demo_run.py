@@ -102,6 +102,7 @@ def test_the_bridge_recalibrated_bn_and_matched_rates(demo):
     _out, summary = demo
     static, events = summary["transfer"], summary["events_transfer"]
     for t in (static, events):
+        assert t["total"] == 20
         assert {"matched", "adapted", "reinitialised", "missing", "unexpected", "mismatched", "match_fraction",
                 "recalibrated_bn", "rate_errors"} <= set(t)
         assert t["recalibrated_bn"] == 3 and t["match_fraction"] == 1.0 and not t["missing"] and not t["mismatched"]
@@ -149,8 +150,9 @@ def test_report_and_figure(demo):
                    f"accuracy right after the transfer, before any SNN training: {summary['transfer_acc']:.4f}",
                    "![accuracy vs training time](accuracy_vs_time.png)",
                    "## The bridge vs ANN-to-SNN conversion of the same ANN", "![accuracy vs T](accuracy_vs_T.png)",
-                   "## First-layer adaptation", "Transfer (static): 20 tensors matched",
-                   "BN layers re-calibrated: 3", "Transfer (event): 19 tensors matched",
+                   "## First-layer adaptation",
+                   "Transfer (static): transferred 20 of the SNN's 20 tensors (100%), adapted 0,",
+                   "BN layers re-calibrated: 3", "Transfer (event): transferred 20 of the SNN's 20 tensors (100%), adapted 1,",
                    f"Wall time of the whole run: {summary['wall_seconds']} s."):
         assert needle in report, needle
     for mode, entry in summary["first_layer_comparison"]["modes"].items():

@@ -67,11 +67,7 @@ class TransferReport:
         return set(self.matched) | set(self.adapted)
 
     def summary(self) -> str:
-        lines = [
-            f"transferred {len(self.matched) + len(self.adapted)} of the SNN's {self.total} tensors "
-            f"({self.match_percent}), adapted {len(self.adapted)}, re-initialised {len(self.reinitialised)}, "
-            f"missing {len(self.missing)}, unexpected {len(self.unexpected)}, shape-mismatched {len(self.mismatched)}"
-        ]
+        lines = [transfer_headline(self.to_dict())]
         for key, src, dst in self.mismatched:
             lines.append(f"  shape mismatch {key}: source {list(src)} vs SNN {list(dst)}")
         for label, keys in (("missing (kept as initialised)", self.missing), ("unexpected (ignored)", self.unexpected)):
@@ -88,6 +84,7 @@ class TransferReport:
 
     def to_dict(self) -> dict:
         return {
+            "total": self.total,
             "matched": len(self.matched),
             "adapted": self.adapted,
             "reinitialised": self.reinitialised,
@@ -100,6 +97,15 @@ class TransferReport:
             "rate_errors": self.rate_errors,
             "bridge_seconds": self.seconds,
         }
+
+
+def transfer_headline(record: dict) -> str:
+    """The first line of a transfer's report from its :meth:`TransferReport.to_dict` (the console
+    and ``report.md`` say the same)."""
+    return (f"transferred {record['matched'] + len(record['adapted'])} of the SNN's {record['total']} tensors "
+            f"({record['match_percent']}), adapted {len(record['adapted'])}, re-initialised "
+            f"{len(record['reinitialised'])}, missing {len(record['missing'])}, unexpected {len(record['unexpected'])}, "
+            f"shape-mismatched {len(record['mismatched'])}")
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..analysis.plots import plot_accuracy_vs_time
 from ..analysis.summary import PIPED, PIPES, build_summary, results_table, write_json
-from ..bridge import FIRST_LAYER_MODES
+from ..bridge import FIRST_LAYER_MODES, transfer_headline
 from ..config import PipelineConfig, dump_yaml
 from ..data.datasets import open_data_config, open_dataset, resolve_model_name
 from ..data.loading import DataBundle, with_time_bins
@@ -341,11 +341,7 @@ def render_report(summary: dict, table: str, title: str) -> str:
     for key, label in (("transfer", "static"), ("events_transfer", "event")):
         if summary.get(key):
             t = summary[key]
-            lines.append(
-                f"Transfer ({label}): {t['matched']} tensors matched ({t.get('match_percent', '?')} transferred), adapted "
-                f"{len(t['adapted'])}, re-initialised {len(t['reinitialised'])}, missing {len(t['missing'])}, "
-                f"unexpected {len(t['unexpected'])}; BN layers re-calibrated: {t['recalibrated_bn']}."
-            )
+            lines.append(f"Transfer ({label}): {transfer_headline(t)}; BN layers re-calibrated: {t['recalibrated_bn']}.")
     lines.append(f"\nWall time of the whole run: {summary.get('wall_seconds')} s.")
     return "\n".join(lines) + "\n"
 

@@ -187,7 +187,8 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
             momentum buffers): a previous run's ``RunResult.optimizer_state`` (by parameter name) or
             a checkpoint's optimizer state dict; see :func:`load_optimizer_state`. The LR and other
             hyperparameters are this run's (``cfg.lr``: the LR is reset).
-        meta: stored in every checkpoint (model config, data, ...).
+        meta: stored in every checkpoint (model config, data, ...), over what the data records of
+            itself (``DataBundle.input_meta``: data_path, image_size, input_shape).
         stop_after: end after this many epochs of ``cfg``'s schedule (short comparisons).
         amp: ``off`` | ``bf16`` | ``fp16`` mixed precision (CUDA only; float32 on CPU, with a note).
         sync_bn: under DDP, BatchNorm statistics over the global batch (all ranks).

@@ -25,6 +25,7 @@ from ..models import list_models
 from ..neurons import check_backend_on_device
 from ..restore import locate_checkpoint
 from ..train.checkpoint import load_checkpoint
+from ..train.distributed import current as current_rank
 from ..train.runfolder import check_run_folder
 from .ann import AnnSource, check_checkpoint_optimizer, load_ann
 from .context import resolve_device
@@ -252,8 +253,9 @@ def build_plan(request: Request) -> RunPlan:
         _check_dataset(name)
     loaded = load_ann(source, checkpoint=ckpt) if source is not None else None
     plan = RunPlan(command, cfg, phases, source, options, preset, loaded)
-    check_run_folder(cfg.run.out, command=command, config=plan.settings(), resume=cfg.run.resume,
-                     overwrite=bool(options.get("overwrite")))
+    if current_rank().is_main:  # under torchrun rank 0 alone claims the folder: the others may see its claim
+        check_run_folder(cfg.run.out, command=command, config=plan.settings(), resume=cfg.run.resume,
+                         overwrite=bool(options.get("overwrite")))
     return plan
 
 

@@ -191,6 +191,7 @@ def test_evaluate_and_export_use_the_image_size_and_folder_the_checkpoint_was_tr
                  "--set", "finetune.epochs=1", "--set", "bridge.calibration_batch_size=8"]) == 0
     meta = load_checkpoint(tmp_path / "run/snn_pretrained/checkpoints/last.json").meta
     assert (meta["data_path"], meta["image_size"], meta["input_shape"]) == (str(tmp_path / "photos"), 32, [3, 32, 32])
+    assert (meta["split_seed"], meta["time_steps"]) == (0, None)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -209,3 +210,28 @@ def test_evaluate_and_export_use_the_image_size_and_folder_the_checkpoint_was_tr
     assert main(["evaluate", "../run", "--out", "ev2"]) == 2
     err = _one_line_error(capsys)
     assert f"the checkpoint's dataset {tmp_path / 'photos'} is not there; give --data DIR" in err
+
+
+def test_evaluate_reads_the_split_and_time_bins_the_checkpoint_was_trained_on(tmp_path):
+    """A DVS folder without splits is split 90/10 by the split seed: evaluating with another seed
+    would test on training recordings. The checkpoint records the seed and the merged time bins."""
+    from _layouts import dvs_folder
+
+    from spikebridge.cli.export import open_checkpoint_data
+    from spikebridge.data.datasets import open_dataset
+    from spikebridge.data.loading import with_time_bins
+
+    root = dvs_folder(tmp_path / "dvs", per_class=10, n_events=60)
+
+    def test_files(bundle) -> list[str]:
+        split = bundle.test
+        while not hasattr(split, "samples"):
+            split = split.dataset
+        return sorted(str(path) for path, _ in split.samples)
+
+    trained = with_time_bins(open_dataset(str(root), split_seed=5), 4)  # as the run opened it
+    meta = trained.input_meta()
+    assert (meta["split_seed"], meta["time_steps"], meta["input_shape"]) == (5, 4, [2, 128, 128])
+    reopened = open_checkpoint_data(None, meta, "CKPT")
+    assert test_files(reopened) == test_files(trained) != test_files(open_dataset(str(root)))
+    assert reopened.time_steps == 4 and open_dataset(str(root)).time_steps == 8

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -63,41 +64,63 @@ def check_out_file(out: str, overwrite: bool, protected: list[Path] = ()) -> Pat
     return path
 
 
-def checkpoint_input(meta: dict, where: str) -> tuple[str | None, int, list[int] | None]:
-    """The data a checkpoint was trained on (:meth:`~spikebridge.data.loading.DataBundle.input_meta`):
-    its dataset (a folder's absolute path), image size (0: unknown) and frame shape ``[C, H, W]``
-    (None: unknown, a checkpoint from before 0.1.2), each checked."""
-    from ..config import MAX_IMAGE_SIZE, check_int
+@dataclass
+class CheckpointInput:
+    """The data a checkpoint was trained on (:meth:`~spikebridge.data.loading.DataBundle.input_meta`),
+    each field checked: its dataset (a folder's absolute path), image size (0: unknown), frame
+    shape ``[C, H, W]``, split seed and event time steps (None: unknown, a checkpoint from before
+    0.1.2)."""
+
+    name: str | None
+    image_size: int
+    shape: list[int] | None
+    split_seed: int | None
+    time_steps: int | None
+
+
+def checkpoint_input(meta: dict, where: str) -> CheckpointInput:
+    from ..config import MAX_IMAGE_SIZE, MAX_T, check_int
     from ..errors import CheckpointError, short_repr
+
+    def field(key: str, low: int, high: int) -> int | None:
+        value = meta.get(key)
+        return None if value is None else check_int(f"{where}: checkpoint field meta.{key}", value, low, high,
+                                                    error=CheckpointError)
 
     name = meta.get("data_path") or meta.get("data")
     if name is not None and not isinstance(name, str):
         raise CheckpointError(f"{where}: checkpoint field meta.data_path must be a path, got {short_repr(name)}")
-    size = check_int(f"{where}: checkpoint field meta.image_size", meta.get("image_size", 0), 0, MAX_IMAGE_SIZE,
-                     error=CheckpointError)
     shape = meta.get("input_shape")
     if shape is not None:
         if not (isinstance(shape, list) and len(shape) == 3):
             raise CheckpointError(f"{where}: checkpoint field meta.input_shape must be [C, H, W], got {short_repr(shape)}")
         for value in shape:
             check_int(f"{where}: checkpoint field meta.input_shape", value, 1, MAX_IMAGE_SIZE, error=CheckpointError)
-    return name, size, shape
+    return CheckpointInput(name, field("image_size", 0, MAX_IMAGE_SIZE) or 0, shape, field("split_seed", 0, 2**63 - 1),
+                           field("time_steps", 1, MAX_T))
 
 
 def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alternative: str = ""):
-    """``--data``, else the dataset the checkpoint was trained on; a folder opens at the
-    checkpoint's image size, so the model reads what it was trained on."""
+    """``--data``, else the dataset the checkpoint was trained on, read as in training: a folder
+    at the checkpoint's image size, the split of its split seed (the same test samples), event
+    frames merged to its time steps where they divide the data's."""
     from ..data.datasets import BUILTIN_DATASETS, open_dataset
+    from ..data.loading import with_time_bins
     from ..errors import ConfigError, DataError, clip
 
-    name, size, _shape = checkpoint_input(meta, where)
+    trained = checkpoint_input(meta, where)
     if not data_flag:
-        if not name:
+        if not trained.name:
             raise ConfigError(f"give --data{alternative} (the checkpoint does not name its dataset)")
-        if name not in BUILTIN_DATASETS and not os.path.exists(name):
-            raise DataError(f"the checkpoint's dataset {clip(name)} is not there; give --data DIR{alternative}")
-    data = data_flag or name
-    return open_dataset(data, image_size=0 if data in BUILTIN_DATASETS else size)
+        if trained.name not in BUILTIN_DATASETS and not os.path.exists(trained.name):
+            raise DataError(f"the checkpoint's dataset {clip(trained.name)} is not there; give --data DIR{alternative}")
+    data = data_flag or trained.name
+    bundle = open_dataset(data, image_size=0 if data in BUILTIN_DATASETS else trained.image_size,
+                          split_seed=trained.split_seed or 0)
+    steps = bundle.time_steps
+    if trained.time_steps and steps and steps != trained.time_steps and steps % trained.time_steps == 0:
+        bundle = with_time_bins(bundle, trained.time_steps)
+    return bundle
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -119,8 +142,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise ValueError
         except ValueError:
             raise ConfigError(f"--input-shape must be positive integers like 1,28,28, got {args.input_shape[:100]!r}") from None
-    elif not args.data and checkpoint_input(meta, args.checkpoint)[2]:
-        shape = tuple(checkpoint_input(meta, args.checkpoint)[2])
+    elif not args.data and checkpoint_input(meta, args.checkpoint).shape:
+        shape = tuple(checkpoint_input(meta, args.checkpoint).shape)
     else:
         shape = tuple(open_checkpoint_data(args.data, meta, args.checkpoint, alternative=" or --input-shape C,H,W")
                       .first_sample().shape[-3:])

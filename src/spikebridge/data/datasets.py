@@ -64,15 +64,18 @@ def open_dataset(name: str, *, max_shift: int = 2, split_seed: int = 0, workers:
     if name in BUILTIN_DATASETS and image_size not in (0, 28):
         raise DataError(f"{name} is 28 x 28: image_size={image_size} applies only to dataset folders")
     if name == "mnist5k":
-        return open_mnist5k(max_shift=max_shift, split_seed=split_seed)
-    if name == "es-mnist":
-        return open_es_mnist(split_seed=split_seed)
-    if not Path(name).exists():
+        bundle = open_mnist5k(max_shift=max_shift, split_seed=split_seed)
+    elif name == "es-mnist":
+        bundle = open_es_mnist(split_seed=split_seed)
+    elif not Path(name).exists():
         raise DataError(f"dataset {name!r} not found: use one of {', '.join(BUILTIN_DATASETS)} or an existing dataset folder")
-    from .disk import open_path_dataset
+    else:
+        from .disk import open_path_dataset
 
-    return open_path_dataset(name, max_shift=max_shift, split_seed=split_seed, workers=workers, image_size=image_size,
-                             time_steps=time_steps)
+        bundle = open_path_dataset(name, max_shift=max_shift, split_seed=split_seed, workers=workers,
+                                   image_size=image_size, time_steps=time_steps)
+    bundle.info.setdefault("split_seed", split_seed)  # a checkpoint records it (DataBundle.input_meta)
+    return bundle
 
 
 def open_data_config(data, *, name: str | None = None) -> DataBundle:

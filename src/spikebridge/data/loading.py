@@ -58,11 +58,17 @@ class DataBundle:
     def input_meta(self) -> dict:
         """What a checkpoint records of the data it was trained on, so that ``evaluate`` and
         ``export`` read the same inputs: ``data_path`` (a folder's absolute path, None for the
-        built-in datasets), ``image_size`` and ``input_shape`` (one frame's ``[C, H, W]``)."""
+        built-in datasets), ``image_size``, ``input_shape`` (one frame's ``[C, H, W]``),
+        ``split_seed`` (the seed of a split made by the opener: the same test samples) and
+        ``time_steps`` (event frames per sample; None for images)."""
         import os
 
         path = os.path.abspath(self.name) if os.path.exists(self.name) else None
-        return {"data_path": path, "image_size": int(self.image_size), "input_shape": list(self.first_sample().shape[-3:])}
+        sample = self.first_sample()
+        seed = self.info.get("split_seed")
+        return {"data_path": path, "image_size": int(self.image_size), "input_shape": list(sample.shape[-3:]),
+                "split_seed": int(seed) if isinstance(seed, int) else None,
+                "time_steps": int(sample.shape[0]) if self.kind == "events" else None}
 
     @property
     def frame_size(self) -> tuple[int, int]:

@@ -640,3 +640,24 @@ def test_a_long_path_in_a_message_keeps_its_start_and_its_file_name(tmp_path):
         sb.from_nir(deep, T=4)
     message = str(caught.value)
     assert len(message) < 260 and str(tmp_path)[:40] in message and "folder_name/my_network.nir does not" in message
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
+    """A Ctrl-C while PyTorch and the command load (``import spikebridge`` imports neither until
+    used) ends with ``spikebridge: interrupted`` and status 130, not a traceback."""
+    import time
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    probe = subprocess.run([sys.executable, "-c", "import sys, spikebridge.cli; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": src})
+    assert probe.stdout.strip() == "False", probe.stderr
+    assert sb.create_model is sb.models.create_model  # the public names and submodules load on first use
+    for delay in (0.1, 0.4, 0.8):
+        child = subprocess.Popen([sys.executable, "-m", "spikebridge", "pipes", "--plan", "--out", str(tmp_path / "r")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": src},
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(delay)
+        child.send_signal(signal.SIGINT)
+        err = child.communicate(timeout=120)[1]
+        assert child.returncode == 130 and err == "spikebridge: interrupted\n", (delay, child.returncode, err)

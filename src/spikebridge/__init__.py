@@ -1,36 +1,54 @@
 """spikebridge: train accurate, low-latency spiking neural networks fast by starting them from a
-trained ANN (Lin et al., "Rethinking Pretraining as a Bridge from ANNs to SNNs")."""
-from .bridge import TransferReport, recalibrate_batchnorm, transfer
-from .config import PipelineConfig
-from .data.loading import dataset_bundle
-from .errors import SpikebridgeError
-from .models import create_model, list_models, register_model
-from .neurons import LIAF, LIF, NeuronConfig, SharpenedReLU
-from .nir_import import from_nir
-from .restore import load_model
-from .spikify import SpikingNet, spikify
-from .surrogate import Surrogate, get_surrogate
+trained ANN (Lin et al., "Rethinking Pretraining as a Bridge from ANNs to SNNs").
+
+The public names below are imported on first use (PEP 562), so that ``import spikebridge`` and the
+command line's start do not wait for PyTorch before they need it (a Ctrl-C then is handled as
+any other)."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LIAF",
-    "LIF",
-    "NeuronConfig",
-    "PipelineConfig",
-    "SharpenedReLU",
-    "SpikebridgeError",
-    "SpikingNet",
-    "Surrogate",
-    "TransferReport",
-    "create_model",
-    "dataset_bundle",
-    "from_nir",
-    "get_surrogate",
-    "list_models",
-    "load_model",
-    "recalibrate_batchnorm",
-    "register_model",
-    "spikify",
-    "transfer",
-]
+#: public name -> the module that defines it
+_PUBLIC = {
+    "LIAF": "neurons", "LIF": "neurons", "NeuronConfig": "neurons", "SharpenedReLU": "neurons",
+    "PipelineConfig": "config", "SpikebridgeError": "errors", "SpikingNet": "spikify", "spikify": "spikify",
+    "Surrogate": "surrogate", "get_surrogate": "surrogate", "TransferReport": "bridge",
+    "recalibrate_batchnorm": "bridge", "transfer": "bridge", "create_model": "models", "list_models": "models",
+    "register_model": "models", "dataset_bundle": "data.loading", "from_nir": "nir_import", "load_model": "restore",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    else:  # a submodule not imported yet (spikebridge.pipelines ...)
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .bridge import TransferReport, recalibrate_batchnorm, transfer
+    from .config import PipelineConfig
+    from .data.loading import dataset_bundle
+    from .errors import SpikebridgeError
+    from .models import create_model, list_models, register_model
+    from .neurons import LIAF, LIF, NeuronConfig, SharpenedReLU
+    from .nir_import import from_nir
+    from .restore import load_model
+    from .spikify import SpikingNet, spikify
+    from .surrogate import Surrogate, get_surrogate

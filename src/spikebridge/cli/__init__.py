@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import SpikebridgeError
-from ..neurons import neuron_names
 
 #: The commands, each a module of this package with ``register(sub, add, common)``.
 COMMANDS: tuple[str, ...] = ("demo", "pretrain", "pipes", "piped", "finetune", "benchmark", "evaluate", "export",
@@ -55,6 +54,8 @@ def common(parser: argparse.ArgumentParser, *, flags: str = "run", default_out: 
                         help="override any config value, e.g. --set finetune.lr=0.01 (repeatable)")
     parser.add_argument("--model", help="registry model name (e.g. cnn, resnet18, resnet18_tv, vgg11)")
     if flags != "ann":
+        from ..neurons import neuron_names
+
         parser.add_argument("--neuron", choices=neuron_names(spiking=True), help="SNN neuron")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--resume", action="store_true", default=None, help="continue from the last complete epoch")

@@ -256,3 +256,19 @@ def test_no_progress_run_prints_plan_epochs_and_results(tmp_path, capsys):
     assert "ann epoch 1:" in printed and "| ann | 1 |" in printed
     assert f"wrote {out}: " in printed and "summary.json" in printed
     assert (out / "ann" / "checkpoints" / "last.json").is_file()
+
+
+@pytest.mark.parametrize("layout, command, image_size", [
+    ("photos", "pipes", 0), ("photos", "pipes", 32), ("photos", "pipes", 224), ("clips", "pipes", 0),
+    ("dvs", "benchmark", 0), ("dvs", "benchmark", 32), ("es-imagenet", "benchmark", 0), ("es-ucf101", "benchmark", 0),
+    ("mnist5k", "pipes", 0), ("es-mnist", "benchmark", 0)])
+def test_the_plan_shows_the_model_auto_picks_when_the_data_opens(data, layout, command, image_size, capsys):
+    """``model.name: auto`` is shown as the registry model the run will pick, told from the layout
+    and file headers; it is the model the opened data picks (one rule: disk.model_for)."""
+    from spikebridge.data.datasets import open_dataset, resolve_model_name
+
+    name = data.get(layout, layout)
+    plan = _plan([command, "--data", name, "--plan", "--set", f"data.image_size={image_size}",
+                  *(["--methods", "scratch", "--set", "events.time_bins=0"] if command == "benchmark" else [])], capsys)
+    opened = resolve_model_name("auto", open_dataset(name, image_size=image_size))
+    assert {p["model"] for p in plan["phases"]} == {opened}, (plan["phases"], opened)

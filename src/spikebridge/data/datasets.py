@@ -87,6 +87,22 @@ def open_data_config(data, *, name: str | None = None) -> DataBundle:
     )
 
 
+def planned_model(name: str, data: str, image_size: int = 0) -> str:
+    """``name``, or for ``"auto"`` (or empty) the model it will pick for dataset ``data`` when
+    that can be told without opening it (:func:`~spikebridge.data.disk.peek_model`), else
+    ``"auto"``: the run plan's view of :func:`resolve_model_name`."""
+    from .disk import model_for, peek_model
+
+    if name and name != "auto":
+        return name
+    if data in BUILTIN_DATASETS:
+        return model_for(None, image_size or 28, 2 if data == "es-mnist" else 1)
+    try:
+        return peek_model(data, image_size) or "auto"
+    except (DataError, OSError):  # the plan's data checks name the problem
+        return "auto"
+
+
 def resolve_model_name(name: str, bundle: DataBundle) -> str:
     """``name``, or the model :func:`~spikebridge.data.disk.suggest_model` picks for ``bundle``
     when ``name`` is ``"auto"`` (or empty)."""

@@ -79,21 +79,58 @@ def default_image_size(height: int, width: int) -> int:
 
 
 def suggest_model(bundle: DataBundle) -> str:
-    """A sensible default registry model for ``bundle`` (used when ``model.name`` is ``auto``).
+    """A sensible default registry model for ``bundle`` (used when ``model.name`` is ``auto``):
+    :func:`model_for` its format, image size and channels."""
+    return model_for(bundle.info.get("format"), int(bundle.image_size), bundle.in_channels)
+
+
+def model_for(fmt: str | None, image_size: int, channels: int) -> str:
+    """The registry model ``auto`` picks:
 
     * frame sequences of video clips (RGB or ES-UCF101 events): ``crnn``;
     * up to 40 px with 1-2 channels (digits, ES-MNIST, N-MNIST): ``cnn``;
     * up to 64 px (CIFAR, Tiny-ImageNet): ``vgg11``;
     * larger (ImageNet at 224, ES-ImageNet, CIFAR10-DVS at 128): ``resnet18`` (the paper's).
     """
-    if bundle.info.get("format") in ("video-clips", "es-ucf101"):
+    if fmt in ("video-clips", "es-ucf101"):
         return "crnn"
-    size = int(bundle.image_size)
-    if size <= 40 and bundle.in_channels <= 2:
+    if image_size <= 40 and channels <= 2:
         return "cnn"
-    if size <= 64:
-        return "vgg11"
-    return "resnet18"
+    return "vgg11" if image_size <= 64 else "resnet18"
+
+
+#: layout -> (image size, channels) of every dataset in it
+_FIXED_SHAPES = {"cifar": (32, 3), "es-imagenet": (224, 2), "es-imagenet-released": (224, 2),
+                 "es-imagenet-single": (224, 2), "dvs-gesture": (128, 2)}
+
+
+def peek_model(path: str | os.PathLike, image_size: int = 0) -> str | None:
+    """The model ``auto`` will pick (:func:`model_for`) for the dataset folder ``path`` opened at
+    ``image_size`` (0: its own), told by its layout and file headers without decoding samples
+    (for the run plan); None where only opening the data tells."""
+    root, layout = locate_dataset(path)
+    if layout in ("video-clips", "es-ucf101"):
+        return model_for(layout, image_size, 3)
+    if layout in _FIXED_SHAPES:
+        size, channels = _FIXED_SHAPES[layout]
+        return model_for(layout, image_size or size, channels)
+    if layout == "image-folders":
+        split = split_layout(root)
+        info = inspect_image_folder(split.train if split is not None else root)
+        return model_for(layout, image_size or default_image_size(info.typical_height, info.typical_width),
+                         info.channels)
+    if layout == "dvs":
+        from .events import read_event_file
+
+        train, test = dvs_splits(Path(root))
+        base = train if train is not None and test is not None else Path(root)
+        files = _list_event_files(base, find_classes(base)[0])
+        if files:
+            from .loading import first_readable
+
+            sensor = first_readable(len(files), lambda i: read_event_file(files[i][0])[2])[1]  # (width, height)
+            return model_for(layout, image_size or min(sensor), 2)
+    return None
 
 
 class ResizeFrames:

@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from ..config import PipelineConfig, TrainConfig, load_config, parse_override
-from ..data.datasets import BUILTIN_DATASETS
+from ..data.datasets import BUILTIN_DATASETS, planned_model
 from ..data.loading import merged_time_steps
 from ..errors import ConfigError, DataError, clip
 from ..models import list_models
@@ -211,8 +211,10 @@ def build_plan(request: Request) -> RunPlan:
             cfg.model.name = source.model
     elif source is not None:
         ann_model = source.class_spec
+    elif cfg.model.name in ("", "auto"):  # shown as the model the data will pick; cfg keeps "auto"
+        ann_model = planned_model(cfg.model.name, cfg.data.name, cfg.data.image_size)
     ann_trained = source is not None and (source.checkpoint is not None or source.weights is not None)
-    snn_model = ann_model if user_class else cfg.model.name
+    snn_model = ann_model if user_class or source is None else cfg.model.name
     data_steps = None if command == "piped" and ann_trained else event_steps(cfg.data.name)  # None: static
     ann_neuron = cfg.ann_neuron if source is None else "(its own)"
 
@@ -248,7 +250,7 @@ def build_plan(request: Request) -> RunPlan:
         if options.get("baseline", command == "demo"):  # the CLI's --baseline; the demo always
             phases.append(event_phase("snn_events_scratch", "scratch", cfg.events.scratch))
     if command == "benchmark":
-        phases += _benchmark_phases(cfg, options, source, ann_phase, data_steps)
+        phases += _benchmark_phases(cfg, options, source, ann_phase, data_steps, snn_model)
     for name in dict.fromkeys(p.data for p in phases):  # each dataset once, in phase order
         _check_dataset(name)
     loaded = load_ann(source, checkpoint=ckpt) if source is not None else None
@@ -270,7 +272,7 @@ def _check_dataset(name: str) -> None:
 
 
 def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | None, ann_phase: Phase,
-                      data_steps: int | None) -> list[Phase]:
+                      data_steps: int | None, snn_model: str) -> list[Phase]:
     from ..analysis.benchmark import parse_methods
 
     methods = parse_methods(options.get("methods") or "")
@@ -298,7 +300,7 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
         if method.transfers:  # the warm-up ("+wu") freezes the transferred encoder for at least one epoch
             train = replace(finetune, freeze_epochs=max(1, finetune.freeze_epochs) if method.warmup else 0)
         phases.append(Phase(method.name, "scratch" if method.base == "scratch" else "finetune",
-                            (cfg.events.model if events else "") or cfg.model.name, method.neuron or cfg.neuron.kind,
+                            (cfg.events.model if events else "") or snn_model, method.neuron or cfg.neuron.kind,
                             method.T or T, cfg.data.name, train))
     return phases
 

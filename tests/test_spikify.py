@@ -245,3 +245,20 @@ def test_per_channel_thresholds_and_rebuilding_from_a_state_dict():
     rebuilt.load_state_dict(snn.state_dict())
     snn.eval(), rebuilt.eval()
     torch.testing.assert_close(rebuilt(x[:4]), snn(x[:4]))
+
+
+def test_sb_spikify_stays_the_function_whatever_was_imported_first():
+    """The package loads its names on first use; importing the submodule ``spikebridge.spikify``
+    first (export, pipelines and from_nir do) must not turn ``sb.spikify`` into that module."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import torch, spikebridge as sb\nfrom spikebridge.export import export_nir\n"
+            "from spikebridge.pipelines import pipes\n"
+            "net = sb.spikify(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), T=2)\n"
+            "print(type(net).__name__, callable(sb.spikify))")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert done.stdout.split() == ["SpikingNet", "True"], done.stderr

@@ -141,3 +141,19 @@ def test_match_firing_rates_moves_rates_to_the_ann():
     after = (rates(snn, "blocks.2") - rates(ann, "blocks.2")).abs().mean()
     assert set(errors) == {"act1", "blocks.2", "blocks.5"}
     assert after < before / 2 and after < 0.02
+
+
+def test_recalibrate_batchnorm_takes_loader_pairs_and_a_failure_keeps_the_statistics():
+    model = sb.create_model("cnn", neuron="lif", T=2, in_channels=1)
+    images = torch.rand(32, 1, 28, 28)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.zeros(32).long()), batch_size=16)
+    assert sb.recalibrate_batchnorm(model, loader) == 3  # (inputs, labels) pairs, as a DataLoader gives
+    from_pairs = model.bn1.running_var.clone()
+    sb.recalibrate_batchnorm(model, [images[:16], images[16:]])
+    torch.testing.assert_close(model.bn1.running_var, from_pairs)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for bad, message in (([images[:16], "not a batch"], "batches must be tensors or"), ([], "got no batches")):
+        with pytest.raises(TransferError, match=message):
+            sb.recalibrate_batchnorm(model, bad)
+        for key, value in model.state_dict().items():  # the statistics are as they were, not reset
+            assert torch.equal(value, before[key]), key

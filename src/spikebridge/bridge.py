@@ -395,11 +395,17 @@ def _cumulative_stats(modules: Iterable[nn.Module]):
     norms = list({id(m): m for module in modules for m in module.modules()
                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}.values())
     momenta = [m.momentum for m in norms]
+    saved = [{k: v.clone() for k, v in m.state_dict().items() if k in ("running_mean", "running_var",
+                                                                        "num_batches_tracked")} for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
     try:
         yield norms
+    except BaseException:  # a failed estimate (bad batch, none at all, Ctrl-C) leaves the statistics as they were
+        for m, state in zip(norms, saved):
+            m.load_state_dict(state, strict=False)
+        raise
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
@@ -600,11 +606,22 @@ def match_firing_rates(
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu") -> int:
-    """Re-estimate every BatchNorm's running mean/var from ``batches`` run through ``model``.
+def batch_inputs(batch) -> torch.Tensor:
+    """The inputs of a batch given as a tensor or an ``(inputs, labels, ...)`` pair (a DataLoader's)."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise TransferError(f"batches must be tensors or (inputs, labels) pairs, got {type(batch).__name__}")
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable, device: torch.device | str = "cpu") -> int:
+    """Re-estimate every BatchNorm's running mean/var from ``batches`` (input tensors or
+    ``(inputs, labels)`` pairs, as a DataLoader gives) run through ``model``.
 
     Uses a cumulative average (momentum None) over all given batches, then restores each layer's
-    momentum and the model's train/eval mode. Returns the number of BN layers updated.
+    momentum and the model's train/eval mode. Returns the number of BN layers updated. When it
+    fails (a bad batch, no batch at all) the statistics are left as they were.
     """
     with _cumulative_stats([model]) as norms:
         if not norms:
@@ -613,11 +630,11 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], dev
         model.train()
         seen = 0
         try:
-            for x in batches:
-                model(x.to(device))
+            for batch in batches:
+                model(batch_inputs(batch).to(device))
                 seen += 1
         finally:
             model.train(was_training)
-    if seen == 0:
-        raise TransferError("BatchNorm re-calibration got no batches")
+        if seen == 0:
+            raise TransferError("BatchNorm re-calibration got no batches")
     return len(norms)

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .bridge import FIRST_LAYER_MODES, _adapt_first_layer, _run_to
+from .bridge import FIRST_LAYER_MODES, _adapt_first_layer, _run_to, batch_inputs
 from .errors import ConfigError, first_line
 from .layers import TimeFolded, fold_time, set_time_steps
 from .models import BridgeNet
@@ -515,14 +515,6 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
 # ------------------------------------------------------------------------------------------------
 # spikify
 # ------------------------------------------------------------------------------------------------
-def _first_tensor(batch) -> torch.Tensor:
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise ConfigError(f"calibration batches must be tensors or (inputs, labels) pairs, got {type(batch).__name__}")
-
-
 def spikify(ann_module: nn.Module, neuron: str | NeuronConfig = "lif", T: int = 4, calibration: Iterable | None = None,
             **options) -> SpikingNet:
     """Make an SNN from ``ann_module`` (left untouched); see the module docstring.
@@ -578,7 +570,7 @@ def spikify_with_graph(
     if calibration is not None:
         seen = 0
         for batch in calibration:
-            x = _first_tensor(batch).detach().cpu()
+            x = batch_inputs(batch).detach().cpu()
             calib_batches.append(x[: calibration_samples - seen])
             seen += len(calib_batches[-1])
             if seen >= calibration_samples:

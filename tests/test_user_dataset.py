@@ -93,3 +93,33 @@ def test_pipes_trains_on_user_images(tmp_path):
     runs = {r["name"]: r for r in summary["runs"]}
     assert list(runs) == ["ann", "snn_pretrained"]
     assert summary["dataset"] == "my-digits" and runs["ann"]["best_acc"] > 0.3 and runs["snn_pretrained"]["best_acc"] > 0.3
+
+
+def test_python_runs_are_validated_and_guarded_as_the_cli_runs(tmp_path):
+    """``pipes(cfg)`` from Python: a bad value is a one-line ConfigError before any work or file;
+    a second run into the same ``cfg.run.out`` is refused (advice in Python terms) unless
+    ``overwrite=True`` or ``cfg.run.resume``; a run that fails when its data opens leaves nothing."""
+    from spikebridge.errors import ConfigError, DataError, OutputError
+
+    def cfg(**values):
+        return load_config(PipelineConfig, None, {
+            "run.out": str(tmp_path / "run"), "run.device": "cpu", "run.progress": False, "run.threads": 1,
+            "data.limit_train": 64, "data.limit_test": 32, "ann.epochs": 1, "ann.batch_size": 32, "finetune.epochs": 1,
+            "finetune.batch_size": 32, "bridge.calibration_batches": 1, "bridge.calibration_batch_size": 32, **values})
+
+    for values, message in (({"model.T": 0}, "model.T must be an integer >= 1"),
+                            ({"neuron.kind": "relu"}, "neuron.kind is the SNN's neuron and must spike")):
+        with pytest.raises(ConfigError, match=message):
+            pipes(cfg(**values))
+        assert not (tmp_path / "run").exists()
+    first = pipes(cfg())
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(OutputError, match=r"holds an earlier pipes run; cfg\.run\.resume=True continues it, "
+                                          r"overwrite=True replaces it"):
+        pipes(cfg())
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == written  # untouched
+    assert pipes(cfg(**{"run.resume": True}))["runs"] == first["runs"]  # resumed: nothing left to train
+    assert pipes(cfg(), overwrite=True)["runs"][-1]["best_acc"] == first["runs"][-1]["best_acc"]
+    with pytest.raises(DataError):
+        pipes(cfg(**{"run.out": str(tmp_path / "other"), "data.name": str(tmp_path / "no-such-data")}))
+    assert not (tmp_path / "other").exists()

@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..train.engine import check_batches
 from ..utils import Stopwatch, seed_everything
 from .ann import LoadedAnn, RegistryFamily, build_model, model_meta, use_checkpoint_model
+from .context import claims_run_folder
 from .runs import events_config, open_static, start_run
 
 DEFAULT_METHODS = "scratch,scratch+liaf,pretrained,pretrained+wu,pretrained+liaf,encoder,encoder+wu,decoder"
@@ -42,6 +43,7 @@ def _refuse_decoder_across_classes(classes: int | None, data, methods: list) -> 
                           "nothing to transfer (leave out the decoder methods)")
 
 
+@claims_run_folder("benchmark")
 def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None = None,
               ann_data: str | None = None) -> dict:
     """Train the ANN once (unless ``ann``), then one SNN per method; write and return the summary

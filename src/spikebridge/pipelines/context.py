@@ -3,11 +3,13 @@ resume, mixed precision, SyncBN, the log), so that a phase is ``ctx.fit(model, d
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -15,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..config import PipelineConfig, TrainConfig
 from ..data.loading import DataBundle
-from ..errors import ConfigError
+from ..errors import ConfigError, SpikebridgeError
 from ..train.distributed import current as current_rank
 from ..train.distributed import local_device
 from ..train.engine import RunResult, checkpoint_path, fit
@@ -48,6 +50,56 @@ def log_written(out: Path, note: str = "") -> None:
     entries = [p for p in Path(out).iterdir() if not p.name.startswith(".")]
     names = [p.name + "/" if p.is_dir() else p.name for p in sorted(entries, key=lambda p: (p.is_dir(), p.name))]
     log(f"wrote {out}: {', '.join(names)}" + (f" ({note})" if note else ""))
+
+
+#: True inside :func:`holding_run_folder` (the CLI's ``execute`` has claimed ``--out``)
+_FOLDER_HELD: contextvars.ContextVar[bool] = contextvars.ContextVar("spikebridge_run_folder_held", default=False)
+
+
+@contextlib.contextmanager
+def holding_run_folder():
+    """The caller holds the run folder (``plan.execute``): the flows it calls claim none."""
+    token = _FOLDER_HELD.set(True)
+    try:
+        yield
+    finally:
+        _FOLDER_HELD.reset(token)
+
+
+#: the CLI's flags in the run folder's refusals -> what a Python caller sets instead
+_PYTHON_ARGUMENTS = (("--resume", "cfg.run.resume=True"), ("--overwrite", "overwrite=True"), ("--out", "cfg.run.out"))
+
+
+def claims_run_folder(command: str) -> Callable:
+    """A flow called from Python (``pipes(cfg, ...)``) claims ``cfg.run.out`` as the CLI does:
+    one run at a time, an earlier run refused unless ``cfg.run.resume`` continues it or
+    ``overwrite=True`` replaces it, nothing left behind by a run that fails before its first
+    result. Its boolean / text keyword options are part of the settings a resume must repeat."""
+    def decorate(flow: Callable) -> Callable:
+        @functools.wraps(flow)
+        def run(cfg: PipelineConfig, *args: Any, overwrite: bool = False, **options: Any) -> dict:
+            if _FOLDER_HELD.get():
+                return flow(cfg, *args, **options)
+            from ..train.runfolder import claim_run_folder
+
+            cfg.validate()
+            plain = {k: v for k, v in options.items() if isinstance(v, (bool, int, str, list)) or v is None}
+            try:
+                folder = claim_run_folder(cfg.run.out, command=command, config={**asdict(cfg), "options": plain},
+                                          resume=cfg.run.resume, overwrite=overwrite)
+            except SpikebridgeError as exc:  # its advice in the caller's terms, not the CLI's flags
+                text = str(exc)
+                for flag, argument in _PYTHON_ARGUMENTS:
+                    text = text.replace(flag, argument)
+                raise type(exc)(text) from None
+            with folder, holding_run_folder():
+                try:
+                    return flow(cfg, *args, **options)
+                except BaseException:
+                    folder.discard_if_empty()
+                    raise
+        return run
+    return decorate
 
 
 @dataclass

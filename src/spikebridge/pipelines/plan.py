@@ -310,11 +310,11 @@ def execute(plan: RunPlan) -> dict:
     refused), print the plan in short, run the command's flow; returns its summary. A new run that
     fails before it writes any result leaves no file behind."""
     from ..train.runfolder import claim_run_folder
-    from .context import log
+    from .context import holding_run_folder, log
 
     cfg, options = plan.config, plan.options
     with claim_run_folder(cfg.run.out, command=plan.command, config=plan.settings(), resume=cfg.run.resume,
-                          overwrite=bool(options.get("overwrite"))) as folder:
+                          overwrite=bool(options.get("overwrite"))) as folder, holding_run_folder():
         folder.own(*(phase.name for phase in plan.phases))  # each phase's run folder (benchmark methods too)
         for line in plan.describe():
             log(line)

@@ -15,6 +15,7 @@ from torch import nn
 from ..analysis.plots import plot_accuracy_vs_time
 from ..analysis.summary import PIPED, PIPES, build_summary, results_table, write_json
 from ..bridge import FIRST_LAYER_MODES, transfer_headline
+from ..neurons import check_backend_on_device
 from ..config import PipelineConfig, dump_yaml
 from ..data.datasets import open_data_config, open_dataset, resolve_model_name
 from ..data.loading import DataBundle, with_time_bins
@@ -23,12 +24,16 @@ from ..train.distributed import current as current_rank
 from ..train.engine import METRICS_COLUMNS, RunResult, check_batches, evaluate, write_metrics_csv
 from ..utils import Stopwatch, atomic_write_text, ensure_dir
 from .ann import LoadedAnn, RegistryFamily, check_model_fits, use_checkpoint_model
-from .context import RunContext, log, log_written
+from .context import RunContext, claims_run_folder, log, log_written
 
 
 def start_run(cfg: PipelineConfig) -> RunContext:
-    """The run's context; torch's threads; ``OUT/config.yaml`` (rank 0 alone writes under torchrun)."""
+    """The run's context; torch's threads; ``OUT/config.yaml`` (rank 0 alone writes under torchrun).
+    ``cfg`` is validated first, as the run plan does for the CLI: a Python caller's bad value is
+    a one-line ConfigError before any work too."""
+    cfg.validate()
     ctx = RunContext.from_config(cfg)
+    check_backend_on_device(cfg.neuron, ctx.device)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     if ctx.is_main:
@@ -177,6 +182,7 @@ def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: Load
 # ------------------------------------------------------------------------------------------------
 # the commands' flows
 # ------------------------------------------------------------------------------------------------
+@claims_run_folder("pretrain")
 def pretrain(cfg: PipelineConfig, *, ann: LoadedAnn | None = None) -> dict:
     """Train the ANN (a registry model with ``ann_neuron``, or the user's class) on static data."""
     ctx = start_run(cfg)
@@ -188,6 +194,7 @@ def pretrain(cfg: PipelineConfig, *, ann: LoadedAnn | None = None) -> dict:
                          title=f"ANN pretraining on {bundle.name}")
 
 
+@claims_run_folder("pipes")
 def pipes(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Module | None = None,
           bundle: DataBundle | None = None) -> dict:
     """pipeS: ANN on static data (trained here unless given) -> SNN fine-tuned on the same data
@@ -202,6 +209,7 @@ def pipes(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Mo
                          title=f"pipeS on {bundle.name}: SNN (T={cfg.model.T}) from an ANN vs from scratch")
 
 
+@claims_run_folder("finetune")
 def finetune(cfg: PipelineConfig, ann: LoadedAnn) -> dict:
     """Your trained ANN -> an SNN, fine-tuned (pipeS without pretraining or baseline; run
     ``snn_finetuned``). Writes and returns ``summary.json``."""
@@ -214,6 +222,7 @@ def finetune(cfg: PipelineConfig, ann: LoadedAnn) -> dict:
                          title=f"Your ANN as an SNN: {ann.label} on {bundle.name}, T={cfg.model.T}")
 
 
+@claims_run_folder("piped")
 def piped(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Module | None = None,
           events: DataBundle | None = None) -> dict:
     """pipeD: an ANN pretrained on static images (trained here unless given) -> SNN on events:
@@ -249,6 +258,7 @@ def piped(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Mo
                          title=f"pipeD on {name}: event SNN from a static ANN vs from scratch")
 
 
+@claims_run_folder("demo")
 def demo(cfg: PipelineConfig, *, events: bool = True) -> dict:
     """The main job: pipeS on the embedded MNIST and pipeD on its ODG events (ES-MNIST), one report."""
     ctx = start_run(cfg)

@@ -167,6 +167,10 @@ def test_export_refuses_max_pooling_and_anns(tmp_path):
     with pytest.raises(ConfigError, match="spiking model"):
         export_nir(sb.create_model("cnn", neuron="relu", in_channels=1), (1, 8, 8), tmp_path / "y.nir")
     assert not (tmp_path / "x.nir").exists()
+    for name in ("vgg11", "vgg16", "vgg11_bn_tv", "resnet18_tv"):  # the registry's max-pooling models: the same line
+        with pytest.raises(ConfigError, match=r"\(MaxPool2d\): NIR has no max-pooling node"):
+            export_nir(sb.create_model(name, num_classes=3, neuron="lif", T=2), (3, 32, 32), tmp_path / "v.nir")
+        assert not (tmp_path / "v.nir").exists()
 
 
 def test_spikify_level_that_cannot_be_folded_is_refused_naming_the_neuron(tmp_path):

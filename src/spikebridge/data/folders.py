@@ -234,9 +234,21 @@ def load_image(path: str | os.PathLike[str], mode: str = "RGB", *, need: int = 0
     ``mode`` (``"RGB"`` or ``"L"``). Raises :class:`DataError` (one line naming the file) for a
     missing, unreadable, too large, truncated or corrupt file, or one that is not an image."""
     with open_image(path, need=need, mode=mode) as img:
-        out = img.convert(mode)
+        out = _eight_bit(img).convert(mode)
         out.load()
     return out
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey (PNG / TIFF ``I;16*``, ``I``) as 8-bit grey scaled by 1/257, float
+    grey (``F``) in [0, 1] by 255: PIL's own ``convert`` clips them at 255 (a white image)."""
+    if not (img.mode.startswith("I") or img.mode == "F"):
+        return img
+    import numpy as np
+
+    values = np.asarray(img.convert("F") if img.mode != "F" else img, dtype=np.float64)
+    scale = 255.0 if img.mode == "F" else 1 / 257
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), mode="L")
 
 
 class ImageFolderDataset(Dataset):

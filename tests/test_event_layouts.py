@@ -274,3 +274,33 @@ def test_es_ucf101_flat_folder_needs_ucf101_names(tmp_path):
     np.savez_compressed(tmp_path / "clip1.npz", _clip(np.random.default_rng(8), 0))
     with pytest.raises(DataError, match=r"clip1\.npz: a flat ES-UCF101 folder needs UCF101 clip names"):
         open_dataset(str(tmp_path))
+
+
+def test_dvs_class_folders_are_checked_as_image_folders_are(tmp_path):
+    """Some of CIFAR10-DVS's classes keep its orientation; a macOS zip's ``__MACOSX`` is no class;
+    a class folder without recordings, or train and test with other classes, are refused."""
+    import shutil
+
+    some = layouts.dvs_folder(tmp_path / "some", classes=layouts.CIFAR10_NAMES[:3], per_class=4)
+    full = tmp_path / "full"
+    shutil.copytree(some, full)
+    for name in layouts.CIFAR10_NAMES[3:]:  # the other 7 classes, with copies of the airplane recordings
+        shutil.copytree(some / "airplane", full / name)
+    bundles = [open_dataset(str(root)) for root in (full, some)]
+    assert [b.info["orientation"] for b in bundles] == ["cifar10dvs", "cifar10dvs"]
+    first = some / "airplane" / "cifar10_airplane_0.aedat"
+    reader = type(bundles[1].train.dataset if hasattr(bundles[1].train, "dataset") else bundles[1].train)
+    frames = [reader([(first, 0)], time_steps=8, orientation=b.info["orientation"])[0][0] for b in bundles]
+    assert torch.equal(frames[0], frames[1])  # a recording reads the same in the subset as in the whole
+    (some / "__MACOSX" / "airplane").mkdir(parents=True)
+    (some / "__MACOSX" / "airplane" / "._cifar10_airplane_0.aedat").write_bytes(b"\x00\x05\x16\x07")
+    assert open_dataset(str(some)).num_classes == 3
+    (some / "deer").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*deer holds no recordings with extensions \.aedat"):
+        open_dataset(str(some))
+    split = tmp_path / "split"
+    layouts.dvs_folder(split / "Train", classes=["0", "1", "2"], per_class=2)
+    layouts.dvs_folder(split / "Test", classes=["0", "1"], per_class=2)
+    with pytest.raises(DataError, match=r"Test: its class folders differ from .*Train's \(only in Test: none; "
+                                        r"only in Train: \['2'\]\)"):
+        open_dataset(str(split))

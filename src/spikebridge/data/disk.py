@@ -28,6 +28,7 @@ from .folders import (
     find_split,
     ImageFolderDataset,
     find_classes,
+    hidden_folder,
     inspect_image_folder,
     load_image,
     scan_image_folder,
@@ -195,23 +196,30 @@ def image_folder_splits(root: str) -> tuple[str, str, list[str]]:
     layout = split_layout(root)
     if layout is None or layout.val is None:
         raise DataError(f"{root}: expected train/ and val/ folders of class folders (ImageNet layout)")
-    train_dir, val_dir = layout.train, layout.val
+    return layout.train, layout.val, split_classes(layout.train, layout.val, IMG_EXTENSIONS, "images")
+
+
+def split_classes(train_dir: str | os.PathLike, test_dir: str | os.PathLike | None, extensions: tuple[str, ...],
+                  what: str) -> list[str]:
+    """The class folders of ``train_dir``, checked against ``test_dir``'s (None: one folder, split
+    later): the same names in both, and none without a file of ``extensions`` (``what`` they hold)."""
     classes, _ = find_classes(train_dir)
-    val_classes, _ = find_classes(val_dir)
-    if val_classes != classes:
-        extra = sorted(set(val_classes) - set(classes))
-        missing = sorted(set(classes) - set(val_classes))
-        raise DataError(
-            f"{val_dir}: its class folders differ from {train_dir}'s "
-            f"(only in val: {extra[:5] or 'none'}; only in train: {missing[:5] or 'none'})"
-        )
-    for split in (train_dir, val_dir):
+    if test_dir is not None:
+        test_classes, _ = find_classes(test_dir)
+        if test_classes != classes:
+            extra = sorted(set(test_classes) - set(classes))
+            missing = sorted(set(classes) - set(test_classes))
+            name = Path(test_dir).name
+            raise DataError(f"{test_dir}: its class folders differ from {train_dir}'s "
+                            f"(only in {name}: {extra[:5] or 'none'}; only in {Path(train_dir).name}: "
+                            f"{missing[:5] or 'none'})")
+    for split in (train_dir, test_dir) if test_dir is not None else (train_dir,):
         for cls in classes:
             folder = os.path.join(split, cls)
-            if not any(f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")
+            if not any(f.lower().endswith(extensions) and not f.startswith(".")
                        for _dir, files in walk_folder(folder) for f in files):
-                raise DataError(f"class folder {folder} holds no images with extensions {' '.join(IMG_EXTENSIONS)}")
-    return train_dir, val_dir, classes
+                raise DataError(f"class folder {folder} holds no {what} with extensions {' '.join(extensions)}")
+    return classes
 
 
 def open_image_folders(root: str, *, image_size: int, max_shift: int, workers: int, **_) -> DataBundle:
@@ -397,12 +405,12 @@ def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: 
     steps = time_steps or DEFAULT_DVS_STEPS
     train_dir, test_dir = dvs_splits(base)
     if train_dir is not None and test_dir is not None:
-        classes, _ = find_classes(train_dir)
+        classes = split_classes(train_dir, test_dir, DVS_EXTENSIONS, "recordings")
         train_samples = _list_event_files(train_dir, classes)
         test_samples = _list_event_files(test_dir, classes)
         split = "folders"
     else:
-        classes, _ = find_classes(base)
+        classes = split_classes(base, None, DVS_EXTENSIONS, "recordings")
         everything = _list_event_files(base, classes)
         train_idx, test_idx = stratified_indices([y for _, y in everything], 0.1, split_seed)
         train_samples = [everything[i] for i in train_idx]
@@ -410,7 +418,8 @@ def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: 
         split = "90/10 stratified"
     if not train_samples or not test_samples:
         raise DataError(f"{root}: no event recordings ({', '.join(DVS_EXTENSIONS)}) found in its class folders")
-    orientation = "cifar10dvs" if tuple(classes) == CIFAR10_CLASSES else "jaer"
+    # CIFAR10-DVS, or some of its classes: its recordings' own orientation (read_aedat)
+    orientation = "cifar10dvs" if set(classes) <= set(CIFAR10_CLASSES) else "jaer"
     train = EventFileDataset(train_samples, time_steps=steps, orientation=orientation)
     test = EventFileDataset(test_samples, time_steps=steps, orientation=orientation)
     return _event_bundle(root, train, test, len(classes), image_size, workers,
@@ -483,7 +492,7 @@ def _looks_like_clips(class_dir: Path) -> bool:
     entries = sorted(class_dir.iterdir())
     if any(p.suffix.lower() in IMG_EXTENSIONS and p.is_file() for p in entries):
         return False
-    subdirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    subdirs = [p for p in entries if p.is_dir() and not hidden_folder(p.name)]
     if not subdirs:
         return False
     return any(f.suffix.lower() in IMG_EXTENSIONS for f in subdirs[0].iterdir())
@@ -494,7 +503,7 @@ def open_video_clips(root: str, *, split_seed: int, time_steps: int, workers: in
     base = Path(root)
     classes, _ = find_classes(base)
     clips = [(clip, label) for label, name in enumerate(classes)
-             for clip in sorted(p for p in (base / name).iterdir() if p.is_dir() and not p.name.startswith("."))]
+             for clip in sorted(p for p in (base / name).iterdir() if p.is_dir() and not hidden_folder(p.name))]
     if not clips:
         raise DataError(f"{root}: no clip folders found")
     names = _clip_names([c for c, _ in clips], base)
@@ -540,7 +549,7 @@ def _frame_size(clips: list[Path]) -> tuple[int, int]:
 # dispatch
 # ------------------------------------------------------------------------------------------------
 def _class_dirs(path: Path) -> list[Path]:
-    return [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    return [p for p in sorted(path.iterdir()) if p.is_dir() and not hidden_folder(p.name)]
 
 
 def _holds(class_dirs: list[Path], suffixes: tuple[str, ...]) -> bool:

@@ -29,6 +29,7 @@ __all__ = [
     "ImageFolderInfo",
     "SplitLayout",
     "find_classes",
+    "hidden_folder",
     "scan_image_folder",
     "load_image",
     "open_image",
@@ -107,7 +108,7 @@ def walk_folder(top: str | os.PathLike[str], *, skip_hidden: bool = True) -> Ite
                 is_dir = False
             if not is_dir:
                 files.append(entry.name)
-            elif not (skip_hidden and entry.name.startswith(".")):
+            elif not (skip_hidden and hidden_folder(entry.name)):
                 subdirs.append(entry)
         yield path, files
         children = []
@@ -130,6 +131,12 @@ def walk_folder(top: str | os.PathLike[str], *, skip_hidden: bool = True) -> Ite
               f"e.g. {skipped[0][:200]}")
 
 
+def hidden_folder(name: str) -> bool:
+    """A folder no dataset holds data in: hidden (``.git``, ``.ipynb_checkpoints``) or the
+    ``__MACOSX`` folder of AppleDouble files that zips made on macOS carry."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
     """Class folders of ``root``: sorted non-hidden sub-folder names and ``{name: index}``.
 
@@ -143,7 +150,7 @@ def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int
             entries = list(it)
     except OSError as exc:
         raise DataError(f"cannot list image folder {path}: {_one_line(exc)}") from None
-    classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    classes = sorted(e.name for e in entries if e.is_dir() and not hidden_folder(e.name))
     if not classes:
         loose = [e.name for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
         hint = f" (it holds {len(loose)} loose images: put each class in its own sub-folder)" if loose else ""
@@ -417,7 +424,7 @@ def find_split(root: str | os.PathLike[str], names: Sequence[str]) -> str | None
     """The sub-folder of ``root`` whose name matches one of ``names`` case-insensitively (the
     earlier name wins; an exact-case match first among folders of one name), or ``None``."""
     try:
-        dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not hidden_folder(e.name))
     except OSError:
         return None
     for name in names:
@@ -438,7 +445,7 @@ def split_layout(path: str | os.PathLike[str]) -> SplitLayout | None:
     val = find_split(root, VAL_SPLIT_NAMES)
     if val is None:
         try:
-            others = [e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+            others = [e.name for e in os.scandir(root) if e.is_dir() and not hidden_folder(e.name)]
         except OSError:
             return None
         if others != [os.path.basename(train)]:

@@ -348,3 +348,30 @@ def test_convert_edge_integral_reports_a_broken_sample(es_root, tmp_path, capsys
     assert report.startswith("Converted 17 samples to edge-integral images, skipped 0 already done, 1 unreadable")
     assert f"val/{broken.name}" in report
     assert len(list(out.rglob("*.png"))) == 17
+
+
+def test_splits_converted_one_at_a_time_share_their_class_numbers(tmp_path, capsys):
+    """val/ without one of train/'s classes, converted as the refusal above advises: its labels
+    are train/'s (not shifted), and a label file numbered otherwise is refused when opened."""
+    import shutil
+
+    import _layouts as layouts
+    from spikebridge.data.datasets import open_dataset
+    from spikebridge.errors import DataError
+
+    photos = layouts.image_folders(tmp_path / "photos", size=(32, 32), classes=3)
+    shutil.rmtree(photos / "val" / "n00000001")
+    out = tmp_path / "events"
+    for split in ("train", "val"):
+        assert main(["convert", "odg", "--input", str(photos / split), "--out", str(out / split), "--size", "32",
+                     "--window", "2", "30", "--min-events", "1", "--no-progress"]) == 0, capsys.readouterr().err
+    val = [line.split() for line in (out / "val" / "labels.txt").read_text().splitlines()]
+    assert {(path.split("/")[0], int(label)) for path, label, *_ in val} == {("n00000000", 0), ("n00000002", 2)}
+    assert not (out / "val" / "n00000001").exists()
+    bundle = open_dataset(str(out))
+    assert bundle.num_classes == 3 and len(bundle.test) == 4
+    labels = out / "val" / "labels.txt"  # as an earlier version wrote it: n00000002 numbered 1
+    labels.write_text(labels.read_text().replace(" 2 32 32", " 1 32 32"))
+    with pytest.raises(DataError, match=r"labels\.txt:3: class folder n00000002/ has label 1, but .*train/labels\.txt"
+                                        r":\d+ gives it label 2"):
+        open_dataset(str(out))

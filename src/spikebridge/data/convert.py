@@ -17,6 +17,7 @@ ES-ImageNet -> edge-integral image folders (the "self-pretrain" images of arXiv:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -36,7 +37,7 @@ import torch
 from ..errors import ConfigError, DataError, OutputError, clip
 from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
 from .events import es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
-from .folders import TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, open_image
+from .folders import TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, open_image
 from .odg import EDGE_GREY_STEP, EDGE_GREY_ZERO, edge_integral_image, events_to_dense, odg, resized_shape
 from .video import (
     IMAGE_SUFFIXES,
@@ -81,7 +82,7 @@ class ConversionReport:
 # ------------------------------------------------------------------------------------------------
 
 def _visible(entries: Iterable[os.DirEntry]) -> list[os.DirEntry]:
-    return [e for e in entries if not e.name.startswith(".")]
+    return [e for e in entries if not hidden_folder(e.name)]
 
 
 def list_classes(input_dir: Path) -> list[str]:
@@ -121,10 +122,27 @@ class _Task:
     width: int = 0
 
 
+def _split_classes(input_dir: Path, classes: list[str]) -> list[str]:
+    """A split folder (``X/val``) is numbered with the classes of every split beside it (``X/train``
+    ...), so that a class missing from one split does not shift the labels of the others; any
+    other folder with its own classes."""
+    parent = input_dir.resolve().parent
+    if input_dir.name.lower() not in TRAIN_SPLIT_NAMES + VAL_SPLIT_NAMES:
+        return classes
+    siblings = [p for p in parent.iterdir() if p.is_dir() and p.name.lower() in TRAIN_SPLIT_NAMES + VAL_SPLIT_NAMES]
+    found = set(classes)
+    for split in siblings:
+        with contextlib.suppress(DataError):  # a split of loose files numbers nothing
+            found.update(list_classes(split))
+    return sorted(found)
+
+
 def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs: bool,
                    report: ConversionReport) -> list[_Task]:
     tasks: list[_Task] = []
     for label, cls in enumerate(classes):
+        if not (input_dir / cls).is_dir():  # a class of the other splits only
+            continue
         try:
             with os.scandir(input_dir / cls) as it:
                 entries = sorted(_visible(it), key=lambda e: natural_key(e.name))
@@ -405,6 +423,7 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
                         f"convert each split, e.g. --input {clip(str(input_dir / classes[0]))} --out "
                         f"{clip(str(out_dir / classes[0]))}")
     _check_folders(input_dir, out_dir)
+    classes = _split_classes(input_dir, classes)
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / LABEL_FILE, classes=classes)
     tasks = _collect_tasks(input_dir, out_dir, classes, want_dirs, report)
     if not tasks:  # refused before anything is written
@@ -417,7 +436,8 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     report.stale_temp_removed = remove_stale_temps(out_dir, (LABEL_FILE, PARAMS_FILE)) + sum(
         remove_stale_temps(out_dir / cls, ("*.npz",)) for cls in classes)
     for cls in classes:
-        ensure_dir(out_dir / cls)
+        if (input_dir / cls).is_dir():
+            ensure_dir(out_dir / cls)
 
     write_label_file(report.label_file, _tally(report, tasks, functools.partial(fn, dict(kwargs)), workers,
                                                progress, unit))

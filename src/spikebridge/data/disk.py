@@ -318,8 +318,30 @@ def open_es_imagenet(root: str, *, image_size: int, workers: int, **_) -> DataBu
 
     train, test = (ESImageNetDataset(label_file, data_dir=data_dir)
                    for label_file, data_dir in es_imagenet_splits(Path(root)).values())
+    _same_labels_per_class(train, test)
     classes = max(train.num_classes, test.num_classes)
     return _event_bundle(root, train, test, classes, image_size, workers, {"format": "es-imagenet", "path": root})
+
+
+def _same_labels_per_class(train, test) -> None:
+    """The label files of two splits whose samples lie in class folders must give a folder name
+    the same label in both (splits converted one at a time from folders with other classes
+    number them differently: every such test sample would be scored as another class)."""
+    def labels(split) -> tuple[dict[str, tuple[int, int]], bool]:
+        first: dict[str, tuple[int, int]] = {}
+        for entry in split.entries:
+            first.setdefault(entry.path.parent.name, (entry.label, entry.line))
+        return first, len({entry.path.parent for entry in split.entries}) > 1
+
+    (train_labels, in_folders), (test_labels, test_in_folders) = labels(train), labels(test)
+    if not (in_folders and test_in_folders):
+        return
+    for name, (label, line) in test_labels.items():
+        if name in train_labels and train_labels[name][0] != label:
+            raise DataError(f"{test.label_file}:{line}: class folder {name}/ has label {label}, but "
+                            f"{train.label_file}:{train_labels[name][1]} gives it label {train_labels[name][0]}: "
+                            "the splits were numbered with other class lists (convert every split with the "
+                            "same classes: spikebridge convert numbers a split by its sibling train/'s)")
 
 
 def open_es_imagenet_single(root: str, *, split_seed: int, image_size: int, workers: int, **_) -> DataBundle:

@@ -15,7 +15,7 @@ import _layouts as layouts
 from spikebridge.data.datasets import open_dataset
 from spikebridge.data.disk import detect_layout
 from spikebridge.data.events import (AEDAT4_EXTRA_HINT, events_to_frames, make_events, read_aedat, read_aedat4,
-                                     read_gesture_npy, read_nmnist_bin)
+                                     read_event_file, read_gesture_npy, read_nmnist_bin)
 from spikebridge.data.folders import split_layout
 from spikebridge.data.video import ESUCF101Dataset, read_video_events
 from spikebridge.errors import DataError
@@ -304,3 +304,37 @@ def test_dvs_class_folders_are_checked_as_image_folders_are(tmp_path):
     with pytest.raises(DataError, match=r"Test: its class folders differ from .*Train's \(only in Test: none; "
                                         r"only in Train: \['2'\]\)"):
         open_dataset(str(split))
+
+
+def test_one_sensor_for_a_dataset_and_the_chip_its_headers_name(tmp_path):
+    """AEDAT 3.1 carries no sensor size: a recording whose events stay in a corner must not make
+    smaller frames than the others (a batch of them could not be stacked); a chip the header names
+    (cAER's ``#Source 1: DAVIS346B``, jAER's ``# AEChip: ...Davis346B``) gives its sensor."""
+    rng = np.random.default_rng(0)
+
+    def stream(width, height, n=200):
+        return make_events(rng.integers(0, width, n), rng.integers(0, height, n), np.sort(rng.integers(0, 10**6, n)),
+                           rng.integers(0, 2, n))
+
+    root = tmp_path / "davis240"
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            for i in range(3):
+                corner = i == 0  # the first recording of each class: every event within 100x100
+                (root / split / label).mkdir(parents=True, exist_ok=True)
+                layouts.write_aedat31(root / split / label / f"r{i}.aedat", stream(*((100, 100) if corner else (240, 180))))
+    assert read_event_file(root / "train" / "a" / "r0.aedat")[2] == (128, 128)  # alone: the smallest sensor that fits
+    bundle = open_dataset(str(root))
+    frames = [bundle.train[i][0] for i in range(len(bundle.train))] + [bundle.test[i][0] for i in range(len(bundle.test))]
+    assert {tuple(f.shape) for f in frames} == {(8, 2, 180, 240)}
+    named = tmp_path / "davis346.aedat"
+    layouts.write_aedat31(named, stream(240, 180))
+    named.write_bytes(named.read_bytes().replace(b"#Source 1: spikebridge", b"#Source 1: DAVIS346B"))
+    assert read_event_file(named)[2] == (346, 260)
+    x, y = rng.integers(0, 346, 50), rng.integers(0, 260, 50)  # jAER's AEDAT 2.0 of a DAVIS346: DAVIS240's address layout
+    records = np.empty(50, dtype=[("addr", ">u4"), ("t", ">u4")])
+    records["addr"], records["t"] = (y << 22) | (x << 12) | (1 << 11), np.arange(50)
+    jaer = tmp_path / "davis346_v2.aedat"
+    jaer.write_bytes(b"#!AER-DAT2.0\r\n# AEChip: eu.seebetter.ini.chips.davis.Davis346B\r\n" + records.tobytes())
+    _format, events, sensor = read_event_file(jaer)
+    assert sensor == (346, 260) and events["x"].tolist() == x.tolist() and events["y"].tolist() == y.tolist()

@@ -12,6 +12,7 @@ faster on CPU than per-image decoding, and bit-reproducible under DDP and ``--re
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -390,8 +391,10 @@ class EventFileDataset(Dataset):
     ``orientation`` is passed to :func:`~spikebridge.data.events.read_aedat` for DVS128 files
     (``"cifar10dvs"`` gives CIFAR10-DVS upright)."""
 
-    def __init__(self, samples: list[tuple[Path, int]], *, time_steps: int, orientation: str = "jaer") -> None:
+    def __init__(self, samples: list[tuple[Path, int]], *, time_steps: int, orientation: str = "jaer",
+                 sensor: tuple[int, int] | None = None) -> None:
         self.samples, self.time_steps, self.orientation = samples, int(time_steps), orientation
+        self.sensor = sensor  # (W, H) of every frame (None: each recording's own)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -401,8 +404,31 @@ class EventFileDataset(Dataset):
 
         path, label = self.samples[index]
         _format, events, sensor = read_event_file(path, orientation=self.orientation)
-        frames = events_to_frames(events, sensor_size=sensor, n_time_bins=self.time_steps, source=path)
+        frames = events_to_frames(events, sensor_size=self.sensor or sensor, n_time_bins=self.time_steps, source=path)
         return frames, label
+
+
+#: How many recordings decide a DVS dataset's sensor (:func:`dataset_sensor`).
+SENSOR_PROBES = 8
+
+
+def dataset_sensor(samples: list[tuple[Path, int]], orientation: str) -> tuple[int, int]:
+    """One sensor (W, H) for every recording of a dataset: the largest of its first readable
+    recordings' (a recording that names no chip is sized by its own events, so one whose events
+    stay in a corner would otherwise make smaller frames than the others)."""
+    from .events import read_event_file
+    from .loading import first_readable
+
+    def sensor(index: int) -> tuple[int, int]:
+        return read_event_file(samples[index][0], orientation=orientation)[2]
+
+    sizes = []
+    for index in range(min(len(samples), SENSOR_PROBES)):
+        with contextlib.suppress(DataError):
+            sizes.append(sensor(index))
+    if not sizes:  # none of them readable: a later one's, else the first one's error
+        sizes.append(first_readable(len(samples), sensor)[1])
+    return max(size[0] for size in sizes), max(size[1] for size in sizes)
 
 
 def _list_event_files(class_root: Path, classes: list[str]) -> list[tuple[Path, int]]:
@@ -442,8 +468,9 @@ def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: 
         raise DataError(f"{root}: no event recordings ({', '.join(DVS_EXTENSIONS)}) found in its class folders")
     # CIFAR10-DVS, or some of its classes: its recordings' own orientation (read_aedat)
     orientation = "cifar10dvs" if set(classes) <= set(CIFAR10_CLASSES) else "jaer"
-    train = EventFileDataset(train_samples, time_steps=steps, orientation=orientation)
-    test = EventFileDataset(test_samples, time_steps=steps, orientation=orientation)
+    sensor = dataset_sensor(train_samples, orientation)
+    train = EventFileDataset(train_samples, time_steps=steps, orientation=orientation, sensor=sensor)
+    test = EventFileDataset(test_samples, time_steps=steps, orientation=orientation, sensor=sensor)
     return _event_bundle(root, train, test, len(classes), image_size, workers,
                          {"format": "dvs", "path": root, "split": split, "split_seed": split_seed, "orientation": orientation})
 

@@ -551,6 +551,28 @@ def read_nmnist_bin(path: str | os.PathLike, *, sensor_size: Sequence[int] | Non
 AEDAT2_SENSORS: Mapping[str, tuple[int, int]] = {"dvs128": (128, 128), "davis240": (240, 180)}
 
 
+#: sensors (W, H) by the chip names AEDAT headers carry (jAER's ``# AEChip:``, cAER's
+#: ``#Source 1:``), and the known sizes a header without one is matched to, smallest first
+CHIP_SENSORS: Mapping[str, tuple[int, int]] = {"dvs128": (128, 128), "davis240": (240, 180), "davis346": (346, 260),
+                                               "dvxplorer": (640, 480), "davis640": (640, 480)}
+
+
+def _header_sensor(header: bytes) -> tuple[int, int] | None:
+    """The sensor of the chip an AEDAT header names, if it names one."""
+    text = header.decode("latin-1").lower().replace("_", "")
+    return next((size for chip, size in CHIP_SENSORS.items() if chip in text), None)
+
+
+def smallest_sensor(events: np.ndarray) -> tuple[int, int]:
+    """The smallest known sensor (:data:`CHIP_SENSORS`) holding every event, else the events'
+    own extent: a recording that names no chip (a dataset takes the largest of its recordings')."""
+    if not len(events):
+        return CHIP_SENSORS["dvs128"]
+    extent = (int(events["x"].max()) + 1, int(events["y"].max()) + 1)
+    fits = [size for size in CHIP_SENSORS.values() if size[0] >= extent[0] and size[1] >= extent[1]]
+    return min(fits, key=lambda size: size[0] * size[1]) if fits else extent
+
+
 def _split_header(raw: bytes, path: str | os.PathLike) -> tuple[str, int]:
     """(version string, offset of the first data byte). Header lines start with ``#``."""
     if not raw.startswith(b"#!AER-DAT"):
@@ -619,13 +641,14 @@ def _read_aedat(path: str | os.PathLike, camera: str, orientation: str) -> tuple
     if version.startswith("4."):
         events, sensor = read_aedat4(path)
         return version, events, sensor if min(sensor) > 0 else AEDAT2_SENSORS["dvs128"]
+    named = _header_sensor(raw[:start])
     if version.startswith("2."):
-        events, camera = _read_aedat2_body(raw, start, path, camera, orientation)
-        return version, events, AEDAT2_SENSORS[camera]
+        davis = named if named is not None and named[0] > 128 else AEDAT2_SENSORS["davis240"]
+        events, camera = _read_aedat2_body(raw, start, path, camera, orientation, davis)
+        return version, events, davis if camera == "davis240" else AEDAT2_SENSORS[camera]
     if version.startswith("3."):
         events = _read_aedat3_body(raw, start, path)
-        big = len(events) and (int(events["x"].max()) >= 128 or int(events["y"].max()) >= 128)
-        return version, events, AEDAT2_SENSORS["davis240" if big else "dvs128"]
+        return version, events, named or smallest_sensor(events)
     raise DataError(f"{path}: AEDAT version {version!r} is not supported (2.0, 3.x and 4.0 are)")
 
 
@@ -710,9 +733,10 @@ def read_gesture_npy(path: str | os.PathLike) -> np.ndarray:
     return make_events(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), t, arr[:, 2] > 0)
 
 
-def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: str,
-                      orientation: str) -> tuple[np.ndarray, str]:
-    """(events, the camera whose layout decoded them)."""
+def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: str, orientation: str,
+                      davis: tuple[int, int] = (240, 180)) -> tuple[np.ndarray, str]:
+    """(events, the camera whose layout decoded them); ``davis``: the DAVIS sensor (W, H) the
+    header names (jAER writes DAVIS346 recordings in DAVIS240's address layout)."""
     if camera not in (*AEDAT2_SENSORS, "auto"):
         raise ConfigError(f"camera must be one of auto, {', '.join(sorted(AEDAT2_SENSORS))}, got {camera!r}")
     if orientation not in _DVS128_ORIENTATIONS:
@@ -735,11 +759,11 @@ def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: s
         dvs = (addr >> 31) == 0
         addr, t = addr[dvs], t[dvs]
         x, y, on = (addr >> 12) & 0x3FF, (addr >> 22) & 0x1FF, ((addr >> 11) & 1) == 1
-        width, height = AEDAT2_SENSORS["davis240"]
+        width, height = davis
         bad = (x >= width) | (y >= height)
         if bad.any():
-            raise DataError(f"{path}: {int(bad.sum())} DAVIS240 events lie outside the 240x180 sensor "
-                            "(not a DAVIS240 file?)")
+            raise DataError(f"{path}: {int(bad.sum())} DAVIS events lie outside the {width}x{height} sensor "
+                            "(its header names no larger DAVIS chip)")
     return make_events(x, y, t, on), camera
 
 

@@ -121,3 +121,27 @@ def test_pipes_with_only_data_and_out_runs_on_a_folder(data, tmp_path, capsys):
     assert (out / "report.md").read_text().startswith("# pipeS")
     meta = json.loads((out / "snn_pretrained" / "checkpoints" / "last.json").read_text())["meta"]
     assert meta["model"]["name"] == "cnn" and meta["model"]["in_channels"] == 1 and meta["model"]["num_classes"] == 3
+
+
+def test_images_nested_in_class_folders_are_images_not_clips(tmp_path):
+    """Tiny-ImageNet keeps train/<wnid>/images/*.JPEG: image folders at any depth, not video
+    clips; clips in train/ and val/ (several clip folders a class) are still refused; its flat
+    val/ with val_annotations.txt is named."""
+    root = layouts.image_folders(tmp_path / "tiny", size=(64, 64), classes=3, train_per_class=3, val_per_class=2)
+    for split in ("train", "val"):
+        for folder in (root / split).iterdir():
+            (folder / "images").mkdir()
+            for image in list(folder.glob("*.png")):
+                image.rename(folder / "images" / image.name)
+            (folder / f"{folder.name}_boxes.txt").write_text("img0.png 0 0 10 10\n")
+    assert detect_layout(root) == "image-folders"
+    bundle = open_dataset(str(root))
+    assert (bundle.num_classes, len(bundle.train), len(bundle.test)) == (3, 9, 6)
+    (root / "val" / "val_annotations.txt").write_text("img0.png n00000000\n")
+    with pytest.raises(DataError, match="Tiny-ImageNet's val/ lists the class of each image in val_annotations.txt"):
+        open_dataset(str(root))
+    clips = tmp_path / "clips"
+    for split in ("train", "val"):
+        layouts.video_clips(clips / split, classes=2, clips_per_class=2, frames=4, size=(8, 8))
+    with pytest.raises(DataError, match="video clips in train/ and val/ are not supported"):
+        detect_layout(clips)

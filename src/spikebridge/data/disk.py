@@ -197,6 +197,9 @@ def image_folder_splits(root: str) -> tuple[str, str, list[str]]:
     layout = split_layout(root)
     if layout is None or layout.val is None:
         raise DataError(f"{root}: expected train/ and val/ folders of class folders (ImageNet layout)")
+    if os.path.isfile(os.path.join(layout.val, "val_annotations.txt")):
+        raise DataError(f"{layout.val}: Tiny-ImageNet's val/ lists the class of each image in val_annotations.txt; "
+                        "move each image into val/<wnid>/ first, as train/ holds them")
     return layout.train, layout.val, split_classes(layout.train, layout.val, IMG_EXTENSIONS, "images")
 
 
@@ -547,6 +550,14 @@ def _looks_like_clips(class_dir: Path) -> bool:
     return any(f.suffix.lower() in IMG_EXTENSIONS for f in subdirs[0].iterdir())
 
 
+def _clip_folders(class_dir: Path) -> bool:
+    """Its sub-folders are video clips, not a folder of images: UCF101 clip names, or several."""
+    from .video import UCF101_CLIP_NAME
+
+    subdirs = [p for p in class_dir.iterdir() if p.is_dir() and not hidden_folder(p.name)]
+    return len(subdirs) > 1 or any(UCF101_CLIP_NAME.match(p.name) for p in subdirs)
+
+
 def open_video_clips(root: str, *, split_seed: int, time_steps: int, workers: int, **_) -> DataBundle:
     """``root/<class>/<clip>/<frames>`` (UCF101 ``jpegs_256``): 75/25 split as ES-UCF101's."""
     base = Path(root)
@@ -697,10 +708,10 @@ def _detect_layout(base: Path) -> str | None:
             return "dvs"
         if inner and _holds(inner, (".npy",)):
             return "dvs-gesture"
-        if inner and _looks_like_clips(inner[0]):
+        if inner and _looks_like_clips(inner[0]) and _clip_folders(inner[0]):
             raise DataError(f"{base}: video clips in train/ and val/ are not supported; give the folder of class folders "
                             "(the paper's 75/25 split is made from it)")
-        return "image-folders"
+        return "image-folders"  # images in class folders, at any depth (Tiny-ImageNet's <wnid>/images/)
     if _holds(classes, (".npz",)):
         return "es-ucf101"
     if _holds(classes, DVS_EXTENSIONS):

@@ -145,3 +145,31 @@ def test_images_nested_in_class_folders_are_images_not_clips(tmp_path):
         layouts.video_clips(clips / split, classes=2, clips_per_class=2, frames=4, size=(8, 8))
     with pytest.raises(DataError, match="video clips in train/ and val/ are not supported"):
         detect_layout(clips)
+
+
+def test_ucf101_jpegs_256_as_distributed_reads_as_its_class_folder_form(tmp_path, capsys):
+    """UCF101's jpegs_256 is one folder of ``v_<Class>_gXX_cYY/`` clip folders: its classes come
+    from the names, and its 75/25 split is the one the class-folder form (and ES-UCF101) makes."""
+    import shutil
+
+    by_class = layouts.video_clips(tmp_path / "by_class", classes=3, clips_per_class=4, frames=4, size=(16, 20))
+    flat = tmp_path / "jpegs_256"
+    flat.mkdir()
+    for clip in by_class.glob("*/*"):
+        shutil.copytree(clip, flat / clip.name)
+    assert detect_layout(flat) == "video-clips"
+
+    def split(bundle, name):
+        part = getattr(bundle, name)
+        return sorted((part.dataset.clips[i][0].name, part.dataset.clips[i][1]) for i in part.indices)
+
+    a, b = open_dataset(str(by_class)), open_dataset(str(flat))
+    assert a.num_classes == b.num_classes == 3
+    assert split(a, "train") == split(b, "train") and split(a, "test") == split(b, "test") and len(split(b, "test")) == 3
+    assert cli.main(["inspect", str(flat), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == ["Class0", "Class1", "Class2"]
+    events = tmp_path / "es-ucf101"  # converted as it is: class folders of .npz, the same test clips
+    assert cli.main(["convert", "video", "--input", str(flat), "--out", str(events), "--no-progress"]) == 0
+    converted = open_dataset(str(events))
+    test_clips = sorted(converted.test.dataset.items[i][0].name.removesuffix(".npz") for i in converted.test.indices)
+    assert test_clips == [name for name, _label in split(b, "test")] and converted.num_classes == 3

@@ -138,16 +138,20 @@ def _split_classes(input_dir: Path, classes: list[str]) -> list[str]:
 
 
 def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs: bool,
-                   report: ConversionReport) -> list[_Task]:
+                   report: ConversionReport, flat: Mapping[str, str] | None = None) -> list[_Task]:
+    """The items of each class folder; ``flat``: clip folder name -> class, for UCF101 clips
+    lying in ``input_dir`` itself (``jpegs_256`` as distributed), written into class folders."""
     tasks: list[_Task] = []
     for label, cls in enumerate(classes):
-        if not (input_dir / cls).is_dir():  # a class of the other splits only
+        source = input_dir if flat else input_dir / cls
+        if not source.is_dir():  # a class of the other splits only
             continue
         try:
-            with os.scandir(input_dir / cls) as it:
-                entries = sorted(_visible(it), key=lambda e: natural_key(e.name))
+            with os.scandir(source) as it:
+                entries = sorted((e for e in _visible(it) if not flat or flat.get(e.name) == cls),
+                                 key=lambda e: natural_key(e.name))
         except OSError as exc:
-            raise DataError(f"{input_dir / cls}: cannot list the class folder ({exc.strerror or exc})") from None
+            raise DataError(f"{source}: cannot list the class folder ({exc.strerror or exc})") from None
         items = []
         for e in entries:
             rel = f"{cls}/{e.name}"
@@ -163,7 +167,7 @@ def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs
             else:
                 report.skipped.append((rel, "not an image file (by suffix)" if e.is_file() else "a folder"))
         for name, out_name in _output_names(items).items():
-            tasks.append(_Task(index=len(tasks), src=str(input_dir / cls / name), dst=str(out_dir / cls / out_name),
+            tasks.append(_Task(index=len(tasks), src=str(source / name), dst=str(out_dir / cls / out_name),
                                rel_src=f"{cls}/{name}", rel_dst=f"{cls}/{out_name}", label=label))
     return tasks
 
@@ -417,7 +421,10 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     started = time.monotonic()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     _check_workers(workers)
-    classes = list_classes(input_dir)
+    from .disk import flat_ucf101_clips
+
+    flat = {clip.name: cls for clip, cls in flat_ucf101_clips(input_dir)} if want_dirs and input_dir.is_dir() else {}
+    classes = sorted(set(flat.values())) if flat else list_classes(input_dir)
     if all(c.lower() in TRAIN_SPLIT_NAMES + VAL_SPLIT_NAMES for c in classes):
         raise DataError(f"{clip(str(input_dir))} holds dataset splits ({', '.join(classes)}), not class folders: "
                         f"convert each split, e.g. --input {clip(str(input_dir / classes[0]))} --out "
@@ -425,7 +432,7 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     _check_folders(input_dir, out_dir)
     classes = _split_classes(input_dir, classes)
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / LABEL_FILE, classes=classes)
-    tasks = _collect_tasks(input_dir, out_dir, classes, want_dirs, report)
+    tasks = _collect_tasks(input_dir, out_dir, classes, want_dirs, report, flat)
     if not tasks:  # refused before anything is written
         raise DataError(f"{clip(str(input_dir))}: its class folders hold no "
                         + ("clip folders (expected <class>/<clip>/<frame images>)" if want_dirs else
@@ -436,7 +443,7 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     report.stale_temp_removed = remove_stale_temps(out_dir, (LABEL_FILE, PARAMS_FILE)) + sum(
         remove_stale_temps(out_dir / cls, ("*.npz",)) for cls in classes)
     for cls in classes:
-        if (input_dir / cls).is_dir():
+        if (input_dir / cls).is_dir() or cls in flat.values():
             ensure_dir(out_dir / cls)
 
     write_label_file(report.label_file, _tally(report, tasks, functools.partial(fn, dict(kwargs)), workers,

@@ -359,8 +359,29 @@ def open_es_imagenet_single(root: str, *, split_seed: int, image_size: int, work
 
 
 def _clip_names(paths: Sequence[Path], root: Path) -> list[str]:
-    """Relative clip names without suffix (``class/clip``): the key the ES-UCF101 / UCF101 splits share."""
-    return [p.relative_to(root).with_suffix("").as_posix() if p.suffix else p.relative_to(root).as_posix() for p in paths]
+    """Relative clip names without suffix (``class/clip``): the key the ES-UCF101 / UCF101 splits
+    share. A UCF101 clip lying in ``root`` itself is keyed under its class as well, so that a flat
+    folder and one of class folders make the same split."""
+    from .video import UCF101_CLIP_NAME
+
+    names = []
+    for path in paths:
+        name = path.relative_to(root).with_suffix("").as_posix() if path.suffix else path.relative_to(root).as_posix()
+        match = UCF101_CLIP_NAME.match(name)
+        names.append(f"{match['cls']}/{name}" if match else name)
+    return names
+
+
+def flat_ucf101_clips(base: Path) -> list[tuple[Path, str]]:
+    """``(clip folder, class)`` of a folder of UCF101-named clip folders of frames (``jpegs_256``
+    as distributed), else empty."""
+    from .video import UCF101_CLIP_NAME
+
+    dirs = _class_dirs(base)
+    matches = [UCF101_CLIP_NAME.match(d.name) for d in dirs]
+    if not dirs or not all(matches) or not any(f.suffix.lower() in IMG_EXTENSIONS for f in dirs[0].iterdir()):
+        return []
+    return [(d, m["cls"]) for d, m in zip(dirs, matches)]
 
 
 def _video_split(names: list[str], split_seed: int) -> tuple[list[int], list[int]]:
@@ -559,11 +580,17 @@ def _clip_folders(class_dir: Path) -> bool:
 
 
 def open_video_clips(root: str, *, split_seed: int, time_steps: int, workers: int, **_) -> DataBundle:
-    """``root/<class>/<clip>/<frames>`` (UCF101 ``jpegs_256``): 75/25 split as ES-UCF101's."""
+    """``root/<class>/<clip>/<frames>``, or UCF101's ``jpegs_256`` as distributed, ``root/<clip>/<frames>``
+    with ``v_<Class>_gXX_cYY`` clip names: 75/25 split as ES-UCF101's."""
     base = Path(root)
-    classes, _ = find_classes(base)
-    clips = [(clip, label) for label, name in enumerate(classes)
-             for clip in sorted(p for p in (base / name).iterdir() if p.is_dir() and not hidden_folder(p.name))]
+    flat = flat_ucf101_clips(base)
+    if flat:  # jpegs_256 as distributed: the clip folders themselves, the class in each name
+        classes = sorted({cls for _clip, cls in flat})
+        clips = [(clip, classes.index(cls)) for clip, cls in flat]
+    else:
+        classes, _ = find_classes(base)
+        clips = [(clip, label) for label, name in enumerate(classes)
+                 for clip in sorted(p for p in (base / name).iterdir() if p.is_dir() and not hidden_folder(p.name))]
     if not clips:
         raise DataError(f"{root}: no clip folders found")
     names = _clip_names([c for c, _ in clips], base)
@@ -716,7 +743,7 @@ def _detect_layout(base: Path) -> str | None:
         return "es-ucf101"
     if _holds(classes, DVS_EXTENSIONS):
         return "dvs"
-    if _looks_like_clips(classes[0]):
+    if _looks_like_clips(classes[0]) or flat_ucf101_clips(base):
         return "video-clips"
     if _holds(classes, IMG_EXTENSIONS):
         return "image-folder-single"

@@ -259,7 +259,10 @@ def _class_names(layout: str, root: Path, bundle: DataBundle) -> list[str]:
     if layout == "dvs-gesture":
         return list(DVS_GESTURE_CLASSES)
     if layout == "video-clips":
-        return find_classes(root)[0]
+        from .disk import flat_ucf101_clips
+
+        flat = flat_ucf101_clips(root)
+        return sorted({cls for _clip, cls in flat}) if flat else find_classes(root)[0]
     if layout == "dvs":
         train, test = dvs_splits(root)
         return find_classes(train if train is not None and test is not None else root)[0]

@@ -192,14 +192,24 @@ def test_overwrite_removes_only_what_the_earlier_run_wrote(tmp_path):
     (out / "data" / "x.npz").write_bytes(b"user data")  # there before the first run (--overwrite)
     with claim(out, overwrite=True) as folder:
         folder.own("scratch+T2")
-        (out / "scratch+T2").mkdir()
+        for phase in ("scratch+T2", "ann"):  # what a phase writes: its metrics and checkpoints
+            (out / phase / "checkpoints").mkdir(parents=True)
+            (out / phase / "metrics.csv").write_text("epoch\n")
+            (out / phase / "checkpoints" / "last.json").write_text("{}")
+            (out / phase / "checkpoints" / "last-e0001.safetensors").write_bytes(b"x")
+            (out / phase / "checkpoints" / temp_name("last-e0002.safetensors")).write_bytes(b"half")
         (out / "report.md").write_text("old")
         (out / temp_name("report.md")).write_text("half")  # a killed write
     (out / "notes.txt").write_text("written by the user after the run")
-    user = snapshot(out / "data"), (out / "notes.txt").read_bytes()
+    (out / "ann" / "NOTES.txt").write_text("the user's, in a phase folder")  # and evaluate's default output:
+    (out / "ann" / "checkpoints" / "evaluation").mkdir()
+    (out / "ann" / "checkpoints" / "evaluation" / "evaluation.json").write_text("{}")
+    user = snapshot(out / "data"), (out / "notes.txt").read_bytes(), (out / "ann" / "NOTES.txt").read_bytes()
     with claim(out, overwrite=True):
-        assert set(os.listdir(out)) == {LOCK, MANIFEST, "data", "notes.txt"}
-    assert (snapshot(out / "data"), (out / "notes.txt").read_bytes()) == user
+        assert set(os.listdir(out)) == {LOCK, MANIFEST, "data", "notes.txt", "ann"}
+    assert (snapshot(out / "data"), (out / "notes.txt").read_bytes(), (out / "ann" / "NOTES.txt").read_bytes()) == user
+    assert sorted(str(p.relative_to(out / "ann")) for p in (out / "ann").rglob("*") if p.is_file()) == [
+        "NOTES.txt", "checkpoints/evaluation/evaluation.json"]
 
 
 def test_the_lock_is_released_when_the_run_fails(tmp_path):

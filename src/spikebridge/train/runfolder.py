@@ -270,6 +270,31 @@ def check_run_folder(out: str | os.PathLike, *, command: str, config: dict, resu
     _refuse(_short(str(out), 100), _read_json(out / MANIFEST), entries, command, config, resume, overwrite)
 
 
+def _phase_output(relative: Path) -> bool:
+    """A file a phase writes into its folder: ``metrics.csv``, ``checkpoints/NAME.json`` and
+    its tensors, or the temporary file of one a killed write left."""
+    name = temp_target(relative.name) or relative.name
+    if len(relative.parts) == 1:
+        return name == "metrics.csv"
+    return len(relative.parts) == 2 and relative.parts[0] == "checkpoints" and name.endswith((".json", ".safetensors"))
+
+
+def _remove_run_output(target: Path) -> None:
+    """``--overwrite``: remove a file the earlier run wrote, or of a phase folder only the files the
+    phase wrote (:func:`_phase_output`) and the folders left empty; what the user (or
+    ``evaluate``) put there stays."""
+    if not target.is_dir() or target.is_symlink():
+        target.unlink()
+        return
+    for folder, subfolders, files in os.walk(target, topdown=False):
+        for name in files:
+            path = Path(folder) / name
+            if _phase_output(path.relative_to(target)):
+                path.unlink()
+        with contextlib.suppress(OSError):  # not empty: something of the user's is in it
+            os.rmdir(folder)
+
+
 def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool) -> RunFolder:
     created = not os.path.lexists(out)
     ensure_dir(out)
@@ -290,7 +315,7 @@ def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool)
             for name in owned:
                 target = out / name
                 try:
-                    shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+                    _remove_run_output(target)
                 except OSError as exc:
                     raise output_error(target, exc, "--overwrite cannot remove") from exc
             entries = _entries(out)

@@ -235,3 +235,16 @@ def test_evaluate_reads_the_split_and_time_bins_the_checkpoint_was_trained_on(tm
     reopened = open_checkpoint_data(None, meta, "CKPT")
     assert test_files(reopened) == test_files(trained) != test_files(open_dataset(str(root)))
     assert reopened.time_steps == 4 and open_dataset(str(root)).time_steps == 8
+
+
+def test_evaluate_with_the_ann_of_an_event_snn_says_the_ann_reads_images(run, tmp_path, capsys):
+    """pipeD's SNN reads events, its ANN static images: ``--ann`` is refused in one line (it was
+    an internal error from the ANN's first convolution), and no evaluation folder is left."""
+    model = sb.create_model("cnn", num_classes=10, neuron="lif", T=8, in_channels=2)
+    meta = {"model": {"name": "cnn", "num_classes": 10, "in_channels": 2, "T": 8}, "neuron": {"kind": "lif"},
+            "data": "es-mnist"}
+    events = save_checkpoint(tmp_path / "snn_events_pretrained" / "checkpoints", "last", model, meta, epoch=1)
+    code = main(["evaluate", str(events), "--ann", str(run / "ann"), "--samples", "8", "--T-max", "1",
+                 "--no-progress", "--out", str(tmp_path / "ev")])
+    assert code == 2 and "holds events, and the ANN reads static images" in _one_line_error(capsys)
+    assert not (tmp_path / "ev").exists()

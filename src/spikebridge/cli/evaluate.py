@@ -52,7 +52,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from ..analysis.summary import write_json
-    from ..errors import CheckpointError, ConfigError
+    from ..errors import CheckpointError, ConfigError, clip
     from ..pipelines.context import resolve_device
     from ..restore import is_python_class_spec, model_from_checkpoint
     from ..utils import atomic_write_text, ensure_dir
@@ -77,6 +77,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if int(info.get("in_channels", bundle.in_channels)) != bundle.in_channels:
         raise CheckpointError(f"{args.checkpoint}: the model takes {info.get('in_channels')} input channels, {bundle.name} has {bundle.in_channels}")
     spiking = bool(getattr(model, "spiking", False))
+    if args.ann and spiking and bundle.kind == "events":
+        raise ConfigError(f"--ann: {clip(bundle.name)} holds events, and the ANN reads static images (pipeD's ANN "
+                          "learnt them): the comparison with the ANN needs the SNN's static data; drop --ann here")
     ann = load_ann(args) if args.ann and spiking else None
     if ann is not None and getattr(ann, "spiking", False):
         raise CheckpointError(f"--ann {args.ann}: an SNN checkpoint; give the ANN's")

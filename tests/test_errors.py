@@ -449,7 +449,6 @@ def test_transfer_from_another_architecture_or_class_count(saved_checkpoint):
     ("data: {limit_train: -1}", r"data\.limit_train must be an integer >= 0, got -1"),
     ("data: {name: ''}", r"data\.name must name a dataset"),
     ("bridge: {min_match: 2}", r"bridge\.min_match must be a number in \[0\.0, 1\.0\], got 2"),
-    ("run: {out: ''}", r"run\.out must be a folder path, got ''"),
     ("run: {seed: 2024-13-45}", r"not valid YAML \(month must be in 1\.\.12\)"),
     ("model: [cnn]", r"model: expected a mapping of keys, got \['cnn'\]"),
     ("- a\n- b", r"the top level must be a mapping of sections"),

@@ -272,3 +272,18 @@ def test_the_plan_shows_the_model_auto_picks_when_the_data_opens(data, layout, c
                   *(["--methods", "scratch", "--set", "events.time_bins=0"] if command == "benchmark" else [])], capsys)
     opened = resolve_model_name("auto", open_dataset(name, image_size=image_size))
     assert {p["model"] for p in plan["phases"]} == {opened}, (plan["phases"], opened)
+
+
+def test_the_run_folder_comes_from_out_the_recipe_or_the_command_and_a_saved_config_does_not_resume(tmp_path, capsys):
+    """``--out`` over ``--set run.out`` over the recipe's ``run.out`` over ``runs/COMMAND``; a run's
+    saved ``config.yaml`` (``run.resume: true`` after a resume) used as a recipe starts a new run."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run:\n  out: from_recipe\n  resume: true\n")
+    for argv, out in ((["pipes"], "runs/pipes"), (["piped"], "runs/piped"), (["pipes", "--config", str(recipe)], "from_recipe"),
+                      (["pipes", "--config", str(recipe), "--set", "run.out=from_set"], "from_set"),
+                      (["pipes", "--config", str(recipe), "--set", "run.out=from_set", "--out", "from_flag"], "from_flag")):
+        assert cli.main([*argv, "--plan"]) == 0
+        assert json.loads(capsys.readouterr().out)["out"] == out, argv
+    from spikebridge.pipelines.plan import Request, build_plan
+
+    assert build_plan(Request("pipes", str(recipe), [], {}, None, {})).config.run.resume is False

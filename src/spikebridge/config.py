@@ -156,7 +156,7 @@ class BridgeConfig:
 
 @dataclass
 class RunConfig:
-    out: str = "runs/demo"
+    out: str = ""  # the run folder; "" = runs/<command> (RunConfig.folder)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     progress: bool = True
@@ -165,8 +165,12 @@ class RunConfig:
     amp: str = "off"  # off | bf16 | fp16: mixed precision on CUDA (ignored, with a note, on CPU)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (all ranks)
 
+    def folder(self, command: str) -> str:
+        """The run folder: ``out``, or ``runs/<command>`` when it is empty."""
+        return self.out.strip() or f"runs/{command}"
+
     def validate(self, where: str = "run") -> None:
-        if not self.out.strip():
+        if not isinstance(self.out, str):
             raise ConfigError(f"{where}.out must be a folder path, got {short_repr(self.out)}")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"{where}.device must be auto, cpu, cuda, cuda:N or mps, got {short_repr(self.device)}")

@@ -31,14 +31,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message[:300]} (see --help)\n")
 
 
-def common(parser: argparse.ArgumentParser, *, flags: str = "run", default_out: str | None = None,
+def common(parser: argparse.ArgumentParser, *, flags: str = "run",
            out_help: str | None = None, out_metavar: str | None = None, out_required: bool = False) -> None:
     """The flags a command shares: ``run`` (the training commands: recipe, --set, data, model,
     device, run folder, --plan, and the SNN's T / neuron / checkpointing), ``ann`` (the same
     without the SNN's), or ``model`` (evaluate / export: a checkpoint read with data, and
     ``--code`` naming its Python class). ``out_help``: what ``--out`` is, where not a run folder."""
-    parser.add_argument("--out", default=default_out, metavar=out_metavar, required=out_required,
-                        help=out_help or "output folder (default: %(default)s)")
+    parser.add_argument("--out", metavar=out_metavar, required=out_required,
+                        help=out_help or "the run folder (default: the recipe's run.out, else runs/COMMAND)")
     parser.add_argument("--data", help="mnist5k | es-mnist | a dataset folder")
     if flags != "ann":
         parser.add_argument("--T", type=int, help="SNN time steps")
@@ -115,6 +115,7 @@ def run_request(args: argparse.Namespace, req) -> dict | None:
     from ..pipelines.plan import build_plan, execute
 
     plan = build_plan(req)
+    args.out = plan.config.run.out  # the folder the plan resolved (--out, the recipe's run.out, runs/COMMAND)
     if args.plan:
         print(plan.to_json())
         return None
@@ -134,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     examples = []
 
     def add(name: str, func: Callable, help_text: str, *, example: str | None = None, flags: str = "run",
-            default_out: str | None = None, out_help: str | None = None,
+            out_help: str | None = None,
             out_metavar: str | None = None, out_required: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text,
                            epilog=f"example:\n  {example}" if example else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
         if flags:
-            common(p, flags=flags, default_out=default_out, out_help=out_help, out_metavar=out_metavar,
+            common(p, flags=flags, out_help=out_help, out_metavar=out_metavar,
                    out_required=out_required)
         # --debug after the command too; SUPPRESS keeps `spikebridge --debug CMD` working
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -15,8 +15,7 @@ def register(sub, add, common) -> None:
     from ..pipelines.benchmark import DEFAULT_METHODS
 
     p = add("benchmark", run, "the time-accuracy benchmark: SNNs from scratch vs from the ANN (full / encoder / "
-            "decoder, warm-up), LIF vs LIAF, T values; table, figures, JSON", example=EXAMPLE,
-            default_out="runs/benchmark")
+            "decoder, warm-up), LIF vs LIAF, T values; table, figures, JSON", example=EXAMPLE)
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods, BASE[+wu][+lif|+liaf][+T<n>], BASE in scratch, pretrained, "
                         "encoder, decoder (default: %(default)s)")

@@ -11,7 +11,7 @@ EXAMPLE = "spikebridge demo --out runs/demo"
 
 def register(sub, add, common) -> None:
     p = add("demo", run, "the main job on the embedded MNIST: pipeS (ANN -> SNN, vs SNN from scratch) and pipeD on "
-            "its ODG events; summary.json, report.md, plots", example=EXAMPLE, default_out="runs/demo")
+            "its ODG events; summary.json, report.md, plots", example=EXAMPLE)
     p.add_argument("--no-events", action="store_true", help="skip the pipeD (event) half")
 
 

@@ -22,8 +22,7 @@ EXAMPLE = ("spikebridge finetune --ann my_net.py:MyCNN --ann-weights my_net.pth 
 
 def register(sub, add, common) -> None:
     p = add("finetune", run, "turn your trained ANN (a spikebridge ANN checkpoint, a registry model + --ann-weights, "
-            "or FILE.py:ClassName + --ann-weights) into an SNN and fine-tune it", example=EXAMPLE,
-            default_out="runs/finetune")
+            "or FILE.py:ClassName + --ann-weights) into an SNN and fine-tune it", example=EXAMPLE)
     ann_flags(p, required=True)
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (finetune.epochs; default 1)")
     p.add_argument("--lr", type=float, help="fine-tuning learning rate (finetune.lr; default 3e-4)")

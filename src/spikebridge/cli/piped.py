@@ -11,7 +11,7 @@ EXAMPLE = "spikebridge piped --data mnist5k --events es-mnist --baseline --out r
 
 def register(sub, add, common) -> None:
     p = add("piped", run, "pipeD: ANN on static images (trained here, or --ann) -> SNN fine-tuned on events",
-            example=EXAMPLE, default_out="runs/piped")
+            example=EXAMPLE)
     p.add_argument("--events", help="event dataset: es-mnist or an event folder (events.data; default: es-mnist)")
     p.add_argument("--baseline", action="store_true", help="also train the event SNN from scratch")
     ann_flags(p)

@@ -11,7 +11,7 @@ EXAMPLE = "spikebridge pipes --data /data/imagenet --out runs/in1k --baseline"
 
 def register(sub, add, common) -> None:
     p = add("pipes", run, "pipeS: ANN pretraining (or --ann) then SNN fine-tuning on the same static data",
-            example=EXAMPLE, default_out="runs/pipes")
+            example=EXAMPLE)
     p.add_argument("--baseline", action="store_true", help="also train the SNN from scratch for comparison")
     ann_flags(p)
 

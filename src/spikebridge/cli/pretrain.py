@@ -12,7 +12,7 @@ EXAMPLE = "spikebridge pretrain --data mnist5k --model cnn --epochs 10 --out run
 
 def register(sub, add, common) -> None:
     p = add("pretrain", run, "train the ANN (ReLU or sharpened ReLU) on static data", example=EXAMPLE,
-            flags="ann", default_out="runs/pretrain")
+            flags="ann")
     p.add_argument("--epochs", type=int, help="ANN epochs (ann.epochs)")
     p.add_argument("--lr", type=float, help="ANN learning rate (ann.lr)")
     p.add_argument("--activation", choices=neuron_names(spiking=False), help="the ANN's activation (ann_neuron)")

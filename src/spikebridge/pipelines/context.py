@@ -82,6 +82,7 @@ def claims_run_folder(command: str) -> Callable:
                 return flow(cfg, *args, **options)
             from ..train.runfolder import claim_run_folder
 
+            cfg.run.out = cfg.run.folder(command)
             cfg.validate()
             plain = {k: v for k, v in options.items() if isinstance(v, (bool, int, str, list)) or v is None}
             try:

@@ -146,7 +146,10 @@ def resolve_config(request: Request, *, user_class: bool = False) -> tuple[Pipel
     values = dict(preset)
     values.update(parse_override(text) for text in request.overrides)
     values.update({key: value for key, value in request.flags.items() if value is not None})
-    return load_config(PipelineConfig, request.recipe, values), preset
+    cfg = load_config(PipelineConfig, request.recipe, values)
+    cfg.run.out = cfg.run.folder(request.command)  # --out, else the recipe's or --set's, else runs/<command>
+    cfg.run.resume = bool(request.flags.get("run.resume"))  # the flag alone: a saved config.yaml does not resume
+    return cfg, preset
 
 
 def event_steps(name: str) -> int | None:

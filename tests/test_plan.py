@@ -53,7 +53,9 @@ def test_every_recipe_is_covered():
 def _commands(recipe: str, d: dict) -> list[list[str]]:
     static, events = RECIPES[recipe]
     common = ["--data", d[static]]
-    runs = [["pretrain", *common], ["pipes", *common, "--baseline"], ["finetune", *common, "--ann", d["ann"]],
+    # the test's ANN is a cnn: the recipe's own model.name would be refused (the SNN takes the ANN's architecture)
+    runs = [["pretrain", *common], ["pipes", *common, "--baseline"],
+            ["finetune", *common, "--ann", d["ann"], "--set", "model.name=auto"],
             ["benchmark", *common, "--methods", "scratch,pretrained+wu,encoder"]]
     if events:
         runs += [["piped", *common, "--events", d[events], "--baseline"], ["demo", *common, "--set", f"events.data={d[events]}"],
@@ -287,3 +289,14 @@ def test_the_run_folder_comes_from_out_the_recipe_or_the_command_and_a_saved_con
     from spikebridge.pipelines.plan import Request, build_plan
 
     assert build_plan(Request("pipes", str(recipe), [], {}, None, {})).config.run.resume is False
+
+
+@pytest.mark.parametrize("command", ["pipes", "piped", "finetune", "benchmark"])
+def test_an_ann_of_another_architecture_than_model_is_refused_by_the_plan(data, command, capsys):
+    """``--ann`` a cnn checkpoint with ``--model vgg11``: refused before any work (it was found
+    when the transfer failed, after the benchmark's scratch methods had trained)."""
+    assert cli.main([command, "--ann", data["ann"], "--model", "vgg11", "--plan"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "is a cnn, not a vgg11: the SNN takes the ANN's architecture" in captured.err
+    assert cli.main([command, "--ann", data["ann"], "--model", "cnn", "--plan",
+                     *(["--data", data["photos"]] if command != "piped" else [])]) == 0, capsys.readouterr().err

@@ -204,6 +204,10 @@ def build_plan(request: Request) -> RunPlan:
     _check_model("events.model", cfg.events.model)
     check_backend_on_device(cfg.neuron, resolve_device(cfg.run.device))  # before any work
     ann_model = cfg.model.name
+    ann_registry = info.get("name") if info and not user_class else (source.model if source is not None else None)
+    if ann_registry and cfg.model.name not in ("", "auto", ann_registry):
+        raise ConfigError(f"--ann {clip(source.label)} is a {ann_registry}, not a {cfg.model.name}: the SNN takes the "
+                          "ANN's architecture (leave out --model / model.name)")
     if info:
         ann_model = str(info.get("ann") if user_class else info.get("name") or ann_model)
         if cfg.model.name in ("", "auto") and not user_class and info.get("name"):

@@ -15,7 +15,8 @@ import pytest
 
 from spikebridge.config import PipelineConfig
 from spikebridge.errors import ConfigError, OutputError
-from spikebridge.train.runfolder import LOCK, MANIFEST, _alive, _process_start, claim_run_folder, config_differences
+from spikebridge.train.runfolder import (LOCK, MANIFEST, _alive, _process_start, check_run_folder, claim_run_folder,
+                                         config_differences)
 from spikebridge.utils import temp_name
 
 HOLDER = """
@@ -66,6 +67,9 @@ def test_a_second_concurrent_run_is_refused_naming_the_holder(tmp_path):
         assert "\n" not in message and "in use by another run" in message
         assert f"pid {holder.pid}" in message and "pretrain" in message and "since 20" in message
         assert not (out / "summary.json").exists()
+        for overwrite in (False, True):  # the plan's check says the same, not "holds an earlier run"
+            with pytest.raises(OutputError, match=f"in use by another run \\(pid {holder.pid}"):
+                check_run_folder(out, command="pretrain", config=CONFIG, resume=False, overwrite=overwrite)
     finally:
         holder.communicate("\n", timeout=60)
     assert holder.returncode == 0 and not (out / LOCK).exists()  # released on a normal exit

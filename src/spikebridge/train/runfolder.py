@@ -133,6 +133,29 @@ def _save(out: Path, manifest: dict) -> None:
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str))
 
 
+def _in_use(out: Path, holder: dict) -> OutputError:
+    return OutputError(f"{_short(str(out), 100)} is in use by another run ({_describe(holder)}); "
+                       f"wait for it to end or use another --out")
+
+
+def _check_not_in_use(out: Path) -> None:
+    """OutputError when a live run holds OUT's lock (found without writing: the plan's check)."""
+    try:
+        fd = os.open(out / LOCK, os.O_RDONLY)
+    except OSError:  # no lock file: no run holds it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(out, _read_json(out / LOCK) or {}) from None
+    except OSError:  # no flock on this file system: judge by the pid
+        holder = _read_json(out / LOCK) or {}
+        if _alive(holder):
+            raise _in_use(out, holder) from None
+    finally:
+        os.close(fd)
+
+
 def _lock(out: Path, command: str) -> int:
     """Hold OUT's lock; returns its open descriptor. OutputError naming the holder while it is held."""
     path = out / LOCK
@@ -151,8 +174,7 @@ def _lock(out: Path, command: str) -> int:
             held = _alive(holder)
         if held:
             os.close(fd)
-            raise OutputError(f"{_short(str(out), 100)} is in use by another run ({_describe(holder)}); "
-                              f"wait for it to end or use another --out")
+            raise _in_use(out, holder)
         with contextlib.suppress(FileNotFoundError):
             if os.path.samestat(os.fstat(fd), os.stat(path)):
                 break
@@ -267,6 +289,7 @@ def check_run_folder(out: str | os.PathLike, *, command: str, config: dict, resu
         entries = _entries(out)
     except OSError as exc:
         raise output_error(out, exc, "cannot use") from exc
+    _check_not_in_use(out)
     _refuse(_short(str(out), 100), _read_json(out / MANIFEST), entries, command, config, resume, overwrite)
 
 

@@ -68,7 +68,7 @@ def test_a_second_concurrent_run_is_refused_naming_the_holder(tmp_path):
         assert f"pid {holder.pid}" in message and "pretrain" in message and "since 20" in message
         assert not (out / "summary.json").exists()
         for overwrite in (False, True):  # the plan's check says the same, not "holds an earlier run"
-            with pytest.raises(OutputError, match=f"in use by another run \\(pid {holder.pid}"):
+            with pytest.raises(OutputError, match=f"in use by another run \\(spikebridge pretrain, pid {holder.pid} "):
                 check_run_folder(out, command="pretrain", config=CONFIG, resume=False, overwrite=overwrite)
     finally:
         holder.communicate("\n", timeout=60)

@@ -248,3 +248,16 @@ def test_evaluate_with_the_ann_of_an_event_snn_says_the_ann_reads_images(run, tm
                  "--no-progress", "--out", str(tmp_path / "ev")])
     assert code == 2 and "holds events, and the ANN reads static images" in _one_line_error(capsys)
     assert not (tmp_path / "ev").exists()
+
+
+def test_export_out_must_name_a_file(run, tmp_path, capsys):
+    """``--out`` naming a folder (an existing one, or a new one written ``DIR/``) or an existing
+    file without ``--overwrite``: one line, nothing written."""
+    snn = str(run / "snn_pretrained")
+    existing = tmp_path / "there.nir"
+    existing.write_text("kept")
+    for out, words in ((str(tmp_path / "newdir") + "/", "is a folder; give a file name"),
+                       (str(tmp_path), "is a folder; give a file name"), (str(existing), "already exists")):
+        assert main(["export", snn, "--out", out, "--input-shape", "1,28,28"]) == 2
+        assert words in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there.nir"] and existing.read_text() == "kept"

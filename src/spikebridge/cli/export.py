@@ -57,7 +57,7 @@ def check_out_file(out: str, overwrite: bool, protected: list[Path] = ()) -> Pat
         if path.exists() and _same_file(path, keep):
             raise OutputError(f"--out {str(out)[:100]} is the checkpoint's own file {keep.name}: "
                               "choose another output file")
-    if path.is_dir():
+    if path.is_dir() or str(out).endswith(("/", os.sep)):  # a folder, or one named as a folder (DIR/)
         raise OutputError(f"--out {str(out)[:100]} is a folder; give a file name such as model.nir")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputError(f"--out {str(out)[:100]} already exists; choose another file or add --overwrite to replace it")

@@ -383,7 +383,8 @@ class ClassFamily:
             _check_classes(ann, bundle, self.spec, batches[0])
             snn = spikify(ann, cfg.neuron, T=cfg.model.T, calibration=batches, device=ctx.device,
                           calibration_samples=samples).to(ctx.device)
-            ctx.log(f"spikified {self.spec}: {len(snn.neurons)} neuron layers, thresholds calibrated on {samples} samples")
+            used = min(samples, sum(len(x) for x in batches))  # the training split may hold fewer
+            ctx.log(f"spikified {self.spec}: {len(snn.neurons)} neuron layers, thresholds calibrated on {used} samples")
             return Bridged(snn, spikified_meta(self.spec, self.kwargs, cfg.neuron, input_ndim=snn.input_ndim, **meta),
                            set(ann.state_dict()), {"thresholds": snn.thresholds()})
         mode = first_layer or cfg.bridge.first_layer

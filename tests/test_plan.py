@@ -251,9 +251,10 @@ def test_no_progress_run_prints_plan_epochs_and_results(tmp_path, capsys):
     out = tmp_path / "run"
     status = cli.main(["pretrain", "--data", "mnist5k", "--out", str(out), "--no-progress", "--epochs", "1",
                        "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "ann.batch_size=32",
-                       "--set", "run.threads=1"])
+                       "--set", "run.threads=1", "--set", "run.amp=bf16"])
     printed = capsys.readouterr().out
     assert status == 0
+    assert "ann: run.amp=bf16 applies on CUDA only; training in float32 on cpu" in printed  # notes too
     assert "[plan] pretrain" in printed and "[plan] ann" in printed
     assert "ann epoch 1:" in printed and "| ann | 1 |" in printed
     assert f"wrote {out}: " in printed and "summary.json" in printed

@@ -198,10 +198,10 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
     model.to(device)
     module = unwrap(model)
     precision = distributed.Precision(amp, device)
-    if precision.note and progress and info.is_main:
+    if precision.note and info.is_main:  # said with or without progress bars
         tqdm.write(f"{name}: {precision.note}")
     clash = step_in_backward_clash(cfg, precision, info.world_size)
-    if cfg.step_in_backward and clash and progress and info.is_main:
+    if cfg.step_in_backward and clash and info.is_main:
         tqdm.write(f"{name}: the optimizer steps after the backward (step_in_backward does not apply with {clash})")
     synced = info.enabled and sync_bn and distributed.convert_sync_batchnorm(module, device) > 0
     generator = torch.Generator().manual_seed(seed)

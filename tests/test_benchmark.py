@@ -32,7 +32,9 @@ def test_method_grammar():
                                                       ("pretrained", "liaf")}
     for bad, match in (("bogus", "start with"), ("pretrained+fast", "unknown modifier"), ("scratch+wu", "warm-up"),
                        ("decoder+wu", "transfers none"),
-                       ("scratch,scratch", "repeat"), ("pretrained+T0", "unknown modifier")):
+                       ("scratch,scratch", "repeat"), ("pretrained+T0", r"T must be an integer >= 1, got 0"),
+                       ("decoder+T2000", r"T must be an integer <= 1024"), ("pretrained+liaf+lif", "neuron more than once"),
+                       ("pretrained+wu+wu", "warm-up more than once"), ("pretrained+Fast", "unknown modifier 'Fast'")):
         with pytest.raises(ConfigError, match=match):
             parse_methods(bad)
 
@@ -110,6 +112,9 @@ def test_bad_method_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "xyz" in err
     assert not (tmp_path / "b").exists()
+    # two names of one SNN at the configured T and neuron: refused by the plan
+    assert cli.main(["benchmark", "--plan", "--T", "4", "--methods", "scratch,pretrained,pretrained+T4"]) == 2
+    assert "benchmark methods pretrained and pretrained+T4 train the same SNN (T=4, lif)" in capsys.readouterr().err
 
 
 def test_scratch_methods_on_events_need_no_ann_data(tmp_path, capsys):

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..config import MAX_T, check_int
 from ..errors import ConfigError, short_repr
 from ..neurons import neuron_names
 from ..utils import atomic_write_text
@@ -58,15 +59,19 @@ def parse_method(text: str) -> BenchMethod:
     if not parts or parts[0] not in BASES:
         raise ConfigError(f"benchmark method {name!r}: it must start with one of {', '.join(BASES)}")
     base, warmup, neuron, steps = parts[0], False, None, None
-    for part in parts[1:]:
+    kinds = [("warm-up" if p == "wu" else "neuron" if p in neuron_names(spiking=True) else "T") for p in parts[1:]]
+    for kind in dict.fromkeys(kinds):
+        if kinds.count(kind) > 1:
+            raise ConfigError(f"benchmark method {short_repr(name)}: gives its {kind} more than once")
+    for part, original in zip(parts[1:], name.split("+")[1:]):
         if part == "wu":
             warmup = True
         elif part in neuron_names(spiking=True):
             neuron = part
-        elif re.fullmatch(r"t[1-9][0-9]*", part):
-            steps = int(part[1:])
+        elif re.fullmatch(r"t[0-9]+", part):
+            steps = check_int(f"benchmark method {short_repr(name)}: T", int(part[1:]), 1, MAX_T)
         else:
-            raise ConfigError(f"benchmark method {short_repr(name)}: unknown modifier {part!r} "
+            raise ConfigError(f"benchmark method {short_repr(name)}: unknown modifier {original.strip()!r} "
                               f"(wu, {', '.join(neuron_names(spiking=True))} or T<n>)")
     if warmup and base in ("scratch", "decoder"):
         raise ConfigError(f"benchmark method {name!r}: warm-up (+wu) freezes the transferred encoder; "

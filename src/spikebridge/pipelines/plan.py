@@ -302,6 +302,12 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
         phases.append(ann_phase)
     finetune, scratch = (cfg.events.finetune, cfg.events.scratch) if events else (cfg.finetune, cfg.scratch)
     T = merged_time_steps(cfg.events.time_bins, data_steps, cfg.data.name) if events else cfg.model.T
+    seen: dict[tuple, str] = {}
+    for method in methods:  # the same SNN under two names (pretrained and pretrained+T4 at T=4)
+        same = seen.setdefault((method.base, method.warmup, method.neuron or cfg.neuron.kind, method.T or T), method.name)
+        if same != method.name:
+            raise ConfigError(f"benchmark methods {same} and {method.name} train the same SNN (T={method.T or T}, "
+                              f"{method.neuron or cfg.neuron.kind}); give one of them")
     for method in methods:
         train = scratch
         if method.transfers:  # the warm-up ("+wu") freezes the transferred encoder for at least one epoch

@@ -344,17 +344,18 @@ def resolve_code(info: dict, *, code: str | None, trust_code: bool, where: str =
             raise CheckpointError(f"{where}: {flag} {clip(code_path)} is not the code this checkpoint was written with "
                                   f"(SHA-256 {file_sha256(file)[:12]}..., recorded {digest[:12]}...)")
         return absolute_class_spec(code)
+    python = not flag.startswith("-")  # a Python caller's argument (load_model's code=), not a CLI flag
+    name_it = f'{flag}="FILE.py:Class"' if python else f"{flag} FILE.py:Class"
     if not trust_code:
         raise CheckpointError(f"{where}: this checkpoint needs Python code ({recorded_class} from "
-                              f"{clip(recorded_path)}); name it with {flag} FILE.py:Class or pass --trust-code to "
-                              "import the recorded file")
+                              f"{clip(recorded_path)}); name it with {name_it} or pass "
+                              f"{'trust_code=True' if python else '--trust-code'} to import the recorded file")
     file = Path(recorded_path)
     for refused, problem in ((not file.is_absolute(), "the recorded code path {} is not absolute"),
                              (digest is None, "the checkpoint records no SHA-256 of its code {}"),
                              (not file.is_file(), "the recorded code file {} does not exist")):
         if refused:
-            raise CheckpointError(f"{where}: {problem.format(clip(recorded_path))}; "
-                                  f"name the file with {flag} FILE.py:Class")
+            raise CheckpointError(f"{where}: {problem.format(clip(recorded_path))}; name the file with {name_it}")
     if file_sha256(file) != digest:
         raise CheckpointError(f"{where}: the recorded code file {clip(recorded_path)} changed since the checkpoint "
                               "was written (SHA-256 differs); not importing it")
@@ -488,7 +489,7 @@ def load_model(path: str | Path, *, T: int | None = None, code: str | None = Non
     """The model of spikebridge checkpoint ``path`` with its weights, in eval mode, its time steps
     in ``model.T`` (1 for an ANN): registry ANN / SNN, the user's class or a spikified one (those
     two need ``code="FILE.py:Class"`` or ``trust_code=True``; see :func:`resolve_code`)."""
-    model, meta, _ckpt = model_from_checkpoint(path, T=T, code=code, trust_code=trust_code)
+    model, meta, _ckpt = model_from_checkpoint(path, T=T, code=code, trust_code=trust_code, code_flag="code")
     info = meta["model"]
     spiking = getattr(model, "spiking", info["name"] == SPIKIFIED_MODEL_NAME)
     model.T = int(T or info.get("T", 1)) if spiking else 1

@@ -157,3 +157,14 @@ def test_recalibrate_batchnorm_takes_loader_pairs_and_a_failure_keeps_the_statis
             sb.recalibrate_batchnorm(model, bad)
         for key, value in model.state_dict().items():  # the statistics are as they were, not reset
             assert torch.equal(value, before[key]), key
+
+
+def test_transfer_takes_a_training_scripts_checkpoint_dict_in_memory_as_from_a_file(tmp_path):
+    ann = sb.create_model("cnn", neuron="relu", in_channels=1)
+    wrapped = {"state_dict": ann.state_dict(), "epoch": 3}
+    torch.save(wrapped, tmp_path / "wrapped.pth")
+    for source in (wrapped, tmp_path / "wrapped.pth"):
+        assert sb.transfer(source, sb.create_model("cnn", neuron="lif", in_channels=1)).match_fraction == 1.0
+    with pytest.raises(TransferError, match=r"the source: expected a state dict of tensors \(not tensors: net\); give "
+                                           r"the state dict itself, or one under state_dict"):
+        sb.transfer({"net": ann.state_dict()}, sb.create_model("cnn", neuron="lif", in_channels=1))

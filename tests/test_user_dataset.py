@@ -123,3 +123,25 @@ def test_python_runs_are_validated_and_guarded_as_the_cli_runs(tmp_path):
     with pytest.raises(DataError):
         pipes(cfg(**{"run.out": str(tmp_path / "other"), "data.name": str(tmp_path / "no-such-data")}))
     assert not (tmp_path / "other").exists()
+
+
+def test_python_pipes_takes_its_ann_module_s_architecture_and_refuses_mismatched_data(tmp_path):
+    """``pipes(cfg, ann=create_model("vgg11", ...))`` fine-tunes a vgg11 SNN (not the model auto
+    picks for the data); another module, an event bundle for pipeS, or splits of other T: one line."""
+    from spikebridge.errors import ConfigError, DataError
+
+    cfg = load_config(PipelineConfig, None, {
+        "run.out": str(tmp_path / "run"), "run.device": "cpu", "run.progress": False, "run.threads": 1,
+        "data.limit_train": 64, "data.limit_test": 32, "finetune.epochs": 1, "finetune.batch_size": 32,
+        "bridge.calibration_batches": 1, "bridge.calibration_batch_size": 32})
+    summary = pipes(cfg, ann=sb.create_model("vgg11", num_classes=10, neuron="relu", in_channels=1))
+    assert summary["ann"] == "vgg11" and summary["transfer"]["match_fraction"] == 1.0
+    with pytest.raises(ConfigError, match="is not a registry model"):
+        pipes(cfg, ann=torch.nn.Linear(784, 10), overwrite=True)
+    frames = torch.zeros(8, 4, 2, 8, 8)
+    pairs = [(frames[i], 0) for i in range(8)]
+    events = sb.dataset_bundle(pairs, pairs, num_classes=2)
+    with pytest.raises(ConfigError, match=r"holds events samples \[T, C, H, W\]; pipeS trains on static images"):
+        pipes(cfg, bundle=events, overwrite=True)
+    with pytest.raises(DataError, match=r"the test samples are \[8, 2, 8, 8\], the training samples \[4, 2, 8, 8\]"):
+        sb.dataset_bundle(pairs, [(torch.zeros(8, 2, 8, 8), 0)] * 2, num_classes=2)

@@ -132,12 +132,22 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
                                   f"checkpoint (it starts with {head!r})") from None
         raise CheckpointError(f"{path}: not a loadable state-dict file ({type(exc).__name__}: "
                               f"{first_line(exc)[:200]})") from None
+    return _tensors_of(state, str(path), CheckpointError)
+
+
+def _tensors_of(state, where: str, error: type[Exception]) -> dict[str, torch.Tensor]:
+    """A state dict of tensors: ``state`` itself or the one under ``state_dict`` / ``model`` /
+    ``model_state_dict`` (a training script's checkpoint dict); ``error`` naming ``where`` else."""
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors")
+        others = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)][:3] if isinstance(state, dict) \
+            else []
+        raise error(f"{where}: expected a state dict of tensors" + (
+            f" (not tensors: {', '.join(others)}); give the state dict itself, or one under state_dict, model or "
+            "model_state_dict" if others else f", got {type(state).__name__}"))
     return state
 
 
@@ -149,6 +159,7 @@ def as_state_dict(source) -> dict[str, torch.Tensor]:
         source = load_state_dict_file(source)
     if not isinstance(source, dict):
         raise TransferError(f"cannot transfer from {type(source).__name__}: give a module, state dict or file")
+    source = _tensors_of(source, "the source", TransferError)
     if source and all(k.startswith("module.") for k in source):
         source = {k[len("module."):]: v for k, v in source.items()}
     return source

@@ -348,8 +348,12 @@ def dataset_bundle(train: Dataset, test: Dataset, *, num_classes: int | None = N
     train, test = MappedDataset(train, _as_float32, int), MappedDataset(test, _as_float32, int)
     try:
         sample, _label = train[0]
+        test_sample, _label = test[0]
     except (TypeError, ValueError) as exc:
-        raise DataError(f"dataset_bundle: the first training sample is not (array, label): {exc}"[:200]) from None
+        raise DataError(f"dataset_bundle: the first sample is not (array, label): {exc}"[:200]) from None
+    if tuple(test_sample.shape) != tuple(sample.shape):  # a model trained at one T (or size) tested at another
+        raise DataError(f"dataset_bundle: the test samples are {list(test_sample.shape)}, the training samples "
+                        f"{list(sample.shape)}; give both splits the same time bins and frame size")
     if sample.dim() not in (3, 4):
         raise DataError(f"dataset_bundle: samples must be [T, C, H, W] event frames or [C, H, W] images, "
                         f"got shape {list(sample.shape)}")

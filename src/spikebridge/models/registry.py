@@ -63,9 +63,12 @@ def create_model(
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not (isinstance(in_channels, int) and in_channels >= 1):
         raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
-    return _REGISTRY[name](
+    model = _REGISTRY[name](
         num_classes=num_classes, in_channels=in_channels, neuron=as_neuron_config(neuron), T=T, **kwargs
     )
+    # what it was built as (pipelines.pipes(cfg, ann=model) takes its architecture from it)
+    model.registry_model = {"name": name, "num_classes": num_classes, "in_channels": in_channels}
+    return model
 
 
 register_model("resnet18")(partial(ResNet, BasicBlock, [2, 2, 2, 2], torchvision_layout=False))

@@ -65,10 +65,19 @@ def events_config(cfg: PipelineConfig, events: DataBundle) -> PipelineConfig:
 
 
 def _loaded(ann: LoadedAnn | nn.Module | None) -> LoadedAnn | None:
-    """A plain registry ``nn.Module`` (Python callers) as a :class:`LoadedAnn`."""
+    """A registry model built by ``create_model`` (Python callers) as a :class:`LoadedAnn` of its
+    architecture; any other module is refused, naming the way to pass one's own class."""
     if ann is None or isinstance(ann, LoadedAnn):
         return ann
-    return LoadedAnn(ann, type(ann).__name__, RegistryFamily())
+    built = getattr(ann, "registry_model", None)
+    if not isinstance(ann, nn.Module) or not isinstance(built, dict):
+        raise ConfigError(f"ann=: {type(ann).__name__} is not a registry model (spikebridge.create_model); for your "
+                          "own class give ann=load_ann(AnnSource(class_spec='net.py:Net', weights='w.pth')) "
+                          "(spikebridge.pipelines), or convert it with spikebridge.spikify")
+    if getattr(ann, "spiking", False):
+        raise ConfigError(f"ann=: this {built['name']} is already spiking; give the ANN (neuron='relu' or "
+                          "'sharpened_relu')")
+    return LoadedAnn(ann, built["name"], RegistryFamily(), checkpoint_model=dict(built))
 
 
 def _reported(details: dict[str, Any], bridge_seconds: float) -> dict[str, Any]:
@@ -200,6 +209,9 @@ def pipes(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Mo
     """pipeS: ANN on static data (trained here unless given) -> SNN fine-tuned on the same data
     (+ the scratch SNN baseline with ``baseline``, as the CLI's ``--baseline``). Writes and returns
     ``summary.json``."""
+    if bundle is not None and bundle.kind != "static":
+        raise ConfigError(f"pipes(bundle=...): {clip(bundle.name)!r} holds {bundle.kind} samples [T, C, H, W]; pipeS "
+                          "trains on static images (events: piped(cfg, events=...))")
     loaded = _loaded(ann)
     cfg = use_checkpoint_model(cfg, loaded)
     ctx = start_run(cfg)

@@ -301,3 +301,15 @@ def test_an_ann_of_another_architecture_than_model_is_refused_by_the_plan(data, 
     assert captured.out == "" and "is a cnn, not a vgg11: the SNN takes the ANN's architecture" in captured.err
     assert cli.main([command, "--ann", data["ann"], "--model", "cnn", "--plan",
                      *(["--data", data["photos"]] if command != "piped" else [])]) == 0, capsys.readouterr().err
+
+
+def test_the_wrote_line_names_only_what_the_run_wrote(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    assert cli.main(["pretrain", "--data", "mnist5k", "--out", str(out), "--no-progress", "--epochs", "1", "--overwrite",
+                     "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "ann.batch_size=32",
+                     "--set", "run.threads=1"]) == 0
+    last = capsys.readouterr().out.splitlines()[-2]  # then pretrain's own summary line
+    assert last.startswith(f"wrote {out}: ") and "summary.json" in last and "notes.txt" not in last, last
+    assert (out / "notes.txt").read_text() == "the user's"

@@ -45,9 +45,13 @@ def log(message: str) -> None:
 
 
 def log_written(out: Path, note: str = "") -> None:
-    """``wrote OUT: <its files>, <its folders>/`` (hidden entries left out; rank 0 alone logs):
-    what a finished run left, read from the folder, so that no output goes unnamed."""
-    entries = [p for p in Path(out).iterdir() if not p.name.startswith(".")]
+    """``wrote OUT: <its files>, <its folders>/`` (rank 0 alone logs): what a finished run left,
+    read from the folder, so that no output goes unnamed; hidden entries and what was there
+    before the run (the run folder's record of foreign names) left out."""
+    from ..train.runfolder import foreign_names
+
+    foreign = foreign_names(Path(out))
+    entries = [p for p in Path(out).iterdir() if not p.name.startswith(".") and p.name not in foreign]
     names = [p.name + "/" if p.is_dir() else p.name for p in sorted(entries, key=lambda p: (p.is_dir(), p.name))]
     log(f"wrote {out}: {', '.join(names)}" + (f" ({note})" if note else ""))
 

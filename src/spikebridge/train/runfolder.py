@@ -129,6 +129,11 @@ def _entries(out: Path) -> set[str]:
     return {n for n in os.listdir(out) if n not in (LOCK, MANIFEST) and temp_target(n) is None}
 
 
+def foreign_names(out: Path) -> set[str]:
+    """The names in OUT that its run did not write (its manifest's record; empty without one)."""
+    return _names(_read_json(out / MANIFEST), "foreign")
+
+
 def _save(out: Path, manifest: dict) -> None:
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str))
 

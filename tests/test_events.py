@@ -421,3 +421,14 @@ def test_events_to_dense_centres_like_the_released_loader():
             if r + dx < 256:
                 expected[t - 1, ch, r + dx, c + dy] = 1
     assert torch.equal(dense.float(), expected[:, :, 16:240, 16:240])
+
+
+def test_a_label_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    from spikebridge.data.events import read_label_file
+
+    (tmp_path / "n01").mkdir()
+    (tmp_path / "n01" / "s0.npz").write_bytes(b"")
+    label_file = tmp_path / "labels.txt"
+    label_file.write_bytes("\ufeffn01/s0.npz 0 254 254\r\n".encode("utf-8"))
+    (entry,) = read_label_file(label_file)
+    assert entry.path == tmp_path / "n01" / "s0.npz" and entry.label == 0

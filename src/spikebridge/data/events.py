@@ -350,7 +350,7 @@ def read_label_file(
     label_file = Path(label_file)
     base = Path(data_dir) if data_dir is not None else label_file.parent
     try:
-        text = label_file.read_text(encoding="utf-8")
+        text = label_file.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is no part of a path
     except FileNotFoundError:
         raise DataError(f"{label_file}: label file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

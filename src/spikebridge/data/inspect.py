@@ -217,18 +217,14 @@ def _inspect_cifar(path: Path, wanted: bool):
 
 def _inspect_image_folders(path: Path, wanted: bool):
     """ImageNet layout, listed without decoding (the opener decodes small images into memory)."""
-    from .disk import default_image_size
-    from .folders import ImageFolderDataset, inspect_image_folder, load_image, split_layout
+    from .disk import default_image_size, image_folder_splits
+    from .folders import ImageFolderDataset, inspect_image_folder, load_image
     from .loading import first_readable
     from .transforms import ToTensor
 
-    split = split_layout(path)
-    if split is None or split.val is None:
-        raise DataError(f"{path}: expected train/ and val/ folders of class folders (ImageNet layout)")
-    train, test = ImageFolderDataset(split.train), ImageFolderDataset(split.val)
-    if test.classes != train.classes:
-        raise DataError(f"{split.val}: its class folders differ from {split.train}'s")
-    found = inspect_image_folder(split.train)
+    train_dir, val_dir, _classes = image_folder_splits(str(path))  # the checks the opener makes, in its words
+    train, test = ImageFolderDataset(train_dir), ImageFolderDataset(val_dir)
+    found = inspect_image_folder(train_dir)
     size = default_image_size(found.typical_height, found.typical_width)
     info = _dataset_info("image-folders", train.classes, len(train), len(test), (found.channels, size, size))
     if not wanted:

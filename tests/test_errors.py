@@ -150,7 +150,7 @@ def cli_cases(folder: Path) -> list[tuple[list[str], int, str]]:
          r"wrong_type\.yaml: finetune\.lr: expected a number, got 'fast'"),
         (["pretrain", "--config", str(folder / "broken.yaml"), *out], 2, r"broken\.yaml: not valid YAML"),
         (["pipes", "--T", "0", *out], 2, r"model\.T must be an integer >= 1, got 0"),
-        (["pretrain", "--set", "neuron.threshold=0", *out], 2, r"neuron: threshold must be a number in \(0\.0, inf\], got 0"),
+        (["pretrain", "--set", "neuron.threshold=0", *out], 2, r"neuron: threshold must be a finite number in \(0\.0, inf\), got 0"),
         (["pretrain", "--set", "neuron.decay=1.5", *out], 2, r"neuron: decay must be a number in \[0\.0, 1\.0\], got 1\.5"),
         (["pretrain", "--set", "ann.lr=.nan", *out], 2, r"ann\.lr must be a positive number, got nan"),
         (["pretrain", "--set", "run.seed=-1", *out], 2, r"run\.seed must be an integer in \[0, 2\*\*63\), got -1"),
@@ -437,8 +437,10 @@ def test_transfer_from_another_architecture_or_class_count(saved_checkpoint):
     ("model: {T: four}", r"model\.T: expected an integer, got 'four'"),
     ("model: {T: 0}", r"model\.T must be an integer >= 1, got 0"),
     ("model: {T: -3}", r"model\.T must be an integer >= 1, got -3"),
-    ("neuron: {threshold: 0}", r"neuron: threshold must be a number in \(0\.0, inf\], got 0"),
-    ("neuron: {threshold: -0.5}", r"neuron: threshold must be a number in \(0\.0, inf\], got -0\.5"),
+    ("neuron: {threshold: 0}", r"neuron: threshold must be a finite number in \(0\.0, inf\), got 0"),
+    ("neuron: {threshold: -0.5}", r"neuron: threshold must be a finite number in \(0\.0, inf\), got -0\.5"),
+    ("neuron: {threshold: .inf}", r"neuron: threshold must be a finite number in \(0\.0, inf\), got inf"),
+    ("neuron: {surrogate_center: abc}", r"neuron\.surrogate_center: expected a number or null, got 'abc'"),
     ("neuron: {decay: 1.2}", r"neuron: decay must be a number in \[0\.0, 1\.0\], got 1\.2"),
     ("neuron: {decay: -0.1}", r"neuron: decay must be a number in \[0\.0, 1\.0\], got -0\.1"),
     ("neuron: {decay: .nan}", r"neuron: decay must be a number in \[0\.0, 1\.0\], got nan"),
@@ -462,7 +464,7 @@ def test_yaml_errors_name_the_file_and_key(tmp_path, text, pattern):
 
 
 def test_neuron_and_model_arguments():
-    raises(ConfigError, r"threshold must be a number in \(0\.0, inf\], got 0", sb.LIF, threshold=0)
+    raises(ConfigError, r"threshold must be a finite number in \(0\.0, inf\), got 0", sb.LIF, threshold=0)
     raises(ConfigError, r"decay must be a number in \[0\.0, 1\.0\], got 1\.5", sb.LIF, decay=1.5)
     raises(ConfigError, r"unknown model 'resnet7'", sb.create_model, "resnet7")
     raises(ConfigError, r"num_classes must be a positive integer, got 0", sb.create_model, "cnn", num_classes=0)

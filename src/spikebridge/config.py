@@ -290,7 +290,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if option is not type(None):
                 with contextlib.suppress(ConfigError):
                     return _coerce(value, option, key)
-        raise ConfigError(f"{key}: expected {tp}, got {short_repr(value)}")
+        options = " or ".join("null" if t is type(None) else _describe(t) for t in typing.get_args(tp))
+        raise ConfigError(f"{key}: expected {options}, got {short_repr(value)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {short_repr(value)}")

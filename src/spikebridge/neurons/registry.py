@@ -94,8 +94,9 @@ def check_number(name: str, value: float, low: float, high: float, *, low_open: 
     ok = isinstance(value, (int, float)) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
-        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-        raise ConfigError(f"{name} must be a number in {bound}, got {value!r}")
+        bound = f"({low}, {high}{')' if math.isinf(high) else ']'}" if low_open else f"[{low}, {high}]"
+        what = "a finite number" if math.isinf(high) else "a number"
+        raise ConfigError(f"{name} must be {what} in {bound}, got {value!r}")
 
 
 @dataclass(frozen=True)

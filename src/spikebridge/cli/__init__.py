@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikebridge: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("spikebridge: interrupted", file=sys.stderr)
+        training = hasattr(args, "resume") and not getattr(args, "plan", False)
+        print("spikebridge: interrupted" + ("; the same command with --resume continues from the last complete epoch"
+                                            if training else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout closed early (| head): nothing more to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (Python flushes stdout at exit)

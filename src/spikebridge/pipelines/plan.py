@@ -124,7 +124,8 @@ class RunPlan:
                  + (f", ANN {self.ann.label}" if self.ann else "") + ")"]
         for p in self.phases:
             t = p.train
-            lines.append(f"[plan] {p.name:<24} {p.role:<8} {p.model} {p.neuron} T={p.T} on {p.data}: {t.epochs} epochs "
+            epochs = f"{t.epochs} epoch{'' if t.epochs == 1 else 's'}"
+            lines.append(f"[plan] {p.name:<24} {p.role:<8} {p.model} {p.neuron} T={p.T} on {p.data}: {epochs} "
                          f"{t.optimizer} lr {t.lr:g} {t.schedule}, batch {t.batch_size}"
                          + (f", warm-up {t.freeze_epochs}" if t.freeze_epochs else "")
                          + (f", until plateau {t.until_plateau}" if t.until_plateau else "")

@@ -218,7 +218,8 @@ def pipes(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Mo
     bundle = bundle or open_static(cfg)
     _ann, _snn, runs, extra = run_pipes(ctx, cfg, bundle, loaded, baseline=baseline)
     return write_outputs(ctx, runs, dataset=bundle.name, T=cfg.model.T, comparisons=(PIPES,), extra=extra,
-                         title=f"pipeS on {bundle.name}: SNN (T={cfg.model.T}) from an ANN vs from scratch")
+                         title=f"pipeS on {bundle.name}: SNN (T={cfg.model.T}) from an ANN"
+                               + (" vs from scratch" if baseline else ""))
 
 
 @claims_run_folder("finetune")
@@ -267,7 +268,7 @@ def piped(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Mo
     name = event_extra["events_data"]
     return write_outputs(ctx, runs + event_runs, dataset=name, T=event_extra["first_layer_comparison"]["T"],
                          comparisons=(PIPED,), extra=extra,
-                         title=f"pipeD on {name}: event SNN from a static ANN vs from scratch")
+                         title=f"pipeD on {name}: event SNN from a static ANN" + (" vs from scratch" if baseline else ""))
 
 
 @claims_run_folder("demo")

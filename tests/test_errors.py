@@ -662,3 +662,20 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
         child.send_signal(signal.SIGINT)
         err = child.communicate(timeout=120)[1]
         assert child.returncode == 130 and err == "spikebridge: interrupted\n", (delay, child.returncode, err)
+
+
+def test_ctrl_c_during_training_says_that_resume_continues(tmp_path):
+    import time
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    child = subprocess.Popen([sys.executable, "-m", "spikebridge", "pretrain", "--out", str(tmp_path / "r"), "--no-progress",
+                              "--epochs", "50", "--set", "data.limit_train=512", "--set", "ann.batch_size=16",
+                              "--set", "run.threads=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"},
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert child.stdout.readline().startswith("[plan] pretrain")  # running
+    time.sleep(1.0)
+    child.send_signal(signal.SIGINT)
+    _out, err = child.communicate(timeout=120)
+    assert child.returncode == 130 and err.splitlines()[-1] == (
+        "spikebridge: interrupted; the same command with --resume continues from the last complete epoch"), err

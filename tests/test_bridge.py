@@ -168,3 +168,11 @@ def test_transfer_takes_a_training_scripts_checkpoint_dict_in_memory_as_from_a_f
     with pytest.raises(TransferError, match=r"the source: expected a state dict of tensors \(not tensors: net\); give "
                                            r"the state dict itself, or one under state_dict"):
         sb.transfer({"net": ann.state_dict()}, sb.create_model("cnn", neuron="lif", in_channels=1))
+
+
+def test_transfer_adapts_colour_weights_to_grey_by_default_as_the_config_does():
+    rgb = sb.create_model("cnn", neuron="relu", in_channels=3)
+    grey = sb.create_model("cnn", neuron="lif", T=2, in_channels=1)
+    report = sb.transfer(rgb, grey)  # first_layer="mean", bridge.first_layer's default
+    assert report.adapted == ["conv1.weight"] and report.match_fraction == 1.0
+    torch.testing.assert_close(grey.conv1.weight, rgb.conv1.weight.mean(1, keepdim=True))

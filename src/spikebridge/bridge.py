@@ -194,12 +194,15 @@ def _adapt_first_layer(weight: torch.Tensor, in_channels: int, mode: str) -> tor
 def transfer(
     source,
     snn_model: nn.Module,
-    first_layer: str = "signed_polarity",
+    first_layer: str = "mean",
     *,
     min_match: float = 0.5,
     strict_shapes: bool = False,
 ) -> TransferReport:
     """Load every tensor of ``source`` whose name and shape fit ``snn_model``; report the rest.
+
+    ``first_layer``: how a first convolution with other input channels is adapted (``mean``,
+    the default as ``bridge.first_layer``'s; ``signed_polarity`` for 2 event polarities; ``skip``).
 
     Raises :class:`TransferError` when less than ``min_match`` of the SNN's tensors can be loaded
     (a checkpoint of another architecture), or when ``strict_shapes`` and any shape differs.

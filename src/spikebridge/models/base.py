@@ -70,7 +70,10 @@ class BridgeNet(nn.Module):
 
     def per_step_features(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """The pooled features at every step, ``[T, B, F]``; T from events ``[T, B, C, H, W]``, else
-        ``steps`` (default ``self.T``) for static ``[B, C, H, W]``."""
+        ``steps`` (default ``self.T``) for static ``[B, C, H, W]``. Integer input (Tonic's int16
+        event counts) is taken as float."""
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
         if x.dim() == self.input_ndim + 1:
             steps, batch = x.shape[:2]
             hidden = self.forward_stem(x.flatten(0, 1))

@@ -310,6 +310,9 @@ def test_the_wrote_line_names_only_what_the_run_wrote(tmp_path, capsys):
     assert cli.main(["pretrain", "--data", "mnist5k", "--out", str(out), "--no-progress", "--epochs", "1", "--overwrite",
                      "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "ann.batch_size=32",
                      "--set", "run.threads=1"]) == 0
-    last = capsys.readouterr().out.splitlines()[-2]  # then pretrain's own summary line
+    *_, last, final = capsys.readouterr().out.splitlines()
     assert last.startswith(f"wrote {out}: ") and "summary.json" in last and "notes.txt" not in last, last
+    summary = json.loads((out / "summary.json").read_text())["runs"][0]
+    assert final.startswith(f"ANN test accuracy {summary['final_acc']:.4f} after 1 epochs (best {summary['best_acc']:.4f}")
+    assert final.endswith(f"the last epoch's checkpoint: {out}/ann/checkpoints/last.json")
     assert (out / "notes.txt").read_text() == "the user's"

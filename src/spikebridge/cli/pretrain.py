@@ -23,6 +23,6 @@ def run(args: argparse.Namespace) -> int:
     summary = run_request(args, request(args, "pretrain", flags=flags))
     if summary is not None:
         ann = summary["runs"][0]
-        log(f"ANN best test accuracy {ann['best_acc']:.4f} after {ann['epochs']} epochs ({ann['seconds']:.1f} s); "
-              f"checkpoint: {args.out}/ann/checkpoints/last.json")
+        log(f"ANN test accuracy {ann['final_acc']:.4f} after {ann['epochs']} epochs (best {ann['best_acc']:.4f}, "
+            f"{ann['seconds']:.1f} s); the last epoch's checkpoint: {args.out}/ann/checkpoints/last.json")
     return 0

@@ -112,7 +112,7 @@ class BenchRun:
     final_acc: float
     transfer_acc: float | None
     curve: list[list[float]] = field(default_factory=list)
-    transferred: int = 0  # tensors taken from the ANN
+    transferred: int = 0  # tensors taken from the ANN as they are (an adapted first layer not counted)
     bridge_seconds: float = 0.0
     cpu_curve: list[list[float]] = field(default_factory=list)
     ann_cpu_seconds: float = 0.0

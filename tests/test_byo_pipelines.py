@@ -175,6 +175,8 @@ def test_piped_with_a_user_class_and_weights(user_net, tmp_path):
     assert summary["events_input_conv"] == {"name": "conv1", "in_channels": 2, "first_layer": "mean"}
     assert summary["transfer_acc"] == runs["snn_events_pretrained"]["curve"][0][2] > 0.2  # chance: 0.1
     assert len(runs["snn_events_pretrained"]["curve"]) == 2  # transfer + 1 epoch
+    report = (out / "report.md").read_text()  # events.compare_first_layer=false: no table of the one mode
+    assert "First-layer adaptation" not in report and report.startswith("# pipeD on es-mnist") and "vs from scratch" in report
     events = _events_bundle()
     for name in ("snn_events_pretrained", "snn_events_scratch"):
         ckpt = out / name / "checkpoints" / "last.json"

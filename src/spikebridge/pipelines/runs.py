@@ -354,7 +354,7 @@ def render_report(summary: dict, table: str, title: str) -> str:
             lines.append(f"| {t} | {fmt(bridge.get(t))} | {fmt(conversion.get(t))} |")
         lines += ["", "![accuracy vs T](accuracy_vs_T.png)", ""]
     modes = (summary.get("first_layer_comparison") or {}).get("modes")
-    if modes:
+    if modes and len(modes) > 1:  # a comparison (events.compare_first_layer), not the one mode the run used
         lines += ["## First-layer adaptation (static ANN -> 2 event polarities)", "",
                   "| first layer | after transfer | after epoch 1 | after last compared epoch |", "|---|---:|---:|---:|"]
         for mode, entry in modes.items():

@@ -93,6 +93,7 @@ def test_evaluate_reports_curves_activity_energy_and_figures(finetuned, tmp_path
         assert_figure(tmp_path / name)
     markdown = (tmp_path / "evaluation.md").read_text()
     assert "FP32 ops per sample (G)" in markdown and "| 3 |" in markdown
+    assert "On a seeded subset of 32 test samples (--samples; top-1 above is the whole split's)" in markdown
     assert "top-1" in capsys.readouterr().out
 
 

@@ -197,7 +197,11 @@ def render_evaluation(result: dict, activity_md: str) -> str:
     if result.get("top5") is not None:
         lines.append(f"- top-5: {result['top5']:.4f}")
     if result.get("accuracy_vs_T"):
-        lines += ["", "## Accuracy at every T (same weights)", "", "| T | accuracy |" + (" conversion |" if result.get("conversion_accuracy_vs_T") else ""),
+        subset = result.get("curve_samples", result["test_samples"])
+        on = "the whole test split" if subset >= result["test_samples"] else \
+            f"a seeded subset of {subset} test samples (--samples; top-1 above is the whole split's)"
+        lines += ["", "## Accuracy at every T (same weights)", "", f"On {on}.", "",
+                  "| T | accuracy |" + (" conversion |" if result.get("conversion_accuracy_vs_T") else ""),
                   "|---:|---:|" + ("---:|" if result.get("conversion_accuracy_vs_T") else "")]
         conversion = dict((t, a) for t, a in result.get("conversion_accuracy_vs_T") or [])
         for t, a in result["accuracy_vs_T"]:

@@ -161,3 +161,17 @@ def test_report_and_figure(demo):
         assert f"| {t} | {acc:.4f} |" in report
     assert not any(math.isnan(r["best_acc"]) for r in summary["runs"])
     assert_line_plot(out / "accuracy_vs_time.png", lines=len(RUNS))
+
+
+def test_the_time_figure_starts_a_bridged_snn_after_its_bridge(demo):
+    from spikebridge.analysis.summary import PIPED, PIPES
+    from spikebridge.pipelines.runs import curves_after_bridge
+
+    _out, summary = demo
+    plotted = {run["name"]: run["curve"] for run in curves_after_bridge(summary, (PIPES, PIPED))}
+    runs = {run["name"]: run["curve"] for run in summary["runs"]}
+    for name, bridge in (("snn_pretrained", summary["bridge_seconds"]), ("snn_events_pretrained",
+                                                                        summary["events_bridge_seconds"])):
+        assert bridge > 0 and plotted[name][0][0] == pytest.approx(runs[name][0][0] + bridge)
+        assert [p[1:] for p in plotted[name]] == [p[1:] for p in runs[name]]
+    assert plotted["snn_scratch"] == runs["snn_scratch"] and plotted["ann"] == runs["ann"]

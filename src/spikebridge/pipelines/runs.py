@@ -306,12 +306,21 @@ def write_outputs(ctx: RunContext, runs: list[RunResult], *, dataset: str, T: in
     write_json(out / "summary.json", summary)
     write_metrics_csv(out / "metrics.csv", [{"run": run.name, **record} for run in runs for record in run.history],
                       ("run", *METRICS_COLUMNS))
-    plot_accuracy_vs_time(summary["runs"], out / "accuracy_vs_time.png", title=title, target=summary.get("target_acc"))
+    plot_accuracy_vs_time(curves_after_bridge(summary, comparisons), out / "accuracy_vs_time.png", title=title,
+                          target=summary.get("target_acc"))
     table = results_table(summary["runs"], summary.get("time_to_target"))
     atomic_write_text(out / "report.md", render_report(summary, table, title))
     log("\n" + table + "\n")
     log_written(out)
     return summary
+
+
+def curves_after_bridge(summary: dict, comparisons: tuple) -> list[dict]:
+    """The summary's runs for the accuracy-vs-time figure: a bridged SNN's curve starts once its
+    bridge is done (its ``bridge_key`` seconds), as its time to target counts them."""
+    after = {comp.pretrained: float(summary.get(comp.bridge_key) or 0.0) for comp in comparisons}
+    return [{**run, "curve": [[t + after.get(run["name"], 0.0), *rest] for t, *rest in run["curve"]]}
+            for run in summary["runs"]]
 
 
 def render_report(summary: dict, table: str, title: str) -> str:

@@ -375,3 +375,20 @@ def test_splits_converted_one_at_a_time_share_their_class_numbers(tmp_path, caps
     with pytest.raises(DataError, match=r"labels\.txt:3: class folder n00000002/ has label 1, but .*train/labels\.txt"
                                         r":\d+ gives it label 2"):
         open_dataset(str(out))
+
+
+def test_convert_odg_takes_every_image_kind_training_reads(tmp_path, capsys):
+    """.tif, .ppm, .pgm images train in pipeS; ODG converts them too (pipeD sees the same samples)."""
+    import _layouts as layouts
+
+    photos = layouts.image_folders(tmp_path / "photos", size=(32, 32), classes=2, train_per_class=1, val_per_class=1)
+    rng = np.random.default_rng(0)
+    for suffix in (".tif", ".ppm", ".pgm"):
+        Image.fromarray(layouts.class_image(rng, 0, 32, 32, grey=suffix == ".pgm")).save(
+            photos / "train" / "n00000000" / f"extra{suffix}")
+    out = tmp_path / "events"
+    assert main(["convert", "odg", "--input", str(photos / "train"), "--out", str(out), "--size", "32", "--window", "2",
+                 "30", "--min-events", "1", "--no-progress"]) == 0, capsys.readouterr().err
+    listed = sorted(line.split()[0] for line in (out / "labels.txt").read_text().splitlines())
+    assert listed == ["n00000000/extra.pgm.npz", "n00000000/extra.ppm.npz", "n00000000/extra.tif.npz",
+                      "n00000000/img0.npz", "n00000001/img0.npz"]

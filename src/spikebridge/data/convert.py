@@ -37,10 +37,9 @@ import torch
 from ..errors import ConfigError, DataError, OutputError, clip
 from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
 from .events import es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
-from .folders import TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, open_image
+from .folders import IMG_EXTENSIONS, TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, open_image
 from .odg import EDGE_GREY_STEP, EDGE_GREY_ZERO, edge_integral_image, events_to_dense, odg, resized_shape
 from .video import (
-    IMAGE_SUFFIXES,
     check_n_frames,
     clip_to_events,
     frames_to_events,
@@ -162,7 +161,7 @@ def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs
                     items.append(e.name)
                 else:
                     report.skipped.append((rel, "not a clip folder"))
-            elif e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+            elif e.is_file() and Path(e.name).suffix.lower() in IMG_EXTENSIONS:  # what training reads
                 items.append(e.name)
             else:
                 report.skipped.append((rel, "not an image file (by suffix)" if e.is_file() else "a folder"))
@@ -436,7 +435,7 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     if not tasks:  # refused before anything is written
         raise DataError(f"{clip(str(input_dir))}: its class folders hold no "
                         + ("clip folders (expected <class>/<clip>/<frame images>)" if want_dirs else
-                           f"images ({' '.join(sorted(IMAGE_SUFFIXES))})"))
+                           f"images ({' '.join(IMG_EXTENSIONS)})"))
     if _check_params(out_dir, params, overwrite):  # earlier outputs of these parameters are kept
         tasks = [replace(task, reuse=True) for task in tasks]
     # our own leftovers of killed writes, only of the files we write, in out_dir and its class folders
@@ -486,7 +485,7 @@ def convert_image_folder_odg(
 ) -> ConversionReport:
     """Convert an ImageNet-layout folder into the ES-ImageNet format with ODG.
 
-    ``input_dir/<class>/<image>`` with suffixes .jpg/.jpeg/.png/.bmp/.webp (any case) ->
+    ``input_dir/<class>/<image>`` with the suffixes training reads (``IMG_EXTENSIONS``, any case) ->
     ``out_dir/<class>/<image stem>.npz`` (:func:`~spikebridge.data.events.write_es_sample`; the
     full file name + ``.npz`` when two images of a class share a stem) and ``out_dir/labels.txt``.
     ``odg_kwargs`` go to :func:`~spikebridge.data.odg.odg` (``size``, ``threshold``, ``window``,

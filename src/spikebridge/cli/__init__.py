@@ -176,6 +176,18 @@ def _distributed(args: argparse.Namespace):
         teardown_distributed()
 
 
+def run() -> None:
+    """The ``spikebridge`` command (console script and ``python -m spikebridge``): :func:`main`,
+    then exit with its status. After a Ctrl-C the process ends at once with 130: a library that
+    was interrupted while it loaded (PyTorch) may otherwise end it by SIGINT while Python shuts down."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)

@@ -79,6 +79,8 @@ def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str
         if weights or kwargs_text:
             raise ConfigError("--ann-weights / --ann-kwargs go with --ann FILE.py:ClassName (your ANN class) "
                               "or --ann MODEL (a registry model)")
+        if trust_code:
+            raise ConfigError("--trust-code goes with --ann CKPT (a checkpoint of your own ANN class); there is no --ann")
         return None
     if weights and not Path(weights).expanduser().is_file():
         raise ConfigError(f"--ann-weights: file not found: {short_repr(weights)}")

@@ -146,6 +146,7 @@ def cli_cases(folder: Path) -> list[tuple[list[str], int, str]]:
         (["pretrain", "--config", str(folder / "missing.yaml"), *out], 2, r"config file not found: .*missing\.yaml"),
         (["pretrain", "--config", str(folder), *out], 2, r"config .* is a folder; give one YAML recipe in it \(e\.g\. "),
         (["export", "CKPT.json"], 2, r"the following arguments are required: --out"),
+        (["pipes", "--trust-code", *out], 2, r"--trust-code goes with --ann CKPT \(a checkpoint of your own ANN class\)"),
         (["pretrain", "--config", str(folder / "wrong_type.yaml"), *out], 2,
          r"wrong_type\.yaml: finetune\.lr: expected a number, got 'fast'"),
         (["pretrain", "--config", str(folder / "broken.yaml"), *out], 2, r"broken\.yaml: not valid YAML"),

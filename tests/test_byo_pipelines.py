@@ -93,7 +93,9 @@ def test_pipes_with_a_user_class_and_weights(user_net, tmp_path, capsys):
     assert main(["pipes", "--ann", spec, "--ann-weights", weights, "--baseline", "--data", "mnist5k", "--T", "2",
                  "--out", str(out), *QUICK]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert "thresholds calibrated on 128 samples" in capsys.readouterr().out  # all the 128 there are, not 512
+    printed = capsys.readouterr().out
+    assert "thresholds calibrated on 128 samples" in printed  # all the 128 there are, not 512
+    assert f"snn_pretrained epoch 0 (before training): test acc {summary['transfer_acc']:.4f}" in printed
     runs = {run["name"]: run for run in summary["runs"]}
     assert list(runs) == ["snn_pretrained", "snn_scratch"]  # trained ANN: no pretraining run
     assert set(summary["time_to_target"]) == {"snn_scratch", "snn_pretrained", "snn_pretrained_total"}

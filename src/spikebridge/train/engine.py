@@ -267,6 +267,8 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
         cpu_curve.append([0.0, 0, acc])
         history.append({"epoch": 0, "seconds": 0.0, "test_acc": acc, "test_loss": None, "train_loss": None,
                         "train_acc": None, "lr": None})
+        if info.is_main:
+            tqdm.write(f"{name} epoch 0 (before training): test acc {acc:.4f}")
 
     train_model = distributed.wrap_model(model, device)  # after any resume: DDP sees what trains now
     max_epochs = cfg.epochs * 3 if cfg.until_plateau else cfg.epochs

@@ -206,7 +206,7 @@ def test_save_to_folder_with_several_datasets_names_them(tmp_path):
         with pytest.raises(DataError) as info:
             call(str(save_to))
         message = str(info.value)
-        assert "\n" not in message and "holds 2 datasets (DVSGesture, NMNIST)" in message, message
+        assert "\n" not in message and "holds 2 datasets: DVSGesture (dvs-gesture), NMNIST (dvs)" in message, message
         assert "pass the one to use" in message
     assert detect_layout(save_to / "NMNIST") == "dvs"  # each one, passed itself, opens
 

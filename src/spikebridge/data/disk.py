@@ -690,8 +690,8 @@ def locate_dataset(path: str | os.PathLike) -> tuple[str, str]:
     if len(found) == 1:
         return os.path.join(str(path), found[0][0].name), found[0][1]
     if found:
-        names = ", ".join(sub.name for sub, _ in found[:6]) + (", ..." if len(found) > 6 else "")
-        raise DataError(f"{str(path)[:100]} holds {len(found)} datasets ({names}); pass the one to use, "
+        kinds = ", ".join(f"{sub.name} ({layout})" for sub, layout in found[:6]) + (", ..." if len(found) > 6 else "")
+        raise DataError(f"{str(path)[:100]} holds {len(found)} datasets: {kinds}; pass the one to use, "
                         f"e.g. {os.path.join(str(path)[:100], found[0][0].name)}")
     raise DataError(f"{base}: not a dataset spikebridge recognises (ImageNet layout train/ + val/, CIFAR batches, "
                     "ES-ImageNet, ES-UCF101, DVS class folders, DVS-Gesture, or video clip folders)")

@@ -3,6 +3,7 @@ ES-ImageNet / ES-UCF101 formats out (read back with the dataset readers), a one-
 resumption, and one-line errors with exit status 2."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -387,8 +388,10 @@ def test_convert_odg_takes_every_image_kind_training_reads(tmp_path, capsys):
         Image.fromarray(layouts.class_image(rng, 0, 32, 32, grey=suffix == ".pgm")).save(
             photos / "train" / "n00000000" / f"extra{suffix}")
     out = tmp_path / "events"
-    assert main(["convert", "odg", "--input", str(photos / "train"), "--out", str(out), "--size", "32", "--window", "2",
-                 "30", "--min-events", "1", "--no-progress"]) == 0, capsys.readouterr().err
+    assert main(["convert", "odg", "--input", str(photos / "train"), "--out", str(out), "--size", "32",
+                 "--min-events", "1", "--no-progress"]) == 0, capsys.readouterr().err
     listed = sorted(line.split()[0] for line in (out / "labels.txt").read_text().splitlines())
     assert listed == ["n00000000/extra.pgm.npz", "n00000000/extra.ppm.npz", "n00000000/extra.tif.npz",
                       "n00000000/img0.npz", "n00000001/img0.npz"]
+    # --size 32 without --window: ES-ImageNet's 16..240 of 254 in proportion (it cropped 16 px of a 36 px canvas)
+    assert json.loads((out / "conversion.json").read_text())["odg_kwargs"]["window"] == [2, 30]

@@ -67,6 +67,10 @@ def _finish_dataset(report, unit: str) -> int:
                                  f"{len(report.dropped)} dropped, {len(report.failed)} unreadable)")
 
 
+#: ES-ImageNet's resize of the longer image side (arXiv:2203.01158, the ES-ImageNet conversion)
+ODG_SIZE = 254
+
+
 def cmd_convert_odg(args: argparse.Namespace) -> int:
     from ..data.convert import convert_image_folder_odg
 
@@ -74,6 +78,8 @@ def cmd_convert_odg(args: argparse.Namespace) -> int:
     odg_kwargs = {"size": args.size, "threshold": args.threshold, "min_events": args.min_events}
     if args.window is not None:
         odg_kwargs["window"] = tuple(args.window)
+    elif args.size != ODG_SIZE:  # ES-ImageNet's window, 16..240 of 254, kept in proportion to --size
+        odg_kwargs["window"] = (round(16 * args.size / ODG_SIZE), round(240 * args.size / ODG_SIZE))
     report = convert_image_folder_odg(source, out, workers=args.workers, odg_kwargs=odg_kwargs,
                                       progress=not args.no_progress, overwrite=args.overwrite)
     return _finish_dataset(report, "image")
@@ -133,15 +139,16 @@ def register(sub, add, common) -> None:
     kinds.required = True
 
     p = _leaf(kinds, "odg", cmd_convert_odg, "static images -> ES-ImageNet events with ODG (arXiv:2203.01158)",
-              ODG_EXAMPLE, "ImageNet-layout folder: DIR/<class>/<image> (.jpg .jpeg .png .bmp .webp)")
+              ODG_EXAMPLE, "ImageNet-layout folder: DIR/<class>/<image> (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp)")
     p.add_argument("--threshold", type=float, default=0.18,
                    help="ODG intensity-change threshold, a finite number >= 0 (default: %(default)s)")
-    p.add_argument("--size", type=int, default=254,
+    p.add_argument("--size", type=int, default=ODG_SIZE,
                    help="resized length of the longer image side, 1..4096 (default: %(default)s)")
     p.add_argument("--min-events", type=_non_negative_int, default=1000, metavar="N",
                    help="drop samples with fewer events (default: %(default)s)")
     p.add_argument("--window", type=int, nargs=2, metavar=("LO", "HI"),
-                   help="keep events with LO < row, col < HI on the (size+4) canvas (default: 16 240)")
+                   help="keep events with LO < row, col < HI on the (size+4) canvas (default: 16 240 at --size 254, "
+                        "in proportion at another size: 4 60 at 64)")
 
     p = _leaf(kinds, "video", cmd_convert_video, "video clips (folders of frames) -> ES-UCF101 events",
               VIDEO_EXAMPLE, "UCF101 jpegs_256-style folder: DIR/<class>/<clip>/<frame images>")

@@ -395,3 +395,23 @@ def test_convert_odg_takes_every_image_kind_training_reads(tmp_path, capsys):
                       "n00000000/img0.npz", "n00000001/img0.npz"]
     # --size 32 without --window: ES-ImageNet's 16..240 of 254 in proportion (it cropped 16 px of a 36 px canvas)
     assert json.loads((out / "conversion.json").read_text())["odg_kwargs"]["window"] == [2, 30]
+
+
+def test_convert_odg_reads_images_nested_in_class_folders_as_training_does(tmp_path, capsys):
+    """Tiny-ImageNet keeps train/<wnid>/images/*.JPEG: pipeS trains on them, so ODG converts them
+    (flat in the output's class folder; a name two sub-folders share keeps its path)."""
+    import _layouts as layouts
+
+    photos = layouts.image_folders(tmp_path / "photos", size=(32, 32), classes=2, train_per_class=2, val_per_class=1)
+    for folder in (photos / "train").iterdir():
+        for sub in ("images", "more"):
+            (folder / sub).mkdir()
+        (folder / "img0.png").rename(folder / "images" / "img0.png")
+        (folder / "img1.png").rename(folder / "more" / "img0.png")  # the same name in another sub-folder
+        (folder / f"{folder.name}_boxes.txt").write_text("img0.png 0 0 8 8\n")
+    out = tmp_path / "events"
+    assert main(["convert", "odg", "--input", str(photos / "train"), "--out", str(out), "--size", "32",
+                 "--min-events", "1", "--no-progress"]) == 0, capsys.readouterr().err
+    listed = sorted(line.split()[0] for line in (out / "labels.txt").read_text().splitlines())
+    assert listed == ["n00000000/images__img0.png.npz", "n00000000/more__img0.png.npz",
+                      "n00000001/images__img0.png.npz", "n00000001/more__img0.png.npz"]

@@ -37,7 +37,7 @@ import torch
 from ..errors import ConfigError, DataError, OutputError, clip
 from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
 from .events import es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
-from .folders import IMG_EXTENSIONS, TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, open_image
+from .folders import IMG_EXTENSIONS, TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, open_image, walk_folder
 from .odg import EDGE_GREY_STEP, EDGE_GREY_ZERO, edge_integral_image, events_to_dense, odg, resized_shape
 from .video import (
     check_n_frames,
@@ -99,11 +99,12 @@ def list_classes(input_dir: Path) -> list[str]:
 
 
 def _output_names(names: Sequence[str]) -> dict[str, str]:
-    """Input file name -> output ``.npz`` name: the stem, or the full name when stems collide."""
+    """Input file name (``sub/x.png`` when nested) -> output ``.npz`` name in the class folder:
+    the stem, or the whole relative name (``/`` as ``__``) when stems collide."""
     stems: dict[str, int] = {}
     for n in names:
         stems[Path(n).stem] = stems.get(Path(n).stem, 0) + 1
-    return {n: (Path(n).stem if stems[Path(n).stem] == 1 else n) + ".npz" for n in names}
+    return {n: (Path(n).stem if stems[Path(n).stem] == 1 else n.replace("/", "__")) + ".npz" for n in names}
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,14 @@ def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs
                     report.skipped.append((rel, "not a clip folder"))
             elif e.is_file() and Path(e.name).suffix.lower() in IMG_EXTENSIONS:  # what training reads
                 items.append(e.name)
+            elif e.is_dir():  # images nested in the class folder (Tiny-ImageNet's <wnid>/images/), as training reads
+                nested = [os.path.relpath(os.path.join(folder, f), source) for folder, files in walk_folder(e.path)
+                          for f in files if Path(f).suffix.lower() in IMG_EXTENSIONS and not f.startswith(".")]
+                items += sorted((n for n in nested if _storable(n)), key=natural_key)
+                if not nested:
+                    report.skipped.append((rel, "a folder without images"))
             else:
-                report.skipped.append((rel, "not an image file (by suffix)" if e.is_file() else "a folder"))
+                report.skipped.append((rel, "not an image file (by suffix)"))
         for name, out_name in _output_names(items).items():
             tasks.append(_Task(index=len(tasks), src=str(source / name), dst=str(out_dir / cls / out_name),
                                rel_src=f"{cls}/{name}", rel_dst=f"{cls}/{out_name}", label=label))

@@ -415,3 +415,27 @@ def test_convert_odg_reads_images_nested_in_class_folders_as_training_does(tmp_p
     listed = sorted(line.split()[0] for line in (out / "labels.txt").read_text().splitlines())
     assert listed == ["n00000000/images__img0.png.npz", "n00000000/more__img0.png.npz",
                       "n00000001/images__img0.png.npz", "n00000001/more__img0.png.npz"]
+
+
+def test_a_conversion_at_another_size_trains_on_frames_of_that_size(tmp_path, capsys):
+    """``convert odg --size 32`` samples are read as frames of their own window (28 x 28), not
+    centred on ES-ImageNet's 224 x 224 canvas (49x the pixels); every event is kept."""
+    import _layouts as layouts
+    from spikebridge.data.datasets import open_dataset
+    from spikebridge.data.events import read_es_sample
+    from spikebridge.data.odg import events_to_dense
+
+    photos = layouts.image_folders(tmp_path / "photos", size=(32, 32), classes=2, train_per_class=2, val_per_class=1)
+    out = tmp_path / "events"
+    for split in ("train", "val"):
+        assert main(["convert", "odg", "--input", str(photos / split), "--out", str(out / split), "--size", "32",
+                     "--min-events", "1", "--no-progress"]) == 0, capsys.readouterr().err
+    bundle = open_dataset(str(out))
+    frames = bundle.first_sample()
+    assert tuple(frames.shape) == (8, 2, 28, 28) and bundle.image_size == 28
+    entry = bundle.train.entries[0]  # the first sample's
+    on_224 = events_to_dense(read_es_sample(entry.path, height=entry.height, width=entry.width), dtype=torch.float32)
+    assert on_224.shape[-1] == 224 and frames.sum() == on_224.sum() > 0
+    capsys.readouterr()
+    assert main(["benchmark", "--data", str(out), "--methods", "scratch", "--plan"]) == 0  # auto: the 28 px model
+    assert json.loads(capsys.readouterr().out)["phases"][0]["model"] == "cnn"

@@ -36,7 +36,7 @@ import torch
 
 from ..errors import ConfigError, DataError, OutputError, clip
 from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
-from .events import es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
+from .events import CONVERSION_FILE, es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
 from .folders import IMG_EXTENSIONS, TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, open_image, walk_folder
 from .odg import EDGE_GREY_STEP, EDGE_GREY_ZERO, edge_integral_image, events_to_dense, odg, resized_shape
 from .video import (
@@ -49,7 +49,7 @@ from .video import (
 )
 
 LABEL_FILE = "labels.txt"
-PARAMS_FILE = "conversion.json"
+PARAMS_FILE = CONVERSION_FILE
 #: The most worker processes a conversion starts.
 MAX_WORKERS = 256
 

@@ -115,6 +115,11 @@ def peek_model(path: str | os.PathLike, image_size: int = 0) -> str | None:
         return model_for(layout, image_size, 3)
     if layout in _FIXED_SHAPES:
         size, channels = _FIXED_SHAPES[layout]
+        if layout in ("es-imagenet", "es-imagenet-single"):  # converted at another --size: its window
+            from .events import conversion_frame
+
+            frame = conversion_frame(Path(root) / "train" if layout == "es-imagenet" else Path(root))
+            size = frame["crop"][1] - frame["crop"][0] if frame else size
         return model_for(layout, image_size or size, channels)
     if layout == "image-folders":
         split = split_layout(root)

@@ -11,6 +11,7 @@ Every malformed input raises :class:`~spikebridge.errors.DataError` naming the f
 """
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zipfile
@@ -437,6 +438,28 @@ def es_imagenet_splits(root: Path) -> dict[str, tuple[Path, Path | None]]:
                     "vallabel.txt, or train/labels.txt + val/labels.txt)")
 
 
+#: what ``spikebridge convert`` records of a conversion, beside its labels.txt
+CONVERSION_FILE = "conversion.json"
+#: ES-ImageNet's own resize and window (the released dataset's frames: 224 x 224)
+ES_IMAGENET_SIZE, ES_IMAGENET_WINDOW = 254, (16, 240)
+
+
+def conversion_frame(folder: Path) -> dict[str, Any]:
+    """The ``events_to_dense`` frame of samples converted into ``folder`` at another ``--size``
+    (its ``conversion.json``): the window of that size, not ES-ImageNet's 224 canvas around a
+    small image; ES-ImageNet's own frame (no arguments) otherwise."""
+    try:
+        record = json.loads((folder / CONVERSION_FILE).read_text(encoding="utf-8"))
+        kwargs = record["odg_kwargs"] if record.get("kind") == "odg" else {}
+        size = int(kwargs.get("size", ES_IMAGENET_SIZE))
+        lo, hi = (int(v) for v in kwargs.get("window", ES_IMAGENET_WINDOW))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+    if size == ES_IMAGENET_SIZE or not 0 <= lo < hi:
+        return {}
+    return {"canvas": max(hi, size + 4), "crop": (lo, hi), "size": size}
+
+
 class ESImageNetDataset(Dataset):
     """ES-ImageNet samples as ``(frames float32 [8, 2, 224, 224], label int)``.
 
@@ -473,6 +496,7 @@ class ESImageNetDataset(Dataset):
         self.entries = read_label_file(label_file, data_dir=data_dir, check_files=check_files)
         check_label_folders(self.entries, label_file)
         self.transform = transform
+        self.frame = conversion_frame(label_file.parent)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -491,7 +515,7 @@ class ESImageNetDataset(Dataset):
             sample = read_es_sample(entry.path, height=entry.height, width=entry.width)
         except DataError as exc:
             raise DataError(f"{exc} (listed at {self.label_file}:{entry.line})") from None
-        frames = events_to_dense(sample, dtype=torch.float32)
+        frames = events_to_dense(sample, dtype=torch.float32, **self.frame)
         if self.transform is not None:
             frames = self.transform(frames)
         return frames, entry.label

@@ -97,12 +97,8 @@ def claims_run_folder(command: str) -> Callable:
                 for flag, argument in _PYTHON_ARGUMENTS:
                     text = text.replace(flag, argument)
                 raise type(exc)(text) from None
-            with folder, holding_run_folder():
-                try:
-                    return flow(cfg, *args, **options)
-                except BaseException:
-                    folder.discard_if_empty()
-                    raise
+            with folder, holding_run_folder():  # a failure before any result leaves nothing (RunFolder.__exit__)
+                return flow(cfg, *args, **options)
         return run
     return decorate
 

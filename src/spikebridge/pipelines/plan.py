@@ -332,11 +332,7 @@ def execute(plan: RunPlan) -> dict:
         folder.own(*(phase.name for phase in plan.phases))  # each phase's run folder (benchmark methods too)
         for line in plan.describe():
             log(line)
-        try:
-            return _run_flow(plan, plan.loaded_ann)
-        except BaseException:
-            folder.discard_if_empty()  # failed before any result (e.g. bad data): nothing left behind
-            raise
+        return _run_flow(plan, plan.loaded_ann)  # the folder is left empty if it fails before any result
 
 
 def _run_flow(plan: RunPlan, loaded) -> dict:

@@ -143,6 +143,18 @@ def _in_use(out: Path, holder: dict) -> OutputError:
                        f"wait for it to end or use another --out")
 
 
+def _held(fd: int, holder: dict, operation: int) -> bool:
+    """Whether a live run holds the lock file open as ``fd`` (its record ``holder``), trying the
+    ``flock`` ``operation`` on it without waiting (kept when it succeeds)."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock on this file system: judge by the pid
+        return _alive(holder)
+
+
 def _check_not_in_use(out: Path) -> None:
     """OutputError when a live run holds OUT's lock (found without writing: the plan's check)."""
     try:
@@ -150,13 +162,9 @@ def _check_not_in_use(out: Path) -> None:
     except OSError:  # no lock file: no run holds it
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _in_use(out, _read_json(out / LOCK) or {}) from None
-    except OSError:  # no flock on this file system: judge by the pid
         holder = _read_json(out / LOCK) or {}
-        if _alive(holder):
-            raise _in_use(out, holder) from None
+        if _held(fd, holder, fcntl.LOCK_SH):
+            raise _in_use(out, holder)
     finally:
         os.close(fd)
 
@@ -170,14 +178,7 @@ def _lock(out: Path, command: str) -> int:
         except OSError as exc:
             raise output_error(path, exc, "cannot create the lock") from exc
         holder = _read_json(path) or {}
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = False
-        except BlockingIOError:
-            held = True
-        except OSError:  # no flock on this file system: judge by the pid
-            held = _alive(holder)
-        if held:
+        if _held(fd, holder, fcntl.LOCK_EX):
             os.close(fd)
             raise _in_use(out, holder)
         with contextlib.suppress(FileNotFoundError):
@@ -204,7 +205,8 @@ def _unlock(out: Path, fd: int) -> None:
 
 
 class RunFolder:
-    """A claimed OUT; :meth:`release` (or leaving the ``with`` block) records its names, unlocks."""
+    """A claimed OUT; :meth:`release` (or leaving the ``with`` block) records its names, unlocks;
+    leaving the block by an exception first discards a new run that wrote no result."""
 
     def __init__(self, out: Path, fd: int | None, manifest: dict, *, created: bool = False) -> None:
         self.out, self._fd, self.manifest = out, fd, manifest
@@ -255,7 +257,9 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        if exc_type is not None:  # failed before any result (e.g. bad data found when it opened): nothing left
+            self.discard_if_empty()
         self.release()
 
 

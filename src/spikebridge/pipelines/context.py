@@ -7,7 +7,7 @@ import contextvars
 import functools
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -86,8 +86,11 @@ def claims_run_folder(command: str) -> Callable:
                 return flow(cfg, *args, **options)
             from ..train.runfolder import claim_run_folder
 
-            cfg.run.out = cfg.run.folder(command)
-            cfg.validate()
+            from ..neurons import check_backend_on_device
+
+            cfg = replace(cfg, run=replace(cfg.run, out=cfg.run.folder(command)))  # the caller's cfg unchanged
+            cfg.validate()  # what the run plan checks for the CLI, before any work
+            check_backend_on_device(cfg.neuron, resolve_device(cfg.run.device))
             plain = {k: v for k, v in options.items() if isinstance(v, (bool, int, str, list)) or v is None}
             try:
                 folder = claim_run_folder(cfg.run.out, command=command, config={**asdict(cfg), "options": plain},

@@ -15,7 +15,6 @@ from torch import nn
 from ..analysis.plots import plot_accuracy_vs_time
 from ..analysis.summary import PIPED, PIPES, build_summary, results_table, write_json
 from ..bridge import FIRST_LAYER_MODES, transfer_headline
-from ..neurons import check_backend_on_device
 from ..config import PipelineConfig, dump_yaml
 from ..data.datasets import open_data_config, open_dataset, resolve_model_name
 from ..data.loading import DataBundle, with_time_bins
@@ -29,11 +28,8 @@ from .context import RunContext, claims_run_folder, log, log_written
 
 def start_run(cfg: PipelineConfig) -> RunContext:
     """The run's context; torch's threads; ``OUT/config.yaml`` (rank 0 alone writes under torchrun).
-    ``cfg`` is validated first, as the run plan does for the CLI: a Python caller's bad value is
-    a one-line ConfigError before any work too."""
-    cfg.validate()
+    ``cfg`` is validated already: by the run plan (CLI) or :func:`~.context.claims_run_folder`."""
     ctx = RunContext.from_config(cfg)
-    check_backend_on_device(cfg.neuron, ctx.device)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     if ctx.is_main:

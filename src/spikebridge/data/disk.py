@@ -127,16 +127,9 @@ def peek_model(path: str | os.PathLike, image_size: int = 0) -> str | None:
         return model_for(layout, image_size or default_image_size(info.typical_height, info.typical_width),
                          info.channels)
     if layout == "dvs":
-        from .events import read_event_file
-
-        train, test = dvs_splits(Path(root))
-        base = train if train is not None and test is not None else Path(root)
-        files = _list_event_files(base, find_classes(base)[0])
-        if files:
-            from .loading import first_readable
-
-            sensor = first_readable(len(files), lambda i: read_event_file(files[i][0])[2])[1]  # (width, height)
-            return model_for(layout, image_size or min(sensor), 2)
+        classes, recordings = _dvs_recordings(Path(root))
+        if recordings:
+            return model_for(layout, image_size or min(dataset_sensor(recordings, _dvs_orientation(classes))), 2)
     return None
 
 
@@ -469,6 +462,20 @@ def _list_event_files(class_root: Path, classes: list[str]) -> list[tuple[Path, 
     return samples
 
 
+def _dvs_recordings(base: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(classes, recordings) of a DVS folder: its ``train/`` split's, checked against ``test/``
+    (:func:`split_classes`), or, without splits, every recording of its class folders."""
+    train_dir, test_dir = dvs_splits(base)
+    split = train_dir is not None and test_dir is not None
+    classes = split_classes(train_dir if split else base, test_dir if split else None, DVS_EXTENSIONS, "recordings")
+    return classes, _list_event_files(train_dir if split else base, classes)
+
+
+def _dvs_orientation(classes: list[str]) -> str:
+    """CIFAR10-DVS, or some of its classes: its recordings' own orientation (read_aedat)."""
+    return "cifar10dvs" if set(classes) <= set(CIFAR10_CLASSES) else "jaer"
+
+
 def dvs_splits(base: Path) -> tuple[Path | None, Path | None]:
     """(train, test) split folders of an event dataset, names matched case-insensitively."""
     train, test = find_split(base, DVS_TRAIN_NAMES), find_split(base, DVS_TEST_NAMES)
@@ -481,23 +488,20 @@ def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: 
     base = Path(root)
     steps = time_steps or DEFAULT_DVS_STEPS
     train_dir, test_dir = dvs_splits(base)
+    classes, recordings = _dvs_recordings(base)  # the training split's, or every recording to split here
     if train_dir is not None and test_dir is not None:
-        classes = split_classes(train_dir, test_dir, DVS_EXTENSIONS, "recordings")
-        train_samples = _list_event_files(train_dir, classes)
+        train_samples = recordings
         test_samples = _list_event_files(test_dir, classes)
         split = "folders"
     else:
-        classes = split_classes(base, None, DVS_EXTENSIONS, "recordings")
-        everything = _list_event_files(base, classes)
-        train_idx, test_idx = stratified_indices([y for _, y in everything], 0.1, split_seed)
-        train_samples = [everything[i] for i in train_idx]
-        test_samples = [everything[i] for i in test_idx]
+        train_idx, test_idx = stratified_indices([y for _, y in recordings], 0.1, split_seed)
+        train_samples = [recordings[i] for i in train_idx]
+        test_samples = [recordings[i] for i in test_idx]
         split = "90/10 stratified"
     if not train_samples or not test_samples:
         raise DataError(f"{root}: no event recordings ({', '.join(DVS_EXTENSIONS)}) found in its class folders")
-    # CIFAR10-DVS, or some of its classes: its recordings' own orientation (read_aedat)
-    orientation = "cifar10dvs" if set(classes) <= set(CIFAR10_CLASSES) else "jaer"
-    sensor = dataset_sensor(train_samples, orientation)
+    orientation = _dvs_orientation(classes)
+    sensor = dataset_sensor(recordings, orientation)  # the recordings the plan's peek_model reads too
     train = EventFileDataset(train_samples, time_steps=steps, orientation=orientation, sensor=sensor)
     test = EventFileDataset(test_samples, time_steps=steps, orientation=orientation, sensor=sensor)
     return _event_bundle(root, train, test, len(classes), image_size, workers,

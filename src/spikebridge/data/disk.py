@@ -300,9 +300,9 @@ def _events_kind(label_file: Path) -> str:
 
 def _event_bundle(name: str, train: Dataset, test: Dataset, num_classes: int, image_size: int, workers: int,
                   info: dict) -> DataBundle:
-    from .loading import first_readable
+    from .loading import first_readable_sample
 
-    sample = first_readable(len(train), lambda i: train[i][0])[1]
+    sample = first_readable_sample(train)[1]
     native = int(min(sample.shape[-2:]))
     if image_size and image_size != native and info.get("format") != "es-ucf101":
         resize = ResizeFrames(image_size)

@@ -179,12 +179,9 @@ def _dataset_info(layout: str, classes: list[str], train: int, test: int, shape)
 
 
 def _inspect_bundle(bundle: DataBundle, layout: str, classes: list[str], wanted: bool):
-    from .loading import TensorSplit, first_readable
+    from .loading import first_readable_sample
 
-    if isinstance(bundle.train, TensorSplit):
-        index, sample, skipped = 0, bundle.first_sample(), []
-    else:
-        index, sample, skipped = first_readable(len(bundle.train), lambda i: bundle.train[i][0])
+    index, sample, skipped = first_readable_sample(bundle.train)
     info = _dataset_info(layout, classes, len(bundle.train), len(bundle.test), sample.shape)
     if not wanted:
         return info, None

@@ -48,7 +48,7 @@ class DataBundle:
     def first_sample(self) -> torch.Tensor:
         """The first readable training sample as the model reads it (in-memory images as stored,
         uint8; see :func:`first_readable`)."""
-        return self.train.images[0] if isinstance(self.train, TensorSplit) else first_readable(len(self.train), lambda i: self.train[i][0])[1]
+        return first_readable_sample(self.train)[1]
 
     @property
     def time_steps(self) -> int | None:
@@ -95,6 +95,13 @@ def first_readable(count: int, read: Callable[[int], Any], tries: int = SAMPLE_T
     if not skipped:
         raise DataError("the training split holds no samples")
     raise DataError(skipped[0] + (f" (and the next {len(skipped) - 1} samples)" if len(skipped) > 1 else ""))
+
+
+def first_readable_sample(split: TensorSplit | Dataset) -> tuple[int, torch.Tensor, list[str]]:
+    """:func:`first_readable` of a split's samples (an in-memory split's first image as stored)."""
+    if isinstance(split, TensorSplit):
+        return 0, split.images[0], []
+    return first_readable(len(split), lambda i: split[i][0])
 
 
 def limit_bundle(bundle: DataBundle, limit_train: int = 0, limit_test: int = 0, *, seed: int = 0) -> DataBundle:

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
+from ..data.odg import ES_IMAGENET_SIZE, ES_IMAGENET_WINDOW
 from ..errors import DataError
 
 ODG_EXAMPLE = "spikebridge convert odg --input /data/imagenet/train --out /data/es-imagenet/train --workers 8"
@@ -67,10 +68,6 @@ def _finish_dataset(report, unit: str) -> int:
                                  f"{len(report.dropped)} dropped, {len(report.failed)} unreadable)")
 
 
-#: ES-ImageNet's resize of the longer image side (arXiv:2203.01158, the ES-ImageNet conversion)
-ODG_SIZE = 254
-
-
 def cmd_convert_odg(args: argparse.Namespace) -> int:
     from ..data.convert import convert_image_folder_odg
 
@@ -78,8 +75,8 @@ def cmd_convert_odg(args: argparse.Namespace) -> int:
     odg_kwargs = {"size": args.size, "threshold": args.threshold, "min_events": args.min_events}
     if args.window is not None:
         odg_kwargs["window"] = tuple(args.window)
-    elif args.size != ODG_SIZE:  # ES-ImageNet's window, 16..240 of 254, kept in proportion to --size
-        odg_kwargs["window"] = (round(16 * args.size / ODG_SIZE), round(240 * args.size / ODG_SIZE))
+    elif args.size != ES_IMAGENET_SIZE:  # ES-ImageNet's window, 16..240 of 254, kept in proportion to --size
+        odg_kwargs["window"] = tuple(round(edge * args.size / ES_IMAGENET_SIZE) for edge in ES_IMAGENET_WINDOW)
     report = convert_image_folder_odg(source, out, workers=args.workers, odg_kwargs=odg_kwargs,
                                       progress=not args.no_progress, overwrite=args.overwrite)
     return _finish_dataset(report, "image")
@@ -142,7 +139,7 @@ def register(sub, add, common) -> None:
               ODG_EXAMPLE, "ImageNet-layout folder: DIR/<class>/<image> (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp)")
     p.add_argument("--threshold", type=float, default=0.18,
                    help="ODG intensity-change threshold, a finite number >= 0 (default: %(default)s)")
-    p.add_argument("--size", type=int, default=ODG_SIZE,
+    p.add_argument("--size", type=int, default=ES_IMAGENET_SIZE,
                    help="resized length of the longer image side, 1..4096 (default: %(default)s)")
     p.add_argument("--min-events", type=_non_negative_int, default=1000, metavar="N",
                    help="drop samples with fewer events (default: %(default)s)")

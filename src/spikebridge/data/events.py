@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError
 from ..utils import atomic_path, atomic_write_text
 from .folders import VAL_SPLIT_NAMES
-from .odg import EventSample, events_to_dense
+from .odg import ES_IMAGENET_SIZE, ES_IMAGENET_WINDOW, EventSample, events_to_dense
 
 #: Tonic's event layout: pixel column ``x``, pixel row ``y``, timestamp ``t`` (µs), ``p`` True = ON.
 EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", bool)])
@@ -440,8 +440,6 @@ def es_imagenet_splits(root: Path) -> dict[str, tuple[Path, Path | None]]:
 
 #: what ``spikebridge convert`` records of a conversion, beside its labels.txt
 CONVERSION_FILE = "conversion.json"
-#: ES-ImageNet's own resize and window (the released dataset's frames: 224 x 224)
-ES_IMAGENET_SIZE, ES_IMAGENET_WINDOW = 254, (16, 240)
 
 
 def conversion_frame(folder: Path) -> dict[str, Any]:

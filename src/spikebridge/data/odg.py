@@ -41,6 +41,8 @@ from ..errors import ConfigError, DataError
 from ..utils import atomic_path
 
 #: The 9 offsets (row, col) of the released ES-ImageNet (arXiv:2203.01158, ODG step 2).
+#: ES-ImageNet's resize of the longer image side and its window of kept events (224 x 224 frames)
+ES_IMAGENET_SIZE, ES_IMAGENET_WINDOW = 254, (16, 240)
 ODG_PATH: tuple[tuple[int, int], ...] = (
     (1, 0), (0, 2), (2, 1), (1, 0), (0, 1), (2, 2), (1, 0), (1, 1), (2, 1),
 )
@@ -157,7 +159,7 @@ def _intensity_of(arr: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(_scale(arr, what))
 
 
-def resized_shape(height: int, width: int, size: int = 254) -> tuple[int, int]:
+def resized_shape(height: int, width: int, size: int = ES_IMAGENET_SIZE) -> tuple[int, int]:
     """ODG step 1: the longer side becomes ``size``; the other is ``int(other*size/longer)``.
 
     Raises :class:`DataError` when the shorter side would become 0 (an extremely thin image).
@@ -183,7 +185,7 @@ def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     return F.interpolate(ramp, size=(n_out, 1), mode="nearest").reshape(-1).numpy().astype(np.int64)
 
 
-def resized_intensity(image: Any, size: int = 254) -> np.ndarray:
+def resized_intensity(image: Any, size: int = ES_IMAGENET_SIZE) -> np.ndarray:
     """ODG step 1: the intensity ``I`` (maximum over the colour channels, HSV value), float32
     ``[h, w]`` in [0, 1], resized nearest-neighbour (``F.interpolate``'s pixels) to longer side ``size``.
 
@@ -287,9 +289,9 @@ def _mask_to_rows(mask: np.ndarray, lo: int = 0) -> np.ndarray:
 def odg(
     image: Any,
     *,
-    size: int = 254,
+    size: int = ES_IMAGENET_SIZE,
     threshold: float = 0.18,
-    window: tuple[int, int] = (16, 240),
+    window: tuple[int, int] = ES_IMAGENET_WINDOW,
     min_events: int = 1000,
     path: Sequence[tuple[int, int]] = ODG_PATH,
 ) -> EventSample | None:
@@ -341,8 +343,8 @@ def events_to_dense(
     sample: EventSample,
     *,
     canvas: int = 256,
-    crop: tuple[int, int] = (16, 240),
-    size: int = 254,
+    crop: tuple[int, int] = ES_IMAGENET_WINDOW,
+    size: int = ES_IMAGENET_SIZE,
     n_steps: int = 8,
     dtype: torch.dtype = torch.uint8,
 ) -> torch.Tensor:

@@ -37,7 +37,8 @@ import torch
 from ..errors import ConfigError, DataError, OutputError, clip
 from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
 from .events import CONVERSION_FILE, es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
-from .folders import IMG_EXTENSIONS, TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, open_image, walk_folder
+from .folders import (IMG_EXTENSIONS, TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, open_image,
+                      scan_image_folder)
 from .odg import EDGE_GREY_STEP, EDGE_GREY_ZERO, edge_integral_image, events_to_dense, odg, resized_shape
 from .video import (
     check_n_frames,
@@ -49,7 +50,6 @@ from .video import (
 )
 
 LABEL_FILE = "labels.txt"
-PARAMS_FILE = CONVERSION_FILE
 #: The most worker processes a conversion starts.
 MAX_WORKERS = 256
 
@@ -122,7 +122,7 @@ class _Task:
     width: int = 0
 
 
-def _split_classes(input_dir: Path, classes: list[str]) -> list[str]:
+def _sibling_split_classes(input_dir: Path, classes: list[str]) -> list[str]:
     """A split folder (``X/val``) is numbered with the classes of every split beside it (``X/train``
     ...), so that a class missing from one split does not shift the labels of the others; any
     other folder with its own classes."""
@@ -164,9 +164,11 @@ def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs
                     report.skipped.append((rel, "not a clip folder"))
             elif e.is_file() and Path(e.name).suffix.lower() in IMG_EXTENSIONS:  # what training reads
                 items.append(e.name)
-            elif e.is_dir():  # images nested in the class folder (Tiny-ImageNet's <wnid>/images/), as training reads
-                nested = [os.path.relpath(os.path.join(folder, f), source) for folder, files in walk_folder(e.path)
-                          for f in files if Path(f).suffix.lower() in IMG_EXTENSIONS and not f.startswith(".")]
+            elif e.is_dir():  # images nested in the class folder (Tiny-ImageNet's <wnid>/images/): training's list
+                nested: list[str] = []
+                with contextlib.suppress(DataError):  # none in it
+                    nested = [os.path.relpath(path, source)
+                              for path, _label in scan_image_folder(source, {e.name: 0}, allow_empty=True)]
                 items += sorted((n for n in nested if _storable(n)), key=natural_key)
                 if not nested:
                     report.skipped.append((rel, "a folder without images"))
@@ -209,7 +211,7 @@ def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> 
     A folder holding no ``conversion.json`` must be missing or empty (unless ``overwrite``): it
     is someone else's, and its ``labels.txt`` or ``.npz`` files must not be replaced.
     """
-    path = out_dir / PARAMS_FILE
+    path = out_dir / CONVERSION_FILE
     wanted = json.loads(json.dumps(params))  # normalise tuples -> lists
     reuse = True
     if path.is_file():
@@ -227,7 +229,7 @@ def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> 
     else:
         try:  # our own leftover of a conversion killed while it claimed the folder is not foreign
             names = os.listdir(out_dir) if out_dir.is_dir() else []
-            foreign = sorted(n for n in names if temp_target(n) != PARAMS_FILE)
+            foreign = sorted(n for n in names if temp_target(n) != CONVERSION_FILE)
         except OSError as exc:
             raise output_error(out_dir, exc, "cannot list output folder") from exc
         if foreign and not overwrite:
@@ -436,7 +438,7 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
                         f"convert each split, e.g. --input {clip(str(input_dir / classes[0]))} --out "
                         f"{clip(str(out_dir / classes[0]))}")
     _check_folders(input_dir, out_dir)
-    classes = _split_classes(input_dir, classes)
+    classes = _sibling_split_classes(input_dir, classes)
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / LABEL_FILE, classes=classes)
     tasks = _collect_tasks(input_dir, out_dir, classes, want_dirs, report, flat)
     if not tasks:  # refused before anything is written
@@ -446,7 +448,7 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     if _check_params(out_dir, params, overwrite):  # earlier outputs of these parameters are kept
         tasks = [replace(task, reuse=True) for task in tasks]
     # our own leftovers of killed writes, only of the files we write, in out_dir and its class folders
-    report.stale_temp_removed = remove_stale_temps(out_dir, (LABEL_FILE, PARAMS_FILE)) + sum(
+    report.stale_temp_removed = remove_stale_temps(out_dir, (LABEL_FILE, CONVERSION_FILE)) + sum(
         remove_stale_temps(out_dir / cls, ("*.npz",)) for cls in classes)
     for cls in classes:
         if (input_dir / cls).is_dir() or cls in flat.values():
@@ -628,7 +630,7 @@ def convert_es_to_edge_integral(
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / "train", classes=classes)
     reuse = _check_params(out_dir, {"kind": "edge-integral", "grey": [EDGE_GREY_ZERO, EDGE_GREY_STEP],
                                     "classes": classes}, overwrite)
-    report.stale_temp_removed = remove_stale_temps(out_dir, (PARAMS_FILE,))
+    report.stale_temp_removed = remove_stale_temps(out_dir, (CONVERSION_FILE,))
     tasks: list[_Task] = []
     for split, entries in splits.items():
         taken: set[str] = set()

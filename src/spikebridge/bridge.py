@@ -156,10 +156,11 @@ def as_state_dict(source) -> dict[str, torch.Tensor]:
         source = getattr(source, "module", source)
         return source.state_dict()
     if isinstance(source, (str, Path)):
-        source = load_state_dict_file(source)
-    if not isinstance(source, dict):
+        source = load_state_dict_file(source)  # its tensors (_tensors_of), or CheckpointError naming the file
+    elif isinstance(source, dict):
+        source = _tensors_of(source, "the source", TransferError)
+    else:
         raise TransferError(f"cannot transfer from {type(source).__name__}: give a module, state dict or file")
-    source = _tensors_of(source, "the source", TransferError)
     if source and all(k.startswith("module.") for k in source):
         source = {k[len("module."):]: v for k, v in source.items()}
     return source

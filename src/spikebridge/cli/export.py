@@ -142,8 +142,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise ValueError
         except ValueError:
             raise ConfigError(f"--input-shape must be positive integers like 1,28,28, got {args.input_shape[:100]!r}") from None
-    elif not args.data and checkpoint_input(meta, args.checkpoint).shape:
-        shape = tuple(checkpoint_input(meta, args.checkpoint).shape)
+    elif not args.data and (trained := checkpoint_input(meta, args.checkpoint).shape):
+        shape = tuple(trained)
     else:
         shape = tuple(open_checkpoint_data(args.data, meta, args.checkpoint, alternative=" or --input-shape C,H,W")
                       .first_sample().shape[-3:])

@@ -292,3 +292,21 @@ def test_pipelines_build_the_crnn_for_the_datas_frame_size(tmp_path):
     x = frames[:2].transpose(0, 1).float()
     snn.eval(), again.eval()
     torch.testing.assert_close(snn(x), again(x))
+
+
+def test_accuracy_at_each_T_runs_the_crnn_on_each_prefix_and_nir_export_refuses_its_lstm(tmp_path):
+    """``evaluate``'s accuracy-vs-T of a CRNN SNN: one pass gives the logits of every prefix of
+    frames, equal to running the model on that prefix (its readout is the LSTM's last step, not a
+    mean over steps). NIR has no LSTM node: export refuses in one ConfigError."""
+    from spikebridge.conversion import outputs_at_each_T
+    from spikebridge.export import export_nir
+
+    torch.manual_seed(0)
+    snn = tiny("lif", 2, num_classes=3, input_size=CLIP_SIZE).eval()
+    x = (torch.rand(5, 2, 2, *CLIP_SIZE) < 0.2).float()
+    per_T = outputs_at_each_T(snn, x, 5)
+    assert per_T.shape == (5, 2, 3)
+    for t in range(1, 6):
+        torch.testing.assert_close(per_T[t - 1], snn(x[:t]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="LSTM.*no NIR node"):
+        export_nir(snn, (2, *CLIP_SIZE), tmp_path / "crnn.nir")

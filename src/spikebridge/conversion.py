@@ -127,6 +127,7 @@ def outputs_at_each_T(model: nn.Module, x: torch.Tensor, steps: int) -> torch.Te
     and average over steps); other models run once per ``t``.
     """
     from .models.base import BridgeNet
+    from .models.crnn import CRNN
 
     model = getattr(model, "module", model)
     if isinstance(model, SpikingNet):
@@ -138,6 +139,8 @@ def outputs_at_each_T(model: nn.Module, x: torch.Tensor, steps: int) -> torch.Te
             return _cumulative_mean(model.per_step_outputs(x))
         finally:
             model.T = old
+    if isinstance(model, CRNN):  # its readout is the LSTM's last step
+        return model.outputs_at_each_step(x[:steps])
     if isinstance(model, BridgeNet):  # its readout is fc(mean of features over steps)
         frames = x[:steps] if x.dim() == model.input_ndim + 1 else x
         return model.fc(_cumulative_mean(model.per_step_features(frames, steps)))

@@ -168,6 +168,10 @@ def _trace_snn(model: nn.Module) -> tuple[nn.Module, fx.Graph]:
     if isinstance(model, SpikingNet):
         return model, model.graph
     if isinstance(model, BridgeNet):
+        recurrent = next((name for name, m in model.named_modules() if isinstance(m, nn.RNNBase)), None)
+        if recurrent is not None:
+            raise ConfigError(f"NIR export: {type(model).__name__}'s '{recurrent}' ({type(model.get_submodule(recurrent)).__name__}) "
+                              "has no NIR node; evaluate or load_model runs it in PyTorch")
         root = _BridgeNetForward(model)
         return root, LayerTracer((TimeFolded,)).trace(root)
     raise ConfigError(f"NIR export supports registry SNNs and spikified nets, not {type(model).__name__}")

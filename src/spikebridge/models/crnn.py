@@ -159,11 +159,18 @@ class CRNN(BridgeNet):
         if tuple(x.shape[-2:]) != self.input_size:
             raise ConfigError(f"CRNN was built for {self.input_size[0]}x{self.input_size[1]} frames "
                               f"(input_size), got {x.shape[-2]}x{x.shape[-1]}")
+        return self.outputs_at_each_step(x)[-1]
+
+    def outputs_at_each_step(self, x: torch.Tensor) -> torch.Tensor:
+        """``[T, B, num_classes]``: entry ``t-1`` is the logits of the first ``t`` frames (the
+        encoder's neurons and the LSTM are causal, so one pass gives every prefix)."""
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
         steps, batch = x.shape[:2]
         set_time_steps(self._folded, steps)
         features = self.encoder(x.flatten(0, 1))  # [T*B, F]
         sequence, _ = self.lstm(features.view(steps, batch, -1))  # [T, B, hidden]
-        return self.fc(sequence[-1])
+        return self.fc(sequence)
 
 
 def filter_state_dict(state: Mapping[str, torch.Tensor] | nn.Module,

@@ -261,3 +261,23 @@ def test_export_out_must_name_a_file(run, tmp_path, capsys):
         assert main(["export", snn, "--out", out, "--input-shape", "1,28,28"]) == 2
         assert words in _one_line_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there.nir"] and existing.read_text() == "kept"
+
+
+def test_evaluate_T_merges_event_frames_into_that_many_steps(tmp_path, capsys):
+    """``evaluate --T N`` on an event SNN evaluates on frames merged into N steps (it was ignored:
+    the report said the trained T); an N that does not divide the data's frames is refused in one
+    line that names the ones that do, and nothing is written."""
+    model = sb.create_model("cnn", num_classes=10, neuron="lif", T=4, in_channels=2)
+    meta = {"model": {"name": "cnn", "num_classes": 10, "in_channels": 2, "T": 4}, "neuron": {"kind": "lif"},
+            "data": "es-mnist", "time_steps": 4}
+    events = save_checkpoint(tmp_path / "snn_events_pretrained" / "checkpoints", "last", model, meta, epoch=1)
+    args = ["evaluate", str(events), "--samples", "8", "--no-progress", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "ev2"), "--T", "2"]) == 0
+    result = json.loads((tmp_path / "ev2" / "evaluation.json").read_text())
+    assert result["T"] == result["activity"]["T"] == 2 and [t for t, _ in result["accuracy_vs_T"]] == [1, 2]
+    assert main([*args, "--out", str(tmp_path / "ev8"), "--T", "8"]) == 0
+    assert json.loads((tmp_path / "ev8" / "evaluation.json").read_text())["T"] == 8
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "ev3"), "--T", "3"]) == 2
+    assert "--T 3: the 8 event frames of es-mnist merge into T = 1, 2, 4, 8" in _one_line_error(capsys)
+    assert not (tmp_path / "ev3").exists()

@@ -41,7 +41,8 @@ def common(parser: argparse.ArgumentParser, *, flags: str = "run",
                         help=out_help or "the run folder (default: the recipe's run.out, else runs/COMMAND)")
     parser.add_argument("--data", help="mnist5k | es-mnist | a dataset folder")
     if flags != "ann":
-        parser.add_argument("--T", type=int, help="SNN time steps")
+        parser.add_argument("--T", type=int, help="SNN time steps" + (
+            " (event data: its frames merged into T steps; default: the checkpoint's)" if flags == "model" else ""))
     if flags == "model":
         parser.add_argument("--code", metavar="FILE.py:ClassName",
                             help="the Python class of a checkpoint of your own network (its file is checked against "

@@ -71,7 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     info = meta.get("model", {})
     if args.model and args.model != info.get("name"):
         raise CheckpointError(f"{args.checkpoint}: a checkpoint of {info.get('name')!r}, not of --model {args.model!r}")
-    bundle = open_checkpoint_data(args.data, meta, args.checkpoint)
+    bundle = open_checkpoint_data(args.data, meta, args.checkpoint, time_steps=args.T)
     if int(info.get("num_classes", bundle.num_classes)) != bundle.num_classes:
         raise CheckpointError(f"{args.checkpoint}: the model has {info.get('num_classes')} classes, {bundle.name} has {bundle.num_classes}")
     if int(info.get("in_channels", bundle.in_channels)) != bundle.in_channels:

@@ -100,10 +100,12 @@ def checkpoint_input(meta: dict, where: str) -> CheckpointInput:
                            field("time_steps", 1, MAX_T))
 
 
-def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alternative: str = ""):
+def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alternative: str = "",
+                         time_steps: int | None = None):
     """``--data``, else the dataset the checkpoint was trained on, read as in training: a folder
     at the checkpoint's image size, the split of its split seed (the same test samples), event
-    frames merged to its time steps where they divide the data's."""
+    frames merged to its time steps where they divide the data's. ``time_steps`` (``--T``): event
+    frames merged to that many steps instead (ConfigError where it does not divide them)."""
     from ..data.datasets import BUILTIN_DATASETS, open_dataset
     from ..data.loading import with_time_bins
     from ..errors import ConfigError, DataError, clip
@@ -118,8 +120,12 @@ def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alter
     bundle = open_dataset(data, image_size=0 if data in BUILTIN_DATASETS else trained.image_size,
                           split_seed=trained.split_seed or 0)
     steps = bundle.time_steps
-    if trained.time_steps and steps and steps != trained.time_steps and steps % trained.time_steps == 0:
-        bundle = with_time_bins(bundle, trained.time_steps)
+    if time_steps and steps and steps % time_steps:
+        divisors = ", ".join(str(d) for d in range(1, steps + 1) if steps % d == 0)
+        raise ConfigError(f"--T {time_steps}: the {steps} event frames of {clip(bundle.name)} merge into T = {divisors}")
+    wanted = time_steps or trained.time_steps
+    if wanted and steps and steps != wanted and steps % wanted == 0:
+        bundle = with_time_bins(bundle, wanted)
     return bundle
 
 

@@ -134,3 +134,21 @@ def test_scratch_methods_on_events_need_no_ann_data(tmp_path, capsys):
     summary = json.loads((out / "benchmark.json").read_text())
     assert [r["method"] for r in summary["runs"]] == ["scratch"] and summary["ann"] is None
     assert summary["runs"][0]["epochs"] == 1 and not (out / "ann").exists()
+
+
+def test_benchmark_on_event_frames_resizes_them_to_events_image_size(tmp_path, capsys):
+    """benchmark on an event folder reads its frames at ``events.image_size``, as piped does (it
+    used ``data.image_size``, the ANN's images' size, and trained at 224 px); the plan shows it."""
+    import _layouts as layouts
+
+    es = layouts.es_imagenet(tmp_path / "es", classes=2, train_per_class=2, val_per_class=1)
+    argv = ["benchmark", "--data", str(es), "--methods", "scratch", "--out", str(tmp_path / "run"), "--no-progress",
+            "--device", "cpu", "--set", "events.image_size=24", "--set", "data.image_size=64", "--set", "model.name=cnn",
+            "--set", "events.scratch.epochs=1", "--set", "events.scratch.until_plateau=0",
+            "--set", "events.scratch.batch_size=2", "--set", "events.scratch.precise_bn=0", "--set", "run.threads=1"]
+    assert cli.main([*argv, "--plan"]) == 0
+    (phase,) = json.loads(capsys.readouterr().out)["phases"]
+    assert phase["image_size"] == 24
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    meta = load_checkpoint(tmp_path / "run" / "scratch" / "checkpoints" / "last.json").meta
+    assert meta["image_size"] == 24 and meta["input_shape"] == [2, 24, 24]

@@ -109,6 +109,8 @@ def test_plan_runs_what_the_recipe_states(recipe, data, tmp_path, capsys):
                     expected = max(1, expected) if "+wu" in phase["name"] else 0  # the method decides
                 assert phase[field] == pytest.approx(expected), (recipe, argv[0], phase["name"], field)
             assert phase["T"] >= 1 and phase["data"]
+            section = "events" if phase["role"] != "ann" and (phase["name"].startswith("snn_events") or events) else "data"
+            assert phase["image_size"] == tree.get(section, {}).get("image_size", getattr(LIBRARY, section).image_size)
         snn = [p for p in plan["phases"] if p["role"] != "ann"]
         if argv[0] != "benchmark":
             assert all(p["neuron"] == tree["neuron"]["kind"] for p in snn)
@@ -191,6 +193,8 @@ def test_event_phases_carry_the_stream_steps(data, tmp_path, capsys):
     (["evaluate", "x.json", "--resume"], "--resume"),
     (["export", "x.json", "--checkpoint-blocks"], "--checkpoint-blocks"),
     (["demo", "--ann", "x.json"], "--ann"),
+    (["piped", "--set", "events.image_size=16"], "es-mnist is 28 x 28: image_size=16"),
+    (["benchmark", "--data", "es-mnist", "--set", "events.image_size=16"], "es-mnist is 28 x 28: image_size=16"),
 ])
 @pytest.mark.parametrize("plan_only", [False, True])
 def test_bad_input_is_caught_by_the_plan(argv, words, plan_only, tmp_path, capsys):

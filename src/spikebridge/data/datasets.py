@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, clip
 from .loading import DataBundle, limit_bundle
 from .static import MNIST_MEAN, MNIST_STD, TensorSplit, load_mnist5k
 
@@ -50,6 +50,25 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SPIKEBRIDGE_CACHE") or Path.home() / ".cache" / "spikebridge")
 
 
+def check_builtin_size(name: str, image_size: int) -> None:
+    """A built-in dataset is 28 x 28: any other ``image_size`` is refused (DataError)."""
+    if name in BUILTIN_DATASETS and image_size not in (0, 28):
+        raise DataError(f"{name} is 28 x 28: image_size={image_size} applies only to dataset folders")
+
+
+def event_steps(name: str) -> int | None:
+    """The time steps of the event frames a dataset name or folder yields; None for static images.
+    A missing or unrecognised folder raises DataError (nothing is read but the folder's layout)."""
+    from .disk import EVENT_LAYOUT_STEPS, ODG_STEPS, detect_layout
+
+    if name in BUILTIN_DATASETS:
+        return ODG_STEPS if name == "es-mnist" else None
+    try:
+        return EVENT_LAYOUT_STEPS.get(detect_layout(name))
+    except OSError as exc:
+        raise DataError(f"dataset {clip(name)!r}: cannot read it ({exc.strerror or exc})") from None
+
+
 def open_dataset(name: str, *, max_shift: int = 2, split_seed: int = 0, workers: int = 0, image_size: int = 0,
                  limit_train: int = 0, limit_test: int = 0, time_steps: int = 0) -> DataBundle:
     """A built-in dataset by name, or the dataset in folder ``name`` (:mod:`spikebridge.data.disk`).
@@ -61,8 +80,7 @@ def open_dataset(name: str, *, max_shift: int = 2, split_seed: int = 0, workers:
         full = open_dataset(name, max_shift=max_shift, split_seed=split_seed, workers=workers, image_size=image_size,
                             time_steps=time_steps)
         return limit_bundle(full, limit_train, limit_test, seed=split_seed)
-    if name in BUILTIN_DATASETS and image_size not in (0, 28):
-        raise DataError(f"{name} is 28 x 28: image_size={image_size} applies only to dataset folders")
+    check_builtin_size(name, image_size)
     if name == "mnist5k":
         bundle = open_mnist5k(max_shift=max_shift, split_seed=split_seed)
     elif name == "es-mnist":

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..analysis.benchmark import BenchRun, parse_methods, summarize, write_report
 from ..config import PipelineConfig
+from ..data.datasets import event_steps
 from ..errors import ConfigError
 from ..train.engine import check_batches
 from ..utils import Stopwatch, seed_everything
@@ -54,7 +55,8 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
     cfg = use_checkpoint_model(cfg, ann)
     ctx = start_run(cfg)
     family = RegistryFamily()
-    data = open_static(cfg)
+    events = event_steps(cfg.data.name) is not None  # pipeD: the SNNs read its frames at events.image_size
+    data = open_static(replace(cfg, data=replace(cfg.data, image_size=cfg.events.image_size)) if events else cfg)
     scfg, same_data, ann_cfg = cfg, True, cfg
     _refuse_decoder_across_classes(ann.checkpoint_model.get("num_classes") if ann is not None else None, data, methods)
     if data.kind == "events":  # pipeD: the ANN learns static images, the SNNs the events

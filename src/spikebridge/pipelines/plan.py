@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from ..config import PipelineConfig, TrainConfig, load_config, parse_override
-from ..data.datasets import BUILTIN_DATASETS, planned_model
+from ..data.datasets import BUILTIN_DATASETS, check_builtin_size, event_steps, planned_model
 from ..data.loading import merged_time_steps
 from ..errors import ConfigError, DataError, clip
 from ..models import list_models
@@ -66,7 +66,8 @@ class Request:
 
 @dataclass
 class Phase:
-    """One training phase: its run name, role (ann | finetune | scratch), model, neuron, T, data."""
+    """One training phase: its run name, role (ann | finetune | scratch), model, neuron, T, data
+    and the size its images or event frames are resized to (0: as stored)."""
 
     name: str
     role: str
@@ -74,12 +75,13 @@ class Phase:
     neuron: str
     T: int
     data: str
+    image_size: int
     train: TrainConfig
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self.train)
         return {"name": self.name, "role": self.role, "model": self.model, "neuron": self.neuron, "T": self.T,
-                "data": self.data, **{key: values[key] for key in PHASE_FIELDS},
+                "data": self.data, "image_size": self.image_size, **{key: values[key] for key in PHASE_FIELDS},
                 **{key: value for key, value in values.items() if key not in PHASE_FIELDS}}
 
 
@@ -100,6 +102,8 @@ class RunPlan:
             "out": cfg.run.out,
             "device": cfg.run.device,
             "seed": cfg.run.seed,
+            "amp": cfg.run.amp,
+            "sync_bn": cfg.run.sync_bn,
             "ann": self.ann.label if self.ann else None,
             "preset": self.preset,
             "bridge": asdict(cfg.bridge),
@@ -125,7 +129,8 @@ class RunPlan:
         for p in self.phases:
             t = p.train
             epochs = f"{t.epochs} epoch{'' if t.epochs == 1 else 's'}"
-            lines.append(f"[plan] {p.name:<24} {p.role:<8} {p.model} {p.neuron} T={p.T} on {p.data}: {epochs} "
+            size = f" at {p.image_size} px" if p.image_size else ""
+            lines.append(f"[plan] {p.name:<24} {p.role:<8} {p.model} {p.neuron} T={p.T} on {p.data}{size}: {epochs} "
                          f"{t.optimizer} lr {t.lr:g} {t.schedule}, batch {t.batch_size}"
                          + (f", warm-up {t.freeze_epochs}" if t.freeze_epochs else "")
                          + (f", until plateau {t.until_plateau}" if t.until_plateau else "")
@@ -151,19 +156,6 @@ def resolve_config(request: Request, *, user_class: bool = False) -> tuple[Pipel
     cfg.run.out = cfg.run.folder(request.command)  # --out, else the recipe's or --set's, else runs/<command>
     cfg.run.resume = bool(request.flags.get("run.resume"))  # the flag alone: a saved config.yaml does not resume
     return cfg, preset
-
-
-def event_steps(name: str) -> int | None:
-    """The time steps of the event frames a dataset name or folder yields; None for static images.
-    A missing or unrecognised folder raises DataError (nothing is read but the folder's layout)."""
-    from ..data.disk import EVENT_LAYOUT_STEPS, ODG_STEPS, detect_layout
-
-    if name in BUILTIN_DATASETS:
-        return ODG_STEPS if name == "es-mnist" else None
-    try:
-        return EVENT_LAYOUT_STEPS.get(detect_layout(name))
-    except OSError as exc:
-        raise DataError(f"dataset {clip(name)!r}: cannot read it ({exc.strerror or exc})") from None
 
 
 def dataset_folder(name: str) -> str:
@@ -227,11 +219,11 @@ def build_plan(request: Request) -> RunPlan:
     ann_neuron = cfg.ann_neuron if source is None else "(its own)"
 
     def phase(name: str, role: str, train: TrainConfig, *, data: str = cfg.data.name, T: int = cfg.model.T,
-              model: str = snn_model) -> Phase:
-        return Phase(name, role, model, cfg.neuron.kind, T, data, train)
+              model: str = snn_model, image_size: int = cfg.data.image_size) -> Phase:
+        return Phase(name, role, model, cfg.neuron.kind, T, data, image_size, train)
 
     phases: list[Phase] = []
-    ann_phase = Phase("ann", "ann", ann_model, ann_neuron, 1, cfg.data.name, cfg.ann)
+    ann_phase = Phase("ann", "ann", ann_model, ann_neuron, 1, cfg.data.name, cfg.data.image_size, cfg.ann)
     if command in ("pretrain", "pipes", "piped", "demo") and not ann_trained:
         phases.append(ann_phase)
     if command in ("pretrain", "pipes", "demo", "finetune", "piped") and data_steps is not None:
@@ -249,7 +241,8 @@ def build_plan(request: Request) -> RunPlan:
             raise DataError(f"events.data {clip(cfg.events.data)!r} holds no events (es-mnist, ES-ImageNet, ES-UCF101 "
                             "or DVS recordings)")
         T = merged_time_steps(cfg.events.time_bins, steps, cfg.events.data)
-        event_phase = partial(phase, data=cfg.events.data, T=T, model=cfg.events.model or snn_model)
+        event_phase = partial(phase, data=cfg.events.data, T=T, model=cfg.events.model or snn_model,
+                              image_size=cfg.events.image_size)
         phases.append(event_phase("snn_events_pretrained", "finetune", cfg.events.finetune))
         if cfg.events.compare_first_layer:
             compare = replace(cfg.events.finetune, epochs=cfg.events.compare_epochs)
@@ -259,8 +252,8 @@ def build_plan(request: Request) -> RunPlan:
             phases.append(event_phase("snn_events_scratch", "scratch", cfg.events.scratch))
     if command == "benchmark":
         phases += _benchmark_phases(cfg, options, source, ann_phase, data_steps, snn_model)
-    for name in dict.fromkeys(p.data for p in phases):  # each dataset once, in phase order
-        _check_dataset(name)
+    for name, image_size in dict.fromkeys((p.data, p.image_size) for p in phases):  # each once, in phase order
+        _check_dataset(name, image_size)
     loaded = load_ann(source, checkpoint=ckpt) if source is not None else None
     plan = RunPlan(command, cfg, phases, source, options, preset, loaded)
     if current_rank().is_main:  # under torchrun rank 0 alone claims the folder: the others may see its claim
@@ -269,9 +262,10 @@ def build_plan(request: Request) -> RunPlan:
     return plan
 
 
-def _check_dataset(name: str) -> None:
+def _check_dataset(name: str, image_size: int) -> None:
     from ..data.disk import check_dataset
 
+    check_builtin_size(name, image_size)
     if name not in BUILTIN_DATASETS:
         try:
             check_dataset(name)
@@ -315,7 +309,8 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
             train = replace(finetune, freeze_epochs=max(1, finetune.freeze_epochs) if method.warmup else 0)
         phases.append(Phase(method.name, "scratch" if method.base == "scratch" else "finetune",
                             (cfg.events.model if events else "") or snn_model, method.neuron or cfg.neuron.kind,
-                            method.T or T, cfg.data.name, train))
+                            method.T or T, cfg.data.name, cfg.events.image_size if events else cfg.data.image_size,
+                            train))
     return phases
 
 

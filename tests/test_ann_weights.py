@@ -152,6 +152,31 @@ def test_finetune_from_weights_of_another_class_count_starts_a_new_classifier(tm
     assert transfer["matched"] == len(sb.create_model("cnn", num_classes=10).state_dict()) - 2
 
 
+def test_backbone_weights_and_compiled_or_ddp_prefixes_load(tmp_path, capsys):
+    """Weights without the classifier (a backbone: self-supervised or feature-extractor checkpoints)
+    load as the ANN with a new readout, and the SNN's classifier starts new (they were refused as
+    "not weights of the registry model"); torch.compile's ``_orig_mod.`` prefix, alone or with
+    DDP's ``module.``, is dropped as ``module.`` is."""
+    torch.manual_seed(0)
+    state = sb.create_model("cnn", num_classes=10, neuron="relu", in_channels=1).state_dict()
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    torch.save(backbone, tmp_path / "backbone.pth")
+    torch.save({"model": {f"module._orig_mod.{k}": v for k, v in state.items()}}, tmp_path / "compiled.pth")
+    loaded = load_ann(AnnSource(model="cnn", weights=str(tmp_path / "compiled.pth")))
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
+    headless = load_ann(AnnSource(model="cnn", weights=str(tmp_path / "backbone.pth")))
+    assert headless.checkpoint_model["num_classes"] == 0
+    assert all(torch.equal(headless.model.state_dict()[k], v) for k, v in backbone.items())
+    out = tmp_path / "ft"
+    code = finetune_from(str(tmp_path / "backbone.pth"), out)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ann_acc"] is None and "has no classifier (backbone weights), mnist5k 10 classes" in printed
+    assert sorted(k for k, *_ in summary["transfer"]["mismatched"]) == ["fc.bias", "fc.weight"]
+    assert summary["transfer"]["matched"] == len(backbone)
+
+
 def test_finetune_from_colour_weights_on_grey_images_adapts_the_first_layer(tmp_path, capsys):
     """RGB weights (a 3-channel first convolution) on the 1-channel digits: the SNN's first
     convolution is the colour kernels' mean (bridge.first_layer), every other tensor transfers."""

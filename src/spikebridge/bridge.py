@@ -161,8 +161,11 @@ def as_state_dict(source) -> dict[str, torch.Tensor]:
         source = _tensors_of(source, "the source", TransferError)
     else:
         raise TransferError(f"cannot transfer from {type(source).__name__}: give a module, state dict or file")
-    if source and all(k.startswith("module.") for k in source):
-        source = {k[len("module."):]: v for k, v in source.items()}
+    while source:  # DDP's module. and torch.compile's _orig_mod. (in either order)
+        prefix = next((p for p in ("module.", "_orig_mod.") if all(k.startswith(p) for k in source)), None)
+        if prefix is None:
+            break
+        source = {k[len(prefix):]: v for k, v in source.items()}
     return source
 
 

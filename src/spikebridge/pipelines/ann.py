@@ -176,28 +176,34 @@ def _registry_ann(source: AnnSource) -> LoadedAnn:
             raise
         raise CheckpointError(f"{short_repr(source.weights)}: these weights fit the registry model {' and '.join(others)}, "
                               f"not {name}: give --ann {others[-1]} --ann-weights ... (*_tv: torchvision's layout)") from None
-    model = create_model(name, neuron="relu", **sizes)
-    model.load_state_dict(state, strict=True)
+    model = create_model(name, neuron="relu", **{**sizes, "num_classes": max(1, sizes["num_classes"])})
+    own = model.state_dict()
+    model.load_state_dict({**own, **state}, strict=True)  # backbone weights (num_classes 0): the readout stays new
     return LoadedAnn(model, source.label, RegistryFamily(), {"name": name, **sizes})
 
 
 def _sizes_fitting(name: str, state: dict[str, torch.Tensor], source: Any) -> dict[str, int]:
     """The sizes of registry model ``name`` that ``state`` holds (classes from the readout's weight,
-    input channels from the first convolution); CheckpointError when ``state`` does not fit it
-    (:func:`check_weights`). Models are built on the meta device: nothing is allocated."""
+    0 for backbone weights without the readout; input channels from the first convolution);
+    CheckpointError when ``state`` does not fit it (:func:`check_weights`). Models are built on the
+    meta device: nothing is allocated."""
     with torch.device("meta"):
         probe = create_model(name, neuron="relu", num_classes=1)
-    readout = probe.readout_name + ".weight"
-    fc = state.get(readout)
-    if not isinstance(fc, torch.Tensor) or fc.dim() != 2:
-        raise CheckpointError(f"{short_repr(source)}: no {readout!r} [classes, features] tensor; not weights of the "
-                              f"registry model {name}")
+    readout = probe.readout_name + "."
+    fc = state.get(readout + "weight")
+    headless = not any(k.startswith(readout) for k in state)
+    if not headless and (not isinstance(fc, torch.Tensor) or fc.dim() != 2):
+        raise CheckpointError(f"{short_repr(source)}: no {readout + 'weight'!r} [classes, features] tensor; not "
+                              f"weights of the registry model {name}")
     first_conv = next((k for k, v in probe.state_dict().items() if v.dim() == 4), None)
     conv = state.get(first_conv) if first_conv else None
     channels = int(conv.shape[1]) if isinstance(conv, torch.Tensor) and conv.dim() == 4 else 3
-    sizes = {"num_classes": int(fc.shape[0]), "in_channels": channels, "T": 1}
+    sizes = {"num_classes": 0 if headless else int(fc.shape[0]), "in_channels": channels, "T": 1}
     with torch.device("meta"):
-        check_weights(create_model(name, neuron="relu", **sizes).state_dict(), state, source, name)
+        own = create_model(name, neuron="relu", **{**sizes, "num_classes": max(1, sizes["num_classes"])}).state_dict()
+    if headless:
+        own = {k: v for k, v in own.items() if not k.startswith(readout)}
+    check_weights(own, state, source, name)
     return sizes
 
 

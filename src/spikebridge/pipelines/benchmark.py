@@ -40,7 +40,8 @@ def _decoder_keys(model: nn.Module) -> set[str]:
 
 def _refuse_decoder_across_classes(classes: int | None, data, methods: list) -> None:
     if classes is not None and int(classes) != data.num_classes and any(m.base == "decoder" for m in methods):
-        raise ConfigError(f"decoder: the ANN's readout has {classes} classes, {data.name} {data.num_classes}: "
+        held = f"readout has {classes} classes" if classes else "weights hold no readout"
+        raise ConfigError(f"decoder: the ANN's {held}, {data.name} {data.num_classes}: "
                           "nothing to transfer (leave out the decoder methods)")
 
 

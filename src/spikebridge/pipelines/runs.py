@@ -108,7 +108,8 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
         classes, channels = (loaded.checkpoint_model.get(k) for k in ("num_classes", "in_channels"))
         extra["ann"] = loaded.label
         if classes is not None and int(classes) != bundle.num_classes:  # e.g. ImageNet weights, 10 classes
-            ctx.log(f"[pipeS] {loaded.label} has {classes} classes, {bundle.name} {bundle.num_classes}: the SNN's "
+            held = f"{classes} classes" if classes else "no classifier (backbone weights)"
+            ctx.log(f"[pipeS] {loaded.label} has {held}, {bundle.name} {bundle.num_classes} classes: the SNN's "
                     "classifier starts new (not transferred), and the ANN is not evaluated on this data")
             extra["ann_acc"] = None
         elif channels is not None and int(channels) != bundle.in_channels:  # e.g. RGB weights, grey images

@@ -281,3 +281,14 @@ def test_evaluate_T_merges_event_frames_into_that_many_steps(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "ev3"), "--T", "3"]) == 2
     assert "--T 3: the 8 event frames of es-mnist merge into T = 1, 2, 4, 8" in _one_line_error(capsys)
     assert not (tmp_path / "ev3").exists()
+
+
+def test_evaluate_ann_takes_a_registry_model_and_its_weights(run, tmp_path, capsys):
+    """``evaluate --ann MODEL --ann-weights W.pth`` reads the ANN as the training commands do (it
+    said "checkpoint not found: MODEL"): classic conversion of it joins the accuracy-vs-T table."""
+    torch.save(_registry("relu", 1)[0].state_dict(), tmp_path / "ann.pth")
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(run / "snn_pretrained"), *QUICK, "--T-max", "2", "--out", str(out),
+                 "--ann", "cnn", "--ann-weights", str(tmp_path / "ann.pth")]) == 0, capsys.readouterr().err
+    result = json.loads((out / "evaluation.json").read_text())
+    assert [t for t, _ in result["conversion_accuracy_vs_T"]] == [1, 2]

@@ -41,10 +41,10 @@ def register(sub, add, common) -> None:
                    help="test samples (a seeded subset) for the activity and accuracy-vs-T passes; 0 = the whole test split; "
                         "top-1/top-5 always use the whole split (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--ann", metavar="CKPT|FILE.py:ClassName",
-                   help="the ANN (a checkpoint, or your class with --ann-weights; the class also serves as --code): "
-                        "add classic conversion of it to the accuracy-vs-T plot")
-    p.add_argument("--ann-weights", metavar="W.pth|W.safetensors", help="weights for --ann FILE.py:ClassName")
+    p.add_argument("--ann", metavar="CKPT|MODEL|FILE.py:ClassName",
+                   help="the ANN (a checkpoint, a registry model or your class with --ann-weights; the class also "
+                        "serves as --code): add classic conversion of it to the accuracy-vs-T plot")
+    p.add_argument("--ann-weights", metavar="W.pth|W.safetensors", help="weights for --ann MODEL or FILE.py:ClassName")
     p.add_argument("--ann-kwargs", metavar="JSON", help="constructor arguments for --ann FILE.py:ClassName")
 
 
@@ -177,16 +177,19 @@ def _bar(desc: str, total: int, enabled: bool):
 
 
 def load_ann(args: argparse.Namespace):
-    """``--ann``: a spikebridge checkpoint, or ``FILE.py:ClassName`` + ``--ann-weights``."""
+    """``--ann``, as the training commands read it: a spikebridge checkpoint, a registry model with
+    ``--ann-weights``, or ``FILE.py:ClassName`` with ``--ann-weights``."""
     from ..errors import ConfigError
-    from ..restore import import_ann, is_python_class_spec, model_from_checkpoint, parse_ann_kwargs
+    from ..pipelines.ann import ann_source_from_flags
+    from ..pipelines.ann import load_ann as load_source
+    from ..restore import is_python_class_spec
 
-    if is_python_class_spec(args.ann):
-        if not args.ann_weights:
-            raise ConfigError("--ann FILE.py:ClassName needs --ann-weights W.pth|W.safetensors (the trained ANN to "
-                              "convert); to name only the checkpoint's class, use --code FILE.py:ClassName")
-        return import_ann(args.ann, parse_ann_kwargs(args.ann_kwargs), args.ann_weights)
-    return model_from_checkpoint(args.ann, trust_code=args.trust_code)[0]
+    if is_python_class_spec(args.ann) and not args.ann_weights:
+        raise ConfigError("--ann FILE.py:ClassName needs --ann-weights W.pth|W.safetensors (the trained ANN to "
+                          "convert); to name only the checkpoint's class, use --code FILE.py:ClassName")
+    source = ann_source_from_flags(args.ann, args.ann_weights, args.ann_kwargs, weights_required=True,
+                                   trust_code=args.trust_code)
+    return load_source(source).model
 
 
 def render_evaluation(result: dict, activity_md: str) -> str:

@@ -46,6 +46,17 @@ def test_fit_learns_and_records(tmp_path, small_bundle):
     assert result.to_summary()["cpu_seconds"] == result.cpu_curve[-1][0]
 
 
+def test_metrics_lr_is_the_rate_each_epoch_trained_with(small_bundle):
+    """The ``lr`` of an epoch's record (metrics.csv) is the rate its steps started with: with the
+    step schedule (LR x 0.1 at epoch 2) epoch 1 and 2 read the base rate, epoch 3 the decayed one
+    (it logged the rate after the epoch: the next epoch's)."""
+    torch.manual_seed(0)
+    model = sb.create_model("cnn", neuron="relu", in_channels=1)
+    cfg = _cfg(epochs=3, lr=0.01, optimizer="sgd", schedule="step", milestones=[2], gamma=0.1)
+    result = fit(model, small_bundle, cfg, name="ann", run_dir=None, progress=False)
+    assert [round(h["lr"], 6) for h in result.history] == [0.01, 0.01, 0.001]
+
+
 def test_resume_equals_uninterrupted_run(tmp_path, small_bundle):
     torch.manual_seed(0)
     full = sb.create_model("cnn", neuron="relu", in_channels=1)

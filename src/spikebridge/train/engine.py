@@ -292,6 +292,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
             module.set_epoch(epoch)
         train_model.train()
         cpu_started = time.process_time()
+        epoch_lr = schedule.lr  # metrics.csv's lr: what the epoch's first step used
         hooks = StepInBackward(optimizer) if steps_in_backward(cfg, precision, info.world_size) else None
         try:
             stats = _train_one_epoch(train_model, bundle, cfg, optimizer, schedule, generator, device, info, progress,
@@ -308,7 +309,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
         epoch += 1
         metrics = evaluate(model, bundle, device=device)
         record = {"epoch": epoch, "seconds": round(seconds, 3), "train_loss": stats["loss"], "train_acc": stats["acc"],
-                  "test_loss": metrics["loss"], "test_acc": metrics["acc"], "lr": schedule.lr}
+                  "test_loss": metrics["loss"], "test_acc": metrics["acc"], "lr": epoch_lr}
         history.append(record)
         curve.append([round(seconds, 3), epoch, metrics["acc"]])
         cpu_curve.append([round(cpu_seconds, 3), epoch, metrics["acc"]])

@@ -279,9 +279,13 @@ def load_npz_arrays(path: str | os.PathLike, names: Sequence[str], *,
     truncated or corrupt file, a plain ``.npy``, a missing array, or an array that would unpack
     to more than ``max_bytes`` (checked from the headers before anything is decompressed)."""
     try:
+        if not zipfile.is_zipfile(path):  # np.load would take it for a pickle, and advise allow_pickle
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+            kind = "a plain .npy array" if head.startswith(b"\x93NUMPY") else \
+                f"no zip directory: truncated, or another format; it starts with {head!r}"
+            raise DataError(f"{path}: not an .npz archive ({kind})")
         data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: not an .npz archive (a plain .npy array)")
         with data:
             missing = [k for k in names if k not in data.files]
             if missing:

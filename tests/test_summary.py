@@ -73,12 +73,23 @@ def test_accuracy_vs_time_figure_draws_every_run_and_the_target(tmp_path):
         run("snn_scratch", [[8.0, 1, 0.30], [16.0, 2, 0.70], [24.0, 3, 0.85]]),
         {"name": "empty", "epochs": 0, "seconds": 0.0, "best_acc": 0.0, "final_acc": 0.0, "curve": []},
     ]
-    plot_accuracy_vs_time(runs, tmp_path / "two.png", title="two runs", target=0.85)
+    plot_accuracy_vs_time(runs, tmp_path / "two.png", title="two runs", targets={"target": 0.85})
     assert_line_plot(tmp_path / "two.png", lines=2)  # the run without a curve draws nothing
     plot_accuracy_vs_time(runs[:1], tmp_path / "one.png", title="one run")
     assert_line_plot(tmp_path / "one.png", lines=1)
     # the dashed grey target line (grey is also in the text's antialiasing: compare with no target)
     assert colour_pixels(tmp_path / "two.png", "#808080") > colour_pixels(tmp_path / "one.png", "#808080") + 200
+
+
+def test_accuracy_vs_time_shows_every_point_in_its_full_panel():
+    """The left panel's range holds every evaluation (the single zoomed panel hid the bridge's
+    first point and the scratch runs' first epochs); the right one zooms on the top."""
+    from spikebridge.analysis.plots import accuracy_ranges
+
+    demo = [68.4, 95.1, 96.9, 54.8, 87.6, 95.9, 56.8, 87.0, 96.4, 94.7, 96.3, 96.6]
+    full_low, zoom_low, high = accuracy_ranges(demo)
+    assert full_low <= min(demo) and high >= max(demo) and min(demo) < zoom_low < 96
+    assert accuracy_ranges([]) == (0.0, 0.0, 100.5)
 
 
 def test_the_bridge_seconds_count_in_the_time_to_target():
@@ -103,3 +114,12 @@ def test_cpu_time_to_target_has_the_wall_keys():
     assert set(summary["time_to_target_cpu"]) == set(summary["time_to_target"])
     assert summary["time_to_target_cpu"] == {"snn_scratch": 40.0, "snn_pretrained": 8.0, "snn_pretrained_total": 28.0}
     assert summary["time_ratio_cpu"]["snn_pretrained"] == 0.2 and summary["time_ratio"]["snn_pretrained"] == round(6.5 / 16, 4)
+
+
+def test_accuracy_vs_T_labels_ticks_that_do_not_run_together():
+    """T = 1..12 on the log axis labelled every T ("9 101112"); beyond 8 values: the powers of
+    two, the trained T and the last."""
+    from spikebridge.analysis.figures import t_ticks
+
+    assert t_ticks(range(1, 13), [6]) == [1, 2, 4, 6, 8, 12]
+    assert t_ticks(range(1, 9)) == list(range(1, 9))

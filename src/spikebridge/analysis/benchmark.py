@@ -210,10 +210,11 @@ def write_report(summary: dict, out: str | Path, *, title: str) -> None:
     write_json(out / "benchmark.json", summary)
     shifted = [{"name": run.method, "best_acc": run.best_acc, "curve": run.total_curve()}
                for run in map(BenchRun.from_dict, summary["runs"])]
-    plot_accuracy_vs_time(shifted, out / "accuracy_vs_time.png", target=summary.get("target_acc"),
+    targets = {"target": summary.get("target_acc")}
+    plot_accuracy_vs_time(shifted, out / "accuracy_vs_time.png", targets=targets,
                           title=f"{title}: accuracy vs training time (ANN included)")
     plot_accuracy_vs_time(summary["runs"], out / "accuracy_vs_epochs.png", title=f"{title}: accuracy vs epochs",
-                          target=summary.get("target_acc"), x="epochs", label_key="method")
+                          targets=targets, x="epochs", label_key="method")
     atomic_write_text(out / "benchmark.md", render_markdown(summary, title))
 
 

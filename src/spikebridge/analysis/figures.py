@@ -15,6 +15,15 @@ from torch import nn
 from .plots import plt, save_png
 
 
+def t_ticks(values, marks=()) -> list[int]:
+    """The T axis's labelled ticks: every T, or beyond 8 of them (on the log axis 9, 10, 11, 12
+    run together) the powers of two, the marked T and the last one."""
+    ticks = sorted(values)
+    if len(ticks) > 8:
+        ticks = sorted({t for t in ticks if t & (t - 1) == 0} | set(marks) | {ticks[-1]})
+    return ticks
+
+
 def plot_accuracy_vs_T(
     curves: dict[str, Sequence[Sequence[float]]], path: str | Path, *, title: str,
     marks: dict[str, int] | None = None,
@@ -33,9 +42,7 @@ def plot_accuracy_vs_T(
             ax.plot([ts[i]], [accs[i]], marker="o", markersize=10, markerfacecolor="none",
                     markeredgecolor=line.get_color(), linestyle="none")
     ax.set_xscale("log", base=2)
-    ticks = sorted({int(p[0]) for curve in curves.values() for p in curve})
-    if len(ticks) > 12:
-        ticks = [t for t in ticks if t & (t - 1) == 0]  # powers of two
+    ticks = t_ticks({int(p[0]) for curve in curves.values() for p in curve}, (marks or {}).values())
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set(xlabel="time steps T (log scale)", ylabel="test accuracy (%)", ylim=(0, 100.5), title=title)

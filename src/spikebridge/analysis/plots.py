@@ -20,26 +20,43 @@ def save_png(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_accuracy_vs_time(runs: list[dict], path: str | Path, *, title: str, target: float | None = None,
+def accuracy_ranges(accuracies: list[float]) -> tuple[float, float, float]:
+    """The y ranges (in %) of the accuracy-vs-time panels: ``(low of every evaluation, low of the
+    top of the range, high)``. The full panel shows every point; the zoom the best 15 points at
+    most, from the lower quartile up."""
+    if not accuracies:
+        return 0.0, 0.0, 100.5
+    top = max(accuracies)
+    zoom = max(0.0, min(top - 15, sorted(accuracies)[len(accuracies) // 4] - 2))
+    return max(0.0, min(accuracies) - 3), zoom, min(100.5, top + 1.5)
+
+
+def plot_accuracy_vs_time(runs: list[dict], path: str | Path, *, title: str, targets: dict[str, float] | None = None,
                           x: str = "seconds", label_key: str = "name") -> None:
     """Test accuracy against training seconds (``x="seconds"``) or epochs (``x="epochs"``), one
-    line per run (``run[label_key]``), markers at each evaluation, the target as a dashed line."""
+    line per run (``run[label_key]``), markers at each evaluation, each of ``targets`` (label:
+    accuracy) as a dashed line. Two panels: every evaluation (left) and the top of the range
+    (right, where the runs are compared); the legend sits below them, over no data."""
     column, xlabel = (0, "training time (s)") if x == "seconds" else (1, "epochs of training")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for run in runs:
-        curve = run["curve"]
-        if not curve:
-            continue
-        xs = [p[column] for p in curve]
-        accs = [100 * p[2] for p in curve]
-        ax.plot(xs, accs, marker="o", markersize=3, label=f"{run[label_key]} (best {100 * run['best_acc']:.1f}%)")
-    if target is not None:
-        ax.axhline(100 * target, color="grey", linestyle="--", linewidth=1, label=f"target {100 * target:.1f}%")
-    accs_all = [100 * p[2] for run in runs for p in run["curve"]]
-    if accs_all:
-        top = max(accs_all)
-        ax.set_ylim(max(0.0, min(top - 15, sorted(accs_all)[len(accs_all) // 4] - 2)), min(100.5, top + 1.5))
-    ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    drawn = [run for run in runs if run["curve"]]
+    targets = {label: value for label, value in (targets or {}).items() if value is not None}
+    full_low, zoom_low, high = accuracy_ranges([100 * p[2] for run in drawn for p in run["curve"]])
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2))
+    for ax, low, name in ((axes[0], full_low, "every evaluation"),
+                          (axes[1], zoom_low, f"top of the range ({zoom_low:.0f}-{min(100.0, high):.0f}%)")):
+        for run in drawn:
+            ax.plot([p[column] for p in run["curve"]], [100 * p[2] for p in run["curve"]], marker="o", markersize=3,
+                    label=f"{run[label_key]} (best {100 * run['best_acc']:.1f}%)")
+        for (label, value), style in zip(targets.items(), ("--", ":")):
+            ax.axhline(100 * value, color="grey", linestyle=style, linewidth=1, label=f"{label} {100 * value:.1f}%")
+        ax.set_ylim(low, high)
+        ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=name)
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(3, len(handles)), frameon=False,
+                   bbox_to_anchor=(0.5, -0.02 - 0.045 * ((len(handles) - 1) // 3)))
+    fig.tight_layout()
     save_png(fig, path)

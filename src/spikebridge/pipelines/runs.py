@@ -303,8 +303,10 @@ def write_outputs(ctx: RunContext, runs: list[RunResult], *, dataset: str, T: in
     write_json(out / "summary.json", summary)
     write_metrics_csv(out / "metrics.csv", [{"run": run.name, **record} for run in runs for record in run.history],
                       ("run", *METRICS_COLUMNS))
+    targets = {f"target ({label})": summary.get(comp.target_key) for comp, label in ((PIPES, "static"), (PIPED, "events"))
+               if comp in comparisons}
     plot_accuracy_vs_time(curves_after_bridge(summary, comparisons), out / "accuracy_vs_time.png", title=title,
-                          target=summary.get("target_acc"))
+                          targets=targets)
     table = results_table(summary["runs"], summary.get("time_to_target"))
     atomic_write_text(out / "report.md", render_report(summary, table, title))
     log("\n" + table + "\n")

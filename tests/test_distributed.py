@@ -151,3 +151,35 @@ def test_mixed_precision_is_cuda_only_and_says_so_on_cpu():
     assert distributed.Precision("off", torch.device("cpu")).note == ""
     with pytest.raises(ConfigError, match="run.amp"):
         distributed.Precision("fp8", torch.device("cpu"))
+
+
+def _cli_torchrun(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent / "src")}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "spikebridge", *argv]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_plan_and_refusals_are_said_once(tmp_path):
+    """Every process makes the plan: ``--plan`` prints one JSON document (one per process made
+    stdout invalid), and a refusal, by the plan (a global batch that does not split over the
+    processes) or by rank 0's claim of the run folder, is one line from rank 0: rank 1 printed
+    it again, or an internal gloo error when rank 0 ended before it had the verdict."""
+    plan = _cli_torchrun("pretrain", "--data", "mnist5k", "--plan", "--out", str(tmp_path / "p"))
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert json.loads(plan.stdout)["processes"] == 2 and not (tmp_path / "p").exists()
+    odd = _cli_torchrun("pretrain", "--data", "mnist5k", "--set", "ann.batch_size=63", "--out", str(tmp_path / "o"))
+    assert odd.returncode != 0 and not (tmp_path / "o").exists()
+    errors = [line for line in odd.stderr.splitlines() if line.startswith("spikebridge:")]
+    assert errors == ["spikebridge: error: ann: batch_size 63 is the global batch and must split evenly over the 2 "
+                      "processes (e.g. 62)"], odd.stderr[-2000:]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+    refused = _cli_torchrun("pretrain", "--data", "mnist5k", "--no-progress", "--out", str(foreign))
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("spikebridge:")]
+    assert len(errors) == 1 and "was not written by spikebridge" in errors[0], refused.stderr[-2000:]
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]

@@ -235,22 +235,6 @@ def test_the_plan_refuses_what_the_run_would_refuse_writing_nothing(data, tmp_pa
         assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-def test_under_torchrun_rank_0_alone_checks_the_run_folder(data, tmp_path, capsys, monkeypatch):
-    """The other ranks build their plan when rank 0 may have claimed ``--out`` already: they must
-    not take its claim for an earlier run's."""
-    from spikebridge.pipelines import plan as plan_module
-    from spikebridge.train.distributed import DistInfo
-
-    claimed = tmp_path / "claimed"
-    claimed.mkdir()
-    (claimed / "notes.txt").write_text("rank 0's run is writing here")
-    argv = ["pipes", "--data", data["photos"], "--out", str(claimed), "--plan"]
-    for rank, status in ((0, 2), (1, 0)):
-        monkeypatch.setattr(plan_module, "current_rank", lambda rank=rank: DistInfo(rank, 2))
-        assert cli.main(argv) == status, rank
-        capsys.readouterr()
-
-
 def test_no_progress_run_prints_plan_epochs_and_results(tmp_path, capsys):
     out = tmp_path / "run"
     status = cli.main(["pretrain", "--data", "mnist5k", "--out", str(out), "--no-progress", "--epochs", "1",

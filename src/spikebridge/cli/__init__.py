@@ -112,13 +112,20 @@ def request(args: argparse.Namespace, command: str, *, flags: dict[str, Any] | N
 
 
 def run_request(args: argparse.Namespace, req) -> dict | None:
-    """Plan ``req`` (``--plan``: print it as JSON, exit), then execute it; returns the summary."""
+    """Plan ``req`` (``--plan``: print it as JSON, exit), then execute it; returns the summary.
+    Under torchrun every process makes the same plan: rank 0 alone prints it, or its refusal."""
     from ..pipelines.plan import build_plan, execute
+    from ..train.distributed import launched
 
-    plan = build_plan(req)
+    try:
+        plan = build_plan(req)
+    except SpikebridgeError as exc:
+        exc.told_by_rank_0 = True
+        raise
     args.out = plan.config.run.out  # the folder the plan resolved (--out, the recipe's run.out, runs/COMMAND)
     if args.plan:
-        print(plan.to_json())
+        if launched().is_main:
+            print(plan.to_json())
         return None
     return execute(plan)
 
@@ -189,6 +196,12 @@ def run() -> None:
     sys.exit(code)
 
 
+def _rank_0() -> bool:
+    from ..train.distributed import launched
+
+    return launched().is_main
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -201,10 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         with _distributed(args):
             return int(args.func(args) or 0)
     except SpikebridgeError as exc:
-        message = textwrap.shorten(" ".join(str(exc).split()), 1000)
-        print(f"spikebridge: error: {message}", file=sys.stderr)
+        if not (getattr(exc, "told_by_rank_0", False) and not _rank_0()):  # torchrun: said once
+            message = textwrap.shorten(" ".join(str(exc).split()), 1000)
+            print(f"spikebridge: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if not _rank_0():  # torchrun passes a Ctrl-C to every process: rank 0 tells
+            return 130
         training = hasattr(args, "resume") and not getattr(args, "plan", False)
         print("spikebridge: interrupted" + ("; the same command with --resume continues from the last complete epoch"
                                             if training else ""), file=sys.stderr)

@@ -25,7 +25,8 @@ from ..models import list_models
 from ..neurons import check_backend_on_device
 from ..restore import locate_checkpoint
 from ..train.checkpoint import load_checkpoint
-from ..train.distributed import current as current_rank
+from ..train.distributed import launched, rank_0_decides
+from ..train.engine import check_global_batch
 from ..train.runfolder import check_run_folder
 from .ann import AnnSource, check_checkpoint_optimizer, load_ann
 from .context import resolve_device
@@ -102,6 +103,7 @@ class RunPlan:
             "out": cfg.run.out,
             "device": cfg.run.device,
             "seed": cfg.run.seed,
+            "processes": launched().world_size,
             "amp": cfg.run.amp,
             "sync_bn": cfg.run.sync_bn,
             "ann": self.ann.label if self.ann else None,
@@ -256,9 +258,11 @@ def build_plan(request: Request) -> RunPlan:
         _check_dataset(name, image_size)
     loaded = load_ann(source, checkpoint=ckpt) if source is not None else None
     plan = RunPlan(command, cfg, phases, source, options, preset, loaded)
-    if current_rank().is_main:  # under torchrun rank 0 alone claims the folder: the others may see its claim
-        check_run_folder(cfg.run.out, command=command, config=plan.settings(), resume=cfg.run.resume,
-                         overwrite=bool(options.get("overwrite")))
+    for p in phases:  # under torchrun each global batch splits over the processes
+        check_global_batch(p.name, p.train.batch_size, launched().world_size)
+    # under torchrun rank 0 alone checks the folder (the others may see its fresh claim) and tells them
+    rank_0_decides(lambda: check_run_folder(cfg.run.out, command=command, config=plan.settings(),
+                                            resume=cfg.run.resume, overwrite=bool(options.get("overwrite"))))
     return plan
 
 

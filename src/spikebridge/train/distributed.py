@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SpikebridgeError
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,39 @@ class DistInfo:
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launched() -> DistInfo:
+    """This process's rank and the process count torchrun launched (rank 0 of 1 without it), known
+    before the process group starts (the run plan is made before it)."""
+    if not launched_by_torchrun():
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+
+
+def rank_0_decides(action: Callable[[], Any]) -> Any:
+    """``action()`` on rank 0 alone (on this process without a process group); under torchrun its
+    refusal (a SpikebridgeError) is raised on every rank, rank 0 ending only once all have it, and
+    marked ``told_by_rank_0`` on the others (the CLI prints it once). Returns the action's result
+    (None on the other ranks)."""
+    info = current()
+    result, verdict = None, None
+    if info.is_main:
+        try:
+            result = action()
+        except SpikebridgeError as exc:
+            verdict = exc
+    if info.enabled:
+        shared = [None if verdict is None else (type(verdict), str(verdict))]
+        dist.broadcast_object_list(shared, src=0)
+        if shared[0] is not None:
+            dist.barrier()  # rank 0 would otherwise end before the others have the verdict
+            if verdict is None:
+                verdict = shared[0][0](shared[0][1])
+                verdict.told_by_rank_0 = True
+    if verdict is not None:
+        raise verdict
+    return result
 
 
 def setup_distributed(device: torch.device) -> DistInfo:

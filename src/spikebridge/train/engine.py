@@ -93,9 +93,14 @@ def check_batches(bundle: DataBundle, phases: dict[str, TrainConfig]) -> None:
         if n_train < cfg.batch_size:
             raise TrainingError(f"{name}: the training split has {n_train} samples, fewer than one batch of "
                                 f"{cfg.batch_size}")
-        if cfg.batch_size % world_size:
-            raise ConfigError(f"{name}: batch_size {cfg.batch_size} is the global batch and must split evenly over "
-                              f"the {world_size} processes (e.g. {cfg.batch_size - cfg.batch_size % world_size})")
+        check_global_batch(name, cfg.batch_size, world_size)
+
+
+def check_global_batch(name: str, batch_size: int, world_size: int) -> None:
+    """ConfigError when a phase's global batch does not split evenly over the DDP processes."""
+    if batch_size % world_size:
+        raise ConfigError(f"{name}: batch_size {batch_size} is the global batch and must split evenly over "
+                          f"the {world_size} processes (e.g. {batch_size - batch_size % world_size})")
 
 
 def step_in_backward_clash(cfg: TrainConfig, precision: distributed.Precision, world_size: int) -> str:

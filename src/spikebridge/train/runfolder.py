@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, OutputError, SpikebridgeError
+from ..errors import ConfigError, OutputError
 from ..utils import atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
 from . import distributed
 
@@ -371,19 +371,13 @@ def claim_run_folder(out: str | os.PathLike, *, command: str, config: dict, resu
     rank being 0; under torchrun every rank must call this, and each raises rank 0's refusal."""
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it: give only one")
-    info = distributed.current()
-    main = info.is_main if is_main is None else is_main
-    folder, verdict = RunFolder(Path(out), None, {"names": [], "foreign": []}), None
-    if main:
+    def claim() -> RunFolder:
         try:
-            folder = _claim(Path(out), command, config, resume, overwrite)
-        except (SpikebridgeError, OSError) as exc:  # every rank must hear of it
-            verdict = exc if isinstance(exc, SpikebridgeError) else output_error(out, exc, "cannot use")
-    if info.enabled and is_main is None:
-        shared = [None if verdict is None else (type(verdict), str(verdict))]
-        distributed.dist.broadcast_object_list(shared, src=0)
-        if shared[0] is not None and verdict is None:
-            verdict = shared[0][0](shared[0][1])
-    if verdict is not None:
-        raise verdict
-    return folder
+            return _claim(Path(out), command, config, resume, overwrite)
+        except OSError as exc:
+            raise output_error(out, exc, "cannot use") from None
+
+    unclaimed = RunFolder(Path(out), None, {"names": [], "foreign": []})  # what the other ranks hold
+    if is_main is not None:  # this process alone (tests)
+        return claim() if is_main else unclaimed
+    return distributed.rank_0_decides(claim) or unclaimed

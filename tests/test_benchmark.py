@@ -152,3 +152,31 @@ def test_benchmark_on_event_frames_resizes_them_to_events_image_size(tmp_path, c
     assert cli.main(argv) == 0, capsys.readouterr().err
     meta = load_checkpoint(tmp_path / "run" / "scratch" / "checkpoints" / "last.json").meta
     assert meta["image_size"] == 24 and meta["input_shape"] == [2, 24, 24]
+
+
+def test_benchmark_T_methods_on_events_merge_the_frames_and_an_ann_checkpoint_counts_its_cpu_time(tmp_path, capsys):
+    """On event frames a method's +T<n> merges the stream's 8 frames into n steps (it trained at
+    events.time_bins' 4 while its table and checkpoint said n); an n that does not divide them is
+    refused by the plan. An --ann checkpoint's recorded CPU seconds count in the CPU totals, as its
+    wall seconds do (they were 0)."""
+    ann_out = tmp_path / "ann"
+    small = ["--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "run.threads=1",
+             "--no-progress", "--device", "cpu"]
+    assert cli.main(["pretrain", "--data", "mnist5k", "--model", "cnn", "--out", str(ann_out), *small,
+                     "--set", "ann.epochs=1"]) == 0
+    ckpt = str(ann_out / "ann" / "checkpoints" / "last.json")
+    argv = ["benchmark", "--data", "es-mnist", "--ann", ckpt, *small, "--set", "events.scratch.epochs=1",
+            "--set", "events.scratch.until_plateau=0", "--set", "events.finetune.epochs=1",
+            "--set", "events.scratch.precise_bn=0", "--set", "events.finetune.precise_bn=0"]
+    capsys.readouterr()
+    assert cli.main([*argv, "--methods", "scratch,scratch+T3", "--out", str(tmp_path / "b3"), "--plan"]) == 2
+    assert "scratch+T3: T=3 must divide the 8 event frames of es-mnist" in capsys.readouterr().err
+    out = tmp_path / "b"
+    assert cli.main([*argv, "--methods", "scratch,scratch+T2,pretrained", "--out", str(out)]) == 0
+    for method, steps in (("scratch", 4), ("scratch+T2", 2)):
+        meta = load_checkpoint(out / method / "checkpoints" / "last.json").meta
+        assert meta["time_steps"] == steps and meta["model"]["T"] == steps, method
+    summary = json.loads((out / "benchmark.json").read_text())
+    recorded = load_checkpoint(ckpt).meta["cpu_seconds"]
+    pretrained = next(r for r in summary["runs"] if r["method"] == "pretrained")
+    assert recorded > 0 and pretrained["ann_cpu_seconds"] == pytest.approx(recorded)

@@ -123,3 +123,19 @@ def test_accuracy_vs_T_labels_ticks_that_do_not_run_together():
 
     assert t_ticks(range(1, 13), [6]) == [1, 2, 4, 6, 8, 12]
     assert t_ticks(range(1, 9)) == list(range(1, 9))
+
+
+def test_an_ann_checkpoint_s_recorded_time_counts_in_the_total_and_the_report_says_what_it_counts():
+    """With ``--ann CKPT`` no ANN trains in the run: ``*_total`` adds the checkpoint's recorded
+    seconds (as benchmark does), and report.md says so; weights files record none, and the report
+    no longer claims the total includes the ANN."""
+    from spikebridge.analysis.summary import PIPES, build_summary
+    from spikebridge.pipelines.runs import render_report
+
+    runs = [run("snn_pretrained", [[0.0, 0, 0.5], [4.0, 1, 0.95]]), run("snn_scratch", [[8.0, 1, 0.6], [16.0, 2, 0.95]])]
+    summary = build_summary("d", 4, runs, comparisons=(PIPES,), extra={"ann": "a.json", "ann_seconds": 10.0})
+    assert summary["time_to_target"]["snn_pretrained_total"] == 14.0
+    assert "(14.0 s including the 10.0 s the --ann checkpoint recorded for the ANN)" in render_report(summary, "", "t")
+    weights = build_summary("d", 4, runs, comparisons=(PIPES,), extra={"ann": "resnet18_tv"})
+    assert weights["time_to_target"]["snn_pretrained_total"] == 4.0
+    assert "--ann weights record no training time for the ANN" in render_report(weights, "", "t")

@@ -39,7 +39,7 @@ def build_summary(dataset: str, T: int, runs: list[dict], *, comparisons: tuple[
     """``summary.json``'s content: runs, each comparison's target (its baseline's best accuracy)
     and ``time_to_target`` for the baseline and the bridged run (its training seconds plus the
     bridge's, ``extra[bridge_key]``), plus ``<pretrained>_total`` which adds the ANN's training
-    seconds; ``time_ratio[<pretrained>]``: its seconds to the target over the baseline's (None when
+    seconds (its run's, else ``extra["ann_seconds"]``: an ``--ann`` checkpoint's record); ``time_ratio[<pretrained>]``: its seconds to the target over the baseline's (None when
     it never got there). The same in the process's CPU seconds (``time_to_target_cpu``,
     ``time_ratio_cpu``, from each run's ``cpu_curve``): the ratio to quote on a shared CPU machine,
     where the load changes between phases."""
@@ -59,7 +59,8 @@ def build_summary(dataset: str, T: int, runs: list[dict], *, comparisons: tuple[
                 if reach is not None:
                     reach = round(reach + float(bridge), 3)
                 ttt[comp.pretrained] = reach
-                ann_seconds = by_name[ann].get(seconds_key, 0.0) if ann in by_name else 0.0
+                ann_seconds = by_name[ann].get(seconds_key, 0.0) if ann in by_name else \
+                    float((extra or {}).get(f"ann_{seconds_key}") or 0.0)  # an --ann checkpoint's record
                 ttt[f"{comp.pretrained}_total"] = None if reach is None else round(reach + ann_seconds, 3)
                 base = ttt[comp.baseline]
                 summary.setdefault(f"time_ratio{suffix}", {})[comp.pretrained] = (

@@ -146,7 +146,7 @@ def load_ann(source: AnnSource, *, checkpoint: Any = None) -> LoadedAnn:
     info = meta["model"]
     recorded = ckpt.resume_state()  # its training record, checked (a hand-edited JSON: one line)
     curve = list(recorded["curve"])
-    training = {"epochs": ckpt.epoch, "seconds": recorded["seconds"], "curve": curve,
+    training = {"epochs": ckpt.epoch, "seconds": recorded["seconds"], "cpu_seconds": recorded["cpu_seconds"], "curve": curve,
                 "best_acc": max((point[2] for point in curve), default=None)}
     family = ClassFamily(info["ann"], dict(info.get("ann_kwargs") or {})) if info["name"] == USER_ANN_MODEL_NAME \
         else RegistryFamily()

@@ -22,6 +22,7 @@ from torch import nn
 from ..analysis.benchmark import BenchRun, parse_methods, summarize, write_report
 from ..config import PipelineConfig
 from ..data.datasets import event_steps
+from ..data.loading import with_time_bins
 from ..errors import ConfigError
 from ..train.engine import check_batches
 from ..utils import Stopwatch, seed_everything
@@ -60,9 +61,8 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
     data = open_static(replace(cfg, data=replace(cfg.data, image_size=cfg.events.image_size)) if events else cfg)
     scfg, same_data, ann_cfg = cfg, True, cfg
     _refuse_decoder_across_classes(ann.checkpoint_model.get("num_classes") if ann is not None else None, data, methods)
-    if data.kind == "events":  # pipeD: the ANN learns static images, the SNNs the events
-        from ..data.loading import with_time_bins
-
+    stream = data  # event frames as stored: a method's +T<n> merges them into n steps
+    if events:  # pipeD: the ANN learns static images, the SNNs the events
         data = with_time_bins(data, cfg.events.time_bins)
         scfg, same_data = events_config(cfg, data), False
         ann_cfg = replace(cfg, data=replace(cfg.data, name=ann_data or cfg.data.name))
@@ -88,18 +88,19 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
     for method in methods:
         neuron = replace(cfg.neuron, kind=method.neuron or cfg.neuron.kind)
         mcfg = replace(scfg, neuron=neuron, model=replace(scfg.model, T=method.T or scfg.model.T))
+        method_data = with_time_bins(stream, method.T) if events and method.T else data
         ctx.log(f"[benchmark] {method.name}: {neuron.kind}, T={mcfg.model.T}")
         transferred: set[str] = set()
-        meta = model_meta(mcfg, data, neuron, mcfg.model.T)
+        meta = model_meta(mcfg, method_data, neuron, mcfg.model.T)
         watch = Stopwatch()  # the bridge: from here to the SNN's first training step
         if method.base == "scratch":
-            snn, meta = family.scratch(ctx, mcfg, data)
-            result = ctx.fit(snn, data, mcfg.scratch, name=method.name, meta=meta)
+            snn, meta = family.scratch(ctx, mcfg, method_data)
+            result = ctx.fit(snn, method_data, mcfg.scratch, name=method.name, meta=meta)
             warmup_epochs, bridge = 0, (0.0, 0.0)
         else:
             if method.base == "decoder":  # a random SNN with the ANN's readout
                 seed_everything(cfg.run.seed)
-                snn = build_model(mcfg, data, neuron, mcfg.model.T).to(ctx.device)
+                snn = build_model(mcfg, method_data, neuron, mcfg.model.T).to(ctx.device)
                 readout = _decoder_keys(snn)
                 target = snn.state_dict()
                 loaded = {k: v for k, v in model.state_dict().items()
@@ -109,12 +110,12 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
                 snn.load_state_dict(loaded, strict=False)
                 transferred = set(loaded)
             else:
-                bridged = family.to_snn(ctx, mcfg, model, data, same_data=same_data)
+                bridged = family.to_snn(ctx, mcfg, model, method_data, same_data=same_data)
                 snn, transferred = bridged.snn, set(bridged.transferred)
                 if method.base == "encoder":  # the readout starts as a new one
                     readout = _decoder_keys(snn)
                     seed_everything(cfg.run.seed + 1)
-                    fresh = build_model(mcfg, data, neuron, mcfg.model.T).state_dict()
+                    fresh = build_model(mcfg, method_data, neuron, mcfg.model.T).state_dict()
                     snn.load_state_dict({k: fresh[k] for k in readout}, strict=False)
                     transferred -= readout
             bridge = ctx.bridge_seconds(method.name, watch.seconds())
@@ -124,7 +125,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
             warmup_epochs = max(1, mcfg.finetune.freeze_epochs) if method.warmup else 0
             frozen = transferred - _decoder_keys(snn) if method.warmup else None
             phase = replace(mcfg.finetune, freeze_epochs=warmup_epochs)
-            result = ctx.fit(snn, data, phase, name=method.name, meta={**meta, "bridge_seconds": bridge},
+            result = ctx.fit(snn, method_data, phase, name=method.name, meta={**meta, "bridge_seconds": bridge},
                              evaluate_first=True, frozen=frozen)
         runs.append(BenchRun(
             method=method.name, base=method.base, neuron=neuron.kind, T=mcfg.model.T, warmup_epochs=warmup_epochs,

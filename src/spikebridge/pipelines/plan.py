@@ -308,6 +308,9 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
             raise ConfigError(f"benchmark methods {same} and {method.name} train the same SNN (T={method.T or T}, "
                               f"{method.neuron or cfg.neuron.kind}); give one of them")
     for method in methods:
+        if events and method.T and data_steps % method.T:  # its frames are merged into T steps
+            raise ConfigError(f"benchmark method {method.name}: T={method.T} must divide the {data_steps} event frames "
+                              f"of {clip(cfg.data.name)}")
         train = scratch
         if method.transfers:  # the warm-up ("+wu") freezes the transferred encoder for at least one epoch
             train = replace(finetune, freeze_epochs=max(1, finetune.freeze_epochs) if method.warmup else 0)

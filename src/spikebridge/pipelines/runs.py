@@ -60,6 +60,16 @@ def events_config(cfg: PipelineConfig, events: DataBundle) -> PipelineConfig:
     return replace(cfg, model=model, finetune=cfg.events.finetune, scratch=cfg.events.scratch)
 
 
+def ann_extra(loaded: LoadedAnn) -> dict[str, Any]:
+    """``summary.json``'s record of an ANN given with ``--ann``: its label and, for a spikebridge
+    checkpoint, its recorded training seconds (wall and CPU), which ``*_total`` counts as it counts
+    an ANN trained in the run."""
+    extra: dict[str, Any] = {"ann": loaded.label}
+    if "seconds" in loaded.training:
+        extra.update(ann_seconds=loaded.training["seconds"], ann_cpu_seconds=loaded.training.get("cpu_seconds", 0.0))
+    return extra
+
+
 def _loaded(ann: LoadedAnn | nn.Module | None) -> LoadedAnn | None:
     """A registry model built by ``create_model`` (Python callers) as a :class:`LoadedAnn` of its
     architecture; any other module is refused, naming the way to pass one's own class."""
@@ -106,7 +116,7 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
         extra["ann_acc"] = ann_result.final_acc
     else:
         classes, channels = (loaded.checkpoint_model.get(k) for k in ("num_classes", "in_channels"))
-        extra["ann"] = loaded.label
+        extra.update(ann_extra(loaded))
         if classes is not None and int(classes) != bundle.num_classes:  # e.g. ImageNet weights, 10 classes
             held = f"{classes} classes" if classes else "no classifier (backbone weights)"
             ctx.log(f"[pipeS] {loaded.label} has {held}, {bundle.name} {bundle.num_classes} classes: the SNN's "
@@ -245,7 +255,7 @@ def piped(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Mo
     cfg = use_checkpoint_model(cfg, loaded)
     ctx = start_run(cfg)
     runs: list[RunResult] = []
-    extra: dict[str, Any] = {"ann": loaded.label} if loaded is not None else {}
+    extra: dict[str, Any] = ann_extra(loaded) if loaded is not None else {}
     model = loaded.model if loaded is not None else None
     events = open_events(cfg) if events is None else events  # bad event data fails before the ANN trains
     bundle = open_static(cfg) if model is None else None
@@ -322,6 +332,16 @@ def curves_after_bridge(summary: dict, comparisons: tuple) -> list[dict]:
             for run in summary["runs"]]
 
 
+def _with_ann(summary: dict, total: float) -> str:
+    """What ``*_total`` counts: the ANN trained in the run, an ``--ann`` checkpoint's recorded
+    training, or (weights files record none) no ANN time."""
+    if any(run["name"] == "ann" for run in summary["runs"]):
+        return f"{total} s including the ANN"
+    if summary.get("ann_seconds") is not None:
+        return f"{total} s including the {summary['ann_seconds']:.1f} s the --ann checkpoint recorded for the ANN"
+    return f"{total} s: --ann weights record no training time for the ANN"
+
+
 def render_report(summary: dict, table: str, title: str) -> str:
     """``report.md``: the results table, what the numbers mean, the figure, the transfer report."""
     ttt = summary.get("time_to_target", {})
@@ -338,7 +358,7 @@ def render_report(summary: dict, table: str, title: str) -> str:
             ratio = f" = {pre / scratch:.2f}x" if scratch else ""
             line += (f"`{comp.pretrained}` reached it after {pre:.1f} s (the bridge's {summary.get(comp.bridge_key) or 0:.1f} s "
                      f"+ SNN training){ratio} the "
-                     f"{scratch:.1f} s `{comp.baseline}` needed ({ttt.get(comp.pretrained + '_total')} s including the ANN).")
+                     f"{scratch:.1f} s `{comp.baseline}` needed ({_with_ann(summary, ttt.get(comp.pretrained + '_total'))}).")
         cpu = (summary.get("time_ratio_cpu") or {}).get(comp.pretrained)
         if cpu is not None:
             line += f" In the process's CPU seconds (the ratio to quote on a shared machine): {cpu:.2f}x."

@@ -669,18 +669,32 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
     assert ends.count((130, "spikebridge: interrupted\n")) >= 3, ends
 
 
-def test_ctrl_c_during_training_says_that_resume_continues(tmp_path):
-    import time
-
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_during_training_says_whether_resume_continues(tmp_path, sig, code, word):
+    """A Ctrl-C, or a scheduler's SIGTERM (it ended the process silently, leaving a fresh run's
+    folder that a rerun refused), stops the run in one line: after an epoch that --resume
+    continues it; before the first, the fresh run's folder is gone and the line says nothing of
+    --resume."""
     src = str(Path(__file__).resolve().parents[1] / "src")
-    child = subprocess.Popen([sys.executable, "-m", "spikebridge", "pretrain", "--out", str(tmp_path / "r"), "--no-progress",
-                              "--epochs", "50", "--set", "data.limit_train=512", "--set", "ann.batch_size=16",
-                              "--set", "run.threads=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"},
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert child.stdout.readline().startswith("[plan] pretrain")  # running
-    time.sleep(1.0)
-    child.send_signal(signal.SIGINT)
+
+    def start(out):
+        return subprocess.Popen([sys.executable, "-m", "spikebridge", "pretrain", "--out", str(out), "--no-progress",
+                                 "--epochs", "50", "--set", "data.limit_train=512", "--set", "ann.batch_size=16",
+                                 "--set", "run.threads=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    child = start(tmp_path / "r")
+    while not child.stdout.readline().startswith("ann epoch 2:"):  # epoch 1 saved
+        pass
+    child.send_signal(sig)
     _out, err = child.communicate(timeout=120)
-    assert child.returncode == 130 and err.splitlines()[-1] == (
-        "spikebridge: interrupted; the same command with --resume continues from the last complete epoch"), err
+    assert child.returncode == code and err.splitlines()[-1] == (
+        f"spikebridge: {word}; the same command with --resume continues from the last complete epoch"), err
+    assert (tmp_path / "r" / "ann" / "checkpoints" / "last.json").is_file()
+    child = start(tmp_path / "fresh")
+    assert child.stdout.readline().startswith("[plan] pretrain")
+    child.send_signal(sig)
+    _out, err = child.communicate(timeout=120)
+    assert child.returncode == code and err.splitlines()[-1] == f"spikebridge: {word}", err
+    assert not (tmp_path / "fresh").exists()

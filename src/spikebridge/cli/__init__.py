@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import signal
 import sys
 import textwrap
 from typing import Any, Callable
@@ -184,16 +185,34 @@ def _distributed(args: argparse.Namespace):
         teardown_distributed()
 
 
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM (a scheduler stopping the job; torchrun passes it on): handled as a Ctrl-C is."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def run() -> None:
     """The ``spikebridge`` command (console script and ``python -m spikebridge``): :func:`main`,
-    then exit with its status. After a Ctrl-C the process ends at once with 130: a library that
-    was interrupted while it loaded (PyTorch) may otherwise end it by SIGINT while Python shuts down."""
+    then exit with its status. A SIGTERM stops the run as a Ctrl-C does (exit 143). After either
+    the process ends at once: a library that was interrupted while it loaded (PyTorch) may
+    otherwise end it by SIGINT while Python shuts down."""
+    signal.signal(signal.SIGTERM, _terminate)
     code = main()
-    if code == 130:
+    if code in (130, 143):
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(code)
     sys.exit(code)
+
+
+def _interrupted(exc: KeyboardInterrupt, advice: str | None) -> int:
+    """Say (unless ``advice`` is None) that the run was interrupted or terminated; its exit status."""
+    terminated = isinstance(exc, Terminated)
+    if advice is not None:
+        print(f"spikebridge: {'terminated' if terminated else 'interrupted'}{advice}", file=sys.stderr)
+    return 143 if terminated else 130
 
 
 def _rank_0() -> bool:
@@ -207,9 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # a bad flag (one line, exit 2), --help or --version (exit 0)
         return int(exc.code or 0)
-    except KeyboardInterrupt:
-        print("spikebridge: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, "")
     try:
         with _distributed(args):
             return int(args.func(args) or 0)
@@ -218,13 +236,13 @@ def main(argv: list[str] | None = None) -> int:
             message = textwrap.shorten(" ".join(str(exc).split()), 1000)
             print(f"spikebridge: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if not _rank_0():  # torchrun passes a Ctrl-C to every process: rank 0 tells
-            return 130
-        training = hasattr(args, "resume") and not getattr(args, "plan", False)
-        print("spikebridge: interrupted" + ("; the same command with --resume continues from the last complete epoch"
-                                            if training else ""), file=sys.stderr)
-        return 130
+            return _interrupted(exc, None)
+        kept = hasattr(args, "resume") and not getattr(args, "plan", False) and args.out and \
+            os.path.exists(os.path.join(args.out, ".spikebridge-run.json"))  # a run folder that was kept
+        return _interrupted(exc, "; the same command with --resume continues from the last complete epoch" if kept
+                            else "")
     except BrokenPipeError:  # stdout closed early (| head): nothing more to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (Python flushes stdout at exit)
         return 1

@@ -114,6 +114,10 @@ def test_raster_and_event_frame_figures(tmp_path):
     snn = sb.create_model("cnn", num_classes=4, neuron="lif", T=3, in_channels=1).eval()
     layer, spikes = record_spikes(snn, torch.randn(2, 1, 12, 12) * 3, neurons=10)
     assert layer == "act1" and spikes.shape == (3, 10)
+    liaf = sb.create_model("cnn", num_classes=4, neuron="liaf", T=3, in_channels=1).eval()
+    liaf.load_state_dict(snn.state_dict())  # the same membrane: a LIAF's spikes are its resets, not its outputs
+    x = torch.randn(2, 1, 12, 12) * 3
+    assert torch.equal(record_spikes(liaf, x, neurons=10)[1], record_spikes(snn, x, neurons=10)[1])
     plot_spike_raster(spikes, tmp_path / "raster.png", title="raster")
     frames = (torch.rand(4, 2, 8, 8) > 0.8).float()
     plot_event_frames(frames, tmp_path / "events.png", title="events")

@@ -86,6 +86,21 @@ def test_analog_output_neuron_feeds_macs_not_sops():
     assert by_name["conv2"].macs_per_sample == 2 * 50  # 2 frames x 50 taps
     assert {n.name: n.analog for n in report.neuron_layers} == {"act1": True, "act2": False}
 
+def test_a_liaf_layer_fires_when_its_membrane_crosses_the_threshold():
+    """LIAF outputs leaky_relu(u) (nonzero almost everywhere: every layer read a firing rate of
+    1.0); its spikes are its resets, u > threshold. Its membrane is the LIF's on the same input, so
+    the first layer's rates agree."""
+    torch.manual_seed(0)
+    lif = sb.create_model("cnn", num_classes=10, neuron="lif", T=4, in_channels=1).eval()
+    liaf = sb.create_model("cnn", num_classes=10, neuron="liaf", T=4, in_channels=1).eval()
+    liaf.load_state_dict(lif.state_dict())
+    x = 4 * torch.rand(8, 1, 28, 28)
+    rates = [{n.name: n.firing_rate for n in measure_activity(m, [x]).neuron_layers} for m in (lif, liaf)]
+    first = next(iter(rates[0]))
+    assert rates[1][first] == pytest.approx(rates[0][first]) and 0 < rates[0][first] < 0.5
+    assert all(rate < 0.9 for rate in rates[1].values()), rates[1]
+
+
 def _brute_force_fanout(conv: nn.Conv2d, height: int, width: int) -> torch.Tensor:
     out_h = (height + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
     out_w = (width + 2 * conv.padding[1] - conv.dilation[1] * (conv.kernel_size[1] - 1) - 1) // conv.stride[1] + 1

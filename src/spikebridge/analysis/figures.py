@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .metrics import spikes_of
 from .plots import plt, save_png
 
 
@@ -113,7 +114,7 @@ def plot_images(images: torch.Tensor, path: str | Path, *, title: str) -> Path:
 @torch.no_grad()
 def record_spikes(model: nn.Module, x: torch.Tensor, *, layer: str | None = None, neurons: int = 24,
                   seed: int = 0) -> tuple[str, torch.Tensor]:
-    """Spikes ``[T, neurons]`` of ``neurons`` randomly chosen active units of one neuron layer (the
+    """Spikes ``[T, neurons]`` (:func:`~.metrics.spikes_of`) of ``neurons`` randomly chosen active units of one neuron layer (the
     first one by default) for the first sample of ``x``. Returns ``(layer name, spikes)``."""
     from ..layers import TimeFolded
 
@@ -133,8 +134,8 @@ def record_spikes(model: nn.Module, x: torch.Tensor, *, layer: str | None = None
         model.train(was_training)
     out = captured[0]
     steps = module.time_steps
-    per_step = out.unflatten(0, (steps, -1))[:, 0].flatten(1)  # [T, units]
-    active = torch.nonzero(per_step.ne(0).any(0)).flatten()
+    per_step = spikes_of(module, out).unflatten(0, (steps, -1))[:, 0].flatten(1).float()  # [T, units]
+    active = torch.nonzero(per_step.any(0)).flatten()
     pool = active if len(active) >= neurons else torch.arange(per_step.shape[1])
     choice = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:neurons]].sort().values
     return name, per_step[:, choice]

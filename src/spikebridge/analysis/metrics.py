@@ -3,8 +3,9 @@ multiply-accumulates (MACs) and energy estimates.
 
 Definitions (exact, what :func:`measure_activity` counts)
 ---------------------------------------------------------
-* **Neuron layer**: every time-folded neuron module; its **firing rate** = nonzero outputs /
-  (neurons x T x samples).
+* **Neuron layer**: every time-folded neuron module; its **firing rate** = spikes / (neurons x
+  T x samples): nonzero outputs, or for an analog-output neuron (LIAF, whose output is
+  ``leaky_relu(u)``) its resets, ``u > threshold``, i.e. outputs above the threshold.
 * **Synaptic layer**: every ``Conv1d/2d/3d`` and ``Linear``. The **fan-out** ``f(e)`` of an input
   element is the number of (output unit, weight) pairs that read it (padding, stride, dilation,
   groups and borders included), computed exactly as the gradient of ``sum(conv(x, ones))``. The
@@ -243,6 +244,14 @@ def _neuron_is_analog(module: nn.Module) -> bool:
     return spec is not None and spec.analog_output
 
 
+def spikes_of(module: nn.Module, output: torch.Tensor) -> torch.Tensor:
+    """The spikes (bool) in a neuron layer's ``output``: its nonzero values, or for an analog-output
+    neuron (LIAF: ``leaky_relu(u)``) its resets, the values above its threshold (``u > threshold``)."""
+    if _neuron_is_analog(module):
+        return output > getattr(module, "neuron", module).threshold
+    return output != 0
+
+
 def _neuron_leaks(module: nn.Module) -> bool:
     inner = getattr(module, "neuron", module)
     if getattr(inner, "learnable_decay", False):
@@ -264,7 +273,7 @@ def measure_activity(model: nn.Module, batches: Iterable, *, device: torch.devic
     neurons = [m for m in model.modules() if isinstance(m, TimeFolded)]
     synapses = [m for m in model.modules() if isinstance(m, SYNAPTIC_TYPES)]
     state = {"source": "analog"}  # what the last layer that ran emitted: analog input or spikes
-    neuron_counts = {id(m): [0, 0.0] for m in neurons}  # neurons per frame, nonzero outputs
+    neuron_counts = {id(m): [0, 0.0] for m in neurons}  # neurons per frame, spikes
     synapse_counts = {id(m): {"frames": 0.0, "events": 0.0, "sops": 0.0, "macs": 0.0, "analog": False, "per_frame": 0,
                              "nominal": (0, 0)} for m in synapses}
     fanouts: dict[tuple[int, tuple], torch.Tensor] = {}
@@ -276,7 +285,7 @@ def measure_activity(model: nn.Module, batches: Iterable, *, device: torch.devic
     def on_neuron(module, _inputs, output):
         entry = neuron_counts[id(module)]
         entry[0] = int(output[0].numel())
-        entry[1] += float((output != 0).sum())
+        entry[1] += float(spikes_of(module, output).sum())
         state["source"] = "analog" if _neuron_is_analog(module) else "spikes"
 
     def on_synapse(module, inputs, output):

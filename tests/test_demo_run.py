@@ -150,6 +150,7 @@ def test_report_and_figure(demo):
                    f"accuracy right after the transfer, before any SNN training: {summary['transfer_acc']:.4f}",
                    "![accuracy vs training time](accuracy_vs_time.png)",
                    "## The bridge vs ANN-to-SNN conversion of the same ANN", "![accuracy vs T](accuracy_vs_T.png)",
+                   f"On a seeded subset of {summary['conversion_vs_bridge']['samples']} test samples",
                    "## First-layer adaptation",
                    "Transfer (static): transferred 20 of the SNN's 20 tensors (100%), adapted 0,",
                    "BN layers re-calibrated: 3", "Transfer (event): transferred 20 of the SNN's 20 tensors (100%), adapted 1,",

@@ -169,7 +169,8 @@ def conversion_vs_bridge(ann: nn.Module, snn: nn.Module, bundle, T_values: Seque
     out = Path(out_dir)
     figure = plot_accuracy_vs_T(
         {f"bridge SNN (trained at T={trained_T})": bridge, f"ANN->SNN conversion (IF, soft reset, p{percentile:g})": conversion},
-        out / filename, title="Accuracy vs time steps: the bridge vs conversion of the same ANN",
+        out / filename, title=f"Accuracy vs time steps: the bridge vs conversion of the same ANN "
+                              f"({min(max_samples or len(bundle.test), len(bundle.test))} test samples)",
         marks={f"bridge SNN (trained at T={trained_T})": trained_T},
     )
     return {

@@ -372,6 +372,8 @@ def render_report(summary: dict, table: str, title: str) -> str:
     if conv:
         match = conv.get("conversion_T_to_match")
         lines += ["## The bridge vs ANN-to-SNN conversion of the same ANN", "",
+                  f"On a seeded subset of {conv['samples']} test samples (demo_conversion_samples; the table "
+                  "above uses the whole test split). "
                   f"The fine-tuned SNN reaches {conv['bridge_acc_at_trained_T']:.4f} at T={conv['trained_T']}; "
                   + (f"classic conversion needs T={match} for the same accuracy." if match else
                      f"classic conversion does not reach it up to T={max(t for t, _ in conv['conversion'])}."),

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, OutputError, SpikebridgeError
 from ..utils import atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
 from . import distributed
 
@@ -374,6 +374,8 @@ def claim_run_folder(out: str | os.PathLike, *, command: str, config: dict, resu
     def claim() -> RunFolder:
         try:
             return _claim(Path(out), command, config, resume, overwrite)
+        except SpikebridgeError:
+            raise
         except OSError as exc:
             raise output_error(out, exc, "cannot use") from None
 

@@ -262,3 +262,28 @@ def test_sb_spikify_stays_the_function_whatever_was_imported_first():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert done.stdout.split() == ["SpikingNet", "True"], done.stderr
+
+
+def test_a_spikified_net_pickles_whole():
+    """``torch.save(snn)`` / pickle (multiprocessing, saving the whole model) of a spikified net:
+    its generated forward functions are rebuilt on load (it failed: "Can't pickle <function
+    forward>"), and the copy computes what the original does, on images and on events."""
+    import io
+    import pickle
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+    torch.manual_seed(0)
+    snn = sb.spikify(Net(), "lif", T=4, calibration=[torch.rand(16, 1, 8, 8)]).eval()
+    buffer = io.BytesIO()
+    torch.save(snn, buffer)
+    buffer.seek(0)
+    images, events = torch.rand(5, 1, 8, 8), torch.rand(3, 5, 1, 8, 8)
+    for copy in (torch.load(buffer, weights_only=False), pickle.loads(pickle.dumps(snn))):
+        assert torch.equal(copy.eval()(images), snn(images)) and torch.equal(copy(events), snn(events))

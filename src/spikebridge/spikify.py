@@ -273,6 +273,22 @@ class SpikingNet(nn.Module):
             raise ConfigError(f"T (time steps) must be a positive integer, got {T!r}")
         self.T = T
 
+    def __getstate__(self) -> dict:
+        """Pickling (``torch.save(model)``, multiprocessing): the generated forward functions are
+        left out and rebuilt from ``self.graph`` when loaded."""
+        state = dict(self.__dict__)
+        state["_graph_forward"] = state["_static_forward"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        root = fx.GraphModule(self, self.graph)
+        self._graph_forward = type(root).forward
+        static = static_input_graph(self.graph, dict(root.named_modules()))
+        if static is not None:
+            root.add_submodule(TIME_EXPAND_NAME, getattr(self, TIME_EXPAND_NAME))
+            self._static_forward = type(fx.GraphModule(root, static)).forward
+
     @property
     def neurons(self) -> list[ThresholdNeuron]:
         return list(self._neurons)

@@ -239,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if not _rank_0():  # torchrun passes a Ctrl-C to every process: rank 0 tells
             return _interrupted(exc, None)
+        from ..train.runfolder import MANIFEST
+
         kept = hasattr(args, "resume") and not getattr(args, "plan", False) and args.out and \
-            os.path.exists(os.path.join(args.out, ".spikebridge-run.json"))  # a run folder that was kept
+            os.path.exists(os.path.join(args.out, MANIFEST))  # a run folder that was kept
         return _interrupted(exc, "; the same command with --resume continues from the last complete epoch" if kept
                             else "")
     except BrokenPipeError:  # stdout closed early (| head): nothing more to say

@@ -112,14 +112,18 @@ def test_python_runs_are_validated_and_guarded_as_the_cli_runs(tmp_path):
         with pytest.raises(ConfigError, match=message):
             pipes(cfg(**values))
         assert not (tmp_path / "run").exists()
-    first = pipes(cfg())
+    mine = cfg(**{"run.threads": 2})
+    before = torch.get_num_threads()
+    first = pipes(mine)
+    assert mine == cfg(**{"run.threads": 2}) and mine.model.name == "auto"  # the caller's cfg is not changed
+    assert torch.get_num_threads() == before  # run.threads applied to the run alone
     written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
     with pytest.raises(OutputError, match=r"holds an earlier pipes run; cfg\.run\.resume=True continues it, "
                                           r"overwrite=True replaces it"):
         pipes(cfg())
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == written  # untouched
-    assert pipes(cfg(**{"run.resume": True}))["runs"] == first["runs"]  # resumed: nothing left to train
-    assert pipes(cfg(), overwrite=True)["runs"][-1]["best_acc"] == first["runs"][-1]["best_acc"]
+    assert pipes(cfg(**{"run.resume": True, "run.threads": 2}))["runs"] == first["runs"]  # resumed: nothing left to train
+    assert pipes(cfg(**{"run.threads": 2}), overwrite=True)["runs"][-1]["best_acc"] == first["runs"][-1]["best_acc"]
     with pytest.raises(DataError):
         pipes(cfg(**{"run.out": str(tmp_path / "other"), "data.name": str(tmp_path / "no-such-data")}))
     assert not (tmp_path / "other").exists()

@@ -3,11 +3,12 @@ resume, mixed precision, SyncBN, the log), so that a phase is ``ctx.fit(model, d
 from __future__ import annotations
 
 import contextlib
+import copy
 import contextvars
 import functools
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,7 +89,8 @@ def claims_run_folder(command: str) -> Callable:
 
             from ..neurons import check_backend_on_device
 
-            cfg = replace(cfg, run=replace(cfg.run, out=cfg.run.folder(command)))  # the caller's cfg unchanged
+            cfg = copy.deepcopy(cfg)  # the caller's cfg unchanged (the flow resolves model.name: auto in it)
+            cfg.run.out = cfg.run.folder(command)
             cfg.validate()  # what the run plan checks for the CLI, before any work
             check_backend_on_device(cfg.neuron, resolve_device(cfg.run.device))
             plain = {k: v for k, v in options.items() if isinstance(v, (bool, int, str, list)) or v is None}
@@ -100,8 +102,12 @@ def claims_run_folder(command: str) -> Callable:
                 for flag, argument in _PYTHON_ARGUMENTS:
                     text = text.replace(flag, argument)
                 raise type(exc)(text) from None
-            with folder, holding_run_folder():  # a failure before any result leaves nothing (RunFolder.__exit__)
-                return flow(cfg, *args, **options)
+            threads = torch.get_num_threads()  # run.threads applies to the run alone
+            try:
+                with folder, holding_run_folder():  # a failure before any result leaves nothing (RunFolder.__exit__)
+                    return flow(cfg, *args, **options)
+            finally:
+                torch.set_num_threads(threads)
         return run
     return decorate
 

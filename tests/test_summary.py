@@ -139,3 +139,18 @@ def test_an_ann_checkpoint_s_recorded_time_counts_in_the_total_and_the_report_sa
     weights = build_summary("d", 4, runs, comparisons=(PIPES,), extra={"ann": "resnet18_tv"})
     assert weights["time_to_target"]["snn_pretrained_total"] == 4.0
     assert "--ann weights record no training time for the ANN" in render_report(weights, "", "t")
+
+
+def test_figures_leave_the_user_s_matplotlib_backend_alone(tmp_path):
+    """Importing the pipelines and drawing a figure does not switch matplotlib's backend (it set
+    Agg at import: a notebook's own plots stopped showing) and leaves no pyplot figure open."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt; "
+            "import spikebridge.pipelines; from spikebridge.analysis.plots import plot_accuracy_vs_time; "
+            "plot_accuracy_vs_time([{'name': 'a', 'best_acc': 0.5, 'curve': [[0, 0, 0.1], [1, 1, 0.5]]}], "
+            f"{str(tmp_path / 'f.png')!r}, title='t'); print(matplotlib.get_backend(), len(plt.get_fignums()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["svg", "0"], done.stderr[-2000:]
+    assert_figure(tmp_path / "f.png")

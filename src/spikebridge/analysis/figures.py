@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .metrics import spikes_of
-from .plots import plt, save_png
+from .plots import save_png, subplots
 
 
 def t_ticks(values, marks=()) -> list[int]:
@@ -31,7 +31,7 @@ def plot_accuracy_vs_T(
 ) -> Path:
     """``curves``: ``{label: [(T, accuracy in [0, 1]), ...]}``; ``marks``: ``{label: T}`` to ring
     one point per line (e.g. the T the SNN was trained at)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = subplots(figsize=(6.4, 4.2))
     for label, curve in curves.items():
         if not curve:
             continue
@@ -56,7 +56,7 @@ def plot_firing_rates(rates: Sequence[tuple[str, float]], path: str | Path, *, t
     """Bar chart of ``[(layer name, firing rate in [0, 1]), ...]`` in network order."""
     names = [n for n, _ in rates]
     values = [100 * r for _, r in rates]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(names) + 2), 3.8))
+    fig, ax = subplots(figsize=(max(5.0, 0.45 * len(names) + 2), 3.8))
     ax.bar(range(len(values)), values, color="#4477aa")
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
     ax.set(ylabel="firing rate (% of neurons per step)", xlabel="neuron layer (input -> output)", title=title)
@@ -70,7 +70,7 @@ def plot_spike_raster(spikes: torch.Tensor, path: str | Path, *, title: str) -> 
     """``spikes``: ``[T, N]`` (nonzero = spike) for N neurons of one sample."""
     data = (spikes != 0).cpu().numpy()
     steps, count = data.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * steps + 2), max(2.5, 0.18 * count + 1)))
+    fig, ax = subplots(figsize=(max(4.0, 0.35 * steps + 2), max(2.5, 0.18 * count + 1)))
     t_idx, n_idx = np.nonzero(data)
     ax.scatter(t_idx + 1, n_idx, marker="s", s=30, color="black")
     ax.set(xlim=(0.5, steps + 0.5), ylim=(-0.5, count - 0.5), xticks=range(1, steps + 1), title=title,
@@ -84,7 +84,7 @@ def plot_event_frames(frames: torch.Tensor, path: str | Path, *, title: str) -> 
     ON events red, OFF events blue."""
     data = frames.detach().float().cpu()
     steps = data.shape[0]
-    fig, axes = plt.subplots(1, steps, figsize=(1.6 * steps, 2.0), squeeze=False)
+    fig, axes = subplots(1, steps, figsize=(1.6 * steps, 2.0), squeeze=False)
     for t in range(steps):
         on = data[t, 0].numpy()
         off = data[t, 1].numpy() if data.shape[1] > 1 else np.zeros_like(on)
@@ -102,7 +102,7 @@ def plot_event_frames(frames: torch.Tensor, path: str | Path, *, title: str) -> 
 
 def plot_images(images: torch.Tensor, path: str | Path, *, title: str) -> Path:
     """``images`` ``[N, C, H, W]`` in [0, 1] side by side (grey when ``C`` is 1)."""
-    fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.4), squeeze=False)
+    fig, axes = subplots(1, len(images), figsize=(2.2 * len(images), 2.4), squeeze=False)
     for ax, image in zip(axes[0], images):
         pixels = image.permute(1, 2, 0).numpy()
         ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=1)

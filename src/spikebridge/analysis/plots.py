@@ -3,20 +3,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from ..utils import atomic_path
 
-from ..utils import atomic_path  # noqa: E402
+
+def subplots(*grid: int, figsize: tuple[float, float], **kwargs):
+    """``(figure, axes)`` like ``pyplot.subplots``, drawn without pyplot: the user's matplotlib
+    backend (a notebook's inline one) is left as it is, and no figure stays open."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def save_png(fig, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` as a PNG (atomically) and close it."""
+    """Write ``fig`` to ``path`` as a PNG (atomically)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -41,7 +44,7 @@ def plot_accuracy_vs_time(runs: list[dict], path: str | Path, *, title: str, tar
     drawn = [run for run in runs if run["curve"]]
     targets = {label: value for label, value in (targets or {}).items() if value is not None}
     full_low, zoom_low, high = accuracy_ranges([100 * p[2] for run in drawn for p in run["curve"]])
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2))
+    fig, axes = subplots(1, 2, figsize=(10.5, 4.2))
     for ax, low, name in ((axes[0], full_low, "every evaluation"),
                           (axes[1], zoom_low, f"top of the range ({zoom_low:.0f}-{min(100.0, high):.0f}%)")):
         for run in drawn:

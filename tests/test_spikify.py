@@ -287,3 +287,43 @@ def test_a_spikified_net_pickles_whole():
     images, events = torch.rand(5, 1, 8, 8), torch.rand(3, 5, 1, 8, 8)
     for copy in (torch.load(buffer, weights_only=False), pickle.loads(pickle.dumps(snn))):
         assert torch.equal(copy.eval()(images), snn(images)) and torch.equal(copy(events), snn(events))
+
+
+def test_a_spikified_net_takes_integer_inputs_as_float():
+    """uint8 calibration images and int16 event counts (Tonic's frames) are read as float, as
+    registry models read them (they failed inside the first layer: "got Byte and Float")."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    images = torch.randint(0, 4, (16, 2, 8, 8), dtype=torch.uint8)
+    snn = sb.spikify(net, "lif", T=3, calibration=[images]).eval()
+    events = torch.randint(0, 3, (3, 5, 2, 8, 8), dtype=torch.int16)
+    assert torch.equal(snn(events), snn(events.float()))
+    reference = sb.spikify(net, "lif", T=3, calibration=[images.float()]).eval()
+    assert torch.equal(snn(events), reference(events.float()))
+
+
+def test_spikify_refuses_what_cannot_run_per_frame_in_one_line():
+    """A fixed batch size in a reshape, an operation over the samples and calibration inputs that
+    do not fit the network: one ConfigError naming the problem (they were a raw shape error, and
+    a message that called two equal shapes different)."""
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).view(8, -1))
+
+    class Pooled(Fixed):
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).flatten(1)).sum(0)
+
+    images = torch.rand(8, 1, 8, 8)
+    with pytest.raises(ConfigError, match=r"fails on a batch of 3 of shape \[3, 1, 8, 8\] at node fc .*reshapes "
+                                          r"must use x\.size\(0\) / -1"):
+        sb.spikify(Fixed(), "lif", T=2, calibration=[images])
+    with pytest.raises(ConfigError, match=r"its output \[3\] has no batch axis \(the samples are reduced or mixed\)"):
+        sb.spikify(Pooled(), "lif", T=2, calibration=[images])
+    with pytest.raises(ConfigError, match=r"fails on a batch of 3 of shape \[3, 2, 8, 8\] at node conv .*the input "
+                                          r"must fit the network"):
+        sb.spikify(Pooled(), "lif", T=2, calibration=[torch.rand(8, 2, 8, 8)])

@@ -299,7 +299,10 @@ class SpikingNet(nn.Module):
         return self._code
 
     def per_step_outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's output at every step, ``[T, B, ...]`` (the forward averages it over T)."""
+        """The network's output at every step, ``[T, B, ...]`` (the forward averages it over T).
+        Integer input (Tonic's int16 event counts) is taken as float, as registry models take it."""
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
         if x.dim() == self.input_ndim and self._static_forward is not None:
             steps, batch = self.T, x.shape[0]
             getattr(self, TIME_EXPAND_NAME).steps = steps
@@ -499,16 +502,19 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
     gm.eval()
     try:
         plain, folded = _Recorder(gm, _shape_of), _Recorder(gm, _shape_of)
-        plain.run(example)
-        try:
-            folded.run(example.unsqueeze(0).expand(T, *example.shape).flatten(0, 1))
-        except Exception as exc:
-            failing = next((n for n in gm.graph.nodes if n.name not in folded.values), None)
-            where = f" at node {failing.name} ({failing.op} {getattr(failing.target, '__name__', failing.target)})" if failing else ""
-            raise ConfigError(
-                f"the network fails on a time-folded batch{where}: {str(exc).splitlines()[0][:160]}; "
-                "reshapes must use x.size(0) / -1, not a fixed batch size"
-            ) from None
+        for recorder, x, what in ((plain, example, f"a batch of {batch}"),
+                                  (folded, example.unsqueeze(0).expand(T, *example.shape).flatten(0, 1),
+                                   "a time-folded batch")):
+            try:
+                recorder.run(x)
+            except Exception as exc:
+                failing = next((n for n in gm.graph.nodes if n.name not in recorder.values), None)
+                where = f" at node {failing.name} ({failing.op} {getattr(failing.target, '__name__', failing.target)})" \
+                    if failing else ""
+                raise ConfigError(
+                    f"the network fails on {what} of shape {list(x.shape)}{where}: {str(exc).splitlines()[0][:160]}; "
+                    "the input must fit the network, and reshapes must use x.size(0) / -1, not a fixed batch size"
+                ) from None
     finally:
         gm.train(was_training)
     dependent = _input_dependent(gm.graph)
@@ -519,13 +525,12 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
         a, b = plain.values.get(node.name), folded.values.get(node.name)
         if a is None or b is None:
             continue
-        ok = len(a) >= 1 and a[0] == batch and b == (T * batch, *a[1:])
-        if not ok:
-            raise ConfigError(
-                f"spikify cannot fold time into the batch at {_describe_node(node, modules)}: its output "
-                f"has shape {list(a)} for a batch of {batch} but {list(b)} for {T}x{batch} folded frames "
-                "(the operation moves or mixes the batch axis)"
-            )
+        if len(a) >= 1 and a[0] == batch and b == (T * batch, *a[1:]):
+            continue
+        problem = f"has shape {list(a)} for a batch of {batch} but {list(b)} for {T}x{batch} folded frames" \
+            if a != b else f"{list(a)} has no batch axis (the samples are reduced or mixed)"
+        raise ConfigError(f"spikify cannot fold time into the batch at {_describe_node(node, modules)}: its output "
+                          f"{problem}; operations must keep the batch at dim 0, each sample on its own")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -587,6 +592,8 @@ def spikify_with_graph(
         seen = 0
         for batch in calibration:
             x = batch_inputs(batch).detach().cpu()
+            if not x.is_floating_point():  # uint8 images, int16 event counts: taken as float, as the models do
+                x = x.to(torch.get_default_dtype())
             calib_batches.append(x[: calibration_samples - seen])
             seen += len(calib_batches[-1])
             if seen >= calibration_samples:

@@ -193,9 +193,11 @@ def test_invalid_neuron_arguments(kwargs):
         sb.LIF(**kwargs)
 
 
-def test_rejects_non_sequence_input():
+def test_rejects_non_sequence_and_complex_input():
     with pytest.raises(ConfigError, match="time-major"):
         sb.LIF()(torch.ones(3))
+    with pytest.raises(ConfigError, match="LIAF takes real input currents, got complex64"):  # it dropped the imaginary part
+        sb.LIAF()(torch.ones(3, 2, dtype=torch.cfloat))
 
 
 # -- the registry ---------------------------------------------------------------------------------

@@ -337,6 +337,8 @@ class MultiStepNeuron(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ConfigError(f"{type(self).__name__} expects a time-major tensor [T, B, ...], got shape {tuple(x.shape)}")
+        if x.is_complex():
+            raise ConfigError(f"{type(self).__name__} takes real input currents, got {str(x.dtype).removeprefix('torch.')}")
         if not x.is_floating_point():  # counts (Tonic's int16 frames), bools: membrane potentials are real
             x = x.to(torch.get_default_dtype())
         decay = self.decay

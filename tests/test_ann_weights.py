@@ -219,3 +219,24 @@ def test_benchmark_refuses_a_decoder_across_class_counts_before_the_ann_trains(t
     captured = capsys.readouterr()
     assert code == 2 and captured.err.count("\n") == 1 and "10 classes" in captured.err, captured.err
     assert "ann epoch" not in captured.out and not out.exists()  # before the ANN trained; nothing left behind
+
+
+def test_finetune_warm_up_trains_only_the_new_classifier(tmp_path, capsys):
+    """``finetune.freeze_epochs`` in pipes / finetune (it was shown by the plan and ignored): during
+    the warm-up only what was not transferred as it is trains, here the new 10-class readout of
+    7-class weights; with every tensor transferred there is nothing to warm up, and the run says so."""
+    torch.manual_seed(0)
+    ann = sb.create_model("cnn", num_classes=7, neuron="relu", in_channels=1).state_dict()
+    torch.save(ann, tmp_path / "w7.pth")
+    torch.save(sb.create_model("cnn", num_classes=10, neuron="relu", in_channels=1).state_dict(), tmp_path / "w10.pth")
+    for weights in ("w7", "w10"):
+        out = tmp_path / weights
+        assert cli.main(["finetune", "--ann", "cnn", "--ann-weights", str(tmp_path / f"{weights}.pth"), "--data", "mnist5k",
+                         "--out", str(out), "--no-progress", "--device", "cpu", "--T", "2", "--epochs", "1",
+                         "--set", "data.limit_train=64", "--set", "data.limit_test=32", "--set", "finetune.batch_size=32",
+                         "--set", "finetune.freeze_epochs=1", "--set", "finetune.precise_bn=0",
+                         "--calibration-samples", "32"]) == 0
+    trained = load_checkpoint(tmp_path / "w7" / "snn_finetuned" / "checkpoints" / "last.json").model_state
+    assert torch.equal(trained["conv1.weight"], ann["conv1.weight"])  # frozen for the warm-up epoch
+    assert trained["fc.weight"].shape == (10, 1024)
+    assert "every parameter was transferred as it is, so nothing is new to warm up" in capsys.readouterr().out

@@ -140,8 +140,10 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
     bridged = family.to_snn(ctx, cfg, ann, bundle, same_data=True)
     bridge = ctx.bridge_seconds(name, watch.seconds())  # counted in the time to target
     extra["bridge_seconds"], extra["bridge_cpu_seconds"] = bridge
+    # warm-up (finetune.freeze_epochs): only what was not transferred as-is trains (e.g. a new classifier)
+    frozen = bridged.transferred if cfg.finetune.freeze_epochs > 0 else None
     result = ctx.fit(bridged.snn, bundle, cfg.finetune, name=name, meta={**bridged.meta, "bridge_seconds": bridge},
-                     evaluate_first=True, optimizer_state=momentum)
+                     evaluate_first=True, optimizer_state=momentum, frozen=frozen)
     runs.append(result)
     extra.update(_reported(bridged.details, bridge[0]), transfer_acc=result.curve[0][2] if result.curve else None)
     if baseline:

@@ -212,6 +212,11 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, ru
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     frozen = frozen or set()
+    if frozen and cfg.freeze_epochs > 0 and all(n in frozen for n, p in model.named_parameters() if p.requires_grad):
+        if info.is_main:  # a full transfer: a warm-up would train nothing
+            tqdm.write(f"{name}: freeze_epochs={cfg.freeze_epochs}: every parameter was transferred as it is, so "
+                       "nothing is new to warm up; everything trains from the first epoch")
+        frozen = set()
     if frozen and cfg.freeze_epochs > 0:
         _set_requires_grad(model, frozen, False)
     check_batches(bundle, {name: cfg})

@@ -310,3 +310,22 @@ def test_accuracy_at_each_T_runs_the_crnn_on_each_prefix_and_nir_export_refuses_
         torch.testing.assert_close(per_T[t - 1], snn(x[:t]), rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="LSTM.*no NIR node"):
         export_nir(snn, (2, *CLIP_SIZE), tmp_path / "crnn.nir")
+
+
+def test_activity_of_a_crnn_counts_its_clips_and_their_frames():
+    """``evaluate``'s activity on a CRNN: its input [T, B, ...] holds B clips of T frames (the T
+    frames were counted as samples and the model's T as the steps: wrong rates, SOPs and energy)."""
+    from spikebridge.analysis.metrics import measure_activity
+
+    torch.manual_seed(0)
+    snn = tiny("lif", 2, num_classes=3, input_size=CLIP_SIZE).eval()
+    x = (torch.rand(5, 2, 2, *CLIP_SIZE) < 0.3).float()
+    spikes = []
+    handle = snn.encoder.act1.register_forward_hook(lambda _m, _i, out: spikes.append(out))
+    report = measure_activity(snn, [x])
+    handle.remove()
+    assert (report.samples, report.time_steps) == (2, 5)
+    act1 = next(n for n in report.neuron_layers if n.name == "encoder.act1")
+    assert act1.firing_rate == pytest.approx(float(spikes[0].mean()))
+    conv1 = next(s for s in report.synaptic_layers if s.name == "encoder.conv1")
+    assert conv1.frames_per_sample == 5

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import TimeFolded
+from ..models.crnn import CRNN
 from ..neurons import neuron_spec_of
 
 ENERGY_PER_AC_PJ = 0.9  # FP32 add, 45 nm
@@ -320,9 +321,10 @@ def measure_activity(model: nn.Module, batches: Iterable, *, device: torch.devic
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             x = x.to(device)
             model(x)
-            input_ndim = getattr(model, "input_ndim", 4)
-            samples += x.shape[1] if x.dim() == input_ndim + 1 else x.shape[0]
-            steps_seen = x.shape[0] if x.dim() == input_ndim + 1 else getattr(model, "T", 1)
+            # time-major frames [T, B, ...]: one dim more than a static batch, or a CRNN's own input
+            sequence = x.dim() == getattr(model, "input_ndim", 4) + 1 or isinstance(model, CRNN)
+            samples += x.shape[1] if sequence else x.shape[0]
+            steps_seen = x.shape[0] if sequence else getattr(model, "T", 1)
     finally:
         for handle in handles:
             handle.remove()

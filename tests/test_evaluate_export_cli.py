@@ -292,3 +292,15 @@ def test_evaluate_ann_takes_a_registry_model_and_its_weights(run, tmp_path, caps
                  "--ann", "cnn", "--ann-weights", str(tmp_path / "ann.pth")]) == 0, capsys.readouterr().err
     result = json.loads((out / "evaluation.json").read_text())
     assert [t for t, _ in result["conversion_accuracy_vs_T"]] == [1, 2]
+
+
+def test_a_checkpoint_trained_with_the_triton_backend_evaluates_and_exports_on_cpu(tmp_path, capsys, monkeypatch):
+    """The neuron backend is how the op ran where the SNN trained (every backend gives the same
+    numbers): a checkpoint rebuilds with the device's own (it refused: "the triton neuron backend
+    needs CUDA tensors", with no way to override)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # a CPU without the interpreter
+    model, meta = _registry("lif", 2)
+    meta["neuron"] = {"kind": "lif", "backend": "triton"}
+    path = save_checkpoint(tmp_path / "snn" / "checkpoints", "last", model, meta, epoch=1)
+    assert main(["evaluate", str(path), *QUICK, "--out", str(tmp_path / "ev")]) == 0, capsys.readouterr().err
+    assert main(["export", str(path), "--out", str(tmp_path / "snn.nir")]) == 0, capsys.readouterr().err

@@ -37,7 +37,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -377,6 +377,8 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
     info = check_model_meta(meta, where)
     steps, name = int(T or info.get("T", 1)), info["name"]
     neuron = neuron_from_meta(meta.get("neuron") or {}, where) if name != USER_ANN_MODEL_NAME else None
+    if neuron is not None:  # the backend is how the op ran there (all give the same numbers): here, the device's own
+        neuron = replace(neuron, backend="auto")
     if name in (USER_ANN_MODEL_NAME, SPIKIFIED_MODEL_NAME):
         from .spikify import adapt_input_conv, spikify
 

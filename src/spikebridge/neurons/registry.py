@@ -87,7 +87,7 @@ def check_backend(name: str, backend: str) -> None:
     spec = get_neuron_spec(name)
     valid = ["auto", *spec.backends] if spec.backends else backend_names()
     if backend not in valid:
-        raise ConfigError(f"neuron {name!r} has no backend {str(backend)[:100]!r}; expected one of {', '.join(valid)}")
+        raise ConfigError(f"{name!r} has no backend {str(backend)[:100]!r}; expected one of {', '.join(valid)}")
 
 
 def check_number(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:

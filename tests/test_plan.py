@@ -194,6 +194,7 @@ def test_event_phases_carry_the_stream_steps(data, tmp_path, capsys):
     (["export", "x.json", "--checkpoint-blocks"], "--checkpoint-blocks"),
     (["demo", "--ann", "x.json"], "--ann"),
     (["piped", "--set", "events.image_size=16"], "es-mnist is 28 x 28: image_size=16"),
+    (["pipes", "--device", "mps"], "mps requested but this PyTorch has no usable MPS device"),
     (["benchmark", "--data", "es-mnist", "--set", "events.image_size=16"], "es-mnist is 28 x 28: image_size=16"),
 ])
 @pytest.mark.parametrize("plan_only", [False, True])

@@ -36,6 +36,8 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"run.device: {device.type!r} is not a device spikebridge trains on (use auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device: cuda requested but no CUDA device is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("run.device: mps requested but this PyTorch has no usable MPS device (Apple GPUs)")
     return local_device(device)
 
 

@@ -135,7 +135,7 @@ def _train_once(name, *, compact, checkpoint, **kwargs):
     torch.manual_seed(0)
     model = sb.create_model(name, neuron="lif", T=3, num_classes=4, **kwargs)
     model.compact_spikes, model.checkpoint_blocks = compact, checkpoint
-    in_channels, size = kwargs.get("in_channels", 3), 16 if name == "cnn" else 8
+    in_channels, size = kwargs.get("in_channels", 3), {"cnn": 16, "vgg11_bn_tv": 32}.get(name, 8)
     x = torch.rand(2, in_channels, size, size, generator=torch.Generator().manual_seed(1))
     model(x).square().sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
@@ -151,6 +151,8 @@ def _train_once(name, *, compact, checkpoint, **kwargs):
         ("cnn", {"in_channels": 1}, True, True),
         ("resnet18", {}, True, False),  # lean spike convolutions, a downsample sharing the spikes
         ("resnet18", {}, True, True),  # both at once: checkpointed blocks run plain convolutions
+        ("vgg11", {}, False, True),  # blocks end at each activation (it checkpointed nothing)
+        ("vgg11_bn_tv", {}, False, True),  # torchvision's classifier: spiking hidden layers, time-shared dropout
     ],
 )
 def test_memory_options_give_identical_gradients_and_bn_stats(name, kwargs, compact, checkpoint, lean_everywhere):
@@ -159,6 +161,20 @@ def test_memory_options_give_identical_gradients_and_bn_stats(name, kwargs, comp
     assert all(torch.equal(a, b) for a, b in zip(grads0, grads))
     # BN running statistics are updated once per step, not again by the recomputation
     assert all(torch.equal(a, b) for a, b in zip(buffers0, buffers))
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18", "vgg11", "vgg16_bn_tv"])
+def test_checkpoint_blocks_recomputes_in_the_backward(name):
+    """``--checkpoint-blocks`` really checkpoints every model that has blocks (it was a silent
+    no-op for the VGGs): a later convolution runs again in the backward."""
+    torch.manual_seed(0)
+    model = sb.create_model(name, neuron="lif", T=2, num_classes=4, in_channels=1)
+    model.checkpoint_blocks = True
+    later = [m for m in model.modules() if isinstance(m, nn.Conv2d)][2]
+    calls = []
+    later.register_forward_hook(lambda *a: calls.append(1))
+    model(torch.rand(2, 1, 32, 32)).sum().backward()
+    assert len(calls) == 2
 
 
 def test_checkpointed_block_recomputes_and_keeps_bn_stats():

@@ -195,6 +195,7 @@ def test_event_phases_carry_the_stream_steps(data, tmp_path, capsys):
     (["demo", "--ann", "x.json"], "--ann"),
     (["piped", "--set", "events.image_size=16"], "es-mnist is 28 x 28: image_size=16"),
     (["pipes", "--device", "mps"], "mps requested but this PyTorch has no usable MPS device"),
+    (["pipes", "--model", "crnn", "--checkpoint-blocks"], "crnn has no blocks to checkpoint"),
     (["benchmark", "--data", "es-mnist", "--set", "events.image_size=16"], "es-mnist is 28 x 28: image_size=16"),
 ])
 @pytest.mark.parametrize("plan_only", [False, True])

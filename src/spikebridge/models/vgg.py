@@ -35,6 +35,10 @@ class TimeSharedDropout(nn.Dropout):
         return (x.unflatten(0, (self.time_steps, -1)) * mask).flatten(0, 1)
 
 
+#: layers inside a VGG block; any other (an activation, a dropout) ends one
+_WEIGHTED_OR_SHAPING = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear)
+
+
 class VGG(BridgeNet):
     def __init__(self, stages: list, *, num_classes: int, in_channels: int, neuron: NeuronConfig, T: int,
                  torchvision_layout: bool = False) -> None:
@@ -78,6 +82,9 @@ class VGG(BridgeNet):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.classifier[:6] if "classifier" in self._modules else []
-        for layer in [*self.features[2:], self.avgpool, self.flatten, *hidden]:
-            x = layer(x)
-        return x
+        layers = [*self.features[2:], self.avgpool, self.flatten, *hidden]
+        # blocks that end at each activation: what --checkpoint-blocks recomputes in the backward
+        ends = [i + 1 for i, layer in enumerate(layers) if not isinstance(layer, _WEIGHTED_OR_SHAPING)]
+        starts = [0, *ends]
+        blocks = [nn.Sequential(*layers[a:b]) for a, b in zip(starts, [*ends, len(layers)]) if b > a]
+        return self.run_sequential(nn.Sequential(*blocks), x)

@@ -197,6 +197,9 @@ def build_plan(request: Request) -> RunPlan:
         check_checkpoint_optimizer(cfg, ckpt, source.label)
     _check_model("model.name", cfg.model.name)
     _check_model("events.model", cfg.events.model)
+    sequence = [m for m in (cfg.model.name, cfg.events.model) if m in list_models(sequence=True)]
+    if cfg.model.checkpoint_blocks and sequence:  # the CRNN: a per-frame encoder and an LSTM, no blocks
+        raise ConfigError(f"--checkpoint-blocks: {sequence[0]} has no blocks to checkpoint (cnn, resnet and vgg models do)")
     check_backend_on_device(cfg.neuron, resolve_device(cfg.run.device))  # before any work
     ann_model = cfg.model.name
     ann_registry = info.get("name") if info and not user_class else (source.model if source is not None else None)

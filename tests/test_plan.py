@@ -306,3 +306,20 @@ def test_the_wrote_line_names_only_what_the_run_wrote(tmp_path, capsys):
     assert final.startswith(f"ANN test accuracy {summary['final_acc']:.4f} after 1 epochs (best {summary['best_acc']:.4f}")
     assert final.endswith(f"the last epoch's checkpoint: {out}/ann/checkpoints/last.json")
     assert (out / "notes.txt").read_text() == "the user's"
+
+
+def test_video_clips_run_at_their_frames_and_size(tmp_path, capsys):
+    """A folder of RGB clips: every phase reads the clips' 15 frames (the plan showed, and the
+    checkpoint recorded, model.T, which changed nothing), at their own size (data.image_size was
+    shown by the plan and ignored by the run: refused, by the plan and by the opener)."""
+    from spikebridge.data.datasets import open_dataset
+    from spikebridge.errors import ConfigError
+
+    clips = layouts.video_clips(tmp_path / "clips")
+    plan = _plan(["pipes", "--data", str(clips), "--model", "crnn", "--T", "2", "--plan", "--out", str(tmp_path / "o")],
+                 capsys)
+    assert [p["T"] for p in plan["phases"]] == [15, 15]
+    assert cli.main(["pipes", "--data", str(clips), "--set", "data.image_size=64", "--plan"]) == 2
+    assert "the video clips of" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="read at their own frame size"):
+        open_dataset(str(clips), image_size=64)

@@ -69,6 +69,19 @@ def event_steps(name: str) -> int | None:
         raise DataError(f"dataset {clip(name)!r}: cannot read it ({exc.strerror or exc})") from None
 
 
+def video_clip_frames(name: str) -> int:
+    """The frames every model reads from a folder of RGB video clips (the paper's ES-UCF101
+    frames 1..15), 0 for any other dataset or a folder that cannot be read (the plan says why)."""
+    from .disk import DEFAULT_VIDEO_STEPS, detect_layout
+
+    if name in BUILTIN_DATASETS or not os.path.isdir(name):
+        return 0
+    try:
+        return DEFAULT_VIDEO_STEPS if detect_layout(name) == "video-clips" else 0
+    except (DataError, OSError):
+        return 0
+
+
 def open_dataset(name: str, *, max_shift: int = 2, split_seed: int = 0, workers: int = 0, image_size: int = 0,
                  limit_train: int = 0, limit_test: int = 0, time_steps: int = 0) -> DataBundle:
     """A built-in dataset by name, or the dataset in folder ``name`` (:mod:`spikebridge.data.disk`).

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from ..errors import DataError, SpikebridgeError
+from ..errors import ConfigError, DataError, SpikebridgeError
+from ..errors import clip as clip_text
 from .folders import (
     IMG_EXTENSIONS,
     TRAIN_SPLIT_NAMES,
@@ -588,9 +589,18 @@ def _clip_folders(class_dir: Path) -> bool:
     return len(subdirs) > 1 or any(UCF101_CLIP_NAME.match(p.name) for p in subdirs)
 
 
-def open_video_clips(root: str, *, split_seed: int, time_steps: int, workers: int, **_) -> DataBundle:
+def check_clip_size(root: str, image_size: int) -> None:
+    """Video clips are read at their own frame size: an ``image_size`` is refused (ConfigError)."""
+    if image_size:
+        raise ConfigError(f"data.image_size={image_size}: the video clips of {clip_text(root)} are read at their own "
+                          "frame size; resize the frames beforehand, or leave data.image_size at 0")
+
+
+def open_video_clips(root: str, *, split_seed: int, time_steps: int, workers: int, image_size: int = 0,
+                     **_) -> DataBundle:
     """``root/<class>/<clip>/<frames>``, or UCF101's ``jpegs_256`` as distributed, ``root/<clip>/<frames>``
     with ``v_<Class>_gXX_cYY`` clip names: 75/25 split as ES-UCF101's."""
+    check_clip_size(root, image_size)
     base = Path(root)
     flat = flat_ucf101_clips(base)
     if flat:  # jpegs_256 as distributed: the clip folders themselves, the class in each name

@@ -18,7 +18,8 @@ from functools import partial
 from typing import Any
 
 from ..config import PipelineConfig, TrainConfig, load_config, parse_override
-from ..data.datasets import BUILTIN_DATASETS, check_builtin_size, event_steps, planned_model
+from ..data.datasets import BUILTIN_DATASETS, check_builtin_size, event_steps, planned_model, video_clip_frames
+from ..data.disk import check_clip_size
 from ..data.loading import merged_time_steps
 from ..errors import ConfigError, DataError, clip
 from ..models import list_models
@@ -222,13 +223,17 @@ def build_plan(request: Request) -> RunPlan:
     snn_model = ann_model if user_class or source is None else cfg.model.name
     data_steps = None if command == "piped" and ann_trained else event_steps(cfg.data.name)  # None: static
     ann_neuron = cfg.ann_neuron if source is None else "(its own)"
+    clip_frames = video_clip_frames(cfg.data.name)  # RGB clips: every model reads their frames, at their size
+    if clip_frames:
+        check_clip_size(cfg.data.name, cfg.data.image_size)
+    static_T = clip_frames or cfg.model.T
 
-    def phase(name: str, role: str, train: TrainConfig, *, data: str = cfg.data.name, T: int = cfg.model.T,
+    def phase(name: str, role: str, train: TrainConfig, *, data: str = cfg.data.name, T: int = static_T,
               model: str = snn_model, image_size: int = cfg.data.image_size) -> Phase:
         return Phase(name, role, model, cfg.neuron.kind, T, data, image_size, train)
 
     phases: list[Phase] = []
-    ann_phase = Phase("ann", "ann", ann_model, ann_neuron, 1, cfg.data.name, cfg.data.image_size, cfg.ann)
+    ann_phase = Phase("ann", "ann", ann_model, ann_neuron, clip_frames or 1, cfg.data.name, cfg.data.image_size, cfg.ann)
     if command in ("pretrain", "pipes", "piped", "demo") and not ann_trained:
         phases.append(ann_phase)
     if command in ("pretrain", "pipes", "demo", "finetune", "piped") and data_steps is not None:

@@ -97,7 +97,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             shutil.rmtree(created, ignore_errors=True)
         raise
     print(f"top-1 {result['top1']:.4f}" + (f", top-5 {result['top5']:.4f}" if result.get("top5") is not None else "")
-          + (f"; mean firing rate {activity.mean_firing_rate:.4f}; SOPs/sample {activity.sops:,.0f} vs ANN MACs {activity.ann_macs:,.0f}" if spiking else "")
+          + (f"; mean firing rate {activity.mean_firing_rate:.4f}; SOPs/sample {activity.sops:,.0f}"
+             + (f" + analog MACs {activity.snn_macs:,.0f}" if activity.snn_macs else "")
+             + f" vs ANN MACs {activity.ann_macs:,.0f}" if spiking else "")
           + f"; wrote {out / 'evaluation.md'}")
     return 0
 

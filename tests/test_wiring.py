@@ -88,6 +88,18 @@ def test_pipes_recalibrates_bn_and_matches_rates_and_it_helps(ann, tmp_path):
     assert accs["full"] > full["ann_acc"] - 0.1, accs
 
 
+def test_the_bridge_says_when_it_does_not_match_rates(ann, tmp_path, capsys):
+    """bridge.match_rates does not apply to a LIAF SNN (its output is analog): the run says so
+    (it skipped it without a word while the plan showed match_rates: true)."""
+    values = {"data.limit_train": 128, "data.limit_test": 64, "finetune.epochs": 0, "bridge.calibration_batch_size": 64}
+    out = tmp_path / "liaf"
+    assert main(["pipes", "--data", "mnist5k", "--ann", str(ann), "--neuron", "liaf", "--out", str(out), *COMMON,
+                 *set_flags(values)]) == 0
+    transfer = summary(out)["transfer"]
+    assert transfer["rate_errors"] == {} and transfer["rates_not_matched"] == "liaf's output is analog"
+    assert "firing rates not matched (bridge.match_rates): liaf's output is analog" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------------------
 # resume in the middle of an SNN phase == left alone, bit for bit
 # ------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class TransferReport:
     reinitialised: list[str] = field(default_factory=list)
     recalibrated_bn: int = 0
     rate_errors: dict[str, float] = field(default_factory=dict)  # per layer, after match_firing_rates
+    rates_not_matched: str = ""  # why bridge.match_rates did not apply (the run says so)
     seconds: float = 0.0  # wall time of the whole bridge (transfer + calibration), set by its caller
 
     @property
@@ -78,6 +79,8 @@ class TransferReport:
         if self.rate_errors:
             worst = max(self.rate_errors.values())
             lines.append(f"  matched firing rates to the ANN in {len(self.rate_errors)} layers (worst mean error {worst:.4f})")
+        if self.rates_not_matched:
+            lines.append(f"  firing rates not matched (bridge.match_rates): {self.rates_not_matched}")
         if self.seconds:
             lines.append(f"  the bridge took {self.seconds:.1f} s")
         return "\n".join(lines)
@@ -95,6 +98,7 @@ class TransferReport:
             "match_percent": self.match_percent,
             "recalibrated_bn": self.recalibrated_bn,
             "rate_errors": self.rate_errors,
+            "rates_not_matched": self.rates_not_matched,
             "bridge_seconds": self.seconds,
         }
 

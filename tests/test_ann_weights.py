@@ -128,6 +128,14 @@ def finetune_from(weights_file: str, out) -> int:
                      "--set", "data.limit_test=32", "--set", "finetune.batch_size=32", "--calibration-samples", "32"])
 
 
+def finetuned(weights_file, out, capsys) -> tuple[dict, str]:
+    """:func:`finetune_from`, which must succeed: its ``summary.json`` and what it printed."""
+    code = finetune_from(str(weights_file), out)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    return json.loads((out / "summary.json").read_text()), printed
+
+
 def test_finetune_runs_from_registry_weights(weights, tmp_path):
     out = tmp_path / "ft"
     code = finetune_from(weights["state_dict"], out)
@@ -141,11 +149,7 @@ def test_finetune_from_weights_of_another_class_count_starts_a_new_classifier(tm
     """ImageNet weights on a 10-class dataset: every layer but the classifier transfers (as pipeD does)."""
     torch.manual_seed(0)
     torch.save(sb.create_model("cnn", num_classes=7, neuron="relu", in_channels=1).state_dict(), tmp_path / "w7.pth")
-    out = tmp_path / "ft"
-    code = finetune_from(str(tmp_path / "w7.pth"), out)
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    summary = json.loads((out / "summary.json").read_text())
+    summary, printed = finetuned(tmp_path / "w7.pth", tmp_path / "ft", capsys)
     assert summary["ann_acc"] is None and "has 7 classes, mnist5k 10" in printed and "ANN - |" in printed
     transfer = summary["transfer"]
     assert sorted(transfer["mismatched"]) == [["fc.bias", [7], [10]], ["fc.weight", [7, 1024], [10, 1024]]]
@@ -167,11 +171,7 @@ def test_backbone_weights_and_compiled_or_ddp_prefixes_load(tmp_path, capsys):
     headless = load_ann(AnnSource(model="cnn", weights=str(tmp_path / "backbone.pth")))
     assert headless.checkpoint_model["num_classes"] == 0
     assert all(torch.equal(headless.model.state_dict()[k], v) for k, v in backbone.items())
-    out = tmp_path / "ft"
-    code = finetune_from(str(tmp_path / "backbone.pth"), out)
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    summary = json.loads((out / "summary.json").read_text())
+    summary, printed = finetuned(tmp_path / "backbone.pth", tmp_path / "ft", capsys)
     assert summary["ann_acc"] is None and "has no classifier (backbone weights), mnist5k 10 classes" in printed
     assert sorted(k for k, *_ in summary["transfer"]["mismatched"]) == ["fc.bias", "fc.weight"]
     assert summary["transfer"]["matched"] == len(backbone)
@@ -184,10 +184,7 @@ def test_finetune_from_colour_weights_on_grey_images_adapts_the_first_layer(tmp_
     rgb = sb.create_model("cnn", num_classes=10, neuron="relu", in_channels=3).state_dict()
     torch.save(rgb, tmp_path / "rgb.pth")
     out = tmp_path / "ft"
-    code = finetune_from(str(tmp_path / "rgb.pth"), out)
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    summary = json.loads((out / "summary.json").read_text())
+    summary, printed = finetuned(tmp_path / "rgb.pth", out, capsys)
     assert summary["ann_acc"] is None and "reads 3-channel images, mnist5k has 1" in printed
     first = next(k for k, v in rgb.items() if v.dim() == 4)
     assert summary["transfer"]["adapted"] == [first] and summary["transfer"]["matched"] == len(rgb) - 1

@@ -323,3 +323,6 @@ def test_video_clips_run_at_their_frames_and_size(tmp_path, capsys):
     assert "the video clips of" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="read at their own frame size"):
         open_dataset(str(clips), image_size=64)
+    photos = layouts.image_folders(tmp_path / "photos", size=(64, 64), classes=2, train_per_class=2, val_per_class=1)
+    assert cli.main(["pipes", "--data", str(photos), "--model", "crnn", "--plan"]) == 2  # it failed once running
+    assert "model crnn reads frame sequences (video clips, event streams);" in capsys.readouterr().err

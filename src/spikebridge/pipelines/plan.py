@@ -227,6 +227,10 @@ def build_plan(request: Request) -> RunPlan:
     if clip_frames:
         check_clip_size(cfg.data.name, cfg.data.image_size)
     static_T = clip_frames or cfg.model.T
+    if cfg.model.name in list_models(sequence=True) and not clip_frames and data_steps is None \
+            and (cfg.data.name in BUILTIN_DATASETS or os.path.isdir(cfg.data.name)):
+        raise ConfigError(f"model {cfg.model.name} reads frame sequences (video clips, event streams); "
+                          f"{clip(cfg.data.name)} holds images: give an image model, or --model auto")
 
     def phase(name: str, role: str, train: TrainConfig, *, data: str = cfg.data.name, T: int = static_T,
               model: str = snn_model, image_size: int = cfg.data.image_size) -> Phase:

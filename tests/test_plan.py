@@ -326,3 +326,18 @@ def test_video_clips_run_at_their_frames_and_size(tmp_path, capsys):
     photos = layouts.image_folders(tmp_path / "photos", size=(64, 64), classes=2, train_per_class=2, val_per_class=1)
     assert cli.main(["pipes", "--data", str(photos), "--model", "crnn", "--plan"]) == 2  # it failed once running
     assert "model crnn reads frame sequences (video clips, event streams);" in capsys.readouterr().err
+
+
+def test_a_run_on_video_clips_records_the_frames_it_read(tmp_path, capsys):
+    """pipes on RGB clips: the SNN's checkpoint records T = the clips' 15 frames, which it read (it
+    recorded model.T's 4)."""
+    from spikebridge.train.checkpoint import load_checkpoint
+
+    clips = layouts.video_clips(tmp_path / "clips", size=(64, 86), clips_per_class=4)
+    out = tmp_path / "run"
+    assert cli.main(["pipes", "--data", str(clips), "--model", "crnn", "--out", str(out), "--no-progress",
+                     "--device", "cpu", "--set", "ann.epochs=1", "--set", "finetune.epochs=1", "--set", "ann.batch_size=2",
+                     "--set", "finetune.batch_size=2", "--set", "bridge.calibration_batch_size=2",
+                     "--set", "finetune.precise_bn=0", "--set", "run.threads=1"]) == 0, capsys.readouterr().err
+    meta = load_checkpoint(out / "snn_pretrained" / "checkpoints" / "last.json").meta
+    assert meta["model"]["T"] == meta["time_steps"] == 15

@@ -39,9 +39,12 @@ def start_run(cfg: PipelineConfig) -> RunContext:
 
 
 def open_static(cfg: PipelineConfig) -> DataBundle:
-    """Open ``cfg.data``; a ``model.name`` of ``auto`` becomes the model suggested for it (in ``cfg``)."""
+    """Open ``cfg.data``; a ``model.name`` of ``auto`` becomes the model suggested for it, and for
+    video clips ``model.T`` their frames (in ``cfg``: what the run and its checkpoints record)."""
     bundle = open_data_config(cfg.data)
     cfg.model.name = resolve_model_name(cfg.model.name, bundle)
+    if bundle.info.get("format") == "video-clips":
+        cfg.model.T = bundle.time_steps
     check_model_fits(cfg, bundle)
     return bundle
 

@@ -171,6 +171,8 @@ def test_under_torchrun_the_plan_and_refusals_are_said_once(tmp_path):
     plan = _cli_torchrun("pretrain", "--data", "mnist5k", "--plan", "--out", str(tmp_path / "p"))
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert json.loads(plan.stdout)["processes"] == 2 and not (tmp_path / "p").exists()
+    flag = _cli_torchrun("pipes", "--T", "four", "--plan")  # the flags too: every process parses them
+    assert flag.returncode != 0 and flag.stderr.count("invalid int value: 'four'") == 1, flag.stderr[-2000:]
     odd = _cli_torchrun("pretrain", "--data", "mnist5k", "--set", "ann.batch_size=63", "--out", str(tmp_path / "o"))
     assert odd.returncode != 0 and not (tmp_path / "o").exists()
     errors = [line for line in odd.stderr.splitlines() if line.startswith("spikebridge:")]

@@ -292,6 +292,13 @@ def test_evaluate_ann_takes_a_registry_model_and_its_weights(run, tmp_path, caps
                  "--ann", "cnn", "--ann-weights", str(tmp_path / "ann.pth")]) == 0, capsys.readouterr().err
     result = json.loads((out / "evaluation.json").read_text())
     assert [t for t, _ in result["conversion_accuracy_vs_T"]] == [1, 2]
+    torch.manual_seed(0)  # an ANN of another class count: its conversion cannot be scored on these labels
+    torch.save(sb.create_model("cnn", num_classes=7, neuron="relu", in_channels=1).state_dict(), tmp_path / "w7.pth")
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "snn_pretrained"), *QUICK, "--out", str(tmp_path / "ev7"),
+                 "--ann", "cnn", "--ann-weights", str(tmp_path / "w7.pth")]) == 2
+    assert "the ANN has 7 outputs, mnist5k 10 classes" in _one_line_error(capsys)
+    assert not (tmp_path / "ev7").exists()
 
 
 def test_a_checkpoint_trained_with_the_triton_backend_evaluates_and_exports_on_cpu(tmp_path, capsys, monkeypatch):

@@ -90,6 +90,8 @@ def test_accuracy_vs_time_shows_every_point_in_its_full_panel():
     full_low, zoom_low, high = accuracy_ranges(demo)
     assert full_low <= min(demo) and high >= max(demo) and min(demo) < zoom_low < 96
     assert accuracy_ranges([]) == (0.0, 0.0, 100.5)
+    full_low, zoom_low, _ = accuracy_ranges([95.0, 96.2, 96.8, 97.1])  # a fine-tune alone: the zoom is no wider
+    assert zoom_low >= full_low == 92.0
 
 
 def test_the_bridge_seconds_count_in_the_time_to_target():

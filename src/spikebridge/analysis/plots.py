@@ -29,9 +29,9 @@ def accuracy_ranges(accuracies: list[float]) -> tuple[float, float, float]:
     most, from the lower quartile up."""
     if not accuracies:
         return 0.0, 0.0, 100.5
-    top = max(accuracies)
-    zoom = max(0.0, min(top - 15, sorted(accuracies)[len(accuracies) // 4] - 2))
-    return max(0.0, min(accuracies) - 3), zoom, min(100.5, top + 1.5)
+    top, full = max(accuracies), max(0.0, min(accuracies) - 3)
+    zoom = max(full, min(top - 15, sorted(accuracies)[len(accuracies) // 4] - 2))  # never wider than the full panel
+    return full, zoom, min(100.5, top + 1.5)
 
 
 def plot_accuracy_vs_time(runs: list[dict], path: str | Path, *, title: str, targets: dict[str, float] | None = None,

@@ -29,7 +29,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line (exit 2) instead of usage + error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message[:300]} (see --help)\n")
+        rank_0 = os.environ.get("RANK", "0") == "0"  # under torchrun every process parses: rank 0 tells
+        self.exit(2, f"{self.prog}: error: {message[:300]} (see --help)\n" if rank_0 else None)
 
 
 def common(parser: argparse.ArgumentParser, *, flags: str = "run",

@@ -53,6 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from ..analysis.summary import write_json
     from ..errors import CheckpointError, ConfigError, clip
+    from ..pipelines.ann import ann_output
     from ..pipelines.context import resolve_device
     from ..restore import is_python_class_spec, model_from_checkpoint
     from ..utils import atomic_write_text, ensure_dir
@@ -84,7 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if ann is not None and getattr(ann, "spiking", False):
         raise CheckpointError(f"--ann {args.ann}: an SNN checkpoint; give the ANN's")
     if ann is not None:  # classic conversion of it is scored on this data's labels
-        outputs = _ann_outputs(ann, bundle)
+        outputs = ann_output(ann, bundle.first_sample().unsqueeze(0).float(), args.ann, bundle.name).shape[-1]
         if outputs != bundle.num_classes:
             raise CheckpointError(f"--ann {args.ann}: the ANN has {outputs} outputs, {bundle.name} {bundle.num_classes} "
                                   "classes: its conversion cannot be scored here; drop --ann")
@@ -181,24 +182,6 @@ def _bar(desc: str, total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, leave=False, dynamic_ncols=True)
-
-
-def _ann_outputs(ann, bundle) -> int:
-    """The number of outputs the ANN gives for one sample of ``bundle``."""
-    import torch
-
-    x = bundle.first_sample()
-    was_training = ann.training
-    ann.eval()
-    try:
-        with torch.no_grad():
-            return int(ann(x.unsqueeze(0).float()).shape[-1])
-    except (RuntimeError, ValueError) as exc:  # another input size or channel count
-        from ..errors import CheckpointError, first_line
-
-        raise CheckpointError(f"--ann: the ANN cannot read the samples of {bundle.name} ({first_line(exc)[:160]})") from None
-    finally:
-        ann.train(was_training)
 
 
 def load_ann(args: argparse.Namespace):

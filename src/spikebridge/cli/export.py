@@ -107,7 +107,7 @@ def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alter
     frames merged to its time steps where they divide the data's. ``time_steps`` (``--T``): event
     frames merged to that many steps instead (ConfigError where it does not divide them)."""
     from ..data.datasets import BUILTIN_DATASETS, open_dataset
-    from ..data.loading import with_time_bins
+    from ..data.loading import step_divisors, with_time_bins
     from ..errors import ConfigError, DataError, clip
 
     trained = checkpoint_input(meta, where)
@@ -121,8 +121,8 @@ def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alter
                           split_seed=trained.split_seed or 0)
     steps = bundle.time_steps
     if time_steps and steps and steps % time_steps:
-        divisors = ", ".join(str(d) for d in range(1, steps + 1) if steps % d == 0)
-        raise ConfigError(f"--T {time_steps}: the {steps} event frames of {clip(bundle.name)} merge into T = {divisors}")
+        raise ConfigError(f"--T {time_steps}: the {steps} event frames of {clip(bundle.name)} merge into "
+                          f"T = {step_divisors(steps)}")
     wanted = time_steps or trained.time_steps
     if wanted and steps and steps != wanted and steps % wanted == 0:
         bundle = with_time_bins(bundle, wanted)

@@ -306,10 +306,14 @@ def merged_time_steps(bins: int, steps: int, name: str) -> int:
     """The time steps of ``steps`` event frames merged into ``events.time_bins`` = ``bins`` (0 =
     keep them all); ConfigError, naming the choices, when ``bins`` does not divide ``steps``."""
     if bins and steps % bins:
-        divisors = ", ".join(str(d) for d in range(1, steps + 1) if steps % d == 0)
         raise ConfigError(f"events.time_bins={bins} must divide the {steps} time steps of {name[:100]}: "
-                          f"--set events.time_bins=0 keeps all {steps}, or give one of {divisors}")
+                          f"--set events.time_bins=0 keeps all {steps}, or give one of {step_divisors(steps)}")
     return bins or steps
+
+
+def step_divisors(steps: int) -> str:
+    """``"1, 2, 4, 8"``: the step counts ``steps`` event frames merge into."""
+    return ", ".join(str(d) for d in range(1, steps + 1) if steps % d == 0)
 
 
 def with_time_bins(bundle: DataBundle, bins: int) -> DataBundle:

@@ -40,9 +40,9 @@ from PIL import Image
 from ..errors import ConfigError, DataError
 from ..utils import atomic_path
 
-#: The 9 offsets (row, col) of the released ES-ImageNet (arXiv:2203.01158, ODG step 2).
 #: ES-ImageNet's resize of the longer image side and its window of kept events (224 x 224 frames)
 ES_IMAGENET_SIZE, ES_IMAGENET_WINDOW = 254, (16, 240)
+#: The 9 offsets (row, col) of the released ES-ImageNet (arXiv:2203.01158, ODG step 2).
 ODG_PATH: tuple[tuple[int, int], ...] = (
     (1, 0), (0, 2), (2, 1), (1, 0), (0, 1), (2, 2), (1, 0), (1, 1), (2, 1),
 )

@@ -439,18 +439,24 @@ def calibration_inputs(bundle: DataBundle, samples: int, batch_size: int, seed: 
     return batches
 
 
-def _check_classes(ann: nn.Module, bundle: DataBundle, label: str, example: torch.Tensor) -> None:
-    """Refuse an ANN whose output on ``example[:2]`` (``[b, ...]``) is not ``[2, bundle.num_classes]``."""
+def ann_output(ann: nn.Module, example: torch.Tensor, label: str, data_name: str) -> Any:
+    """The ANN's output on the batch ``example`` (eval mode, no gradients); ConfigError naming
+    ``--ann label`` and the data when it cannot read it."""
     was_training = ann.training
     ann.eval()
     try:
         with torch.no_grad():
-            out = ann(example[:2].to(next(ann.parameters()).device))
+            return ann(example.to(next(ann.parameters()).device))
     except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"--ann {label}: fails on {bundle.name} input of shape {list(example.shape[1:])} "
+        raise ConfigError(f"--ann {label}: fails on {data_name} input of shape {list(example.shape[1:])} "
                           f"({first_line(exc)[:200]})") from None
     finally:
         ann.train(was_training)
+
+
+def _check_classes(ann: nn.Module, bundle: DataBundle, label: str, example: torch.Tensor) -> None:
+    """Refuse an ANN whose output on ``example[:2]`` (``[b, ...]``) is not ``[2, bundle.num_classes]``."""
+    out = ann_output(ann, example[:2], label, bundle.name)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != bundle.num_classes:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"--ann {label}: outputs {shape} for a batch of 2, but {bundle.name} has "

@@ -87,9 +87,8 @@ def claims_run_folder(command: str) -> Callable:
         def run(cfg: PipelineConfig, *args: Any, overwrite: bool = False, **options: Any) -> dict:
             if _FOLDER_HELD.get():
                 return flow(cfg, *args, **options)
-            from ..train.runfolder import claim_run_folder
-
             from ..neurons import check_backend_on_device
+            from ..train.runfolder import claim_run_folder
 
             cfg = copy.deepcopy(cfg)  # the caller's cfg unchanged (the flow resolves model.name: auto in it)
             cfg.run.out = cfg.run.folder(command)

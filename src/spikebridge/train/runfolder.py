@@ -371,6 +371,7 @@ def claim_run_folder(out: str | os.PathLike, *, command: str, config: dict, resu
     rank being 0; under torchrun every rank must call this, and each raises rank 0's refusal."""
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it: give only one")
+
     def claim() -> RunFolder:
         try:
             return _claim(Path(out), command, config, resume, overwrite)

@@ -29,8 +29,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line (exit 2) instead of usage + error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        rank_0 = os.environ.get("RANK", "0") == "0"  # under torchrun every process parses: rank 0 tells
-        self.exit(2, f"{self.prog}: error: {message[:300]} (see --help)\n" if rank_0 else None)
+        # under torchrun every process parses the flags: rank 0 tells
+        self.exit(2, f"{self.prog}: error: {message[:300]} (see --help)\n" if _rank_0() else None)
 
 
 def common(parser: argparse.ArgumentParser, *, flags: str = "run",
@@ -190,8 +190,14 @@ class Terminated(KeyboardInterrupt):
     """A SIGTERM (a scheduler stopping the job; torchrun passes it on): handled as a Ctrl-C is."""
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+#: the Ctrl-C or SIGTERM that stopped the command (:func:`run` records it): a library whose import
+#: it cut may then fail with another error (numpy: "cannot load module more than once")
+_STOPPED: list[KeyboardInterrupt] = []
+
+
+def _stop(signum, frame) -> None:
+    _STOPPED.append(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
+    raise _STOPPED[-1]
 
 
 def run() -> None:
@@ -199,7 +205,9 @@ def run() -> None:
     then exit with its status. A SIGTERM stops the run as a Ctrl-C does (exit 143). After either
     the process ends at once: a library that was interrupted while it loaded (PyTorch) may
     otherwise end it by SIGINT while Python shuts down."""
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _stop)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores Ctrl-C
+        signal.signal(signal.SIGINT, _stop)
     code = main()
     if code in (130, 143):
         sys.stdout.flush()
@@ -217,9 +225,10 @@ def _interrupted(exc: KeyboardInterrupt, advice: str | None) -> int:
 
 
 def _rank_0() -> bool:
-    from ..train.distributed import launched
-
-    return launched().is_main
+    """Whether this process is torchrun's rank 0, or runs without torchrun (as
+    ``train.distributed.launched`` tells), read from the environment alone: it runs in the Ctrl-C
+    handler, where importing PyTorch, whose own import the Ctrl-C may have cut, fails."""
+    return not ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or os.environ["RANK"] == "0"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +238,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     except KeyboardInterrupt as exc:
         return _interrupted(exc, "")
+    except Exception:
+        if _STOPPED:  # an import the Ctrl-C cut failed again
+            return _interrupted(_STOPPED[0], "")
+        raise
+
+    def stopped(exc: KeyboardInterrupt) -> int:
+        if not _rank_0():  # torchrun passes a Ctrl-C to every process: rank 0 tells
+            return _interrupted(exc, None)
+        runfolder = sys.modules.get("spikebridge.train.runfolder")  # loaded once a run folder was claimed; no import here
+        kept = runfolder is not None and hasattr(args, "resume") and not getattr(args, "plan", False) and args.out \
+            and os.path.exists(os.path.join(args.out, runfolder.MANIFEST))  # a run folder that was kept
+        return _interrupted(exc, "; the same command with --resume continues from the last complete epoch" if kept
+                            else "")
+
     try:
         with _distributed(args):
             return int(args.func(args) or 0)
@@ -238,18 +261,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"spikebridge: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        if not _rank_0():  # torchrun passes a Ctrl-C to every process: rank 0 tells
-            return _interrupted(exc, None)
-        from ..train.runfolder import MANIFEST
-
-        kept = hasattr(args, "resume") and not getattr(args, "plan", False) and args.out and \
-            os.path.exists(os.path.join(args.out, MANIFEST))  # a run folder that was kept
-        return _interrupted(exc, "; the same command with --resume continues from the last complete epoch" if kept
-                            else "")
+        return stopped(exc)
     except BrokenPipeError:  # stdout closed early (| head): nothing more to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (Python flushes stdout at exit)
         return 1
     except Exception as exc:  # internal error
+        if _STOPPED:  # an import the Ctrl-C cut failed again
+            return stopped(_STOPPED[0])
         if getattr(args, "debug", False):
             raise
         text = textwrap.shorten(f"{type(exc).__name__}: {exc}", 300)

@@ -665,8 +665,10 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
         child.send_signal(signal.SIGINT)
         err = child.communicate(timeout=120)[1]
         ends.append((child.returncode, err))
-        # 130 and one line; or, rarely, 0 and nothing: PyTorch's own import code swallowed the interrupt
-        assert (child.returncode, err) in ((130, "spikebridge: interrupted\n"), (0, "")), (delay, child.returncode, err)
+        # 130 and one line (PyTorch's import once swallowed it, or aborted: SIGABRT, C++'s "terminate
+        # called"); on a fast machine the plan may be done by 0.6 s: then 0, or SIGINT's -2 as Python exits
+        done = ((0, ""), (-signal.SIGINT, "")) if delay >= 0.6 else ()
+        assert (child.returncode, err) in ((130, "spikebridge: interrupted\n"), *done), (delay, child.returncode, err)
     assert ends.count((130, "spikebridge: interrupted\n")) >= 3, ends
 
 

@@ -231,8 +231,23 @@ def _rank_0() -> bool:
     return not ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or os.environ["RANK"] == "0"
 
 
+def _import_torch_whole() -> None:
+    """Import PyTorch with Ctrl-C and SIGTERM held back until it is loaded. Its import runs Python
+    from C++ (pybind11): a KeyboardInterrupt raised there aborts the process (``terminate called
+    after throwing ... error_already_set``, SIGABRT) instead of reaching :func:`main`. A signal
+    that comes meanwhile is delivered as the import ends, where :func:`main` handles it."""
+    if "torch" in sys.modules or not hasattr(signal, "pthread_sigmask"):  # Windows has no signal mask
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
+        _import_torch_whole()  # the parser's choices (the neuron registry) load it
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # a bad flag (one line, exit 2), --help or --version (exit 0)
         return int(exc.code or 0)

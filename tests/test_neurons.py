@@ -200,6 +200,22 @@ def test_rejects_non_sequence_and_complex_input():
         sb.LIAF()(torch.ones(3, 2, dtype=torch.cfloat))
 
 
+@pytest.mark.parametrize("kind", ["lif", "liaf"])
+def test_second_order_gradients_need_the_reference_backend(kind):
+    """The fused backward is first-order only: ``create_graph=True`` through it is a clear error
+    (it was an obscure one about ``out=`` arguments); the reference backend gives the gradient."""
+    x = (torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.3).requires_grad_(True)
+    reference = NeuronConfig(kind=kind, backend="reference", surrogate="sigmoid").build()
+    (grad,) = torch.autograd.grad((reference(x) ** 2).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(grad.sum(), x)
+    assert second.abs().sum() > 0
+    fused = NeuronConfig(kind=kind, backend="fused", surrogate="sigmoid").build()
+    with pytest.raises(ConfigError, match="first-order gradients only.*backend='reference'"):
+        torch.autograd.grad((fused(x) ** 2).sum(), x, create_graph=True)
+    (first,) = torch.autograd.grad((fused(x) ** 2).sum(), x)  # the usual backward is unchanged
+    torch.testing.assert_close(first, grad.detach(), atol=1e-6, rtol=1e-5)
+
+
 # -- the registry ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", neuron_names(spiking=True))
 @pytest.mark.parametrize("surrogate", ["rect", "sigmoid"])

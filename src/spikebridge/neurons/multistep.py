@@ -205,6 +205,9 @@ class _MultiStepFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: the hand-written backward is not differentiable
+            raise ConfigError("the fused and triton neuron backends give first-order gradients only (a gradient was "
+                              "asked with create_graph=True); use backend='reference' for higher-order gradients")
         saved, decay = ctx.saved_tensors
         grad_x, grad_decay = ctx.backward_op(grad_output, saved, ctx.decay_value, ctx.threshold, ctx.surrogate,
                                              ctx.analog_slope, ctx.from_code, ctx.needs_input_grad[1])

@@ -199,6 +199,11 @@ def test_resume_during_pipes_finetune_with_the_anns_optimizer_state(tmp_path):
     assert [resumed["bridge_seconds"], resumed["bridge_cpu_seconds"]] == pytest.approx(first_bridge, abs=1e-3)
     assert resumed["transfer"]["bridge_seconds"] == resumed["bridge_seconds"]
     assert load_checkpoint(tmp_path / "killed" / phase).meta["bridge_seconds"] == first_bridge
+    # its wall time is this session's alone, and it says so (it read as the whole run's)
+    assert "earlier sessions are not counted" in resumed["wall_seconds_session"]
+    assert "wall_seconds_session" not in summary(tmp_path / "alone")
+    assert f"Wall time of this session: {resumed['wall_seconds']} s (this session only (--resume)" in \
+        (tmp_path / "killed" / "report.md").read_text()
 
 
 class Interrupted(Exception):

@@ -32,7 +32,7 @@ from ..errors import ConfigError, short_repr
 from ..neurons import neuron_names
 from ..utils import atomic_write_text
 from .plots import plot_accuracy_vs_time
-from .summary import time_to_target, write_json
+from .summary import time_to_target, wall_time_line, write_json
 
 BASES = ("scratch", "pretrained", "encoder", "decoder")
 
@@ -199,7 +199,7 @@ def render_markdown(summary: dict, title: str) -> str:
     lines += ["", "![accuracy vs training time](accuracy_vs_time.png)", "",
               "![accuracy vs epochs](accuracy_vs_epochs.png)", ""]
     if summary.get("wall_seconds") is not None:
-        lines.append(f"Wall time of the whole benchmark: {summary['wall_seconds']} s.")
+        lines.append(wall_time_line(summary, "benchmark"))
     return "\n".join(lines) + "\n"
 
 

@@ -71,6 +71,13 @@ def build_summary(dataset: str, T: int, runs: list[dict], *, comparisons: tuple[
     return summary
 
 
+def wall_time_line(summary: dict, what: str) -> str:
+    """The report's line on the summary's ``wall_seconds`` (``what``: run, benchmark)."""
+    if summary.get("wall_seconds_session"):
+        return f"Wall time of this session: {summary['wall_seconds']} s ({summary['wall_seconds_session']})."
+    return f"Wall time of the whole {what}: {summary.get('wall_seconds')} s."
+
+
 def write_json(path: str | Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 

@@ -13,7 +13,6 @@ the ANN learns ``--ann-data`` (default ``mnist5k`` for ``es-mnist``), the SNNs t
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -142,7 +141,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
     summary = summarize(runs, dataset=data.name, ann=ann_info, extra={
         "model": model_meta(scfg, data, cfg.neuron, scfg.model.T)["model"], "methods": [m.name for m in methods],
     })
-    summary["wall_seconds"] = round(time.perf_counter() - ctx.started, 1)
+    summary.update(ctx.wall_time())
     if ctx.is_main:
         write_report(summary, ctx.out, title=f"Time-accuracy benchmark on {Path(data.name).name or data.name}")
     return summary

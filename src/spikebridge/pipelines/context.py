@@ -139,6 +139,13 @@ class RunContext:
     def log(self, message: str) -> None:
         log(message)
 
+    def wall_time(self) -> dict[str, Any]:
+        """The summary's ``wall_seconds`` since the run started; after ``--resume`` they count this
+        session alone, which ``wall_seconds_session`` says (the report too)."""
+        return {"wall_seconds": round(time.perf_counter() - self.started, 1), **(
+            {"wall_seconds_session": "this session only (--resume); earlier sessions are not counted"}
+            if self.resume else {})}
+
     def bridge_seconds(self, name: str, measured: tuple[float, float]) -> tuple[float, float]:
         """The bridge's (wall, CPU) seconds before phase ``name``: ``measured``, or on ``--resume``
         the first run's, which the phase's checkpoints keep (``meta.bridge_seconds``), so that a

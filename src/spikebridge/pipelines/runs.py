@@ -5,7 +5,6 @@ demo, ``pretrain``, ``pipes``, ``piped``, ``finetune``), each written once for e
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from ..analysis.plots import plot_accuracy_vs_time
-from ..analysis.summary import PIPED, PIPES, build_summary, results_table, write_json
+from ..analysis.summary import PIPED, PIPES, build_summary, results_table, wall_time_line, write_json
 from ..bridge import FIRST_LAYER_MODES, transfer_headline
 from ..config import PipelineConfig, dump_yaml
 from ..data.datasets import open_data_config, open_dataset, resolve_model_name
@@ -311,7 +310,7 @@ def write_outputs(ctx: RunContext, runs: list[RunResult], *, dataset: str, T: in
     ``wall_seconds`` (since ``ctx.started``), written as ``summary.json`` with ``metrics.csv``,
     ``report.md`` and the figure into ``ctx.out`` (rank 0 alone under torchrun); returns it."""
     summary = build_summary(dataset, T, [r.to_summary() for r in runs], comparisons=comparisons, extra=extra)
-    summary["wall_seconds"] = round(time.perf_counter() - ctx.started, 1)
+    summary.update(ctx.wall_time())
     if not current_rank().is_main:
         return summary
     out = ctx.out
@@ -400,7 +399,7 @@ def render_report(summary: dict, table: str, title: str) -> str:
         if summary.get(key):
             t = summary[key]
             lines.append(f"Transfer ({label}): {transfer_headline(t)}; BN layers re-calibrated: {t['recalibrated_bn']}.")
-    lines.append(f"\nWall time of the whole run: {summary.get('wall_seconds')} s.")
+    lines.append("\n" + wall_time_line(summary, "run"))
     return "\n".join(lines) + "\n"
 
 

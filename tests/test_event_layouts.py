@@ -52,6 +52,7 @@ def test_aedat4_corrupt_files_are_one_line_errors(tmp_path):
         "cut.aedat4": raw[: len(raw) - 100],                      # a truncated packet
         "header.aedat4": raw[:14] + b"\xff" * 40,                  # garbage IOHeader
         "empty.aedat4": b"#!AER-DAT4.0\r\n",
+        "zeros.aedat4": b"#!AER-DAT4.0\r\n" + bytes(20),  # the decoder panics (Rust): a BaseException
     }
     for name, blob in cases.items():
         (tmp_path / name).write_bytes(blob)
@@ -235,6 +236,17 @@ def test_gesture_npy_bad_files(tmp_path):
     (tmp_path / "b.npy").write_bytes(b"not numpy")
     with pytest.raises(DataError, match=r"b\.npy: not a readable \.npy"):
         read_gesture_npy(tmp_path / "b.npy")
+    # values that were read wrong without a word: polarity 3 as ON, x = 65541 wrapped to 5 through
+    # int16, x = 1.5 cut to 1, t = 1e17 ms overflowing the µs
+    good = np.array([[1, 2, 1, 10.0], [3, 4, 0, 20.0]])
+    for column, value, words in ((2, 3, "polarity must be bool, 0/1 or -1/1"), (0, 65541, "x outside the sensor"),
+                                 (0, 1.5, "x coordinates must be integers"), (1, -1, "y outside the sensor"),
+                                 (3, 1e17, "timestamps must lie in")):
+        bad = good.copy()
+        bad[1, column] = value
+        np.save(tmp_path / "c.npy", bad)
+        with pytest.raises(DataError, match=words):
+            read_gesture_npy(tmp_path / "c.npy")
 
 
 # ------------------------------------------------------------------------------------------------

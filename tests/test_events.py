@@ -108,8 +108,13 @@ def test_binning_matches_tonic(kwargs):
     rng = np.random.default_rng(len(repr(kwargs)))
     for n in (1, 7, 3000):
         ev = random_stream(rng, n)
-        ours = events_to_frames(ev, sensor_size=(34, 34), polarity_order="off_on", **kwargs)
         theirs = ToFrame(sensor_size=(34, 34, 2), **kwargs)(ev.copy())
+        if "n_time_bins" in kwargs and ev["t"][-1] - ev["t"][0] < kwargs["n_time_bins"]:  # one event
+            assert not theirs.any()  # Tonic's frames are all empty; ours refuse (the test below)
+            with pytest.raises(DataError, match="every frame would be empty"):
+                events_to_frames(ev, sensor_size=(34, 34), polarity_order="off_on", **kwargs)
+            continue
+        ours = events_to_frames(ev, sensor_size=(34, 34), polarity_order="off_on", **kwargs)
         assert ours.shape == theirs.shape
         np.testing.assert_array_equal(ours.numpy(), theirs.astype(np.float32))
 
@@ -230,6 +235,22 @@ def test_aedat2_davis240(tmp_path):
     ev = read_aedat(tmp_path / "d.aedat", camera="davis240")
     assert ev["x"].tolist() == [239, 5] and ev["y"].tolist() == [179, 0]
     assert ev["p"].tolist() == [True, False] and ev["t"].tolist() == [1, 3]
+    # jAER's external-input (trigger) events, bit 10, are not pixels (they were OFF events at (0, 0))
+    triggered = AEDAT2_HEADER + struct.pack(">IIIIII", dvs, 1, 0x400 | 3, 2, 0x400, 3)
+    (tmp_path / "t.aedat").write_bytes(triggered)
+    ev = read_aedat(tmp_path / "t.aedat", camera="davis240")
+    assert ev["x"].tolist() == [239] and ev["t"].tolist() == [1]
+
+
+def test_frames_of_events_spanning_fewer_time_units_than_bins_are_refused():
+    """Tonic's whole-unit bins leave every frame empty when the events span fewer time units than
+    bins (one event, one timestamp, timestamps in seconds): a DataError, not all-zero frames."""
+    for t in ([5], [7, 7, 7], [0.0, 0.2, 0.9]):
+        events = make_events(np.zeros(len(t)), np.zeros(len(t)), np.asarray(t), np.ones(len(t)))
+        with pytest.raises(DataError, match=r"rec\.bin: the \d events span .* fewer than the 4 time bins"):
+            events_to_frames(events, sensor_size=(4, 4), n_time_bins=4, source="rec.bin")
+    events = make_events(np.zeros(4), np.zeros(4), np.asarray([0, 1, 2, 4]), np.ones(4))
+    assert events_to_frames(events, sensor_size=(4, 4), n_time_bins=4).sum() == 3  # Tonic: the last unit is cut
 
 
 def aedat3_packet(ptype, size, overflow, payload_events):

@@ -172,7 +172,7 @@ def events_to_frames(
     for the error messages.
 
     Raises :class:`DataError` for an empty stream, coordinates outside the sensor, timestamps that
-    decrease, or bad polarity values.
+    decrease, bad polarity values, or (``n_time_bins``) events spanning fewer time units than bins.
     """
     if polarity_order not in ("on_off", "off_on"):
         raise ConfigError(f"polarity_order must be 'on_off' or 'off_on', got {polarity_order!r}")
@@ -199,6 +199,10 @@ def events_to_frames(
     channel = (~on if polarity_order == "on_off" else on).astype(np.int64)
     flat = (channel * height + y) * width + x
 
+    if n_time_bins is not None and 0 <= t[-1] - t[0] < int(n_time_bins):
+        raise DataError(f"{_where(source)}the {x.shape[0]} events span {t[-1] - t[0]} time units, fewer than the "
+                        f"{n_time_bins} time bins: every frame would be empty (bins are whole time units, as in Tonic; "
+                        "timestamps in seconds? give them in µs)")
     starts, ends = time_bin_edges(t, n_time_bins=n_time_bins, time_window=time_window, overlap=overlap,
                                   include_incomplete=include_incomplete)
     frames = np.zeros((len(starts), 2 * height * width), dtype=np.float32)
@@ -645,8 +649,9 @@ def read_aedat(
       ``"jaer"`` (default) mirrors x as jAER does (x = 127 - field; y counts from the bottom);
       ``"cifar10dvs"`` gives SpikingJelly's CIFAR10-DVS reading, x = 127 - y field,
       y = 127 - x field (a transposed, upright image).
-    * ``"davis240"`` (DAVIS240 AEDAT 2.0), 240x180: bit 31 = 0 marks a polarity event (APS/IMU
-      samples are dropped), y = bits 22-30, x = bits 12-21, polarity = bit 11 (1 = ON).
+    * ``"davis240"`` (DAVIS240 AEDAT 2.0), 240x180: bit 31 = 0 and bit 10 = 0 mark a polarity event
+      (APS/IMU samples and external-input events are dropped), y = bits 22-30, x = bits 12-21,
+      polarity = bit 11 (1 = ON).
 
     **AEDAT 3.x** (``#!AER-DAT3.1``, header ending ``#!END-HEADER``, then packets of a 28-byte
     little-endian header: type, source (int16), event size, timestamp offset, timestamp
@@ -721,7 +726,9 @@ def read_aedat4(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int]]:
         chunks = [packet["events"] for packet in decoder if packet["stream_id"] == stream and "events" in packet]
     except DataError:
         raise
-    except Exception as exc:  # the decoder's own errors (corrupt header, bad packet, truncated file)
+    except BaseException as exc:  # the decoder's errors; a Rust panic is pyo3's PanicException, a BaseException
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise  # Ctrl-C, SystemExit
         raise _unreadable(path, "AEDAT 4 file", exc) from None
     width, height = int(streams[stream].get("width", 0)), int(streams[stream].get("height", 0))
     if not chunks:
@@ -755,8 +762,14 @@ def read_gesture_npy(path: str | os.PathLike) -> np.ndarray:
                         f"{getattr(arr, 'dtype', '?')} {getattr(arr, 'shape', '?')}")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise DataError(f"{path}: the DVS-Gesture sample holds NaN or Inf")
-    t = np.round(arr[:, 3].astype(np.float64) * 1000).astype(np.int64)
-    return make_events(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), t, arr[:, 2] > 0)
+    width, height = DVS_GESTURE_SENSOR
+    x, y = _integer_coords(arr[:, 0], "x", width, path), _integer_coords(arr[:, 1], "y", height, path)
+    on = _on_flags(arr[:, 2], path)
+    t_ms = arr[:, 3].astype(np.float64)
+    if len(t_ms) and (t_ms.min() < 0 or t_ms.max() >= 2 ** 53 / 1000):  # the µs would not fit
+        raise DataError(f"{path}: DVS-Gesture timestamps must lie in [0, 2**53 / 1000) ms, got "
+                        f"{t_ms.min():.6g}..{t_ms.max():.6g}")
+    return make_events(x, y, np.round(t_ms * 1000).astype(np.int64), on)
 
 
 def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: str, orientation: str,
@@ -781,8 +794,8 @@ def _read_aedat2_body(raw: bytes, start: int, path: str | os.PathLike, camera: s
         addr, t = addr[polarity], t[polarity]
         x, y = _DVS128_ORIENTATIONS[orientation]((addr >> 1) & 0x7F, (addr >> 8) & 0x7F)
         on = (addr & 1) == 0  # jAER: polarity bit 0 = ON, 1 = OFF
-    else:
-        dvs = (addr >> 31) == 0
+    else:  # jAER's DAVIS: bit 31 set = APS / IMU sample, bit 10 set = external input (trigger) event
+        dvs = ((addr >> 31) == 0) & ((addr & 0x400) == 0)
         addr, t = addr[dvs], t[dvs]
         x, y, on = (addr >> 12) & 0x3FF, (addr >> 22) & 0x1FF, ((addr >> 11) & 1) == 1
         width, height = davis

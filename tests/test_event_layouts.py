@@ -96,6 +96,13 @@ def test_nmnist_tonic_layout(tmp_path):
     path = root / "Test" / "1" / "00001.bin"
     expected = events_to_frames(read_nmnist_bin(path), sensor_size=(34, 34), n_time_bins=5)
     assert torch.equal(items[3][0], expected) and expected.sum() > 0
+    # one stray event (x = 40) in one recording made every frame 240 x 180 (N-Caltech101's sensor)
+    stray = root / "Train" / "0" / sorted(p.name for p in (root / "Train" / "0").iterdir())[0]
+    events = read_nmnist_bin(stray)
+    events["x"][0] = 40
+    layouts.write_nmnist_bin(stray, events)
+    with pytest.raises(DataError, match=f"{stray.name}: events outside the 34x34 sensor of the dataset's other N-MNIST"):
+        open_dataset(str(root), time_steps=5)
 
 
 @pytest.mark.parametrize("train, test", [("train", "Test"), ("TRAIN", "val"), ("Train", "test")])

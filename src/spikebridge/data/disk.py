@@ -433,6 +433,7 @@ class EventFileDataset(Dataset):
 
 #: How many recordings decide a DVS dataset's sensor (:func:`dataset_sensor`).
 SENSOR_PROBES = 8
+NMNIST_SENSOR = (34, 34)  # N-MNIST's; other .bin recordings (N-Caltech101) are sized by their events
 
 
 def dataset_sensor(samples: list[tuple[Path, int]], orientation: str) -> tuple[int, int]:
@@ -445,10 +446,15 @@ def dataset_sensor(samples: list[tuple[Path, int]], orientation: str) -> tuple[i
     def sensor(index: int) -> tuple[int, int]:
         return read_event_file(samples[index][0], orientation=orientation)[2]
 
-    sizes = []
+    probed = {}
     for index in range(min(len(samples), SENSOR_PROBES)):
         with contextlib.suppress(DataError):
-            sizes.append(sensor(index))
+            probed[samples[index][0]] = sensor(index)
+    sizes = list(probed.values())
+    if NMNIST_SENSOR in sizes and len(set(sizes)) > 1:  # one stray event would resize every frame
+        odd = next(path for path, size in probed.items() if size != NMNIST_SENSOR)
+        raise DataError(f"{odd}: events outside the 34x34 sensor of the dataset's other N-MNIST .bin recordings; "
+                        "fix or remove that recording")
     if not sizes:  # none of them readable: a later one's, else the first one's error
         sizes.append(first_readable(len(samples), sensor)[1])
     return max(size[0] for size in sizes), max(size[1] for size in sizes)

@@ -287,6 +287,16 @@ def test_es_ucf101_arr_0_files(tmp_path, flat):
     assert label == expected_label and torch.equal(frames, torch.from_numpy(events[:, :15].transpose(1, 0, 2, 3)).float())
     bundle = open_dataset(str(root))
     assert (bundle.num_classes, bundle.info["format"], len(bundle.train) + len(bundle.test)) == (2, "es-ucf101", 8)
+    # a clip of another frame size: named (training crashed in the collate, or it passed unseen)
+    odd = sorted(clips)[-1]
+    np.savez_compressed(odd, _clip(rng, 1, h=10))
+    ds = ESUCF101Dataset(root, n_steps=15)
+    with pytest.raises(DataError, match=f"{odd.name}: frames of 10 x 16, but the dataset's first clip .* has 12 x 16"):
+        ds[[str(p) for p, _ in ds.items].index(str(odd))]
+    if not flat:  # a class folder without clips (its label went to no clip, silently)
+        (root / "Zzz").mkdir()
+        with pytest.raises(DataError, match="Zzz: class folder holds no .npz clips"):
+            ESUCF101Dataset(root)
 
 
 def test_es_ucf101_flat_folder_needs_ucf101_names(tmp_path):
@@ -346,6 +356,8 @@ def test_one_sensor_for_a_dataset_and_the_chip_its_headers_name(tmp_path):
     bundle = open_dataset(str(root))
     frames = [bundle.train[i][0] for i in range(len(bundle.train))] + [bundle.test[i][0] for i in range(len(bundle.test))]
     assert {tuple(f.shape) for f in frames} == {(8, 2, 180, 240)}
+    for size in (180, 64):  # the shorter side too (it kept 180 x 240 frames)
+        assert tuple(open_dataset(str(root), image_size=size).train[0][0].shape) == (8, 2, size, size)
     named = tmp_path / "davis346.aedat"
     layouts.write_aedat31(named, stream(240, 180))
     named.write_bytes(named.read_bytes().replace(b"#Source 1: spikebridge", b"#Source 1: DAVIS346B"))

@@ -305,7 +305,7 @@ def _event_bundle(name: str, train: Dataset, test: Dataset, num_classes: int, im
 
     sample = first_readable_sample(train)[1]
     native = int(min(sample.shape[-2:]))
-    if image_size and image_size != native and info.get("format") != "es-ucf101":
+    if image_size and tuple(sample.shape[-2:]) != (image_size, image_size) and info.get("format") != "es-ucf101":
         resize = ResizeFrames(image_size)
         train, test = MappedDataset(train, resize), MappedDataset(test, resize)
         native = image_size

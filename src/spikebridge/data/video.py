@@ -250,6 +250,9 @@ class ESUCF101Dataset(Dataset):
             classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
             self.items = [(f, label) for label, name in enumerate(classes)
                           for f in sorted((root / name).glob("*.npz"), key=lambda p: natural_key(p.name))]
+            empty = sorted(set(classes) - {classes[label] for _, label in self.items})
+            if empty and self.items:  # a class with no clips would shift the labels of the ones after it
+                raise DataError(f"{root / empty[0]}: class folder holds no .npz clips; remove it or add its clips")
             if not classes:  # the authors' flat folder of v_<Class>_g.._c...npz clips
                 self.items = flat_clip_items(root)
         else:
@@ -258,6 +261,7 @@ class ESUCF101Dataset(Dataset):
             raise DataError(f"{root}: no .npz clips found")
         self.n_steps = n_steps
         self.transform = transform
+        self.frame_size: tuple[int, int] | None = None  # (H, W) of the first clip: every clip's
 
     def __len__(self) -> int:
         return len(self.items)
@@ -269,6 +273,12 @@ class ESUCF101Dataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.items[index]
         events = read_video_events(path)
+        if self.frame_size is None:
+            self.frame_size = tuple(events.shape[2:]) if index == 0 else tuple(read_video_events(self.items[0][0]).shape[2:])
+        if tuple(events.shape[2:]) != self.frame_size:
+            height, width = self.frame_size
+            raise DataError(f"{path}: frames of {events.shape[2]} x {events.shape[3]}, but the dataset's first clip "
+                            f"({Path(self.items[0][0]).name}) has {height} x {width}; convert every clip at one size")
         if self.n_steps is not None:
             if self.n_steps > events.shape[1]:
                 raise DataError(f"{path}: has {events.shape[1]} steps, {self.n_steps} requested")

@@ -395,6 +395,10 @@ def test_convert_odg_takes_every_image_kind_training_reads(tmp_path, capsys):
                       "n00000000/img0.npz", "n00000001/img0.npz"]
     # --size 32 without --window: ES-ImageNet's 16..240 of 254 in proportion (it cropped 16 px of a 36 px canvas)
     assert json.loads((out / "conversion.json").read_text())["odg_kwargs"]["window"] == [2, 30]
+    # inspect reads a sample in the frame training does (it drew ES-ImageNet's 224 x 224 canvas)
+    capsys.readouterr()
+    assert main(["inspect", "--json", str(out / "n00000000" / "img0.npz")]) == 0
+    assert json.loads(capsys.readouterr().out)["sensor_size"] == [28, 28]
 
 
 def test_convert_odg_reads_images_nested_in_class_folders_as_training_does(tmp_path, capsys):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import _layouts as layouts
 from spikebridge.cli import main
@@ -283,6 +284,38 @@ def _bad_inputs(tmp_path):
         "one split of a dataset": (tmp_path / "imnet" / "train", f"train: one split of the dataset "
                                    f"{(tmp_path / 'imnet').resolve()}; give that folder"),
     }
+
+
+def test_recordings_training_would_refuse_are_refused_and_cifar10dvs_keeps_its_orientation(tmp_path, capsys):
+    """``inspect FILE`` reported recordings that training refuses (events outside the sensor,
+    unsorted timestamps) and exited 0; a DVS128 recording in CIFAR10-DVS's class folders is read in
+    the orientation training gives it; the preview draws every event (Tonic's bins cut the last)."""
+    rng = np.random.default_rng(3)
+    events = stream(rng, 200, 34, 34)
+    backwards = events.copy()
+    backwards["t"][5] = backwards["t"][4] - 1
+    layouts.write_nmnist_bin(tmp_path / "unsorted.bin", backwards)
+    assert main(["inspect", str(tmp_path / "unsorted.bin")]) == 2
+    assert "unsorted.bin: timestamps are not sorted" in capsys.readouterr().err
+    np.save(tmp_path / "3.npy", np.array([[1, 2, 1, 10], [130, 4, 0, 20]]))
+    assert main(["inspect", str(tmp_path / "3.npy")]) == 2
+    assert "3.npy: 1 events have x outside the sensor [0, 128)" in capsys.readouterr().err
+    dvs = stream(rng, 300, 128, 128)
+    for classes in (("cat", "dog"), ("cats", "dogs")):
+        for name in classes:
+            (tmp_path / "-".join(classes) / name).mkdir(parents=True)
+            for copy in ("r", "s"):  # two each: one trains, one tests
+                layouts.write_aedat2(tmp_path / "-".join(classes) / name / f"{copy}.aedat", dvs)
+    from spikebridge.data.datasets import open_dataset
+    from spikebridge.data.inspect import inspect_path
+
+    for classes in (("cat", "dog"), ("cats", "dogs")):
+        folder = tmp_path / "-".join(classes)
+        _, preview = inspect_path(folder / classes[0] / "r.aedat", preview=True)
+        trained = open_dataset(str(folder), time_steps=1).train
+        frames = next(trained[i][0] for i in range(len(trained)) if trained[i][1] == 0)
+        missing = preview.data.sum(0) - frames.sum(0)  # training's one Tonic bin leaves out the last event
+        assert preview.data.sum() == 300 and missing.min() == 0 and missing.sum() == 1, classes
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):

@@ -130,7 +130,7 @@ def peek_model(path: str | os.PathLike, image_size: int = 0) -> str | None:
     if layout == "dvs":
         classes, recordings = _dvs_recordings(Path(root))
         if recordings:
-            return model_for(layout, image_size or min(dataset_sensor(recordings, _dvs_orientation(classes))), 2)
+            return model_for(layout, image_size or min(dataset_sensor(recordings, dvs_orientation(classes))), 2)
     return None
 
 
@@ -478,7 +478,7 @@ def _dvs_recordings(base: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, _list_event_files(train_dir if split else base, classes)
 
 
-def _dvs_orientation(classes: list[str]) -> str:
+def dvs_orientation(classes: list[str]) -> str:
     """CIFAR10-DVS, or some of its classes: its recordings' own orientation (read_aedat)."""
     return "cifar10dvs" if set(classes) <= set(CIFAR10_CLASSES) else "jaer"
 
@@ -507,7 +507,7 @@ def open_dvs_folder(root: str, *, split_seed: int, time_steps: int, image_size: 
         split = "90/10 stratified"
     if not train_samples or not test_samples:
         raise DataError(f"{root}: no event recordings ({', '.join(DVS_EXTENSIONS)}) found in its class folders")
-    orientation = _dvs_orientation(classes)
+    orientation = dvs_orientation(classes)
     sensor = dataset_sensor(recordings, orientation)  # the recordings the plan's peek_model reads too
     train = EventFileDataset(train_samples, time_steps=steps, orientation=orientation, sensor=sensor)
     test = EventFileDataset(test_samples, time_steps=steps, orientation=orientation, sensor=sensor)

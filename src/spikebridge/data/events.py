@@ -150,6 +150,33 @@ def time_bin_edges(
     return np.searchsorted(t, starts), np.searchsorted(t, starts + window)
 
 
+def check_events(events: Any, *, sensor_size: Sequence[int], source: str | os.PathLike | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, t, on)`` of an event stream (as :func:`events_to_frames` takes it) that is not empty,
+    has integer coordinates on the ``(W, H)`` sensor, finite non-decreasing timestamps and valid
+    polarities; else a :class:`DataError` naming ``source``."""
+    width, height = _sensor_wh(sensor_size)
+    x, y, t, p = _fields(events, source)
+    if x.shape[0] == 0:
+        raise DataError(f"{_where(source)}the event stream is empty")
+    x = _integer_coords(x, "x", width, source)
+    y = _integer_coords(y, "y", height, source)
+    if t.dtype.kind not in "iuf":
+        raise DataError(f"{_where(source)}timestamps must be numeric, got dtype {t.dtype}")
+    if t.dtype.kind == "f" and not np.all(np.isfinite(t)):
+        raise DataError(f"{_where(source)}timestamps contain NaN or Inf")
+    if t.dtype.kind == "u":
+        t = t.astype(np.int64)
+    backwards = np.flatnonzero(np.diff(t) < 0)
+    if backwards.size:
+        i = int(backwards[0])
+        raise DataError(
+            f"{_where(source)}timestamps are not sorted: event {i + 1} (t={t[i + 1]}) comes before "
+            f"event {i} (t={t[i]}); {backwards.size} decreases in all"
+        )
+    return x, y, t, _on_flags(p, source)
+
+
 def events_to_frames(
     events: Any,
     *,
@@ -177,25 +204,7 @@ def events_to_frames(
     if polarity_order not in ("on_off", "off_on"):
         raise ConfigError(f"polarity_order must be 'on_off' or 'off_on', got {polarity_order!r}")
     width, height = _sensor_wh(sensor_size)
-    x, y, t, p = _fields(events, source)
-    if x.shape[0] == 0:
-        raise DataError(f"{_where(source)}the event stream is empty")
-    x = _integer_coords(x, "x", width, source)
-    y = _integer_coords(y, "y", height, source)
-    if t.dtype.kind not in "iuf":
-        raise DataError(f"{_where(source)}timestamps must be numeric, got dtype {t.dtype}")
-    if t.dtype.kind == "f" and not np.all(np.isfinite(t)):
-        raise DataError(f"{_where(source)}timestamps contain NaN or Inf")
-    if t.dtype.kind == "u":
-        t = t.astype(np.int64)
-    backwards = np.flatnonzero(np.diff(t) < 0)
-    if backwards.size:
-        i = int(backwards[0])
-        raise DataError(
-            f"{_where(source)}timestamps are not sorted: event {i + 1} (t={t[i + 1]}) comes before "
-            f"event {i} (t={t[i]}); {backwards.size} decreases in all"
-        )
-    on = _on_flags(p, source)
+    x, y, t, on = check_events(events, sensor_size=sensor_size, source=source)
     channel = (~on if polarity_order == "on_off" else on).astype(np.int64)
     flat = (channel * height + y) * width + x
 

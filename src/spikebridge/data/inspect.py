@@ -15,6 +15,7 @@ Every bad input is a one-line :class:`~spikebridge.errors.DataError`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 
 from ..errors import DataError, SpikebridgeError
 from .datasets import BUILTIN_DATASETS, open_dataset
-from .events import read_event_file
+from .events import check_events, read_event_file
 from .loading import DataBundle
 
 #: Time bins of a recording's preview.
@@ -76,10 +77,22 @@ def _inspect(name: str, preview: bool) -> tuple[dict[str, Any], Preview | None]:
                         "sample, ES-UCF101 clip), clip folders and dataset folders")
     if suffix == ".npz":
         return _inspect_npz(where, preview)
-    fmt, events, sensor = read_event_file(where)
+    fmt, events, sensor = read_event_file(where, orientation=_recording_orientation(where))
+    if len(events):  # what training would refuse (outside the sensor, unsorted), refused here too
+        check_events(events, sensor_size=sensor, source=where)
     on, t = int(events["p"].sum()), events["t"]
     info = _recording(fmt, on, len(events) - on, sensor, [int(t[0]), int(t[-1])] if len(t) else None, "us")
     return info, _event_preview(events, sensor, where, preview)
+
+
+def _recording_orientation(path: Path) -> str:
+    """The DVS128 orientation the dataset reader gives ``path``: CIFAR10-DVS's when it lies in a
+    class folder beside only CIFAR-10 class names (``disk.open_dvs_folder``)."""
+    from .disk import dvs_orientation
+
+    with contextlib.suppress(OSError):
+        return dvs_orientation([d.name for d in path.parent.parent.iterdir() if d.is_dir()])
+    return "jaer"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,14 +111,14 @@ def _event_preview(events: np.ndarray, sensor: tuple[int, int], path: Path, want
         return None
     if not len(events):
         raise DataError(f"{path}: the recording holds no events to draw")
-    bins = max(1, min(PREVIEW_BINS, len(events)))
-    frames = events_to_frames(events, sensor_size=sensor, n_time_bins=bins, source=path)
-    return Preview("events", frames, f"{path.name}: {len(events)} events in {bins} time bins")
+    window = int(events["t"][-1] - events["t"][0]) // PREVIEW_BINS + 1  # every event, in at most 5 bins
+    frames = events_to_frames(events, sensor_size=sensor, time_window=window, include_incomplete=True, source=path)
+    return Preview("events", frames, f"{path.name}: {len(events)} events in {len(frames)} time bins of {window} µs")
 
 
 def _inspect_npz(path: Path, wanted: bool) -> tuple[dict[str, Any], Preview | None]:
     from .disk import npz_sample_kind
-    from .events import read_es_sample
+    from .events import conversion_frame, read_es_sample
     from .odg import events_to_dense
     from .video import read_video_events
 
@@ -113,8 +126,10 @@ def _inspect_npz(path: Path, wanted: bool) -> tuple[dict[str, Any], Preview | No
     if kind == "es-imagenet":
         sample = read_es_sample(path)
         steps = np.concatenate([sample.pos[:, 2], sample.neg[:, 2]])
-        frames = events_to_dense(sample, dtype=torch.float32)
-        sensor = (frames.shape[-1], frames.shape[-2])  # [W, H] of the 224x224 frame made of the sample
+        # converted at another --size: the frame its conversion.json gives (ESImageNetDataset's)
+        frame = conversion_frame(path.parent.parent) or conversion_frame(path.parent)
+        frames = events_to_dense(sample, dtype=torch.float32, **frame)
+        sensor = (frames.shape[-1], frames.shape[-2])  # [W, H] of the frame made of the sample (224x224 as released)
         info = _recording("es-imagenet-npz", len(sample.pos), len(sample.neg), sensor,
                           [int(steps.min()), int(steps.max())] if len(steps) else None, "step")
     elif kind == "es-ucf101":

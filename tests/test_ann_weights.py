@@ -168,6 +168,10 @@ def test_backbone_weights_and_compiled_or_ddp_prefixes_load(tmp_path, capsys):
     torch.save({"model": {f"module._orig_mod.{k}": v for k, v in state.items()}}, tmp_path / "compiled.pth")
     loaded = load_ann(AnnSource(model="cnn", weights=str(tmp_path / "compiled.pth")))
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
+    # older and converted files lack BatchNorm's num_batches_tracked; PyTorch loads them (we refused)
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, tmp_path / "nobt.pth")
+    loaded = load_ann(AnnSource(model="cnn", weights=str(tmp_path / "nobt.pth")))
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items() if "num_batches" not in k)
     headless = load_ann(AnnSource(model="cnn", weights=str(tmp_path / "backbone.pth")))
     assert headless.checkpoint_model["num_classes"] == 0
     assert all(torch.equal(headless.model.state_dict()[k], v) for k, v in backbone.items())

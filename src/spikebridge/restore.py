@@ -173,11 +173,12 @@ def check_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], 
     """Refuse (``CheckpointError``) weights ``state`` that do not fit a model whose state dict is
     ``own``: missing / unexpected keys, other shapes, integer or bool tensors where the model has
     floating ones, NaN or Inf values. Integer buffers (BatchNorm's ``num_batches_tracked``) stay
-    integers. ``own`` may live on the meta device (nothing allocated)."""
+    integers, and may be missing. ``own`` may live on the meta device (nothing allocated)."""
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"{clip(source)}: {short_repr(not_tensors[0])} is not a tensor (not a state dict)")
-    missing = [k for k in own if k not in state]
+    # BatchNorm's step counter is absent from older and converted files; PyTorch loads them without it
+    missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     parts = [f"shape mismatch {k}: file {list(state[k].shape)} vs model {list(own[k].shape)}" for k in mismatched[:1]]
@@ -186,6 +187,8 @@ def check_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], 
     if parts:
         raise CheckpointError(clip(f"{source}: the weights do not fit {model_name} ({'; '.join(parts)})", 300))
     for key, value in own.items():
+        if key not in state:
+            continue
         tensor = state[key]
         if value.is_floating_point() != tensor.is_floating_point():
             raise CheckpointError(f"{clip(source)}: {key} is {str(tensor.dtype).removeprefix('torch.')} where "

@@ -33,6 +33,18 @@ NET_SOURCE = textwrap.dedent('''
             return self.fc2(F.relu(self.fc1(x)))
 
 
+    class TupleOut(TinyNet):
+        def forward(self, x):
+            scores = super().forward(x)
+            return scores, scores
+
+
+    class WithGELU(TinyNet):
+        def forward(self, x):
+            x = self.pool(F.gelu(self.conv1(x)))
+            return self.fc2(F.gelu(self.fc1(x.view(x.size(0), -1))))
+
+
     class NeedsArgs(nn.Module):
         def __init__(self, width):
             super().__init__()
@@ -122,11 +134,21 @@ def test_user_errors_are_one_line_exit_2(finetuned, tmp_path, capsys):
           "--trust-code"], "not of --model"),
         (["evaluate", str(out / "snn_finetuned" / "checkpoints" / "last.json"), "--data", "mnist5k"],
          "needs Python code (TinyNet from"),
+        # with weights these were internal errors in the ANN's evaluation; spikify's refusal came after
+        # the ANN's epochs (and --plan passed it)
+        (["finetune", "--ann", f"{source}:TupleOut", "--ann-weights", weights, "--out", str(tmp_path / "t")],
+         "returns a tuple; spikebridge trains and converts networks that return one tensor"),
+        (["finetune", "--ann", f"{source}:TinyNet", "--ann-weights", str(tmp_path / "w3.pth"), "--ann-kwargs",
+          '{"num_classes": 3}', "--out", str(tmp_path / "t")], "outputs [2, 3] for a batch of 2, but mnist5k has 10"),
+        (["pipes", "--ann", f"{source}:WithGELU", "--plan", "--out", str(tmp_path / "t")], "gelu"),
+        (["pipes", "--ann", f"{source}:WithGELU", "--out", str(tmp_path / "t")], "gelu"),
     ]
+    torch.save(import_ann(f"{source}:TinyNet", {"num_classes": 3}).state_dict(), tmp_path / "w3.pth")
     for argv, message in cases:
         assert main(argv + QUICK[:2]) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "t").exists()  # refused before anything was written
 
 
 def test_evaluate_refuses_a_checkpoint_of_another_class_count(tmp_path, capsys):

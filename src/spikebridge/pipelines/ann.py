@@ -335,6 +335,8 @@ class AnnFamily(Protocol):
 
     def scratch(self, ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle) -> tuple[nn.Module, dict]: ...
 
+    def check_reads(self, cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle) -> None: ...
+
 
 class RegistryFamily:
     """Registry architectures: the bridge (:func:`bridge_to_snn`)."""
@@ -356,6 +358,9 @@ class RegistryFamily:
         seed_everything(cfg.run.seed)
         return build_model(cfg, bundle, cfg.neuron, cfg.model.T), model_meta(cfg, bundle, cfg.neuron, cfg.model.T)
 
+    def check_reads(self, cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle) -> None:
+        """Nothing to check: a registry ANN's classes and channels are read from its weights."""
+
 
 # ------------------------------------------------------------------------------------------------
 # The user's class: spikify
@@ -375,10 +380,21 @@ class ClassFamily:
         """Train the class (seeded fresh initialisation, its own activations) with ``cfg.ann``:
         run ``ann``, whose checkpoints rebuild with ``evaluate`` / ``--ann CKPT``."""
         ann = self.fresh(cfg.run.seed)
-        _check_classes(ann, bundle, self.spec, calibration_inputs(bundle, 2, 2, cfg.run.seed)[0])
+        self.check_reads(cfg, ann, bundle)
         meta = ann_class_meta(self.spec, self.kwargs, num_classes=bundle.num_classes,
                               in_channels=bundle.in_channels, data=bundle.name)
         return ann, ctx.fit(ann, bundle, cfg.ann, name="ann", meta=meta)
+
+    def check_reads(self, cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle) -> None:
+        """ConfigError, before any training, when ``ann`` cannot read ``bundle``'s samples or does not
+        give one score per class (with weights it crashed in the ANN's evaluation)."""
+        _check_classes(ann, bundle, self.spec, calibration_inputs(bundle, 2, 2, cfg.run.seed)[0])
+
+    def check_convertible(self, cfg: PipelineConfig, ann: nn.Module | None) -> None:
+        """ConfigError, before any work (the run plan), when spikify cannot convert the class (an
+        activation or call it does not know): the run found it only after the ANN's epochs."""
+        spikify_with_graph(ann if ann is not None else self.fresh(cfg.run.seed), cfg.neuron, T=cfg.model.T,
+                           calibrate=False)
 
     def to_snn(self, ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, *,
                same_data: bool, first_layer: str | None = None) -> Bridged:
@@ -457,7 +473,10 @@ def ann_output(ann: nn.Module, example: torch.Tensor, label: str, data_name: str
 def _check_classes(ann: nn.Module, bundle: DataBundle, label: str, example: torch.Tensor) -> None:
     """Refuse an ANN whose output on ``example[:2]`` (``[b, ...]``) is not ``[2, bundle.num_classes]``."""
     out = ann_output(ann, example[:2], label, bundle.name)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != bundle.num_classes:
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"--ann {label}: returns a {type(out).__name__}; spikebridge trains and converts networks "
+                          "that return one tensor of class scores [batch, classes]")
+    if out.dim() != 2 or out.shape[1] != bundle.num_classes:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"--ann {label}: outputs {shape} for a batch of 2, but {bundle.name} has "
                           f"{bundle.num_classes} classes (pass them with --ann-kwargs)")

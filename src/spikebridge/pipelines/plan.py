@@ -29,7 +29,7 @@ from ..train.checkpoint import load_checkpoint
 from ..train.distributed import launched, rank_0_decides
 from ..train.engine import check_global_batch
 from ..train.runfolder import check_run_folder
-from .ann import AnnSource, check_checkpoint_optimizer, load_ann
+from .ann import AnnSource, ClassFamily, check_checkpoint_optimizer, load_ann
 from .context import resolve_device
 
 #: The command presets (dotted keys), below a recipe: used only when no ``--config`` is given.
@@ -269,6 +269,8 @@ def build_plan(request: Request) -> RunPlan:
     for name, image_size in dict.fromkeys((p.data, p.image_size) for p in phases):  # each once, in phase order
         _check_dataset(name, image_size)
     loaded = load_ann(source, checkpoint=ckpt) if source is not None else None
+    if loaded is not None and command in ("pipes", "piped", "finetune") and isinstance(loaded.family, ClassFamily):
+        loaded.family.check_convertible(cfg, loaded.model)
     plan = RunPlan(command, cfg, phases, source, options, preset, loaded)
     for p in phases:  # under torchrun each global batch splits over the processes
         check_global_batch(p.name, p.train.batch_size, launched().world_size)

@@ -117,6 +117,7 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
         momentum = ann_result.optimizer_state if cfg.bridge.transfer_optimizer else None
         extra["ann_acc"] = ann_result.final_acc
     else:
+        family.check_reads(cfg, ann, bundle)
         classes, channels = (loaded.checkpoint_model.get(k) for k in ("num_classes", "in_channels"))
         extra.update(ann_extra(loaded))
         if classes is not None and int(classes) != bundle.num_classes:  # e.g. ImageNet weights, 10 classes

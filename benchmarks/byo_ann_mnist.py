@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ann = import_ann(ANN_SPEC)
     load_ann_weights(ann, weights)
-    snn, _meta, _ckpt = model_from_checkpoint(out / "finetune" / "snn_finetuned" / "checkpoints" / "last.json")
+    snn, _meta, _ckpt = model_from_checkpoint(out / "finetune" / "snn_finetuned" / "checkpoints" / "last.json",
+                                              code=ANN_SPEC)  # the checkpoint of our own class: name its code
     T_values = [int(v) for v in args.T_values.split(",")]
     curves = conversion_vs_bridge(ann.eval(), snn.eval(), open_dataset("mnist5k", max_shift=0), T_values, out)
     result = {

@@ -40,3 +40,15 @@ def test_memory_child_reports_a_peak():
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["peak_bytes"] > 0 and math.isfinite(report["loss"])
     assert report["workload"]["T"] == 2
+
+
+def test_byo_ann_script_runs_end_to_end(tmp_path):
+    """benchmarks/byo_ann_mnist.py (the README's bring-your-own-ANN numbers): it stopped with a
+    traceback once the fine-tune was done (its checkpoint of the user's class needs the code named)."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "byo_ann_mnist.py"), "--out", str(tmp_path / "byo"), "--ann-epochs", "1",
+         "--T-values", "1,2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "byo" / "byo_ann_result.json").read_text())
+    assert 0.5 < result["ann_acc"] <= 1 and 0.5 < result["snn_acc_after_1_epoch"] <= 1
+    assert (tmp_path / "byo" / "accuracy_vs_T.png").is_file()

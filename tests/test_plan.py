@@ -197,6 +197,7 @@ def test_event_phases_carry_the_stream_steps(data, tmp_path, capsys):
     (["pipes", "--device", "mps"], "mps requested but this PyTorch has no usable MPS device"),
     (["pipes", "--model", "crnn", "--checkpoint-blocks"], "crnn has no blocks to checkpoint"),
     (["benchmark", "--data", "es-mnist", "--set", "events.image_size=16"], "es-mnist is 28 x 28: image_size=16"),
+    (["pipes", "--ann", ""], "--ann is empty"),  # it planned without the ANN
 ])
 @pytest.mark.parametrize("plan_only", [False, True])
 def test_bad_input_is_caught_by_the_plan(argv, words, plan_only, tmp_path, capsys):
@@ -207,6 +208,15 @@ def test_bad_input_is_caught_by_the_plan(argv, words, plan_only, tmp_path, capsy
     assert captured.err.count("\n") == 1 and words in captured.err and "Traceback" not in captured.err
     assert captured.out == ""
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [["--out", ""], ["--out", " "]])
+def test_an_empty_out_is_refused_not_the_default_folder(argv, tmp_path, capsys, monkeypatch):
+    """``--out ''`` (an unset shell variable) planned into runs/pipes."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["pipes", "--plan", *argv]) == 2
+    assert "run.out must be a folder path, got ''" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_plan_refuses_what_the_run_would_refuse_writing_nothing(data, tmp_path, capsys):

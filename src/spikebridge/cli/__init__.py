@@ -18,7 +18,7 @@ import textwrap
 from typing import Any, Callable
 
 from .. import __version__
-from ..errors import SpikebridgeError
+from ..errors import ConfigError, SpikebridgeError
 
 #: The commands, each a module of this package with ``register(sub, add, common)``.
 COMMANDS: tuple[str, ...] = ("demo", "pretrain", "pipes", "piped", "finetune", "benchmark", "evaluate", "export",
@@ -98,6 +98,8 @@ def request(args: argparse.Namespace, command: str, *, flags: dict[str, Any] | N
     from ..pipelines.ann import ann_source_from_flags
     from ..pipelines.plan import Request
 
+    if args.out is not None and not args.out.strip():  # --out '' (an unset shell variable) is not "the default folder"
+        raise ConfigError("run.out must be a folder path, got ''")
     values: dict[str, Any] = {
         "data.name": args.data, "model.name": args.model, "model.T": getattr(args, "T", None),
         "neuron.kind": getattr(args, "neuron", None), "run.seed": args.seed, "run.device": args.device,

@@ -75,6 +75,8 @@ def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str
 
     ``weights_required``: a class needs ``--ann-weights`` (``finetune``; ``pipes`` / ``piped``
     train the class when it is missing). A registry model name always needs ``--ann-weights``."""
+    if ann is not None and not ann.strip():  # --ann '' (an unset shell variable): not the same as no --ann
+        raise ConfigError("--ann is empty: give a checkpoint, a registry model with --ann-weights, or FILE.py:ClassName")
     if not ann:
         if weights or kwargs_text:
             raise ConfigError("--ann-weights / --ann-kwargs go with --ann FILE.py:ClassName (your ANN class) "

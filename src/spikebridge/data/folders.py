@@ -151,10 +151,14 @@ def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int
     except OSError as exc:
         raise DataError(f"cannot list image folder {path}: {_one_line(exc)}") from None
     classes = sorted(e.name for e in entries if e.is_dir() and not hidden_folder(e.name))
+    loose = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)
+                   and not e.name.startswith("."))
     if not classes:
-        loose = [e.name for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
         hint = f" (it holds {len(loose)} loose images: put each class in its own sub-folder)" if loose else ""
         raise DataError(f"image folder {path} has no class sub-folders; expected root/<class>/<image>{hint}")
+    if loose:  # they would be left out of training without a word
+        raise DataError(f"image folder {path} holds {len(loose)} loose images beside its class folders (e.g. "
+                        f"{loose[0][:60]}): move each into its class's sub-folder")
     layout = split_layout(path)
     if layout is not None:
         raise DataError(

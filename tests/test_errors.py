@@ -56,6 +56,7 @@ from spikebridge.errors import (
     TrainingError,
     TransferError,
 )
+from spikebridge.restore import locate_checkpoint
 from spikebridge.train.checkpoint import load_checkpoint, save_checkpoint
 from spikebridge.train.engine import fit
 from spikebridge.utils import atomic_write_text
@@ -410,6 +411,14 @@ def test_checkpoint_files(tmp_path, saved_checkpoint):
     weights.write_bytes(good)
     path.write_text(json.dumps(record)[:40])
     raises(CheckpointError, r"last\.json: checkpoint metadata is not valid JSON \(truncated or corrupt\)", load_checkpoint, path)
+    # named by its folder, its phase folder or its tensors file it said "found none" / "without its .json"
+    phase = tmp_path / "run" / "snn"
+    (phase / "checkpoints").mkdir(parents=True)
+    for name in (path.name, weights.name):
+        (phase / "checkpoints" / name).write_bytes((path.parent / name).read_bytes())
+    for named in (path.parent, weights, phase, phase / "checkpoints" / weights.name):
+        raises(CheckpointError, r"last\.json: checkpoint metadata is not valid JSON", load_checkpoint,
+               locate_checkpoint(named))
     path.write_text(json.dumps({**record, "weights": "../../etc/passwd"}))
     raises(CheckpointError, r"checkpoint field 'weights' must be the name of a tensors file beside the JSON",
            load_checkpoint, path)

@@ -431,10 +431,10 @@ def locate_checkpoint(path: str | Path, *, snn: bool = True) -> str | Path:
     folder = Path(path)
     if not folder.is_dir():
         return checkpoint_of_weights(folder) or path
-    if any(checkpoint_record(p) is not None for p in folder.glob("*.json")):
+    if any(checkpoint_record(p) is not None for p in folder.glob("*.json")) or (folder / "last.json").is_file():
         return folder  # a folder of checkpoints: load_checkpoint takes its one .json
-    if checkpoint_record(own := checkpoint_path(folder.parent, folder.name)) is not None:
-        return own  # a phase folder
+    if (own := checkpoint_path(folder.parent, folder.name)).is_file():
+        return own  # a phase folder (a damaged checkpoint: load_checkpoint says what is wrong with it)
     try:
         phases = {d.name: record for d in sorted(folder.iterdir()) if d.is_dir()
                   and (record := checkpoint_record(checkpoint_path(folder, d.name))) is not None}

@@ -239,6 +239,8 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         candidates = sorted(p for p in path.glob("*.json") if checkpoint_record(p) is not None)
+        if not candidates and (path / "last.json").is_file():
+            candidates = [path / "last.json"]  # damaged: loading it says what is wrong with it
         if len(candidates) != 1:
             found = ", ".join(p.name for p in candidates) or "none"
             raise CheckpointError(f"{path}: expected one checkpoint .json in the folder, found {found}")
@@ -267,6 +269,8 @@ def checkpoint_of_weights(path: str | Path) -> Path | None:
     match = re.fullmatch(r"(.+)-e\d+\.safetensors", path.name)
     owner = path.with_name(f"{match[1]}.json") if match else None
     record = checkpoint_record(owner) if owner is not None else None
+    if record is None and owner is not None and owner.is_file():
+        return owner  # a damaged NAME.json: load_checkpoint says what is wrong with it
     return owner if record is not None and record.get("weights") == path.name else None
 
 

@@ -276,8 +276,8 @@ def test_a_spikified_net_pickles_whole():
             super().__init__()
             self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(4 * 6 * 6, 3)
 
-        def forward(self, x):
-            return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+        def forward(self, x):  # F.max_pool2d (made by boolean_dispatch) could not be pickled by name
+            return self.fc(F.max_pool2d(torch.relu(self.bn(self.conv(x))), 1).flatten(1))
 
     torch.manual_seed(0)
     snn = sb.spikify(Net(), "lif", T=4, calibration=[torch.rand(16, 1, 8, 8)]).eval()

@@ -44,7 +44,9 @@ move the batch axis) raise :class:`~spikebridge.errors.ConfigError` naming the l
 from __future__ import annotations
 
 import copy
+import importlib
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -222,6 +224,33 @@ def _adopt(module: nn.Module, source: nn.Module) -> None:
 # ------------------------------------------------------------------------------------------------
 # The spiking network
 # ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _FunctionName:
+    """A function of a pickled graph by its module and name (see ``SpikingNet.__getstate__``)."""
+
+    module: str
+    name: str
+
+    def resolve(self) -> Callable:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __call__(self, *args, **kwargs):  # fx takes only callables as a node's function
+        return self.resolve()(*args, **kwargs)
+
+
+def _with_targets(graph: fx.Graph, convert: Callable) -> fx.Graph:
+    """A copy of ``graph`` whose functions are ``convert(function)`` (a new graph: fx indexes
+    nodes by their targets)."""
+    copy_ = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        target = convert(node.target) if node.op == "call_function" else node.target
+        env[node] = copy_.create_node(node.op, target, fx.map_arg(node.args, env.__getitem__),
+                                      fx.map_arg(node.kwargs, env.__getitem__), node.name, node.type)
+        env[node].meta = dict(node.meta)
+    return copy_
+
+
 class SpikingNet(nn.Module):
     """An SNN made from an ANN by :func:`spikify` (see the module docstring).
 
@@ -275,12 +304,16 @@ class SpikingNet(nn.Module):
 
     def __getstate__(self) -> dict:
         """Pickling (``torch.save(model)``, multiprocessing): the generated forward functions are
-        left out and rebuilt from ``self.graph`` when loaded."""
+        left out and rebuilt from ``self.graph`` when loaded; a function the graph calls that pickle
+        cannot name (``F.max_pool2d`` is made by ``boolean_dispatch``) goes by its module and name."""
         state = dict(self.__dict__)
         state["_graph_forward"] = state["_static_forward"] = None
+        state["graph"] = _with_targets(self.graph, lambda f: _FunctionName(f.__module__, f.__name__)
+                                       if "<locals>" in getattr(f, "__qualname__", "") else f)
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state["graph"] = _with_targets(state["graph"], lambda f: f.resolve() if isinstance(f, _FunctionName) else f)
         self.__dict__.update(state)
         root = fx.GraphModule(self, self.graph)
         self._graph_forward = type(root).forward

@@ -204,6 +204,7 @@ def test_event_phases_carry_the_stream_steps(data, tmp_path, capsys):
     (["pipes", "--model", "crnn", "--checkpoint-blocks"], "crnn has no blocks to checkpoint"),
     (["benchmark", "--data", "es-mnist", "--set", "events.image_size=16"], "es-mnist is 28 x 28: image_size=16"),
     (["pipes", "--ann", ""], "--ann is empty"),  # it planned without the ANN
+    (["pipes", "--model", "vgg11_bn_tv"], "model vgg11_bn_tv cannot read the 28x28 frames of 'mnist5k'"),  # once run
 ])
 @pytest.mark.parametrize("plan_only", [False, True])
 def test_bad_input_is_caught_by_the_plan(argv, words, plan_only, tmp_path, capsys):

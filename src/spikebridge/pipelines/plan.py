@@ -21,7 +21,7 @@ from ..config import PipelineConfig, TrainConfig, load_config, parse_override
 from ..data.datasets import BUILTIN_DATASETS, check_builtin_size, event_steps, planned_model, video_clip_frames
 from ..data.disk import check_clip_size
 from ..data.loading import merged_time_steps
-from ..errors import ConfigError, DataError, clip
+from ..errors import ConfigError, DataError, clip, first_line
 from ..models import list_models
 from ..neurons import check_backend_on_device
 from ..restore import locate_checkpoint
@@ -268,6 +268,8 @@ def build_plan(request: Request) -> RunPlan:
         phases += _benchmark_phases(cfg, options, source, ann_phase, data_steps, snn_model)
     for name, image_size in dict.fromkeys((p.data, p.image_size) for p in phases):  # each once, in phase order
         _check_dataset(name, image_size)
+    for model, data in dict.fromkeys((p.model, p.data) for p in phases):
+        _check_model_reads_builtin(model, data)
     loaded = load_ann(source, checkpoint=ckpt) if source is not None else None
     if loaded is not None and command in ("pipes", "piped", "finetune") and isinstance(loaded.family, ClassFamily):
         loaded.family.check_convertible(cfg, loaded.model)
@@ -278,6 +280,25 @@ def build_plan(request: Request) -> RunPlan:
     rank_0_decides(lambda: check_run_folder(cfg.run.out, command=command, config=plan.settings(),
                                             resume=cfg.run.resume, overwrite=bool(options.get("overwrite"))))
     return plan
+
+
+def _check_model_reads_builtin(model: str, data: str) -> None:
+    """The built-in digits are 28 x 28: a registry model that cannot read them (vgg*_tv's five
+    2 x 2 max-pools) is refused by the plan (the run refused it once started): one forward on the
+    meta device, as ``ann.check_model_fits`` does for any data once it is open."""
+    import torch
+
+    from ..models import create_model
+
+    if data not in BUILTIN_DATASETS or model not in list_models(sequence=False):
+        return
+    shape = (1, 1, 2, 28, 28) if data == "es-mnist" else (1, 1, 28, 28)  # events: [T, B, C, H, W]
+    try:
+        with torch.device("meta"):
+            create_model(model, num_classes=10, neuron="relu", T=1, in_channels=shape[-3]).eval()(torch.empty(shape))
+    except RuntimeError as exc:
+        raise ConfigError(f"model {model} cannot read the 28x28 frames of {data!r} ({first_line(exc)[:120]}); give "
+                          "another model") from None
 
 
 def _check_dataset(name: str, image_size: int) -> None:

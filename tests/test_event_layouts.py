@@ -254,6 +254,14 @@ def test_gesture_npy_bad_files(tmp_path):
         np.save(tmp_path / "c.npy", bad)
         with pytest.raises(DataError, match=words):
             read_gesture_npy(tmp_path / "c.npy")
+    # Tonic's structured (x, y, t, p) arrays saved as they are: said so (the message was about [N, 4] arrays
+    # or uint8 [2, T, H, W] clips)
+    structured = make_events([1, 2], [3, 4], [10, 20], [1, 0])
+    np.save(tmp_path / "d.npy", structured)
+    np.savez(tmp_path / "e.npz", events=structured)
+    for path, read in ((tmp_path / "d.npy", read_gesture_npy), (tmp_path / "e.npz", read_video_events)):
+        with pytest.raises(DataError, match=r"structured \(x, y, t, p\) event array .*events_to_frames"):
+            read(path)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -749,6 +749,12 @@ def read_aedat4(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int]]:
     return out, (width, height)
 
 
+#: Said of a structured (x, y, t, p) event array found on disk (Tonic's in-memory form).
+STRUCTURED_EVENTS_HINT = ("holds a structured (x, y, t, p) event array (Tonic's in-memory form), which spikebridge does "
+                          "not read from disk: bin it with spikebridge.data.events.events_to_frames in your own "
+                          "Dataset (README, 'A Tonic dataset'), or give the recordings in their own format")
+
+
 #: DVS-Gesture's classes in label order (the ``<label>.npy`` file names of Tonic's layout).
 DVS_GESTURE_CLASSES = ("hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",
                        "right_arm_counter_clockwise", "left_arm_clockwise", "left_arm_counter_clockwise",
@@ -766,6 +772,8 @@ def read_gesture_npy(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError) as exc:
         raise _unreadable(path, ".npy", exc) from None
+    if isinstance(arr, np.ndarray) and arr.dtype.names is not None:
+        raise DataError(f"{path}: {STRUCTURED_EVENTS_HINT}")
     if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != 4 or arr.dtype.kind not in "iuf":
         raise DataError(f"{path}: a DVS-Gesture sample is a numeric [N, 4] array (x, y, p, t in ms), got "
                         f"{getattr(arr, 'dtype', '?')} {getattr(arr, 'shape', '?')}")

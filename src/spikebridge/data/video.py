@@ -196,6 +196,10 @@ def read_video_events(path: str | os.PathLike) -> np.ndarray:
     names = npz_array_names(path)
     key = next((k for k in VIDEO_EVENT_KEYS if k in names), VIDEO_EVENT_KEYS[0])
     (events,) = load_npz_arrays(path, (key,))
+    if events.dtype.names is not None:
+        from .events import STRUCTURED_EVENTS_HINT  # local: events imports odg, keep video standalone
+
+        raise DataError(f"{path}: {key!r} {STRUCTURED_EVENTS_HINT}")
     if events.dtype == np.bool_:
         events = events.astype(np.uint8)
     if events.dtype != np.uint8 or events.ndim != 4 or events.shape[0] != 2:

@@ -212,7 +212,7 @@ def test_evaluate_and_export_use_the_image_size_and_folder_the_checkpoint_was_tr
     assert f"the checkpoint's dataset {tmp_path / 'photos'} is not there; give --data DIR" in err
 
 
-def test_evaluate_reads_the_split_and_time_bins_the_checkpoint_was_trained_on(tmp_path):
+def test_evaluate_reads_the_split_and_time_bins_the_checkpoint_was_trained_on(tmp_path, capsys):
     """A DVS folder without splits is split 90/10 by the split seed: evaluating with another seed
     would test on training recordings. The checkpoint records the seed and the merged time bins."""
     from _layouts import dvs_folder
@@ -235,6 +235,11 @@ def test_evaluate_reads_the_split_and_time_bins_the_checkpoint_was_trained_on(tm
     reopened = open_checkpoint_data(None, meta, "CKPT")
     assert test_files(reopened) == test_files(trained) != test_files(open_dataset(str(root)))
     assert reopened.time_steps == 4 and open_dataset(str(root)).time_steps == 8
+    # --data of another sensor is resized to the checkpoint's frames, and it is said (it was silent)
+    small = with_time_bins(open_dataset(str(root), split_seed=5, image_size=34), 4).input_meta()
+    other = open_checkpoint_data(str(root), small, "CKPT")
+    assert other.first_sample().shape[-2:] == (34, 34)
+    assert "note: the event frames of " in capsys.readouterr().out
 
 
 def test_evaluate_with_the_ann_of_an_event_snn_says_the_ann_reads_images(run, tmp_path, capsys):

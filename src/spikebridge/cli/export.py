@@ -119,6 +119,10 @@ def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alter
     data = data_flag or trained.name
     bundle = open_dataset(data, image_size=0 if data in BUILTIN_DATASETS else trained.image_size,
                           split_seed=trained.split_seed or 0)
+    if data_flag and bundle.info.get("resized_from"):  # another sensor than the checkpoint's: said, not hidden
+        height, width = bundle.info["resized_from"]
+        print(f"note: the event frames of {clip(data)} are {height} x {width}; resized to the checkpoint's "
+              f"{trained.image_size} x {trained.image_size} (area average)")
     steps = bundle.time_steps
     if time_steps and steps and steps % time_steps:
         raise ConfigError(f"--T {time_steps}: the {steps} event frames of {clip(bundle.name)} merge into "

@@ -313,7 +313,7 @@ def _event_bundle(name: str, train: Dataset, test: Dataset, num_classes: int, im
     if image_size and tuple(sample.shape[-2:]) != (image_size, image_size) and info.get("format") != "es-ucf101":
         resize = ResizeFrames(image_size)
         train, test = MappedDataset(train, resize), MappedDataset(test, resize)
-        native = image_size
+        native, info = image_size, {**info, "resized_from": [int(v) for v in sample.shape[-2:]]}
     return DataBundle(
         name=name, train=train, test=test, num_classes=num_classes, in_channels=int(sample.shape[-3]),
         kind="events", image_size=native, max_shift=0, workers=workers, info=info,

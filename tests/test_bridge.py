@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 import spikebridge as sb
 from spikebridge.bridge import match_firing_rates, recalibrate_batchnorm
 from spikebridge.errors import CheckpointError, TransferError
+from spikebridge.train.checkpoint import save_checkpoint
 
 
 def test_transfer_loads_everything_and_reports():
@@ -99,6 +100,10 @@ def test_state_dict_files(tmp_path):
         sb.transfer(tmp_path / "bad.pth", sb.create_model("cnn"))
     with pytest.raises(CheckpointError, match="not found"):
         sb.transfer(tmp_path / "missing.pth", sb.create_model("cnn"))
+    # a run's phase folder, as the CLI's --ann takes it (it said "expected one checkpoint .json in the folder")
+    save_checkpoint(tmp_path / "run" / "ann" / "checkpoints", "last", ann, {"model": {"name": "resnet18_tv"}}, epoch=1)
+    snn = sb.create_model("resnet18_tv", num_classes=10, neuron="lif", T=2)
+    assert sb.transfer(tmp_path / "run" / "ann", snn).match_fraction == 1.0 and torch.equal(snn.fc.weight, ann.fc.weight)
 
 
 def test_recalibrate_batchnorm_matches_spiking_statistics():

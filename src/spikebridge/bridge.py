@@ -120,6 +120,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".json" or path.is_dir() or path.suffix == ".safetensors":
         from .train.checkpoint import load_checkpoint
 
+        if (path / "checkpoints").is_dir():  # a run's phase folder (RUN/ann), as the CLI takes it
+            path = path / "checkpoints"
         return load_checkpoint(path).model_state
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -180,12 +180,8 @@ def _decode_folder(samples: list[tuple[str, int]], size: int, mode: str, where: 
 
 
 def _in_memory_bundle(name: str, train: TensorSplit, test: TensorSplit, num_classes: int, size: int,
-                      max_shift: int, info: dict, *, imagenet_stats: bool = False) -> DataBundle:
-    """Images held in memory, normalised by their own statistics, or (``imagenet_stats``: colour
-    photos in ImageNet layout, what torchvision-format weights expect) by ImageNet's."""
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if not imagenet_stats:
-        mean, std = _channel_stats(train.images)
+                      max_shift: int, info: dict) -> DataBundle:
+    mean, std = _channel_stats(train.images)
     shift = max_shift if max_shift >= 0 else max(1, round(size / 8))
     return DataBundle(
         name=name, train=train, test=test, num_classes=num_classes, in_channels=int(train.images.shape[1]),
@@ -241,8 +237,7 @@ def open_image_folders(root: str, *, image_size: int, max_shift: int, workers: i
     if in_memory:
         train = _decode_folder(scan_image_folder(train_dir, class_to_idx), size, mode, train_dir)
         test = _decode_folder(scan_image_folder(val_dir, class_to_idx), size, mode, val_dir)
-        return _in_memory_bundle(root, train, test, len(classes), size, max_shift, {**meta, "in_memory": True},
-                                 imagenet_stats=mode == "RGB")
+        return _in_memory_bundle(root, train, test, len(classes), size, max_shift, {**meta, "in_memory": True})
     channels = info.channels
     # mid-size images too many to hold in memory: the photos' recipe with a milder crop scale
     scale = (0.08, 1.0) if size >= PHOTO_MIN_SIDE else (0.35, 1.0)

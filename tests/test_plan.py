@@ -170,12 +170,6 @@ def test_event_phases_carry_the_stream_steps(data, tmp_path, capsys):
     assert event_T(str(gesture)) == {4} and event_T(str(gesture), "events.time_bins=0") == {8}
     assert event_T(data["dvs"], "events.time_bins=0") == {8} and event_T(data["es-imagenet"], "events.time_bins=2") == {2}
     assert event_T(data["es-ucf101"], "events.time_bins=0") == {15} and event_T("es-mnist", "events.time_bins=0") == {8}
-    # --T is an event phase's T too (piped and benchmark on events ignored it, keeping events.time_bins' 4)
-    plan = _plan(["piped", "--data", data["photos"], "--T", "2", "--out", str(out), "--plan"], capsys)
-    assert {p["T"] for p in plan["phases"] if p["name"].startswith("snn_events")} == {2}
-    plan = _plan(["benchmark", "--data", "es-mnist", "--T", "8", "--methods", "scratch", "--out", str(out), "--plan"],
-                 capsys)
-    assert [p["T"] for p in plan["phases"]] == [8]
     bench = _plan(["benchmark", "--data", data["es-ucf101"], "--ann-data", data["clips"], "--out", str(out), "--plan",
                    "--set", "events.time_bins=5"], capsys)
     assert {p["T"] for p in bench["phases"] if p["role"] != "ann"} == {5}

@@ -43,8 +43,8 @@ def common(parser: argparse.ArgumentParser, *, flags: str = "run",
                         help=out_help or "the run folder (default: the recipe's run.out, else runs/COMMAND)")
     parser.add_argument("--data", help="mnist5k | es-mnist | a dataset folder")
     if flags != "ann":
-        parser.add_argument("--T", type=int, help="SNN time steps (event data: its frames merged into T steps" + (
-            "; default: the checkpoint's)" if flags == "model" else ", events.time_bins)"))
+        parser.add_argument("--T", type=int, help="SNN time steps" + (
+            " (event data: its frames merged into T steps; default: the checkpoint's)" if flags == "model" else ""))
     if flags == "model":
         parser.add_argument("--code", metavar="FILE.py:ClassName",
                             help="the Python class of a checkpoint of your own network (its file is checked against "
@@ -102,7 +102,6 @@ def request(args: argparse.Namespace, command: str, *, flags: dict[str, Any] | N
         raise ConfigError("run.out must be a folder path, got ''")
     values: dict[str, Any] = {
         "data.name": args.data, "model.name": args.model, "model.T": getattr(args, "T", None),
-        "events.time_bins": getattr(args, "T", None),  # an event phase's T (it ignored --T)
         "neuron.kind": getattr(args, "neuron", None), "run.seed": args.seed, "run.device": args.device,
         "run.resume": args.resume, "run.out": args.out, "run.progress": False if args.no_progress else None,
         "model.checkpoint_blocks": getattr(args, "checkpoint_blocks", None),

@@ -170,6 +170,18 @@ def test_event_phases_carry_the_stream_steps(data, tmp_path, capsys):
     assert event_T(str(gesture)) == {4} and event_T(str(gesture), "events.time_bins=0") == {8}
     assert event_T(data["dvs"], "events.time_bins=0") == {8} and event_T(data["es-imagenet"], "events.time_bins=2") == {2}
     assert event_T(data["es-ucf101"], "events.time_bins=0") == {15} and event_T("es-mnist", "events.time_bins=0") == {8}
+    # --T is the event SNNs' T where every SNN reads events (piped, benchmark on events ignored it, keeping 4);
+    # the demo's and pipes' --T stay model.T (the demo's event phases keep events.time_bins)
+    plan = _plan(["piped", "--data", data["photos"], "--T", "2", "--out", str(out), "--plan"], capsys)
+    assert {p["T"] for p in plan["phases"] if p["name"].startswith("snn_events")} == {2}
+    plan = _plan(["benchmark", "--data", "es-mnist", "--T", "8", "--methods", "scratch", "--out", str(out), "--plan"],
+                 capsys)
+    assert [p["T"] for p in plan["phases"]] == [8]
+    plan = _plan(["demo", "--T", "6", "--out", str(out), "--plan"], capsys)
+    assert {p["name"]: p["T"] for p in plan["phases"]}["snn_events_pretrained"] == 4
+    assert {p["name"]: p["T"] for p in plan["phases"]}["snn_pretrained"] == 6
+    assert cli.main(["piped", "--T", "3", "--out", str(out), "--plan"]) == 2
+    assert "--T 3: the 8 event frames of es-mnist merge into T = 1, 2, 4, 8" in capsys.readouterr().err
     bench = _plan(["benchmark", "--data", data["es-ucf101"], "--ann-data", data["clips"], "--out", str(out), "--plan",
                    "--set", "events.time_bins=5"], capsys)
     assert {p["T"] for p in bench["phases"] if p["role"] != "ann"} == {5}

@@ -20,7 +20,7 @@ from typing import Any
 from ..config import PipelineConfig, TrainConfig, load_config, parse_override
 from ..data.datasets import BUILTIN_DATASETS, check_builtin_size, event_steps, planned_model, video_clip_frames
 from ..data.disk import check_clip_size
-from ..data.loading import merged_time_steps
+from ..data.loading import merged_time_steps, step_divisors
 from ..errors import ConfigError, DataError, clip, first_line
 from ..models import list_models
 from ..neurons import check_backend_on_device
@@ -161,6 +161,21 @@ def resolve_config(request: Request, *, user_class: bool = False) -> tuple[Pipel
     return cfg, preset
 
 
+def _event_T_from_flag(command: str, cfg: PipelineConfig, T: int | None) -> None:
+    """``--T`` where every SNN reads events (piped; benchmark on event data) is their T: the frames
+    merge into T steps (``events.time_bins``; it was ignored, T stayed 4); refused in one line when
+    T does not divide the frames. Elsewhere ``--T`` is ``model.T`` alone."""
+    if T is None or command not in ("piped", "benchmark"):
+        return
+    name = cfg.events.data if command == "piped" else cfg.data.name
+    steps = event_steps(name)
+    if steps is None:
+        return
+    if steps % T:
+        raise ConfigError(f"--T {T}: the {steps} event frames of {clip(name)} merge into T = {step_divisors(steps)}")
+    cfg.events.time_bins = T
+
+
 def dataset_folder(name: str) -> str:
     """``name``, or the dataset folder a folder that holds one leads to (a download folder such as
     Tonic's ``save_to``: :func:`~spikebridge.data.disk.locate_dataset`), so that the plan shows and
@@ -192,6 +207,7 @@ def build_plan(request: Request) -> RunPlan:
     user_class = info.get("name") == "ann_class" or (source is not None and bool(source.class_spec))
     cfg, preset = resolve_config(request, user_class=user_class)
     cfg.data.name, cfg.events.data = dataset_folder(cfg.data.name), dataset_folder(cfg.events.data)
+    _event_T_from_flag(command, cfg, request.flags.get("model.T"))
     if options.get("ann_data"):
         options["ann_data"] = dataset_folder(options["ann_data"])
     if ckpt is not None and command in ("pipes", "finetune"):  # the flows that fine-tune from the ANN's momentum

@@ -240,6 +240,11 @@ def test_evaluate_reads_the_split_and_time_bins_the_checkpoint_was_trained_on(tm
     other = open_checkpoint_data(str(root), small, "CKPT")
     assert other.first_sample().shape[-2:] == (34, 34)
     assert "note: the event frames of " in capsys.readouterr().out
+    # frames trained as stored and not square (DAVIS 240 x 180: image_size records the shorter side)
+    # are read as stored again (they were squeezed to 180 x 180)
+    stored = {**meta, "image_size": 100, "input_shape": [2, 100, 128]}
+    frames = open_checkpoint_data(str(root), stored, "CKPT").first_sample()
+    assert frames.shape[-2:] == (128, 128) and "note" not in capsys.readouterr().out
 
 
 def test_evaluate_with_the_ann_of_an_event_snn_says_the_ann_reads_images(run, tmp_path, capsys):

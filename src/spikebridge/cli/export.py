@@ -117,7 +117,9 @@ def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alter
         if trained.name not in BUILTIN_DATASETS and not os.path.exists(trained.name):
             raise DataError(f"the checkpoint's dataset {clip(trained.name)} is not there; give --data DIR{alternative}")
     data = data_flag or trained.name
-    bundle = open_dataset(data, image_size=0 if data in BUILTIN_DATASETS else trained.image_size,
+    # frames trained as stored (non-square: the recorded image_size is their shorter side) stay so
+    as_stored = trained.shape is not None and trained.shape[1] != trained.shape[2]
+    bundle = open_dataset(data, image_size=0 if data in BUILTIN_DATASETS or as_stored else trained.image_size,
                           split_seed=trained.split_seed or 0)
     if data_flag and bundle.info.get("resized_from"):  # another sensor than the checkpoint's: said, not hidden
         height, width = bundle.info["resized_from"]

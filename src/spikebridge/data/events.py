@@ -116,10 +116,12 @@ def time_bin_edges(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Index ranges ``[start_i, end_i)`` of the sorted timestamps ``t`` for each frame (Tonic's rule).
 
-    * ``n_time_bins=n``: windows of ``(t[-1] - t[0]) // n * (1 + overlap)`` starting every
+    * ``n_time_bins=n``: windows of ``max((t[-1] - t[0]) // n, 1) * (1 + overlap)`` starting every
       ``window * (1 - overlap)`` from ``t[0]``; ``overlap`` is a fraction of a bin (< 1). As in Tonic,
       the floor division means events in the last ``(t[-1] - t[0]) % n`` time units (always
-      including the last event) fall after the final window and are not counted.
+      including the last event) fall after the final window and are not counted. Unlike Tonic, whose
+      frames are all empty when the events span fewer than ``n`` time units, a window is at least
+      one unit long.
     * ``time_window=w``: windows of ``w`` every ``w - overlap`` (``overlap`` in time units) from
       ``t[0]``; ``floor((duration - w) / stride) + 1`` of them (``ceil`` with
       ``include_incomplete``), at least one.
@@ -133,7 +135,8 @@ def time_bin_edges(
             raise ConfigError(f"n_time_bins must be >= 1, got {n_time_bins}")
         if not 0 <= overlap < 1:
             raise ConfigError(f"with n_time_bins, overlap is a fraction of a bin in [0, 1), got {overlap}")
-        window = (t[-1] - t[0]) // int(n_time_bins) * (1 + overlap)
+        # at least one time unit: events spanning fewer units than bins filled no bin at all (Tonic's)
+        window = max((t[-1] - t[0]) // int(n_time_bins), 1) * (1 + overlap)
         stride = window * (1 - overlap)
         starts = np.arange(int(n_time_bins)) * stride + t[0]
     else:
@@ -199,7 +202,7 @@ def events_to_frames(
     for the error messages.
 
     Raises :class:`DataError` for an empty stream, coordinates outside the sensor, timestamps that
-    decrease, bad polarity values, or (``n_time_bins``) events spanning fewer time units than bins.
+    decrease, or bad polarity values.
     """
     if polarity_order not in ("on_off", "off_on"):
         raise ConfigError(f"polarity_order must be 'on_off' or 'off_on', got {polarity_order!r}")
@@ -208,10 +211,6 @@ def events_to_frames(
     channel = (~on if polarity_order == "on_off" else on).astype(np.int64)
     flat = (channel * height + y) * width + x
 
-    if n_time_bins is not None and 0 <= t[-1] - t[0] < int(n_time_bins):
-        raise DataError(f"{_where(source)}the {x.shape[0]} events span {t[-1] - t[0]} time units, fewer than the "
-                        f"{n_time_bins} time bins: every frame would be empty (bins are whole time units, as in Tonic; "
-                        "timestamps in seconds? give them in µs)")
     starts, ends = time_bin_edges(t, n_time_bins=n_time_bins, time_window=time_window, overlap=overlap,
                                   include_incomplete=include_incomplete)
     frames = np.zeros((len(starts), 2 * height * width), dtype=np.float32)

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 import spikebridge as sb
 from spikebridge import cli
 from spikebridge.pipelines.ann import AnnSource, RegistryFamily, load_ann
+from spikebridge.restore import load_ann_weights
 from spikebridge.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -169,9 +170,15 @@ def test_backbone_weights_and_compiled_or_ddp_prefixes_load(tmp_path, capsys):
     loaded = load_ann(AnnSource(model="cnn", weights=str(tmp_path / "compiled.pth")))
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
     # older and converted files lack BatchNorm's num_batches_tracked; PyTorch loads them (we refused)
-    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, tmp_path / "nobt.pth")
+    nobt = sb.create_model("cnn", num_classes=10, neuron="relu", in_channels=1).state_dict()  # with its _metadata
+    for key in [k for k in nobt if k.endswith("num_batches_tracked")]:  # (BatchNorm version 2: torch wants them)
+        del nobt[key]
+    torch.save(nobt, tmp_path / "nobt.pth")
     loaded = load_ann(AnnSource(model="cnn", weights=str(tmp_path / "nobt.pth")))
-    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items() if "num_batches" not in k)
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in nobt.items())
+    own = sb.create_model("cnn", num_classes=10, neuron="relu", in_channels=1)  # a user class's path: load_ann_weights
+    load_ann_weights(own, tmp_path / "nobt.pth")  # it was an internal error: Missing key(s) ... num_batches_tracked
+    assert all(torch.equal(own.state_dict()[k], v) for k, v in nobt.items())
     headless = load_ann(AnnSource(model="cnn", weights=str(tmp_path / "backbone.pth")))
     assert headless.checkpoint_model["num_classes"] == 0
     assert all(torch.equal(headless.model.state_dict()[k], v) for k, v in backbone.items())

@@ -316,6 +316,15 @@ def test_recordings_training_would_refuse_are_refused_and_cifar10dvs_keeps_its_o
         frames = next(trained[i][0] for i in range(len(trained)) if trained[i][1] == 0)
         missing = preview.data.sum(0) - frames.sum(0)  # training's one Tonic bin leaves out the last event
         assert preview.data.sum() == 300 and missing.min() == 0 and missing.sum() == 1, classes
+    # a recording alone, named relative to the working directory: jAER's orientation (it depended on the path)
+    (tmp_path / "solo" / "recs").mkdir(parents=True)
+    layouts.write_aedat2(tmp_path / "solo" / "recs" / "r.aedat", dvs)
+    absolute = inspect_path(tmp_path / "solo" / "recs" / "r.aedat", preview=True)[1].data
+    os.chdir(tmp_path / "solo" / "recs")
+    try:
+        assert torch.equal(inspect_path("r.aedat", preview=True)[1].data, absolute)
+    finally:
+        os.chdir(ROOT)
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):

@@ -203,8 +203,9 @@ def load_ann_weights(model: nn.Module, path: str | Path) -> None:
     from .bridge import as_state_dict
 
     state = as_state_dict(Path(path))
-    check_weights(model.state_dict(), state, path, type(model).__name__)
-    model.load_state_dict(state, strict=True)
+    own = model.state_dict()
+    check_weights(own, state, path, type(model).__name__)
+    model.load_state_dict({**{k: v for k, v in own.items() if k not in state}, **state}, strict=True)  # counters it lacks
 
 
 def absolute_class_spec(spec: str) -> str:

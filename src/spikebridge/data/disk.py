@@ -480,7 +480,7 @@ def _dvs_recordings(base: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 def dvs_orientation(classes: list[str]) -> str:
     """CIFAR10-DVS, or some of its classes: its recordings' own orientation (read_aedat)."""
-    return "cifar10dvs" if set(classes) <= set(CIFAR10_CLASSES) else "jaer"
+    return "cifar10dvs" if classes and set(classes) <= set(CIFAR10_CLASSES) else "jaer"
 
 
 def dvs_splits(base: Path) -> tuple[Path | None, Path | None]:

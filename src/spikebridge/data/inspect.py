@@ -91,7 +91,7 @@ def _recording_orientation(path: Path) -> str:
     from .disk import dvs_orientation
 
     with contextlib.suppress(OSError):
-        return dvs_orientation([d.name for d in path.parent.parent.iterdir() if d.is_dir()])
+        return dvs_orientation([d.name for d in path.resolve().parent.parent.iterdir() if d.is_dir()])
     return "jaer"
 
 

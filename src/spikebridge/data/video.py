@@ -251,12 +251,11 @@ class ESUCF101Dataset(Dataset):
             check_label_folders(entries, root / "labels.txt")
             self.items = [(e.path, e.label) for e in entries]
         elif root.is_dir():
-            classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            # a folder without clips is no class (UCF101's ucfTrainTestlist/ beside the class folders)
+            classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                             and any(p.glob("*.npz")))
             self.items = [(f, label) for label, name in enumerate(classes)
                           for f in sorted((root / name).glob("*.npz"), key=lambda p: natural_key(p.name))]
-            empty = sorted(set(classes) - {classes[label] for _, label in self.items})
-            if empty and self.items:  # a class with no clips would shift the labels of the ones after it
-                raise DataError(f"{root / empty[0]}: class folder holds no .npz clips; remove it or add its clips")
             if not classes:  # the authors' flat folder of v_<Class>_g.._c...npz clips
                 self.items = flat_clip_items(root)
         else:

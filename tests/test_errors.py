@@ -419,6 +419,11 @@ def test_checkpoint_files(tmp_path, saved_checkpoint):
     for named in (path.parent, weights, phase, phase / "checkpoints" / weights.name):
         raises(CheckpointError, r"last\.json: checkpoint metadata is not valid JSON", load_checkpoint,
                locate_checkpoint(named))
+    # by its run folder, beside a sound ANN phase: the damage is said (the ANN was evaluated instead)
+    save_checkpoint(tmp_path / "run" / "ann" / "checkpoints", "last", _model, {"model": {"name": "cnn"},
+                    "neuron": {"kind": "relu"}}, epoch=1)
+    raises(CheckpointError, r"snn.checkpoints.last\.json: checkpoint metadata is not valid JSON", load_checkpoint,
+           locate_checkpoint(tmp_path / "run"))
     path.write_text(json.dumps({**record, "weights": "../../etc/passwd"}))
     raises(CheckpointError, r"checkpoint field 'weights' must be the name of a tensors file beside the JSON",
            load_checkpoint, path)

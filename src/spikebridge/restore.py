@@ -437,11 +437,14 @@ def locate_checkpoint(path: str | Path, *, snn: bool = True) -> str | Path:
     if (own := checkpoint_path(folder.parent, folder.name)).is_file():
         return own  # a phase folder (a damaged checkpoint: load_checkpoint says what is wrong with it)
     try:
-        phases = {d.name: record for d in sorted(folder.iterdir()) if d.is_dir()
-                  and (record := checkpoint_record(checkpoint_path(folder, d.name))) is not None}
+        kept = [d.name for d in sorted(folder.iterdir()) if d.is_dir() and checkpoint_path(folder, d.name).is_file()]
     except OSError:
-        phases = {}
+        kept = []
+    phases = {name: record for name in kept if (record := checkpoint_record(checkpoint_path(folder, name))) is not None}
     wanted = [name for name, record in phases.items() if _spiking_record(record) == snn]
+    damaged = [name for name in kept if name not in phases]
+    if damaged and len(wanted) != 1:  # not the other phase's instead: load_checkpoint says what is wrong
+        return checkpoint_path(folder, damaged[0])
     if len(phases) == 1 or len(wanted) == 1:
         return checkpoint_path(folder, (wanted or list(phases))[0])
     if not phases:

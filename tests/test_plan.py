@@ -223,13 +223,15 @@ def test_bad_input_is_caught_by_the_plan(argv, words, plan_only, tmp_path, capsy
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv", [["--out", ""], ["--out", " "]])
+@pytest.mark.parametrize("argv", [["pipes", "--plan", "--out", ""], ["pipes", "--plan", "--out", " "],
+                                  ["evaluate", "x.json", "--out", ""], ["inspect", "mnist5k", "--out", ""]])
 def test_an_empty_out_is_refused_not_the_default_folder(argv, tmp_path, capsys, monkeypatch):
-    """``--out ''`` (an unset shell variable) planned into runs/pipes."""
+    """``--out ''`` (an unset shell variable) planned into runs/pipes; evaluate wrote beside the
+    checkpoint, inspect nowhere."""
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["pipes", "--plan", *argv]) == 2
-    assert "run.out must be a folder path, got ''" in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists()
+    assert cli.main(argv) == 2
+    assert "--out is empty: give a folder path" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_plan_refuses_what_the_run_would_refuse_writing_nothing(data, tmp_path, capsys):

@@ -98,8 +98,6 @@ def request(args: argparse.Namespace, command: str, *, flags: dict[str, Any] | N
     from ..pipelines.ann import ann_source_from_flags
     from ..pipelines.plan import Request
 
-    if args.out is not None and not args.out.strip():  # --out '' (an unset shell variable) is not "the default folder"
-        raise ConfigError("run.out must be a folder path, got ''")
     values: dict[str, Any] = {
         "data.name": args.data, "model.name": args.model, "model.T": getattr(args, "T", None),
         "neuron.kind": getattr(args, "neuron", None), "run.seed": args.seed, "run.device": args.device,
@@ -270,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                             else "")
 
     try:
+        if isinstance(getattr(args, "out", None), str) and not args.out.strip():  # an unset shell variable:
+            raise ConfigError("--out is empty: give a folder path")  # not the command's default folder
         with _distributed(args):
             return int(args.func(args) or 0)
     except SpikebridgeError as exc:

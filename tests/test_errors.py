@@ -217,7 +217,7 @@ def test_missing_and_empty_image_folders(tmp_path):
     raises(DataError, r"holds 1 loose images: put each class in its own sub-folder", find_classes, tmp_path / "loose")
     (tmp_path / "loose" / "cat").mkdir()  # beside class folders they were left out without a word
     Image.new("L", (4, 4)).save(tmp_path / "loose" / "cat" / "b.png")
-    raises(DataError, r"holds 1 loose images beside its class folders \(e.g. a.png\)", find_classes, tmp_path / "loose")
+    raises(DataError, r"holds 1 loose image\(s\) beside its class folders \(e.g. a.png\)", find_classes, tmp_path / "loose")
     (tmp_path / "notes" / "cats").mkdir(parents=True)
     (tmp_path / "notes" / "cats" / "readme.txt").write_text("not an image")
     raises(DataError, r"class folder .*cats holds no images with extensions .jpg", ImageFolderDataset, tmp_path / "notes")

@@ -289,7 +289,8 @@ def test_evaluate_T_merges_event_frames_into_that_many_steps(tmp_path, capsys):
     result = json.loads((tmp_path / "ev8" / "evaluation.json").read_text())
     assert result["T"] == 8 and [t for t, _ in result["accuracy_vs_T"]] == list(range(1, 9))
     # a --T-max past the data's steps is said, not silently cut
-    assert "--T-max 12: the event data has 8 time steps; accuracy vs T runs T = 1..8" in capsys.readouterr().out
+    assert "--T-max 12: the event frames are merged into 8 time steps (the checkpoint's T, or --T); accuracy vs T " \
+        "runs T = 1..8" in capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path / "ev3"), "--T", "3"]) == 2
     assert "--T 3: the 8 event frames of es-mnist merge into T = 1, 2, 4, 8" in _one_line_error(capsys)
     assert not (tmp_path / "ev3").exists()

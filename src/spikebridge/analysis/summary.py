@@ -74,7 +74,7 @@ def build_summary(dataset: str, T: int, runs: list[dict], *, comparisons: tuple[
 def wall_time_line(summary: dict, what: str) -> str:
     """The report's line on the summary's ``wall_seconds`` (``what``: run, benchmark)."""
     if summary.get("wall_seconds_session"):
-        return f"Wall time of this session: {summary['wall_seconds']} s ({summary['wall_seconds_session']})."
+        return f"Wall time of this session: {summary['wall_seconds']} s (resumed with --resume; earlier sessions are not counted)."
     return f"Wall time of the whole {what}: {summary.get('wall_seconds')} s."
 
 

@@ -152,7 +152,8 @@ def evaluate_model(model, bundle, out: Path, *, samples: int = DEFAULT_SAMPLES, 
         if bundle.kind == "events" and bundle.time_steps and t_max > bundle.time_steps:
             t_max = bundle.time_steps
             if asked:
-                print(f"--T-max {asked}: the event data has {t_max} time steps; accuracy vs T runs T = 1..{t_max}")
+                print(f"--T-max {asked}: the event frames are merged into {t_max} time steps (the checkpoint's T, or --T); "
+                      f"accuracy vs T runs T = 1..{t_max}")
         T_values = list(range(1, t_max + 1))
         with _bar(f"accuracy vs T (T=1..{t_max})", len(subset.test), progress) as bar:
             curve = accuracy_curve(model, replace(subset, progress=bar.update), T_values, device=device)

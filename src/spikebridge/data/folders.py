@@ -157,7 +157,7 @@ def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int
         hint = f" (it holds {len(loose)} loose images: put each class in its own sub-folder)" if loose else ""
         raise DataError(f"image folder {path} has no class sub-folders; expected root/<class>/<image>{hint}")
     if loose:  # they would be left out of training without a word
-        raise DataError(f"image folder {path} holds {len(loose)} loose images beside its class folders (e.g. "
+        raise DataError(f"image folder {path} holds {len(loose)} loose image(s) beside its class folders (e.g. "
                         f"{loose[0][:60]}): move each into its class's sub-folder")
     layout = split_layout(path)
     if layout is not None:

@@ -142,9 +142,8 @@ class RunContext:
     def wall_time(self) -> dict[str, Any]:
         """The summary's ``wall_seconds`` since the run started; after ``--resume`` they count this
         session alone, which ``wall_seconds_session`` says (the report too)."""
-        return {"wall_seconds": round(time.perf_counter() - self.started, 1), **(
-            {"wall_seconds_session": "this session only (--resume); earlier sessions are not counted"}
-            if self.resume else {})}
+        return {"wall_seconds": round(time.perf_counter() - self.started, 1),
+                **({"wall_seconds_session": True} if self.resume else {})}
 
     def bridge_seconds(self, name: str, measured: tuple[float, float]) -> tuple[float, float]:
         """The bridge's (wall, CPU) seconds before phase ``name``: ``measured``, or on ``--resume``

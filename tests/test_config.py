@@ -31,6 +31,10 @@ def test_a_partial_section_keeps_that_fields_defaults(tmp_path):
     from_yaml = load_config(PipelineConfig, path)
     assert from_yaml.events.scratch.lr == 0.01 and from_yaml.events.scratch.precise_bn == defaults.events.scratch.precise_bn > 0
     assert from_yaml.events.finetune == defaults.events.finetune
+    # a section with every key commented out ("finetune:" is null) took TrainConfig's class defaults
+    path.write_text("finetune:\nevents:\n  finetune:\n")
+    emptied = load_config(PipelineConfig, path)
+    assert (emptied.finetune, emptied.events.finetune) == (defaults.finetune, defaults.events.finetune)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +49,8 @@ def test_a_partial_section_keeps_that_fields_defaults(tmp_path):
         ("run: [1, 2]\n", "run"),
         ("- just a list\n", "mapping"),
         ("model: {name: cnn\n", "YAML"),
+        ("ann: {lr: 0.02}\nann: {epochs: 7}\n", "line 2: key 'ann' is given twice"),  # the last one won silently
+        ("ann:\n  lr: 0.02\n  lr: 0.03\n", "line 3: key 'lr' is given twice"),
     ],
 )
 def test_bad_yaml_names_the_key(tmp_path, text, match):

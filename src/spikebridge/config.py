@@ -335,6 +335,8 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         base = getattr(defaults, key, None)
+        if is_dataclass(base) and value is None:  # "finetune:" with every key commented out: the defaults,
+            value = {}  # not those of the section's class (10 one-cycle epochs for every phase)
         if is_dataclass(base) and isinstance(value, dict):
             # a partial section keeps the defaults of *this* field (e.g. events.finetune's own
             # epochs and schedule), not those of the section's class
@@ -369,9 +371,19 @@ class _NoAliasLoader(yaml.SafeLoader):
                                   "write the value out")
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        """Refuse a key given twice in one mapping (PyYAML keeps the last one without a word)."""
+        seen: set = set()
+        for key_node, _value in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                raise _YamlAliasError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
 
 class _YamlAliasError(ConfigError):
-    pass
+    """What the recipe loader refuses: anchors, aliases, a key given twice."""
 
 
 def safe_yaml(text: str) -> Any:

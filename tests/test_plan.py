@@ -234,6 +234,20 @@ def test_an_empty_out_is_refused_not_the_default_folder(argv, tmp_path, capsys, 
     assert not list(tmp_path.iterdir())
 
 
+def test_a_home_relative_path_is_expanded_where_the_shell_did_not(data, tmp_path, capsys, monkeypatch):
+    """``--out=~/x``, a quoted ``--config '~/r.yaml'`` or ``--data '~/photos'``: a folder named
+    ``~`` was made in the working directory, and the recipe and data were not found."""
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(data["photos"], tmp_path / "home" / "photos")
+    (tmp_path / "home" / "r.yaml").write_text("ann:\n  epochs: 2\n")
+    plan = _plan(["pipes", "--out=~/run", "--config", "~/r.yaml", "--data", "~/photos", "--plan"], capsys)
+    assert plan["out"] == str(tmp_path / "home" / "run") and plan["phases"][0]["epochs"] == 2
+    assert plan["phases"][0]["data"] == str(tmp_path / "home" / "photos") and not (tmp_path / "~").exists()
+
+
 def test_the_plan_refuses_what_the_run_would_refuse_writing_nothing(data, tmp_path, capsys):
     """``--plan`` exits 2 where the run would: a class folder without images, an ``--out`` with a
     file in the way, an ``--out`` holding another run or foreign files; and it writes nothing."""

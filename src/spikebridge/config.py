@@ -166,8 +166,9 @@ class RunConfig:
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (all ranks)
 
     def folder(self, command: str) -> str:
-        """The run folder: ``out``, or ``runs/<command>`` when it is empty."""
-        return self.out.strip() or f"runs/{command}"
+        """The run folder: ``out`` (``~`` expanded: it made a folder named ``~``), or ``runs/<command>``
+        when it is empty."""
+        return os.path.expanduser(self.out.strip()) or f"runs/{command}"
 
     def validate(self, where: str = "run") -> None:
         if not isinstance(self.out, str):
@@ -412,7 +413,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def read_yaml(path: str | Path) -> dict:
     if not str(path).strip():
         raise ConfigError("the config file path is empty")
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         yamls = sorted(p.name for p in path.glob("*.y*ml"))[:3]
         raise ConfigError(f"config {path} is a folder; give one YAML recipe in it"

@@ -182,6 +182,7 @@ def dataset_folder(name: str) -> str:
     the run opens the folder used; a name that is no dataset is left to the checks that use it."""
     from ..data.disk import locate_dataset
 
+    name = os.path.expanduser(name) if name.startswith("~") else name  # a quoted or --x=~/... path
     if not name or name in BUILTIN_DATASETS or not os.path.isdir(name):
         return name
     try:

@@ -51,6 +51,7 @@ def test_a_partial_section_keeps_that_fields_defaults(tmp_path):
         ("model: {name: cnn\n", "YAML"),
         ("ann: {lr: 0.02}\nann: {epochs: 7}\n", "line 2: key 'ann' is given twice"),  # the last one won silently
         ("ann:\n  lr: 0.02\n  lr: 0.03\n", "line 3: key 'lr' is given twice"),
+        ("ann:\n\tlr: 0.1\n", r"line 2: not valid YAML \(found character '\\t'"),  # it named no line nor the tab
     ],
 )
 def test_bad_yaml_names_the_key(tmp_path, text, match):
@@ -66,6 +67,19 @@ def test_parse_override():
     assert parse_override("run.device=cpu") == ("run.device", "cpu")
     with pytest.raises(ConfigError):
         parse_override("nonsense")
+
+
+def test_a_recipe_from_a_pipe_is_read(tmp_path):
+    """``--config <(...)`` / ``/dev/stdin`` is no regular file: it was "config file not found"."""
+    import os
+
+    read, write = os.pipe()
+    os.write(write, b"ann:\n  epochs: 3\n")
+    os.close(write)
+    try:
+        assert load_config(PipelineConfig, f"/dev/fd/{read}").ann.epochs == 3
+    finally:
+        os.close(read)
 
 
 def test_missing_file():

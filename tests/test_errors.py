@@ -150,7 +150,7 @@ def cli_cases(folder: Path) -> list[tuple[list[str], int, str]]:
         (["pipes", "--trust-code", *out], 2, r"--trust-code goes with --ann CKPT \(a checkpoint of your own ANN class\)"),
         (["pretrain", "--config", str(folder / "wrong_type.yaml"), *out], 2,
          r"wrong_type\.yaml: finetune\.lr: expected a number, got 'fast'"),
-        (["pretrain", "--config", str(folder / "broken.yaml"), *out], 2, r"broken\.yaml: not valid YAML"),
+        (["pretrain", "--config", str(folder / "broken.yaml"), *out], 2, r"broken\.yaml: line 2: not valid YAML \(expected .,. or .}."),
         (["pipes", "--T", "0", *out], 2, r"model\.T must be an integer >= 1, got 0"),
         (["pretrain", "--set", "neuron.threshold=0", *out], 2, r"neuron: threshold must be a finite number in \(0\.0, inf\), got 0"),
         (["pretrain", "--set", "neuron.decay=1.5", *out], 2, r"neuron: decay must be a number in \[0\.0, 1\.0\], got 1\.5"),

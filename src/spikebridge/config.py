@@ -418,7 +418,7 @@ def read_yaml(path: str | Path) -> dict:
         yamls = sorted(p.name for p in path.glob("*.y*ml"))[:3]
         raise ConfigError(f"config {path} is a folder; give one YAML recipe in it"
                           + (f" (e.g. {', '.join(yamls)})" if yamls else ""))
-    if not path.is_file():
+    if not path.exists():  # a pipe (--config <(...), /dev/stdin) is no regular file, and is read
         raise ConfigError(f"config file not found: {path}")
     try:
         size = path.stat().st_size
@@ -432,7 +432,10 @@ def read_yaml(path: str | Path) -> dict:
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     except (yaml.YAMLError, ValueError, OverflowError) as exc:  # ValueError: e.g. a date like 2024-13-45
-        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or first_line(exc)
+        raise ConfigError(f"{path}: {where}not valid YAML ({problem})") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data or {}

@@ -69,6 +69,15 @@ def test_parse_override():
         parse_override("nonsense")
 
 
+def test_integers_are_decimal(tmp_path):
+    """YAML 1.1 read ``010`` as octal 8 and ``0x10`` as 16 (``--set ann.epochs=010`` trained 8)."""
+    assert load_config(PipelineConfig, None, dict([parse_override("ann.epochs=010")])).ann.epochs == 10
+    path = tmp_path / "r.yaml"
+    path.write_text("ann:\n  epochs: 0x10\n")
+    with pytest.raises(ConfigError, match="ann.epochs: expected an integer, got '0x10'"):
+        load_config(PipelineConfig, path)
+
+
 def test_a_recipe_from_a_pipe_is_read(tmp_path):
     """``--config <(...)`` / ``/dev/stdin`` is no regular file: it was "config file not found"."""
     import os

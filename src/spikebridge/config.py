@@ -383,6 +383,17 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _decimal_int(loader: _NoAliasLoader, node: Any) -> Any:
+    """YAML 1.1 reads ``010`` as octal 8 and ``0x10`` as 16: a recipe's integer is decimal, and the
+    other forms stay text (which the config's type check names)."""
+    text = loader.construct_scalar(node)
+    digits = text.replace("_", "")
+    return int(digits, 10) if re.fullmatch(r"[-+]?[0-9]+", digits) else text
+
+
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _decimal_int)
+
+
 class _YamlAliasError(ConfigError):
     """What the recipe loader refuses: anchors, aliases, a key given twice."""
 

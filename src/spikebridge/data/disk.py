@@ -433,14 +433,13 @@ class EventFileDataset(Dataset):
 
 #: How many recordings decide a DVS dataset's sensor (:func:`dataset_sensor`).
 SENSOR_PROBES = 8
-NMNIST_SENSOR = (34, 34)  # N-MNIST's; other .bin recordings (N-Caltech101) are sized by their events
 
 
 def dataset_sensor(samples: list[tuple[Path, int]], orientation: str) -> tuple[int, int]:
     """One sensor (W, H) for every recording of a dataset: the largest of its first readable
     recordings' (a recording that names no chip is sized by its own events, so one whose events
     stay in a corner would otherwise make smaller frames than the others)."""
-    from .events import read_event_file
+    from .events import NMNIST_SENSOR, read_event_file
     from .loading import first_readable
 
     def sensor(index: int) -> tuple[int, int]:

@@ -548,7 +548,11 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
         raise DataError(f"{path}: cannot read ({exc})") from None
 
 
-def read_nmnist_bin(path: str | os.PathLike, *, sensor_size: Sequence[int] | None = (34, 34)) -> np.ndarray:
+#: N-MNIST's sensor (W, H); other ``.bin`` recordings (N-Caltech101) are sized by their events.
+NMNIST_SENSOR = (34, 34)
+
+
+def read_nmnist_bin(path: str | os.PathLike, *, sensor_size: Sequence[int] | None = NMNIST_SENSOR) -> np.ndarray:
     """Read an N-MNIST / N-Caltech101 ``.bin`` file (Orchard et al.'s 40-bit events).
 
     Per event 5 bytes: byte 0 = x, byte 1 = y, byte 2 bit 7 = polarity (1 = ON), then a 23-bit
@@ -698,8 +702,9 @@ def read_event_file(path: str | os.PathLike, *, orientation: str = "jaer") -> tu
     suffix = Path(path).suffix.lower()
     if suffix == ".bin":
         events = read_nmnist_bin(path, sensor_size=None)
-        big = len(events) and (int(events["x"].max()) >= 34 or int(events["y"].max()) >= 34)
-        return "n-mnist-bin", events, (240, 180) if big else (34, 34)
+        width, height = NMNIST_SENSOR
+        big = len(events) and (int(events["x"].max()) >= width or int(events["y"].max()) >= height)
+        return "n-mnist-bin", events, AEDAT2_SENSORS["davis240"] if big else NMNIST_SENSOR
     if suffix == ".npy":
         return "dvs-gesture-npy", read_gesture_npy(path), DVS_GESTURE_SENSOR
     version, events, sensor = _read_aedat(path, "auto", orientation)

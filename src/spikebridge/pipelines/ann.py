@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -271,14 +271,23 @@ def check_model_fits(cfg: PipelineConfig, bundle: DataBundle) -> None:
         return  # the user's own class: its own business
     sample = bundle.first_sample()
     sample = sample.unsqueeze(1) if bundle.kind == "events" else sample.unsqueeze(0)  # a batch of one
+    key = "events.image_size" if bundle.kind == "events" else "data.image_size"
+    check_model_reads(lambda: build_model(cfg, bundle, NeuronConfig("relu"), 1), cfg.model.name, tuple(sample.shape),
+                      bundle.name, resize_key=key if Path(bundle.name).is_dir() else "")
+
+
+def check_model_reads(build: Callable[[], nn.Module], name: str, shape: tuple[int, ...], data_name: str, *,
+                      resize_key: str = "") -> None:
+    """ConfigError when model ``name`` (``build()`` makes it) cannot read a batch of ``shape``: one
+    forward on the meta device, nothing allocated. ``resize_key``: the setting that gives larger
+    frames, named in the advice."""
     try:
         with torch.device("meta"):
-            build_model(cfg, bundle, NeuronConfig("relu"), 1).eval()(torch.empty(sample.shape))
+            build().eval()(torch.empty(shape))
     except RuntimeError as exc:
-        key = "events.image_size" if bundle.kind == "events" else "data.image_size"
-        larger = f"larger ones (--set {key}=...) or " if Path(bundle.name).is_dir() else ""
-        raise ConfigError(f"model {cfg.model.name} cannot read the {'x'.join(map(str, sample.shape[-2:]))} frames of "
-                          f"{short_repr(bundle.name)} ({first_line(exc)[:120]}); give {larger}another model") from None
+        larger = f"larger ones (--set {resize_key}=...) or " if resize_key else ""
+        raise ConfigError(f"model {name} cannot read the {'x'.join(map(str, shape[-2:]))} frames of "
+                          f"{short_repr(data_name)} ({first_line(exc)[:120]}); give {larger}another model") from None
 
 
 def ann_neuron(cfg: PipelineConfig) -> NeuronConfig:
@@ -479,8 +488,7 @@ def _check_classes(ann: nn.Module, bundle: DataBundle, label: str, example: torc
         raise ConfigError(f"--ann {label}: returns a {type(out).__name__}; spikebridge trains and converts networks "
                           "that return one tensor of class scores [batch, classes]")
     if out.dim() != 2 or out.shape[1] != bundle.num_classes:
-        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"--ann {label}: outputs {shape} for a batch of 2, but {bundle.name} has "
+        raise ConfigError(f"--ann {label}: outputs {list(out.shape)} for a batch of 2, but {bundle.name} has "
                           f"{bundle.num_classes} classes (pass them with --ann-kwargs)")
 
 

@@ -21,7 +21,7 @@ from ..config import PipelineConfig, TrainConfig, load_config, parse_override
 from ..data.datasets import BUILTIN_DATASETS, check_builtin_size, event_steps, planned_model, video_clip_frames
 from ..data.disk import check_clip_size
 from ..data.loading import merged_time_steps, step_divisors
-from ..errors import ConfigError, DataError, clip, first_line
+from ..errors import ConfigError, DataError, clip
 from ..models import list_models
 from ..neurons import check_backend_on_device
 from ..restore import locate_checkpoint
@@ -29,7 +29,7 @@ from ..train.checkpoint import load_checkpoint
 from ..train.distributed import launched, rank_0_decides
 from ..train.engine import check_global_batch
 from ..train.runfolder import check_run_folder
-from .ann import AnnSource, ClassFamily, check_checkpoint_optimizer, load_ann
+from .ann import AnnSource, ClassFamily, check_checkpoint_optimizer, check_model_reads, load_ann
 from .context import resolve_device
 
 #: The command presets (dotted keys), below a recipe: used only when no ``--config`` is given.
@@ -302,20 +302,14 @@ def build_plan(request: Request) -> RunPlan:
 def _check_model_reads_builtin(model: str, data: str) -> None:
     """The built-in digits are 28 x 28: a registry model that cannot read them (vgg*_tv's five
     2 x 2 max-pools) is refused by the plan (the run refused it once started): one forward on the
-    meta device, as ``ann.check_model_fits`` does for any data once it is open."""
-    import torch
-
+    meta device (``ann.check_model_reads``, as ``ann.check_model_fits`` runs it once the data is open)."""
     from ..models import create_model
 
     if data not in BUILTIN_DATASETS or model not in list_models(sequence=False):
         return
     shape = (1, 1, 2, 28, 28) if data == "es-mnist" else (1, 1, 28, 28)  # events: [T, B, C, H, W]
-    try:
-        with torch.device("meta"):
-            create_model(model, num_classes=10, neuron="relu", T=1, in_channels=shape[-3]).eval()(torch.empty(shape))
-    except RuntimeError as exc:
-        raise ConfigError(f"model {model} cannot read the 28x28 frames of {data!r} ({first_line(exc)[:120]}); give "
-                          "another model") from None
+    check_model_reads(lambda: create_model(model, num_classes=10, neuron="relu", T=1, in_channels=shape[-3]), model,
+                      shape, data)
 
 
 def _check_dataset(name: str, image_size: int) -> None:

@@ -6,6 +6,7 @@ import re
 import shutil
 
 import nir
+import numpy as np
 import pytest
 import torch
 
@@ -192,6 +193,7 @@ def test_evaluate_and_export_use_the_image_size_and_folder_the_checkpoint_was_tr
     meta = load_checkpoint(tmp_path / "run/snn_pretrained/checkpoints/last.json").meta
     assert (meta["data_path"], meta["image_size"], meta["input_shape"]) == (str(tmp_path / "photos"), 32, [3, 32, 32])
     assert (meta["split_seed"], meta["time_steps"]) == (0, None)
+    assert len(meta["mean"]) == len(meta["std"]) == 3  # the folder's own statistics, recorded
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -210,6 +212,32 @@ def test_evaluate_and_export_use_the_image_size_and_folder_the_checkpoint_was_tr
     assert main(["evaluate", "../run", "--out", "ev2"]) == 2
     err = _one_line_error(capsys)
     assert f"the checkpoint's dataset {tmp_path / 'photos'} is not there; give --data DIR" in err
+
+
+def test_evaluate_normalises_images_as_the_checkpoint_was_trained(tmp_path, capsys):
+    """Small images are normalised by their folder's own statistics. ``evaluate --data OTHER``
+    normalised them by OTHER's (silently another input scale); the checkpoint now records the
+    statistics it was trained with and they are used. Checkpoints without them keep OTHER's."""
+    from _layouts import image_folders
+    from PIL import Image
+
+    from spikebridge.cli.export import open_checkpoint_data
+    from spikebridge.data.datasets import open_dataset
+
+    trained = open_dataset(str(image_folders(tmp_path / "a", size=(24, 24), classes=2)))
+    other = image_folders(tmp_path / "b", size=(24, 24), classes=2, seed=1)
+    for png in other.rglob("*.png"):  # a darker camera
+        Image.fromarray((np.asarray(Image.open(png)) // 3).astype(np.uint8)).save(png)
+    meta = trained.input_meta()
+    assert meta["mean"] == list(trained.mean) and meta["std"] == list(trained.std)
+    own = open_dataset(str(other))
+    assert max(abs(a - b) for a, b in zip(own.mean, trained.mean)) > 0.05
+    assert open_checkpoint_data(str(other), meta, "CKPT").mean == tuple(meta["mean"])
+    old = {key: value for key, value in meta.items() if key not in ("mean", "std")}
+    assert open_checkpoint_data(str(other), old, "CKPT").mean == own.mean
+    for bad in ({**meta, "mean": "0.5"}, {**meta, "std": [0.0, 1.0, 1.0]}, {**meta, "mean": [0.1]}):
+        with pytest.raises(CheckpointError, match="checkpoint fields meta.mean and meta.std"):
+            open_checkpoint_data(str(other), bad, "CKPT")
 
 
 def test_evaluate_reads_the_split_and_time_bins_the_checkpoint_was_trained_on(tmp_path, capsys):

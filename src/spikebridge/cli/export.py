@@ -6,9 +6,10 @@ is one of the checkpoint's own files (its JSON or tensors)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -64,18 +65,20 @@ def check_out_file(out: str, overwrite: bool, protected: list[Path] = ()) -> Pat
     return path
 
 
-@dataclass
+@dataclasses.dataclass
 class CheckpointInput:
     """The data a checkpoint was trained on (:meth:`~spikebridge.data.loading.DataBundle.input_meta`),
     each field checked: its dataset (a folder's absolute path), image size (0: unknown), frame
-    shape ``[C, H, W]``, split seed and event time steps (None: unknown, a checkpoint from before
-    0.1.2)."""
+    shape ``[C, H, W]``, split seed, event time steps and the images' normalisation (None:
+    unknown, a checkpoint from before 0.1.2; normalisation: before 0.1.3, or none recorded)."""
 
     name: str | None
     image_size: int
     shape: list[int] | None
     split_seed: int | None
     time_steps: int | None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 def checkpoint_input(meta: dict, where: str) -> CheckpointInput:
@@ -96,8 +99,18 @@ def checkpoint_input(meta: dict, where: str) -> CheckpointInput:
             raise CheckpointError(f"{where}: checkpoint field meta.input_shape must be [C, H, W], got {short_repr(shape)}")
         for value in shape:
             check_int(f"{where}: checkpoint field meta.input_shape", value, 1, MAX_IMAGE_SIZE, error=CheckpointError)
+    mean, std = meta.get("mean"), meta.get("std")
+    if mean is not None or std is not None:
+        def channels(values) -> bool:
+            return (isinstance(values, list) and 0 < len(values) <= 4 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+        if not (channels(mean) and channels(std) and len(mean) == len(std) and all(v > 0 for v in std)):
+            raise CheckpointError(f"{where}: checkpoint fields meta.mean and meta.std must be lists of 1-4 numbers "
+                                  f"of equal length (std > 0), got {short_repr(mean)} and {short_repr(std)}")
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     return CheckpointInput(name, field("image_size", 0, MAX_IMAGE_SIZE) or 0, shape, field("split_seed", 0, 2**63 - 1),
-                           field("time_steps", 1, MAX_T))
+                           field("time_steps", 1, MAX_T), mean, std)
 
 
 def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alternative: str = "",
@@ -121,6 +134,9 @@ def open_checkpoint_data(data_flag: str | None, meta: dict, where: str, *, alter
     as_stored = trained.shape is not None and trained.shape[1] != trained.shape[2]
     bundle = open_dataset(data, image_size=0 if data in BUILTIN_DATASETS or as_stored else trained.image_size,
                           split_seed=trained.split_seed or 0)
+    if trained.mean is not None and bundle.normalises_in_memory and len(trained.mean) == bundle.in_channels:
+        # the statistics the model was trained with, not those of --data's own training split
+        bundle = dataclasses.replace(bundle, mean=trained.mean, std=trained.std)
     if data_flag and bundle.info.get("resized_from"):  # another sensor than the checkpoint's: said, not hidden
         height, width = bundle.info["resized_from"]
         print(f"note: the event frames of {clip(data)} are {height} x {width}; resized to the checkpoint's "

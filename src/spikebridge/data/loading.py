@@ -59,8 +59,10 @@ class DataBundle:
         """What a checkpoint records of the data it was trained on, so that ``evaluate`` and
         ``export`` read the same inputs: ``data_path`` (a folder's absolute path, None for the
         built-in datasets), ``image_size``, ``input_shape`` (one frame's ``[C, H, W]``),
-        ``split_seed`` (the seed of a split made by the opener: the same test samples) and
-        ``time_steps`` (event frames per sample; None for images)."""
+        ``split_seed`` (the seed of a split made by the opener: the same test samples),
+        ``time_steps`` (event frames per sample; None for images) and ``mean`` / ``std`` (the
+        per-channel normalisation of in-memory images, which a folder takes from its own training
+        split; None for events and streamed photos, whose transforms hold it)."""
         import os
 
         path = os.path.abspath(self.name) if os.path.exists(self.name) else None
@@ -68,7 +70,14 @@ class DataBundle:
         seed = self.info.get("split_seed")
         return {"data_path": path, "image_size": int(self.image_size), "input_shape": list(sample.shape[-3:]),
                 "split_seed": int(seed) if isinstance(seed, int) else None,
-                "time_steps": int(sample.shape[0]) if self.kind == "events" else None}
+                "time_steps": int(sample.shape[0]) if self.kind == "events" else None,
+                **{key: [float(v) for v in values] if self.normalises_in_memory else None
+                   for key, values in (("mean", self.mean), ("std", self.std))}}
+
+    @property
+    def normalises_in_memory(self) -> bool:
+        """Whether batches are normalised with ``mean`` / ``std`` (in-memory static images)."""
+        return self.kind == "static" and isinstance(self.train, TensorSplit)
 
     @property
     def frame_size(self) -> tuple[int, int]:

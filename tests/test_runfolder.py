@@ -233,7 +233,11 @@ def test_other_ranks_write_nothing(tmp_path):
 
 def test_differences_are_short():
     diff = config_differences({"data": {"name": "x" * 5000}}, {"data": {"name": "y" * 5000}, "run": {"out": "b"}})
-    assert len(diff) == 1 and len(diff[0]) < 100 and diff[0].startswith("data.name: xxx")
+    assert len(diff) == 1 and len(diff[0]) < 260 and diff[0].startswith("data.name: xxx")
+    # paths keep their start and their end (the folder that differs at the end was cut off)
+    (diff,) = config_differences({"data": {"name": "/home/me/" + "x" * 150 + "/a/ds"}},
+                                 {"data": {"name": "/home/me/" + "x" * 150 + "/b/ds"}})
+    assert diff.startswith("data.name: /home/me/xxx") and "/a/ds ->" in diff and diff.endswith("/b/ds")
 
 
 def test_memory_options_may_change_on_resume():

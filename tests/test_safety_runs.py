@@ -201,3 +201,36 @@ def test_ann_may_be_a_run_folder_or_the_checkpoints_tensors_file(run, tmp_path, 
         assert cli.main(["pipes", "--ann", str(ann), "--out", str(tmp_path / "o"), *TINY[:5], "--plan"]) == 0
         plan = json.loads(capsys.readouterr().out)
         assert [p["name"] for p in plan["phases"]] == ["snn_pretrained"], ann
+
+
+def test_a_resume_from_another_folder_reads_the_same_data_or_is_refused(tmp_path, monkeypatch, capsys):
+    """``--data ds`` is stored as the folder's absolute path: a ``--resume`` from another working
+    directory where ``ds`` names another folder is refused, naming both (it trained on that other
+    folder); the same folder by any path resumes. A run saved with a relative path (before) still
+    resumes from its own working directory."""
+    import json
+
+    from _layouts import image_folders
+
+    for where in ("a", "b"):
+        image_folders(tmp_path / where / "ds", size=(16, 16), classes=2, train_per_class=8, val_per_class=4)
+    argv = ["pretrain", "--data", "ds", "--out", str(tmp_path / "run"), *TINY[2:], "--set", "ann.batch_size=8"]
+    monkeypatch.chdir(tmp_path / "a")
+    assert cli.main(argv) == 0
+    manifest = tmp_path / "run" / ".spikebridge-run.json"
+    assert json.loads(manifest.read_text())["config"]["data"]["name"] == str(tmp_path / "a" / "ds")
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path / "b")
+    before = snapshot(tmp_path / "run")
+    assert cli.main([*argv, "--resume"]) == 2
+    err = one_line_error(capsys)
+    assert f"data.name: {tmp_path / 'a' / 'ds'} -> {tmp_path / 'b' / 'ds'}" in err
+    assert snapshot(tmp_path / "run") == before
+    argv[2] = str(tmp_path / "a" / "ds")
+    assert cli.main([*argv, "--resume"]) == 0
+    record = json.loads(manifest.read_text())  # as written before: the path as given
+    record["config"]["data"]["name"] = "ds"
+    manifest.write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path / "a")
+    argv[2] = "ds"
+    assert cli.main([*argv, "--resume"]) == 0

@@ -178,17 +178,19 @@ def _event_T_from_flag(command: str, cfg: PipelineConfig, T: int | None) -> None
 
 def dataset_folder(name: str) -> str:
     """``name``, or the dataset folder a folder that holds one leads to (a download folder such as
-    Tonic's ``save_to``: :func:`~spikebridge.data.disk.locate_dataset`), so that the plan shows and
-    the run opens the folder used; a name that is no dataset is left to the checks that use it."""
+    Tonic's ``save_to``: :func:`~spikebridge.data.disk.locate_dataset`), as an absolute path, so
+    that the plan shows and the run opens the folder used, and a ``--resume`` from another working
+    directory opens it again (or is refused where its ``--data`` names another one); a name that is
+    no dataset is left to the checks that use it."""
     from ..data.disk import locate_dataset
 
     name = os.path.expanduser(name) if name.startswith("~") else name  # a quoted or --x=~/... path
     if not name or name in BUILTIN_DATASETS or not os.path.isdir(name):
         return name
     try:
-        return locate_dataset(name)[0]
+        return os.path.abspath(locate_dataset(name)[0])
     except (DataError, OSError):
-        return name
+        return os.path.abspath(name)
 
 
 def _check_model(key: str, name: str) -> None:

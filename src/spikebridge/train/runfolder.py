@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, OutputError, SpikebridgeError
+from ..errors import ConfigError, OutputError, SpikebridgeError, clip
 from ..utils import atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
 from . import distributed
 
@@ -48,8 +48,9 @@ RUNTIME_SUFFIXES = (".step_in_backward",)
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A value for a message: text (a path: its start and its end, :func:`~spikebridge.errors.clip`)
+    or JSON, at most ``limit`` characters."""
+    return clip(value if isinstance(value, str) else json.dumps(value, default=str), limit)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -67,9 +68,16 @@ def config_differences(saved: dict, new: dict) -> list[str]:
     old, now = _flat(saved), _flat(json.loads(json.dumps(new, default=str)))
     keys = [*now, *(k for k in old if k not in now)]
     absent = "(absent)"
-    return [f"{k}: {_short(old.get(k, absent))} -> {_short(now.get(k, absent))}"
+    return [f"{k}: {_short(old.get(k, absent), 120)} -> {_short(now.get(k, absent), 120)}"
             for k in keys if k not in RUNTIME_KEYS and not k.endswith(RUNTIME_SUFFIXES)
-            and old.get(k, absent) != now.get(k, absent)]
+            and not _same_setting(old.get(k, absent), now.get(k, absent))]
+
+
+def _same_setting(saved: Any, now: Any) -> bool:
+    """Equal, or a run saved before dataset folders were stored absolute: its relative path read
+    from the working directory (as that run's resume did) is the folder now named."""
+    return saved == now or (isinstance(saved, str) and isinstance(now, str) and bool(saved) and os.path.isabs(now)
+                            and not os.path.isabs(saved) and os.path.abspath(saved) == now)
 
 
 def _process_start(pid: int) -> int | None:

@@ -275,6 +275,12 @@ def test_evaluate_reads_the_split_and_time_bins_the_checkpoint_was_trained_on(tm
     assert frames.shape[-2:] == (128, 128) and "note" not in capsys.readouterr().out
 
 
+def test_evaluate_with_an_empty_ann_is_refused(run, tmp_path, capsys):
+    """``--ann ''`` (an unset shell variable) was ignored: the evaluation ran without the ANN."""
+    assert main(["evaluate", str(run), "--ann", "", *QUICK, "--out", str(tmp_path / "ev")]) == 2
+    assert "--ann is empty" in _one_line_error(capsys) and not (tmp_path / "ev").exists()
+
+
 def test_evaluate_with_the_ann_of_an_event_snn_says_the_ann_reads_images(run, tmp_path, capsys):
     """pipeD's SNN reads events, its ANN static images: ``--ann`` is refused in one line (it was
     an internal error from the ANN's first convolution), and no evaluation folder is left."""

@@ -59,6 +59,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..utils import atomic_write_text, ensure_dir
     from .export import open_checkpoint_data
 
+    if args.ann is not None and not args.ann.strip():  # --ann '' (an unset shell variable): refused, not ignored
+        from ..pipelines.ann import ann_source_from_flags
+
+        ann_source_from_flags(args.ann, None, None)  # its one-line error
     if args.t_max is not None and args.t_max < 1:
         raise ConfigError(f"--T-max must be >= 1, got {args.t_max}")
     if args.samples < 0:

@@ -151,7 +151,7 @@ def test_a_resume_with_changed_settings_is_refused_naming_each_key_and_changes_n
     assert snapshot(out) == before and not (out / LOCK).exists()
 
 
-def test_a_resume_with_the_same_settings_continues(tmp_path):
+def test_a_resume_with_the_same_settings_continues(tmp_path, capsys):
     out = tmp_path / "out"
     saved = asdict(PipelineConfig())
     finished_run(out, command="pipes", config=saved)
@@ -162,6 +162,8 @@ def test_a_resume_with_the_same_settings_continues(tmp_path):
         assert (out / "ann" / "checkpoints" / "last.json").exists()  # nothing of the run was removed
         (out / "snn_pretrained").mkdir()
         assert folder.manifest["names"] == ["ann", "config.yaml", "summary.json"]
+    # another thread count is allowed, and said: results are bit-exact for one count (it was silent)
+    assert "note: --resume with run.threads 2 (the run used torch's default threads (run.threads 0))" in capsys.readouterr().err
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["names"] == ["ann", "config.yaml", "snn_pretrained", "summary.json"] and manifest["foreign"] == []
 

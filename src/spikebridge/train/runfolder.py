@@ -348,6 +348,12 @@ def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool)
         _refuse(where, saved, entries, command, config, resume, overwrite)
         if saved is not None and resume:
             names = earlier
+            old = saved.get("config")
+            threads = (_flat(old if isinstance(old, dict) else {}).get("run.threads"), _flat(config).get("run.threads"))
+            if threads[0] != threads[1] and None not in threads:  # allowed, but not bit-exact (README)
+                said = [f"run.threads {t}" if t else "torch's default threads (run.threads 0)" for t in threads]
+                print(f"note: --resume with {said[1]} (the run used {said[0]}): the resumed epochs "
+                      "match an uninterrupted run only with the same thread count", file=sys.stderr)
         elif resume:
             print(f"note: --resume: {where} holds no earlier run; starting a new one", file=sys.stderr)
         if saved is not None and overwrite:

@@ -100,7 +100,7 @@ def test_a_run_that_fails_when_its_data_opens_leaves_nothing_behind(tmp_path, ca
             "--set", "ann.batch_size=4", "--set", "run.threads=1", "--model", "vgg11_bn_tv"]
     assert cli.main(argv) == 2
     assert "cannot read the 28x28 frames" in one_line_error(capsys)
-    assert not out.exists() and (tmp_path / "runs").exists()  # the claim made r1 alone
+    assert not (tmp_path / "runs").exists()  # the claim made runs/ and runs/r1
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
@@ -134,12 +134,13 @@ def test_time_bins_that_do_not_divide_the_event_stream_fail_before_the_ann_train
 
 def test_a_run_whose_first_epoch_fails_leaves_nothing_behind(tmp_path, capsys):
     """NaN weights in epoch 1 (an LR far too high): the ANN's checkpoint folder made at the start
-    holds no checkpoint yet, so nothing is kept and the corrected command runs into the same --out."""
-    out = tmp_path / "r"
+    holds no checkpoint yet, so nothing is kept and the corrected command runs into the same --out.
+    The parent folders the run made for ``--out a/b/r`` go too (they stayed)."""
+    out = tmp_path / "a" / "b" / "r"
     argv = ["pretrain", "--out", str(out), *TINY, "--set", "data.limit_train=256", "--set", "ann.optimizer=sgd"]
     assert cli.main([*argv, "--set", "ann.lr=1e30"]) == 2
     assert "NaN/Inf" in one_line_error(capsys)
-    assert not out.exists()
+    assert not (tmp_path / "a").exists()
     assert cli.main(argv) == 0
     assert (out / "ann" / "checkpoints" / "last.json").is_file()
 

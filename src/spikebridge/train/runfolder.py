@@ -216,9 +216,10 @@ class RunFolder:
     """A claimed OUT; :meth:`release` (or leaving the ``with`` block) records its names, unlocks;
     leaving the block by an exception first discards a new run that wrote no result."""
 
-    def __init__(self, out: Path, fd: int | None, manifest: dict, *, created: bool = False) -> None:
+    def __init__(self, out: Path, fd: int | None, manifest: dict, *, created: Path | None = None) -> None:
         self.out, self._fd, self.manifest = out, fd, manifest
-        self._new_run, self._created = not manifest["names"], created  # not a resume; the claim made OUT
+        # not a resume; the topmost folder the claim made (OUT, or a parent of it for --out a/b/c)
+        self._new_run, self._created = not manifest["names"], created
 
     def _ours(self) -> list[str]:
         return sorted((_entries(self.out) - set(self.manifest["foreign"])) | set(self.manifest["names"]))
@@ -233,8 +234,8 @@ class RunFolder:
 
     def discard_if_empty(self) -> None:
         """After a new run failed before it wrote any result (bad data found when it opened, Ctrl-C):
-        remove what it wrote (``config.yaml``, empty phase folders, the manifest, the lock; OUT too
-        when the claim made it and it is empty), so that the corrected command runs into the same OUT as it is. A resumed
+        remove what it wrote (``config.yaml``, empty phase folders, the manifest, the lock; OUT and
+        the parents the claim made, where empty), so that the corrected command runs into the same OUT as it is. A resumed
         run, or one that wrote anything else, keeps its folder."""
         if self._fd is None or not self._new_run:
             return
@@ -247,9 +248,15 @@ class RunFolder:
                 shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
         _unlock(self.out, self._fd)
         self._fd = None
-        if self._created:
-            with contextlib.suppress(OSError):
-                self.out.rmdir()
+        folder = self.out
+        while self._created is not None:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            if folder == self._created:
+                break
+            folder = folder.parent
 
     def release(self) -> None:
         if self._fd is None:
@@ -336,7 +343,8 @@ def _remove_run_output(target: Path) -> None:
 
 
 def _claim(out: Path, command: str, config: dict, resume: bool, overwrite: bool) -> RunFolder:
-    created = not os.path.lexists(out)
+    missing = [folder for folder in (out, *out.parents) if not os.path.lexists(folder)]
+    created = missing[-1] if missing else None  # the topmost folder that ensure_dir makes
     ensure_dir(out)
     fd = _lock(out, command)
     try:

@@ -327,3 +327,35 @@ def test_spikify_refuses_what_cannot_run_per_frame_in_one_line():
     with pytest.raises(ConfigError, match=r"fails on a batch of 3 of shape \[3, 2, 8, 8\] at node conv .*the input "
                                           r"must fit the network"):
         sb.spikify(Pooled(), "lif", T=2, calibration=[torch.rand(8, 2, 8, 8)])
+
+
+def test_spikify_refuses_a_net_that_mixes_samples_at_the_same_shape_or_takes_two_inputs():
+    """``F.softmax(x, dim=0)``, ``x.softmax(0)``, ``F.normalize(x, dim=0)`` keep the batch's shape,
+    so the shape check passed them, and the SNN's outputs depended on the batch (nn.Softmax(dim=0)
+    was refused). A forward of two inputs was accepted and failed at the first call (TypeError)."""
+    class Net(nn.Module):
+        def __init__(self, mix):
+            super().__init__()
+            self.fc, self.out, self.mix = nn.Linear(8, 6), nn.Linear(6, 3), mix
+
+        def forward(self, x):
+            return self.out(self.mix(F.relu(self.fc(x))))
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x, y):
+            return F.relu(self.fc(x)) + y
+
+    x = torch.randn(6, 8)
+    for mix in (lambda h: F.softmax(h, dim=0), lambda h: h.softmax(0), lambda h: F.normalize(h, dim=0)):
+        with pytest.raises(ConfigError, match="a sample's output depends on the other samples in the batch"):
+            sb.spikify(Net(mix), T=2, calibration=[x])
+    for keep in (lambda h: F.softmax(h, dim=1), lambda h: F.normalize(h, dim=1), lambda h: h - h.mean(1, keepdim=True)):
+        snn = sb.spikify(Net(keep), T=2, calibration=[x]).eval()
+        with torch.no_grad():
+            assert torch.allclose(snn(x)[:1], snn(x[:1]), atol=1e-6)
+    with pytest.raises(ConfigError, match=r"one tensor input; TwoInputs.forward takes 2 \(x, y\)"):
+        sb.spikify(TwoInputs(), T=2)

@@ -43,6 +43,7 @@ move the batch axis) raise :class:`~spikebridge.errors.ConfigError` naming the l
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import math
@@ -525,16 +526,31 @@ def _shape_of(value) -> tuple | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
+def _first_sample(value) -> torch.Tensor | None:
+    return value[:1].clone() if isinstance(value, torch.Tensor) and value.dim() else None
+
+
+def _same_sample(alone: torch.Tensor, in_batch: torch.Tensor) -> bool:
+    """Whether a node's output for one sample run alone equals it within a batch (up to the
+    rounding of another batch size)."""
+    if alone.shape != in_batch.shape or not alone.is_floating_point():
+        return alone.shape == in_batch.shape and torch.equal(alone, in_batch)
+    scale = float(in_batch.abs().max()) if in_batch.numel() else 0.0
+    return bool(((alone - in_batch).abs().max() <= 1e-4 * scale + 1e-6).item()) if alone.numel() else True
+
+
 @torch.no_grad()
 def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> None:
     """Run the traced ANN on ``[B, ...]`` and on the folded ``[T*B, ...]``; refuse any operation
     whose output keeps the batch at dim 0 in one case but not the other (it mixes samples or
-    hard-codes the batch size)."""
+    hard-codes the batch size), and then any whose output for the first sample changes when that
+    sample runs alone (it mixes samples at the same shape: ``F.softmax(x, dim=0)``,
+    ``x - x.mean(0)``)."""
     batch = example.shape[0]
     was_training = gm.training
     gm.eval()
     try:
-        plain, folded = _Recorder(gm, _shape_of), _Recorder(gm, _shape_of)
+        plain, folded = _Recorder(gm, lambda v: (_shape_of(v), _first_sample(v))), _Recorder(gm, _shape_of)
         for recorder, x, what in ((plain, example, f"a batch of {batch}"),
                                   (folded, example.unsqueeze(0).expand(T, *example.shape).flatten(0, 1),
                                    "a time-folded batch")):
@@ -548,6 +564,10 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
                     f"the network fails on {what} of shape {list(x.shape)}{where}: {str(exc).splitlines()[0][:160]}; "
                     "the input must fit the network, and reshapes must use x.size(0) / -1, not a fixed batch size"
                 ) from None
+        alone = _Recorder(gm, _first_sample)
+        if batch > 1:
+            with contextlib.suppress(Exception):  # a net that cannot run one sample: the shape checks only
+                alone.run(example[:1])
     finally:
         gm.train(was_training)
     dependent = _input_dependent(gm.graph)
@@ -555,11 +575,16 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
     for node in gm.graph.nodes:
         if node not in dependent or node.op in ("placeholder", "output"):
             continue
-        a, b = plain.values.get(node.name), folded.values.get(node.name)
+        (a, first), b = plain.values.get(node.name, (None, None)), folded.values.get(node.name)
         if a is None or b is None:
             continue
         if len(a) >= 1 and a[0] == batch and b == (T * batch, *a[1:]):
-            continue
+            single = alone.values.get(node.name)
+            if first is None or single is None or _same_sample(single, first):
+                continue
+            raise ConfigError(f"spikify cannot fold time into the batch at {_describe_node(node, modules)}: a "
+                              "sample's output depends on the other samples in the batch (it mixes them, e.g. a "
+                              "softmax or normalisation over dim 0); operations must keep each sample on its own")
         problem = f"has shape {list(a)} for a batch of {batch} but {list(b)} for {T}x{batch} folded frames" \
             if a != b else f"{list(a)} has no batch axis (the samples are reduced or mixed)"
         raise ConfigError(f"spikify cannot fold time into the batch at {_describe_node(node, modules)}: its output "
@@ -619,6 +644,10 @@ def spikify_with_graph(
     ann = copy.deepcopy(_traceable(getattr(ann_module, "module", ann_module))).cpu()
     ann.eval()
     gm = _trace(ann)
+    inputs = [node.target for node in gm.graph.nodes if node.op == "placeholder" and not node.args]  # no default
+    if len(inputs) != 1:
+        raise ConfigError(f"spikify supports networks with one tensor input; {type(ann_module).__name__}.forward "
+                          f"takes {len(inputs)} ({', '.join(map(str, inputs)) or 'none'})")
     modules = dict(gm.named_modules())
     calib_batches: list[torch.Tensor] = []
     if calibration is not None:

@@ -104,6 +104,12 @@ def test_state_dict_files(tmp_path):
     save_checkpoint(tmp_path / "run" / "ann" / "checkpoints", "last", ann, {"model": {"name": "resnet18_tv"}}, epoch=1)
     snn = sb.create_model("resnet18_tv", num_classes=10, neuron="lif", T=2)
     assert sb.transfer(tmp_path / "run" / "ann", snn).match_fraction == 1.0 and torch.equal(snn.fc.weight, ann.fc.weight)
+    # the run folder, holding the ANN and an SNN phase: its ANN, as --ann RUN (it said "found none")
+    other = sb.create_model("resnet18_tv", num_classes=10, neuron="lif", T=2)
+    save_checkpoint(tmp_path / "run" / "snn_pretrained" / "checkpoints", "last", other,
+                    {"model": {"name": "resnet18_tv"}, "neuron": {"kind": "lif"}}, epoch=1)
+    snn = sb.create_model("resnet18_tv", num_classes=10, neuron="lif", T=2)
+    assert sb.transfer(tmp_path / "run", snn).match_fraction == 1.0 and torch.equal(snn.fc.weight, ann.fc.weight)
 
 
 def test_recalibrate_batchnorm_matches_spiking_statistics():

@@ -113,16 +113,15 @@ def transfer_headline(record: dict) -> str:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a spikebridge checkpoint, ``.safetensors`` or ``.pth``/``.pt`` file."""
+    """Read a state dict from a spikebridge checkpoint (its ``.json``, tensors file, phase folder, or
+    a run folder: its ANN's, as ``--ann RUN`` takes it), ``.safetensors`` or ``.pth``/``.pt`` file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"weights file not found: {path}")
     if path.suffix == ".json" or path.is_dir() or path.suffix == ".safetensors":
-        from .train.checkpoint import load_checkpoint
+        from .train.checkpoint import load_checkpoint, locate_checkpoint
 
-        if (path / "checkpoints").is_dir():  # a run's phase folder (RUN/ann), as the CLI takes it
-            path = path / "checkpoints"
-        return load_checkpoint(path).model_state
+        return load_checkpoint(locate_checkpoint(path, snn=False)).model_state
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/pickled-object files

@@ -47,7 +47,7 @@ from torch import nn
 from .config import MAX_CHANNELS, MAX_CLASSES, MAX_T, check_int, from_dict
 from .errors import CheckpointError, ConfigError, clip, first_line, short_repr
 from .neurons import NeuronConfig, neuron_names
-from .train.checkpoint import file_sha256
+from .train.checkpoint import file_sha256, locate_checkpoint
 
 SPIKIFIED_MODEL_NAME = "spikify"
 USER_ANN_MODEL_NAME = "ann_class"  # the user's own ANN class, not spiking
@@ -416,52 +416,6 @@ def model_from_meta(meta: dict, *, T: int | None = None, code: str | None = None
     elif sum(v.numel() for v in own.values()) > MAX_MODEL_ELEMENTS:
         raise CheckpointError(f"{clip(where)}: the model the checkpoint describes has more than {MAX_MODEL_ELEMENTS} elements")
     return build()
-
-
-def locate_checkpoint(path: str | Path, *, snn: bool = True) -> str | Path:
-    """The checkpoint a user's CKPT names: for a checkpoint's tensors file its ``NAME.json``; for a
-    run's phase folder (``RUN/PHASE``) the checkpoint the phase keeps; for a run folder that of its
-    one phase, or of its one SNN phase (``snn=False``: its one ANN phase, as ``--ann RUN`` wants;
-    several: ``CheckpointError`` listing them). Anything else as it is
-    (:func:`~spikebridge.train.checkpoint.load_checkpoint` takes it or says why not)."""
-    from .train.checkpoint import checkpoint_of_weights, checkpoint_record
-    from .train.engine import checkpoint_path
-
-    if not str(path).strip():
-        return path  # load_checkpoint: "checkpoint path is empty"
-    folder = Path(path)
-    if not folder.is_dir():
-        return checkpoint_of_weights(folder) or path
-    if any(checkpoint_record(p) is not None for p in folder.glob("*.json")) or (folder / "last.json").is_file():
-        return folder  # a folder of checkpoints: load_checkpoint takes its one .json
-    if (own := checkpoint_path(folder.parent, folder.name)).is_file():
-        return own  # a phase folder (a damaged checkpoint: load_checkpoint says what is wrong with it)
-    try:
-        kept = [d.name for d in sorted(folder.iterdir()) if d.is_dir() and checkpoint_path(folder, d.name).is_file()]
-    except OSError:
-        kept = []
-    phases = {name: record for name in kept if (record := checkpoint_record(checkpoint_path(folder, name))) is not None}
-    wanted = [name for name, record in phases.items() if _spiking_record(record) == snn]
-    damaged = [name for name in kept if name not in phases]
-    if damaged and len(wanted) != 1:  # not the other phase's instead: load_checkpoint says what is wrong
-        return checkpoint_path(folder, damaged[0])
-    if len(phases) == 1 or len(wanted) == 1:
-        return checkpoint_path(folder, (wanted or list(phases))[0])
-    if not phases:
-        raise CheckpointError(f"{folder}: expected one checkpoint .json in the folder, found none; give a checkpoint "
-                              ".json, a run's phase folder (RUN/snn_finetuned) or its run folder")
-    names = list(phases)
-    kind = "an SNN" if snn else "an ANN"
-    raise CheckpointError(f"{folder} holds the checkpoints of {len(names)} phases ({', '.join(names[:8])}"
-                          f"{' ...' if len(names) > 8 else ''}{'' if wanted else f'; none {kind}'}): give one of them, "
-                          f"e.g. {folder / (wanted or names)[0]}")
-
-
-def _spiking_record(record: dict) -> bool:
-    """Whether a checkpoint's JSON record (unchecked) is an SNN's: its neuron is a spiking one."""
-    meta = record.get("meta")
-    neuron = meta.get("neuron") if isinstance(meta, dict) else None
-    return isinstance(neuron, dict) and neuron.get("kind") in neuron_names(spiking=True)
 
 
 def model_from_checkpoint(path: str | Path | Any, *, T: int | None = None, code: str | None = None,

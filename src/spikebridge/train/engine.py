@@ -27,7 +27,7 @@ from ..data.loading import DataBundle, calibration_batches, iterate_batches
 from ..errors import CheckpointError, ConfigError, OutputError, TrainingError, first_line
 from ..utils import atomic_write_text, ensure_writable_dir, remove_stale_temps
 from . import distributed
-from .checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
+from .checkpoint import checkpoint_path, load_checkpoint, remove_leftovers, save_checkpoint
 from .recipes import StepSchedule, build_optimizer
 
 #: The columns of ``metrics.csv`` (one row per evaluation)
@@ -169,11 +169,6 @@ def _set_requires_grad(model: nn.Module, frozen: set[str], trainable: bool) -> N
     for name, param in unwrap(model).named_parameters():
         if name in frozen:
             param.requires_grad_(trainable)
-
-
-def checkpoint_path(run_dir: str | Path, name: str) -> Path:
-    """The last checkpoint :func:`fit` keeps of phase ``name`` in ``run_dir``."""
-    return Path(run_dir) / name / "checkpoints" / "last.json"
 
 
 def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, *, name: str, run_dir: str | Path | None,

@@ -91,7 +91,7 @@ class BridgeNet(nn.Module):
         compact = self.compact_spikes and self.spiking and self.training and torch.is_grad_enabled()
         with compact_spike_storage(compact):
             features = self.forward_features(hidden)
-        return features.view(steps, batch, -1)
+        return features.view(steps, batch, *features.shape[1:]).flatten(2)  # an empty batch too (view(..., -1) fails)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.per_step_features(x).mean(0))

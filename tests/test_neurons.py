@@ -89,6 +89,16 @@ def test_stateless_between_calls():
     assert torch.equal(lif(x), first)
 
 
+@pytest.mark.parametrize("kind", ["LIF", "LIAF"])
+def test_no_time_steps_give_no_output_on_every_backend(kind):
+    """T = 0 (an empty sequence): the fused path returned it; the reference raised IndexError."""
+    x = torch.randn(0, 2, 5, requires_grad=True)
+    for backend in ("reference", "fused"):
+        out = getattr(sb, kind)(backend=backend)(x)
+        out.sum().backward()
+        assert out.shape == (0, 2, 5) and x.grad.shape == (0, 2, 5)
+
+
 @pytest.mark.parametrize("surrogate", SURROGATE_NAMES)
 @pytest.mark.parametrize("T", [1, 4, 8])
 @pytest.mark.parametrize("kind", ["lif", "liaf"])

@@ -43,6 +43,8 @@ def multistep_reference(
     analog_slope: float | None = None,
 ) -> torch.Tensor:
     """The LIF (``analog_slope=None``) / LIAF recurrence over ``x: [T, B, ...]``, literally."""
+    if x.shape[0] == 0:  # no time steps: no output (as the fused and Triton paths)
+        return x * 0
     outputs = []
     u = x[0]
     spike = None

@@ -199,7 +199,10 @@ def test_evaluate_and_export_use_the_image_size_and_folder_the_checkpoint_was_tr
     monkeypatch.chdir(elsewhere)
     capsys.readouterr()
     assert main(["export", "../run", "--out", "snn.nir"]) == 0
-    assert "input [3, 32, 32]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "input [3, 32, 32]" in out and "the graph reads normalised images, (pixel / 255 - mean) / std" in out
+    metadata = nir.read(str(elsewhere / "snn.nir")).metadata  # what a toolchain needs to feed it (it was not said)
+    assert np.allclose(metadata["input_mean"], meta["mean"]) and np.allclose(metadata["input_std"], meta["std"])
     assert main(["evaluate", "../run", "--out", "ev", "--samples", "4", "--T-max", "1", "--no-progress"]) == 0
     result = json.loads((elsewhere / "ev/evaluation.json").read_text())
     assert result["data"] == str(tmp_path / "photos") and result["test_samples"] == 8

@@ -200,9 +200,10 @@ def checked_dt(dt, name: str = "NIR export: dt") -> float:
 
 
 @torch.no_grad()
-def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
+def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT, metadata: dict | None = None):
     """The SNN ``model`` as a ``nir.NIRGraph`` for inputs of per-sample shape ``input_shape``
-    (e.g. ``(1, 28, 28)``), one time step = ``dt``; see the module docstring for the mapping."""
+    (e.g. ``(1, 28, 28)``), one time step = ``dt``; see the module docstring for the mapping.
+    ``metadata``: more entries for the graph's metadata (``export`` adds the input normalisation)."""
     nir = require_nir()
     dt = checked_dt(dt)
     model = getattr(model, "module", model)
@@ -312,7 +313,7 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT):
     return nir.NIRGraph(nodes=builder.nodes, edges=builder.edges, metadata={
         "dt": float(dt), "time_steps": int(getattr(model, "T", 1)),
         "readout": "feed the input at every step; the prediction is the output averaged over the steps",
-        "exported_by": "spikebridge",
+        "exported_by": "spikebridge", **(metadata or {}),
     })
 
 
@@ -411,11 +412,12 @@ def _avg_pool(builder, nir, base, module, in_shape, out_shape, inputs):
     return builder.add(base, nir.Linear(weight=_adaptive_pool_matrix(channels, (ih, iw), (oh, ow))), flat)
 
 
-def export_nir(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, dt: float = DT):
+def export_nir(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, dt: float = DT,
+               metadata: dict | None = None):
     """Write ``model`` as a NIR file (HDF5) at ``path`` (atomically), one time step = ``dt``;
     returns the graph."""
     nir = require_nir()
-    graph = to_nir(model, tuple(int(v) for v in input_shape), dt)
+    graph = to_nir(model, tuple(int(v) for v in input_shape), dt, metadata)
     with atomic_path(path) as tmp:
         nir.write(str(tmp), graph)
     return graph

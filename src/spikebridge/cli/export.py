@@ -175,8 +175,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         shape = tuple(open_checkpoint_data(args.data, meta, args.checkpoint, alternative=" or --input-shape C,H,W")
                       .first_sample().shape[-3:])
-    graph = export_nir(model, shape, args.out, dt=dt)
+    trained = checkpoint_input(meta, args.checkpoint)  # the images' normalisation, where recorded
+    scaled = {"input_mean": list(trained.mean), "input_std": list(trained.std)} if trained.mean is not None else {}
+    graph = export_nir(model, shape, args.out, dt=dt, metadata=scaled)
     kinds = Counter(type(node).__name__ for node in graph.nodes.values())
     print(f"wrote {args.out}: {len(graph.nodes)} nodes ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
           f"{len(graph.edges)} edges; input {list(shape)}, T={getattr(model, 'T', 1)} steps, dt={dt:g}")
+    if scaled:
+        print(f"the graph reads normalised images, (pixel / 255 - mean) / std per channel: mean "
+              f"{[round(v, 4) for v in trained.mean]}, std {[round(v, 4) for v in trained.std]} (in its metadata "
+              "as input_mean, input_std)")
     return 0

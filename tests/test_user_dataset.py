@@ -45,6 +45,20 @@ def test_dataset_bundle_reads_frames_as_given(es_mnist):
     assert x.dtype == torch.float32 and torch.equal(x, torch.as_tensor(train.frames[3]).float()) and y == train.labels[3]
 
 
+def test_dataset_bundle_takes_tonics_polarity_order(es_mnist):
+    """Tonic's ToFrame puts OFF events (polarity 0) in channel 0, spikebridge ON: ``polarity="off_on"``
+    swaps them, so ``bridge.first_layer: signed_polarity`` gives ON the ANN's kernel (it got OFF)."""
+    ours = TonicLike(es_mnist.train)
+    tonic_order = TonicLike(es_mnist.train)
+    tonic_order.frames = tonic_order.frames[:, :, ::-1].copy()  # OFF first, as ToFrame writes them
+    bundle = sb.dataset_bundle(tonic_order, tonic_order, polarity="off_on")
+    assert torch.equal(bundle.train[3][0], torch.as_tensor(ours.frames[3]).float())
+    with pytest.raises(ConfigError, match="polarity must be 'on_off' or 'off_on'"):
+        sb.dataset_bundle(ours, ours, polarity="on-off")
+    with pytest.raises(DataError, match="orders the two channels of event frames; the samples are \\[1, 8, 8\\]"):
+        sb.dataset_bundle([(np.zeros((1, 8, 8)), 0)], [(np.zeros((1, 8, 8)), 0)], num_classes=2, polarity="off_on")
+
+
 def test_piped_trains_on_a_user_dataset(es_mnist, tmp_path):
     cfg = load_config(PipelineConfig, None, {
         "run.out": str(tmp_path / "run"), "run.device": "cpu", "run.progress": False, "data.limit_train": 320,

@@ -346,15 +346,24 @@ def _as_float32(x) -> torch.Tensor:
     return torch.as_tensor(x).to(torch.float32)
 
 
+def _off_on_as_float32(x) -> torch.Tensor:
+    """:func:`_as_float32` of ``[T, 2, H, W]`` frames with OFF first (Tonic's), ON first (ours)."""
+    return _as_float32(x).flip(-3)
+
+
 def dataset_bundle(train: Dataset, test: Dataset, *, num_classes: int | None = None,
-                   name: str = "user dataset") -> DataBundle:
+                   name: str = "user dataset", polarity: str = "on_off") -> DataBundle:
     """Any pair of torch ``Dataset``s as the data of a spikebridge run: samples ``[T, C, H, W]``
     (event frames: a Tonic dataset with ``ToFrame(n_time_bins=T)``) or ``[C, H, W]`` (images),
     arrays or tensors, with integer labels. The class count is ``num_classes``, else the
     dataset's ``classes`` (Tonic and torchvision datasets have one). The samples are read as
-    given: augment with the dataset's own transforms. Pass the result to
-    :func:`spikebridge.pipelines.piped` (``events=``) or :func:`spikebridge.pipelines.pipes`
-    (``bundle=``)."""
+    given: augment with the dataset's own transforms. ``polarity``: the order of two event
+    channels, ``"on_off"`` (spikebridge's: ON first, which ``bridge.first_layer:
+    signed_polarity`` relies on) or ``"off_on"`` (Tonic's ``ToFrame``: polarity 0, OFF, first;
+    swapped to ON first). Pass the result to :func:`spikebridge.pipelines.piped` (``events=``) or
+    :func:`spikebridge.pipelines.pipes` (``bundle=``)."""
+    if polarity not in ("on_off", "off_on"):
+        raise ConfigError(f"dataset_bundle: polarity must be 'on_off' or 'off_on' (Tonic's ToFrame), got {polarity!r}")
     for split, which in ((train, "train"), (test, "test")):
         if not hasattr(split, "__getitem__") or not hasattr(split, "__len__"):
             raise DataError(f"dataset_bundle: the {which} split is a {type(split).__name__}, not a map-style Dataset")
@@ -365,7 +374,8 @@ def dataset_bundle(train: Dataset, test: Dataset, *, num_classes: int | None = N
         if not classes:
             raise DataError("dataset_bundle: give num_classes= (the train split has no 'classes' list)")
         num_classes = len(classes)
-    train, test = MappedDataset(train, _as_float32, int), MappedDataset(test, _as_float32, int)
+    to_float = _off_on_as_float32 if polarity == "off_on" else _as_float32
+    train, test = MappedDataset(train, to_float, int), MappedDataset(test, to_float, int)
     try:
         sample, _label = train[0]
         test_sample, _label = test[0]
@@ -378,5 +388,8 @@ def dataset_bundle(train: Dataset, test: Dataset, *, num_classes: int | None = N
         raise DataError(f"dataset_bundle: samples must be [T, C, H, W] event frames or [C, H, W] images, "
                         f"got shape {list(sample.shape)}")
     kind = "events" if sample.dim() == 4 else "static"
+    if polarity == "off_on" and (kind != "events" or sample.shape[-3] != 2):
+        raise DataError(f"dataset_bundle: polarity='off_on' orders the two channels of event frames; the samples "
+                        f"are {list(sample.shape)}")
     return DataBundle(name=name, train=train, test=test, num_classes=int(num_classes),
                       in_channels=int(sample.shape[-3]), kind=kind, image_size=int(sample.shape[-1]))

@@ -187,3 +187,30 @@ def test_spikify_level_that_cannot_be_folded_is_refused_naming_the_neuron(tmp_pa
         export_nir(snn, (6,), tmp_path / "x.nir")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "x.nir").exists()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_batchnorm1d_after_a_linear_layer_is_folded(bias, tmp_path):
+    """Linear + BatchNorm1d (an MLP's hidden layer) becomes one nir.Affine, as conv + BN becomes one
+    nir.Conv2d (it was refused, naming a convolution); the simulated graph computes the SNN's output."""
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f1, self.bn, self.f2 = nn.Linear(16, 12, bias=bias), nn.BatchNorm1d(12), nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.f2(F.relu(self.bn(self.f1(x.flatten(1)))))
+
+    torch.manual_seed(0)
+    ann = MLP()
+    ann.bn.running_mean.uniform_(-0.5, 0.5), ann.bn.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        ann.bn.weight.uniform_(0.5, 1.5), ann.bn.bias.uniform_(-0.2, 0.2)
+    snn = spikify(ann.eval(), "lif", T=4, calibration=[torch.rand(32, 1, 4, 4)]).eval()
+    back = nir.read(export_nir(snn, (1, 4, 4), tmp_path / "mlp.nir") and tmp_path / "mlp.nir")
+    assert isinstance(back.nodes["f1"], nir.Affine) and "bn" not in back.nodes
+    x = torch.rand(3, 1, 4, 4)
+    expected = snn(x).detach().numpy()
+    for i in range(3):
+        frames = np.repeat(x[i].numpy()[None], snn.T, axis=0)
+        np.testing.assert_allclose(simulate(back, frames).mean(0), expected[i], rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ spikebridge                                 NIR
 ==========================================  ======================================================
 ``Conv2d`` (+ the ``BatchNorm2d`` after it)  ``nir.Conv2d``, BN folded into weight and bias
                                              (eval-mode statistics)
-``Linear``                                   ``nir.Affine`` (``nir.Linear`` without bias)
+``Linear`` (+ the ``BatchNorm1d`` after it)  ``nir.Affine`` (``nir.Linear`` without bias or BN)
 ``AvgPool2d`` / divisible adaptive pool      ``nir.AvgPool2d``
 other ``AdaptiveAvgPool2d``                  ``nir.Flatten`` + ``nir.Linear`` (the exact pooling
                                              matrix)
@@ -230,7 +230,7 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT, metad
     modules = dict(root.named_modules())
     builder = _Builder(nir)
     sources: dict[str, list[str]] = {}  # fx node -> NIR nodes whose outputs sum to its value
-    pending_conv: dict[str, tuple] = {}  # conv node -> (nir name, module) for BN folding
+    pending_fold: dict[str, tuple] = {}  # conv / linear node -> (nir name, module) for BN folding
     flat_in_nir: set[str] = set()  # fx values that are already flat vectors in the NIR graph
 
     def per_sample(node) -> tuple[int, ...]:
@@ -270,19 +270,24 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...], dt: float = DT, metad
                 dilation=tuple(module.dilation), groups=module.groups, bias=_np(bias),
             )
             sources[node.name] = builder.add(base, conv, inputs)
-            pending_conv[node.name] = (sources[node.name][0], module)
+            pending_fold[node.name] = (sources[node.name][0], module)
         elif kind == "batchnorm":
-            if source.name not in pending_conv or len(source.users) != 1:
-                raise ConfigError(f"NIR export: {where} does not directly follow a convolution, so it cannot be folded")
-            nir_name, conv_module = pending_conv.pop(source.name)
-            weight, bias = _fold_batchnorm(conv_module.weight, conv_module.bias, module)
-            builder.nodes[nir_name].weight = _np(weight)
-            builder.nodes[nir_name].bias = _np(bias)
+            if source.name not in pending_fold or len(source.users) != 1:
+                raise ConfigError(f"NIR export: {where} does not directly follow a convolution or linear layer, so "
+                                  "it cannot be folded")
+            nir_name, layer_module = pending_fold.pop(source.name)
+            weight, bias = _fold_batchnorm(layer_module.weight, layer_module.bias, module)
+            if isinstance(layer_module, nn.Linear):
+                builder.nodes[nir_name] = nir.Affine(weight=_np(weight), bias=_np(bias))
+            else:
+                builder.nodes[nir_name].weight = _np(weight)
+                builder.nodes[nir_name].bias = _np(bias)
             sources[node.name] = inputs
         elif kind == "linear":
             weight = _np(module.weight)
             layer = nir.Linear(weight=weight) if module.bias is None else nir.Affine(weight=weight, bias=_np(module.bias))
             sources[node.name] = builder.add(base, layer, inputs)
+            pending_fold[node.name] = (sources[node.name][0], module)
         elif kind == "neuron":
             params = neuron_parameters(module, per_sample(node), dt)
             cls, scale = nir.IF if params.pop("type") == "IF" else nir.LIF, params.pop("scale")

@@ -235,3 +235,22 @@ def test_a_resume_from_another_folder_reads_the_same_data_or_is_refused(tmp_path
     monkeypatch.chdir(tmp_path / "a")
     argv[2] = "ds"
     assert cli.main([*argv, "--resume"]) == 0
+
+
+def test_a_resume_from_another_folder_names_the_same_ann(run, tmp_path, monkeypatch, capsys):
+    """``--ann`` given relative to another working directory names the same checkpoint: the resume
+    continues (it was refused, 'ann_source: ../x -> ../../x'); another checkpoint is refused."""
+    import os
+    import shutil
+
+    (tmp_path / "a" / "deeper").mkdir(parents=True)
+    out = str(tmp_path / "p")
+    argv = ["pipes", "--out", out, *TINY[:5], *TINY[7:], "--set", "finetune.epochs=1", "--set", "bridge.calibration_batches=1"]
+    monkeypatch.chdir(tmp_path / "a")
+    assert cli.main([*argv, "--ann", os.path.relpath(run, tmp_path / "a")]) == 0
+    monkeypatch.chdir(tmp_path / "a" / "deeper")
+    assert cli.main([*argv, "--ann", os.path.relpath(run, tmp_path / "a" / "deeper"), "--resume"]) == 0
+    shutil.copytree(run, tmp_path / "other")
+    capsys.readouterr()
+    assert cli.main([*argv, "--ann", "../../other", "--resume"]) == 2
+    assert f"ann_source: {run} -> {tmp_path / 'other'}" in one_line_error(capsys)

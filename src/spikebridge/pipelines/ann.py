@@ -14,6 +14,7 @@ seeded fresh initialisation (a user class: spikified and calibrated the same way
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -67,6 +68,17 @@ class AnnSource:
     @property
     def label(self) -> str:
         return str(self.class_spec or self.model or self.checkpoint)
+
+    @property
+    def identity(self) -> str:
+        """:attr:`label` with its file's absolute path (what a run records of its ANN, so that a
+        ``--resume`` from another working directory names the same one)."""
+        if self.checkpoint:
+            return os.path.abspath(os.path.expanduser(self.checkpoint))
+        if self.class_spec:
+            file, _, name = self.class_spec.rpartition(":")
+            return f"{os.path.abspath(os.path.expanduser(file))}:{name}"
+        return self.label
 
 
 def ann_source_from_flags(ann: str | None, weights: str | None, kwargs_text: str | None, *,

@@ -119,7 +119,7 @@ class RunPlan:
         """What the run computes: the config, the command's options (--baseline, --no-events,
         --methods, --ann-data) and the ANN it starts from; a ``--resume`` must give the same."""
         return {**asdict(self.config), "options": {k: v for k, v in self.options.items() if k != "overwrite"},
-                "ann_source": self.ann.label if self.ann else None}
+                "ann_source": self.ann.identity if self.ann else None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -266,6 +266,28 @@ def test_convert_edge_integral_writes_an_image_folder_then_resumes(es_root, tmp_
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
 
 
+def test_convert_edge_integral_keeps_the_frame_of_a_small_conversion(digit_folder, tmp_path, capsys):
+    """``convert odg --size 32`` writes samples read in the window of that size (``conversion.json``);
+    their edge-integral images have the frames' size (they were 224 x 224, the digit in a corner of
+    ES-ImageNet's canvas), so the self-pretrained ANN sees what the SNN sees."""
+    from spikebridge.data.datasets import open_dataset
+    from spikebridge.data.odg import edge_integral_image
+
+    src, _ = digit_folder
+    es = tmp_path / "es32"
+    for split in ("train", "val"):
+        assert main(["convert", "odg", "--input", str(src), "--out", str(es / split), "--size", "32", "--no-progress"]) == 0
+    frames = open_dataset(str(es)).first_sample()
+    out = tmp_path / "edge"
+    assert main(["convert", "edge-integral", "--input", str(es), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    entry = read_label_file(es / "train" / "labels.txt")[0]
+    with Image.open(out / "train" / entry.path.parent.name / f"{entry.path.stem}.png") as im:
+        stored = np.asarray(im)
+    assert stored.shape == tuple(frames.shape[-2:]) != (224, 224)
+    np.testing.assert_array_equal(stored, edge_integral_image(frames))  # the first sample, as the SNN reads it
+
+
 def test_convert_edge_integral_numbers_classes_without_usable_names(es_root, tmp_path, capsys):
     """Class folders that do not follow the labels (here: the folders' sorted order is not the
     label order; then flat samples) give zero-padded class indices, so the image folder's class

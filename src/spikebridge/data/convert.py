@@ -36,7 +36,8 @@ import torch
 
 from ..errors import ConfigError, DataError, OutputError, clip
 from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
-from .events import CONVERSION_FILE, es_imagenet_splits, read_es_sample, read_label_file, write_es_sample, write_label_file
+from .events import (CONVERSION_FILE, conversion_frame, es_imagenet_splits, read_es_sample, read_label_file,
+                     write_es_sample, write_label_file)
 from .folders import (IMG_EXTENSIONS, TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, open_image,
                       scan_image_folder)
 from .odg import EDGE_GREY_STEP, EDGE_GREY_ZERO, edge_integral_image, events_to_dense, odg, resized_shape
@@ -109,7 +110,9 @@ def _output_names(names: Sequence[str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _Task:
-    """One item to convert; ``height`` / ``width``: an ES-ImageNet sample's (edge-integral only)."""
+    """One item to convert; ``height`` / ``width``: an ES-ImageNet sample's, ``frame``: the
+    ``events_to_dense`` frame of its folder (:func:`~spikebridge.data.events.conversion_frame`;
+    edge-integral only)."""
 
     index: int
     src: str
@@ -120,6 +123,7 @@ class _Task:
     reuse: bool = False  # an earlier output of the same parameters is kept
     height: int = 0
     width: int = 0
+    frame: dict = field(default_factory=dict)
 
 
 def _sibling_split_classes(input_dir: Path, classes: list[str]) -> list[str]:
@@ -566,7 +570,7 @@ def _edge_task(task: _Task) -> _Result:
             pass
     try:
         sample = read_es_sample(task.src, height=task.height, width=task.width)
-        image = edge_integral_image(events_to_dense(sample, dtype=torch.float32))
+        image = edge_integral_image(events_to_dense(sample, dtype=torch.float32, **task.frame))
     except DataError as exc:
         return task.index, "failed", 0, 0, 0, str(exc)
     _write_or_fail(_write_png, task.dst, image)
@@ -633,6 +637,7 @@ def convert_es_to_edge_integral(
     report.stale_temp_removed = remove_stale_temps(out_dir, (CONVERSION_FILE,))
     tasks: list[_Task] = []
     for split, entries in splits.items():
+        frame = conversion_frame(layout[split][0].parent)  # a `convert odg --size N` output: its window, as read
         taken: set[str] = set()
         for cls in classes:
             report.stale_temp_removed += remove_stale_temps(out_dir / split / cls, ("*.png",))
@@ -644,7 +649,7 @@ def convert_es_to_edge_integral(
             taken.add(rel)
             tasks.append(_Task(index=len(tasks), src=str(e.path), dst=str(out_dir / rel),
                                rel_src=f"{split}/{e.path.name}", rel_dst=rel, label=e.label, reuse=reuse,
-                               height=e.height, width=e.width))
+                               height=e.height, width=e.width, frame=frame))
     _tally(report, tasks, _edge_task, workers, progress, "sample")
     report.failed.sort()
     report.elapsed_s = time.monotonic() - started

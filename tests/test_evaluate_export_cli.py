@@ -278,6 +278,16 @@ def test_evaluate_reads_the_split_and_time_bins_the_checkpoint_was_trained_on(tm
     assert frames.shape[-2:] == (128, 128) and "note" not in capsys.readouterr().out
 
 
+def test_evaluate_of_an_ann_checkpoint_reports_no_snn_rows(run, tmp_path, capsys):
+    """An ANN checkpoint: its top-1, MACs and energy; no neuron table, SOPs or 'SNN' rows (they
+    read as an SNN of zero spikes with the ANN's cost)."""
+    assert main(["evaluate", str(run / "ann"), *QUICK, "--out", str(tmp_path / "ev")]) == 0
+    assert capsys.readouterr().out.startswith("top-1 ")
+    text = (tmp_path / "ev" / "evaluation.md").read_text()
+    assert "an ANN: no spiking neurons" in text and "MACs per sample" in text
+    assert "SOPs" not in text and "| SNN |" not in text and "firing rate" not in text
+
+
 def test_evaluate_with_an_empty_ann_is_refused(run, tmp_path, capsys):
     """``--ann ''`` (an unset shell variable) was ignored: the evaluation ran without the ANN."""
     assert main(["evaluate", str(run), "--ann", "", *QUICK, "--out", str(tmp_path / "ev")]) == 2

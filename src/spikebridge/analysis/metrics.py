@@ -167,6 +167,14 @@ class ActivityReport:
 
     def to_markdown(self) -> str:
         e = self.energy()
+        if not self.neuron_layers:  # an ANN: no spikes, SOPs or SNN rows (they read as an SNN's zeros)
+            return "\n".join([
+                f"Measured on {self.samples} samples (an ANN: no spiking neurons).", "",
+                "| layer | type | MACs / sample |", "|---|---|---:|",
+                *(f"| {s.name} | {s.type} | {s.macs_per_frame:,} |" for s in self.synaptic_layers), "",
+                f"MACs per sample: {self.ann_macs:,.0f}; energy per sample (45 nm, {ENERGY_PER_MAC_PJ} pJ/MAC): "
+                f"{e['ann_uj']:.4f} uJ.",
+            ]) + "\n"
 
         def ops_table(table: dict[str, dict[str, float]]) -> list[str]:
             return ["| FP32 ops per sample (G) | add | mult |", "|---|---:|---:|",

@@ -208,14 +208,16 @@ def test_overwrite_removes_only_what_the_earlier_run_wrote(tmp_path):
         (out / temp_name("report.md")).write_text("half")  # a killed write
     (out / "notes.txt").write_text("written by the user after the run")
     (out / "ann" / "NOTES.txt").write_text("the user's, in a phase folder")  # and evaluate's default output:
-    (out / "ann" / "checkpoints" / "evaluation").mkdir()
+    (out / "ann" / "checkpoints" / "evaluation").mkdir()  # it describes the checkpoint replaced: it goes
     (out / "ann" / "checkpoints" / "evaluation" / "evaluation.json").write_text("{}")
+    (out / "ann" / "checkpoints" / "evaluation" / "evaluation.md").write_text("top-1 0.97")
+    (out / "ann" / "checkpoints" / "evaluation" / "table.tex").write_text("the user's")
     user = snapshot(out / "data"), (out / "notes.txt").read_bytes(), (out / "ann" / "NOTES.txt").read_bytes()
     with claim(out, overwrite=True):
         assert set(os.listdir(out)) == {LOCK, MANIFEST, "data", "notes.txt", "ann"}
     assert (snapshot(out / "data"), (out / "notes.txt").read_bytes(), (out / "ann" / "NOTES.txt").read_bytes()) == user
     assert sorted(str(p.relative_to(out / "ann")) for p in (out / "ann").rglob("*") if p.is_file()) == [
-        "NOTES.txt", "checkpoints/evaluation/evaluation.json"]
+        "NOTES.txt", "checkpoints/evaluation/table.tex"]
 
 
 def test_the_lock_is_released_when_the_run_fails(tmp_path):

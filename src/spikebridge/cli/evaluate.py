@@ -56,6 +56,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..pipelines.ann import ann_output
     from ..pipelines.context import resolve_device
     from ..restore import is_python_class_spec, model_from_checkpoint
+    from ..train.runfolder import EVALUATION_FOLDER
     from ..utils import atomic_write_text, ensure_dir
     from .export import open_checkpoint_data
 
@@ -93,7 +94,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if outputs != bundle.num_classes:
             raise CheckpointError(f"--ann {args.ann}: the ANN has {outputs} outputs, {bundle.name} {bundle.num_classes} "
                                   "classes: its conversion cannot be scored here; drop --ann")
-    out = Path(args.out) if args.out else Path(ckpt.path).parent / "evaluation"
+    out = Path(args.out) if args.out else Path(ckpt.path).parent / EVALUATION_FOLDER
     created = next((p for p in reversed([out, *out.parents]) if not os.path.lexists(p)), None)  # the top folder made here
     try:
         ensure_dir(out)  # a file in the way / no permission: OutputError (exit 2)

@@ -317,19 +317,27 @@ def check_run_folder(out: str | os.PathLike, *, command: str, config: dict, resu
     _refuse(_short(str(out), 100), _read_json(out / MANIFEST), entries, command, config, resume, overwrite)
 
 
+#: what ``spikebridge evaluate`` writes by default beside a checkpoint: ``checkpoints/evaluation/``
+EVALUATION_FOLDER = "evaluation"
+EVALUATION_FILES = ("evaluation.json", "evaluation.md", "accuracy_vs_T.png", "firing_rates.png", "spike_raster.png",
+                    "event_frames.png")
+
+
 def _phase_output(relative: Path) -> bool:
     """A file a phase writes into its folder: ``metrics.csv``, ``checkpoints/NAME.json`` and
-    its tensors, or the temporary file of one a killed write left."""
+    its tensors, the evaluation of its checkpoint (it describes the checkpoint replaced), or the
+    temporary file of one a killed write left."""
     name = temp_target(relative.name) or relative.name
     if len(relative.parts) == 1:
         return name == "metrics.csv"
+    if relative.parts[:2] == ("checkpoints", EVALUATION_FOLDER):
+        return len(relative.parts) == 3 and name in EVALUATION_FILES
     return len(relative.parts) == 2 and relative.parts[0] == "checkpoints" and name.endswith((".json", ".safetensors"))
 
 
 def _remove_run_output(target: Path) -> None:
     """``--overwrite``: remove a file the earlier run wrote, or of a phase folder only the files the
-    phase wrote (:func:`_phase_output`) and the folders left empty; what the user (or
-    ``evaluate``) put there stays."""
+    phase wrote (:func:`_phase_output`) and the folders left empty; what the user put there stays."""
     if not target.is_dir() or target.is_symlink():
         target.unlink()
         return

@@ -56,7 +56,8 @@ def _commands(recipe: str, d: dict) -> list[list[str]]:
     # the test's ANN is a cnn: the recipe's own model.name would be refused (the SNN takes the ANN's architecture)
     runs = [["pretrain", *common], ["pipes", *common, "--baseline"],
             ["finetune", *common, "--ann", d["ann"], "--set", "model.name=auto"],
-            ["benchmark", *common, "--methods", "scratch,pretrained+wu,encoder"]]
+            ["benchmark", *common, "--methods", "scratch,pretrained+wu,encoder"],
+            ["benchmark", *common]]  # the default methods: on a LIAF recipe scratch+liaf is scratch (it was refused)
     if events:
         runs += [["piped", *common, "--events", d[events], "--baseline"], ["demo", *common, "--set", f"events.data={d[events]}"],
                  ["benchmark", "--data", d[events], "--ann-data", d[static], "--methods", "scratch,pretrained+wu"],
@@ -114,6 +115,17 @@ def test_plan_runs_what_the_recipe_states(recipe, data, tmp_path, capsys):
         snn = [p for p in plan["phases"] if p["role"] != "ann"]
         if argv[0] != "benchmark":
             assert all(p["neuron"] == tree["neuron"]["kind"] for p in snn)
+
+
+def test_benchmark_methods_that_train_the_same_snn(data, tmp_path, capsys):
+    """The default methods on a LIAF recipe drop the +liaf twins (said in options.methods); methods
+    the user names twice over are refused."""
+    liaf = ["benchmark", "--config", str(CONFIGS / "esimagenet_piped_resnet18_liaf.yaml"), "--data", data["photos"],
+            "--out", str(tmp_path / "b"), "--plan"]
+    plan = _plan(liaf, capsys)
+    assert plan["options"]["methods"] == "scratch,pretrained,pretrained+wu,encoder,encoder+wu,decoder"
+    assert cli.main([*liaf, "--methods", "scratch,scratch+liaf"]) == 2
+    assert "benchmark methods scratch and scratch+liaf train the same SNN" in capsys.readouterr().err
 
 
 def test_presets_apply_without_a_recipe_only(data, tmp_path, capsys):

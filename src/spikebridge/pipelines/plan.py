@@ -329,7 +329,10 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
                       data_steps: int | None, snn_model: str) -> list[Phase]:
     from ..analysis.benchmark import parse_methods
 
-    methods = parse_methods(options.get("methods") or "")
+    from .benchmark import DEFAULT_METHODS
+
+    given = options.get("methods")
+    methods = parse_methods(DEFAULT_METHODS if given is None else given)
     if source is not None and source.class_spec:
         raise ConfigError("benchmark --ann takes a spikebridge checkpoint of a registry model (its methods split "
                           "encoder and decoder by the registry's layer names)")
@@ -350,11 +353,15 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
     finetune, scratch = (cfg.events.finetune, cfg.events.scratch) if events else (cfg.finetune, cfg.scratch)
     T = merged_time_steps(cfg.events.time_bins, data_steps, cfg.data.name) if events else cfg.model.T
     seen: dict[tuple, str] = {}
-    for method in methods:  # the same SNN under two names (pretrained and pretrained+T4 at T=4)
+    default = given in (None, DEFAULT_METHODS)
+    for method in list(methods):  # the same SNN under two names (pretrained and pretrained+T4 at T=4)
         same = seen.setdefault((method.base, method.warmup, method.neuron or cfg.neuron.kind, method.T or T), method.name)
-        if same != method.name:
+        if same != method.name and default:  # the default set on a LIAF recipe: scratch+liaf is scratch
+            methods.remove(method)
+        elif same != method.name:
             raise ConfigError(f"benchmark methods {same} and {method.name} train the same SNN (T={method.T or T}, "
                               f"{method.neuron or cfg.neuron.kind}); give one of them")
+    options["methods"] = ",".join(method.name for method in methods)
     for method in methods:
         if events and method.T and data_steps % method.T:  # its frames are merged into T steps
             raise ConfigError(f"benchmark method {method.name}: T={method.T} must divide the {data_steps} event frames "

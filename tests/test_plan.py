@@ -354,7 +354,7 @@ def test_the_wrote_line_names_only_what_the_run_wrote(tmp_path, capsys):
     *_, last, final = capsys.readouterr().out.splitlines()
     assert last.startswith(f"wrote {out}: ") and "summary.json" in last and "notes.txt" not in last, last
     summary = json.loads((out / "summary.json").read_text())["runs"][0]
-    assert final.startswith(f"ANN test accuracy {summary['final_acc']:.4f} after 1 epochs (best {summary['best_acc']:.4f}")
+    assert final.startswith(f"ANN test accuracy {summary['final_acc']:.4f} after 1 epoch (best {summary['best_acc']:.4f}")
     assert final.endswith(f"the last epoch's checkpoint: {out}/ann/checkpoints/last.json")
     assert (out / "notes.txt").read_text() == "the user's"
 

@@ -35,6 +35,11 @@ _HINTS = {
 }
 
 
+def counted(n: int, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``: a count and its noun, plural where it is not one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def output_error(path: str | os.PathLike, exc: OSError, action: str = "cannot write") -> OutputError:
     """An :class:`OutputError` naming ``path``, the system's reason and what to do; ``errno`` kept."""
     reason = exc.strerror or str(exc) or type(exc).__name__

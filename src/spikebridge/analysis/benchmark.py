@@ -30,7 +30,7 @@ from typing import Any
 from ..config import MAX_T, check_int
 from ..errors import ConfigError, short_repr
 from ..neurons import neuron_names
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, counted
 from .plots import plot_accuracy_vs_time
 from .summary import time_to_target, wall_time_line, write_json
 
@@ -192,7 +192,7 @@ def render_markdown(summary: dict, title: str) -> str:
     ann = summary.get("ann")
     if ann:
         best = "unknown" if ann.get("best_acc") is None else f"{ann['best_acc']:.4f}"
-        trained = (f"{ann['epochs']} epochs, {ann['seconds']:.1f} s" if "seconds" in ann
+        trained = (f"{counted(ann['epochs'], 'epoch')}, {ann['seconds']:.1f} s" if "seconds" in ann
                    else "loaded weights without a training record (no ANN time counted)")
         lines.append(f"The ANN ({ann['name']}): {trained}, best test accuracy {best}; every transferred method "
                      "starts from this one ANN.")

@@ -5,6 +5,7 @@ import argparse
 
 from ..neurons import neuron_names
 from ..pipelines.context import log
+from ..utils import counted
 from . import request, run_request
 
 EXAMPLE = "spikebridge pretrain --data mnist5k --model cnn --epochs 10 --out runs/ann"
@@ -23,6 +24,6 @@ def run(args: argparse.Namespace) -> int:
     summary = run_request(args, request(args, "pretrain", flags=flags))
     if summary is not None:
         ann = summary["runs"][0]
-        log(f"ANN test accuracy {ann['final_acc']:.4f} after {ann['epochs']} epochs (best {ann['best_acc']:.4f}, "
+        log(f"ANN test accuracy {ann['final_acc']:.4f} after {counted(ann['epochs'], 'epoch')} (best {ann['best_acc']:.4f}, "
             f"{ann['seconds']:.1f} s); the last epoch's checkpoint: {args.out}/ann/checkpoints/last.json")
     return 0

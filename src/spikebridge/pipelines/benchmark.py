@@ -24,7 +24,7 @@ from ..data.datasets import event_steps
 from ..data.loading import with_time_bins
 from ..errors import ConfigError
 from ..train.engine import check_batches
-from ..utils import Stopwatch, seed_everything
+from ..utils import Stopwatch, counted, seed_everything
 from .ann import LoadedAnn, RegistryFamily, build_model, model_meta, use_checkpoint_model
 from .context import claims_run_folder
 from .runs import events_config, open_static, start_run
@@ -75,7 +75,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
             ann_bundle = open_static(ann_cfg) if not same_data else data
             _refuse_decoder_across_classes(ann_bundle.num_classes, data, methods)  # before the ANN trains
             check_batches(ann_bundle, {"ann": ann_cfg.ann})
-            ctx.log(f"[benchmark] ANN ({cfg.ann_neuron}, {ann_cfg.model.name}) on {ann_bundle.name}, {cfg.ann.epochs} epochs")
+            ctx.log(f"[benchmark] ANN ({cfg.ann_neuron}, {ann_cfg.model.name}) on {ann_bundle.name}, {counted(cfg.ann.epochs, 'epoch')}")
             model, result = family.pretrain(ctx, ann_cfg, ann_bundle)
             ann_info = {"name": "ann", "epochs": result.epochs, "seconds": result.seconds, "best_acc": result.best_acc,
                         "curve": result.curve, "cpu_seconds": result.cpu_curve[-1][0] if result.cpu_curve else 0.0}
@@ -136,7 +136,7 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
             cpu_curve=result.cpu_curve, bridge_cpu_seconds=bridge[1],
             ann_cpu_seconds=float(ann_info.get("cpu_seconds", 0.0)) if method.transfers and ann_info else 0.0,
         ))
-        ctx.log(f"[benchmark] {method.name}: best {result.best_acc:.4f} after {result.epochs} epochs, {result.seconds:.1f} s")
+        ctx.log(f"[benchmark] {method.name}: best {result.best_acc:.4f} after {counted(result.epochs, 'epoch')}, {result.seconds:.1f} s")
 
     summary = summarize(runs, dataset=data.name, ann=ann_info, extra={
         "model": model_meta(scfg, data, cfg.neuron, scfg.model.T)["model"], "methods": [m.name for m in methods],

@@ -20,7 +20,7 @@ from ..data.loading import DataBundle, with_time_bins
 from ..errors import ConfigError, clip
 from ..train.distributed import current as current_rank
 from ..train.engine import METRICS_COLUMNS, RunResult, check_batches, evaluate, write_metrics_csv
-from ..utils import Stopwatch, atomic_write_text, ensure_dir
+from ..utils import Stopwatch, atomic_write_text, counted, ensure_dir
 from .ann import LoadedAnn, RegistryFamily, check_model_fits, use_checkpoint_model
 from .context import RunContext, claims_run_folder, log, log_written
 
@@ -111,7 +111,7 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
                            **({"snn_scratch": cfg.scratch} if baseline else {})})
     if ann is None:
         ctx.log(f"[pipeS] ANN {label} on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, "
-                f"{cfg.ann.epochs} epochs")
+                f"{counted(cfg.ann.epochs, 'epoch')}")
         ann, ann_result = family.pretrain(ctx, cfg, bundle)
         runs.append(ann_result)
         momentum = ann_result.optimizer_state if cfg.bridge.transfer_optimizer else None
@@ -138,7 +138,7 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
                     "fresh one (bridge.transfer_optimizer)")
     ann_acc = "-" if extra["ann_acc"] is None else f"{extra['ann_acc']:.4f}"
     ctx.log(f"[pipeS] ANN test accuracy {ann_acc}; bridge: ANN -> SNN ({cfg.neuron.kind}, "
-            f"T={cfg.model.T}), then fine-tune {cfg.finetune.epochs} epochs")
+            f"T={cfg.model.T}), then fine-tune {counted(cfg.finetune.epochs, 'epoch')}")
     watch = Stopwatch()
     bridged = family.to_snn(ctx, cfg, ann, bundle, same_data=True)
     bridge = ctx.bridge_seconds(name, watch.seconds())  # counted in the time to target
@@ -150,7 +150,7 @@ def run_pipes(ctx: RunContext, cfg: PipelineConfig, bundle: DataBundle, loaded: 
     runs.append(result)
     extra.update(_reported(bridged.details, bridge[0]), transfer_acc=result.curve[0][2] if result.curve else None)
     if baseline:
-        ctx.log(f"[pipeS] baseline: the same SNN from scratch ({cfg.scratch.epochs} epochs)")
+        ctx.log(f"[pipeS] baseline: the same SNN from scratch ({counted(cfg.scratch.epochs, 'epoch')})")
         snn, meta = family.scratch(ctx, cfg, bundle)
         runs.append(ctx.fit(snn, bundle, cfg.scratch, name="snn_scratch", meta=meta))
     return ann, bridged.snn, runs, extra
@@ -166,7 +166,7 @@ def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: Load
     ecfg = events_config(cfg, events)
     mode = cfg.bridge.first_layer
     ctx.log(f"[pipeD] events {events.name}: T={ecfg.model.T}, {events.in_channels} polarities; "
-            f"bridge the static ANN (first layer: {mode}), then fine-tune {ecfg.finetune.epochs} epochs")
+            f"bridge the static ANN (first layer: {mode}), then fine-tune {counted(ecfg.finetune.epochs, 'epoch')}")
     watch = Stopwatch()
     bridged = family.to_snn(ctx, ecfg, ann, events, same_data=False)
     bridge_seconds, bridge_cpu_seconds = ctx.bridge_seconds("snn_events_pretrained", watch.seconds())
@@ -186,7 +186,7 @@ def run_piped(ctx: RunContext, cfg: PipelineConfig, ann: nn.Module, loaded: Load
             modes[other] = ctx.fit(snn_other, events, ecfg.finetune, name=f"snn_events_{other}", saved=False,
                                    evaluate_first=True, stop_after=cfg.events.compare_epochs).curve
     if baseline:
-        ctx.log(f"[pipeD] baseline: the event SNN from scratch ({ecfg.scratch.epochs} epochs)")
+        ctx.log(f"[pipeD] baseline: the event SNN from scratch ({counted(ecfg.scratch.epochs, 'epoch')})")
         snn, meta = family.scratch(ctx, ecfg, events)
         runs.append(ctx.fit(snn, events, ecfg.scratch, name="snn_events_scratch", meta=meta))
     extra = {("events_transfer" if key == "transfer" else key): value
@@ -209,7 +209,7 @@ def pretrain(cfg: PipelineConfig, *, ann: LoadedAnn | None = None) -> dict:
     ctx = start_run(cfg)
     bundle = open_static(cfg)
     family = ann.family if ann is not None else RegistryFamily()
-    ctx.log(f"[pretrain] ANN on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, {cfg.ann.epochs} epochs")
+    ctx.log(f"[pretrain] ANN on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, {counted(cfg.ann.epochs, 'epoch')}")
     _model, result = family.pretrain(ctx, cfg, bundle)
     return write_outputs(ctx, [result], dataset=bundle.name, T=1, comparisons=(),
                          title=f"ANN pretraining on {bundle.name}")
@@ -271,7 +271,7 @@ def piped(cfg: PipelineConfig, *, baseline: bool = False, ann: LoadedAnn | nn.Mo
     if model is None:
         check_batches(bundle, {"ann": cfg.ann})
         family = loaded.family if loaded is not None else RegistryFamily()
-        ctx.log(f"[pipeD] ANN on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, {cfg.ann.epochs} epochs")
+        ctx.log(f"[pipeD] ANN on {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test, {counted(cfg.ann.epochs, 'epoch')}")
         model, ann_result = family.pretrain(ctx, cfg, bundle)
         runs.append(ann_result)
         extra["ann_acc"] = ann_result.final_acc

@@ -71,8 +71,10 @@ def test_benchmark_command_on_the_embedded_digits(tmp_path, capsys):
     assert (runs["pretrained+liaf"]["neuron"], runs["scratch+T2"]["T"], runs["pretrained"]["T"]) == ("liaf", 2, 4)
     full = runs["pretrained"]["transferred"]
     assert runs["encoder"]["transferred"] == full - 2 and runs["decoder"]["transferred"] == 2  # fc.weight, fc.bias
-    for name in ("pretrained", "encoder", "decoder"):  # the console says what the summary counts
-        assert f"[benchmark] {name}: starts from {runs[name]['transferred']} of the ANN's tensors as they are" in printed.out
+    # the console says what the summary counts (encoder's said 'starts from 18' after 'transferred 20 of 20')
+    assert f"[benchmark] pretrained: starts from {full} of the ANN's tensors as they are" in printed.out
+    assert f"[benchmark] encoder: keeps {full - 2} of the transferred tensors; the readout's 2 start new" in printed.out
+    assert "[benchmark] decoder: starts from the ANN's readout (2 tensors) on a random SNN" in printed.out
     assert runs["pretrained+wu"]["warmup_epochs"] == 1
     # warm-up: during its one epoch the transferred encoder stayed as the ANN left it, the readout trained
     ann = load_checkpoint(out / "ann" / "checkpoints" / "last.json").model_state

@@ -118,9 +118,11 @@ def benchmark(cfg: PipelineConfig, methods: str | list, *, ann: LoadedAnn | None
                     snn.load_state_dict({k: fresh[k] for k in readout}, strict=False)
                     transferred -= readout
             bridge = ctx.bridge_seconds(method.name, watch.seconds())
-            kept = {"decoder": "the ANN's readout on a random SNN", "encoder": "the readout starts new"}
-            ctx.log(f"[benchmark] {method.name}: starts from {len(transferred)} of the ANN's tensors as they are"
-                    + (f" ({kept[method.base]})" if method.base in kept else ""))
+            said = {"decoder": f"starts from the ANN's readout ({len(transferred)} tensors) on a random SNN",
+                    "encoder": f"keeps {len(transferred)} of the transferred tensors; the readout's "
+                               f"{len(_decoder_keys(snn))} start new"}
+            ctx.log(f"[benchmark] {method.name}: "
+                    + said.get(method.base, f"starts from {len(transferred)} of the ANN's tensors as they are"))
             warmup_epochs = max(1, mcfg.finetune.freeze_epochs) if method.warmup else 0
             frozen = transferred - _decoder_keys(snn) if method.warmup else None
             phase = replace(mcfg.finetune, freeze_epochs=warmup_epochs)

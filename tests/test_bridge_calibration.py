@@ -150,3 +150,24 @@ def test_replay_skips_what_runs_before_the_shifted_batchnorm():
             again = block(torch.full_like(x, float("nan")))  # the input is not read again
     assert torch.equal(again, expected) and not torch.equal(again, first)
     assert "forward" not in block.conv1.__dict__  # the modules are restored
+
+
+@pytest.mark.parametrize("train, expected", [(320, 80), (128, 64), (4000, 512)])
+def test_the_bridge_calibrates_on_a_quarter_of_a_small_training_split(train, expected, monkeypatch):
+    """Two batches of 256 on a split of 320 calibrated on all of it: the bridge cost more than a
+    fine-tune epoch (vgg11, 32 px: 32 s against 20 s). A small split gives a quarter of its samples
+    (at least 64); a large one the configured batches."""
+    import spikebridge.pipelines.ann as pipelines_ann
+    from spikebridge.config import PipelineConfig, load_config
+    from spikebridge.data.datasets import open_dataset
+
+    seen = []
+    real = pipelines_ann.recalibrate_batchnorm
+    monkeypatch.setattr(pipelines_ann, "recalibrate_batchnorm",
+                        lambda snn, batches, device: seen.append(sum(len(b) for b in batches)) or real(snn, batches, device))
+    bundle = open_dataset("mnist5k", limit_train=train, limit_test=32)
+    cfg = load_config(PipelineConfig, None, {"model.name": "cnn", "model.T": 2, "bridge.match_rates": False,
+                                             "run.progress": False})
+    ann = sb.create_model("cnn", num_classes=10, neuron="sharpened_relu", in_channels=1)
+    pipelines_ann.bridge_to_snn(cfg, ann, bundle, "cpu", same_data=True)
+    assert seen == [expected]

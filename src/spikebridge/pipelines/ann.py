@@ -324,6 +324,14 @@ def bridge_to_snn(cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, devic
     report = transfer(ann, snn, cfg.bridge.first_layer, min_match=cfg.bridge.min_match)
     batches = list(calibration_batches(bundle, cfg.bridge.calibration_batches,
                                        cfg.bridge.calibration_batch_size, seed=cfg.run.seed))
+    # a small training split: a quarter of it (at least CALIBRATION_MIN_SAMPLES), so that the
+    # bridge costs about an epoch's forward passes or less (it calibrated on the whole split)
+    left, kept = max(CALIBRATION_MIN_SAMPLES, len(bundle.train) // 4), []
+    for batch in batches:
+        if left > 0:
+            kept.append(batch[:left])
+            left -= len(batch)
+    batches = kept
     if cfg.bridge.recalibrate_bn:
         report.recalibrated_bn = recalibrate_batchnorm(snn, batches, device)
     spike_like_ann = any(isinstance(m, SharpenedReLU) for m in ann.modules())
@@ -337,6 +345,10 @@ def bridge_to_snn(cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, devic
         report.rates_not_matched = why_not
     report.seconds = time.perf_counter() - start
     return snn, report
+
+
+#: the fewest calibration samples the bridge takes from a small training split (:func:`bridge_to_snn`)
+CALIBRATION_MIN_SAMPLES = 64
 
 
 @dataclass

@@ -58,7 +58,7 @@ def test_convert_odg_digits_then_resume(digit_folder, tmp_path):
     assert "\n" not in report  # one paragraph
     assert report.startswith("Converted 9 images, skipped 0 already done, dropped 1 with too few events, 1 unreadable")
     assert "digit_3/blank.png (0 events)" in report and "digit_5/broken.png" in report
-    assert "ignored 1 entries" in report
+    assert "ignored 1 entry (not images)" in report
 
     # the ES-ImageNet format: labels.txt (sorted class order) + one .npz per digit, equal to odg()
     entries = read_label_file(out / "labels.txt")
@@ -86,6 +86,33 @@ def test_convert_odg_digits_then_resume(digit_folder, tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith("Converted 0 images, skipped 9 already done, dropped 1")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")} == before
+
+
+def test_a_rerun_converts_a_changed_image_and_refuses_another_input(digit_folder, tmp_path, capsys):
+    """'Already done' went by the output's name alone: a rerun from another --input (same file
+    names, other images) or over an image replaced in place kept the old events."""
+    import os
+    import shutil
+
+    src, digits = digit_folder
+    mine = tmp_path / "digits"
+    shutil.copytree(src, mine)
+    out = tmp_path / "es"
+    assert main(["convert", "odg", "--input", str(mine), "--out", str(out), "--no-progress"]) == 0
+    changed = mine / "digit_3" / next(k.split("/")[1] for k in digits if k.startswith("digit_3"))
+    changed = changed.with_suffix(".png")
+    Image.fromarray(255 - np.asarray(Image.open(changed))).save(changed)
+    later = os.path.getmtime(out / "labels.txt") + 5
+    os.utime(changed, (later, later))
+    capsys.readouterr()
+    assert main(["convert", "odg", "--input", str(mine), "--out", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("Converted 1 image, skipped 8 already done")
+    stored = read_es_sample(out / "digit_3" / changed.with_suffix(".npz").name)
+    np.testing.assert_array_equal(stored.pos, odg(np.asarray(Image.open(changed))).pos)
+    other = tmp_path / "other"
+    shutil.copytree(src, other)
+    assert main(["convert", "odg", "--input", str(other), "--out", str(out), "--no-progress"]) == 2
+    assert f"holds a conversion of another input ({mine})" in capsys.readouterr().err
 
 
 def test_convert_odg_parameters_and_errors(digit_folder, tmp_path, capsys):
@@ -327,7 +354,7 @@ def test_convert_edge_integral_replaces_a_planted_link_not_its_target(es_root, t
     target.unlink()
     target.symlink_to(victim)
     assert main(["convert", "edge-integral", "--input", str(es_root), "--out", str(out), "--no-progress"]) == 0
-    assert capsys.readouterr().out.startswith("Converted 1 samples")
+    assert capsys.readouterr().out.startswith("Converted 1 sample")
     assert victim.read_text() == "keep me"
     assert not target.is_symlink() and Image.open(target).mode == "L"
 

@@ -35,9 +35,10 @@ _HINTS = {
 }
 
 
-def counted(n: int, noun: str) -> str:
-    """``"1 epoch"``, ``"3 epochs"``: a count and its noun, plural where it is not one."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """``"1 epoch"``, ``"3 epochs"``: a count and its noun, plural (``plural``, else ``noun + "s"``)
+    where it is not one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
 def output_error(path: str | os.PathLike, exc: OSError, action: str = "cannot write") -> OutputError:

@@ -12,6 +12,7 @@ from typing import Callable
 
 from ..data.odg import ES_IMAGENET_SIZE, ES_IMAGENET_WINDOW
 from ..errors import DataError
+from ..utils import counted
 
 ODG_EXAMPLE = "spikebridge convert odg --input /data/imagenet/train --out /data/es-imagenet/train --workers 8"
 VIDEO_EXAMPLE = "spikebridge convert video --input /data/ucf101/jpegs_256 --out /data/es-ucf101 --workers 8"
@@ -58,12 +59,13 @@ def _finish(report, text: str, nothing_written: str) -> int:
 
 def _finish_dataset(report, unit: str) -> int:
     """:func:`_finish` of a converted dataset (``odg``, ``video``: class folders and ``labels.txt``)."""
-    text = (f"Converted {report.converted} {unit}s, skipped {report.reused} already done, dropped "
+    text = (f"Converted {counted(report.converted, unit)}, skipped {report.reused} already done, dropped "
             f"{len(report.dropped)} with too few events, {len(report.failed)} unreadable")
     if report.skipped:
-        text += f", ignored {len(report.skipped)} entries that are not {unit}s"
-    text += (f" ({report.total} {unit}s in {len(report.classes)} classes, {report.elapsed_s:.1f} s). "
-             f"{report.written} samples are listed in {report.label_file}.")
+        text += f", ignored {counted(len(report.skipped), 'entry', 'entries')} (not {unit}s)"
+    text += (f" ({counted(report.total, unit)} in {counted(len(report.classes), 'class', 'classes')}, "
+             f"{report.elapsed_s:.1f} s). "
+             f"{counted(report.written, 'sample')} {'is' if report.written == 1 else 'are'} listed in {report.label_file}.")
     return _finish(report, text, f"no {unit} of {report.out_dir} could be converted ({report.total} found, "
                                  f"{len(report.dropped)} dropped, {len(report.failed)} unreadable)")
 
@@ -98,8 +100,9 @@ def cmd_convert_edge_integral(args: argparse.Namespace) -> int:
     source, out = _check_folders(args)
     report = convert_es_to_edge_integral(source, out, workers=args.workers, progress=not args.no_progress,
                                          overwrite=args.overwrite)
-    text = (f"Converted {report.converted} samples to edge-integral images, skipped {report.reused} already done, "
-            f"{len(report.failed)} unreadable ({report.total} samples in {len(report.classes)} classes, "
+    text = (f"Converted {counted(report.converted, 'sample')} to edge-integral images, skipped {report.reused} "
+            f"already done, {len(report.failed)} unreadable ({counted(report.total, 'sample')} in "
+            f"{counted(len(report.classes), 'class', 'classes')}, "
             f"{report.elapsed_s:.1f} s). Image folders: {out / 'train'} and {out / 'val'}.")
     return _finish(report, text, f"no sample of {source} could be converted ({report.total} listed, "
                                  f"{len(report.failed)} unreadable)")

@@ -209,25 +209,31 @@ def _check_folders(input_dir: Path, out_dir: Path) -> None:
                           "inputs; choose an output folder outside the input")
 
 
-def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> bool:
-    """Claim ``out_dir`` and record the parameters; returns whether existing outputs may be reused.
+def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool, source: Path) -> bool:
+    """Claim ``out_dir`` and record the parameters and the ``source`` folder (absolute); returns
+    whether existing outputs may be reused.
 
     A folder holding no ``conversion.json`` must be missing or empty (unless ``overwrite``): it
-    is someone else's, and its ``labels.txt`` or ``.npz`` files must not be replaced.
+    is someone else's, and its ``labels.txt`` or ``.npz`` files must not be replaced. One holding
+    the conversion of another source (same file names, other images) is refused too.
     """
     path = out_dir / CONVERSION_FILE
-    wanted = json.loads(json.dumps(params))  # normalise tuples -> lists
+    wanted = json.loads(json.dumps({**params, "input": os.path.abspath(source)}))  # normalise tuples -> lists
     reuse = True
     if path.is_file():
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError):
             previous = None
+        if isinstance(previous, dict) and "input" not in previous:  # written before the source was recorded
+            previous["input"] = wanted["input"]
         if previous != wanted:
             if not overwrite:
+                other = isinstance(previous, dict) and previous.get("input") != wanted["input"]
                 raise DataError(
-                    f"{out_dir} holds a conversion made with other parameters ({path}); "
-                    "use another output folder or --overwrite to convert everything again"
+                    f"{out_dir} holds a conversion " + (f"of another input ({clip(str(previous['input']))})"
+                                                        if other else f"made with other parameters ({path})")
+                    + "; use another output folder or --overwrite to convert everything again"
                 )
             reuse = False
     else:
@@ -255,9 +261,18 @@ def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool) -> 
 _Result = tuple[int, str, int, int, int, str]
 
 
+def _done_before(task: _Task) -> bool:
+    """Whether an earlier output of the same parameters is there, written after its source last
+    changed (a source replaced in place is converted again)."""
+    try:
+        return task.reuse and os.path.getmtime(task.dst) >= os.path.getmtime(task.src)
+    except OSError:
+        return False
+
+
 def _image_task(odg_kwargs: Mapping[str, Any], task: _Task) -> _Result:
     size = int(odg_kwargs.get("size", 254))
-    if task.reuse and os.path.exists(task.dst):
+    if _done_before(task):
         try:
             read_es_sample(task.dst)
             with open_image(task.src) as im:
@@ -282,7 +297,7 @@ def _image_task(odg_kwargs: Mapping[str, Any], task: _Task) -> _Result:
 
 
 def _video_task(video_kwargs: Mapping[str, Any], task: _Task) -> _Result:
-    if task.reuse and os.path.exists(task.dst):
+    if _done_before(task):
         try:
             events = read_video_events(task.dst)
             return task.index, "reused", int(events.shape[2]), int(events.shape[3]), -1, ""
@@ -449,7 +464,7 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
         raise DataError(f"{clip(str(input_dir))}: its class folders hold no "
                         + ("clip folders (expected <class>/<clip>/<frame images>)" if want_dirs else
                            f"images ({' '.join(IMG_EXTENSIONS)})"))
-    if _check_params(out_dir, params, overwrite):  # earlier outputs of these parameters are kept
+    if _check_params(out_dir, params, overwrite, input_dir):  # earlier outputs of these parameters are kept
         tasks = [replace(task, reuse=True) for task in tasks]
     # our own leftovers of killed writes, only of the files we write, in out_dir and its class folders
     report.stale_temp_removed = remove_stale_temps(out_dir, (LABEL_FILE, CONVERSION_FILE)) + sum(
@@ -560,7 +575,7 @@ def _write_png(dst: str, image: np.ndarray) -> None:
 def _edge_task(task: _Task) -> _Result:
     from PIL import Image
 
-    if task.reuse and os.path.isfile(task.dst):
+    if _done_before(task):
         try:
             with Image.open(task.dst) as im:
                 im.load()
@@ -633,7 +648,7 @@ def convert_es_to_edge_integral(
                                        in layout.items()}, n_classes) or [f"{label:0{width}d}" for label in range(n_classes)]
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / "train", classes=classes)
     reuse = _check_params(out_dir, {"kind": "edge-integral", "grey": [EDGE_GREY_ZERO, EDGE_GREY_STEP],
-                                    "classes": classes}, overwrite)
+                                    "classes": classes}, overwrite, es_root)
     report.stale_temp_removed = remove_stale_temps(out_dir, (CONVERSION_FILE,))
     tasks: list[_Task] = []
     for split, entries in splits.items():

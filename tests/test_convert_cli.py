@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zlib
@@ -171,8 +172,21 @@ def test_convert_refuses_a_folder_of_splits_or_of_empty_classes_before_writing(d
     (empty / "cat" / "notes.txt").write_text("no images here")
     assert main(["convert", kind, "--input", str(empty), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "class folders hold no " + ("clip folders" if kind == "video" else "images") in err
+    assert err.count("\n") == 1 and f"class folder {empty / 'cat'} holds no " + (
+        "clip folders" if kind == "video" else "images") in err
     assert not out.exists()
+    if kind == "odg":  # one empty class among others (converted: its label held no sample, inspect lost the
+        # names), or an image beside the class folders (left out without a word): refused, as training does
+        mixed = tmp_path / "mixed"
+        shutil.copytree(src / "digit_3", mixed / "digit_3")
+        (mixed / "dog").mkdir()
+        assert main(["convert", kind, "--input", str(mixed), "--out", str(out), "--no-progress"]) == 2
+        assert f"class folder {mixed / 'dog'} holds no images" in capsys.readouterr().err
+        (mixed / "dog").rmdir()
+        shutil.copy(next((mixed / "digit_3").glob("mnist_*.png")), mixed / "a.png")
+        assert main(["convert", kind, "--input", str(mixed), "--out", str(out), "--no-progress"]) == 2
+        assert "holds 1 loose image(s) beside its class folders (e.g. a.png)" in capsys.readouterr().err
+        assert not out.exists()
 
 
 def test_convert_bad_input_is_one_line_in_a_real_process(tmp_path):

@@ -178,9 +178,18 @@ def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs
                     report.skipped.append((rel, "a folder without images"))
             else:
                 report.skipped.append((rel, "not an image file (by suffix)"))
+        if not items and not flat:  # training refuses the class folder, and its label would hold no sample
+            what = "clip folders" if want_dirs else f"images ({' '.join(IMG_EXTENSIONS)})"
+            raise DataError(f"class folder {clip(str(source))} holds no {what}; remove it or add its samples")
         for name, out_name in _output_names(items).items():
             tasks.append(_Task(index=len(tasks), src=str(source / name), dst=str(out_dir / cls / out_name),
                                rel_src=f"{cls}/{name}", rel_dst=f"{cls}/{out_name}", label=label))
+    if not want_dirs:  # images beside the class folders: training refuses them; not left out without a word
+        loose = sorted(e.name for e in input_dir.iterdir() if e.is_file() and e.suffix.lower() in IMG_EXTENSIONS
+                       and not e.name.startswith("."))
+        if loose:
+            raise DataError(f"{clip(str(input_dir))} holds {len(loose)} loose image(s) beside its class folders (e.g. "
+                            f"{loose[0][:60]}): move each into its class's sub-folder")
     return tasks
 
 

@@ -108,6 +108,11 @@ def test_aedat31_special_and_invalid_events_are_not_events(tmp_path, capsys):
         "t_range": None, "t_unit": "us"}
     assert main(["inspect", str(tmp_path / "only_special.aedat"), "--out", str(tmp_path / "figs")]) == 2
     assert "only_special.aedat: the recording holds no events to draw" in capsys.readouterr().err
+    # an ES-ImageNet sample without events: refused too (it drew an empty picture and exited 0)
+    np.savez(tmp_path / "noev.npz", pos=np.zeros((0, 3), np.uint8), neg=np.zeros((0, 3), np.uint8))
+    assert main(["inspect", str(tmp_path / "noev.npz"), "--out", str(tmp_path / "figs")]) == 2
+    assert "noev.npz: the recording holds no events to draw" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("inspect_noev*"))
 
 
 def test_aedat2_dvs128_sync_and_special_events_are_not_events(tmp_path, capsys):

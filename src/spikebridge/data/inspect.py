@@ -142,6 +142,8 @@ def _inspect_npz(path: Path, wanted: bool) -> tuple[dict[str, Any], Preview | No
     else:
         raise DataError(f"{path}: an .npz holding {keys[:6]}; expected an ES-ImageNet sample (pos, neg) "
                         "or an ES-UCF101 clip (events or arr_0)")
+    if wanted and not info["events"]:  # as for a recording file: an empty picture says nothing
+        raise DataError(f"{path}: the recording holds no events to draw")
     preview = Preview("events", _fewer_bins(frames), f"{path.name}: {info['events']} events") if wanted else None
     return info, preview
 

@@ -378,3 +378,13 @@ def test_one_sensor_for_a_dataset_and_the_chip_its_headers_name(tmp_path):
     jaer.write_bytes(b"#!AER-DAT2.0\r\n# AEChip: eu.seebetter.ini.chips.davis.Davis346B\r\n" + records.tobytes())
     _format, events, sensor = read_event_file(jaer)
     assert sensor == (346, 260) and events["x"].tolist() == x.tolist() and events["y"].tolist() == y.tolist()
+
+
+def test_es_imagenet_samples_without_their_label_file_are_named(tmp_path):
+    """A converted split (``<class>/*.npz`` of pos/neg) whose labels.txt is gone was opened as ES-UCF101
+    clips and failed on 'missing array(s) ['events']' for every sample."""
+    root = layouts.es_imagenet(tmp_path / "es", released=False)
+    (root / "train" / "labels.txt").unlink()
+    with pytest.raises(DataError, match=r"ES-ImageNet samples \(pos, neg\) in class folders without their label file "
+                                        r".*labels.txt \(convert odg writes it\): label file not found"):
+        open_dataset(str(root / "train"))

@@ -764,6 +764,13 @@ def _detect_layout(base: Path) -> str | None:
                             "(the paper's 75/25 split is made from it)")
         return "image-folders"  # images in class folders, at any depth (Tiny-ImageNet's <wnid>/images/)
     if _holds(classes, (".npz",)):
+        first = next(f for d in classes[:3] for f in sorted(d.iterdir()) if f.is_file() and f.suffix.lower() == ".npz")
+        kind = None
+        with contextlib.suppress(DataError):  # a damaged first file: the opener names it
+            kind = npz_sample_kind(first)[0]
+        if kind == "es-imagenet":  # it read as ES-UCF101 clips: "missing array 'events'"
+            raise DataError(f"{base}: ES-ImageNet samples (pos, neg) in class folders without their label file "
+                            f"{base / 'labels.txt'} (convert odg writes it): label file not found")
         return "es-ucf101"
     if _holds(classes, DVS_EXTENSIONS):
         return "dvs"

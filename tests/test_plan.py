@@ -235,6 +235,22 @@ def test_bad_input_is_caught_by_the_plan(argv, words, plan_only, tmp_path, capsy
     assert not out.exists()
 
 
+def test_benchmark_refuses_a_user_class_and_a_checkpoint_of_one(tmp_path, capsys):
+    """A checkpoint of a user's class passed benchmark's plan (with --trust-code: every method
+    planned), while the class itself was refused; both are, and benchmark has no --trust-code."""
+    import spikebridge as sb
+
+    meta = {"model": {"name": "ann_class", "class": "Net", "file": str(tmp_path / "net.py"), "sha256": "0" * 64},
+            "neuron": {"kind": "relu"}}
+    ckpt = save_checkpoint(tmp_path / "ann", "last", sb.create_model("cnn", neuron="relu"), meta, epoch=1)
+    (tmp_path / "net.py").write_text("import torch.nn as nn\nclass Net(nn.Module):\n    pass\n")
+    for ann in (str(ckpt), f"{tmp_path / 'net.py'}:Net"):
+        assert cli.main(["benchmark", "--ann", ann, "--out", str(tmp_path / "b"), "--plan"]) == 2
+        assert "benchmark --ann takes a spikebridge checkpoint of a registry model" in capsys.readouterr().err
+    assert cli.main(["benchmark", "--ann", str(ckpt), "--trust-code", "--plan"]) == 2
+    assert "unrecognized arguments: --trust-code" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["pipes", "--plan", "--out", ""], ["pipes", "--plan", "--out", " "],
                                   ["evaluate", "x.json", "--out", ""], ["inspect", "mnist5k", "--out", ""]])
 def test_an_empty_out_is_refused_not_the_default_folder(argv, tmp_path, capsys, monkeypatch):

@@ -108,7 +108,7 @@ def request(args: argparse.Namespace, command: str, *, flags: dict[str, Any] | N
     source = None
     if hasattr(args, "ann"):
         source = ann_source_from_flags(args.ann, args.ann_weights, getattr(args, "ann_kwargs", None),
-                                       weights_required=weights_required, trust_code=args.trust_code)
+                                       weights_required=weights_required, trust_code=getattr(args, "trust_code", False))
     options = {**(options or {}), "overwrite": args.overwrite}
     return Request(command, args.config, list(args.overrides), values, source, options)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import request, run_request, trust_code_flag
+from . import request, run_request
 
 EXAMPLE = "spikebridge benchmark --data mnist5k --out runs/benchmark"
 
@@ -23,7 +23,6 @@ def register(sub, add, common) -> None:
                    "--ann-weights) instead of training one")
     p.add_argument("--ann-weights", metavar="W.pth|W.safetensors", help="trained weights for --ann MODEL")
     p.add_argument("--ann-data", help="the ANN's static data when --data is events (default: mnist5k for es-mnist)")
-    trust_code_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -208,6 +208,9 @@ def build_plan(request: Request) -> RunPlan:
     info = ckpt.meta.get("model") if ckpt is not None else None
     info = info if isinstance(info, dict) else {}
     user_class = info.get("name") == "ann_class" or (source is not None and bool(source.class_spec))
+    if user_class and command == "benchmark":  # a class, or a checkpoint of one (it passed the plan)
+        raise ConfigError("benchmark --ann takes a spikebridge checkpoint of a registry model (its methods split "
+                          "encoder and decoder by the registry's layer names)")
     cfg, preset = resolve_config(request, user_class=user_class)
     cfg.data.name, cfg.events.data = dataset_folder(cfg.data.name), dataset_folder(cfg.events.data)
     _event_T_from_flag(command, cfg, request.flags.get("model.T"))
@@ -333,9 +336,6 @@ def _benchmark_phases(cfg: PipelineConfig, options: dict, source: AnnSource | No
 
     given = options.get("methods")
     methods = parse_methods(DEFAULT_METHODS if given is None else given)
-    if source is not None and source.class_spec:
-        raise ConfigError("benchmark --ann takes a spikebridge checkpoint of a registry model (its methods split "
-                          "encoder and decoder by the registry's layer names)")
     phases: list[Phase] = []
     events = data_steps is not None
     transfers = any(m.transfers for m in methods)

@@ -78,6 +78,16 @@ def test_integers_are_decimal(tmp_path):
         load_config(PipelineConfig, path)
 
 
+def test_a_number_where_text_is_expected_says_to_quote_it(tmp_path):
+    """``--set run.out=007`` (YAML: the number 7) said only 'expected a string, got 7'."""
+    with pytest.raises(ConfigError, match=r"run.out: expected a string, got 7, which YAML reads as a number; quote "
+                                          r"the text \(--set \"run.out='...'\", or out: '...' in a recipe\)"):
+        load_config(PipelineConfig, None, dict([parse_override("run.out=007")]))
+    with pytest.raises(ConfigError, match="model.name: expected a string, got True, which YAML reads as true/false"):
+        load_config(PipelineConfig, None, dict([parse_override("model.name=yes")]))
+    assert load_config(PipelineConfig, None, dict([parse_override("run.out='007'")])).run.out == "007"
+
+
 def test_a_recipe_from_a_pipe_is_read(tmp_path):
     """``--config <(...)`` / ``/dev/stdin`` is no regular file: it was "config file not found"."""
     import os

@@ -243,13 +243,17 @@ def test_a_resume_from_another_folder_names_the_same_ann(run, tmp_path, monkeypa
     import os
     import shutil
 
+    import yaml
+
     (tmp_path / "a" / "deeper").mkdir(parents=True)
-    out = str(tmp_path / "p")
-    argv = ["pipes", "--out", out, *TINY[:5], *TINY[7:], "--set", "finetune.epochs=1", "--set", "bridge.calibration_batches=1"]
+    argv = ["pipes", *TINY[:5], *TINY[7:], "--set", "finetune.epochs=1", "--set", "bridge.calibration_batches=1"]
     monkeypatch.chdir(tmp_path / "a")
-    assert cli.main([*argv, "--ann", os.path.relpath(run, tmp_path / "a")]) == 0
+    assert cli.main([*argv, "--out", "../p", "--ann", os.path.relpath(run, tmp_path / "a")]) == 0
     monkeypatch.chdir(tmp_path / "a" / "deeper")
+    argv += ["--out", "../../p"]
     assert cli.main([*argv, "--ann", os.path.relpath(run, tmp_path / "a" / "deeper"), "--resume"]) == 0
+    # config.yaml names the run folder wherever the resume ran (it held '../../p')
+    assert yaml.safe_load((tmp_path / "p" / "config.yaml").read_text())["run"]["out"] == str(tmp_path / "p")
     shutil.copytree(run, tmp_path / "other")
     capsys.readouterr()
     assert cli.main([*argv, "--ann", "../../other", "--resume"]) == 2

@@ -33,7 +33,8 @@ def start_run(cfg: PipelineConfig) -> RunContext:
         torch.set_num_threads(cfg.run.threads)
     if ctx.is_main:
         ensure_dir(ctx.out)
-        atomic_write_text(ctx.out / "config.yaml", dump_yaml(cfg))
+        # the run folder by its absolute path: a --resume from another working directory wrote its relative one
+        atomic_write_text(ctx.out / "config.yaml", dump_yaml(replace(cfg, run=replace(cfg.run, out=str(ctx.out.resolve())))))
     return ctx
 
 

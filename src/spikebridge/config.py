@@ -314,9 +314,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         with contextlib.suppress(ValueError):
             return float(value)
     if tp is str and isinstance(value, (int, float)):  # YAML read the text as a number (007 -> 7) or true/false
-        raise ConfigError(f"{key}: expected a string, got {short_repr(value)}, which YAML reads as "
-                          f"{'true/false' if isinstance(value, bool) else 'a number'}; quote the text (--set \"{key}='...'\", or {key.rsplit('.', 1)[-1]}: "
-                          "'...' in a recipe)")
+        read_as = "true/false" if isinstance(value, bool) else "a number"
+        raise ConfigError(f"{key}: expected a string, got {short_repr(value)}, which YAML reads as {read_as}; "
+                          f"quote the text (--set \"{key}='...'\", or {key.rsplit('.', 1)[-1]}: '...' in a recipe)")
     raise ConfigError(f"{key}: expected {_describe(tp)}, got {short_repr(value)}")
 
 

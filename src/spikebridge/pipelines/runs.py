@@ -5,6 +5,7 @@ demo, ``pretrain``, ``pipes``, ``piped``, ``finetune``), each written once for e
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -34,7 +35,7 @@ def start_run(cfg: PipelineConfig) -> RunContext:
     if ctx.is_main:
         ensure_dir(ctx.out)
         # the run folder by its absolute path: a --resume from another working directory wrote its relative one
-        atomic_write_text(ctx.out / "config.yaml", dump_yaml(replace(cfg, run=replace(cfg.run, out=str(ctx.out.resolve())))))
+        atomic_write_text(ctx.out / "config.yaml", dump_yaml(replace(cfg, run=replace(cfg.run, out=os.path.abspath(ctx.out)))))
     return ctx
 
 

@@ -350,12 +350,23 @@ def test_spikify_refuses_a_net_that_mixes_samples_at_the_same_shape_or_takes_two
             return F.relu(self.fc(x)) + y
 
     x = torch.randn(6, 8)
-    for mix in (lambda h: F.softmax(h, dim=0), lambda h: h.softmax(0), lambda h: F.normalize(h, dim=0)):
-        with pytest.raises(ConfigError, match="a sample's output depends on the other samples in the batch"):
-            sb.spikify(Net(mix), T=2, calibration=[x])
+    mixing = (lambda h: F.softmax(h, dim=0), lambda h: h.softmax(0), lambda h: F.normalize(h, dim=0),
+              lambda h: h.cumsum(0), lambda h: h.flip(0))  # the last two leave the first sample as it is
+    for mix in mixing:
+        for calibration in ([x], [x[:1]], [x[:1].expand(4, 8)]):  # one sample, or identical ones: checked too
+            with pytest.raises(ConfigError, match="a sample's output depends on the other samples in the batch"):
+                sb.spikify(Net(mix), T=2, calibration=calibration)
+    # per-sample operations pass, and so does noise (it differs between runs, not between batches: it was refused)
     for keep in (lambda h: F.softmax(h, dim=1), lambda h: F.normalize(h, dim=1), lambda h: h - h.mean(1, keepdim=True)):
         snn = sb.spikify(Net(keep), T=2, calibration=[x]).eval()
         with torch.no_grad():
             assert torch.allclose(snn(x)[:1], snn(x[:1]), atol=1e-6)
+    assert sb.spikify(Net(lambda h: h + 0.01 * torch.randn_like(h)), T=2, calibration=[x])(x).shape == (6, 3)
+    class Scaled(Net):  # a constant default argument runs (it was an internal AttributeError)
+        def forward(self, x, scale=2.0):
+            return super().forward(x) * scale
+
+    snn = sb.spikify(Scaled(lambda h: h), T=2, calibration=[x]).eval()
+    assert snn(x).shape == (6, 3)
     with pytest.raises(ConfigError, match=r"one tensor input; TwoInputs.forward takes 2 \(x, y\)"):
         sb.spikify(TwoInputs(), T=2)

@@ -154,6 +154,8 @@ class TimeExpand(nn.Module):
         self.steps = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):  # a constant (forward(x, scale=2.0)): the same at every step
+            return x
         return x.unsqueeze(0).expand(self.steps, *x.shape).flatten(0, 1)
 
 
@@ -526,31 +528,39 @@ def _shape_of(value) -> tuple | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
-def _first_sample(value) -> torch.Tensor | None:
-    return value[:1].clone() if isinstance(value, torch.Tensor) and value.dim() else None
+def _sample_stats(value) -> torch.Tensor | None:
+    """Per sample of a node's output ``[B, ...]``: the sum, absolute sum and sum of squares of its
+    values (``[B, 3]``, float64): what tells one sample's output from another's at little memory."""
+    if not isinstance(value, torch.Tensor) or not value.dim() or value.is_complex():
+        return None
+    flat = value.detach().reshape(value.shape[0], -1).double()
+    return torch.nan_to_num(torch.stack([flat.sum(1), flat.abs().sum(1), (flat * flat).sum(1)], 1))
 
 
-def _same_sample(alone: torch.Tensor, in_batch: torch.Tensor) -> bool:
-    """Whether a node's output for one sample run alone equals it within a batch (up to the
-    rounding of another batch size)."""
-    if alone.shape != in_batch.shape or not alone.is_floating_point():
-        return alone.shape == in_batch.shape and torch.equal(alone, in_batch)
-    scale = float(in_batch.abs().max()) if in_batch.numel() else 0.0
-    return bool(((alone - in_batch).abs().max() <= 1e-4 * scale + 1e-6).item()) if alone.numel() else True
+def _same_stats(alone: torch.Tensor | None, in_batch: torch.Tensor | None) -> bool:
+    """Whether two :func:`_sample_stats` agree (up to the rounding of another batch size)."""
+    if alone is None or in_batch is None or alone.shape != in_batch.shape or not in_batch.numel():
+        return alone is None or in_batch is None or alone.shape == in_batch.shape
+    tolerance = 1e-4 * in_batch.abs() + 1e-6 * (1.0 + float(in_batch.abs().max()))
+    return bool(((alone - in_batch).abs() <= tolerance).all())
 
 
 @torch.no_grad()
 def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> None:
     """Run the traced ANN on ``[B, ...]`` and on the folded ``[T*B, ...]``; refuse any operation
     whose output keeps the batch at dim 0 in one case but not the other (it mixes samples or
-    hard-codes the batch size), and then any whose output for the first sample changes when that
-    sample runs alone (it mixes samples at the same shape: ``F.softmax(x, dim=0)``,
-    ``x - x.mean(0)``)."""
+    hard-codes the batch size), and then any whose output for a sample changes when that sample
+    runs alone (it mixes samples at the same shape: ``F.softmax(x, dim=0)``, ``x.cumsum(0)``,
+    ``x.flip(0)``). A single sample is checked beside a second one made from it (rolled); a node
+    whose output differs between two runs of the same batch (noise, dropout in train mode) and
+    what it feeds are not compared."""
+    if example.shape[0] == 1 or bool((example == example[:1]).all()):  # no second sample to tell apart
+        example = torch.cat([example[:1], example[:1].roll(1, -1)])
     batch = example.shape[0]
     was_training = gm.training
     gm.eval()
     try:
-        plain, folded = _Recorder(gm, lambda v: (_shape_of(v), _first_sample(v))), _Recorder(gm, _shape_of)
+        plain, folded = _Recorder(gm, lambda v: (_shape_of(v), _sample_stats(v))), _Recorder(gm, _shape_of)
         for recorder, x, what in ((plain, example, f"a batch of {batch}"),
                                   (folded, example.unsqueeze(0).expand(T, *example.shape).flatten(0, 1),
                                    "a time-folded batch")):
@@ -564,10 +574,11 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
                     f"the network fails on {what} of shape {list(x.shape)}{where}: {str(exc).splitlines()[0][:160]}; "
                     "the input must fit the network, and reshapes must use x.size(0) / -1, not a fixed batch size"
                 ) from None
-        alone = _Recorder(gm, _first_sample)
-        if batch > 1:
-            with contextlib.suppress(Exception):  # a net that cannot run one sample: the shape checks only
-                alone.run(example[:1])
+        again, alone = _Recorder(gm, _sample_stats), [_Recorder(gm, _sample_stats) for _ in range(batch)]
+        with contextlib.suppress(Exception):  # a net that cannot run one sample: the shape checks only
+            again.run(example)
+            for index, recorder in enumerate(alone):
+                recorder.run(example[index:index + 1])
     finally:
         gm.train(was_training)
     dependent = _input_dependent(gm.graph)
@@ -575,16 +586,19 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
     for node in gm.graph.nodes:
         if node not in dependent or node.op in ("placeholder", "output"):
             continue
-        (a, first), b = plain.values.get(node.name, (None, None)), folded.values.get(node.name)
+        (a, stats), b = plain.values.get(node.name, (None, None)), folded.values.get(node.name)
         if a is None or b is None:
             continue
         if len(a) >= 1 and a[0] == batch and b == (T * batch, *a[1:]):
-            single = alone.values.get(node.name)
-            if first is None or single is None or _same_sample(single, first):
+            if stats is None or node.name not in again.values or not _same_stats(again.values[node.name], stats):
+                continue  # not a tensor, not run alone, or random
+            if all(_same_stats(recorder.values.get(node.name), stats[index:index + 1])
+                   for index, recorder in enumerate(alone)):
                 continue
             raise ConfigError(f"spikify cannot fold time into the batch at {_describe_node(node, modules)}: a "
                               "sample's output depends on the other samples in the batch (it mixes them, e.g. a "
-                              "softmax or normalisation over dim 0); operations must keep each sample on its own")
+                              "softmax, normalisation or cumulative sum over dim 0); operations must keep each "
+                              "sample on its own")
         problem = f"has shape {list(a)} for a batch of {batch} but {list(b)} for {T}x{batch} folded frames" \
             if a != b else f"{list(a)} has no batch axis (the samples are reduced or mixed)"
         raise ConfigError(f"spikify cannot fold time into the batch at {_describe_node(node, modules)}: its output "

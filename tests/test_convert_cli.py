@@ -114,6 +114,14 @@ def test_a_rerun_converts_a_changed_image_and_refuses_another_input(digit_folder
     shutil.copytree(src, other)
     assert main(["convert", "odg", "--input", str(other), "--out", str(out), "--no-progress"]) == 2
     assert f"holds a conversion of another input ({mine})" in capsys.readouterr().err
+    os.symlink(mine, tmp_path / "link")  # the same folder by another path: the same input
+    assert main(["convert", "odg", "--input", str(tmp_path / "link"), "--out", str(out), "--no-progress"]) == 0
+    # a folder converted before the input was recorded: not claimed for whichever input comes next
+    record = json.loads((out / "conversion.json").read_text())
+    del record["input"]
+    (out / "conversion.json").write_text(json.dumps(record))
+    assert main(["convert", "odg", "--input", str(other), "--out", str(out), "--no-progress"]) == 0
+    assert "input" not in json.loads((out / "conversion.json").read_text())
 
 
 def test_convert_odg_parameters_and_errors(digit_folder, tmp_path, capsys):

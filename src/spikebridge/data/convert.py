@@ -234,11 +234,14 @@ def _check_params(out_dir: Path, params: Mapping[str, Any], overwrite: bool, sou
             previous = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError):
             previous = None
-        if isinstance(previous, dict) and "input" not in previous:  # written before the source was recorded
-            previous["input"] = wanted["input"]
+        if isinstance(previous, dict) and "input" not in previous:  # written before the source was recorded:
+            del wanted["input"]  # which one is unknown, and not claimed for this one either
+        elif isinstance(previous, dict) and isinstance(previous["input"], str) and \
+                os.path.realpath(previous["input"]) == os.path.realpath(wanted["input"]):
+            wanted["input"] = previous["input"]  # the same folder by another path (a symlink)
         if previous != wanted:
             if not overwrite:
-                other = isinstance(previous, dict) and previous.get("input") != wanted["input"]
+                other = isinstance(previous, dict) and "input" in wanted and previous.get("input") != wanted["input"]
                 raise DataError(
                     f"{out_dir} holds a conversion " + (f"of another input ({clip(str(previous['input']))})"
                                                         if other else f"made with other parameters ({path})")

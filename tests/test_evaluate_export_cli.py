@@ -286,6 +286,11 @@ def test_evaluate_of_an_ann_checkpoint_reports_no_snn_rows(run, tmp_path, capsys
     text = (tmp_path / "ev" / "evaluation.md").read_text()
     assert "an ANN: no spiking neurons" in text and "MACs per sample" in text
     assert "SOPs" not in text and "| SNN |" not in text and "firing rate" not in text
+    activity = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["activity"]
+    assert set(activity) == {"samples", "ann_macs_per_sample", "energy", "synaptic_layers"}  # no SNN fields
+    assert activity["ann_macs_per_sample"] > 0 and set(activity["energy"]) == {"ann_uj", "pj_per_mac"}
+    assert main(["evaluate", str(run / "ann"), *QUICK, "--T", "4", "--out", str(tmp_path / "ev4")]) == 2
+    assert "--T 4: the checkpoint is an ANN" in _one_line_error(capsys)
 
 
 def test_evaluate_with_an_empty_ann_is_refused(run, tmp_path, capsys):

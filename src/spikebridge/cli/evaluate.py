@@ -77,6 +77,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     info = meta.get("model", {})
     if args.model and args.model != info.get("name"):
         raise CheckpointError(f"{args.checkpoint}: a checkpoint of {info.get('name')!r}, not of --model {args.model!r}")
+    if args.T and not getattr(model, "spiking", False):  # it was accepted, and the report said T 1
+        raise ConfigError(f"--T {args.T}: the checkpoint is an ANN, which has no time steps; drop --T")
     bundle = open_checkpoint_data(args.data, meta, args.checkpoint, time_steps=args.T)
     if int(info.get("num_classes", bundle.num_classes)) != bundle.num_classes:
         raise CheckpointError(f"{args.checkpoint}: the model has {info.get('num_classes')} classes, {bundle.name} has {bundle.num_classes}")

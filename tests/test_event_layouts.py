@@ -388,3 +388,20 @@ def test_es_imagenet_samples_without_their_label_file_are_named(tmp_path):
     with pytest.raises(DataError, match=r"ES-ImageNet samples \(pos, neg\) in class folders without their label file "
                                         r".*labels.txt \(convert odg writes it\): label file not found"):
         open_dataset(str(root / "train"))
+
+
+def test_a_converted_root_without_a_split_label_file_is_named_by_the_plan(tmp_path, capsys):
+    """The root of a conversion (train/ + val/ of class folders) whose train/labels.txt is gone said
+    'class folder ... holds no images'; with val/labels.txt gone the plan passed and the run failed
+    with 'not an ES-ImageNet root'. Both name the missing file, at the plan."""
+    from spikebridge.cli import main
+
+    root = layouts.es_imagenet(tmp_path / "es", released=False)
+    (root / "train" / "labels.txt").rename(tmp_path / "train-labels.txt")
+    with pytest.raises(DataError, match=r"es/train: ES-ImageNet samples \(pos, neg\) in class folders without their "
+                                        r"label file .*train/labels.txt"):
+        open_dataset(str(root))
+    (tmp_path / "train-labels.txt").rename(root / "train" / "labels.txt")
+    (root / "val" / "labels.txt").unlink()
+    assert main(["piped", "--events", str(root), "--out", str(tmp_path / "run"), "--plan"]) == 2
+    assert f"{root / 'val' / 'labels.txt'} not found (train/labels.txt is there)" in capsys.readouterr().err

@@ -663,6 +663,19 @@ def _class_dirs(path: Path) -> list[Path]:
     return [p for p in sorted(path.iterdir()) if p.is_dir() and not hidden_folder(p.name)]
 
 
+def _refuse_unlabelled_samples(folder: Path, class_dirs: list[Path]) -> None:
+    """DataError where ``folder``'s class folders hold ES-ImageNet samples (pos, neg) but it has no
+    label file: they were read as ES-UCF101 clips ("missing array 'events'") or as no images."""
+    first = next((f for d in class_dirs[:3] for f in sorted(d.iterdir()) if f.is_file() and f.suffix.lower() == ".npz"),
+                 None)
+    kind = None
+    with contextlib.suppress(DataError):  # a damaged first file: the opener names it
+        kind = npz_sample_kind(first)[0] if first is not None else None
+    if kind == "es-imagenet":
+        raise DataError(f"{folder}: ES-ImageNet samples (pos, neg) in class folders without their label file "
+                        f"{folder / 'labels.txt'} (convert odg writes it): label file not found")
+
+
 def _holds(class_dirs: list[Path], suffixes: tuple[str, ...]) -> bool:
     return any(f.is_file() and f.suffix.lower() in suffixes for d in class_dirs[:3] for f in d.iterdir())
 
@@ -734,6 +747,7 @@ def _detect_layout(base: Path) -> str | None:
     """The layout of ``base``; None when it is no dataset spikebridge recognises (DataError for a
     dataset it cannot open: no class folders, a bad label file, clips in train/ + val/)."""
     from .cifar import locate_cifar
+    from .events import es_imagenet_splits
 
     try:
         locate_cifar(base)
@@ -744,6 +758,8 @@ def _detect_layout(base: Path) -> str | None:
         return "es-imagenet-released"
     if (base / "train" / "labels.txt").is_file():
         kind = _events_kind(base / "train" / "labels.txt")
+        if kind == "es-imagenet":
+            es_imagenet_splits(base)  # its val split's label file too (the run refused it after the plan)
         return "es-imagenet" if kind == "es-imagenet" else "es-ucf101-split"
     if (base / "labels.txt").is_file():
         return "es-imagenet-single" if _events_kind(base / "labels.txt") == "es-imagenet" else "es-ucf101"
@@ -759,18 +775,14 @@ def _detect_layout(base: Path) -> str | None:
             return "dvs"
         if inner and _holds(inner, (".npy",)):
             return "dvs-gesture"
+        if inner and _holds(inner, (".npz",)):  # a converted root whose train/labels.txt is gone
+            _refuse_unlabelled_samples(train_dir, inner)
         if inner and _looks_like_clips(inner[0]) and _clip_folders(inner[0]):
             raise DataError(f"{base}: video clips in train/ and val/ are not supported; give the folder of class folders "
                             "(the paper's 75/25 split is made from it)")
         return "image-folders"  # images in class folders, at any depth (Tiny-ImageNet's <wnid>/images/)
     if _holds(classes, (".npz",)):
-        first = next(f for d in classes[:3] for f in sorted(d.iterdir()) if f.is_file() and f.suffix.lower() == ".npz")
-        kind = None
-        with contextlib.suppress(DataError):  # a damaged first file: the opener names it
-            kind = npz_sample_kind(first)[0]
-        if kind == "es-imagenet":  # it read as ES-UCF101 clips: "missing array 'events'"
-            raise DataError(f"{base}: ES-ImageNet samples (pos, neg) in class folders without their label file "
-                            f"{base / 'labels.txt'} (convert odg writes it): label file not found")
+        _refuse_unlabelled_samples(base, classes)
         return "es-ucf101"
     if _holds(classes, DVS_EXTENSIONS):
         return "dvs"

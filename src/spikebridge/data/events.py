@@ -450,6 +450,9 @@ def es_imagenet_splits(root: Path) -> dict[str, tuple[Path, Path | None]]:
         val = next((root / n for n in VAL_SPLIT_NAMES if (root / n / "labels.txt").is_file()), None)
         if val is not None:
             return {"train": (root / "train" / "labels.txt", None), "val": (val / "labels.txt", None)}
+        there = next((root / n for n in VAL_SPLIT_NAMES if (root / n).is_dir()), None)
+        if there is not None:
+            raise DataError(f"{root}: {there / 'labels.txt'} not found (train/labels.txt is there): label file not found")
     raise DataError(f"{root}: not an ES-ImageNet root with a train and a val split (expected trainlabel.txt + "
                     "vallabel.txt, or train/labels.txt + val/labels.txt)")
 

@@ -238,7 +238,8 @@ def test_evaluate_normalises_images_as_the_checkpoint_was_trained(tmp_path, caps
     assert open_checkpoint_data(str(other), meta, "CKPT").mean == tuple(meta["mean"])
     old = {key: value for key, value in meta.items() if key not in ("mean", "std")}
     assert open_checkpoint_data(str(other), old, "CKPT").mean == own.mean
-    for bad in ({**meta, "mean": "0.5"}, {**meta, "std": [0.0, 1.0, 1.0]}, {**meta, "mean": [0.1]}):
+    for bad in ({**meta, "mean": "0.5"}, {**meta, "std": [0.0, 1.0, 1.0]}, {**meta, "mean": [0.1]},
+                {**meta, "mean": [0.1], "std": [0.2]}):  # the last: 1 value for 3 channels (it was skipped)
         with pytest.raises(CheckpointError, match="checkpoint fields meta.mean and meta.std"):
             open_checkpoint_data(str(other), bad, "CKPT")
 

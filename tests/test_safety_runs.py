@@ -210,6 +210,7 @@ def test_a_resume_from_another_folder_reads_the_same_data_or_is_refused(tmp_path
     folder); the same folder by any path resumes. A run saved with a relative path (before) still
     resumes from its own working directory."""
     import json
+    import os
 
     from _layouts import image_folders
 
@@ -228,6 +229,9 @@ def test_a_resume_from_another_folder_reads_the_same_data_or_is_refused(tmp_path
     assert f"data.name: {tmp_path / 'a' / 'ds'} -> {tmp_path / 'b' / 'ds'}" in err
     assert snapshot(tmp_path / "run") == before
     argv[2] = str(tmp_path / "a" / "ds")
+    assert cli.main([*argv, "--resume"]) == 0
+    os.symlink(tmp_path / "a" / "ds", tmp_path / "b" / "link")  # the same folder by another path
+    argv[2] = str(tmp_path / "b" / "link")
     assert cli.main([*argv, "--resume"]) == 0
     record = json.loads(manifest.read_text())  # as written before: the path as given
     record["config"]["data"]["name"] = "ds"

@@ -108,6 +108,9 @@ def checkpoint_input(meta: dict, where: str) -> CheckpointInput:
         if not (channels(mean) and channels(std) and len(mean) == len(std) and all(v > 0 for v in std)):
             raise CheckpointError(f"{where}: checkpoint fields meta.mean and meta.std must be lists of 1-4 numbers "
                                   f"of equal length (std > 0), got {short_repr(mean)} and {short_repr(std)}")
+        if shape is not None and len(mean) != shape[0]:  # it was skipped, and the data's own statistics used
+            raise CheckpointError(f"{where}: checkpoint fields meta.mean and meta.std hold {len(mean)} values for the "
+                                  f"{shape[0]} input channels of meta.input_shape")
         mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     return CheckpointInput(name, field("image_size", 0, MAX_IMAGE_SIZE) or 0, shape, field("split_seed", 0, 2**63 - 1),
                            field("time_steps", 1, MAX_T), mean, std)

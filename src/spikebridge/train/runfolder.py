@@ -74,10 +74,14 @@ def config_differences(saved: dict, new: dict) -> list[str]:
 
 
 def _same_setting(saved: Any, now: Any) -> bool:
-    """Equal, or a run saved before dataset folders were stored absolute: its relative path read
-    from the working directory (as that run's resume did) is the folder now named."""
-    return saved == now or (isinstance(saved, str) and isinstance(now, str) and bool(saved) and os.path.isabs(now)
-                            and not os.path.isabs(saved) and os.path.abspath(saved) == now)
+    """Equal; or the same folder by another path (a symlink); or a run saved before dataset folders
+    were stored absolute: its relative path read from the working directory (as that run's resume
+    did) is the folder now named."""
+    if saved == now:
+        return True
+    if not (isinstance(saved, str) and isinstance(now, str) and saved and os.path.isabs(now)):
+        return False
+    return os.path.realpath(saved) == os.path.realpath(now) if os.path.isabs(saved) else os.path.abspath(saved) == now
 
 
 def _process_start(pid: int) -> int | None:

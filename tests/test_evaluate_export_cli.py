@@ -294,6 +294,19 @@ def test_evaluate_of_an_ann_checkpoint_reports_no_snn_rows(run, tmp_path, capsys
     assert "--T 4: the checkpoint is an ANN" in _one_line_error(capsys)
 
 
+def test_export_of_an_event_snn_says_it_reads_a_frame_per_step(tmp_path, capsys):
+    """The NIR metadata said 'feed the input at every step' for every SNN; an event SNN reads one
+    frame per step (and records no image normalisation)."""
+    model = sb.create_model("cnn", num_classes=10, neuron="lif", T=4, in_channels=2)
+    meta = {"model": {"name": "cnn", "num_classes": 10, "in_channels": 2, "T": 4}, "neuron": {"kind": "lif"},
+            "data": "es-mnist", "input_shape": [2, 28, 28], "time_steps": 4}
+    ckpt = save_checkpoint(tmp_path / "snn_events_pretrained" / "checkpoints", "last", model, meta, epoch=1)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "ev.nir")]) == 0
+    assert "normalised images" not in capsys.readouterr().out
+    metadata = nir.read(str(tmp_path / "ev.nir")).metadata
+    assert str(metadata["readout"]).startswith("feed one event frame per step (4 frames)") and "input_mean" not in metadata
+
+
 def test_evaluate_with_an_empty_ann_is_refused(run, tmp_path, capsys):
     """``--ann ''`` (an unset shell variable) was ignored: the evaluation ran without the ANN."""
     assert main(["evaluate", str(run), "--ann", "", *QUICK, "--out", str(tmp_path / "ev")]) == 2

@@ -287,9 +287,11 @@ def test_evaluate_of_an_ann_checkpoint_reports_no_snn_rows(run, tmp_path, capsys
     text = (tmp_path / "ev" / "evaluation.md").read_text()
     assert "an ANN: no spiking neurons" in text and "MACs per sample" in text
     assert "SOPs" not in text and "| SNN |" not in text and "firing rate" not in text
-    activity = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["activity"]
-    assert set(activity) == {"samples", "ann_macs_per_sample", "energy", "synaptic_layers"}  # no SNN fields
+    result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    activity = result["activity"]
+    assert set(activity) == {"samples", "ann_macs_per_sample", "energy", "layers"} and result["T"] is None  # no SNN fields
     assert activity["ann_macs_per_sample"] > 0 and set(activity["energy"]) == {"ann_uj", "pj_per_mac"}
+    assert set(activity["layers"][0]) == {"name", "type", "macs_per_sample"}
     assert main(["evaluate", str(run / "ann"), *QUICK, "--T", "4", "--out", str(tmp_path / "ev4")]) == 2
     assert "--T 4: the checkpoint is an ANN" in _one_line_error(capsys)
 
@@ -305,6 +307,8 @@ def test_export_of_an_event_snn_says_it_reads_a_frame_per_step(tmp_path, capsys)
     assert "normalised images" not in capsys.readouterr().out
     metadata = nir.read(str(tmp_path / "ev.nir")).metadata
     assert str(metadata["readout"]).startswith("feed one event frame per step (4 frames)") and "input_mean" not in metadata
+    assert main(["export", str(ckpt), "--T", "2", "--out", str(tmp_path / "ev2.nir")]) == 0  # the T exported
+    assert str(nir.read(str(tmp_path / "ev2.nir")).metadata["readout"]).startswith("feed one event frame per step (2 frames)")
 
 
 def test_evaluate_with_an_empty_ann_is_refused(run, tmp_path, capsys):

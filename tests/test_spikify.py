@@ -361,7 +361,15 @@ def test_spikify_refuses_a_net_that_mixes_samples_at_the_same_shape_or_takes_two
         snn = sb.spikify(Net(keep), T=2, calibration=[x]).eval()
         with torch.no_grad():
             assert torch.allclose(snn(x)[:1], snn(x[:1]), atol=1e-6)
-    assert sb.spikify(Net(lambda h: h + 0.01 * torch.randn_like(h)), T=2, calibration=[x])(x).shape == (6, 3)
+    for seed in range(20):  # noise or a random mask in forward: never refused (a chance equal draw was refused)
+        torch.manual_seed(seed)
+        for noisy in (lambda h: h + 1e-5 * torch.randn_like(h),
+                      lambda h: h * (torch.rand_like(h[:, :1]) < 0.8) / 0.8, lambda h: F.dropout(h, 0.5)):
+            assert sb.spikify(Net(noisy), T=2, calibration=[x[:3]])(x).shape == (6, 3)
+    torch.manual_seed(0)  # nets whose ReLUs do not all stay at 0 for both samples (then nothing shows the mixing)
+    for constant in (torch.zeros(1, 8), torch.full((1, 8), 0.5)):  # a second sample made from it still differs
+        with pytest.raises(ConfigError, match="a sample's output depends on the other samples in the batch"):
+            sb.spikify(Net(lambda h: h.flip(0)), T=2, calibration=[constant])
     class Scaled(Net):  # a constant default argument runs (it was an internal AttributeError)
         def forward(self, x, scale=2.0):
             return super().forward(x) * scale

@@ -181,6 +181,26 @@ def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
     return dependent
 
 
+#: calls that draw random numbers (what depends on them differs from run to run, batch or not)
+_RANDOM_FUNCTIONS = {torch.rand, torch.rand_like, torch.randn, torch.randn_like, torch.randint, torch.randint_like,
+                     torch.randperm, torch.bernoulli, torch.normal, torch.multinomial, torch.dropout, F.dropout,
+                     F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
+_RANDOM_METHODS = {"bernoulli", "bernoulli_", "normal_", "uniform_", "random_", "exponential_", "geometric_",
+                   "cauchy_", "log_normal_", "multinomial"}
+
+
+def _random_dependent(graph: fx.Graph) -> set[fx.Node]:
+    """The nodes that draw random numbers (:data:`_RANDOM_FUNCTIONS`, :data:`_RANDOM_METHODS`)
+    and those that depend on them."""
+    found: set[fx.Node] = set()
+    for node in graph.nodes:
+        drawn = (node.op == "call_function" and node.target in _RANDOM_FUNCTIONS) or (
+            node.op == "call_method" and node.target in _RANDOM_METHODS)
+        if drawn or any(arg in found for arg in node.all_input_nodes):
+            found.add(node)
+    return found
+
+
 def static_input_graph(graph: fx.Graph, modules: dict[str, nn.Module]) -> fx.Graph | None:
     """A copy of the folded graph for static input ``[B, ...]``: the part before the first neurons
     runs once per image and :class:`TimeExpand` repeats its values over T where neurons (or
@@ -551,11 +571,11 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
     whose output keeps the batch at dim 0 in one case but not the other (it mixes samples or
     hard-codes the batch size), and then any whose output for a sample changes when that sample
     runs alone (it mixes samples at the same shape: ``F.softmax(x, dim=0)``, ``x.cumsum(0)``,
-    ``x.flip(0)``). A single sample is checked beside a second one made from it (rolled); a node
-    whose output differs between two runs of the same batch (noise, dropout in train mode) and
-    what it feeds are not compared."""
+    ``x.flip(0)``). A single (or repeated) sample is checked beside a second one made from it
+    (shifted by 1). A node that draws random numbers, or whose output differs between two runs of
+    the same batch, and what it feeds are not compared."""
     if example.shape[0] == 1 or bool((example == example[:1]).all()):  # no second sample to tell apart
-        example = torch.cat([example[:1], example[:1].roll(1, -1)])
+        example = torch.cat([example[:1], example[:1] + 1])  # another sample, whatever the first one holds
     batch = example.shape[0]
     was_training = gm.training
     gm.eval()
@@ -581,7 +601,7 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
                 recorder.run(example[index:index + 1])
     finally:
         gm.train(was_training)
-    dependent = _input_dependent(gm.graph)
+    dependent, random = _input_dependent(gm.graph), _random_dependent(gm.graph)
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         if node not in dependent or node.op in ("placeholder", "output"):
@@ -590,8 +610,9 @@ def check_batch_axis(gm: fx.GraphModule, example: torch.Tensor, T: int = 2) -> N
         if a is None or b is None:
             continue
         if len(a) >= 1 and a[0] == batch and b == (T * batch, *a[1:]):
-            if stats is None or node.name not in again.values or not _same_stats(again.values[node.name], stats):
-                continue  # not a tensor, not run alone, or random
+            if stats is None or node in random or node.name not in again.values or \
+                    not _same_stats(again.values[node.name], stats):
+                continue  # not a tensor, random (by its calls, or by two runs that differ), or not run alone
             if all(_same_stats(recorder.values.get(node.name), stats[index:index + 1])
                    for index, recorder in enumerate(alone)):
                 continue

@@ -160,7 +160,8 @@ class ActivityReport:
         if not self.neuron_layers:  # an ANN: its MACs and energy, no SNN fields (they read as zero spikes)
             return {"samples": self.samples, "ann_macs_per_sample": self.ann_macs,
                     "energy": {"ann_uj": self.energy()["ann_uj"], "pj_per_mac": ENERGY_PER_MAC_PJ},
-                    "synaptic_layers": [asdict(s) for s in self.synaptic_layers]}
+                    "layers": [{"name": s.name, "type": s.type, "macs_per_sample": s.macs_per_frame}
+                               for s in self.synaptic_layers]}
         return {"samples": self.samples, "T": self.time_steps, "mean_firing_rate": self.mean_firing_rate,
                 "sops_per_sample": self.sops, "snn_analog_macs_per_sample": self.snn_macs,
                 "ann_macs_per_sample": self.ann_macs, "neuron_updates_per_sample": self.neuron_updates,

@@ -137,7 +137,7 @@ def evaluate_model(model, bundle, out: Path, *, samples: int = DEFAULT_SAMPLES, 
         scores = evaluate(model, replace(bundle, progress=bar.update), device=device, topk=topk)
     result: dict = {
         "data": bundle.name, "spiking": spiking,
-        "T": int(getattr(model, "T", 1)) if bundle.kind == "static" else bundle.time_steps,
+        "T": (int(getattr(model, "T", 1)) if bundle.kind == "static" else bundle.time_steps) if spiking else None,
         "top1": scores["top1"], "top5": scores.get("top5"), "test_loss": scores["loss"], "test_samples": len(bundle.test),
         "curve_samples": len(subset.test),
     }

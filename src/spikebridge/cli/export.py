@@ -180,9 +180,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                       .first_sample().shape[-3:])
     trained = checkpoint_input(meta, args.checkpoint)  # the images' normalisation, where recorded
     scaled = {"input_mean": list(trained.mean), "input_std": list(trained.std)} if trained.mean is not None else {}
-    if trained.time_steps:  # an event SNN reads a frame per step, not one image at every step
-        scaled["readout"] = (f"feed one event frame per step ({trained.time_steps} frames); the prediction is the "
-                             "output averaged over the steps")
+    if trained.time_steps:  # an event SNN reads a frame per step (T of them, --T's), not one image at every step
+        scaled["readout"] = (f"feed one event frame per step ({getattr(model, 'T', trained.time_steps)} frames); the "
+                             "prediction is the output averaged over the steps")
     graph = export_nir(model, shape, args.out, dt=dt, metadata=scaled)
     kinds = Counter(type(node).__name__ for node in graph.nodes.values())
     print(f"wrote {args.out}: {len(graph.nodes)} nodes ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "

@@ -38,8 +38,8 @@ from ..errors import ConfigError, DataError, OutputError, clip
 from ..utils import atomic_path, atomic_write_text, ensure_dir, output_error, remove_stale_temps, temp_target
 from .events import (CONVERSION_FILE, conversion_frame, es_imagenet_splits, read_es_sample, read_label_file,
                      write_es_sample, write_label_file)
-from .folders import (IMG_EXTENSIONS, TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, open_image,
-                      scan_image_folder)
+from .folders import (IMG_EXTENSIONS, TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, hidden_folder, loose_images, open_image,
+                      refuse_loose_images, scan_image_folder)
 from .odg import EDGE_GREY_STEP, EDGE_GREY_ZERO, edge_integral_image, events_to_dense, odg, resized_shape
 from .video import (
     check_n_frames,
@@ -184,12 +184,9 @@ def _collect_tasks(input_dir: Path, out_dir: Path, classes: list[str], want_dirs
         for name, out_name in _output_names(items).items():
             tasks.append(_Task(index=len(tasks), src=str(source / name), dst=str(out_dir / cls / out_name),
                                rel_src=f"{cls}/{name}", rel_dst=f"{cls}/{out_name}", label=label))
-    if not want_dirs:  # images beside the class folders: training refuses them; not left out without a word
-        loose = sorted(e.name for e in input_dir.iterdir() if e.is_file() and e.suffix.lower() in IMG_EXTENSIONS
-                       and not e.name.startswith("."))
-        if loose:
-            raise DataError(f"{clip(str(input_dir))} holds {len(loose)} loose image(s) beside its class folders (e.g. "
-                            f"{loose[0][:60]}): move each into its class's sub-folder")
+    if not want_dirs:  # images beside the class folders: refused, as training refuses them
+        with os.scandir(input_dir) as entries:
+            refuse_loose_images(input_dir, loose_images(entries))
     return tasks
 
 

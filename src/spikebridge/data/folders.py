@@ -15,7 +15,7 @@ import statistics
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -30,6 +30,8 @@ __all__ = [
     "SplitLayout",
     "find_classes",
     "hidden_folder",
+    "loose_images",
+    "refuse_loose_images",
     "scan_image_folder",
     "load_image",
     "open_image",
@@ -137,6 +139,20 @@ def hidden_folder(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+def loose_images(entries: Iterable[os.DirEntry]) -> list[str]:
+    """The sorted names of the visible image files among a folder's ``entries`` (``os.scandir``)."""
+    return sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)
+                  and not e.name.startswith("."))
+
+
+def refuse_loose_images(path: str | os.PathLike[str], loose: list[str]) -> None:
+    """DataError where a folder of class folders also holds images (:func:`loose_images`): training
+    and ``convert`` would leave them out without a word."""
+    if loose:
+        raise DataError(f"image folder {path} holds {len(loose)} loose image(s) beside its class folders (e.g. "
+                        f"{loose[0][:60]}): move each into its class's sub-folder")
+
+
 def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
     """Class folders of ``root``: sorted non-hidden sub-folder names and ``{name: index}``.
 
@@ -151,14 +167,11 @@ def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int
     except OSError as exc:
         raise DataError(f"cannot list image folder {path}: {_one_line(exc)}") from None
     classes = sorted(e.name for e in entries if e.is_dir() and not hidden_folder(e.name))
-    loose = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)
-                   and not e.name.startswith("."))
+    loose = loose_images(entries)
     if not classes:
         hint = f" (it holds {len(loose)} loose images: put each class in its own sub-folder)" if loose else ""
         raise DataError(f"image folder {path} has no class sub-folders; expected root/<class>/<image>{hint}")
-    if loose:  # they would be left out of training without a word
-        raise DataError(f"image folder {path} holds {len(loose)} loose image(s) beside its class folders (e.g. "
-                        f"{loose[0][:60]}): move each into its class's sub-folder")
+    refuse_loose_images(path, loose)
     layout = split_layout(path)
     if layout is not None:
         raise DataError(

@@ -166,6 +166,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, meta, ckpt = model_from_checkpoint(args.checkpoint, T=args.T, code=args.code, trust_code=args.trust_code,
                                               code_flag="--code")
     check_out_file(args.out, args.overwrite, _checkpoint_files(ckpt))
+    trained = checkpoint_input(meta, args.checkpoint)  # its input shape, T and normalisation, where recorded
     if args.input_shape:
         try:
             shape = tuple(int(v) for v in args.input_shape.split(","))
@@ -173,12 +174,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise ValueError
         except ValueError:
             raise ConfigError(f"--input-shape must be positive integers like 1,28,28, got {args.input_shape[:100]!r}") from None
-    elif not args.data and (trained := checkpoint_input(meta, args.checkpoint).shape):
-        shape = tuple(trained)
+    elif not args.data and trained.shape:
+        shape = tuple(trained.shape)
     else:
         shape = tuple(open_checkpoint_data(args.data, meta, args.checkpoint, alternative=" or --input-shape C,H,W")
                       .first_sample().shape[-3:])
-    trained = checkpoint_input(meta, args.checkpoint)  # the images' normalisation, where recorded
     scaled = {"input_mean": list(trained.mean), "input_std": list(trained.std)} if trained.mean is not None else {}
     if trained.time_steps:  # an event SNN reads a frame per step (T of them, --T's), not one image at every step
         scaled["readout"] = (f"feed one event frame per step ({getattr(model, 'T', trained.time_steps)} frames); the "

@@ -322,11 +322,13 @@ def bridge_to_snn(cfg: PipelineConfig, ann: nn.Module, bundle: DataBundle, devic
     seed_everything(cfg.run.seed)
     snn = build_model(cfg, bundle, cfg.neuron, cfg.model.T).to(device)
     report = transfer(ann, snn, cfg.bridge.first_layer, min_match=cfg.bridge.min_match)
-    batches = list(calibration_batches(bundle, cfg.bridge.calibration_batches,
-                                       cfg.bridge.calibration_batch_size, seed=cfg.run.seed))
     # a small training split: a quarter of it (at least CALIBRATION_MIN_SAMPLES), so that the
-    # bridge costs about an epoch's forward passes or less (it calibrated on the whole split)
-    left, kept = max(CALIBRATION_MIN_SAMPLES, len(bundle.train) // 4), []
+    # bridge costs about an epoch's forward passes or less (it calibrated on the whole split);
+    # only the batches that hold them are read
+    share, size = max(CALIBRATION_MIN_SAMPLES, len(bundle.train) // 4), cfg.bridge.calibration_batch_size
+    batches = list(calibration_batches(bundle, min(cfg.bridge.calibration_batches, -(-share // size)), size,
+                                       seed=cfg.run.seed))
+    left, kept = share, []
     for batch in batches:
         if left > 0:
             kept.append(batch[:left])

@@ -184,7 +184,8 @@ def test_event_phases_carry_the_stream_steps(data, tmp_path, capsys):
     assert event_T(data["es-ucf101"], "events.time_bins=0") == {15} and event_T("es-mnist", "events.time_bins=0") == {8}
     # --T is the event SNNs' T where every SNN reads events (piped, benchmark on events ignored it, keeping 4);
     # the demo's and pipes' --T stay model.T (the demo's event phases keep events.time_bins)
-    plan = _plan(["piped", "--data", data["photos"], "--T", "2", "--out", str(out), "--plan"], capsys)
+    plan = _plan(["piped", "--data", data["photos"], "--events", "es-mnist", "--T", "2", "--out", str(out), "--plan"],
+                 capsys)
     assert {p["T"] for p in plan["phases"] if p["name"].startswith("snn_events")} == {2}
     plan = _plan(["benchmark", "--data", "es-mnist", "--T", "8", "--methods", "scratch", "--out", str(out), "--plan"],
                  capsys)
@@ -202,6 +203,29 @@ def test_event_phases_carry_the_stream_steps(data, tmp_path, capsys):
         assert cli.main([*argv, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "events.time_bins=4 must divide the 15 time steps" in err, err
+    assert not out.exists()
+
+
+def test_pipeD_pairs_other_static_data_only_with_events_the_request_names(data, tmp_path, capsys):
+    """pipeD's default events are ES-MNIST, the embedded digits' ODG events. With the ANN trained on
+    other images (``--data FOLDER``), ``demo`` ran its pipeD half on ES-MNIST and ``piped`` fine-tuned
+    on it without a word: the demo now skips that half and says so; piped asks for ``--events``."""
+    out = tmp_path / "out"
+    demo = _plan(["demo", "--data", data["photos"], "--out", str(out), "--plan"], capsys)
+    assert [p["name"] for p in demo["phases"]] == ["ann", "snn_pretrained", "snn_scratch"]
+    assert demo["options"]["events"] is False and demo["notes"][0].startswith("pipeD skipped: its events (es-mnist)")
+    for named in (["--set", "events.data=es-mnist"], ["--set", f"events.data={data['es-imagenet']}"]):
+        demo = _plan(["demo", "--data", data["photos"], *named, "--out", str(out), "--plan"], capsys)
+        assert "snn_events_pretrained" in [p["name"] for p in demo["phases"]] and demo["notes"] == []
+    assert "snn_events_pretrained" in [p["name"] for p in _plan(["demo", "--out", str(out), "--plan"], capsys)["phases"]]
+    assert cli.main(["piped", "--data", data["photos"], "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "name the events of those images with --events FOLDER" in err
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("events:\n  data: es-mnist\n")
+    for argv in (["--events", "es-mnist"], ["--config", str(recipe)], ["--ann", data["ann"]]):
+        plan = _plan(["piped", "--data", data["photos"], *argv, "--out", str(out), "--plan"], capsys)
+        assert plan["phases"][-1]["data"] == "es-mnist"
     assert not out.exists()
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from ..config import PipelineConfig, TrainConfig, load_config, parse_override
+from ..config import PipelineConfig, TrainConfig, load_config, parse_override, read_yaml
 from ..data.datasets import BUILTIN_DATASETS, check_builtin_size, event_steps, planned_model, video_clip_frames
 from ..data.disk import check_clip_size
 from ..data.loading import merged_time_steps, step_divisors
@@ -96,6 +96,7 @@ class RunPlan:
     options: dict[str, Any] = field(default_factory=dict)
     preset: dict[str, Any] = field(default_factory=dict)
     loaded_ann: Any = None  # the ANN, loaded once when the plan was validated (execute runs it)
+    notes: list[str] = field(default_factory=list)  # what the plan changed from the request, and why
 
     def to_dict(self) -> dict[str, Any]:
         cfg = self.config
@@ -112,6 +113,7 @@ class RunPlan:
             "bridge": asdict(cfg.bridge),
             "neuron": asdict(cfg.neuron),
             "options": self.options,
+            "notes": self.notes,
             "phases": [phase.to_dict() for phase in self.phases],
         }
 
@@ -138,7 +140,7 @@ class RunPlan:
                          + (f", warm-up {t.freeze_epochs}" if t.freeze_epochs else "")
                          + (f", until plateau {t.until_plateau}" if t.until_plateau else "")
                          + (f", precise BN {t.precise_bn}" if t.precise_bn else ""))
-        return lines
+        return lines + [f"[plan] note: {note}" for note in self.notes]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,6 +273,7 @@ def build_plan(request: Request) -> RunPlan:
         phases.append(phase("snn_pretrained", "finetune", cfg.finetune))
         if options.get("baseline", command == "demo"):  # the CLI's --baseline; the demo always
             phases.append(phase("snn_scratch", "scratch", cfg.scratch))
+    notes = _events_of_other_data(request, cfg, options, ann_trained)
     if command == "piped" or (command == "demo" and options.get("events", True)):
         steps = event_steps(cfg.events.data)
         if steps is None:
@@ -295,13 +298,43 @@ def build_plan(request: Request) -> RunPlan:
     loaded = load_ann(source, checkpoint=ckpt) if source is not None else None
     if loaded is not None and command in ("pipes", "piped", "finetune") and isinstance(loaded.family, ClassFamily):
         loaded.family.check_convertible(cfg, loaded.model)
-    plan = RunPlan(command, cfg, phases, source, options, preset, loaded)
+    plan = RunPlan(command, cfg, phases, source, options, preset, loaded, notes)
     for p in phases:  # under torchrun each global batch splits over the processes
         check_global_batch(p.name, p.train.batch_size, launched().world_size)
     # under torchrun rank 0 alone checks the folder (the others may see its fresh claim) and tells them
     rank_0_decides(lambda: check_run_folder(cfg.run.out, command=command, config=plan.settings(),
                                             resume=cfg.run.resume, overwrite=bool(options.get("overwrite"))))
     return plan
+
+
+def _events_of_other_data(request: Request, cfg: PipelineConfig, options: dict, ann_trained: bool) -> list[str]:
+    """pipeD's default events are ES-MNIST, the embedded digits' ODG events: an ANN trained on other
+    images (``--data FOLDER``) is not paired with them unless the request names them. ``piped`` is
+    refused; the demo skips its pipeD half (as ``--no-events``) and says so in the plan's notes."""
+    if request.command not in ("piped", "demo") or ann_trained or cfg.data.name == "mnist5k" \
+            or cfg.events.data != "es-mnist" or _states(request, "events.data"):
+        return []
+    if request.command == "piped":
+        raise ConfigError(f"piped trains the ANN on {clip(cfg.data.name)}: name the events of those images with "
+                          "--events FOLDER (spikebridge convert odg makes them), or --events es-mnist for the "
+                          "embedded digits' events")
+    if not options.get("events", True):
+        return []
+    options["events"] = False
+    return [f"pipeD skipped: its events (es-mnist) are the embedded digits', not {clip(cfg.data.name)}'s; name "
+            "theirs with --set events.data=FOLDER (spikebridge convert odg makes them)"]
+
+
+def _states(request: Request, key: str) -> bool:
+    """Whether the request itself (its recipe, a ``--set`` or a flag) gives ``key`` (a dotted name)."""
+    if request.flags.get(key) is not None or any(parse_override(text)[0] == key for text in request.overrides):
+        return True
+    node: Any = read_yaml(request.recipe) if request.recipe is not None else {}
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _check_model_reads_builtin(model: str, data: str) -> None:

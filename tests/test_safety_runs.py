@@ -242,8 +242,9 @@ def test_a_resume_from_another_folder_reads_the_same_data_or_is_refused(tmp_path
 
 
 def test_a_resume_from_another_folder_names_the_same_ann(run, tmp_path, monkeypatch, capsys):
-    """``--ann`` given relative to another working directory names the same checkpoint: the resume
-    continues (it was refused, 'ann_source: ../x -> ../../x'); another checkpoint is refused."""
+    """``--ann`` given relative to another working directory, or as the run's ``ann`` phase folder or
+    its checkpoint file, names the same checkpoint: the resume continues (it was refused, 'ann_source:
+    ../x -> ../../x', 'RUN -> RUN/ann'); another checkpoint is refused."""
     import os
     import shutil
 
@@ -262,3 +263,6 @@ def test_a_resume_from_another_folder_names_the_same_ann(run, tmp_path, monkeypa
     capsys.readouterr()
     assert cli.main([*argv, "--ann", "../../other", "--resume"]) == 2
     assert f"ann_source: {run} -> {tmp_path / 'other'}" in one_line_error(capsys)
+    kept = run / "ann" / "checkpoints"
+    for spelling in (run / "ann", kept / "last.json", *kept.glob("*.safetensors")):
+        assert cli.main([*argv, "--ann", str(spelling), "--resume"]) == 0, spelling  # the same ANN, named another way

@@ -70,17 +70,26 @@ def config_differences(saved: dict, new: dict) -> list[str]:
     absent = "(absent)"
     return [f"{k}: {_short(old.get(k, absent), 120)} -> {_short(now.get(k, absent), 120)}"
             for k in keys if k not in RUNTIME_KEYS and not k.endswith(RUNTIME_SUFFIXES)
-            and not _same_setting(old.get(k, absent), now.get(k, absent))]
+            and not _same_setting(old.get(k, absent), now.get(k, absent), checkpoint=k == "ann_source")]
 
 
-def _same_setting(saved: Any, now: Any) -> bool:
+def _same_setting(saved: Any, now: Any, *, checkpoint: bool = False) -> bool:
     """Equal; or the same folder by another path (a symlink); or a run saved before dataset folders
     were stored absolute: its relative path read from the working directory (as that run's resume
-    did) is the folder now named."""
+    did) is the folder now named. ``checkpoint``: an ``--ann`` that names the same ANN checkpoint
+    another way (``RUN``, ``RUN/ann``, its ``.json`` or ``.safetensors``) is the same."""
     if saved == now:
         return True
     if not (isinstance(saved, str) and isinstance(now, str) and saved and os.path.isabs(now)):
         return False
+    if checkpoint and os.path.isabs(saved):
+        from .checkpoint import locate_checkpoint
+
+        try:
+            saved, now = (os.path.realpath(locate_checkpoint(path, snn=False)) for path in (saved, now))
+            return saved == now
+        except (SpikebridgeError, OSError):
+            return False
     return os.path.realpath(saved) == os.path.realpath(now) if os.path.isabs(saved) else os.path.abspath(saved) == now
 
 

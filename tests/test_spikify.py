@@ -214,6 +214,15 @@ class Branchy(nn.Module):
         return self.fc(x)
 
 
+class ShapeToFactory(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):  # fx cannot give rand() the traced size
+        return F.relu(self.fc(x)) * (torch.rand(x.shape[0], 1) > 0.1)
+
+
 def test_unsupported_layers_get_a_clear_error_naming_them():
     with pytest.raises(ConfigError, match=r"layer 'rnn' \(LSTM\)"):
         spikify(WithLSTM())
@@ -223,8 +232,11 @@ def test_unsupported_layers_get_a_clear_error_naming_them():
         spikify(MixesBatch(), example_input=torch.randn(3, 4))
     with pytest.raises(ConfigError, match="view|fixed batch"):
         spikify(FixedBatchView(), example_input=torch.randn(3, 1, 5, 5))
-    with pytest.raises(ConfigError, match="could not trace Branchy"):
+    with pytest.raises(ConfigError, match="could not trace Branchy.*must not branch on tensor values"):
         spikify(Branchy())
+    # it said 'must not branch on tensor values or shapes', which this forward does not do
+    with pytest.raises(ConfigError, match=r"could not trace ShapeToFactory.*passes a tensor's shape.*rand_like"):
+        spikify(ShapeToFactory())
     with pytest.raises(ConfigError, match="no ReLU-like"):
         spikify(nn.Sequential(nn.Linear(3, 3)))
 

@@ -453,10 +453,14 @@ def _trace(ann: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(ann)
     except Exception as exc:  # fx raises TraceError, TypeError, ... for dynamic control flow
+        text = first_line(exc)
+        # a traced tensor or size where a function wants plain numbers: torch.rand(x.shape[0], ...)
+        why = ("forward passes a tensor's shape or value to a function that needs plain numbers (torch.rand("
+               "x.shape[0], 1, 1, 1): torch.rand_like(x[:, :1, :1, :1]) is traced)" if "Proxy" in text else
+               "forward must not branch on tensor values or shapes")
         raise ConfigError(
-            f"spikify could not trace {type(ann).__name__}.forward with torch.fx ({first_line(exc)[:200]}); "
-            "forward must not branch on tensor values or shapes (move such logic out of forward, "
-            "or build the model with spikebridge's registry)"
+            f"spikify could not trace {type(ann).__name__}.forward with torch.fx ({text[:200]}); {why} (move such "
+            "logic out of forward, or build the model with spikebridge's registry)"
         ) from None
     return fx.GraphModule(tracer.root, graph, type(ann).__name__)
 

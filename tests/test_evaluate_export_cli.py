@@ -220,7 +220,8 @@ def test_evaluate_and_export_use_the_image_size_and_folder_the_checkpoint_was_tr
 def test_evaluate_normalises_images_as_the_checkpoint_was_trained(tmp_path, capsys):
     """Small images are normalised by their folder's own statistics. ``evaluate --data OTHER``
     normalised them by OTHER's (silently another input scale); the checkpoint now records the
-    statistics it was trained with and they are used. Checkpoints without them keep OTHER's."""
+    statistics it was trained with and they are used. Checkpoints without them keep OTHER's.
+    Streamed photos record the ImageNet statistics their transforms apply."""
     from _layouts import image_folders
     from PIL import Image
 
@@ -242,6 +243,17 @@ def test_evaluate_normalises_images_as_the_checkpoint_was_trained(tmp_path, caps
                 {**meta, "mean": [0.1], "std": [0.2]}):  # the last: 1 value for 3 channels (it was skipped)
         with pytest.raises(CheckpointError, match="checkpoint fields meta.mean and meta.std"):
             open_checkpoint_data(str(other), bad, "CKPT")
+    # photos streamed from disk (over 64 px) are normalised by ImageNet's statistics in their
+    # transforms: recorded too (the checkpoint held null, and its NIR graph no input_mean / input_std)
+    from spikebridge.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    for grey in (False, True):
+        photos = open_dataset(str(image_folders(tmp_path / f"photos{grey}", size=(80, 96), classes=2, grey=grey)),
+                              image_size=72)
+        meta = photos.input_meta()
+        assert not photos.normalises_in_memory and len(meta["mean"]) == len(meta["std"]) == photos.in_channels
+        if not grey:
+            assert np.allclose(meta["mean"], IMAGENET_MEAN) and np.allclose(meta["std"], IMAGENET_STD)
 
 
 def test_evaluate_reads_the_split_and_time_bins_the_checkpoint_was_trained_on(tmp_path, capsys):

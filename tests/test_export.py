@@ -189,6 +189,25 @@ def test_spikify_level_that_cannot_be_folded_is_refused_naming_the_neuron(tmp_pa
     assert not (tmp_path / "x.nir").exists()
 
 
+class SumBeforePool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.pool, self.fc = nn.AvgPool2d(2), nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = x + F.relu(self.conv2(x))  # two levels summed, then pooled
+        return self.fc(self.pool(x).flatten(1))
+
+
+def test_a_sum_of_two_levels_before_pooling_is_refused_saying_where_to_put_the_activation(tmp_path):
+    """The message named the layer but gave no way out; the form that exports is relu(x + f(x))."""
+    snn = spikify(SumBeforePool(), "lif", T=2, example_input=torch.randn(2, 1, 8, 8))
+    with pytest.raises(ConfigError, match=r"cannot be folded into 'pool'.*put the activation after the sum"):
+        export_nir(snn, (1, 8, 8), tmp_path / "x.nir")
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_batchnorm1d_after_a_linear_layer_is_folded(bias, tmp_path):
     """Linear + BatchNorm1d (an MLP's hidden layer) becomes one nir.Affine, as conv + BN becomes one

@@ -61,8 +61,8 @@ class DataBundle:
         built-in datasets), ``image_size``, ``input_shape`` (one frame's ``[C, H, W]``),
         ``split_seed`` (the seed of a split made by the opener: the same test samples),
         ``time_steps`` (event frames per sample; None for images) and ``mean`` / ``std`` (the
-        per-channel normalisation of in-memory images, which a folder takes from its own training
-        split; None for events and streamed photos, whose transforms hold it)."""
+        per-channel normalisation of static images: in memory a folder's own training split's,
+        streamed photos ImageNet's; None for events)."""
         import os
 
         path = os.path.abspath(self.name) if os.path.exists(self.name) else None
@@ -71,8 +71,15 @@ class DataBundle:
         return {"data_path": path, "image_size": int(self.image_size), "input_shape": list(sample.shape[-3:]),
                 "split_seed": int(seed) if isinstance(seed, int) else None,
                 "time_steps": int(sample.shape[0]) if self.kind == "events" else None,
-                **{key: [float(v) for v in values] if self.normalises_in_memory else None
+                **{key: [float(v) for v in values] if self.normalised else None
                    for key, values in (("mean", self.mean), ("std", self.std))}}
+
+    @property
+    def normalised(self) -> bool:
+        """Whether ``mean`` / ``std`` are the normalisation the model's inputs had: in-memory static
+        images, and photos streamed from an image folder (their transforms normalise with them)."""
+        return self.normalises_in_memory or (self.kind == "static" and self.info.get("format") == "imagefolder"
+                                             and len(self.mean) == self.in_channels)
 
     @property
     def normalises_in_memory(self) -> bool:

@@ -163,3 +163,29 @@ def test_python_pipes_takes_its_ann_module_s_architecture_and_refuses_mismatched
         pipes(cfg, bundle=events, overwrite=True)
     with pytest.raises(DataError, match=r"the test samples are \[8, 2, 8, 8\], the training samples \[4, 2, 8, 8\]"):
         sb.dataset_bundle(pairs, [(torch.zeros(8, 2, 8, 8), 0)] * 2, num_classes=2)
+
+
+def test_a_dataset_of_one_class_is_refused_and_a_folder_around_one_is_no_video_set(tmp_path, capsys):
+    """A folder holding one ImageNet-style image set without splits (``wrap/holiday/<class>/*.png``)
+    was read as a video dataset of one class whose clips were the image classes: a CRNN trained
+    to 100% on nothing. One class of any layout is refused; the folder is read as the image set it
+    holds (refused for its missing splits, as that set itself is)."""
+    import shutil
+
+    import _layouts as layouts
+    from spikebridge import cli
+
+    one = layouts.image_folders(tmp_path / "one", size=(24, 24), classes=1, train_per_class=8)
+    assert cli.main(["pipes", "--data", str(one), "--out", str(tmp_path / "r"), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds 1 class (n00000000); a classifier needs 2 or more" in err, err
+    photos = layouts.image_folders(tmp_path / "photos", size=(24, 24), classes=3)
+    shutil.copytree(photos / "train", tmp_path / "wrap" / "holiday")
+    for argv in (["inspect", str(tmp_path / "wrap")], ["pipes", "--data", str(tmp_path / "wrap"), "--plan"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "holiday: class folders without train/ and val/ splits" in err, err
+    dvs = layouts.dvs_folder(tmp_path / "dvs", classes=["airplane"], per_class=4, n_events=50)
+    with pytest.raises(DataError, match="holds 1 class; a classifier needs 2 or more"):
+        open_dataset(str(dvs))
+    assert not (tmp_path / "r").exists()

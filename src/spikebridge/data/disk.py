@@ -786,8 +786,8 @@ def _detect_layout(base: Path) -> str | None:
         return "es-ucf101"
     if _holds(classes, DVS_EXTENSIONS):
         return "dvs"
-    if _looks_like_clips(classes[0]) or flat_ucf101_clips(base):
-        return "video-clips"
+    if (len(classes) > 1 and _looks_like_clips(classes[0])) or flat_ucf101_clips(base):
+        return "video-clips"  # (one folder of image folders: a dataset's parent, not one class of clips)
     if _holds(classes, IMG_EXTENSIONS):
         return "image-folder-single"
     return None
@@ -815,12 +815,22 @@ def open_path_dataset(
     """
     root, layout = _supported_layout(path)
     try:
-        return _OPENERS[layout](root, max_shift=max_shift, split_seed=split_seed, workers=workers,
-                                image_size=image_size, time_steps=time_steps)
+        bundle = _OPENERS[layout](root, max_shift=max_shift, split_seed=split_seed, workers=workers,
+                                  image_size=image_size, time_steps=time_steps)
     except SpikebridgeError:
         raise
     except OSError as exc:
         raise _unreadable(root, exc) from None
+    _refuse_one_class(root, bundle.num_classes)
+    return bundle
+
+
+def _refuse_one_class(root: str, count: int, names: Sequence[str] = ()) -> None:
+    """A dataset of fewer than two classes trains a classifier to 100% on nothing: DataError."""
+    if count < 2:
+        held = f" ({names[0]})" if names else ""
+        raise DataError(f"{root}: holds {count} class{held}; a classifier needs 2 or more (is it one class folder "
+                        "of a dataset, or a folder around the dataset's own class folders?)")
 
 
 def _supported_layout(path: str | os.PathLike) -> tuple[str, str]:
@@ -841,7 +851,8 @@ def check_dataset(path: str | os.PathLike) -> None:
     (:func:`image_folder_splits`); DataError otherwise."""
     root, layout = _supported_layout(path)
     if layout == "image-folders":
-        image_folder_splits(root)
+        classes = image_folder_splits(root)[2]
+        _refuse_one_class(root, len(classes), classes)
 
 
 #: layout (:func:`detect_layout`) -> opener; each takes the options of :func:`open_path_dataset`

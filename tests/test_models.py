@@ -95,10 +95,16 @@ def test_model_errors():
         sb.create_model("cnn", in_channels=1)(torch.randn(28, 28))
 
 
-def test_integer_inputs_are_taken_as_float():
+def test_integer_and_other_float_inputs_are_taken_in_the_models_dtype():
     """Tonic's ``ToFrame`` gives int16 event counts: models and neurons read them as the same
     numbers in float (it was a dtype error from the first convolution)."""
     model = sb.create_model("cnn", neuron="lif", T=4, in_channels=2).eval()
     counts = torch.randint(0, 3, (4, 2, 2, 28, 28), dtype=torch.int16)
     assert torch.equal(model(counts), model(counts.float()))
     assert torch.equal(sb.LIF()(torch.ones(3, 2, dtype=torch.long)), sb.LIF()(torch.ones(3, 2)))
+    # float64, half and bool inputs too, in the parameters' dtype (a raw "expected scalar type
+    # Double but found Float"); a .half() model takes float32 input
+    x = torch.rand(2, 2, 28, 28)
+    for other in (x.double(), x.half(), x > 0.5):
+        assert torch.equal(model(other), model(other.float()))
+    assert model.half()(x).dtype == torch.half

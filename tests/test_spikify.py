@@ -312,6 +312,8 @@ def test_a_spikified_net_takes_integer_inputs_as_float():
     assert torch.equal(snn(events), snn(events.float()))
     reference = sb.spikify(net, "lif", T=3, calibration=[images.float()]).eval()
     assert torch.equal(snn(events), reference(events.float()))
+    for other in (events.double(), events.half(), events > 0):  # in the parameters' dtype (a raw dtype error)
+        assert torch.equal(snn(other), snn(other.float()))
 
 
 def test_spikify_refuses_what_cannot_run_per_frame_in_one_line():

@@ -67,6 +67,14 @@ class TimeFolded(nn.Module):
         return f"T={self.time_steps}"
 
 
+def as_input_of(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``x`` in the dtype of ``module``'s floating parameters: integer input (uint8 images, Tonic's
+    int16 event counts), bool, float64 or half given to a float32 net (or float32 to a ``.half()``
+    one) is converted, as torch's layers would refuse the mix."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.get_default_dtype())
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def fold_time(x: torch.Tensor, input_ndim: int, T: int, what: str) -> tuple[torch.Tensor, int, int]:
     """Static ``[B, ...]`` (``input_ndim`` dims, repeated over ``T`` steps) or events ``[T, B, ...]``
     -> (``[T*B, ...]``, T, B); ConfigError naming ``what`` for other shapes."""

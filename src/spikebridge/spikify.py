@@ -56,7 +56,7 @@ from torch import fx, nn
 
 from .bridge import FIRST_LAYER_MODES, _adapt_first_layer, _run_to, batch_inputs
 from .errors import ConfigError, first_line
-from .layers import TimeFolded, fold_time, set_time_steps
+from .layers import TimeFolded, as_input_of, fold_time, set_time_steps
 from .models import BridgeNet
 from .models.registry import as_neuron_config
 from .neurons import NeuronConfig, SharpenedReLU, neuron_names
@@ -356,9 +356,9 @@ class SpikingNet(nn.Module):
 
     def per_step_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """The network's output at every step, ``[T, B, ...]`` (the forward averages it over T).
-        Integer input (Tonic's int16 event counts) is taken as float, as registry models take it."""
-        if not x.is_floating_point():
-            x = x.to(torch.get_default_dtype())
+        Integer input (Tonic's int16 event counts) is taken as float, any input in the parameters'
+        dtype, as registry models take it (:func:`~spikebridge.layers.as_input_of`)."""
+        x = as_input_of(x, self)
         if x.dim() == self.input_ndim and self._static_forward is not None:
             steps, batch = self.T, x.shape[0]
             getattr(self, TIME_EXPAND_NAME).steps = steps

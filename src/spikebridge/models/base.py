@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import TimeFolded, compact_spike_storage, init_batchnorm, run_checkpointed, set_time_steps
+from ..layers import TimeFolded, as_input_of, compact_spike_storage, init_batchnorm, run_checkpointed, set_time_steps
 from ..neurons import NeuronConfig
 
 
@@ -71,9 +71,8 @@ class BridgeNet(nn.Module):
     def per_step_features(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """The pooled features at every step, ``[T, B, F]``; T from events ``[T, B, C, H, W]``, else
         ``steps`` (default ``self.T``) for static ``[B, C, H, W]``. Integer input (Tonic's int16
-        event counts) is taken as float."""
-        if not x.is_floating_point():
-            x = x.to(torch.get_default_dtype())
+        event counts) is taken as float, any input in the parameters' dtype (:func:`as_input_of`)."""
+        x = as_input_of(x, self)
         if x.dim() == self.input_ndim + 1:
             steps, batch = x.shape[:2]
             hidden = self.forward_stem(x.flatten(0, 1))

@@ -316,6 +316,17 @@ def test_a_spikified_net_takes_integer_inputs_as_float():
         assert torch.equal(snn(other), snn(other.float()))
 
 
+def test_spikify_unwraps_a_compiled_net():
+    """``spikify(torch.compile(ann))`` said forward could not be traced (it branches on values);
+    the compiled wrapper's ``_orig_mod`` is spikified, as DataParallel's ``.module`` is."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    images = torch.rand(16, 1, 8, 8)
+    plain = sb.spikify(net, "lif", T=2, calibration=[images]).eval()
+    compiled = sb.spikify(torch.compile(net), "lif", T=2, calibration=[images]).eval()
+    assert torch.equal(compiled(images), plain(images))
+
+
 def test_spikify_refuses_what_cannot_run_per_frame_in_one_line():
     """A fixed batch size in a reshape, an operation over the samples and calibration inputs that
     do not fit the network: one ConfigError naming the problem (they were a raw shape error, and

@@ -684,7 +684,9 @@ def spikify_with_graph(
         raise ConfigError(f"T (time steps) must be a positive integer, got {T!r}")
     if not isinstance(ann_module, nn.Module):
         raise ConfigError(f"spikify needs an nn.Module, got {type(ann_module).__name__}")
-    ann = copy.deepcopy(_traceable(getattr(ann_module, "module", ann_module))).cpu()
+    # DataParallel / DDP (.module) and torch.compile (._orig_mod) wrap the net spikify traces
+    ann = copy.deepcopy(_traceable(getattr(ann_module, "module", None) or getattr(ann_module, "_orig_mod", ann_module)))
+    ann = ann.cpu()
     ann.eval()
     gm = _trace(ann)
     inputs = [node.target for node in gm.graph.nodes if node.op == "placeholder" and not node.args]  # no default

@@ -19,8 +19,8 @@
   :func:`spikebridge.transfer` and :func:`spikebridge.train.engine.fit` work on it as on registry
   models. The only new tensors are SNN-only: ``<site>.threshold`` (and a neuron's learnable decay).
 
-Threshold-aware initialisation (why the spikified net starts close to the ANN)
-------------------------------------------------------------------------------
+Threshold-aware initialisation (how the spikified net starts near the ANN)
+--------------------------------------------------------------------------
 A :class:`ThresholdNeuron` with threshold ``V`` computes ``V * N(x * theta / V)`` where ``N`` is the
 configured neuron (threshold ``theta``): the neuron fires when the membrane, in the ANN's units,
 passes ``V``, and each spike stands for the value ``V``. Because the LIF is scale-equivariant, this

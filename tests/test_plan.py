@@ -229,6 +229,22 @@ def test_pipeD_pairs_other_static_data_only_with_events_the_request_names(data, 
     assert not out.exists()
 
 
+def test_the_plan_refuses_a_model_that_cannot_read_a_folders_frames(tmp_path, capsys):
+    """vgg11_bn_tv on a folder of 28 x 28 images passed --plan (only the built-in digits were
+    checked); the run then refused it. The plan reads the frame size from the file headers."""
+    digits = layouts.image_folders(tmp_path / "digits", size=(28, 28), classes=3)
+    out = tmp_path / "out"
+    for argv in (["pipes", "--model", "vgg11_bn_tv"], ["pipes", "--model", "vgg11_bn_tv", "--plan"]):
+        assert cli.main([*argv, "--data", str(digits), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "model vgg11_bn_tv cannot read the 28x28 frames" in err
+        assert "--set data.image_size=..." in err
+    plan = _plan(["pipes", "--model", "vgg11_bn_tv", "--data", str(digits), "--set", "data.image_size=32",
+                  "--out", str(out), "--plan"], capsys)
+    assert plan["phases"][0]["model"] == "vgg11_bn_tv"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("argv, words", [
     (["pipes", "--set", "neuron.backend=cupy"], "backend 'cupy'"),
     (["pipes", "--data", "/nonexistent/imagenet"], "not found"),

@@ -111,9 +111,17 @@ def peek_model(path: str | os.PathLike, image_size: int = 0) -> str | None:
     """The model ``auto`` will pick (:func:`model_for`) for the dataset folder ``path`` opened at
     ``image_size`` (0: its own), told by its layout and file headers without decoding samples
     (for the run plan); None where only opening the data tells."""
-    root, layout = locate_dataset(path)
+    layout, frame = peek_frame(path, image_size)
     if layout in ("video-clips", "es-ucf101"):
         return model_for(layout, image_size, 3)
+    return model_for(layout, *frame) if frame else None
+
+
+def peek_frame(path: str | os.PathLike, image_size: int = 0) -> tuple[str, tuple[int, int] | None]:
+    """``(layout, (square frame side, channels))`` the models read from the dataset folder ``path``
+    opened at ``image_size`` (0: its own), told by its layout and file headers without decoding
+    samples; the frame is None where only opening the data tells (video clips, ES-UCF101)."""
+    root, layout = locate_dataset(path)
     if layout in _FIXED_SHAPES:
         size, channels = _FIXED_SHAPES[layout]
         if layout in ("es-imagenet", "es-imagenet-single"):  # converted at another --size: its window
@@ -121,17 +129,16 @@ def peek_model(path: str | os.PathLike, image_size: int = 0) -> str | None:
 
             frame = conversion_frame(Path(root) / "train" if layout == "es-imagenet" else Path(root))
             size = frame["crop"][1] - frame["crop"][0] if frame else size
-        return model_for(layout, image_size or size, channels)
+        return layout, (image_size or size, channels)
     if layout == "image-folders":
         split = split_layout(root)
         info = inspect_image_folder(split.train if split is not None else root)
-        return model_for(layout, image_size or default_image_size(info.typical_height, info.typical_width),
-                         info.channels)
+        return layout, (image_size or default_image_size(info.typical_height, info.typical_width), info.channels)
     if layout == "dvs":
         classes, recordings = _dvs_recordings(Path(root))
         if recordings:
-            return model_for(layout, image_size or min(dataset_sensor(recordings, dvs_orientation(classes))), 2)
-    return None
+            return layout, (image_size or min(dataset_sensor(recordings, dvs_orientation(classes))), 2)
+    return layout, None
 
 
 class ResizeFrames:

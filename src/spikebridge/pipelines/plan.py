@@ -293,8 +293,8 @@ def build_plan(request: Request) -> RunPlan:
         phases += _benchmark_phases(cfg, options, source, ann_phase, data_steps, snn_model)
     for name, image_size in dict.fromkeys((p.data, p.image_size) for p in phases):  # each once, in phase order
         _check_dataset(name, image_size)
-    for model, data in dict.fromkeys((p.model, p.data) for p in phases):
-        _check_model_reads_builtin(model, data)
+    for model, data, image_size in dict.fromkeys((p.model, p.data, p.image_size) for p in phases):
+        _check_model_reads_data(model, data, image_size)
     loaded = load_ann(source, checkpoint=ckpt) if source is not None else None
     if loaded is not None and command in ("pipes", "piped", "finetune") and isinstance(loaded.family, ClassFamily):
         loaded.family.check_convertible(cfg, loaded.model)
@@ -337,17 +337,30 @@ def _states(request: Request, key: str) -> bool:
     return True
 
 
-def _check_model_reads_builtin(model: str, data: str) -> None:
-    """The built-in digits are 28 x 28: a registry model that cannot read them (vgg*_tv's five
-    2 x 2 max-pools) is refused by the plan (the run refused it once started): one forward on the
-    meta device (``ann.check_model_reads``, as ``ann.check_model_fits`` runs it once the data is open)."""
+def _check_model_reads_data(model: str, data: str, image_size: int) -> None:
+    """A registry model that cannot read the data's frames (vgg*_tv's five 2 x 2 max-pools on the
+    28 x 28 digits) is refused by the plan (the run refused it once started): one forward on the
+    meta device (``ann.check_model_reads``, as ``ann.check_model_fits`` runs it once the data is
+    open), at the frame size the layout and file headers tell (:func:`~spikebridge.data.disk.peek_frame`)."""
+    from ..data.disk import EVENT_LAYOUT_STEPS, peek_frame
     from ..models import create_model
 
-    if data not in BUILTIN_DATASETS or model not in list_models(sequence=False):
+    if model not in list_models(sequence=False):
         return
-    shape = (1, 1, 2, 28, 28) if data == "es-mnist" else (1, 1, 28, 28)  # events: [T, B, C, H, W]
-    check_model_reads(lambda: create_model(model, num_classes=10, neuron="relu", T=1, in_channels=shape[-3]), model,
-                      shape, data)
+    if data in BUILTIN_DATASETS:
+        events, (size, channels), key = data == "es-mnist", (28, 2 if data == "es-mnist" else 1), ""
+    else:
+        try:
+            layout, frame = peek_frame(data, image_size)
+        except (DataError, OSError):  # the data checks name the problem
+            return
+        if frame is None:
+            return
+        events, (size, channels) = layout in EVENT_LAYOUT_STEPS, frame
+        key = "events.image_size" if events else "data.image_size"
+    shape = (1, 1, channels, size, size) if events else (1, channels, size, size)  # events: [T, B, C, H, W]
+    check_model_reads(lambda: create_model(model, num_classes=10, neuron="relu", T=1, in_channels=channels), model,
+                      shape, data, resize_key=key)
 
 
 def _check_dataset(name: str, image_size: int) -> None:

@@ -169,7 +169,8 @@ def test_a_dataset_of_one_class_is_refused_and_a_folder_around_one_is_no_video_s
     """A folder holding one ImageNet-style image set without splits (``wrap/holiday/<class>/*.png``)
     was read as a video dataset of one class whose clips were the image classes: a CRNN trained
     to 100% on nothing. One class of any layout is refused; the folder is read as the image set it
-    holds (refused for its missing splits, as that set itself is)."""
+    holds (refused for its missing splits, as that set itself is), and beside another set it is
+    not offered as one to pass."""
     import shutil
 
     import _layouts as layouts
@@ -185,6 +186,15 @@ def test_a_dataset_of_one_class_is_refused_and_a_folder_around_one_is_no_video_s
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert "holiday: class folders without train/ and val/ splits" in err, err
+    # beside an ImageNet-layout set it was a video dataset of 2 classes (the two folders); now the
+    # set is the one dataset there, and with two sets only those two are offered (not holiday)
+    from spikebridge.data.disk import locate_dataset
+
+    shutil.copytree(photos, tmp_path / "wrap" / "photos")
+    assert locate_dataset(tmp_path / "wrap") == (str(tmp_path / "wrap" / "photos"), "image-folders")
+    shutil.copytree(photos, tmp_path / "wrap" / "more")
+    with pytest.raises(DataError, match=r"holds 2 datasets: more \(image-folders\), photos \(image-folders\);"):
+        locate_dataset(tmp_path / "wrap")
     dvs = layouts.dvs_folder(tmp_path / "dvs", classes=["airplane"], per_class=4, n_events=50)
     with pytest.raises(DataError, match="holds 1 class; a classifier needs 2 or more"):
         open_dataset(str(dvs))

@@ -727,6 +727,7 @@ def locate_dataset(path: str | os.PathLike) -> tuple[str, str]:
         if layout is not None:
             return str(path), layout
         found = [(sub, kind) for sub in _class_dirs(base) if (kind := _sub_layout(sub)) is not None]
+        found = [(sub, kind) for sub, kind in found if kind not in _UNSUPPORTED] or found  # those it can train on
     except SpikebridgeError:
         raise
     except OSError as exc:  # permission denied, a vanished file...: a problem of the folder given
@@ -793,8 +794,10 @@ def _detect_layout(base: Path) -> str | None:
         return "es-ucf101"
     if _holds(classes, DVS_EXTENSIONS):
         return "dvs"
-    if (len(classes) > 1 and _looks_like_clips(classes[0])) or flat_ucf101_clips(base):
-        return "video-clips"  # (one folder of image folders: a dataset's parent, not one class of clips)
+    # every class folder holds clip folders of frames (one such folder alone, or beside a dataset,
+    # is a folder around image sets, not a video dataset)
+    if (len(classes) > 1 and all(_looks_like_clips(c) for c in classes)) or flat_ucf101_clips(base):
+        return "video-clips"
     if _holds(classes, IMG_EXTENSIONS):
         return "image-folder-single"
     return None

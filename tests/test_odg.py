@@ -317,3 +317,13 @@ def test_cached_es_mnist(tmp_path):
     other, _ = cached_es_mnist(digits[:20], labels[:20], cache)  # other images: rebuilt, not reused
     assert other.shape[0] == 20 and torch.equal(other, frames[:20])
     assert sorted(p.name for p in cache.parent.iterdir()) == ["es_mnist.npz"]
+
+
+def test_es_mnist_without_a_writable_cache_still_opens(tmp_path, capsys):
+    """A cache folder that cannot be made (a read-only home; here a file stands in its way) failed
+    the run when pipeD opened es-mnist, after the static phases had trained: it is a warning."""
+    (tmp_path / "file").write_text("")
+    frames, _ = cached_es_mnist(*mnist_digits(4), tmp_path / "file" / "cache" / "es.npz")
+    assert torch.equal(frames, es_mnist_frames(mnist_digits(4)[0]))
+    err = capsys.readouterr().err
+    assert err.startswith("spikebridge: warning: the ES-MNIST events are not cached") and "SPIKEBRIDGE_CACHE" in err

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, SpikebridgeError, first_line
 from ..utils import atomic_path
 
 #: ES-ImageNet's resize of the longer image side and its window of kept events (224 x 224 frames)
@@ -494,10 +495,14 @@ def cached_es_mnist(
 
     frames = es_mnist_frames(imgs, config=config)
     packed = np.packbits(frames.numpy(), axis=-1)
-    with atomic_path(cache_path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, frames_packed=packed, labels=labs, digest=np.array(digest),
-                                shape=np.array(expected, dtype=np.int64))
+    try:
+        with atomic_path(cache_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, frames_packed=packed, labels=labs, digest=np.array(digest),
+                                    shape=np.array(expected, dtype=np.int64))
+    except (OSError, SpikebridgeError) as exc:  # a read-only home: the run goes on (the cache only saves time)
+        print(f"spikebridge: warning: the ES-MNIST events are not cached ({first_line(exc)[:160]}); set "
+              "SPIKEBRIDGE_CACHE to a writable folder to reuse them", file=sys.stderr)
     return frames, torch.from_numpy(labs)
 
 

@@ -264,5 +264,5 @@ def test_a_resume_from_another_folder_names_the_same_ann(run, tmp_path, monkeypa
     assert cli.main([*argv, "--ann", "../../other", "--resume"]) == 2
     assert f"ann_source: {run} -> {tmp_path / 'other'}" in one_line_error(capsys)
     kept = run / "ann" / "checkpoints"
-    for spelling in (run / "ann", kept / "last.json", *kept.glob("*.safetensors")):
+    for spelling in (run / "ann", kept, kept / "last.json", *kept.glob("*.safetensors")):
         assert cli.main([*argv, "--ann", str(spelling), "--resume"]) == 0, spelling  # the same ANN, named another way

@@ -223,6 +223,16 @@ class ShapeToFactory(nn.Module):
         return F.relu(self.fc(x)) * (torch.rand(x.shape[0], 1) > 0.1)
 
 
+class ZerosOfShape(ShapeToFactory):
+    def forward(self, x):
+        return F.relu(self.fc(x)) + torch.zeros(x.shape[0], 4)
+
+
+class IteratesPieces(ShapeToFactory):
+    def forward(self, x):
+        return torch.cat([*F.relu(self.fc(x)).chunk(2, 1)], 1)
+
+
 def test_unsupported_layers_get_a_clear_error_naming_them():
     with pytest.raises(ConfigError, match=r"layer 'rnn' \(LSTM\)"):
         spikify(WithLSTM())
@@ -237,6 +247,10 @@ def test_unsupported_layers_get_a_clear_error_naming_them():
     # it said 'must not branch on tensor values or shapes', which this forward does not do
     with pytest.raises(ConfigError, match=r"could not trace ShapeToFactory.*passes a tensor's shape.*rand_like"):
         spikify(ShapeToFactory())
+    with pytest.raises(ConfigError, match=r"could not trace ZerosOfShape.*passes a tensor's shape.*new_zeros"):
+        spikify(ZerosOfShape())
+    with pytest.raises(ConfigError, match=r"could not trace IteratesPieces.*iterates over a tensor.*a, b = x.chunk"):
+        spikify(IteratesPieces())
     with pytest.raises(ConfigError, match="no ReLU-like"):
         spikify(nn.Sequential(nn.Linear(3, 3)))
 

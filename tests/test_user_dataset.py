@@ -195,7 +195,17 @@ def test_a_dataset_of_one_class_is_refused_and_a_folder_around_one_is_no_video_s
     shutil.copytree(photos, tmp_path / "wrap" / "more")
     with pytest.raises(DataError, match=r"holds 2 datasets: more \(image-folders\), photos \(image-folders\);"):
         locate_dataset(tmp_path / "wrap")
+    shutil.copytree(one, tmp_path / "wrap" / "one")  # a one-class set is not offered either
+    with pytest.raises(DataError, match=r"holds 2 datasets: more \(image-folders\), photos \(image-folders\);"):
+        locate_dataset(tmp_path / "wrap")
     dvs = layouts.dvs_folder(tmp_path / "dvs", classes=["airplane"], per_class=4, n_events=50)
-    with pytest.raises(DataError, match="holds 1 class; a classifier needs 2 or more"):
+    with pytest.raises(DataError, match=r"holds 1 class \(airplane\); a classifier needs 2 or more"):
         open_dataset(str(dvs))
+    # a video set stays one when a later class folder also holds a poster image or an annotation folder
+    clips = layouts.video_clips(tmp_path / "clips", classes=2, clips_per_class=2, frames=3, size=(16, 16))
+    later = sorted(p for p in clips.iterdir() if p.is_dir())[1]
+    shutil.copy(next(later.rglob("*.jpg")), later / "poster.jpg")
+    (later / "Annotations").mkdir()
+    (later / "Annotations" / "notes.txt").write_text("x")
+    assert locate_dataset(clips) == (str(clips), "video-clips")
     assert not (tmp_path / "r").exists()

@@ -369,8 +369,9 @@ def _fold_scale(nir, nodes: dict, edges: list, scale: np.ndarray, name: str, via
         node.v_threshold = f32(node.v_threshold / level)  # v_leak = v_reset = 0: the state scales too
         return
     if len(inputs) != 1:
-        refuse("it also sums other inputs (a sum such as x + relu(f(x)) feeding a pooling or linear layer has no "
-               "single level there; put the activation after the sum, relu(x + f(x)), as in ResNet's blocks)")
+        refuse("it also sums other inputs (a sum such as x + relu(f(x)) feeding a pooling, convolution or linear "
+               "layer has no single level there; put the activation after the sum, relu(x + f(x)), as in ResNet's "
+               "blocks)")
     if isinstance(node, nir.Conv2d):
         channels = per_channel(scale)
         out_channels, per_group = node.weight.shape[:2]

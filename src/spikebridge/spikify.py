@@ -454,10 +454,13 @@ def _trace(ann: nn.Module) -> fx.GraphModule:
         graph = tracer.trace(ann)
     except Exception as exc:  # fx raises TraceError, TypeError, ... for dynamic control flow
         text = first_line(exc)
-        # a traced tensor or size where a function wants plain numbers: torch.rand(x.shape[0], ...)
-        why = ("forward passes a tensor's shape or value to a function that needs plain numbers (torch.rand("
-               "x.shape[0], 1, 1, 1): torch.rand_like(x[:, :1, :1, :1]) is traced)" if "Proxy" in text else
-               "forward must not branch on tensor values or shapes")
+        if "cannot be iterated" in text:  # [*x.chunk(2, 1)], tuple(x.split(...)), for y in x
+            why = "forward iterates over a tensor or its pieces (a fixed unpacking, a, b = x.chunk(2, 1), is traced)"
+        elif "got (Proxy" in text or "positional argument" in text:  # a factory given a traced size
+            why = ("forward passes a tensor's shape to a function that needs plain numbers (torch.zeros(x.shape[0], "
+                   "...), torch.rand(...): x.new_zeros(x.shape[0], ...) or torch.rand_like(x) are traced)")
+        else:
+            why = "forward must not branch on tensor values or shapes"
         raise ConfigError(
             f"spikify could not trace {type(ann).__name__}.forward with torch.fx ({text[:200]}); {why} (move such "
             "logic out of forward, or build the model with spikebridge's registry)"

@@ -666,6 +666,13 @@ def _frame_size(clips: list[Path]) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------
 # dispatch
 # ------------------------------------------------------------------------------------------------
+def _one_class(root: Path) -> bool:
+    """Whether class folders (of ``root``, or of its training split) are a single one (refused when
+    opened); False where the classes are not folders (label files, CIFAR)."""
+    split = split_layout(root)
+    return len(_class_dirs(Path(split.train) if split is not None else root)) == 1
+
+
 def _class_dirs(path: Path) -> list[Path]:
     return [p for p in sorted(path.iterdir()) if p.is_dir() and not hidden_folder(p.name)]
 
@@ -727,7 +734,7 @@ def locate_dataset(path: str | os.PathLike) -> tuple[str, str]:
         if layout is not None:
             return str(path), layout
         found = [(sub, kind) for sub in _class_dirs(base) if (kind := _sub_layout(sub)) is not None]
-        found = [(sub, kind) for sub, kind in found if kind not in _UNSUPPORTED] or found  # those it can train on
+        found = [(sub, kind) for sub, kind in found if kind not in _UNSUPPORTED and not _one_class(sub)] or found
     except SpikebridgeError:
         raise
     except OSError as exc:  # permission denied, a vanished file...: a problem of the folder given
@@ -794,9 +801,10 @@ def _detect_layout(base: Path) -> str | None:
         return "es-ucf101"
     if _holds(classes, DVS_EXTENSIONS):
         return "dvs"
-    # every class folder holds clip folders of frames (one such folder alone, or beside a dataset,
-    # is a folder around image sets, not a video dataset)
-    if (len(classes) > 1 and all(_looks_like_clips(c) for c in classes)) or flat_ucf101_clips(base):
+    # class folders of clip folders of frames (one such folder alone, or one beside a dataset with
+    # train/ and val/ splits, is a folder around image sets, not a video dataset)
+    if (len(classes) > 1 and _looks_like_clips(classes[0]) and not any(split_layout(c) for c in classes)) \
+            or flat_ucf101_clips(base):
         return "video-clips"
     if _holds(classes, IMG_EXTENSIONS):
         return "image-folder-single"
@@ -831,14 +839,16 @@ def open_path_dataset(
         raise
     except OSError as exc:
         raise _unreadable(root, exc) from None
-    _refuse_one_class(root, bundle.num_classes)
+    if bundle.num_classes < 2:
+        split = split_layout(root)
+        _refuse_one_class(root, bundle.num_classes, [d.name for d in _class_dirs(Path(split.train if split else root))])
     return bundle
 
 
 def _refuse_one_class(root: str, count: int, names: Sequence[str] = ()) -> None:
     """A dataset of fewer than two classes trains a classifier to 100% on nothing: DataError."""
     if count < 2:
-        held = f" ({names[0]})" if names else ""
+        held = f" ({names[0]})" if len(names) == 1 else ""
         raise DataError(f"{root}: holds {count} class{held}; a classifier needs 2 or more (is it one class folder "
                         "of a dataset, or a folder around the dataset's own class folders?)")
 

@@ -321,8 +321,8 @@ def _events_of_other_data(request: Request, cfg: PipelineConfig, options: dict, 
     if not options.get("events", True):
         return []
     options["events"] = False
-    return [f"pipeD skipped: its events (es-mnist) are the embedded digits', not {clip(cfg.data.name)}'s; name "
-            "theirs with --set events.data=FOLDER (spikebridge convert odg makes them)"]
+    return [f"pipeD skipped: its events (es-mnist) are the embedded digits', not those of {clip(cfg.data.name)}; "
+            "name these with --set events.data=FOLDER (spikebridge convert odg makes them)"]
 
 
 def _states(request: Request, key: str) -> bool:

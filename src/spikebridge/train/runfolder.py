@@ -77,16 +77,17 @@ def _same_setting(saved: Any, now: Any, *, checkpoint: bool = False) -> bool:
     """Equal; or the same folder by another path (a symlink); or a run saved before dataset folders
     were stored absolute: its relative path read from the working directory (as that run's resume
     did) is the folder now named. ``checkpoint``: an ``--ann`` that names the same ANN checkpoint
-    another way (``RUN``, ``RUN/ann``, its ``.json`` or ``.safetensors``) is the same."""
+    another way (``RUN``, ``RUN/ann``, its checkpoints folder, ``.json`` or ``.safetensors``) is the same."""
     if saved == now:
         return True
     if not (isinstance(saved, str) and isinstance(now, str) and saved and os.path.isabs(now)):
         return False
     if checkpoint and os.path.isabs(saved):
-        from .checkpoint import locate_checkpoint
+        from .checkpoint import locate_checkpoint, resolve_checkpoint_path
 
         try:
-            saved, now = (os.path.realpath(locate_checkpoint(path, snn=False)) for path in (saved, now))
+            saved, now = (os.path.realpath(resolve_checkpoint_path(locate_checkpoint(path, snn=False)))
+                          for path in (saved, now))
             return saved == now
         except (SpikebridgeError, OSError):
             return False

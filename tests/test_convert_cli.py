@@ -166,7 +166,7 @@ def test_convert_refuses_a_folder_of_splits_or_of_empty_classes_before_writing(d
     """``--input`` of an ImageNet root (train/ and val/, not classes), or class folders holding
     nothing to convert: one line saying so, and no ``--out`` folder."""
     src, _ = digit_folder
-    imagenet = tmp_path / "imagenet"
+    imagenet = tmp_path / "image net"  # the suggested command quotes a path with a space
     for split in ("train", "val"):
         (imagenet / split).mkdir(parents=True)
         os.symlink(src / "digit_3", imagenet / split / "digit_3")
@@ -174,7 +174,7 @@ def test_convert_refuses_a_folder_of_splits_or_of_empty_classes_before_writing(d
     assert main(["convert", kind, "--input", str(imagenet), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds dataset splits (train, val), not class folders" in err, err
-    assert f"--input {imagenet / 'train'} --out {out / 'train'}" in err and not out.exists()
+    assert f"--input '{imagenet / 'train'}' --out {out / 'train'}" in err and not out.exists()
     empty = tmp_path / "empty_classes"
     (empty / "cat").mkdir(parents=True)
     (empty / "cat" / "notes.txt").write_text("no images here")

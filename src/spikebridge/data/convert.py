@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shlex
 import signal
 import time
 import zlib
@@ -463,8 +464,8 @@ def _convert(input_dir: str | os.PathLike, out_dir: str | os.PathLike, *, want_d
     classes = sorted(set(flat.values())) if flat else list_classes(input_dir)
     if all(c.lower() in TRAIN_SPLIT_NAMES + VAL_SPLIT_NAMES for c in classes):
         raise DataError(f"{clip(str(input_dir))} holds dataset splits ({', '.join(classes)}), not class folders: "
-                        f"convert each split, e.g. --input {clip(str(input_dir / classes[0]))} --out "
-                        f"{clip(str(out_dir / classes[0]))}")
+                        f"convert each split, e.g. --input {shlex.quote(clip(str(input_dir / classes[0])))} --out "
+                        f"{shlex.quote(clip(str(out_dir / classes[0])))}")
     _check_folders(input_dir, out_dir)
     classes = _sibling_split_classes(input_dir, classes)
     report = ConversionReport(out_dir=out_dir, label_file=out_dir / LABEL_FILE, classes=classes)

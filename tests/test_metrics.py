@@ -136,3 +136,33 @@ def test_registry_snn_report_counts_stem_once_and_events_after():
     assert len(report.neuron_layers) == 3 and all(0 <= n.firing_rate <= 1 for n in report.neuron_layers)
     # SOPs can never exceed dense MACs over all frames
     assert layers["blocks.0"].sops_per_sample <= layers["blocks.0"].macs_per_frame * 3
+
+
+
+def test_the_cnn_readout_of_averaged_spikes_counts_as_analog():
+    """The cnn's classifier reads the mean of its pooled spikes over T, once per sample: analog
+    input and dense MACs (it was counted as 'events' after the last neuron: each nonzero average
+    as one addition)."""
+    from spikebridge.bridge import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    snn = sb.create_model("cnn", neuron="lif", T=3, in_channels=1)
+    x = torch.randn(16, 1, 28, 28)
+    recalibrate_batchnorm(snn, [x])  # BN statistics of spiking activity: every layer fires
+    report = measure_activity(snn.eval(), [x])
+    layers = {s.name: s for s in report.synaptic_layers}
+    assert min(n.firing_rate for n in report.neuron_layers) > 0.01
+    assert not layers["blocks.3"].analog_input and layers["blocks.3"].sops_per_sample > 0
+    assert layers["fc"].analog_input and layers["fc"].frames_per_sample == 1
+    assert layers["fc"].macs_per_sample == layers["fc"].macs_per_frame and layers["fc"].sops_per_sample == 0
+
+
+def test_spikes_at_a_spikified_level_count_as_events():
+    """A spikified neuron emits 0 or its level V (one per layer or per channel): still spikes."""
+    from spikebridge.analysis.metrics import _spike_valued
+
+    spikes = (torch.rand(6, 3, 4, 4) > 0.5).float()
+    assert _spike_valued(spikes) and _spike_valued(spikes * 1.7)
+    assert _spike_valued(spikes * torch.tensor([0.5, 2.0, 3.0]).view(1, 3, 1, 1))
+    assert not _spike_valued(spikes.mean(0, keepdim=True).expand(2, 3, 4, 4) * 1.0 + spikes[:2] * 0.25)
+    assert _spike_valued(torch.zeros(2, 3))

@@ -250,6 +250,16 @@ def _is_binary(x) -> bool:
     return isinstance(x, torch.Tensor) and (x.dtype == torch.bool or bool(((x == 0) | (x == 1)).all()))
 
 
+def _spike_valued(x: torch.Tensor) -> bool:
+    """Whether ``x`` ``[N, C, ...]`` holds spikes: zeros and one value per channel (1, or a spikified
+    neuron's level ``V``); averages of spikes (pooled over T or windows, a readout's mean) do not."""
+    rows = x.transpose(0, 1).reshape(x.shape[1], -1) if x.dim() > 1 else x.reshape(1, -1)
+    fired = rows != 0
+    high = torch.where(fired, rows, torch.full_like(rows, -float("inf"))).amax(1)
+    low = torch.where(fired, rows, torch.full_like(rows, float("inf"))).amin(1)
+    return bool(((high == low) | ~fired.any(1)).all())
+
+
 # ------------------------------------------------------------------------------------------------
 # measuring
 # ------------------------------------------------------------------------------------------------
@@ -313,7 +323,7 @@ def measure_activity(model: nn.Module, batches: Iterable, *, device: torch.devic
         frames = x.shape[0]
         entry["frames"] += frames
         entry["per_frame"] = int(fan.sum().item())
-        if state["source"] == "spikes":
+        if state["source"] == "spikes" and _spike_valued(x):  # not a mean of spikes (the cnn's readout)
             events = (x != 0).sum(0).to(fan.dtype)
             entry["events"] += float(events.sum())
             entry["sops"] += float((events * fan).sum())

@@ -22,7 +22,8 @@ def test_targets_times_and_ratios():
         "snn_scratch": 24.0, "snn_pretrained": 10.0, "snn_pretrained_total": 30.0,  # + the ANN's 20 s
         "snn_events_scratch": 18.0, "snn_events_pretrained": None, "snn_events_pretrained_total": None,
     }
-    assert summary["time_ratio"] == {"snn_pretrained": round(10 / 24, 4), "snn_events_pretrained": None}
+    assert summary["time_ratio"] == {"snn_pretrained": round(10 / 24, 4), "snn_pretrained_total": round(30 / 24, 4),
+                                     "snn_events_pretrained": None, "snn_events_pretrained_total": None}
     assert summary["note"] == 1 and summary["runs"] == runs
 
 

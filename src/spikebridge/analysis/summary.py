@@ -40,7 +40,7 @@ def build_summary(dataset: str, T: int, runs: list[dict], *, comparisons: tuple[
     and ``time_to_target`` for the baseline and the bridged run (its training seconds plus the
     bridge's, ``extra[bridge_key]``), plus ``<pretrained>_total`` which adds the ANN's training
     seconds (its run's, else ``extra["ann_seconds"]``: an ``--ann`` checkpoint's record); ``time_ratio[<pretrained>]``: its seconds to the target over the baseline's (None when
-    it never got there). The same in the process's CPU seconds (``time_to_target_cpu``,
+    it never got there), ``time_ratio[<pretrained>_total]`` the same with the ANN's seconds. The same in the process's CPU seconds (``time_to_target_cpu``,
     ``time_ratio_cpu``, from each run's ``cpu_curve``): the ratio to quote on a shared CPU machine,
     where the load changes between phases."""
     by_name = {run["name"]: run for run in runs}
@@ -62,9 +62,9 @@ def build_summary(dataset: str, T: int, runs: list[dict], *, comparisons: tuple[
                 ann_seconds = by_name[ann].get(seconds_key, 0.0) if ann in by_name else \
                     float((extra or {}).get(f"ann_{seconds_key}") or 0.0)  # an --ann checkpoint's record
                 ttt[f"{comp.pretrained}_total"] = None if reach is None else round(reach + ann_seconds, 3)
-                base = ttt[comp.baseline]
-                summary.setdefault(f"time_ratio{suffix}", {})[comp.pretrained] = (
-                    None if reach is None or not base else round(reach / base, 4))
+                base, ratios = ttt[comp.baseline], summary.setdefault(f"time_ratio{suffix}", {})
+                for key in (comp.pretrained, f"{comp.pretrained}_total"):  # the SNN alone, and with the ANN
+                    ratios[key] = None if ttt[key] is None or not base else round(ttt[key] / base, 4)
         if ttt:
             summary[f"time_to_target{suffix}"] = ttt
     summary.update(extra or {})

@@ -5,7 +5,8 @@
   compare with: nine canvases, ``np.argwhere`` per move and a Python loop over candidate
   events for the strip and window tests). Both convert the same photo-like RGB images (ImageNet's
   typical 375x500, plus portrait and square ones); their outputs are checked equal before timing.
-  Images are alternated between the two (A B A B ...), medians of the per-image times.
+  Images are alternated between the two (A B A B ...) after one warm-up call of each, medians of
+  the per-image times.
 * Video -> events (ES-UCF101): clips per second for ``frames_to_events`` on 31 in-memory greyscale
   frames of 256x342, and ``clip_to_events`` from a folder of 40 JPEG frames (decoding included).
 
@@ -43,6 +44,7 @@ def bench_odg(n_images: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     shapes = [(375, 500), (500, 375), (333, 500), (400, 400)]
     images = [photo(rng, *shapes[i % len(shapes)]) for i in range(n_images)]
+    odg(images[0]), odg_reference(images[0])  # a warm-up of each (first calls pay for imports and caches)
     ours_t, ref_t, events = [], [], []
     for image in images:
         start = time.perf_counter()

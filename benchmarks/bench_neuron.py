@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import alternate, environment, set_threads, summarize, table, write_results  # noqa: E402
+from common import (alternate, environment, require_peers, set_threads, summarize, table,  # noqa: E402
+                    write_results)
 from spikebridge.neurons import multistep_fused, multistep_reference  # noqa: E402
 from spikebridge.surrogate import get_surrogate  # noqa: E402
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "ReLU": relu,
     }
     if not args.no_peers:
+        require_peers("spikingjelly")
         from spikingjelly.activation_based import functional, neuron, surrogate
 
         for label, function in (("SpikingJelly LIFNode Rect", surrogate.Rect(alpha=1.0)),

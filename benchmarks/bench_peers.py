@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import alternate, environment, mib, peak_memory_median, publish_table, set_threads, summarize  # noqa: E402
+from common import (alternate, environment, mib, peak_memory_median, publish_table, require_peers,  # noqa: E402
+                    set_threads, summarize)
 from workloads import Workload, build  # noqa: E402
 
 CONTENDERS = ("ours/rect", "sj/rect", "snntorch/rect", "ours/atan", "sj/atan", "snntorch/atan")
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="every contender: the optimizer step fused into the backward (engine option)")
     parser.add_argument("--name", default="peers")
     args = parser.parse_args(argv)
+    require_peers("spikingjelly", "snntorch")
     set_threads(args.threads)
     env = environment()
     base = args.contenders[0]

@@ -36,6 +36,18 @@ RESULTS = HERE / "results"
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"}
 
 
+def require_peers(*modules: str) -> None:
+    """Exit with one line when a side-by-side peer (SpikingJelly, snnTorch) is not installed: they
+    are benchmark-only dependencies (``make bench-deps``)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"{Path(sys.argv[0]).name}: {', '.join(missing)} not installed; run `make bench-deps` "
+              "(or pass --no-peers where the script has it)", file=sys.stderr)
+        sys.exit(2)
+
+
 def set_threads(threads: int) -> int:
     """Fix torch's intra-op threads (1 by default in these benchmarks: with 2+ threads on a
     shared, oversubscribed machine every op waits for a descheduled worker and timings explode)."""

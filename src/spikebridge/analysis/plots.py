@@ -1,9 +1,11 @@
 """Figures for reports: readable without the code (titles, axis labels with units, legends)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..utils import atomic_path
 
@@ -16,7 +18,12 @@ def subplots(*grid: int, figsize: tuple[float, float], **kwargs):
 
 
 def save_png(fig, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` as a PNG (atomically)."""
+    """Write ``fig`` to ``path`` as a PNG (atomically); a title wider than its panel is wrapped."""
+    for ax in fig.axes:
+        title = ax.get_title()
+        width = int(ax.get_position().width * fig.get_figwidth() * 72 / (0.6 * ax.title.get_fontsize()))  # chars
+        if len(title) > width > 10:
+            ax.set_title(textwrap.fill(title, width))
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
@@ -50,9 +57,11 @@ def plot_accuracy_vs_time(runs: list[dict], path: str | Path, *, title: str, tar
         for run in drawn:
             ax.plot([p[column] for p in run["curve"]], [100 * p[2] for p in run["curve"]], marker="o", markersize=3,
                     label=f"{run[label_key]} (best {100 * run['best_acc']:.1f}%)")
-        for (label, value), style in zip(targets.items(), ("--", ":")):
-            ax.axhline(100 * value, color="grey", linestyle=style, linewidth=1, label=f"{label} {100 * value:.1f}%")
+        for (label, value), (style, colour) in zip(targets.items(), (("--", "grey"), (":", "black"))):
+            ax.axhline(100 * value, color=colour, linestyle=style, linewidth=1, label=f"{label} {100 * value:.1f}%")
         ax.set_ylim(low, high)
+        if x == "epochs":  # whole epochs only (the ticks read 0.25, 0.50, ...)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=name)
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)

@@ -392,11 +392,14 @@ def render_report(summary: dict, table: str, title: str) -> str:
         lines += ["", "![accuracy vs T](accuracy_vs_T.png)", ""]
     modes = (summary.get("first_layer_comparison") or {}).get("modes")
     if modes and len(modes) > 1:  # a comparison (events.compare_first_layer), not the one mode the run used
+        last = max(len(entry["acc"]) for entry in modes.values())  # the compared epochs (events.compare_epochs)
         lines += ["## First-layer adaptation (static ANN -> 2 event polarities)", "",
-                  "| first layer | after transfer | after epoch 1 | after last compared epoch |", "|---|---:|---:|---:|"]
+                  "| first layer | after transfer | after epoch 1 |" + (f" after epoch {last} |" if last > 1 else ""),
+                  "|---|---:|---:|" + ("---:|" if last > 1 else "")]
         for mode, entry in modes.items():
             accs = entry["acc"] or [float("nan")]
-            lines.append(f"| {mode} | {entry['transfer_acc']:.4f} | {accs[0]:.4f} | {accs[-1]:.4f} |")
+            lines.append(f"| {mode} | {entry['transfer_acc']:.4f} | {accs[0]:.4f} |"
+                         + (f" {accs[min(last, len(accs)) - 1]:.4f} |" if last > 1 else ""))
         lines.append("")
     for key, label in (("transfer", "static"), ("events_transfer", "event")):
         if summary.get(key):

@@ -150,6 +150,8 @@ def test_presets_apply_without_a_recipe_only(data, tmp_path, capsys):
     flag = _plan(["finetune", "--data", "mnist5k", "--ann", data["ann"], "--out", str(tmp_path / "f"), "--plan",
                   "--set", "finetune.epochs=4", "--epochs", "2"], capsys)
     assert flag["phases"][0]["epochs"] == 2  # a flag over --set
+    assert flag["checkpoint_blocks"] is False  # the plan shows it (it was only in the saved config.yaml)
+    assert _plan(["pipes", "--checkpoint-blocks", "--out", str(tmp_path / "f"), "--plan"], capsys)["checkpoint_blocks"]
     assert not (tmp_path / "b").exists() and not (tmp_path / "f").exists()
 
 

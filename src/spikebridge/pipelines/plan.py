@@ -108,6 +108,7 @@ class RunPlan:
             "processes": launched().world_size,
             "amp": cfg.run.amp,
             "sync_bn": cfg.run.sync_bn,
+            "checkpoint_blocks": cfg.model.checkpoint_blocks,
             "ann": self.ann.label if self.ann else None,
             "preset": self.preset,
             "bridge": asdict(cfg.bridge),
@@ -130,7 +131,8 @@ class RunPlan:
         """The plan in short: one line for the run, one per phase."""
         cfg = self.config
         lines = [f"[plan] {self.command} -> {cfg.run.out} (device {cfg.run.device}, seed {cfg.run.seed}"
-                 + (f", ANN {self.ann.label}" if self.ann else "") + ")"]
+                 + (f", ANN {self.ann.label}" if self.ann else "")
+                 + (", activation checkpointing over blocks" if cfg.model.checkpoint_blocks else "") + ")"]
         for p in self.phases:
             t = p.train
             epochs = f"{t.epochs} epoch{'' if t.epochs == 1 else 's'}"
